@@ -1,0 +1,54 @@
+# popserv developer commands.  `make demo` and `make test` are all a fresh
+# machine with Python 3.11+ needs: each creates .venv and installs into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_ROOT ?= $(CURDIR)/demo-mail
+DEMO_LISTEN ?= tcp:1110:interface=127.0.0.1
+
+# A development install that twistd can see: PEP 660 "strict"/default
+# editable installs of a flat layout hide twisted/plugins/ from twistd's
+# plugin scan, so use setuptools' compat mode, which puts the checkout on
+# sys.path through a .pth file.
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
+EDITABLE := --config-settings editable_mode=compat -e
+
+.PHONY: demo test lint docs bench clean install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip setuptools wheel
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(PIP_INSTALL) $(EDITABLE) '.[test,dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@$(BIN)/python -m popserv.demo $(DEMO_ROOT)
+	@echo "popserv demo on 127.0.0.1:1110 -- user 'demo', password 'demo'. Try:"
+	@echo "    curl pop3://127.0.0.1:1110/ -u demo:demo       (list)"
+	@echo "    curl pop3://127.0.0.1:1110/1 -u demo:demo      (retrieve message 1)"
+	@echo "    python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',1110); p.user('demo'); p.pass_('demo'); print(p.list())\""
+	@echo "Stop with Ctrl-C."
+	$(BIN)/twistd -n --pidfile= popserv --listen $(DEMO_LISTEN) \
+		--auth memory:demo:demo --mailstore 'maildir:$(DEMO_ROOT)/{user}'
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check popserv tests benchmarks docs twisted
+	$(BIN)/ruff format --check popserv tests benchmarks docs twisted
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/sphinx-build -W -q -b html docs docs/_build/html
+
+bench: install
+	$(BIN)/python benchmarks/bench_maildir.py
+
+clean:
+	rm -rf $(VENV) docs/_build build dist *.egg-info twisted/plugins/dropin.cache

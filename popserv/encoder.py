@@ -1,0 +1,230 @@
+"""
+The wire form of a message (RFC 1939 section 3): line endings, byte-stuffing
+and the TOP line limit, as a streaming encoder over arbitrary chunks.
+
+A stored message may use LF, CRLF or both.  On the wire every line ends in
+CRLF, an unterminated last line gets a CRLF, every line that starts with "."
+gets one more "." (including the first line and a line that starts right
+after a chunk boundary), and the response ends with ".CRLF".
+
+The I{wire size} of a message is the number of octets the server sends for it
+before stuffing and the terminator: what STAT and LIST report
+(RFC 1939 section 5: "the exact size of the message in octets").
+
+Everything is done with C{bytes} operations on whole chunks; the only state
+carried between chunks is a held-back CR, whether the output is at the start
+of a line, and for TOP where the header/body boundary search stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+CR = b"\r"
+LF = b"\n"
+CRLF = b"\r\n"
+
+
+class _LineEndings:
+    """
+    Converts a stream of chunks to CRLF line endings.
+
+    Only LF and CRLF end lines; a CR not followed by LF is data and passes
+    through (RFC 5322 forbids it, but changing it would change the message).
+    A CR at the end of a chunk is held back until the next chunk shows
+    whether an LF follows it.
+    """
+
+    __slots__ = ("_heldCR",)
+
+    def __init__(self) -> None:
+        self._heldCR = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._heldCR:
+            data = CR + data
+            self._heldCR = False
+        if data.endswith(CR):
+            data = data[:-1]
+            self._heldCR = True
+        # Fast path: already all CRLF (the common case for stored mail that
+        # was received over SMTP) needs no copying.
+        lfs = data.count(LF)
+        if lfs == 0 or data.count(CRLF) == lfs:
+            return data
+        return data.replace(CRLF, LF).replace(LF, CRLF)
+
+    def finish(self) -> bytes:
+        """
+        The held-back CR, if the message ended with a bare CR.
+        """
+        if self._heldCR:
+            self._heldCR = False
+            return CR
+        return b""
+
+
+class WireSize:
+    """
+    Counts the wire size of a message fed in chunks.
+
+    >>> counter = WireSize()
+    >>> counter.feed(b"Subject: x\\n\\nbody")
+    >>> counter.finish()
+    20
+    """
+
+    __slots__ = ("_endsWithLF", "_endings", "_size")
+
+    def __init__(self) -> None:
+        self._endings = _LineEndings()
+        self._size = 0
+        self._endsWithLF = True
+
+    def feed(self, data: bytes) -> None:
+        out = self._endings.feed(data)
+        if out:
+            self._size += len(out)
+            self._endsWithLF = out.endswith(LF)
+
+    def finish(self) -> int:
+        """
+        The wire size of everything fed so far, as a whole message.
+        """
+        tail = self._endings.finish()
+        size = self._size + len(tail)
+        endsWithLF = self._endsWithLF and not tail
+        if size and not endsWithLF:
+            size += len(CRLF)
+        return size
+
+
+def wireSize(message: bytes | Iterable[bytes]) -> int:
+    """
+    The wire size of a whole message given as bytes or as chunks.
+    """
+    counter = WireSize()
+    if isinstance(message, bytes):
+        counter.feed(message)
+    else:
+        for chunk in message:
+            counter.feed(chunk)
+    return counter.finish()
+
+
+class MessageEncoder:
+    """
+    Turns a stored message, fed in chunks of any size, into the body of a
+    RETR or TOP response, terminator included.
+
+    Feed chunks with L{feed} and send what it returns; when the message ends
+    (or L{done} becomes true) send what L{finish} returns.
+
+    @ivar done: true once a TOP limit has been reached: the rest of the
+        message is not needed.
+    """
+
+    __slots__ = (
+        "_atLineStart",
+        "_bodyLinesLeft",
+        "_endings",
+        "_inHeaders",
+        "_tail",
+        "done",
+    )
+
+    def __init__(self, bodyLines: int | None = None) -> None:
+        """
+        @param bodyLines: for TOP (RFC 1939 section 7), how many lines of the
+            body to send after the header and the blank line; L{None} sends
+            the whole message (RETR).
+        """
+        self._endings = _LineEndings()
+        self._atLineStart = True
+        self._bodyLinesLeft = bodyLines
+        self._inHeaders = bodyLines is not None
+        # The last three octets seen while looking for the blank line that
+        # ends the header; the message is treated as if preceded by CRLF so a
+        # message that starts with a blank line has an empty header.
+        self._tail = CRLF
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        Encode the next chunk of the stored message.
+        """
+        if self.done:
+            return b""
+        out = self._endings.feed(data)
+        if self._bodyLinesLeft is not None:
+            out = self._limit(out)
+        return self._stuff(out)
+
+    def finish(self) -> bytes:
+        """
+        The end of the response: what was held back, a CRLF if the last line
+        was unterminated, and the terminating ".CRLF".
+        """
+        out = b""
+        if not self.done:
+            out = self._endings.finish()
+            if self._bodyLinesLeft is not None:
+                out = self._limit(out)
+            out = self._stuff(out)
+        if not self._atLineStart:
+            out += CRLF
+        self.done = True
+        return out + b".\r\n"
+
+    def _stuff(self, out: bytes) -> bytes:
+        # RFC 1939 section 3: "If any line of the multi-line response begins
+        # with the termination octet, the line is 'byte-stuffed'".  After
+        # line-ending conversion every line ends in CRLF, so a line start is
+        # the start of the stream or the octet after an LF.
+        if not out:
+            return out
+        if b"\n." in out:
+            out = out.replace(b"\n.", b"\n..")
+        if self._atLineStart and out[0] == 0x2E:  # "."
+            out = b"." + out
+        self._atLineStart = out.endswith(LF)
+        return out
+
+    def _limit(self, out: bytes) -> bytes:
+        """
+        Cut the CRLF-normalised stream after the header, the blank line and
+        C{_bodyLinesLeft} body lines.
+        """
+        start = 0
+        if self._inHeaders:
+            window = self._tail + out
+            end = window.find(b"\r\n\r\n")
+            if end < 0:
+                self._tail = window[-3:]
+                return out
+            self._inHeaders = False
+            start = end + 4 - len(self._tail)
+        left = self._bodyLinesLeft
+        assert left is not None
+        if left == 0:
+            self.done = True
+            return out[:start]
+        count = out.count(LF, start)
+        if count < left:
+            self._bodyLinesLeft = left - count
+            return out
+        position = start
+        for _ in range(left):
+            position = out.index(LF, position) + 1
+        self._bodyLinesLeft = 0
+        self.done = True
+        return out[:position]
+
+
+def encodeMessage(message: bytes, bodyLines: int | None = None) -> bytes:
+    """
+    The complete response body for a whole message in memory: what RETR (or
+    TOP with C{bodyLines}) sends after its status line.
+    """
+    encoder = MessageEncoder(bodyLines)
+    return encoder.feed(message) + encoder.finish()

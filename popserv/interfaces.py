@@ -1,0 +1,170 @@
+"""
+The extension points of popserv, with their whole contracts.
+
+A I{store} (L{IMailStore}) opens the I{maildrop} (L{IMaildrop}) of an
+authenticated user; the realm (L{popserv.realm.MaildropRealm}) hands the
+maildrop to the protocol through C{twisted.cred}.  A store is made from a
+C{--mailstore KIND:ARGS} string by an L{IMailStoreFactory} plugin.
+
+Conventions that hold for every method below:
+
+ - Every method that may touch storage returns a L{Deferred}; it may already
+   have fired, fire later, or fire from a callback chain started inside the
+   call.  The protocol works with all three.  Implementations must not block
+   the reactor thread: run file or database work in a thread pool or use an
+   asynchronous driver.
+ - Messages are numbered by 0-based I{index} into the list returned by
+   L{IMaildrop.listMessages}.  POP3 message numbers are that index plus one;
+   only the protocol deals in message numbers.
+ - Message bytes are given as stored: lines may end in LF or CRLF, mixed.
+   The protocol converts line endings and byte-stuffs; stores never do.
+ - Failures that the client should hear about are L{popserv.errors.POP3Error}
+   subclasses; any other exception is logged as a server fault and the client
+   gets a generic reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """
+    What the protocol needs to know of one message before reading it.
+
+    @ivar size: the message's wire size: the number of octets RETR sends
+        before byte-stuffing and the terminating ".": the stored bytes with
+        every line ending converted to CRLF and a CRLF added to an
+        unterminated last line.  L{popserv.encoder.wireSize} computes it.
+        STAT and LIST report it, so it must be exact.
+    @ivar uid: the unique-id listing (RFC 1939 section 7, UIDL): 1 to 70
+        characters in the range 0x21 to 0x7E, the same for this message in
+        every session, and never reused for another message of the maildrop.
+    """
+
+    size: int
+    uid: str
+
+
+class IMessageReader(Interface):
+    """
+    An open message, read in order from start to end.
+    """
+
+    def read(size: int) -> object:
+        """
+        Read the next part of the message.
+
+        @param size: the most octets to return; a positive L{int}.
+        @return: a L{Deferred} firing with the next 1 to C{size} octets as
+            L{bytes}, or C{b""} at the end of the message.  The protocol
+            never calls C{read} again before the previous Deferred fired.
+            It may fail with L{popserv.errors.MessageUnavailable}.
+        """
+
+    def close() -> None:
+        """
+        Release what the reader holds.  Called exactly once, also when the
+        reader was not read to the end; never blocks.
+        """
+
+
+class IMaildrop(Interface):
+    """
+    One user's mail as seen by one POP3 session, locked for that session.
+
+    A maildrop is a I{snapshot}: the messages that were present when it was
+    opened.  Mail delivered during the session is not part of it and must
+    not be affected by L{deleteMessages}.
+    """
+
+    def listMessages() -> object:
+        """
+        List the messages of this session.
+
+        @return: a L{Deferred} firing with a sequence of L{MessageInfo}; the
+            message with index C{i} is element C{i}.  Called once, at login;
+            the sequence must not change afterwards.
+        """
+
+    def openMessage(index: int) -> object:
+        """
+        Open message C{index} for reading.
+
+        @param index: a 0-based index into L{listMessages}' result; the
+            protocol only passes valid indexes.
+        @return: a L{Deferred} firing with an L{IMessageReader}, or failing
+            with L{popserv.errors.MessageUnavailable} if another program
+            removed the message meanwhile.
+        """
+
+    def deleteMessages(indexes: object) -> object:
+        """
+        Remove messages permanently; called only in the UPDATE state, after
+        the client sent QUIT (RFC 1939 section 6), at most once a session.
+
+        @param indexes: a sequence of distinct 0-based indexes.
+        @return: a L{Deferred} firing with L{None} when every message is gone
+            (a message that some other program already removed counts as
+            gone), or failing with L{popserv.errors.DeletionFailed} naming
+            the indexes still present.  A failure must never lose a message
+            that was not named in C{indexes}, nor leave one half-removed.
+        """
+
+    def close() -> None:
+        """
+        Release the maildrop's lock.  Called exactly once when the session
+        ends in any way (QUIT, dropped connection, timeout, server shutdown);
+        may be called while a read or L{deleteMessages} is still running and
+        must then release the lock when that work ends.  Never blocks.
+        """
+
+
+class IMailStore(Interface):
+    """
+    Where maildrops live: a directory tree, a database, memory, ...
+    """
+
+    def openMaildrop(user: str) -> object:
+        """
+        Open and exclusively lock the maildrop of C{user}.
+
+        @param user: the authenticated user name (the cred avatar ID) as
+            text.  It was authenticated, but a store that maps it to a path
+            must still refuse names that would escape its root.
+        @return: a L{Deferred} firing with an L{IMaildrop}.  If another
+            session holds the lock it fails at once (no waiting) with
+            L{popserv.errors.MaildropInUse}; other failures are
+            L{popserv.errors.MaildropUnavailable} (temporary) or
+            L{popserv.errors.MaildropRefused} (permanent).
+        """
+
+
+class IMailStoreFactory(Interface):
+    """
+    A plugin that makes an L{IMailStore} from a C{--mailstore KIND:ARGS}
+    string.  popserv finds every object providing this interface with
+    L{twisted.plugin.getPlugins} in the C{twisted.plugins} package, so a
+    third-party store ships a dropin module in its own C{twisted/plugins/}.
+    Like every Twisted plugin, the object must also provide
+    L{twisted.plugin.IPlugin}, or the plugin scan will not see it.
+    """
+
+    storeKind = Attribute("The KIND before the first colon, e.g. 'maildir'.")
+    storeHelp = Attribute("One paragraph of help shown by --help-mailstores.")
+    argStringFormat = Attribute("The shape of ARGS, e.g. 'TEMPLATE'.")
+
+    def makeStore(argstring: str) -> object:
+        """
+        Make the store.
+
+        @param argstring: everything after C{KIND:} (empty if there was no
+            colon).
+        @return: an L{IMailStore}.
+        @raise popserv.errors.StoreConfigError: the arguments are wrong; the
+            message is one line for the operator.  Called once at start-up
+            before the reactor runs, so it may check the file system.
+        """

@@ -1,0 +1,363 @@
+"""
+A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
+
+ - A session sees the messages in C{new/} and C{cur/} when it logs in; mail
+   delivered later is not part of the session and is never deleted by it.
+ - The unique id of a message is its file name up to the ":" that starts
+   the flags, so it survives the move from C{new/} to C{cur/} and flag
+   changes by other programs.
+ - Sizes come from the C{,W=} field of the file name (the size with CRLF
+   line endings, as Dovecot and Courier write it) when present, else by
+   reading the file.  C{,S=} is the size on disk, which differs from the
+   wire size for files with LF line endings, so it cannot stand in.
+ - The lock is an C{flock} on C{popserv.lock} in the Maildir: exclusive across
+   processes and within one, never waited for, and released by the kernel
+   when its holder dies, so a crash cannot lock a user out.
+ - All file-system work runs in a thread pool, never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from popserv.encoder import WireSize
+from popserv.errors import (
+    DeletionFailed,
+    MaildropInUse,
+    MaildropRefused,
+    MaildropUnavailable,
+    MessageUnavailable,
+    StoreConfigError,
+)
+from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
+
+LOCK_NAME = "popserv.lock"
+_SUBDIRS = ("new", "cur")
+_READ_SIZE = 256 * 1024
+_WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
+#: RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
+_UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
+_FIELDS = frozenset({"user", "localpart", "domain"})
+
+Runner = Callable[..., "Deferred[Any]"]
+
+_log = Logger()
+
+
+def _deferToThread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args)
+
+
+def uidFor(base: str) -> str:
+    """
+    The UIDL of a message whose file name, without flags, is C{base}.
+
+    Names that are not valid unique-ids (too long, spaces, non-ASCII) get a
+    digest of the name instead: still stable, still unique.
+    """
+    if _UID_OK.match(base):
+        return base
+    return "x" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _sortKey(name: str) -> tuple[int, str]:
+    # Maildir names start with the delivery time in seconds; order by it
+    # numerically so the oldest mail gets the lowest message number.
+    head = name.split(".", 1)[0]
+    return (int(head) if head.isdigit() and len(head) < 20 else 0, name)
+
+
+def _wireSizeOfFile(path: str) -> int:
+    counter = WireSize()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(_READ_SIZE):
+            counter.feed(chunk)
+    return counter.finish()
+
+
+class MaildirTemplate:
+    """
+    Maps user names to Maildir paths with a template such as
+    C{/srv/mail/{user}} or C{/srv/{domain}/{localpart}/Maildir}.
+    """
+
+    def __init__(self, template: str) -> None:
+        """
+        @raise StoreConfigError: the template has no user field, an unknown
+            field, bad braces, or its fixed leading directory does not exist.
+        """
+        if not template:
+            raise StoreConfigError("maildir: needs a path template, e.g. maildir:/srv/mail/{user}")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as e:
+            raise StoreConfigError(f"maildir: bad template {template!r}: {e}") from None
+        unknown = fields - _FIELDS
+        if unknown:
+            raise StoreConfigError(
+                f"maildir: unknown field {{{sorted(unknown)[0]}}} in {template!r};"
+                " use {user}, {localpart} or {domain}"
+            )
+        if not fields & {"user", "localpart"}:
+            raise StoreConfigError(
+                f"maildir: template {template!r} must contain {{user}} or {{localpart}}"
+            )
+        self.template = os.path.abspath(template)
+        self.fields = fields
+        fixed = self.template[: self.template.index("{")]
+        root = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
+        if not os.path.isdir(root):
+            raise StoreConfigError(f"maildir: directory {root} does not exist")
+        self.root = root
+
+    def pathFor(self, user: str) -> str:
+        """
+        The Maildir of C{user}.
+
+        @raise MaildropRefused: the name cannot be mapped safely (it would
+            leave the template's directory, or the template needs a domain
+            and the name has none).
+        """
+        localpart, at, domain = user.rpartition("@")
+        if not at:
+            localpart, domain = user, ""
+        if "domain" in self.fields and not domain:
+            raise MaildropRefused("Maildrop not available: user name has no domain")
+        values = {"user": user, "localpart": localpart, "domain": domain}
+        for name in self.fields:
+            value = values[name]
+            if value in ("", ".", "..") or "/" in value or "\0" in value:
+                raise MaildropRefused()
+        return self.template.format(**values)
+
+
+@implementer(IMessageReader)
+class MaildirReader:
+    """
+    Reads one message file in the thread pool.
+
+    L{close} while a read is running in a thread closes the file when that
+    read returns, never under it.
+    """
+
+    def __init__(self, f: Any, runInThread: Runner) -> None:
+        self._file = f
+        self._run = runInThread
+        self._reading = False
+        self._closed = False
+
+    def read(self, size: int) -> Deferred[bytes]:
+        self._reading = True
+        d: Deferred[bytes] = self._run(self._file.read, size)
+        return d.addBoth(self._readDone)
+
+    def _readDone(self, result: Any) -> Any:
+        self._reading = False
+        if self._closed:
+            self._file.close()
+        return result
+
+    def close(self) -> None:
+        self._closed = True
+        if not self._reading:
+            self._file.close()
+
+
+class _Entry:
+    """
+    Where one message of the snapshot is: it may move from new/ to cur/, or
+    be renamed for flags, while the session runs.
+    """
+
+    __slots__ = ("base", "info", "name", "subdir")
+
+    def __init__(self, subdir: str, name: str, base: str, info: MessageInfo) -> None:
+        self.subdir = subdir
+        self.name = name
+        self.base = base
+        self.info = info
+
+
+@implementer(IMaildrop)
+class MaildirMaildrop:
+    """
+    One locked Maildir and the snapshot of its messages.
+    """
+
+    def __init__(self, path: str, lockFD: int, runInThread: Runner) -> None:
+        self.path = path
+        self._lockFD: int | None = lockFD
+        self._run = runInThread
+        self._entries: list[_Entry] = []
+
+    # Thread-side work
+
+    def _scan(self) -> list[MessageInfo]:
+        found: dict[str, tuple[str, str]] = {}
+        # new/ first, then cur/: a message moved between the two listings is
+        # seen twice (the cur/ name wins), never missed.
+        for subdir in _SUBDIRS:
+            try:
+                names = os.listdir(os.path.join(self.path, subdir))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith("."):
+                    continue
+                found[name.split(":", 1)[0]] = (subdir, name)
+        entries = []
+        for base in sorted(found, key=_sortKey):
+            subdir, name = found[base]
+            match = _WIRE_SIZE.search(base)
+            if match:
+                size = int(match.group(1))
+            else:
+                try:
+                    size = _wireSizeOfFile(os.path.join(self.path, subdir, name))
+                except FileNotFoundError:
+                    continue  # removed by another program while we looked
+            entries.append(_Entry(subdir, name, base, MessageInfo(size, uidFor(base))))
+        self._entries = entries
+        return [e.info for e in entries]
+
+    def _locate(self, entry: _Entry) -> bool:
+        """
+        Find a message another program moved or renamed; False if it is gone.
+        """
+        for subdir in reversed(_SUBDIRS):
+            try:
+                names = os.listdir(os.path.join(self.path, subdir))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.split(":", 1)[0] == entry.base:
+                    entry.subdir, entry.name = subdir, name
+                    return True
+        return False
+
+    def _pathOf(self, entry: _Entry) -> str:
+        return os.path.join(self.path, entry.subdir, entry.name)
+
+    def _open(self, index: int) -> Any:
+        entry = self._entries[index]
+        try:
+            return open(self._pathOf(entry), "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            if self._locate(entry):
+                try:
+                    return open(self._pathOf(entry), "rb", buffering=0)  # noqa: SIM115
+                except FileNotFoundError:
+                    pass
+        raise MessageUnavailable()
+
+    def _delete(self, indexes: Sequence[int]) -> None:
+        failed = []
+        for index in indexes:
+            entry = self._entries[index]
+            try:
+                os.unlink(self._pathOf(entry))
+            except FileNotFoundError:
+                if self._locate(entry):
+                    try:
+                        os.unlink(self._pathOf(entry))
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        _log.error("Cannot delete {path}: {e}", path=self._pathOf(entry), e=e)
+                        failed.append(index)
+            except OSError as e:
+                _log.error("Cannot delete {path}: {e}", path=self._pathOf(entry), e=e)
+                failed.append(index)
+        # Make the unlinks durable before we say +OK.
+        for subdir in _SUBDIRS:
+            _fsyncDirectory(os.path.join(self.path, subdir))
+        if failed:
+            raise DeletionFailed(failed)
+
+    # IMaildrop
+
+    def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
+        return self._run(self._scan).addErrback(_unavailable, self.path)
+
+    def openMessage(self, index: int) -> Deferred[IMessageReader]:
+        d = self._run(self._open, index)
+        return d.addCallback(lambda f: MaildirReader(f, self._run))
+
+    def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
+        return self._run(self._delete, list(indexes))
+
+    def close(self) -> None:
+        fd, self._lockFD = self._lockFD, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _fsyncDirectory(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unavailable(failure: Any, path: str) -> Any:
+    if failure.check(OSError):
+        _log.error("Maildir {path} unavailable: {e}", path=path, e=failure.value)
+        raise MaildropUnavailable()
+    return failure
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    Maildirs found by a path template.
+
+    >>> store = MaildirStore("/srv/mail/{user}")  # doctest: +SKIP
+    """
+
+    def __init__(self, template: str, runInThread: Runner | None = None) -> None:
+        """
+        @param template: where each user's Maildir is; see L{MaildirTemplate}.
+        @param runInThread: runs a blocking callable and returns a Deferred
+            of its result; L{twisted.internet.threads.deferToThread} if
+            L{None}.
+        @raise StoreConfigError: the template is not usable.
+        """
+        self.template = MaildirTemplate(template)
+        self._run = runInThread or _deferToThread
+
+    def _lock(self, user: str) -> MaildirMaildrop:
+        path = self.template.pathFor(user)
+        for subdir in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(path, subdir), mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise MaildropInUse() from None
+            raise
+        return MaildirMaildrop(path, fd, self._run)
+
+    def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
+        d: Deferred[IMaildrop] = self._run(self._lock, user)
+        return d.addErrback(_unavailable, user)

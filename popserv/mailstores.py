@@ -1,0 +1,96 @@
+"""
+Finding stores by C{--mailstore KIND:ARGS}, and the built-in store plugins.
+
+Stores are found like C{twisted.cred} checkers: every object providing
+L{IMailStoreFactory} in the C{twisted.plugins} package is a store kind.  The
+built-in kinds below are exposed by popserv's own dropin; a third party adds
+a kind by shipping a dropin of its own (see docs/extending.rst).
+
+This module stays light (no store is imported until it is made) because
+twistd imports every dropin whenever it looks for plugins.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from popserv.errors import StoreConfigError
+from popserv.interfaces import IMailStore, IMailStoreFactory
+
+
+@implementer(IMailStoreFactory, IPlugin)
+class MaildirStoreFactory:
+    """
+    C{maildir:TEMPLATE}: Maildir directories, one per user.
+    """
+
+    storeKind = "maildir"
+    argStringFormat = "TEMPLATE"
+    storeHelp = (
+        "Maildir directories. TEMPLATE is the path of a user's Maildir with "
+        "{user} standing for the login name, or {localpart} and {domain} for "
+        "the parts of a user@domain login, e.g. maildir:/srv/mail/{user}. "
+        "The directory before the first field must exist; a user's Maildir "
+        "is created on first login."
+    )
+
+    def makeStore(self, argstring: str) -> IMailStore:
+        from popserv.maildir import MaildirStore
+
+        return MaildirStore(argstring)
+
+
+@implementer(IMailStoreFactory, IPlugin)
+class MemoryStoreFactory:
+    """
+    C{memory}: empty maildrops in memory, lost at exit.
+    """
+
+    storeKind = "memory"
+    argStringFormat = "(no arguments)"
+    storeHelp = (
+        "Empty maildrops held in memory and lost at exit: for trying out "
+        "authentication. Embedding applications deliver into a "
+        "popserv.MemoryStore themselves."
+    )
+
+    def makeStore(self, argstring: str) -> IMailStore:
+        from popserv.memorystore import MemoryStore
+
+        if argstring:
+            raise StoreConfigError("memory: takes no arguments")
+        return MemoryStore()
+
+
+maildirStoreFactory = MaildirStoreFactory()
+memoryStoreFactory = MemoryStoreFactory()
+
+
+def findStoreFactories() -> dict[str, IMailStoreFactory]:
+    """
+    Every installed store kind, by name.
+    """
+    from twisted.plugin import getPlugins
+
+    factories: dict[str, IMailStoreFactory] = {}
+    for factory in getPlugins(IMailStoreFactory):
+        factories.setdefault(factory.storeKind, factory)
+    return factories
+
+
+def makeStore(description: str) -> IMailStore:
+    """
+    Make the store that C{description} (C{KIND:ARGS}) names.
+
+    @raise StoreConfigError: unknown kind or bad arguments; one line.
+    """
+    kind, _, argstring = description.partition(":")
+    factories = findStoreFactories()
+    factory = factories.get(kind)
+    if factory is None:
+        known = ", ".join(sorted(factories)) or "none"
+        raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known})")
+    return cast(IMailStore, factory.makeStore(argstring))

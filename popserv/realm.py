@@ -1,0 +1,49 @@
+"""
+The C{twisted.cred} realm that turns an authenticated user into a locked
+maildrop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.portal import IRealm
+from twisted.internet.defer import Deferred, maybeDeferred
+from zope.interface import implementer
+
+from popserv.interfaces import IMaildrop, IMailStore
+
+
+def avatarName(avatarId: bytes | str) -> str:
+    """
+    The user name of a cred avatar ID as text.  Checkers disagree on the
+    type (C{file:} gives L{bytes}, C{unix:} L{str}); names are UTF-8
+    (RFC 6856 section 3).
+    """
+    if isinstance(avatarId, bytes):
+        return avatarId.decode("utf-8", "surrogateescape")
+    return avatarId
+
+
+@implementer(IRealm)
+class MaildropRealm:
+    """
+    Opens the maildrop of each user who logs in, from one L{IMailStore}.
+
+    The avatar is an L{IMaildrop}, exclusively locked; the logout callable
+    releases the lock.
+    """
+
+    def __init__(self, store: IMailStore) -> None:
+        self.store = store
+
+    def requestAvatar(
+        self, avatarId: bytes | str, mind: object, *interfaces: Any
+    ) -> Deferred[tuple[Any, IMaildrop, Callable[[], None]]]:
+        if IMaildrop not in interfaces:
+            raise NotImplementedError("MaildropRealm only provides IMaildrop")
+        d: Deferred[IMaildrop] = maybeDeferred(
+            self.store.openMaildrop, avatarName(avatarId)
+        )
+        return d.addCallback(lambda maildrop: (IMaildrop, maildrop, maildrop.close))

@@ -1,0 +1,135 @@
+"""
+The C{twistd popserv} command: options and service.
+
+Every configuration error is found while the options are parsed, before the
+reactor runs, and reported as one line (twistd's own handling of option
+errors would print its whole usage text above it).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.portal import Portal
+from twisted.python import usage
+
+from popserv.credentials import normalizeChecker
+from popserv.errors import StoreConfigError
+from popserv.mailstores import findStoreFactories, makeStore
+from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
+from popserv.realm import MaildropRealm
+
+DEFAULT_LISTEN = "tcp:110"
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    """
+    Options of C{twistd popserv}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A POP3 server (RFC 1939). Example: twistd -n popserv "
+        "--listen tcp:1110:interface=127.0.0.1 --auth memory:alice:secret "
+        "--mailstore maildir:/srv/mail/{user}"
+    )
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    optParameters = [
+        [
+            "mailstore",
+            "m",
+            None,
+            "Where mail is stored, as KIND:ARGS (see --help-mailstores).",
+        ],
+        [
+            "timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Autologout timer in seconds; at least 600 (RFC 1939 section 3).",
+            float,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        A Twisted server endpoint to listen on (tcp:, ssl:, unix:, systemd:);
+        may be given more than once. Default: tcp:110.
+        """
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def opt_help_mailstores(self) -> None:
+        """
+        List the installed mail store kinds and exit.
+        """
+        for kind, factory in sorted(findStoreFactories().items()):
+            print(f"{kind}:{factory.argStringFormat}\n    {factory.storeHelp}\n")
+        sys.exit(0)
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"popserv: error: {e}") from None
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if not self.get("credCheckers"):
+            raise usage.UsageError(
+                "--auth is required, e.g. --auth memory:alice:secret (see --help-auth)"
+            )
+        if not self["mailstore"]:
+            raise usage.UsageError(
+                "--mailstore is required, e.g. --mailstore maildir:/srv/mail/{user}"
+            )
+        if self["timeout"] < DEFAULT_TIMEOUT:
+            raise usage.UsageError(
+                f"--timeout must be at least {DEFAULT_TIMEOUT:.0f} seconds (RFC 1939 section 3)"
+            )
+        try:
+            self["store"] = makeStore(self["mailstore"])
+        except StoreConfigError as e:
+            raise usage.UsageError(f"--mailstore: {e}") from None
+        self["endpoints"] = [_endpoint(d) for d in self["listen"]]
+
+
+def _endpoint(description: str) -> Any:
+    # The reactor is already chosen when a twistd plugin's options are
+    # parsed; building the endpoint here (it does not listen yet) finds bad
+    # strings and unreadable certificates before start-up.
+    from twisted.internet import endpoints, reactor
+
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(f"--listen {description!r}: {e}") from None
+
+
+def makeService(options: Options) -> IService:
+    """
+    The POP3 service: one listener per --listen endpoint, all serving one
+    factory.
+    """
+    checkers = [normalizeChecker(c) for c in options["credCheckers"]]
+    portal = Portal(MaildropRealm(options["store"]), checkers)
+    factory = POP3ServerFactory(portal, timeout=options["timeout"])
+    top = MultiService()
+    for endpoint in options["endpoints"]:
+        service = StreamServerEndpointService(endpoint, factory)
+        # Fail start-up if the address cannot be bound, rather than log the
+        # error and run with no listener.
+        service._raiseSynchronously = True
+        service.setServiceParent(top)
+    return top

@@ -1,0 +1,103 @@
+"""
+The TRANSACTION-state view of a maildrop: message numbers, deletion marks and
+the answers of STAT, LIST and UIDL (RFC 1939 section 5).
+
+Pure bookkeeping over the L{MessageInfo} snapshot; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from popserv.errors import POP3Error
+from popserv.interfaces import MessageInfo
+
+
+class NoSuchMessage(POP3Error):
+    """
+    The message number is beyond the maildrop.
+    """
+
+    text = "No such message"
+
+
+class MessageDeleted(POP3Error):
+    """
+    The message number refers to a message marked as deleted.
+    """
+
+    text = "Message is deleted"
+
+
+class Transaction:
+    """
+    Message numbers (1-based, never changing within the session) and the set
+    of messages marked as deleted.
+    """
+
+    __slots__ = ("_deleted", "_deletedOctets", "_messages", "_octets")
+
+    def __init__(self, messages: Sequence[MessageInfo]) -> None:
+        self._messages = messages
+        self._octets = sum(m.size for m in messages)
+        self._deleted: set[int] = set()
+        self._deletedOctets = 0
+
+    def index(self, number: int) -> int:
+        """
+        The 0-based index of visible message C{number}.
+
+        @raise NoSuchMessage: no such message number.
+        @raise MessageDeleted: it is marked as deleted.
+        """
+        index = number - 1
+        if not 0 <= index < len(self._messages):
+            raise NoSuchMessage()
+        if index in self._deleted:
+            raise MessageDeleted(f"Message {number} is deleted")
+        return index
+
+    def info(self, number: int) -> MessageInfo:
+        """
+        The L{MessageInfo} of visible message C{number}.
+        """
+        return self._messages[self.index(number)]
+
+    def stat(self) -> tuple[int, int]:
+        """
+        The number of visible messages and their total wire size.
+        """
+        return (
+            len(self._messages) - len(self._deleted),
+            self._octets - self._deletedOctets,
+        )
+
+    def visible(self) -> list[tuple[int, MessageInfo]]:
+        """
+        (number, info) of every message not marked as deleted, in order.
+        """
+        deleted = self._deleted
+        return [
+            (i + 1, m) for i, m in enumerate(self._messages) if i not in deleted
+        ]
+
+    def delete(self, number: int) -> None:
+        """
+        Mark visible message C{number} as deleted.
+        """
+        index = self.index(number)
+        self._deleted.add(index)
+        self._deletedOctets += self._messages[index].size
+
+    def reset(self) -> None:
+        """
+        Unmark every message (RSET).
+        """
+        self._deleted.clear()
+        self._deletedOctets = 0
+
+    def deletedIndexes(self) -> list[int]:
+        """
+        The 0-based indexes marked as deleted, in order.
+        """
+        return sorted(self._deleted)

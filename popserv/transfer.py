@@ -1,0 +1,139 @@
+"""
+Streaming one message to the client with flow control.
+
+L{MessageTransfer} is a push producer: it reads the next chunk from the
+store only while the transport wants more, so a client that stops reading
+stops the reads and the server's buffer stays at one chunk or so, whatever
+the message's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popserv.encoder import MessageEncoder
+from popserv.interfaces import IMessageReader
+
+#: Octets asked of the store per read.  Large enough that per-chunk costs
+#: (a Deferred, a thread hop for files, a write) vanish next to copying.
+CHUNK_SIZE = 256 * 1024
+
+
+class TransferAborted(Exception):
+    """
+    The transport stopped the transfer (the connection went away).
+    """
+
+
+@implementer(IPushProducer)
+class MessageTransfer:
+    """
+    Sends the encoded message from C{reader}, then the terminator.
+
+    @ivar deferred: fires with L{None} when the terminator was written, or
+        fails: with L{TransferAborted} if the transport stopped it, or with
+        the store's error if a read failed (the response is then cut short
+        and the caller must drop the connection: a multi-line response cannot
+        be taken back).
+    """
+
+    def __init__(
+        self,
+        transport: ITransport,
+        reader: IMessageReader,
+        encoder: MessageEncoder,
+        prefix: bytes = b"",
+        onProgress: Callable[[], object] = lambda: None,
+        chunkSize: int = CHUNK_SIZE,
+    ) -> None:
+        """
+        @param prefix: octets to send with the first chunk (the status line),
+            so short messages go out in one write.
+        @param onProgress: called after each chunk is written (to reset an
+            idle timer).
+        """
+        self._transport = transport
+        self._reader = reader
+        self._encoder = encoder
+        self._pending = prefix
+        self._onProgress = onProgress
+        self._chunkSize = chunkSize
+        self._paused = False
+        self._reading = False
+        self._pumping = False
+        self._finished = False
+        self.deferred: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """
+        Register with the transport and start sending.
+        """
+        self._transport.registerProducer(self, True)
+        self._pump()
+        return self.deferred
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._end(Failure(TransferAborted()))
+
+    # The loop
+
+    def _pump(self) -> None:
+        # A loop rather than recursion: a store whose reads fire at once
+        # would otherwise nest one call per chunk.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not (self._paused or self._reading or self._finished):
+                self._reading = True
+                self._reader.read(self._chunkSize).addCallbacks(
+                    self._gotChunk, self._end
+                )
+        finally:
+            self._pumping = False
+
+    def _gotChunk(self, data: bytes) -> None:
+        self._reading = False
+        if self._finished:
+            return
+        encoder = self._encoder
+        out = encoder.feed(data) if data else b""
+        if not data or encoder.done:
+            self._write(out + encoder.finish())
+            self._end(None)
+            return
+        self._write(out)
+        self._onProgress()
+        self._pump()
+
+    def _write(self, data: bytes) -> None:
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        if data:
+            self._transport.write(data)
+
+    def _end(self, result: Failure | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._transport.unregisterProducer()
+        self._reader.close()
+        if result is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(result)

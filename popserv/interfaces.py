@@ -83,11 +83,12 @@ class IMaildrop(Interface):
 
     def listMessages() -> object:
         """
-        List the messages of this session.
+        List the messages of this session: those present when the maildrop
+        was opened.
 
         @return: a L{Deferred} firing with a sequence of L{MessageInfo}; the
-            message with index C{i} is element C{i}.  Called once, at login;
-            the sequence must not change afterwards.
+            message with index C{i} is element C{i}.  Every call gives the
+            same sequence.
         """
 
     def openMessage(index: int) -> object:

@@ -27,7 +27,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -205,7 +205,11 @@ class MaildirMaildrop:
 
     # Thread-side work
 
-    def _scan(self) -> list[MessageInfo]:
+    def scan(self) -> None:
+        """
+        Take the snapshot: list new/ and cur/ and size every message.  Runs
+        in a thread, once, right after the lock was taken.
+        """
         found: dict[str, tuple[str, str]] = {}
         # new/ first, then cur/: a message moved between the two listings is
         # seen twice (the cur/ name wins), never missed.
@@ -231,7 +235,6 @@ class MaildirMaildrop:
                     continue  # removed by another program while we looked
             entries.append(_Entry(subdir, name, base, MessageInfo(size, uidFor(base))))
         self._entries = entries
-        return [e.info for e in entries]
 
     def _locate(self, entry: _Entry) -> bool:
         """
@@ -290,7 +293,7 @@ class MaildirMaildrop:
     # IMaildrop
 
     def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
-        return self._run(self._scan).addErrback(_unavailable, self.path)
+        return succeed([e.info for e in self._entries])
 
     def openMessage(self, index: int) -> Deferred[IMessageReader]:
         d = self._run(self._open, index)
@@ -356,7 +359,13 @@ class MaildirStore:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise MaildropInUse() from None
             raise
-        return MaildirMaildrop(path, fd, self._run)
+        maildrop = MaildirMaildrop(path, fd, self._run)
+        try:
+            maildrop.scan()
+        except BaseException:
+            maildrop.close()
+            raise
+        return maildrop
 
     def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
         d: Deferred[IMaildrop] = self._run(self._lock, user)

@@ -1,0 +1,131 @@
+"""
+Test doubles for driving POP3Protocol over an in-memory transport.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from popserv.memorystore import MemoryStore
+from popserv.protocol import POP3Protocol, POP3ServerFactory
+from popserv.realm import MaildropRealm
+
+
+class Delayed:
+    """
+    Wraps an object so every method's Deferred fires only when the test
+    calls L{fire}: the "still pending" kind of store.
+    """
+
+    def __init__(self, wrapped: Any, queue: list[tuple[Deferred[Any], Any]]) -> None:
+        self._wrapped = wrapped
+        self._queue = queue
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._wrapped, name)
+        if not callable(attr) or name == "close":
+            return attr
+
+        def call(*args: Any) -> Deferred[Any]:
+            result: list[Any] = []
+            maybeDeferred(attr, *args).addBoth(result.append)
+            d: Deferred[Any] = Deferred()
+            self._queue.append((d, result[0]))
+            return d.addCallback(self._wrap)
+
+        return call
+
+    def _wrap(self, value: Any) -> Any:
+        if hasattr(value, "read") or hasattr(value, "listMessages"):
+            return Delayed(value, self._queue)
+        return value
+
+
+class DelayedStore:
+    """
+    A store over L{MemoryStore} whose every Deferred, down to message reads,
+    waits for L{fireAll}/L{fireOne}.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.queue: list[tuple[Deferred[Any], Any]] = []
+        self._delayed = Delayed(store, self.queue)
+
+    def openMaildrop(self, user: str) -> Deferred[Any]:
+        return self._delayed.openMaildrop(user)
+
+    def fireOne(self) -> bool:
+        if not self.queue:
+            return False
+        d, result = self.queue.pop(0)
+        d.callback(result) if not hasattr(result, "raiseException") else d.errback(result)
+        return True
+
+    def fireAll(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            if not self.fireOne():
+                return
+        raise AssertionError("store kept producing work")
+
+
+class Session:
+    """
+    A POP3Protocol connected to a StringTransport, with helpers to send
+    lines and take what the server wrote.
+    """
+
+    def __init__(
+        self,
+        store: Any = None,
+        users: dict[bytes, bytes] | None = None,
+        clock: Clock | None = None,
+        checkers: list[Any] | None = None,
+        timeout: float = 600,
+        transport: StringTransport | None = None,
+    ) -> None:
+        self.memory = MemoryStore()
+        self.store = store if store is not None else self.memory
+        if checkers is None:
+            checker = InMemoryUsernamePasswordDatabaseDontUse()
+            for name, password in (users or {b"alice": b"secret"}).items():
+                checker.addUser(name, password)
+            checkers = [checker]
+        self.clock = clock or Clock()
+        self.portal = Portal(MaildropRealm(self.store), checkers)
+        self.factory = POP3ServerFactory(self.portal, timeout=timeout, clock=self.clock)
+        self.protocol: POP3Protocol = self.factory.buildProtocol(None)
+        self.transport = transport if transport is not None else StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.greeting = self.take()
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def take(self) -> bytes:
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def command(self, line: bytes) -> bytes:
+        self.send(line + b"\r\n")
+        return self.take()
+
+    def login(self, user: bytes = b"alice", password: bytes = b"secret") -> bytes:
+        assert self.command(b"USER " + user) == b"+OK Send PASS\r\n"
+        return self.command(b"PASS " + password)
+
+    def challenge(self) -> bytes:
+        match = re.search(rb"<[^>]+>", self.greeting)
+        assert match is not None
+        return match.group(0)
+
+

@@ -1,0 +1,83 @@
+"""
+Tests for popserv.commands: the command-line grammar.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from popserv.commands import SYNTAX, Command, CommandError, parseCommand
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"USER alice", Command("USER", (b"alice",))),
+        (b"user alice", Command("USER", (b"alice",))),
+        (b"PASS my secret pass", Command("PASS", (b"my secret pass",))),
+        (b"PASS  lead", Command("PASS", (b" lead",))),
+        (b"APOP bob c4c9334bac560ecc979e58001b3e22fb", Command("APOP", (b"bob", b"c4c9334bac560ecc979e58001b3e22fb"))),
+        (b"STAT", Command("STAT")),
+        (b"LIST", Command("LIST")),
+        (b"LIST 2", Command("LIST", (2,))),
+        (b"LiSt  2 ", Command("LIST", (2,))),
+        (b"RETR 1", Command("RETR", (1,))),
+        (b"DELE 10", Command("DELE", (10,))),
+        (b"TOP 1 0", Command("TOP", (1, 0))),
+        (b"UIDL 3", Command("UIDL", (3,))),
+        (b"NOOP", Command("NOOP")),
+        (b"RSET", Command("RSET")),
+        (b"QUIT", Command("QUIT")),
+    ],
+)
+def test_parsesValidLines(line: bytes, expected: Command) -> None:
+    """
+    Keywords are case-insensitive; arguments become ints or bytes; PASS
+    keeps everything after the first space, spaces included.
+    """
+    assert parseCommand(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "text"),
+    [
+        (b"", "Unknown command"),
+        (b"XYZZY", "Unknown command"),
+        (b"RETRX 1", "Unknown command"),
+        (b"CAPA", "Unknown command"),
+        (b"\xff\xfe", "Unknown command"),
+        (b"RETR", "Syntax: RETR msg"),
+        (b"RETR 0", "Syntax: RETR msg"),
+        (b"RETR -1", "Syntax: RETR msg"),
+        (b"RETR +1", "Syntax: RETR msg"),
+        (b"RETR 1 2", "Syntax: RETR msg"),
+        (b"RETR one", "Syntax: RETR msg"),
+        (b"RETR \xd9\xa1", "Syntax: RETR msg"),
+        (b"RETR 12345678901", "Syntax: RETR msg"),
+        (b"TOP 1", "Syntax: TOP msg n"),
+        (b"TOP 1 -1", "Syntax: TOP msg n"),
+        (b"LIST 1 2", "Syntax: LIST [msg]"),
+        (b"STAT 1", "Syntax: STAT"),
+        (b"USER", "Syntax: USER name"),
+        (b"USER a b", "Syntax: USER name"),
+        (b"USER a\x00b", "Syntax: USER name"),
+        (b"PASS", "Syntax: PASS password"),
+        (b"APOP bob", "Syntax: APOP name digest"),
+    ],
+)
+def test_rejectsBadLines(line: bytes, text: str) -> None:
+    """
+    Unknown keywords and malformed arguments raise CommandError with a fixed
+    text that shows the expected usage.
+    """
+    with pytest.raises(CommandError) as caught:
+        parseCommand(line)
+    assert caught.value.text == text
+
+
+def test_everyKeywordHasUsage() -> None:
+    """
+    Every usage text starts with its own keyword.
+    """
+    for keyword, (_, usage) in SYNTAX.items():
+        assert usage.split()[0] == keyword

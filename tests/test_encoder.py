@@ -1,0 +1,138 @@
+"""
+Tests for popserv.encoder: line endings, byte-stuffing, TOP and wire sizes,
+over every way of cutting a message into chunks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popserv.encoder import MessageEncoder, WireSize, encodeMessage, wireSize
+
+
+def reference(message: bytes, bodyLines: int | None = None) -> bytes:
+    """
+    An independent, line-by-line statement of RFC 1939's wire form, to
+    check the chunked encoder against.
+    """
+    lines = re.split(rb"\r?\n", message)
+    if lines[-1] == b"":
+        lines.pop()  # the message ended with a line ending
+    if bodyLines is not None:
+        try:
+            blank = lines.index(b"")
+        except ValueError:
+            blank = len(lines)
+        lines = lines[: blank + 1 + bodyLines]
+    out = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    return out + b".\r\n"
+
+
+def chunked(message: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(message) + 1) for c in cuts} | {0, len(message)})
+    return [message[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def encodeChunks(chunks: list[bytes], bodyLines: int | None = None) -> bytes:
+    encoder = MessageEncoder(bodyLines)
+    out = [encoder.feed(c) for c in chunks]
+    return b"".join(out) + encoder.finish()
+
+
+# Messages built from the octets that matter: CR, LF, "." and a letter.
+messages = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"..", b"\n."]), max_size=60).map(
+    b"".join
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "wire"),
+    [
+        (b"", b".\r\n"),
+        (b"a", b"a\r\n.\r\n"),
+        (b"a\n", b"a\r\n.\r\n"),
+        (b"a\r\n", b"a\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n"),
+        (b".\r\n", b"..\r\n.\r\n"),
+        (b"\n.\n", b"\r\n..\r\n.\r\n"),
+        (b"a\nb\r\nc", b"a\r\nb\r\nc\r\n.\r\n"),
+        (b"a\r\rb\n", b"a\r\rb\r\n.\r\n"),
+        (b"a\r", b"a\r\r\n.\r\n"),
+        (b"..x\n", b"...x\r\n.\r\n"),
+    ],
+)
+def test_examples(message: bytes, wire: bytes) -> None:
+    """
+    LF and CRLF become CRLF, a bare CR is data, an unterminated line is
+    terminated, and every line starting with "." is stuffed, the first line
+    included.
+    """
+    assert encodeMessage(message) == wire
+    assert reference(message) == wire
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages, st.lists(st.integers(min_value=0, max_value=200), max_size=10))
+def test_chunkingNeverMatters(message: bytes, cuts: list[int]) -> None:
+    """
+    However the stored message is cut into chunks (a CR at the end of one
+    and LF at the start of the next, a "." right after a boundary), the
+    output is the same as the reference wire form.
+    """
+    assert encodeChunks(chunked(message, cuts)) == reference(message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages, st.lists(st.integers(min_value=0, max_value=200), max_size=10), st.integers(0, 5))
+def test_topOverChunks(message: bytes, cuts: list[int], lines: int) -> None:
+    """
+    TOP sends the header, the blank line and the first n body lines,
+    however the message is chunked.
+    """
+    assert encodeChunks(chunked(message, cuts), lines) == reference(message, lines)
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages, st.lists(st.integers(min_value=0, max_value=200), max_size=10))
+def test_wireSizeIsOctetsBeforeStuffing(message: bytes, cuts: list[int]) -> None:
+    """
+    The wire size is exactly the octets sent before stuffing and the
+    terminator, whatever the chunking.
+    """
+    unstuffed = reference(message)[:-3].replace(b"\r\n..", b"\r\n.")
+    if unstuffed.startswith(b".."):
+        unstuffed = unstuffed[1:]
+    counter = WireSize()
+    for chunk in chunked(message, cuts):
+        counter.feed(chunk)
+    assert counter.finish() == len(unstuffed) == wireSize(message)
+
+
+def test_topStopsEarly() -> None:
+    """
+    Once TOP has its lines, the encoder is done and ignores the rest.
+    """
+    encoder = MessageEncoder(1)
+    out = encoder.feed(b"H: v\n\nline 1\nline 2\n")
+    assert out == b"H: v\r\n\r\nline 1\r\n"
+    assert encoder.done
+    assert encoder.feed(b"more\n") == b""
+    assert encoder.finish() == b".\r\n"
+
+
+def test_topWithoutBody() -> None:
+    """
+    A message with no blank line is all header: TOP n 0 sends all of it.
+    """
+    assert encodeMessage(b"H: 1\nH: 2", 0) == b"H: 1\r\nH: 2\r\n.\r\n"
+
+
+def test_wireSizeChunks() -> None:
+    """
+    wireSize takes a message as bytes or as an iterable of chunks.
+    """
+    assert wireSize([b"a\r", b"\nb"]) == wireSize(b"a\r\nb") == 6

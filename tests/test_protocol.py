@@ -1,0 +1,493 @@
+"""
+Tests for popserv.protocol over in-memory transports and a fake clock:
+exact bytes on the wire for every RFC 1939 command, state and failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from protocol_helpers import DelayedStore, Session
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popserv.encoder import encodeMessage
+from popserv.errors import DeletionFailed
+from popserv.memorystore import MemoryStore
+from popserv.protocol import MAX_QUEUED_LINES
+
+M1 = b"Subject: one\r\n\r\nfirst\r\n"
+M2 = b"Subject: two\n\n.dotted\nlast line"
+
+
+def session(*messages: bytes, store: Any = None, **kwargs: Any) -> Session:
+    s = Session(store=store, **kwargs)
+    for m in messages or (M1, M2):
+        s.memory.deliver("alice", m)
+    return s
+
+
+def loggedIn(*messages: bytes, **kwargs: Any) -> Session:
+    s = session(*messages, **kwargs)
+    assert s.login().startswith(b"+OK Logged in")
+    return s
+
+
+class TestGreetingAndLogin:
+    def test_greetingHasAPOPTimestamp(self) -> None:
+        """
+        With a checker that knows plaintext passwords the greeting carries
+        an RFC 1939 section 7 timestamp, different for every connection.
+        """
+        a, b = session(), session()
+        assert a.greeting.startswith(b"+OK POP3 server ready <")
+        assert a.greeting.endswith(b"@popserv>\r\n")
+        assert a.challenge() != b.challenge()
+
+    def test_noTimestampWithoutAPOPChecker(self) -> None:
+        """
+        When no checker can verify APOP digests the greeting has no
+        timestamp and APOP is refused.
+        """
+
+        @implementer(ICredentialsChecker)
+        class PlainOnly:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+                if credentials.checkPassword(b"secret"):
+                    return succeed(credentials.username)
+                return fail(Exception())
+
+        s = Session(checkers=[PlainOnly()])
+        assert s.greeting == b"+OK POP3 server ready\r\n"
+        assert s.command(b"APOP alice " + b"0" * 32) == b"-ERR APOP is not available on this server\r\n"
+        assert s.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
+
+    def test_userPass(self) -> None:
+        """
+        USER then PASS logs in and reports the maildrop's size.
+        """
+        s = session()
+        assert s.login() == b"+OK Logged in, 2 messages (59 octets)\r\n"
+        assert s.command(b"STAT") == b"+OK 2 59\r\n"
+
+    def test_wrongPassword(self) -> None:
+        """
+        A wrong password is -ERR [AUTH] and the client may try again.
+        """
+        s = session()
+        assert s.login(password=b"wrong") == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.login(user=b"nobody") == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_passWithoutUser(self) -> None:
+        """
+        PASS must follow USER; a failed PASS forgets the user.
+        """
+        s = session()
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+        s.command(b"USER alice")
+        s.command(b"PASS wrong")
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+
+    def test_passwordWithSpaces(self) -> None:
+        """
+        RFC 1939 section 7: a PASS argument may contain spaces.
+        """
+        s = session(users={b"alice": b"two words "})
+        assert s.login(password=b"two words ").startswith(b"+OK Logged in")
+
+    def test_apop(self) -> None:
+        """
+        APOP with the MD5 digest of the timestamp and the secret logs in; a
+        wrong digest is -ERR [AUTH]; a digest that is not 32 hex digits is
+        a syntax error.
+        """
+        s = session()
+        bad = hashlib.md5(s.challenge() + b"wrong").hexdigest().encode()
+        assert s.command(b"APOP alice " + bad) == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.command(b"APOP alice xyz") == b"-ERR Syntax: APOP name digest (32 hex digits)\r\n"
+        good = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
+        assert s.command(b"APOP alice " + good.upper()) == b"+OK Logged in, 2 messages (59 octets)\r\n"
+
+    def test_secondLoginRefused(self) -> None:
+        """
+        USER, PASS and APOP after login are -ERR and change nothing.
+        """
+        s = loggedIn()
+        for line in (b"USER bob", b"PASS x", b"APOP bob " + b"0" * 32):
+            assert s.command(line) == b"-ERR Already logged in\r\n"
+        assert s.command(b"STAT") == b"+OK 2 59\r\n"
+
+    def test_inUse(self) -> None:
+        """
+        A second session for a user whose maildrop is locked gets
+        -ERR [IN-USE] at once; after the first ends, login works.
+        """
+        first = loggedIn()
+        second = Session(store=first.store)
+        assert second.login() == b"-ERR [IN-USE] Maildrop is in use by another session\r\n"
+        first.command(b"QUIT")
+        first.protocol.connectionLost(Failure(ConnectionError()))
+        assert second.login().startswith(b"+OK Logged in")
+
+    def test_quitBeforeLogin(self) -> None:
+        """
+        QUIT in AUTHORIZATION says goodbye and closes.
+        """
+        s = session()
+        assert s.command(b"QUIT") == b"+OK Bye\r\n"
+        assert s.transport.disconnecting
+
+
+class TestTransaction:
+    def test_list(self) -> None:
+        """
+        LIST gives every message's number and wire size; LIST n just one.
+        """
+        s = loggedIn()
+        assert s.command(b"LIST") == b"+OK 2 messages (59 octets)\r\n1 23\r\n2 36\r\n.\r\n"
+        assert s.command(b"LIST 2") == b"+OK 2 36\r\n"
+        assert s.command(b"LIST 3") == b"-ERR No such message\r\n"
+
+    def test_uidl(self) -> None:
+        """
+        UIDL gives the store's unique ids.
+        """
+        s = loggedIn()
+        assert s.command(b"UIDL") == b"+OK Unique-ID listing follows\r\n1 1\r\n2 2\r\n.\r\n"
+        assert s.command(b"UIDL 1") == b"+OK 1 1\r\n"
+
+    def test_retr(self) -> None:
+        """
+        RETR sends the size, then the message with CRLF line endings,
+        byte-stuffing and a terminated last line.
+        """
+        s = loggedIn()
+        assert s.command(b"RETR 1") == b"+OK 23 octets\r\n" + M1 + b".\r\n"
+        assert s.command(b"RETR 2") == (
+            b"+OK 36 octets\r\nSubject: two\r\n\r\n..dotted\r\nlast line\r\n.\r\n"
+        )
+
+    def test_top(self) -> None:
+        """
+        TOP n k sends the header, the blank line and k body lines.
+        """
+        s = loggedIn()
+        assert s.command(b"TOP 2 0") == b"+OK Top of message follows\r\nSubject: two\r\n\r\n.\r\n"
+        assert s.command(b"TOP 2 1") == (
+            b"+OK Top of message follows\r\nSubject: two\r\n\r\n..dotted\r\n.\r\n"
+        )
+        assert s.command(b"TOP 2 99") == (
+            b"+OK Top of message follows\r\nSubject: two\r\n\r\n..dotted\r\nlast line\r\n.\r\n"
+        )
+        assert s.command(b"TOP 3 1") == b"-ERR No such message\r\n"
+
+    def test_deleteHidesAndRsetRestores(self) -> None:
+        """
+        A deleted message vanishes from STAT, LIST, UIDL, RETR and TOP
+        without renumbering the others; RSET brings it back.
+        """
+        s = loggedIn()
+        assert s.command(b"DELE 1") == b"+OK Message 1 deleted\r\n"
+        assert s.command(b"DELE 1") == b"-ERR Message 1 is deleted\r\n"
+        assert s.command(b"STAT") == b"+OK 1 36\r\n"
+        assert s.command(b"LIST") == b"+OK 1 messages (36 octets)\r\n2 36\r\n.\r\n"
+        assert s.command(b"UIDL") == b"+OK Unique-ID listing follows\r\n2 2\r\n.\r\n"
+        for line in (b"LIST 1", b"UIDL 1", b"RETR 1", b"TOP 1 0"):
+            assert s.command(line) == b"-ERR Message 1 is deleted\r\n"
+        assert s.command(b"RSET") == b"+OK 2 messages (59 octets)\r\n"
+        assert s.command(b"LIST 1") == b"+OK 1 23\r\n"
+
+    def test_quitAppliesDeletions(self) -> None:
+        """
+        QUIT in TRANSACTION removes the deleted messages, says so, closes.
+        """
+        s = loggedIn()
+        s.command(b"DELE 2")
+        assert s.command(b"QUIT") == b"+OK Bye, 1 deleted, 1 left\r\n"
+        assert s.transport.disconnecting
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.memory.messages("alice") == [M1]
+
+    def test_quitWithoutDeletions(self) -> None:
+        """
+        QUIT with nothing deleted leaves the maildrop as it was.
+        """
+        s = loggedIn()
+        assert s.command(b"QUIT") == b"+OK Bye, 2 messages left\r\n"
+        assert s.memory.messages("alice") == [M1, M2]
+
+    def test_dropDeletesNothing(self) -> None:
+        """
+        A connection that ends without QUIT deletes nothing and releases the
+        lock.
+        """
+        s = loggedIn()
+        s.command(b"DELE 1")
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.memory.messages("alice") == [M1, M2]
+        assert Session(store=s.memory).login().startswith(b"+OK Logged in")
+
+    def test_deletionFailure(self) -> None:
+        """
+        If the store cannot apply the deletions, QUIT answers -ERR and no
+        message that was not deleted is lost.
+        """
+
+        class FailingMaildrop:
+            def __init__(self, maildrop: Any) -> None:
+                self.maildrop = maildrop
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.maildrop, name)
+
+            def deleteMessages(self, indexes: Any) -> Deferred[None]:
+                return fail(DeletionFailed(indexes))
+
+        class FailingStore:
+            def __init__(self, store: MemoryStore) -> None:
+                self.store = store
+
+            def openMaildrop(self, user: str) -> Deferred[Any]:
+                return self.store.openMaildrop(user).addCallback(FailingMaildrop)
+
+        s = Session()
+        s.store = FailingStore(s.memory)
+        s.portal.realm.store = s.store
+        s.memory.deliver("alice", M1)
+        s.login()
+        s.command(b"DELE 1")
+        assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
+        assert s.transport.disconnecting
+        assert s.memory.messages("alice") == [M1]
+
+
+class TestRobustness:
+    @pytest.mark.parametrize(
+        ("line", "reply"),
+        [
+            (b"XYZZY", b"-ERR Unknown command\r\n"),
+            (b"", b"-ERR Unknown command\r\n"),
+            (b"\x00\xff", b"-ERR Unknown command\r\n"),
+            (b"RETR x", b"-ERR Syntax: RETR msg\r\n"),
+            (b"RETR 0", b"-ERR Syntax: RETR msg\r\n"),
+            (b"RETR 99", b"-ERR No such message\r\n"),
+            (b"RETR 99999999999999999999", b"-ERR Syntax: RETR msg\r\n"),
+            (b"DELE 3", b"-ERR No such message\r\n"),
+            (b"TOP 1", b"-ERR Syntax: TOP msg n\r\n"),
+        ],
+    )
+    def test_badCommandsKeepSession(self, line: bytes, reply: bytes) -> None:
+        """
+        Unknown, malformed and out-of-range commands get a fixed -ERR and
+        the session goes on.
+        """
+        s = loggedIn()
+        assert s.command(line) == reply
+        assert s.command(b"NOOP") == b"+OK\r\n"
+
+    def test_wrongState(self) -> None:
+        """
+        Transaction commands before login are refused, the session goes on.
+        """
+        s = session()
+        for line in (b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"NOOP", b"RSET", b"TOP 1 1", b"UIDL"):
+            assert s.command(line) == b"-ERR Command not valid in this state\r\n"
+        assert s.login().startswith(b"+OK")
+
+    def test_lfOnlyLines(self) -> None:
+        """
+        Clients that end lines with a bare LF are understood.
+        """
+        s = session()
+        s.send(b"USER alice\nPASS secret\nSTAT\n")
+        assert s.take() == b"+OK Send PASS\r\n+OK Logged in, 2 messages (59 octets)\r\n+OK 2 59\r\n"
+
+    def test_lineTooLong(self) -> None:
+        """
+        A command line over 255 octets gets -ERR and the connection closes.
+        """
+        s = session()
+        s.send(b"USER " + b"a" * 300 + b"\r\n")
+        assert s.take() == b"-ERR Line too long\r\n"
+        assert s.transport.disconnecting
+
+    def test_longestLegalLine(self) -> None:
+        """
+        A 255-octet line including CRLF is accepted (RFC 2449 section 4).
+        """
+        s = session()
+        line = b"USER " + b"a" * 248
+        assert len(line + b"\r\n") == 255
+        assert s.command(line) == b"+OK Send PASS\r\n"
+
+    def test_serverFaultLeaksNothing(self) -> None:
+        """
+        An unexpected exception in a store is logged; the client gets a
+        generic -ERR [SYS/TEMP] and can try again.
+        """
+
+        class BrokenStore:
+            def openMaildrop(self, user: str) -> Deferred[Any]:
+                return fail(RuntimeError("secret internal detail"))
+
+        s = Session(store=BrokenStore())
+        assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+
+    def test_linesAfterQuitIgnored(self) -> None:
+        """
+        Nothing sent after QUIT is executed.
+        """
+        s = loggedIn()
+        s.send(b"QUIT\r\nDELE 1\r\n")
+        assert s.take() == b"+OK Bye, 2 messages left\r\n"
+        assert s.memory.messages("alice") == [M1, M2]
+
+
+class TestTimeout:
+    def test_autologout(self) -> None:
+        """
+        After 10 idle minutes the connection is closed with no response and
+        nothing deleted (RFC 1939 section 3).
+        """
+        s = loggedIn()
+        s.command(b"DELE 1")
+        s.clock.advance(599)
+        assert not s.transport.disconnecting
+        s.command(b"NOOP")
+        s.clock.advance(599)
+        assert not s.transport.disconnecting
+        s.clock.advance(1)
+        assert s.transport.disconnecting
+        assert s.take() == b""
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.memory.messages("alice") == [M1, M2]
+
+    def test_configurable(self) -> None:
+        """
+        The timer length is the factory's timeout.
+        """
+        s = session(timeout=1800)
+        s.clock.advance(1799)
+        assert not s.transport.disconnecting
+        s.clock.advance(1)
+        assert s.transport.disconnecting
+
+
+class TestPendingStore:
+    """
+    The same session against a store whose every answer is still pending
+    when the call returns.
+    """
+
+    def test_pipelinedCommandsAnsweredInOrder(self) -> None:
+        """
+        Commands pipelined behind PASS and RETR wait for them and are
+        answered in order, none early, none lost.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", M1)
+        memory.deliver("alice", M2)
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\nSTAT\r\nRETR 2\r\nDELE 1\r\nLIST\r\nQUIT\r\n")
+        assert s.take() == b"+OK Send PASS\r\n"
+        store.fireAll()
+        assert s.take() == (
+            b"+OK Logged in, 2 messages (59 octets)\r\n"
+            b"+OK 2 59\r\n"
+            b"+OK 36 octets\r\n" + encodeMessage(M2) + b"+OK Message 1 deleted\r\n"
+            b"+OK 1 messages (36 octets)\r\n2 36\r\n.\r\n"
+            b"+OK Bye, 1 deleted, 1 left\r\n"
+        )
+        assert memory.messages("alice") == [M2]
+
+    def test_dropWhileLoggingIn(self) -> None:
+        """
+        A connection lost while the login is pending releases the maildrop
+        when the login completes.
+        """
+        memory = MemoryStore()
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        store.fireAll()
+        assert Session(store=memory).login().startswith(b"+OK Logged in")
+
+    def test_floodPausesReading(self) -> None:
+        """
+        While a command is pending, a client that keeps sending is held back:
+        the server stops reading its socket, and resumes once it catches up.
+        """
+        store = DelayedStore(MemoryStore())
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        s.send(b"NOOP\r\n" * MAX_QUEUED_LINES)
+        assert s.transport.producerState == "paused"
+        store.fireAll()
+        assert s.transport.producerState == "producing"
+        assert s.take().count(b"+OK\r\n") == MAX_QUEUED_LINES
+
+
+class PausingTransport(StringTransport):
+    """
+    Pauses its producer when more than C{limit} octets are unread, as a TCP
+    transport does when the peer stops reading.
+    """
+
+    limit = 512 * 1024
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.limit:
+            self.producer.pauseProducing()
+
+
+class TestStreaming:
+    def test_flowControl(self) -> None:
+        """
+        A large RETR never gets far ahead of the reader: the server writes
+        only while the transport wants data, and the bytes are exact.
+        """
+        big = b"Subject: big\n\n" + b"".join(b".line %07d\n" % i for i in range(400_000))
+        s = Session(transport=PausingTransport())
+        s.memory.deliver("alice", big)
+        s.login()
+        s.send(b"RETR 1\r\n")
+        received = []
+        for _ in range(10_000):
+            value = s.take()
+            assert len(value) < PausingTransport.limit + 2 * 256 * 1024 + 100
+            received.append(value)
+            if s.transport.producer is None:
+                break
+            s.transport.producer.resumeProducing()
+        expected = encodeMessage(big)
+        assert b"".join(received) == b"+OK %d octets\r\n" % (len(expected) - len(b".\r\n") - 400_000) + expected
+
+    def test_dropDuringTransfer(self) -> None:
+        """
+        A connection lost in the middle of RETR stops the reads, deletes
+        nothing and releases the maildrop.
+        """
+        big = b"x" * (2 * 1024 * 1024)
+        s = Session(transport=PausingTransport())
+        s.memory.deliver("alice", big)
+        s.login()
+        s.command(b"DELE 1")
+        s.command(b"RSET")
+        s.send(b"RETR 1\r\n")
+        assert s.transport.producer is not None
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.memory.messages("alice") == [big]
+        assert Session(store=s.memory).login().startswith(b"+OK Logged in")

@@ -118,7 +118,7 @@ class MaildirTemplate:
         self.template = os.path.abspath(template)
         self.fields = fields
         fixed = self.template[: self.template.index("{")]
-        root = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
+        root = os.path.normpath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed))
         if not os.path.isdir(root):
             raise StoreConfigError(f"maildir: directory {root} does not exist")
         self.root = root
@@ -349,6 +349,9 @@ class MaildirStore:
 
     def _lock(self, user: str) -> MaildirMaildrop:
         path = self.template.pathFor(user)
+        # makedirs gives its mode to the leaf only: make the Maildir itself
+        # private too, then its three subdirectories.
+        os.makedirs(path, mode=0o700, exist_ok=True)
         for subdir in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(path, subdir), mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -27,6 +27,19 @@ from popserv.realm import MaildropRealm
 DEFAULT_LISTEN = "tcp:110"
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--timeout takes a number of seconds, not {value!r}") from None
+    if not seconds < float("inf"):
+        raise ValueError(f"--timeout takes a number of seconds, not {value!r}")
+    return seconds
+
+
+_seconds.coerceDoc = "A number of seconds."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     Options of C{twistd popserv}.
@@ -52,7 +65,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             DEFAULT_TIMEOUT,
             "Autologout timer in seconds; at least 600 (RFC 1939 section 3).",
-            float,
+            _seconds,
         ],
     ]
 

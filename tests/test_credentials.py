@@ -1,0 +1,106 @@
+"""
+Tests for popserv.credentials and popserv.realm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from typing import Any
+
+import pytest
+from twisted.cred import strcred
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+
+from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge, normalizeChecker
+from popserv.interfaces import IMaildrop
+from popserv.memorystore import MemoryStore
+from popserv.realm import MaildropRealm, avatarName
+
+
+def outcome(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+def test_usernamePassword() -> None:
+    """
+    The sent password is compared with the stored one, bytes or text.
+    """
+    creds = UsernamePassword(b"alice", "s\u00e9cret".encode())
+    assert creds.checkPassword("s\u00e9cret")
+    assert creds.checkPassword("s\u00e9cret".encode())
+    assert not creds.checkPassword("secret")
+    assert not creds.checkPassword(b"")
+
+
+def test_apopDigest() -> None:
+    """
+    The APOP digest is MD5(timestamp + secret), hex, any case (RFC 1939
+    section 7's own example).
+    """
+    challenge = b"<1896.697170952@dbc.mtview.ca.us>"
+    creds = APOPCredentials(challenge, b"mrose", b"C4C9334BAC560ECC979E58001B3E22FB")
+    assert creds.checkPassword("tanstaaf")
+    assert not creds.checkPassword("tanstaafl")
+
+
+def test_challenge() -> None:
+    """
+    The APOP timestamp is a msg-id, unique, and reveals neither the host
+    name nor the process id.
+    """
+    challenges = {makeChallenge() for _ in range(100)}
+    assert len(challenges) == 100
+    for c in challenges:
+        assert re.fullmatch(rb"<[0-9a-f]{24}\.\d+@popserv>", c)
+        assert socket.gethostname().encode() not in c
+        assert b".%d@" % os.getpid() not in c
+
+
+def test_strcredMemoryCheckerWorks() -> None:
+    """
+    Twisted's memory: checker, after normalizeChecker, accepts the bytes
+    user names POP3 logins carry, for USER/PASS and APOP.
+    """
+    checker = normalizeChecker(strcred.makeChecker("memory:alice:secret"))
+    portal = Portal(MaildropRealm(MemoryStore()), [checker])
+    iface, maildrop, logout = outcome(portal.login(UsernamePassword(b"alice", b"secret"), None, IMaildrop))
+    assert iface is IMaildrop
+    logout()
+    digest = hashlib.md5(b"<x@y>secret").hexdigest().encode()
+    assert not hasattr(outcome(portal.login(APOPCredentials(b"<x@y>", b"alice", digest), None, IMaildrop)), "check")
+    failure = outcome(portal.login(UsernamePassword(b"alice", b"nope"), None, IMaildrop))
+    assert failure.check(UnauthorizedLogin)
+
+
+def test_realmLogoutReleasesLock() -> None:
+    """
+    The realm's logout releases the maildrop lock.
+    """
+    store = MemoryStore()
+    realm = MaildropRealm(store)
+    _, _, logout = outcome(realm.requestAvatar(b"alice", None, IMaildrop))
+    assert outcome(store.openMaildrop("alice")).check(Exception)
+    logout()
+    outcome(store.openMaildrop("alice")).close()
+
+
+def test_realmOnlyGivesMaildrops() -> None:
+    """
+    Asking the realm for another interface is an error.
+    """
+    with pytest.raises(NotImplementedError):
+        MaildropRealm(MemoryStore()).requestAvatar(b"alice", None, object)
+
+
+def test_avatarName() -> None:
+    """
+    Avatar IDs from bytes or text checkers become text user names.
+    """
+    assert avatarName(b"b\xc3\xb6b") == "b\u00f6b"
+    assert avatarName("bob") == "bob"

@@ -42,7 +42,25 @@ _EXPORTS = {
     "MaildropRealm": "popserv.realm",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "DeletionFailed",
+    "IMailStore",
+    "IMailStoreFactory",
+    "IMaildrop",
+    "IMessageReader",
+    "MaildirStore",
+    "MaildropInUse",
+    "MaildropRealm",
+    "MaildropRefused",
+    "MaildropUnavailable",
+    "MemoryStore",
+    "MessageInfo",
+    "MessageUnavailable",
+    "POP3Error",
+    "POP3ServerFactory",
+    "StoreConfigError",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

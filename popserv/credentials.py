@@ -18,7 +18,7 @@ import hmac
 import secrets
 import time
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from zope.interface import implementer
 
@@ -77,7 +77,7 @@ def makeChallenge() -> bytes:
     )
 
 
-def normalizeChecker(checker: object) -> object:
+def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
     """
     Make Twisted's C{memory:} checker usable with L{bytes} user names.
 

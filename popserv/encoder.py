@@ -74,7 +74,7 @@ class WireSize:
     20
     """
 
-    __slots__ = ("_endsWithLF", "_endings", "_size")
+    __slots__ = ("_endings", "_endsWithLF", "_size")
 
     def __init__(self) -> None:
         self._endings = _LineEndings()

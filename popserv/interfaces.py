@@ -25,8 +25,10 @@ Conventions that hold for every method below:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -54,7 +56,7 @@ class IMessageReader(Interface):
     An open message, read in order from start to end.
     """
 
-    def read(size: int) -> object:
+    def read(size: int) -> Deferred[bytes]:
         """
         Read the next part of the message.
 
@@ -81,7 +83,7 @@ class IMaildrop(Interface):
     not be affected by L{deleteMessages}.
     """
 
-    def listMessages() -> object:
+    def listMessages() -> Deferred[Sequence[MessageInfo]]:
         """
         List the messages of this session: those present when the maildrop
         was opened.
@@ -91,7 +93,7 @@ class IMaildrop(Interface):
             same sequence.
         """
 
-    def openMessage(index: int) -> object:
+    def openMessage(index: int) -> Deferred[IMessageReader]:
         """
         Open message C{index} for reading.
 
@@ -102,7 +104,7 @@ class IMaildrop(Interface):
             removed the message meanwhile.
         """
 
-    def deleteMessages(indexes: object) -> object:
+    def deleteMessages(indexes: Sequence[int]) -> Deferred[None]:
         """
         Remove messages permanently; called only in the UPDATE state, after
         the client sent QUIT (RFC 1939 section 6), at most once a session.
@@ -129,7 +131,7 @@ class IMailStore(Interface):
     Where maildrops live: a directory tree, a database, memory, ...
     """
 
-    def openMaildrop(user: str) -> object:
+    def openMaildrop(user: str) -> Deferred[IMaildrop]:
         """
         Open and exclusively lock the maildrop of C{user}.
 
@@ -158,7 +160,7 @@ class IMailStoreFactory(Interface):
     storeHelp = Attribute("One paragraph of help shown by --help-mailstores.")
     argStringFormat = Attribute("The shape of ARGS, e.g. 'TEMPLATE'.")
 
-    def makeStore(argstring: str) -> object:
+    def makeStore(argstring: str) -> IMailStore:
         """
         Make the store.
 

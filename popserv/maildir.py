@@ -257,11 +257,11 @@ class MaildirMaildrop:
     def _open(self, index: int) -> Any:
         entry = self._entries[index]
         try:
-            return open(self._pathOf(entry), "rb", buffering=0)  # noqa: SIM115
+            return open(self._pathOf(entry), "rb", buffering=0)
         except FileNotFoundError:
             if self._locate(entry):
                 try:
-                    return open(self._pathOf(entry), "rb", buffering=0)  # noqa: SIM115
+                    return open(self._pathOf(entry), "rb", buffering=0)
                 except FileNotFoundError:
                     pass
         raise MessageUnavailable()

@@ -12,8 +12,6 @@ twistd imports every dropin whenever it looks for plugins.
 
 from __future__ import annotations
 
-from typing import cast
-
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -93,4 +91,4 @@ def makeStore(description: str) -> IMailStore:
     if factory is None:
         known = ", ".join(sorted(factories)) or "none"
         raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known})")
-    return cast(IMailStore, factory.makeStore(argstring))
+    return factory.makeStore(argstring)

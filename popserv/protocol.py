@@ -21,10 +21,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -69,8 +70,10 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     MAX_LENGTH = 254
 
     factory: POP3ServerFactory
+    #: What the reactor gives: an ITCPTransport that is also a push producer
+    #: and has abortConnection (or a test double of one).
+    transport: Any
     _log = Logger()
-    _handlers: ClassVar[dict[str, Handler]]
 
     def __init__(self) -> None:
         self.state = State.AUTHORIZATION
@@ -97,7 +100,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             greeting += " " + self.challenge.decode("ascii")
         self._send(replies.ok(greeting))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         self.setTimeout(None)
         self._queue.clear()
@@ -116,7 +119,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         # response".  Abort rather than lose: a client that stopped reading
         # would otherwise keep the connection open by not draining the buffer.
         self._log.info("Autologout timer expired; closing")
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        self.transport.abortConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._send(replies.err("Line too long"))
@@ -132,7 +135,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._queue.append(line)
             if len(self._queue) >= MAX_QUEUED_LINES and not self._readingPaused:
                 self._readingPaused = True
-                self.transport.pauseProducing()  # type: ignore[attr-defined]
+                self.transport.pauseProducing()
             return
         self._run(line)
 
@@ -174,7 +177,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         if self._readingPaused and len(self._queue) < MAX_QUEUED_LINES // 2:
             self._readingPaused = False
             if not self._lost:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+                self.transport.resumeProducing()
 
     def _serverFault(self, failure: Failure) -> None:
         """
@@ -187,7 +190,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             # A multi-line response was cut: it cannot be taken back.
             self._transfer = None
             if not self._lost:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()
             return
         self._send(replies.err("Internal server error", "SYS/TEMP"))
 
@@ -221,13 +224,13 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._user = None
         return self._login(APOPCredentials(self.challenge, name, digest))
 
-    def _login(self, credentials: object) -> Deferred[None]:
-        d = self.factory.portal.login(credentials, None, IMaildrop)
+    def _login(self, credentials: ICredentials) -> Deferred[Any]:
+        d: Deferred[Any] = self.factory.portal.login(credentials, None, IMaildrop)
         d.addCallback(self._loggedIn)
         d.addErrback(self._loginFailed)
         return d
 
-    def _loggedIn(self, result: tuple[Any, IMaildrop, Callable[[], None]]) -> Any:
+    def _loggedIn(self, result: tuple[object, IMaildrop, Callable[[], None]]) -> Any:
         _, maildrop, logout = result
         if self._lost:
             logout()
@@ -310,9 +313,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._txn().info(number)
         return self._send_message(number, replies.ok("Top of message follows"), lines)
 
-    def _send_message(
-        self, number: int, status: bytes, bodyLines: int | None
-    ) -> Deferred[None]:
+    def _send_message(self, number: int, status: bytes, bodyLines: int | None) -> Deferred[None]:
         index = self._txn().index(number)
         assert self._maildrop is not None
         d: Deferred[IMessageReader] = maybeDeferred(self._maildrop.openMessage, index)
@@ -396,7 +397,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
         return d.addCallbacks(deleted, failed).addBoth(close)
 
-    _handlers = {
+    #: keyword -> handler: every method a client can reach, in one place.
+    _handlers: ClassVar[dict[str, Handler]] = {
         "USER": _doUSER,
         "PASS": _doPASS,
         "APOP": _doAPOP,
@@ -420,7 +422,7 @@ def _isHex(data: bytes) -> bool:
     return True
 
 
-class POP3ServerFactory(ServerFactory):
+class POP3ServerFactory(ServerFactory[POP3Protocol]):
     """
     Makes L{POP3Protocol} sessions that log in through C{portal}.
 
@@ -458,7 +460,7 @@ class POP3ServerFactory(ServerFactory):
 
         return IUsernameHashedPassword in self.portal.listCredentialsInterfaces()
 
-    def buildProtocol(self, addr: Any) -> POP3Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> POP3Protocol:
         p = self.protocol()
         p.factory = self
         if self.clock is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred, maybeDeferred
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from popserv.interfaces import IMaildrop, IMailStore
 
@@ -39,11 +39,17 @@ class MaildropRealm:
         self.store = store
 
     def requestAvatar(
-        self, avatarId: bytes | str, mind: object, *interfaces: Any
-    ) -> Deferred[tuple[Any, IMaildrop, Callable[[], None]]]:
+        self,
+        # bytes per IRealm, but the unix: checker gives str.
+        avatarId: Any,
+        mind: object,
+        *interfaces: type[Interface],
+    ) -> Deferred[tuple[type[Interface], object, Callable[[], None]]]:
         if IMaildrop not in interfaces:
             raise NotImplementedError("MaildropRealm only provides IMaildrop")
-        d: Deferred[IMaildrop] = maybeDeferred(
-            self.store.openMaildrop, avatarName(avatarId)
-        )
-        return d.addCallback(lambda maildrop: (IMaildrop, maildrop, maildrop.close))
+        d: Deferred[IMaildrop] = maybeDeferred(self.store.openMaildrop, avatarName(avatarId))
+        return d.addCallback(_avatar)
+
+
+def _avatar(maildrop: IMaildrop) -> tuple[type[Interface], object, Callable[[], None]]:
+    return (IMaildrop, maildrop, maildrop.close)

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.python import usage
@@ -135,7 +136,7 @@ def makeService(options: Options) -> IService:
     The POP3 service: one listener per --listen endpoint, all serving one
     factory.
     """
-    checkers = [normalizeChecker(c) for c in options["credCheckers"]]
+    checkers: list[ICredentialsChecker] = [normalizeChecker(c) for c in options["credCheckers"]]
     portal = Portal(MaildropRealm(options["store"]), checkers)
     factory = POP3ServerFactory(portal, timeout=options["timeout"])
     top = MultiService()

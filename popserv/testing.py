@@ -51,7 +51,7 @@ async def readAll(maildrop: IMaildrop, index: int, size: int = 65536) -> bytes:
     """
     reader = await maildrop.openMessage(index)
     assert verifyObject(IMessageReader, reader)
-    parts = []
+    parts: list[bytes] = []
     try:
         for _ in range(10_000_000 // size + 10):
             chunk = await reader.read(size)

@@ -77,9 +77,7 @@ class Transaction:
         (number, info) of every message not marked as deleted, in order.
         """
         deleted = self._deleted
-        return [
-            (i + 1, m) for i, m in enumerate(self._messages) if i not in deleted
-        ]
+        return [(i + 1, m) for i, m in enumerate(self._messages) if i not in deleted]
 
     def delete(self, number: int) -> None:
         """

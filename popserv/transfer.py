@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -44,7 +44,7 @@ class MessageTransfer:
 
     def __init__(
         self,
-        transport: ITransport,
+        transport: IConsumer,
         reader: IMessageReader,
         encoder: MessageEncoder,
         prefix: bytes = b"",
@@ -100,9 +100,7 @@ class MessageTransfer:
         try:
             while not (self._paused or self._reading or self._finished):
                 self._reading = True
-                self._reader.read(self._chunkSize).addCallbacks(
-                    self._gotChunk, self._end
-                )
+                self._reader.read(self._chunkSize).addCallbacks(self._gotChunk, self._end)
         finally:
             self._pumping = False
 

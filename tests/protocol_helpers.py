@@ -5,7 +5,6 @@ Test doubles for driving POP3Protocol over an in-memory transport.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -127,5 +126,3 @@ class Session:
         match = re.search(rb"<[^>]+>", self.greeting)
         assert match is not None
         return match.group(0)
-
-

@@ -16,7 +16,10 @@ from popserv.commands import SYNTAX, Command, CommandError, parseCommand
         (b"user alice", Command("USER", (b"alice",))),
         (b"PASS my secret pass", Command("PASS", (b"my secret pass",))),
         (b"PASS  lead", Command("PASS", (b" lead",))),
-        (b"APOP bob c4c9334bac560ecc979e58001b3e22fb", Command("APOP", (b"bob", b"c4c9334bac560ecc979e58001b3e22fb"))),
+        (
+            b"APOP bob c4c9334bac560ecc979e58001b3e22fb",
+            Command("APOP", (b"bob", b"c4c9334bac560ecc979e58001b3e22fb")),
+        ),
         (b"STAT", Command("STAT")),
         (b"LIST", Command("LIST")),
         (b"LIST 2", Command("LIST", (2,))),

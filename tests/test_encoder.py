@@ -5,6 +5,7 @@ over every way of cutting a message into chunks.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -34,7 +35,7 @@ def reference(message: bytes, bodyLines: int | None = None) -> bytes:
 
 def chunked(message: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(message) + 1) for c in cuts} | {0, len(message)})
-    return [message[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [message[a:b] for a, b in itertools.pairwise(points)]
 
 
 def encodeChunks(chunks: list[bytes], bodyLines: int | None = None) -> bytes:
@@ -44,9 +45,9 @@ def encodeChunks(chunks: list[bytes], bodyLines: int | None = None) -> bytes:
 
 
 # Messages built from the octets that matter: CR, LF, "." and a letter.
-messages = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"..", b"\n."]), max_size=60).map(
-    b"".join
-)
+messages = st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"..", b"\n."]), max_size=60
+).map(b"".join)
 
 
 @pytest.mark.parametrize(

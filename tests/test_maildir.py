@@ -153,7 +153,11 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
     os.rename(path, tmp_path / "alice" / "cur" / "5.a:2,S")
     (tmp_path / "alice" / "new" / ".hidden").write_bytes(b"x")
     maildrop = result(store(tmp_path).openMaildrop("alice"))
-    assert [m.uid for m in result(maildrop.listMessages())] == ["5.a", "999999999.b", "1000000000.c"]
+    assert [m.uid for m in result(maildrop.listMessages())] == [
+        "5.a",
+        "999999999.b",
+        "1000000000.c",
+    ]
     maildrop.close()
 
 
@@ -168,7 +172,9 @@ def test_followsMovedMessage(tmp_path: Path) -> None:
     reader = result(maildrop.openMessage(0))
     assert result(reader.read(100)) == b"hello\n"
     reader.close()
-    os.rename(tmp_path / "alice" / "cur" / "1.M1.host:2,S", tmp_path / "alice" / "cur" / "1.M1.host:2,RS")
+    os.rename(
+        tmp_path / "alice" / "cur" / "1.M1.host:2,S", tmp_path / "alice" / "cur" / "1.M1.host:2,RS"
+    )
     result(maildrop.deleteMessages([0]))
     assert os.listdir(tmp_path / "alice" / "cur") == []
     maildrop.close()

@@ -67,7 +67,10 @@ class TestGreetingAndLogin:
 
         s = Session(checkers=[PlainOnly()])
         assert s.greeting == b"+OK POP3 server ready\r\n"
-        assert s.command(b"APOP alice " + b"0" * 32) == b"-ERR APOP is not available on this server\r\n"
+        assert (
+            s.command(b"APOP alice " + b"0" * 32)
+            == b"-ERR APOP is not available on this server\r\n"
+        )
         assert s.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
 
     def test_userPass(self) -> None:
@@ -115,7 +118,9 @@ class TestGreetingAndLogin:
         assert s.command(b"APOP alice " + bad) == b"-ERR [AUTH] Authentication failed\r\n"
         assert s.command(b"APOP alice xyz") == b"-ERR Syntax: APOP name digest (32 hex digits)\r\n"
         good = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
-        assert s.command(b"APOP alice " + good.upper()) == b"+OK Logged in, 2 messages (59 octets)\r\n"
+        assert (
+            s.command(b"APOP alice " + good.upper()) == b"+OK Logged in, 2 messages (59 octets)\r\n"
+        )
 
     def test_secondLoginRefused(self) -> None:
         """
@@ -473,7 +478,10 @@ class TestStreaming:
                 break
             s.transport.producer.resumeProducing()
         expected = encodeMessage(big)
-        assert b"".join(received) == b"+OK %d octets\r\n" % (len(expected) - len(b".\r\n") - 400_000) + expected
+        assert (
+            b"".join(received)
+            == b"+OK %d octets\r\n" % (len(expected) - len(b".\r\n") - 400_000) + expected
+        )
 
     def test_dropDuringTransfer(self) -> None:
         """

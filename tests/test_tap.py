@@ -76,9 +76,15 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         (("--auth", "memory:a:b"), "--mailstore is required"),
         (("--auth", "memory:a:b", "--mailstore", "nosuch:x"), "unknown mail store kind 'nosuch'"),
         (("--auth", "memory:a:b", "--mailstore", "maildir:/tmp"), "must contain {user}"),
-        (("--auth", "memory:a:b", "--mailstore", "maildir:/nonexistent/x/{user}"), "does not exist"),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "maildir:/nonexistent/x/{user}"),
+            "does not exist",
+        ),
         (("--auth", "memory:a:b", "--mailstore", "memory:x"), "takes no arguments"),
-        (("--auth", "memory:a:b", "--mailstore", "memory", "--listen", "bogus:1"), "--listen 'bogus:1'"),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--listen", "bogus:1"),
+            "--listen 'bogus:1'",
+        ),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "5"), "at least 600"),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "x"), "timeout"),
         (("--auth", "nosuch:x", "--mailstore", "memory"), "nosuch"),

@@ -6,6 +6,8 @@ The public API for embedding and extending:
  - L{POP3ServerFactory}: the protocol factory, for any endpoint.
  - L{MaildropRealm}: the cred realm that opens maildrops from a store.
  - L{MaildirStore}, L{MemoryStore}: the built-in stores.
+ - L{FileReader}: an L{IMessageReader} over a file, reading in a thread,
+   for file-based stores.
  - L{IMailStore}, L{IMaildrop}, L{IMessageReader}, L{IMailStoreFactory},
    L{MessageInfo}: what a custom store implements.
  - The errors a store raises: L{MaildropInUse}, L{MaildropUnavailable},
@@ -36,6 +38,7 @@ _EXPORTS = {
     "IMailStoreFactory": "popserv.interfaces",
     "IMessageReader": "popserv.interfaces",
     "MessageInfo": "popserv.interfaces",
+    "FileReader": "popserv.filereader",
     "MaildirStore": "popserv.maildir",
     "MemoryStore": "popserv.memorystore",
     "POP3ServerFactory": "popserv.protocol",
@@ -44,6 +47,7 @@ _EXPORTS = {
 
 __all__ = [
     "DeletionFailed",
+    "FileReader",
     "IMailStore",
     "IMailStoreFactory",
     "IMaildrop",
@@ -86,6 +90,7 @@ if TYPE_CHECKING:
         POP3Error,
         StoreConfigError,
     )
+    from popserv.filereader import FileReader
     from popserv.interfaces import (
         IMaildrop,
         IMailStore,

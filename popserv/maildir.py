@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -40,6 +40,7 @@ from popserv.errors import (
     MessageUnavailable,
     StoreConfigError,
 )
+from popserv.filereader import FileReader, Runner, deferToThread
 from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
 
 LOCK_NAME = "popserv.lock"
@@ -50,15 +51,7 @@ _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
 _FIELDS = frozenset({"user", "localpart", "domain"})
 
-Runner = Callable[..., "Deferred[Any]"]
-
 _log = Logger()
-
-
-def _deferToThread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    from twisted.internet.threads import deferToThread
-
-    return deferToThread(f, *args)
 
 
 def uidFor(base: str) -> str:
@@ -142,38 +135,6 @@ class MaildirTemplate:
             if value in ("", ".", "..") or "/" in value or "\0" in value:
                 raise MaildropRefused()
         return self.template.format(**values)
-
-
-@implementer(IMessageReader)
-class MaildirReader:
-    """
-    Reads one message file in the thread pool.
-
-    L{close} while a read is running in a thread closes the file when that
-    read returns, never under it.
-    """
-
-    def __init__(self, f: Any, runInThread: Runner) -> None:
-        self._file = f
-        self._run = runInThread
-        self._reading = False
-        self._closed = False
-
-    def read(self, size: int) -> Deferred[bytes]:
-        self._reading = True
-        d: Deferred[bytes] = self._run(self._file.read, size)
-        return d.addBoth(self._readDone)
-
-    def _readDone(self, result: Any) -> Any:
-        self._reading = False
-        if self._closed:
-            self._file.close()
-        return result
-
-    def close(self) -> None:
-        self._closed = True
-        if not self._reading:
-            self._file.close()
 
 
 class _Entry:
@@ -297,7 +258,7 @@ class MaildirMaildrop:
 
     def openMessage(self, index: int) -> Deferred[IMessageReader]:
         d = self._run(self._open, index)
-        return d.addCallback(lambda f: MaildirReader(f, self._run))
+        return d.addCallback(lambda f: FileReader(f, self._run))
 
     def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
         return self._run(self._delete, list(indexes))
@@ -345,7 +306,7 @@ class MaildirStore:
         @raise StoreConfigError: the template is not usable.
         """
         self.template = MaildirTemplate(template)
-        self._run = runInThread or _deferToThread
+        self._run = runInThread or deferToThread
 
     def _lock(self, user: str) -> MaildirMaildrop:
         path = self.template.pathFor(user)

@@ -1,0 +1,70 @@
+"""
+Tests for popserv.filereader.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from popserv.filereader import FileReader
+
+
+class ManualRunner:
+    """
+    Holds each "thread" call until the test runs it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def runOne(self) -> None:
+        d, f, args = self.calls.pop(0)
+        d.callback(f(*args))
+
+
+def test_readsInOrder() -> None:
+    """
+    Reads return the file's bytes in order, then b"" at the end.
+    """
+    runner = ManualRunner()
+    reader = FileReader(io.BytesIO(b"abcdef"), runner)
+    got: list[bytes] = []
+    for _ in range(3):
+        reader.read(4).addCallback(got.append)
+        runner.runOne()
+    assert got == [b"abcd", b"ef", b""]
+    reader.close()
+
+
+def test_closeDuringReadWaitsForIt() -> None:
+    """
+    close() while a read runs in a thread leaves the file open until that
+    read returns, then closes it.
+    """
+    runner = ManualRunner()
+    f = io.BytesIO(b"abcdef")
+    reader = FileReader(f, runner)
+    got: list[bytes] = []
+    reader.read(3).addCallback(got.append)
+    reader.close()
+    assert not f.closed
+    runner.runOne()
+    assert got == [b"abc"]
+    assert f.closed
+
+
+def test_closeWhenIdle() -> None:
+    """
+    close() with no read running closes the file at once.
+    """
+    f = io.BytesIO(b"x")
+    FileReader(f, ManualRunner()).close()
+    assert f.closed

@@ -17,9 +17,15 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
@@ -89,3 +95,47 @@ def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
     if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
         checker.users = {_bytes(name): _bytes(pw) for name, pw in checker.users.items()}
     return checker
+
+
+@implementer(ICredentialsChecker)
+class CheckerChain:
+    """
+    Tries several checkers in order until one accepts, like a chain of
+    Dovecot passdbs: C{--auth memory:... --auth file:...} means "either".
+
+    A L{Portal} keeps only one checker per credentials interface, so without
+    this a second C{--auth} would silently replace the first.  A checker
+    that fails with anything but L{UnauthorizedLogin} is logged and skipped.
+    """
+
+    _log = Logger()
+
+    def __init__(self, checkers: Sequence[ICredentialsChecker]) -> None:
+        self.checkers = list(checkers)
+        interfaces: list[Any] = []
+        for checker in self.checkers:
+            for interface in checker.credentialInterfaces:
+                if interface not in interfaces:
+                    interfaces.append(interface)
+        self.credentialInterfaces = tuple(interfaces)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        candidates = [
+            c
+            for c in self.checkers
+            if any(i.providedBy(credentials) for i in c.credentialInterfaces)
+        ]
+        return self._next(credentials, iter(candidates))
+
+    def _next(self, credentials: Any, candidates: Iterator[ICredentialsChecker]) -> Deferred[Any]:
+        checker = next(candidates, None)
+        if checker is None:
+            return fail(UnauthorizedLogin())
+        d: Deferred[Any] = maybeDeferred(checker.requestAvatarId, credentials)
+
+        def rejected(failure: Failure) -> Deferred[Any]:
+            if not failure.check(UnauthorizedLogin, UnhandledCredentials):
+                self._log.failure("Checker {checker!r} failed", failure, checker=checker)
+            return self._next(credentials, candidates)
+
+        return d.addErrback(rejected)

@@ -18,6 +18,7 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -108,9 +109,22 @@ class MaildirTemplate:
             raise StoreConfigError(
                 f"maildir: template {template!r} must contain {{user}} or {{localpart}}"
             )
-        self.template = os.path.abspath(template)
+        if not os.path.isabs(template):
+            # Resolve against the directory popserv starts in (not normpath:
+            # that would fold "{user}/.." away).
+            template = os.path.join(os.getcwd(), template)
+        fixed = ""
+        for literal, field, _, _ in string.Formatter().parse(template):
+            fixed += literal
+            if field is not None:
+                break
+        variable = template[len(fixed) :]
+        if any(part in (".", "..") for part in variable.split(os.sep)):
+            raise StoreConfigError(
+                f"maildir: template {template!r} must not use . or .. after a field"
+            )
+        self.template = template
         self.fields = fields
-        fixed = self.template[: self.template.index("{")]
         root = os.path.normpath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed))
         if not os.path.isdir(root):
             raise StoreConfigError(f"maildir: directory {root} does not exist")
@@ -190,10 +204,17 @@ class MaildirMaildrop:
             if match:
                 size = int(match.group(1))
             else:
+                path = os.path.join(self.path, subdir, name)
                 try:
-                    size = _wireSizeOfFile(os.path.join(self.path, subdir, name))
+                    size = _wireSizeOfFile(path)
                 except FileNotFoundError:
                     continue  # removed by another program while we looked
+                except OSError as e:
+                    # A directory or an unreadable file where a message should
+                    # be: leave it out (and so never delete it) rather than
+                    # lock the user out of all their other mail.
+                    _log.warn("Skipping {path}: {e}", path=path, e=e)
+                    continue
             entries.append(_Entry(subdir, name, base, MessageInfo(size, uidFor(base))))
         self._entries = entries
 
@@ -218,13 +239,15 @@ class MaildirMaildrop:
     def _open(self, index: int) -> Any:
         entry = self._entries[index]
         try:
-            return open(self._pathOf(entry), "rb", buffering=0)
-        except FileNotFoundError:
-            if self._locate(entry):
-                try:
+            try:
+                return open(self._pathOf(entry), "rb", buffering=0)
+            except FileNotFoundError:
+                if self._locate(entry):
                     return open(self._pathOf(entry), "rb", buffering=0)
-                except FileNotFoundError:
-                    pass
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _log.error("Cannot read {path}: {e}", path=self._pathOf(entry), e=e)
         raise MessageUnavailable()
 
     def _delete(self, indexes: Sequence[int]) -> None:
@@ -269,6 +292,25 @@ class MaildirMaildrop:
             os.close(fd)
 
 
+def _makePrivateDirectories(root: str, path: str) -> None:
+    """
+    Create the Maildir at C{path} with cur/, new/ and tmp/, and any missing
+    directories between C{root} and it, all readable by the server only.
+    (C{os.makedirs} would give its mode to the last directory alone.)
+    """
+    missing: list[str] = []
+    parent = path
+    while parent != root and not os.path.isdir(parent) and len(missing) < 64:
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    for subdir in ("cur", "new", "tmp"):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(path, subdir), 0o700)
+
+
 def _fsyncDirectory(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -282,9 +324,9 @@ def _fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
-def _unavailable(failure: Any, path: str) -> Any:
+def _unavailable(failure: Any, user: str) -> Any:
     if failure.check(OSError):
-        _log.error("Maildir {path} unavailable: {e}", path=path, e=failure.value)
+        _log.error("Maildrop of {user!r} unavailable: {e}", user=user, e=failure.value)
         raise MaildropUnavailable()
     return failure
 
@@ -310,11 +352,7 @@ class MaildirStore:
 
     def _lock(self, user: str) -> MaildirMaildrop:
         path = self.template.pathFor(user)
-        # makedirs gives its mode to the leaf only: make the Maildir itself
-        # private too, then its three subdirectories.
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        for subdir in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(path, subdir), mode=0o700, exist_ok=True)
+        _makePrivateDirectories(self.template.root, path)
         fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

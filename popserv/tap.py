@@ -8,6 +8,7 @@ errors would print its whole usage text above it).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,9 +18,10 @@ from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
+from twisted.logger import Logger
 from twisted.python import usage
 
-from popserv.credentials import normalizeChecker
+from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.errors import StoreConfigError
 from popserv.mailstores import findStoreFactories, makeStore
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
@@ -75,13 +77,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        A Twisted server endpoint to listen on (tcp:, ssl:, unix:, systemd:);
-        may be given more than once. Default: tcp:110.
-        """
+        """Endpoint to listen on (tcp:, ssl:, unix:, systemd:); repeatable. Default: tcp:110."""
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def opt_auth(self, description: str) -> None:
+        """Checker for logins, as KIND:ARGS (see --help-auth); repeatable, tried in order."""
+        # strcred only warns about a missing file: and then every login
+        # fails; refuse it at start instead.
+        kind, _, argument = description.partition(":")
+        if kind == "file" and not os.path.isfile(argument):
+            raise usage.UsageError(f"--auth {description!r}: no such file")
+        super().opt_auth(description)
 
     def opt_help_mailstores(self) -> None:
         """
@@ -137,13 +145,39 @@ def makeService(options: Options) -> IService:
     factory.
     """
     checkers: list[ICredentialsChecker] = [normalizeChecker(c) for c in options["credCheckers"]]
-    portal = Portal(MaildropRealm(options["store"]), checkers)
+    # One chain for all: a Portal alone keeps one checker per credentials
+    # interface, so a second --auth would silently replace the first.
+    portal = Portal(MaildropRealm(options["store"]), [CheckerChain(checkers)])
     factory = POP3ServerFactory(portal, timeout=options["timeout"])
     top = MultiService()
-    for endpoint in options["endpoints"]:
-        service = StreamServerEndpointService(endpoint, factory)
-        # Fail start-up if the address cannot be bound, rather than log the
-        # error and run with no listener.
-        service._raiseSynchronously = True
-        service.setServiceParent(top)
+    for description, endpoint in zip(options["listen"], options["endpoints"], strict=True):
+        Listener(description, endpoint, factory).setServiceParent(top)
     return top
+
+
+class Listener(StreamServerEndpointService):
+    """
+    Listens on one endpoint; if it cannot (address in use, no permission),
+    start-up fails with one line rather than a traceback or, as Twisted's
+    own service would by default, a log message and a server with no
+    listener.
+    """
+
+    _log = Logger()
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            message = f"popserv: error: cannot listen on {self.description}: {e}"
+            # Once logging has started twistd's sys.stderr feeds the log;
+            # the operator's terminal is the original stderr.  A daemon has
+            # none, so the log gets the line too.
+            self._log.critical("{message}", message=message)
+            print(message, file=sys.__stderr__, flush=True)
+            raise SystemExit(1) from None

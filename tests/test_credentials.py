@@ -12,10 +12,19 @@ from typing import Any
 
 import pytest
 from twisted.cred import strcred
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from zope.interface import implementer
 
-from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge, normalizeChecker
+from popserv.credentials import (
+    APOPCredentials,
+    CheckerChain,
+    UsernamePassword,
+    makeChallenge,
+    normalizeChecker,
+)
 from popserv.interfaces import IMaildrop
 from popserv.memorystore import MemoryStore
 from popserv.realm import MaildropRealm, avatarName
@@ -108,3 +117,40 @@ def test_avatarName() -> None:
     """
     assert avatarName(b"b\xc3\xb6b") == "b\u00f6b"
     assert avatarName("bob") == "bob"
+
+
+def test_checkerChainTriesInOrder() -> None:
+    """
+    A chain accepts a login that any of its checkers accepts, asks only the
+    checkers that handle that kind of credentials, and rejects when all do.
+    """
+    first = InMemoryUsernamePasswordDatabaseDontUse()
+    first.addUser(b"alice", b"one")
+    second = InMemoryUsernamePasswordDatabaseDontUse()
+    second.addUser(b"bob", b"two")
+    second.addUser(b"alice", b"other")
+    chain = CheckerChain([first, second])
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"other"))) == b"alice"
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"bob", b"two"))) == b"bob"
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"bob", b"one"))).check(UnauthorizedLogin)
+
+
+def test_checkerChainSkipsBrokenChecker() -> None:
+    """
+    A checker that fails with an unexpected error is skipped (and logged);
+    the next one still decides.
+    """
+
+    @implementer(ICredentialsChecker)
+    class Broken:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            raise OSError("database down")
+
+    good = InMemoryUsernamePasswordDatabaseDontUse()
+    good.addUser(b"alice", b"one")
+    chain = CheckerChain([Broken(), good])
+    assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"

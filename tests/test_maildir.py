@@ -59,6 +59,8 @@ class TestTemplate:
             ("{tmp}/{uid}", "unknown field {uid}"),
             ("{tmp}/{user", "bad template"),
             ("/nonexistent/popserv/{user}", "directory /nonexistent/popserv does not exist"),
+            ("{tmp}/{user}/../shared", "must not use . or .. after a field"),
+            ("{tmp}/{domain}/./{user}", "must not use . or .. after a field"),
         ],
     )
     def test_badTemplates(self, tmp_path: Path, template: str, message: str) -> None:
@@ -70,6 +72,15 @@ class TestTemplate:
             MaildirTemplate(template.replace("{tmp}", str(tmp_path)))
         assert message in str(caught.value)
         assert "\n" not in str(caught.value)
+
+    def test_fixedPartNormalised(self, tmp_path: Path) -> None:
+        """
+        "." and ".." before the first field are fine: they only name the
+        fixed directory.
+        """
+        (tmp_path / "a").mkdir()
+        t = MaildirTemplate(f"{tmp_path}/a/../{{user}}")
+        assert t.root == str(tmp_path)
 
     def test_fields(self, tmp_path: Path) -> None:
         """
@@ -130,6 +141,17 @@ def test_createsMaildirOnFirstLogin(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_intermediateDirectoriesPrivate(tmp_path: Path) -> None:
+    """
+    Directories created between the template's fixed part and a Maildir
+    (here the domain's) are private to the server too.
+    """
+    s = MaildirStore(str(tmp_path / "{domain}" / "{localpart}"), runInThread=syncRun)
+    result(s.openMaildrop("bob@example.org")).close()
+    for path in (tmp_path / "example.org", tmp_path / "example.org" / "bob"):
+        assert path.stat().st_mode & 0o777 == 0o700
+
+
 def test_sizeFromFileName(tmp_path: Path) -> None:
     """
     A ,W= field in the file name is the message's wire size; without it
@@ -158,6 +180,23 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
         "999999999.b",
         "1000000000.c",
     ]
+    maildrop.close()
+
+
+def test_strayEntriesSkipped(tmp_path: Path) -> None:
+    """
+    A directory where a message should be is left out of the listing, and
+    a message that cannot be read gives MessageUnavailable; the user's
+    other mail is served either way.
+    """
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="2.good")
+    (tmp_path / "alice" / "new" / "1.stray").mkdir()
+    (tmp_path / "alice" / "new" / "3.stray,W=10").mkdir()
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    assert [m.uid for m in result(maildrop.listMessages())] == ["2.good", "3.stray,W=10"]
+    with pytest.raises(MessageUnavailable):
+        result(maildrop.openMessage(1))
+    assert result(result(maildrop.openMessage(0)).read(100)) == b"good\n"
     maildrop.close()
 
 

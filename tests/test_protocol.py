@@ -416,6 +416,26 @@ class TestPendingStore:
         )
         assert memory.messages("alice") == [M2]
 
+    def test_lineTooLongAnsweredInTurn(self) -> None:
+        """
+        An over-long line behind pending commands is answered after them,
+        never before, and nothing after it is read.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", M1)
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\nRETR 1\r\nNOOP " + b"x" * 300 + b"\r\nQUIT\r\n")
+        assert s.take() == b"+OK Send PASS\r\n"
+        assert s.transport.producerState == "paused"
+        store.fireAll()
+        assert s.take() == (
+            b"+OK Logged in, 1 messages (23 octets)\r\n"
+            b"+OK 23 octets\r\n" + M1 + b".\r\n"
+            b"-ERR Line too long\r\n"
+        )
+        assert s.transport.disconnecting
+
     def test_dropWhileLoggingIn(self) -> None:
         """
         A connection lost while the login is pending releases the maildrop

@@ -10,6 +10,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
+from popserv.credentials import CheckerChain
 from popserv.maildir import MaildirStore
 from popserv.tap import Options, makeService
 
@@ -67,6 +68,9 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
     (checker,) = options["credCheckers"]
     assert isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse)
     assert checker.users == {b"alice": b"secret"}
+    (chain,) = set(factory.portal.checkers.values())
+    assert isinstance(chain, CheckerChain)
+    assert chain.checkers == [checker]
 
 
 @pytest.mark.parametrize(
@@ -88,6 +92,7 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "5"), "at least 600"),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "x"), "timeout"),
         (("--auth", "nosuch:x", "--mailstore", "memory"), "nosuch"),
+        (("--auth", "file:/nonexistent/passwd", "--mailstore", "memory"), "no such file"),
         (("--bogus",), "bogus"),
     ],
 )

@@ -1,0 +1,110 @@
+"""
+Configuration errors stop C{twistd popserv} before it starts: one line on
+stderr, a non-zero exit status, no traceback.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
+AUTH = ["--auth", "memory:alice:secret"]
+
+
+def _cases(tmp: str) -> dict[str, list[str]]:
+    store = ["--mailstore", f"maildir:{tmp}/{{user}}"]
+    return {
+        "unknown store kind": [*LISTEN, *AUTH, "--mailstore", "nosuch:x"],
+        "template without {user}": [*LISTEN, *AUTH, "--mailstore", f"maildir:{tmp}"],
+        "missing directory": [
+            *LISTEN,
+            *AUTH,
+            "--mailstore",
+            "maildir:/nonexistent/dir/{user}",
+        ],
+        "no --auth": [*LISTEN, *store],
+        "no --mailstore": [*LISTEN, *AUTH],
+        "bad endpoint": ["--listen", "bogus:1", *AUTH, *store],
+        "timeout below 600": [*LISTEN, *AUTH, *store, "--timeout", "5"],
+        "timeout not a number": [*LISTEN, *AUTH, *store, "--timeout", "soon"],
+        "unknown auth kind": [*LISTEN, "--auth", "nosuch:x", *store],
+    }
+
+
+CASES = list(_cases("TMP"))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_configuration_error(case, tmp_path, twistd):
+    """
+    A bad or missing option makes twistd exit with a non-zero status and
+    one "popserv: error:" line on stderr, without a traceback and without
+    listening.
+    """
+    args = _cases(str(tmp_path))[case]
+    result = subprocess.run(
+        [*twistd, "-n", "--pidfile=", "popserv", *args],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=30,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    assert "starting on" not in output
+    lines = [line for line in result.stderr.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[-1].startswith("popserv: error:"), output
+
+
+def _start_on_busy_port(tmp_path, twistd):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        return subprocess.run(
+            [
+                *twistd,
+                "-n",
+                "--pidfile=",
+                "popserv",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                *AUTH,
+                "--mailstore",
+                f"maildir:{tmp_path}/{{user}}",
+            ],
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=30,
+            check=False,
+        )
+
+
+def test_address_in_use_fails_start(tmp_path, twistd):
+    """
+    An address that cannot be bound stops twistd at start with a non-zero
+    status, instead of running without a listener.
+    """
+    result = _start_on_busy_port(tmp_path, twistd)
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode != 0, output
+    assert "Address already in use" in output
+
+
+def test_address_in_use_one_line(tmp_path, twistd):
+    """
+    An address that cannot be bound is reported like every other
+    configuration error: one "popserv: error:" line and no traceback.
+    """
+    result = _start_on_busy_port(tmp_path, twistd)
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-1].startswith("popserv: error:"), output

@@ -1,0 +1,201 @@
+"""
+Logging in to the real server: APOP and its greeting, the C{file:} checker,
+and the exclusive lock on a maildrop within and across server processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import poplib
+import re
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+_TIMESTAMP = re.compile(rb"<[^<>@\s]+@[^<>@\s]+>")
+
+
+def greeting_timestamp(port: int) -> bytes:
+    """
+    The APOP timestamp in the greeting of a fresh connection.
+    """
+    client = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        match = _TIMESTAMP.search(client.getwelcome())
+        assert match, client.getwelcome()
+        client.quit()
+        return match.group(0)
+    finally:
+        client.close()
+
+
+def test_apop(server, maildir, deliver):
+    """
+    APOP with the MD5 digest of the greeting's timestamp and the password
+    logs in; a wrong digest is refused with -ERR [AUTH].
+    """
+    deliver(maildir, b"Subject: apop\n\nbody\n")
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        assert client.apop("alice", "secret").startswith(b"+OK")
+        assert client.stat()[0] == 1
+        client.quit()
+    finally:
+        client.close()
+
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        with pytest.raises(poplib.error_proto) as refused:
+            client.apop("alice", "wrong")
+        assert refused.value.args[0].startswith(b"-ERR [AUTH]")
+        # The digest is checked, not just its form: a well-formed digest of
+        # another timestamp is refused too.
+        stale = hashlib.md5(b"<1.2@x>secret").hexdigest()
+        with pytest.raises(poplib.error_proto) as refused:
+            client._shortcmd(f"APOP alice {stale}")
+        assert refused.value.args[0].startswith(b"-ERR [AUTH]")
+        client.quit()
+    finally:
+        client.close()
+
+
+def test_greeting_timestamp(server):
+    """
+    The greeting carries a msg-id style timestamp that is new on every
+    connection and names neither the host nor the server's process id.
+    """
+    first = greeting_timestamp(server.port)
+    second = greeting_timestamp(server.port)
+    assert first != second
+    for stamp in (first, second):
+        tokens = re.split(rb"[<>.@]", stamp)
+        assert str(server.pid).encode() not in tokens
+        host = socket.gethostname().encode()
+        assert host not in tokens
+        assert host.split(b".")[0] not in tokens
+        if len(host) >= 4:
+            assert host not in stamp
+
+
+def test_file_checker(start_server, maildir_root, maildir, deliver, tmp_path):
+    """
+    With --auth file:PATH (Twisted FilePasswordDB, user:password lines),
+    USER/PASS and APOP log in with the password from the file and a wrong
+    password is refused.
+    """
+    deliver(maildir, b"Subject: file\n\nbody\n")
+    passwords = tmp_path / "passwd"
+    passwords.write_text("bob:hunter2\nalice:secret\n")
+    server = start_server(f"maildir:{maildir_root}/{{user}}", auth=[f"file:{passwords}"])
+
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        assert client.pass_("secret").startswith(b"+OK")
+        assert client.stat()[0] == 1
+        client.quit()
+    finally:
+        client.close()
+
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        assert client.apop("alice", "secret").startswith(b"+OK")
+        client.quit()
+    finally:
+        client.close()
+
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_("hunter2")
+        assert refused.value.args[0].startswith(b"-ERR [AUTH]")
+        client.quit()
+    finally:
+        client.close()
+
+
+def _second_login(port: int, raw_client) -> bytes:
+    client = raw_client(port)
+    reply = client.login()
+    client.command(b"QUIT")
+    client.close()
+    return reply
+
+
+def test_in_use_one_server(server, maildir, deliver, raw_client, wait_until):
+    """
+    While a session holds alice's maildrop, a second login gets
+    -ERR [IN-USE]; once the first session QUITs, or its connection drops,
+    the maildrop can be opened again.
+    """
+    deliver(maildir, b"Subject: lock\n\nbody\n")
+    for end in ("quit", "drop"):
+        holder = raw_client(server.port)
+        assert holder.login().startswith(b"+OK")
+        assert _second_login(server.port, raw_client).startswith(b"-ERR [IN-USE]")
+        assert holder.command(b"NOOP") == b"+OK\r\n"
+        if end == "quit":
+            assert holder.command(b"QUIT").startswith(b"+OK")
+        else:
+            holder.abort()
+        wait_until(lambda: _second_login(server.port, raw_client).startswith(b"+OK"))
+
+
+def test_in_use_two_servers(start_server, maildir_root, maildir, deliver, raw_client, wait_until):
+    """
+    Two server processes serving the same Maildirs share the lock: a
+    session on one makes a login on the other get -ERR [IN-USE] until it
+    QUITs or its connection drops.
+    """
+    deliver(maildir, b"Subject: lock\n\nbody\n")
+    first = start_server(f"maildir:{maildir_root}/{{user}}")
+    second = start_server(f"maildir:{maildir_root}/{{user}}")
+    for end in ("quit", "drop"):
+        holder = raw_client(first.port)
+        assert holder.login().startswith(b"+OK")
+        assert _second_login(second.port, raw_client).startswith(b"-ERR [IN-USE]")
+        if end == "quit":
+            assert holder.command(b"QUIT").startswith(b"+OK")
+        else:
+            holder.abort()
+        wait_until(lambda: _second_login(second.port, raw_client).startswith(b"+OK"))
+    # And the other way round.
+    holder = raw_client(second.port)
+    assert holder.login().startswith(b"+OK")
+    assert _second_login(first.port, raw_client).startswith(b"-ERR [IN-USE]")
+    holder.command(b"QUIT")
+
+
+def test_auth_repeated_tries_each_checker(tmp_path, start_server, maildir_root, maildir):
+    """
+    With --auth memory:... --auth file:..., users of either checker log in,
+    each with their own password, and APOP works for both.
+    """
+    passwords = tmp_path / "passwd"
+    passwords.write_text("bob:hunter2\n")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        auth=["memory:alice:secret", f"file:{passwords}"],
+    )
+    for user, password in (("alice", "secret"), ("bob", "hunter2")):
+        for method in ("userpass", "apop"):
+            client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+            try:
+                if method == "apop":
+                    assert client.apop(user, password).startswith(b"+OK")
+                else:
+                    client.user(user)
+                    assert client.pass_(password).startswith(b"+OK")
+                client.quit()
+            finally:
+                client.close()
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("bob")
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            client.pass_("secret")
+    finally:
+        client.close()

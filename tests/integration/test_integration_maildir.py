@@ -1,0 +1,235 @@
+"""
+What the real server does to a Maildir on disk: deletions at QUIT and only
+then, mail that arrives during a session, crashes, unique ids that survive
+other programs, and sizes from file names.
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+#: The wire size of each message L{_fill} delivers ("Subject: N", "",
+#: "body N", each with CRLF).
+SIZE = 22
+
+
+def _fill(maildir, deliver, count):
+    return [deliver(maildir, b"Subject: %d\n\nbody %d\n" % (n, n)) for n in range(count)]
+
+
+def test_dele_quit_removes_exactly_the_deleted(server, maildir, deliver, raw_client, message_files):
+    """
+    DELE marks messages and QUIT removes exactly their files; DELE of a
+    message already marked is -ERR; mail delivered into new/ during the
+    session is not listed and survives the QUIT; nothing else on disk
+    changes.
+    """
+    paths = _fill(maildir, deliver, 4)
+    # A message another program has already seen, in cur/ with flags.
+    seen = maildir / "cur" / (paths[3].name + ":2,S")
+    os.rename(paths[3], seen)
+    paths[3] = seen
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK")
+    before = message_files(maildir)
+    assert client.command(b"DELE 2") == b"+OK Message 2 deleted\r\n"
+    assert client.command(b"DELE 4").startswith(b"+OK")
+    assert client.command(b"DELE 2").startswith(b"-ERR")
+    assert client.command(b"RETR 2").startswith(b"-ERR")
+    late = deliver(maildir, b"Subject: late\n\narrived during the session\n")
+    assert client.command(b"STAT").startswith(b"+OK 2 ")
+    listing = client.multiline(b"LIST")
+    assert listing.split(b"\r\n")[1:-2] == [b"1 %d" % SIZE, b"3 %d" % SIZE]
+    assert client.command(b"LIST 5").startswith(b"-ERR")
+    assert message_files(maildir) == before | {f"new/{late.name}"}
+    assert client.command(b"QUIT").startswith(b"+OK")
+    assert client.read_to_close() == b""
+    removed = {f"new/{paths[1].name}", f"cur/{seen.name}"}
+    assert message_files(maildir) == (before - removed) | {f"new/{late.name}"}
+
+
+def test_rset_undoes_deletions(server, maildir, deliver, raw_client, message_files):
+    """
+    RSET unmarks every message: they are listed again and QUIT removes
+    nothing.
+    """
+    _fill(maildir, deliver, 3)
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK")
+    before = message_files(maildir)
+    assert client.command(b"DELE 1").startswith(b"+OK")
+    assert client.command(b"DELE 3").startswith(b"+OK")
+    assert client.command(b"STAT") == b"+OK 1 %d\r\n" % SIZE
+    assert client.command(b"RSET") == b"+OK 3 messages (%d octets)\r\n" % (3 * SIZE)
+    assert client.command(b"STAT") == b"+OK 3 %d\r\n" % (3 * SIZE)
+    assert client.multiline(b"RETR 1").endswith(b"body 0\r\n.\r\n")
+    assert client.command(b"QUIT").startswith(b"+OK")
+    assert client.read_to_close() == b""
+    assert message_files(maildir) == before
+
+
+def _stat_when_free(port, raw_client):
+    """
+    STAT of a fresh session, or None while the maildrop is still locked.
+    """
+    client = raw_client(port)
+    reply = client.login()
+    if reply.startswith(b"-ERR [IN-USE]"):
+        client.close()
+        return None
+    assert reply.startswith(b"+OK"), reply
+    stat = client.command(b"STAT")
+    client.command(b"QUIT")
+    client.close()
+    return stat
+
+
+@pytest.mark.parametrize("close", ["close", "reset"])
+def test_dropped_connection_deletes_nothing(
+    close, server, maildir, deliver, raw_client, message_files, wait_until
+):
+    """
+    A connection that ends without QUIT after DELE, closed or reset by the
+    client, removes nothing: the session never enters the UPDATE state.
+    """
+    _fill(maildir, deliver, 2)
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK")
+    before = message_files(maildir)
+    assert client.command(b"DELE 1").startswith(b"+OK")
+    assert client.command(b"DELE 2").startswith(b"+OK")
+    if close == "reset":
+        client.abort()
+    else:
+        client.close()
+    stat = wait_until(lambda: _stat_when_free(server.port, raw_client))
+    assert stat == b"+OK 2 %d\r\n" % (2 * SIZE)
+    assert message_files(maildir) == before
+
+
+def test_server_killed_deletes_nothing(
+    start_server, maildir_root, maildir, deliver, raw_client, message_files
+):
+    """
+    A server killed with SIGKILL after DELE removes nothing, and its lock
+    dies with it: a new server opens the maildrop at once.
+    """
+    _fill(maildir, deliver, 2)
+    first = start_server(f"maildir:{maildir_root}/{{user}}")
+    client = raw_client(first.port)
+    assert client.login().startswith(b"+OK")
+    before = message_files(maildir)
+    assert client.command(b"DELE 1").startswith(b"+OK")
+    first.kill()
+    assert message_files(maildir) == before
+    second = start_server(f"maildir:{maildir_root}/{{user}}")
+    assert _stat_when_free(second.port, raw_client) == b"+OK 2 %d\r\n" % (2 * SIZE)
+
+
+def _uidl(port):
+    client = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        listing = client.uidl()[1]
+        client.quit()
+        return listing
+    finally:
+        client.close()
+
+
+def test_uidl_survives_move_to_cur(server, maildir, deliver, raw_client):
+    """
+    A message's unique id is its file name without the flags: it stays the
+    same after another program moves the file from new/ to cur/ with
+    ":2,S" appended, between sessions and during one, and the moved
+    message can still be read and deleted.
+    """
+    paths = _fill(maildir, deliver, 3)
+    before = _uidl(server.port)
+    assert before == [b"%d %s" % (n, p.name.encode()) for n, p in enumerate(paths, 1)]
+    os.rename(paths[0], maildir / "cur" / (paths[0].name + ":2,S"))
+    assert _uidl(server.port) == before
+
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK")
+    # Moved while the session has the maildrop open.
+    moved = maildir / "cur" / (paths[1].name + ":2,RS")
+    os.rename(paths[1], moved)
+    assert client.command(b"UIDL 2") == b"+OK 2 %s\r\n" % paths[1].name.encode()
+    assert client.multiline(b"RETR 2").endswith(b"\r\nbody 1\r\n.\r\n")
+    assert client.command(b"DELE 2").startswith(b"+OK")
+    assert client.command(b"QUIT").startswith(b"+OK")
+    assert client.read_to_close() == b""
+    assert not moved.exists()
+    assert _uidl(server.port) == [before[0], b"2 " + before[2].split(b" ")[1]]
+
+
+def test_sizes_from_file_names(server, maildir, deliver):
+    """
+    A ,W=N field in the file name is the size LIST reports, whatever the
+    file holds; a ,S= field alone is not trusted, since it counts LF
+    endings as one octet: the size is then counted with CRLF endings.
+    """
+    deliver(maildir, b"Subject: w\n\nbody\n", wire_size=12345)
+    lf = b"Subject: s\n\none\ntwo\n"
+    deliver(maildir, lf, size_field=True)
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        assert client.list()[1] == [b"1 12345", b"2 %d" % (len(lf) + lf.count(b"\n"))]
+        client.quit()
+    finally:
+        client.close()
+
+
+def test_maildir_created_on_first_login(server, maildir_root, raw_client):
+    """
+    A user without a Maildir gets an empty one, created at the first login.
+    """
+    (maildir_root / "alice" / "new").rmdir()
+    (maildir_root / "alice" / "cur").rmdir()
+    (maildir_root / "alice" / "tmp").rmdir()
+    (maildir_root / "alice").rmdir()
+    client = raw_client(server.port)
+    assert client.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
+    assert client.command(b"QUIT").startswith(b"+OK")
+    for sub in ("new", "cur", "tmp"):
+        assert (maildir_root / "alice" / sub).is_dir()
+
+
+def test_message_removed_by_another_program(server, maildir, deliver, raw_client, message_files):
+    """
+    A listed message whose file another program removed during the session
+    gets -ERR [SYS/TEMP] on RETR and the session goes on; deleting it and
+    QUIT still succeed and remove exactly the other deleted message.
+    """
+    paths = _fill(maildir, deliver, 3)
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK")
+    paths[0].unlink()
+    assert client.multiline(b"RETR 1").startswith(b"-ERR [SYS/TEMP]")
+    assert client.multiline(b"RETR 2").endswith(b"\r\nbody 1\r\n.\r\n")
+    assert client.command(b"DELE 1").startswith(b"+OK")
+    assert client.command(b"DELE 3").startswith(b"+OK")
+    assert client.command(b"QUIT").startswith(b"+OK")
+    assert client.read_to_close() == b""
+    assert message_files(maildir) == {f"new/{paths[1].name}", "popserv.lock"}
+
+
+def test_stray_directory_in_new(server, maildir, deliver, raw_client):
+    """
+    An entry in new/ that is not a readable file (a directory) does not
+    lock its owner out: the messages around it are listed.
+    """
+    _fill(maildir, deliver, 2)
+    (maildir / "new" / "1700000000.Mstray.testhost").mkdir()
+    client = raw_client(server.port)
+    assert client.login() == (b"+OK Logged in, 2 messages (%d octets)\r\n" % (2 * SIZE))

@@ -1,0 +1,163 @@
+"""
+The documentation builds, and its embedding example runs as documented.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import poplib
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+EXAMPLES = DOCS / "examples"
+EMBED = EXAMPLES / "embed.py"
+
+PAGES = ["index", "quickstart", "operating", "protocol", "embedding", "extending"]
+
+#: Seconds any one wait in these tests may take.
+TIMEOUT = 30.0
+
+
+def waitForOutput(path: Path, pattern: bytes, process: subprocess.Popen[bytes]) -> re.Match[bytes]:
+    """
+    Wait, at most L{TIMEOUT} seconds, until the file C{path} (a process's
+    output) matches C{pattern}; fail early if the process exits.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    for _ in range(int(TIMEOUT / 0.05) + 1):
+        match = re.search(pattern, path.read_bytes())
+        if match:
+            return match
+        if process.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError(
+        f"{pattern!r} not in output (exit status {process.poll()}):\n"
+        + path.read_text(errors="replace")
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """
+    Terminate C{process} and reap it, killing it if it does not exit.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=TIMEOUT)
+
+
+def loadExample(path: Path) -> ModuleType:
+    """
+    Import an example file as a module, without running its C{__main__}.
+    """
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docsBuildWithoutWarnings(tmp_path: Path) -> None:
+    """
+    The Sphinx documentation builds with every warning treated as an error,
+    and every page is produced.
+    """
+    out = tmp_path / "html"
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    for page in PAGES:
+        assert (out / f"{page}.html").is_file(), page
+
+
+def test_everyExampleIsShown() -> None:
+    """
+    Every Python file under docs/examples is shown in the documentation by a
+    literalinclude, so no example exists that readers cannot see.
+    """
+    included = set()
+    for page in DOCS.glob("*.rst"):
+        for name in re.findall(r"literalinclude:: (\S+)", page.read_text()):
+            included.add((DOCS / name).resolve())
+    examples = {p.resolve() for p in EXAMPLES.rglob("*.py") if "__pycache__" not in p.parts}
+    assert examples <= included, sorted(str(p) for p in examples - included)
+
+
+@pytest.mark.integration
+def test_embedExampleServesMessage(tmp_path: Path) -> None:
+    """
+    The embedding example listens on the endpoint given on its command line,
+    prints the address it bound, and serves alice's welcome message: poplib
+    logs in with alice's password and retrieves it, and the raw RETR
+    response is the message with CRLF line endings, dot-stuffed, with the
+    exact size in the status line.
+    """
+    welcome = loadExample(EMBED).WELCOME
+    wire = welcome.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert b"\n." in welcome  # the example must show dot-stuffing
+    stdout = tmp_path / "stdout"
+    with stdout.open("wb") as out, (tmp_path / "stderr").open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-u", str(EMBED), "tcp:0:interface=127.0.0.1"],
+            stdout=out,
+            stderr=err,
+            cwd=tmp_path,
+        )
+    try:
+        match = waitForOutput(stdout, rb"listening on 127\.0\.0\.1:(\d+)\n", process)
+        port = int(match.group(1))
+
+        client = poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            client.user("alice")
+            client.pass_("secret")
+            status, lines, octets = client.retr(1)
+        finally:
+            client.quit()
+        assert status == b"+OK %d octets" % len(wire)
+        assert b"".join(line + b"\r\n" for line in lines) == wire
+        assert octets == len(wire)
+
+        raw = rawSession(port, b"USER alice\r\nPASS secret\r\nRETR 1\r\nQUIT\r\n")
+        stuffed = wire.replace(b"\r\n.", b"\r\n..")
+        assert b"+OK %d octets\r\n" % len(wire) + stuffed + b".\r\n" in raw
+    finally:
+        stop(process)
+
+
+def rawSession(port: int, commands: bytes) -> bytes:
+    """
+    Send C{commands} at once (pipelined) and return everything the server
+    sends until it closes the connection.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(commands)
+        received = []
+        for _ in range(10_000):
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(received)
+            received.append(chunk)
+            if time.monotonic() > deadline:
+                break
+    pytest.fail("the server did not close the connection in time")

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -217,8 +218,15 @@ def makeMessage(rng: random.Random, seq: int, user: str, size: int) -> bytes:
     tail = f"--{boundary}--\n".encode("ascii")
     room = max(size - len(head) - len(tail), 77)
     # base64.encodebytes writes 76-character lines plus LF for 57 octets.
-    raw = rng.randbytes(room * 57 // 77)
-    return head + base64.encodebytes(raw) + tail
+    # In 57,000-octet pieces (whole base64 lines): randbytes() of more than
+    # 2**28 octets overflows, and one piece at a time keeps memory flat.
+    wanted = room * 57 // 77
+    piece = 57 * 1000
+    body = b"".join(
+        base64.encodebytes(rng.randbytes(min(piece, wanted - start)))
+        for start in range(0, wanted, piece)
+    )
+    return head + body + tail
 
 
 def deliver(maildir: str, message: bytes, seq: int, stamp: int, wireNames: bool) -> str:
@@ -1576,6 +1584,7 @@ def main(argv: Sequence[str]) -> int:
             try:
                 results[scenario] = getattr(bench, scenario)()
             except Exception as e:
+                traceback.print_exc()
                 results[scenario] = {"error": f"{type(e).__name__}: {e}"}
                 bench.notes.append(f"{scenario}: failed: {e}")
     finally:

@@ -20,13 +20,19 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import (
+    FilePasswordDB,
+    ICredentialsChecker,
+    InMemoryUsernamePasswordDatabaseDontUse,
+)
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from popserv.threads import Runner, deferToThread
 
 
 def _bytes(value: str | bytes) -> bytes:
@@ -85,15 +91,25 @@ def makeChallenge() -> bytes:
 
 def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
     """
-    Make Twisted's C{memory:} checker usable with L{bytes} user names.
+    Make Twisted's built-in checkers fit for a server.
 
-    C{strcred}'s C{memory:} factory stores names and passwords as L{str},
-    while L{IUsernamePassword} names are L{bytes}, so no POP3 login could
-    ever match (one of the Python 3 breakages of C{twisted.mail.pop3}).
+     - C{strcred}'s C{memory:} factory stores names and passwords as L{str},
+       while L{IUsernamePassword} names are L{bytes}, so no POP3 login could
+       ever match (one of the Python 3 breakages of C{twisted.mail.pop3}):
+       its names and passwords become L{bytes}.
+     - C{file:} reads its file and C{unix:} reads the shadow file and runs
+       C{crypt} at every login, on the reactor thread: they are wrapped in
+       L{ThreadedChecker}.
+
     Other checkers are returned unchanged.
     """
     if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
         checker.users = {_bytes(name): _bytes(pw) for name, pw in checker.users.items()}
+        return checker
+    from twisted.plugins.cred_unix import UNIXChecker
+
+    if isinstance(checker, FilePasswordDB | UNIXChecker):
+        return ThreadedChecker(checker)
     return checker
 
 
@@ -139,3 +155,34 @@ class CheckerChain:
             return self._next(credentials, candidates)
 
         return d.addErrback(rejected)
+
+
+@implementer(ICredentialsChecker)
+class ThreadedChecker:
+    """
+    Runs a checker that blocks (reads files, runs C{crypt}) in a thread,
+    so the reactor keeps serving other clients meanwhile.
+
+    The wrapped checker must be safe to call from another thread and must
+    answer synchronously (a value, or an already-fired L{Deferred}).
+    """
+
+    def __init__(self, checker: ICredentialsChecker, runInThread: Runner = deferToThread) -> None:
+        self.checker = checker
+        self.credentialInterfaces = checker.credentialInterfaces
+        self._run = runInThread
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        return self._run(self._check, credentials)
+
+    def _check(self, credentials: Any) -> Any:
+        result = self.checker.requestAvatarId(credentials)
+        if not isinstance(result, Deferred):
+            return result
+        outcome: list[Any] = []
+        result.addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError(f"{self.checker!r} did not answer synchronously")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]

@@ -5,28 +5,13 @@ file-based stores (Maildir, or your own) hand to the protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from popserv.interfaces import IMessageReader
-
-#: Runs a blocking callable with arguments somewhere other than the reactor
-#: thread and returns a Deferred of its result, like
-#: L{twisted.internet.threads.deferToThread}.
-Runner = Callable[..., "Deferred[Any]"]
-
-
-def deferToThread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """
-    L{twisted.internet.threads.deferToThread}, imported when first used so
-    that importing a store does not import the global reactor.
-    """
-    from twisted.internet import threads
-
-    return threads.deferToThread(f, *args)
+from popserv.threads import Runner, deferToThread
 
 
 @implementer(IMessageReader)

@@ -41,8 +41,9 @@ from popserv.errors import (
     MessageUnavailable,
     StoreConfigError,
 )
-from popserv.filereader import FileReader, Runner, deferToThread
+from popserv.filereader import FileReader
 from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
+from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
 _SUBDIRS = ("new", "cur")

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from popserv.credentials import (
     APOPCredentials,
     CheckerChain,
+    ThreadedChecker,
     UsernamePassword,
     makeChallenge,
     normalizeChecker,
@@ -154,3 +155,53 @@ def test_checkerChainSkipsBrokenChecker() -> None:
     chain = CheckerChain([Broken(), good])
     assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
     assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
+
+
+def syncRun(f: Any, *args: Any) -> Any:
+    """
+    Run "in a thread" synchronously.
+    """
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
+
+def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:
+    """
+    Twisted's file: and unix: checkers, which read files (and run crypt) at
+    every login, are wrapped to run in a thread; memory: is not.
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\n")
+    file = normalizeChecker(strcred.makeChecker(f"file:{passwd}"))
+    unix = normalizeChecker(strcred.makeChecker("unix"))
+    memory = normalizeChecker(strcred.makeChecker("memory:a:b"))
+    assert isinstance(file, ThreadedChecker)
+    assert isinstance(unix, ThreadedChecker)
+    assert isinstance(memory, InMemoryUsernamePasswordDatabaseDontUse)
+    assert file.credentialInterfaces == file.checker.credentialInterfaces
+
+
+def test_threadedCheckerAnswers(tmp_path: Any) -> None:
+    """
+    A threaded checker gives the wrapped checker's answer: the avatar ID, or
+    UnauthorizedLogin.
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\n")
+    checker = ThreadedChecker(strcred.makeChecker(f"file:{passwd}"), runInThread=syncRun)
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"secret"))) == b"alice"
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"nope"))).check(
+        UnauthorizedLogin
+    )
+
+
+def test_unixCheckerRefusesUnknownUser() -> None:
+    """
+    The unix: checker, as popserv wires it, refuses a user the system does
+    not know with UnauthorizedLogin (not a server fault).
+    """
+    pytest.importorskip("crypt", reason="Twisted's unix: checker needs the crypt module")
+    checker = ThreadedChecker(strcred.makeChecker("unix"), runInThread=syncRun)
+    result = outcome(checker.requestAvatarId(UsernamePassword(b"no-such-user-popserv", b"x")))
+    assert result.check(UnauthorizedLogin)

@@ -42,6 +42,8 @@ class Args(enum.Enum):
     MSG = "a message number"
     OPTIONAL_MSG = "an optional message number"
     MSG_LINES = "a message number and a line count"
+    #: AUTH [mechanism [initial-response]] (RFC 5034 section 4).
+    AUTH = "an optional mechanism and initial response"
 
 
 #: keyword -> (argument shape, usage text shown on a syntax error)
@@ -58,6 +60,10 @@ SYNTAX: dict[str, tuple[Args, str]] = {
     "RSET": (Args.NONE, "RSET"),
     "TOP": (Args.MSG_LINES, "TOP msg n"),
     "UIDL": (Args.OPTIONAL_MSG, "UIDL [msg]"),
+    "CAPA": (Args.NONE, "CAPA"),
+    "STLS": (Args.NONE, "STLS"),
+    "AUTH": (Args.AUTH, "AUTH [mechanism [initial-response]]"),
+    "UTF8": (Args.NONE, "UTF8"),
 }
 
 
@@ -82,7 +88,8 @@ def splitKeyword(line: bytes) -> tuple[str, bytes]:
     @raise CommandError: the keyword is not a known command.
     """
     keyword, _, rest = line.partition(b" ")
-    if not (0 < len(keyword) <= MAX_KEYWORD and keyword.isalpha()):
+    # Keywords are letters and digits (UTF8, RFC 6856).
+    if not (0 < len(keyword) <= MAX_KEYWORD and keyword.isalnum()):
         raise CommandError("Unknown command")
     name = keyword.decode("ascii").upper()
     if name not in SYNTAX:
@@ -142,6 +149,13 @@ def parseArguments(keyword: str, rest: bytes) -> Command:
         if len(tokens) != 2:
             raise CommandError(f"Syntax: {usage}")
         return Command(keyword, (_word(tokens[0], usage), _word(tokens[1], usage)))
+    if shape is Args.AUTH:
+        if len(tokens) > 2:
+            raise CommandError(f"Syntax: {usage}")
+        if tokens and not (len(tokens[0]) <= 20 and _printable(tokens[0])):
+            raise CommandError(f"Syntax: {usage}")
+        # The mechanism name is case-insensitive (RFC 4422 section 3.1).
+        return Command(keyword, tuple(t.upper() if i == 0 else t for i, t in enumerate(tokens)))
     if shape is Args.MSG:
         if len(tokens) != 1:
             raise CommandError(f"Syntax: {usage}")

@@ -16,16 +16,24 @@ bound.
 
 from __future__ import annotations
 
+import base64
 import binascii
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -33,12 +41,25 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from popserv import replies
+from popserv._version import __version__
+from popserv.capabilities import Facts, capabilities
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
 from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
 from popserv.encoder import MessageEncoder
 from popserv.errors import DeletionFailed, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader
+from popserv.sasl import (
+    Challenge,
+    IMechanism,
+    IMechanismFactory,
+    Outcome,
+    SASLCancelled,
+    SASLContext,
+    SASLError,
+    defaultMechanisms,
+)
 from popserv.states import LEGAL, State
+from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import MessageTransfer, TransferAborted
 
@@ -52,6 +73,21 @@ MAX_QUEUED_LINES = 64
 #: Stands in the queue for an over-long line, so that its -ERR is sent in
 #: turn (RFC 2449 section 6.6: responses in the order of the commands).
 _LINE_TOO_LONG = b"\0line too long"
+
+#: SASL responses may be longer than command lines (RFC 5034 section 4
+#: limits only the AUTH command itself); bounded all the same.
+MAX_SASL_LINE = 8192
+
+
+class CleartextRefused(POP3Error):
+    """
+    A password would cross an unencrypted, non-local connection and the
+    operator has not allowed that (RFC 2595 section 2.4).
+    """
+
+    code = "AUTH"
+    text = "Plaintext authentication disallowed on non-secure connections"
+
 
 #: The commands that only make sense before login, for a clearer error
 #: when they are sent after it.
@@ -94,6 +130,10 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._lost = False
         self._tooLong = False
         self._deleting: Deferred[None] | None = None
+        self._sasl: IMechanism | None = None
+        self._saslFinal = False
+        self._discardInput = False
+        self.utf8 = False
 
     # Connection events
 
@@ -143,8 +183,17 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
     # Line handling
 
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._discardInput:
+            # RFC 2595 section 4 / RFC 8314 section 4.1 (the STARTTLS
+            # command-injection class): whatever arrived in clear after STLS
+            # in the same read is dropped, partial line included.
+            self._discardInput = False
+            self._buffer = b""
+
     def lineReceived(self, line: bytes) -> None:
-        if self.state is State.UPDATE or self._lost or self._tooLong:
+        if self.state is State.UPDATE or self._lost or self._tooLong or self._discardInput:
             return
         self.resetTimeout()
         if self._busy or self._queue:
@@ -163,6 +212,18 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             return
         if line.endswith(b"\r"):
             line = line[:-1]
+        if self._sasl is not None:
+            try:
+                result = self._saslResponse(line)
+            except POP3Error as e:
+                self._endSASL()
+                self._send(replies.err(e.text, e.code))
+                return
+            if result is not None:
+                self._busy = True
+                result.addErrback(self._serverFault)
+                result.addBoth(self._commandDone)
+            return
         try:
             keyword, rest = splitKeyword(line)
             if keyword not in LEGAL[self.state]:
@@ -219,9 +280,173 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         if not self._lost:
             self.transport.write(data)
 
+    # What the connection is
+
+    def isEncrypted(self) -> bool:
+        """
+        Whether TLS protects this connection (implicit TLS, or after STLS).
+        """
+        return ISSLTransport.providedBy(self.transport)
+
+    def isLocal(self) -> bool:
+        """
+        Whether the client is on this machine: loopback or a UNIX socket,
+        where a password in clear crosses no network.
+        """
+        peer = self.transport.getPeer()
+        if isinstance(peer, UNIXAddress):
+            return True
+        if isinstance(peer, IPv4Address):
+            return peer.host.startswith("127.")
+        if isinstance(peer, IPv6Address):
+            return peer.host in ("::1", "0:0:0:0:0:0:0:1") or peer.host.startswith("::ffff:127.")
+        return False
+
+    def plaintextAllowed(self) -> bool:
+        """
+        Whether a password may be sent in clear: over TLS, from this
+        machine, or anywhere if the operator allowed it.
+        """
+        return self.factory.allowCleartext or self.isEncrypted() or self.isLocal()
+
+    def _tlsConnection(self) -> Any:
+        return self.transport.getHandle() if self.isEncrypted() else None
+
+    def _saslContext(self) -> SASLContext:
+        connection = self._tlsConnection()
+        return SASLContext(
+            secure=self.isEncrypted(),
+            channelBinding=lambda kind: channelBinding(connection, kind),
+            peerCertificate=None,
+        )
+
+    def offeredMechanisms(self) -> list[IMechanismFactory]:
+        """
+        The SASL mechanisms this connection may use now: some checker can
+        verify what they produce, the connection has what they need, and
+        plaintext ones only where plaintext is allowed.
+        """
+        interfaces = set(self.factory.portal.listCredentialsInterfaces())
+        context = self._saslContext()
+        plaintext = self.plaintextAllowed()
+        return [
+            m
+            for m in self.factory.mechanisms
+            if (plaintext or not m.plaintext)
+            and interfaces & set(m.credentialInterfaces)
+            and m.available(context)
+        ]
+
+    def _stlsAvailable(self) -> bool:
+        return (
+            self.factory.tls is not None
+            and not self.isEncrypted()
+            and ITLSTransport.providedBy(self.transport)
+        )
+
+    # Any state: CAPA (RFC 2449 section 5)
+
+    def _doCAPA(self, command: Command) -> None:
+        facts = Facts(
+            state=self.state,
+            plaintextAllowed=self.plaintextAllowed(),
+            stlsAvailable=self._stlsAvailable(),
+            mechanisms=[m.name for m in self.offeredMechanisms()],
+            implementation=self.factory.implementation,
+        )
+        lines = [line.encode("ascii") for line in capabilities(facts)]
+        self._send(replies.multiline(replies.ok("Capability list follows"), lines))
+
+    # AUTHORIZATION state: STLS (RFC 2595 section 4), UTF8 (RFC 6856)
+
+    def _doSTLS(self, command: Command) -> None:
+        if self.isEncrypted():
+            raise CommandError("Command not permitted when TLS active")
+        if not self._stlsAvailable():
+            raise CommandError("STLS is not available on this server")
+        self._send(replies.ok("Begin TLS negotiation"))
+        # Forget everything learnt in clear (RFC 2595 section 4): a pending
+        # USER, and any command pipelined behind STLS.
+        self._user = None
+        self._queue.clear()
+        self._discardInput = True
+        self.transport.startTLS(self.factory.tls)
+
+    def _doUTF8(self, command: Command) -> None:
+        self.utf8 = True
+        self._send(replies.ok("UTF8 enabled"))
+
+    # AUTHORIZATION state: SASL (RFC 5034)
+
+    def _doAUTH(self, command: Command) -> Deferred[None] | None:
+        offered = self.offeredMechanisms()
+        if not command.args:
+            # RFC 1734's listing, which Outlook still asks for.
+            names = [m.name.encode("ascii") for m in offered]
+            self._send(replies.multiline(replies.ok("Methods supported"), names))
+            return None
+        name = command.args[0]
+        assert isinstance(name, bytes)
+        factory = next((m for m in offered if m.name.encode("ascii") == name), None)
+        if factory is None:
+            known = any(m.name.encode("ascii") == name for m in self.factory.mechanisms)
+            if known and not self.plaintextAllowed():
+                raise CleartextRefused()
+            raise CommandError("Unsupported authentication mechanism")
+        initial: bytes | None = None
+        if len(command.args) == 2:
+            response = command.args[1]
+            assert isinstance(response, bytes)
+            # RFC 5034 section 4: "=" is an empty initial response.
+            initial = b"" if response == b"=" else _decodeBase64(response)
+        self._user = None
+        self._sasl = factory(self._saslContext())
+        self.MAX_LENGTH = MAX_SASL_LINE
+        return self._saslStep(maybeDeferred(self._sasl.start, initial))
+
+    def _saslResponse(self, line: bytes) -> Deferred[None] | None:
+        if line == b"*":
+            raise SASLCancelled()
+        if self._saslFinal:
+            # The client's answer to the server's final data must be empty
+            # (RFC 5034 section 4); only then is the login complete.
+            self._saslFinal = False
+            self._endSASL()
+            if line:
+                self._release()
+                raise SASLError("Unexpected data after authentication")
+            return self._open().addErrback(self._loginFailed)
+        assert self._sasl is not None
+        return self._saslStep(maybeDeferred(self._sasl.respond, _decodeBase64(line)))
+
+    def _saslStep(self, d: Deferred[Any]) -> Deferred[None]:
+        mechanism = self._sasl
+
+        def stepped(step: Challenge | Outcome) -> Any:
+            if isinstance(step, Challenge):
+                self._send(b"+ " + base64.b64encode(step.data) + b"\r\n")
+                return None
+            return self._login(step.credentials, mechanism)
+
+        def refused(failure: Failure) -> None:
+            failure.trap(SASLError)
+            self._endSASL()
+            e = failure.value
+            assert isinstance(e, SASLError)
+            self._send(replies.err(e.text, e.code))
+
+        return d.addCallbacks(stepped, refused)
+
+    def _endSASL(self) -> None:
+        self._sasl = None
+        self._saslFinal = False
+        self.MAX_LENGTH = type(self).MAX_LENGTH
+
     # AUTHORIZATION state (RFC 1939 section 4, 7)
 
     def _doUSER(self, command: Command) -> None:
+        if not self.plaintextAllowed():
+            raise CleartextRefused()
         (name,) = command.args
         assert isinstance(name, bytes)
         self._user = name
@@ -245,19 +470,37 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._user = None
         return self._login(APOPCredentials(self.challenge, name, digest))
 
-    def _login(self, credentials: ICredentials) -> Deferred[Any]:
+    def _login(
+        self, credentials: ICredentials, mechanism: IMechanism | None = None
+    ) -> Deferred[Any]:
         d: Deferred[Any] = self.factory.portal.login(credentials, None, IMaildrop)
-        d.addCallback(self._loggedIn)
+        d.addCallback(self._loggedIn, mechanism)
         d.addErrback(self._loginFailed)
         return d
 
-    def _loggedIn(self, result: tuple[object, IMaildrop, Callable[[], None]]) -> Any:
+    def _loggedIn(
+        self,
+        result: tuple[object, IMaildrop, Callable[[], None]],
+        mechanism: IMechanism | None,
+    ) -> Any:
         _, maildrop, logout = result
         if self._lost:
             logout()
             return None
         self._maildrop, self._logout = maildrop, logout
-        return maybeDeferred(maildrop.listMessages).addCallback(self._listed)
+        final = mechanism.serverFinal() if mechanism is not None else None
+        if final is not None:
+            # RFC 5034 section 4: additional data with success goes out as
+            # one more challenge; +OK follows the client's empty answer.
+            self._saslFinal = True
+            self._send(b"+ " + base64.b64encode(final) + b"\r\n")
+            return None
+        self._endSASL()
+        return self._open()
+
+    def _open(self) -> Deferred[None]:
+        assert self._maildrop is not None
+        return maybeDeferred(self._maildrop.listMessages).addCallback(self._listed)
 
     def _listed(self, messages: Any) -> None:
         if self._lost:
@@ -269,6 +512,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
     def _loginFailed(self, failure: Failure) -> None:
         self._release()
+        self._endSASL()
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             self._send(replies.err("Authentication failed", "AUTH"))
             return
@@ -432,6 +676,10 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         "RSET": _doRSET,
         "TOP": _doTOP,
         "UIDL": _doUIDL,
+        "CAPA": _doCAPA,
+        "STLS": _doSTLS,
+        "AUTH": _doAUTH,
+        "UTF8": _doUTF8,
     }
 
 
@@ -446,6 +694,13 @@ def _setNoDelay(transport: Any) -> None:
         if ITCPTransport.providedBy(candidate):
             candidate.setTcpNoDelay(True)
             return
+
+
+def _decodeBase64(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise SASLError("Invalid base64 data") from None
 
 
 def _isHex(data: bytes) -> bool:
@@ -473,6 +728,11 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         portal: Portal,
         timeout: float = DEFAULT_TIMEOUT,
         clock: IReactorTime | None = None,
+        *,
+        tls: ReloadableTLS | None = None,
+        allowCleartext: bool = False,
+        mechanisms: Sequence[IMechanismFactory] | None = None,
+        implementation: str = f"popserv {__version__}",
     ) -> None:
         """
         @param portal: authenticates logins and yields maildrops.
@@ -480,10 +740,22 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
             requires at least 600; less is for tests).
         @param clock: the clock for the timer; the global reactor if
             L{None}.
+        @param tls: the certificate for STLS; without it STLS is not
+            offered.  (Implicit TLS is the listening endpoint's business.)
+        @param allowCleartext: allow passwords in clear (USER/PASS, PLAIN,
+            LOGIN) on unencrypted connections from other machines.  Off by
+            default: there they are refused and not advertised.
+        @param mechanisms: the SASL mechanisms to offer, strongest first;
+            each is offered only where it can work.  Default: all built in.
+        @param implementation: the IMPLEMENTATION capability's text.
         """
         self.portal = portal
         self.timeout = timeout
         self.clock = clock
+        self.tls = tls
+        self.allowCleartext = allowCleartext
+        self.mechanisms = list(defaultMechanisms() if mechanisms is None else mechanisms)
+        self.implementation = implementation
 
     def apopEnabled(self) -> bool:
         """

@@ -26,9 +26,11 @@ class State(enum.Enum):
 #: but that is missing here for the current state is answered "-ERR ... not
 #: valid in this state"; the session goes on.
 LEGAL: dict[State, frozenset[str]] = {
-    State.AUTHORIZATION: frozenset({"USER", "PASS", "APOP", "QUIT"}),
+    State.AUTHORIZATION: frozenset(
+        {"USER", "PASS", "APOP", "QUIT", "CAPA", "STLS", "AUTH", "UTF8"}
+    ),
     State.TRANSACTION: frozenset(
-        {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT"}
+        {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA"}
     ),
     State.UPDATE: frozenset(),
 }

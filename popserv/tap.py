@@ -9,23 +9,27 @@ errors would print its whole usage text above it).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from popserv.credentials import CheckerChain, normalizeChecker
+from popserv.endpoints import parseImplicitTLS
 from popserv.errors import StoreConfigError
 from popserv.mailstores import findStoreFactories, makeStore
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
 from popserv.realm import MaildropRealm
+from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
 
 DEFAULT_LISTEN = "tcp:110"
 
@@ -64,11 +68,29 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Where mail is stored, as KIND:ARGS (see --help-mailstores).",
         ],
         [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate (and intermediates) for STLS and ssl: listeners.",
+        ],
+        ["tls-key", None, None, "PEM private key for --tls-cert."],
+        ["tls-chain", None, None, "Optional PEM file of intermediate certificates."],
+        [
             "timeout",
             None,
             DEFAULT_TIMEOUT,
             "Autologout timer in seconds; at least 600 (RFC 1939 section 3).",
             _seconds,
+        ],
+    ]
+
+    optFlags = [
+        [
+            "allow-cleartext",
+            None,
+            "Allow passwords in clear (USER/PASS, PLAIN, LOGIN) on unencrypted "
+            "connections from other machines; by default only over TLS or "
+            "from this machine.",
         ],
     ]
 
@@ -124,7 +146,45 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["store"] = makeStore(self["mailstore"])
         except StoreConfigError as e:
             raise usage.UsageError(f"--mailstore: {e}") from None
-        self["endpoints"] = [_endpoint(d) for d in self["listen"]]
+        self["tls"] = self._tls()
+        self["endpoints"] = [self._endpoint(d) for d in self["listen"]]
+
+    def _tls(self) -> ReloadableTLS | None:
+        certificate, key = self["tls-cert"], self["tls-key"]
+        if not certificate and not key:
+            if self["tls-chain"]:
+                raise usage.UsageError("--tls-chain needs --tls-cert and --tls-key")
+            return None
+        if not (certificate and key):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        return _loadTLS(TLSFiles(certificate, key, self["tls-chain"]), "--tls-cert")
+
+    def _endpoint(self, description: str) -> tuple[Any, ReloadableTLS | None]:
+        try:
+            implicit = parseImplicitTLS(description)
+        except ValueError as e:
+            raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        if implicit is None:
+            return _endpoint(description), None
+        if implicit.key is None:
+            if self["tls"] is None:
+                raise usage.UsageError(
+                    f"--listen {description!r}: needs privateKey= (and certKey=) "
+                    "or --tls-cert and --tls-key"
+                )
+            tls = self["tls"]
+        else:
+            assert implicit.certificate is not None
+            files = TLSFiles(implicit.certificate, implicit.key, implicit.chain)
+            tls = _loadTLS(files, f"--listen {description!r}")
+        return _endpoint(implicit.tcp), tls
+
+
+def _loadTLS(files: TLSFiles, where: str) -> ReloadableTLS:
+    try:
+        return ReloadableTLS(files)
+    except TLSConfigError as e:
+        raise usage.UsageError(f"{where}: {e}") from None
 
 
 def _endpoint(description: str) -> Any:
@@ -148,11 +208,54 @@ def makeService(options: Options) -> IService:
     # One chain for all: a Portal alone keeps one checker per credentials
     # interface, so a second --auth would silently replace the first.
     portal = Portal(MaildropRealm(options["store"]), [CheckerChain(checkers)])
-    factory = POP3ServerFactory(portal, timeout=options["timeout"])
+    factory = POP3ServerFactory(
+        portal,
+        timeout=options["timeout"],
+        tls=options["tls"],
+        allowCleartext=bool(options["allow-cleartext"]),
+    )
     top = MultiService()
-    for description, endpoint in zip(options["listen"], options["endpoints"], strict=True):
-        Listener(description, endpoint, factory).setServiceParent(top)
+    certificates = [options["tls"]] if options["tls"] is not None else []
+    for description, (endpoint, tls) in zip(options["listen"], options["endpoints"], strict=True):
+        served: Any = factory
+        if tls is not None:
+            # Implicit TLS (RFC 8314): TLS from the first octet.
+            served = TLSMemoryBIOFactory(tls, False, factory)
+            certificates.append(tls)
+        Listener(description, endpoint, served).setServiceParent(top)
+    if certificates:
+        CertificateReloader(certificates).setServiceParent(top)
     return top
+
+
+class CertificateReloader(Service):
+    """
+    Reloads the TLS certificates on SIGHUP; sessions already running keep
+    theirs, new ones get the new certificate.
+    """
+
+    def __init__(self, certificates: list[ReloadableTLS]) -> None:
+        self.certificates = list({id(c): c for c in certificates}.values())
+        self._previous: Any = None
+
+    def reload(self) -> None:
+        for certificate in self.certificates:
+            certificate.reload()
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        def handler(signum: int, frame: Any) -> None:
+            reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
+
+        self._previous = signal.signal(signal.SIGHUP, handler)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
 
 
 class Listener(StreamServerEndpointService):

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -90,6 +91,8 @@ class Session:
         checkers: list[Any] | None = None,
         timeout: float = 600,
         transport: StringTransport | None = None,
+        peer: str = "127.0.0.1",
+        **factoryOptions: Any,
     ) -> None:
         self.memory = MemoryStore()
         self.store = store if store is not None else self.memory
@@ -100,9 +103,13 @@ class Session:
             checkers = [checker]
         self.clock = clock or Clock()
         self.portal = Portal(MaildropRealm(self.store), checkers)
-        self.factory = POP3ServerFactory(self.portal, timeout=timeout, clock=self.clock)
+        self.factory = POP3ServerFactory(
+            self.portal, timeout=timeout, clock=self.clock, **factoryOptions
+        )
         self.protocol: POP3Protocol = self.factory.buildProtocol(None)
-        self.transport = transport if transport is not None else StringTransport()
+        if transport is None:
+            transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 54321))
+        self.transport = transport
         self.protocol.makeConnection(self.transport)
         self.greeting = self.take()
 

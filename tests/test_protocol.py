@@ -12,6 +12,7 @@ import pytest
 from protocol_helpers import DelayedStore, Session
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -465,6 +466,9 @@ class TestPendingStore:
 
 
 class PausingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+
     """
     Pauses its producer when more than C{limit} octets are unread, as a TCP
     transport does when the peer stops reading.

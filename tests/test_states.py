@@ -11,8 +11,21 @@ from popserv.states import LEGAL, State, isLegal
 
 #: RFC 1939 sections 4-7, written out independently of the table.
 EXPECTED = {
-    State.AUTHORIZATION: {"USER", "PASS", "APOP", "QUIT"},
-    State.TRANSACTION: {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT"},
+    # RFC 2449 section 5 (CAPA in both), RFC 2595 section 4 (STLS), RFC 5034
+    # section 4 (AUTH) and RFC 6856 section 3 (UTF8) before login only.
+    State.AUTHORIZATION: {"USER", "PASS", "APOP", "QUIT", "CAPA", "STLS", "AUTH", "UTF8"},
+    State.TRANSACTION: {
+        "STAT",
+        "LIST",
+        "RETR",
+        "DELE",
+        "NOOP",
+        "RSET",
+        "TOP",
+        "UIDL",
+        "QUIT",
+        "CAPA",
+    },
     State.UPDATE: set(),
 }
 

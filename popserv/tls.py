@@ -1,0 +1,168 @@
+"""
+TLS for STLS (RFC 2595) and implicit TLS (RFC 8314): the server's
+certificate, a context that can be reloaded while sessions run, and the
+channel-binding data SCRAM-PLUS needs.
+
+The policy is Twisted's own, which is the careful one: TLS 1.2 at least,
+forward-secret AEAD ciphers first, no compression, no renegotiation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+#: RFC 9266 section 2: the exporter label for tls-exporter channel binding.
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+
+
+class TLSConfigError(ValueError):
+    """
+    The certificate, key or chain cannot be used; one line for the operator.
+    """
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """
+    Where the server's TLS identity lives.
+
+    @ivar certificate: PEM file with the server certificate (and, after it,
+        any intermediate certificates).
+    @ivar key: PEM file with the private key.
+    @ivar chain: optional PEM file with intermediate certificates.
+    """
+
+    certificate: str
+    key: str
+    chain: str | None = None
+
+    def load(self) -> ssl.CertificateOptions:
+        """
+        Read the files and build the TLS options.
+
+        @raise TLSConfigError: a file is missing or unreadable, is not PEM,
+            or the key does not belong to the certificate.
+        """
+        try:
+            with open(self.certificate, "rb") as f:
+                certificatePEM = f.read()
+            with open(self.key, "rb") as f:
+                keyPEM = f.read()
+            chainPEM = b""
+            if self.chain:
+                with open(self.chain, "rb") as f:
+                    chainPEM = f.read()
+        except OSError as e:
+            raise TLSConfigError(f"cannot read {e.filename}: {e.strerror}") from None
+        try:
+            certificates = [
+                ssl.Certificate.loadPEM(block) for block in _pemBlocks(certificatePEM + chainPEM)
+            ]
+            if not certificates:
+                raise TLSConfigError(f"no certificate in {self.certificate}")
+            key = ssl.KeyPair.load(keyPEM, crypto.FILETYPE_PEM)
+        except TLSConfigError:
+            raise
+        except Exception as e:
+            raise TLSConfigError(f"cannot load the certificate or key: {e}") from None
+        options = ssl.CertificateOptions(
+            privateKey=key.original,
+            certificate=certificates[0].original,
+            extraCertChain=[c.original for c in certificates[1:]],
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+        try:
+            options.getContext()  # checks that the key matches the certificate
+        except SSL.Error as e:
+            raise TLSConfigError(f"the key does not match the certificate: {e}") from None
+        return options
+
+
+def _pemBlocks(data: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    blocks = []
+    for part in data.split(end)[:-1]:
+        start = part.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            blocks.append(part[start:] + end + b"\n")
+    return blocks
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """
+    Makes server-side TLS connections from the current certificate.
+
+    L{reload} reads the files again; connections made afterwards use the new
+    certificate, sessions already running keep theirs.  A reload that fails
+    keeps the old certificate and reports why.
+    """
+
+    _log = Logger()
+
+    def __init__(self, files: TLSFiles) -> None:
+        """
+        @raise TLSConfigError: the files cannot be used.
+        """
+        self.files = files
+        self._options = files.load()
+
+    def reload(self) -> bool:
+        """
+        Read the certificate files again.
+
+        @return: whether the new certificate is now in use.
+        """
+        try:
+            self._options = self.files.load()
+        except TLSConfigError as e:
+            self._log.error("TLS reload failed, keeping the old certificate: {e}", e=e)
+            return False
+        self._log.info("TLS certificate reloaded from {path}", path=self.files.certificate)
+        return True
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._options.getContext(), None)
+
+
+def channelBinding(connection: SSL.Connection | None, kind: str) -> bytes | None:
+    """
+    The channel-binding data of a TLS connection, or L{None} if the
+    connection has none of this kind.
+
+     - C{tls-exporter} (RFC 9266): 32 octets of exported keying material;
+       only on TLS 1.3, where the handshake makes it unique.
+     - C{tls-server-end-point} (RFC 5929 section 4.1): the hash of the
+       server's certificate with the certificate's own signature hash,
+       SHA-256 where that is MD5 or SHA-1.
+    """
+    if connection is None:
+        return None
+    try:
+        if kind == "tls-exporter":
+            if connection.get_protocol_version_name() != "TLSv1.3":
+                return None
+            return bytes(connection.export_keying_material(EXPORTER_LABEL, 32))
+        if kind == "tls-server-end-point":
+            certificate = connection.get_certificate()
+            if certificate is None:
+                return None
+            cert = certificate.to_cryptography()
+            algorithm = cert.signature_hash_algorithm
+            name = algorithm.name if algorithm is not None else "sha256"
+            if name in ("md5", "sha1"):
+                name = "sha256"
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            return hashlib.new(name, cert.public_bytes(Encoding.DER)).digest()
+    except SSL.Error:
+        return None
+    return None

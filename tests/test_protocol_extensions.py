@@ -1,0 +1,340 @@
+"""
+Tests for the POP3 extensions in popserv.protocol: CAPA (RFC 2449), SASL
+AUTH (RFC 5034), STLS (RFC 2595), UTF8 (RFC 6856) and the cleartext policy,
+as exact bytes over in-memory transports.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from typing import Any
+
+import pytest
+from protocol_helpers import Session
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.testing import StringTransport
+from zope.interface import alsoProvides, implementer
+
+from popserv._version import __version__
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+@implementer(ITLSTransport)
+class TLSCapableTransport(StringTransport):
+    """
+    A transport that can start TLS: records the call and from then on
+    provides ISSLTransport, as Twisted's TCP transport does.
+    """
+
+    def __init__(self, peer: str = "192.0.2.7") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.tlsStartedWith: Any = None
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tlsStartedWith = contextFactory
+        alsoProvides(self, ISSLTransport)
+
+    def getHandle(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
+CERT = object()  # stands for the ReloadableTLS; only passed to startTLS
+
+
+def capa(s: Session) -> list[bytes]:
+    reply = s.command(b"CAPA")
+    assert reply.startswith(b"+OK Capability list follows\r\n")
+    assert reply.endswith(b"\r\n.\r\n")
+    return reply.split(b"\r\n")[1:-2]
+
+
+class TestCapa:
+    def test_beforeLoginLocal(self) -> None:
+        """
+        Before login on a local connection CAPA lists USER and the SASL
+        mechanisms the memory checker can verify, UTF8, and no STLS when no
+        certificate is configured.
+        """
+        s = Session()
+        assert s.command(b"CAPA") == (
+            b"+OK Capability list follows\r\n"
+            b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n"
+            b"USER\r\nSASL CRAM-MD5 PLAIN LOGIN\r\nUTF8 USER\r\n.\r\n"
+        )
+
+    def test_afterLogin(self) -> None:
+        """
+        After login CAPA drops the login-only capabilities and names the
+        implementation.
+        """
+        s = Session()
+        s.login()
+        assert capa(s) == [
+            b"TOP",
+            b"UIDL",
+            b"RESP-CODES",
+            b"AUTH-RESP-CODE",
+            b"PIPELINING",
+            b"IMPLEMENTATION popserv " + __version__.encode(),
+        ]
+
+    def test_remoteCleartextHidesPlaintext(self) -> None:
+        """
+        On an unencrypted connection from another machine, USER, PLAIN and
+        LOGIN are not advertised; STLS is, when a certificate is set.
+        """
+        s = Session(transport=TLSCapableTransport(), tls=CERT)
+        lines = capa(s)
+        assert b"USER" not in lines
+        assert b"SASL CRAM-MD5" in lines
+        assert b"STLS" in lines
+
+    def test_allowCleartext(self) -> None:
+        """
+        With allowCleartext, plaintext logins are advertised everywhere.
+        """
+        s = Session(peer="192.0.2.1", allowCleartext=True)
+        lines = capa(s)
+        assert b"USER" in lines and b"SASL CRAM-MD5 PLAIN LOGIN" in lines
+
+    def test_noSaslWithoutCheckers(self) -> None:
+        """
+        A mechanism is offered only when some checker can verify what it
+        produces: with no hashed-password checker CRAM-MD5 disappears.
+        """
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from twisted.internet.defer import fail
+
+        @implementer(ICredentialsChecker)
+        class PlainOnly:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Any:
+                return fail(Exception())
+
+        s = Session(checkers=[PlainOnly()])
+        assert b"SASL PLAIN LOGIN" in capa(s)
+
+
+class TestCleartextPolicy:
+    def test_userRefusedRemotely(self) -> None:
+        """
+        USER on an unencrypted connection from another machine is refused
+        with [AUTH]; APOP, which sends no password, still works.
+        """
+        s = Session(peer="192.0.2.1")
+        s.memory.deliver("alice", b"x\r\n")
+        reply = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
+        assert s.command(b"USER alice") == reply
+        assert s.command(b"AUTH PLAIN " + b64(b"\0alice\0secret")) == reply
+        digest = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
+        assert s.command(b"APOP alice " + digest).startswith(b"+OK Logged in")
+
+    @pytest.mark.parametrize("peer", ["127.0.0.1", "127.5.5.5"])
+    def test_loopbackAllowed(self, peer: str) -> None:
+        """
+        Loopback connections may log in with USER/PASS.
+        """
+        assert Session(peer=peer).login().startswith(b"+OK Logged in")
+
+
+class TestAuth:
+    def test_listsMechanisms(self) -> None:
+        """
+        AUTH without arguments lists the mechanisms (what Outlook sends).
+        """
+        s = Session()
+        assert s.command(b"AUTH") == b"+OK Methods supported\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+
+    def test_plainWithInitialResponse(self) -> None:
+        """
+        AUTH PLAIN with an initial response logs in at once.
+        """
+        s = Session()
+        reply = s.command(b"AUTH PLAIN " + b64(b"\0alice\0secret"))
+        assert reply == b"+OK Logged in, 0 messages (0 octets)\r\n"
+
+    def test_plainWithAuthzidSameAsUser(self) -> None:
+        """
+        An authorization identity equal to the user is accepted, another
+        one refused (no proxy rights).
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN " + b64(b"bob\0alice\0secret")) == (
+            b"-ERR Proxy authorization is not supported\r\n"
+        )
+        assert s.command(b"AUTH PLAIN " + b64(b"alice\0alice\0secret")).startswith(b"+OK")
+
+    def test_plainChallenge(self) -> None:
+        """
+        Without an initial response the server sends an empty challenge and
+        takes the response on the next line.
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN") == b"+ \r\n"
+        assert s.command(b64(b"\0alice\0secret")).startswith(b"+OK Logged in")
+
+    def test_emptyInitialResponse(self) -> None:
+        """
+        "=" is an empty initial response (RFC 5034 section 4): malformed for
+        PLAIN, and the session goes on.
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN =") == b"-ERR Malformed SASL response\r\n"
+        assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
+
+    def test_cancel(self) -> None:
+        """
+        "*" cancels the exchange with -ERR; the client may log in after.
+        """
+        s = Session()
+        assert s.command(b"AUTH LOGIN") == b"+ " + b64(b"Username:") + b"\r\n"
+        assert s.command(b"*") == b"-ERR Authentication cancelled\r\n"
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_badBase64(self) -> None:
+        """
+        A response that is not base64 ends the exchange with -ERR.
+        """
+        s = Session()
+        s.command(b"AUTH PLAIN")
+        assert s.command(b"!!!notbase64") == b"-ERR Invalid base64 data\r\n"
+        assert s.command(b"AUTH PLAIN %%%") == b"-ERR Invalid base64 data\r\n"
+        assert s.login().startswith(b"+OK")
+
+    def test_wrongPassword(self) -> None:
+        """
+        Wrong credentials through SASL are -ERR [AUTH] (RFC 3206).
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN " + b64(b"\0alice\0nope")) == (
+            b"-ERR [AUTH] Authentication failed\r\n"
+        )
+
+    def test_unknownMechanism(self) -> None:
+        """
+        An unknown mechanism is refused and the session goes on.
+        """
+        s = Session()
+        assert s.command(b"AUTH GSSAPI") == b"-ERR Unsupported authentication mechanism\r\n"
+        assert s.login().startswith(b"+OK")
+
+    def test_login(self) -> None:
+        """
+        LOGIN asks for the user name, then the password.
+        """
+        s = Session()
+        assert s.command(b"AUTH LOGIN") == b"+ VXNlcm5hbWU6\r\n"
+        assert s.command(b64(b"alice")) == b"+ UGFzc3dvcmQ6\r\n"
+        assert s.command(b64(b"secret")).startswith(b"+OK Logged in")
+
+    def test_cramMD5(self) -> None:
+        """
+        CRAM-MD5: the server sends a fresh msg-id, the client answers with
+        the HMAC-MD5 keyed by the secret.
+        """
+        s = Session()
+        reply = s.command(b"AUTH CRAM-MD5")
+        challenge = base64.b64decode(reply[2:-2])
+        assert re.fullmatch(rb"<[0-9a-f]{24}\.\d+@popserv>", challenge)
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        assert s.command(b64(b"alice " + digest)).startswith(b"+OK Logged in")
+
+    def test_cramMD5Wrong(self) -> None:
+        """
+        A wrong CRAM-MD5 digest is -ERR [AUTH].
+        """
+        s = Session()
+        s.command(b"AUTH CRAM-MD5")
+        assert s.command(b64(b"alice " + b"0" * 32)) == b"-ERR [AUTH] Authentication failed\r\n"
+
+    def test_pipelinedAuth(self) -> None:
+        """
+        A response pipelined right behind AUTH is taken as the response.
+        """
+        s = Session()
+        s.send(b"AUTH PLAIN\r\n" + b64(b"\0alice\0secret") + b"\r\nSTAT\r\n")
+        assert s.take() == b"+ \r\n+OK Logged in, 0 messages (0 octets)\r\n+OK 0 0\r\n"
+
+    def test_longSaslResponse(self) -> None:
+        """
+        SASL responses may exceed the 255-octet command limit.
+        """
+        s = Session()
+        s.command(b"AUTH PLAIN")
+        assert s.command(b64(b"\0alice\0" + b"x" * 400)) == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.command(b"USER " + b"a" * 300) == b"-ERR Line too long\r\n"
+
+
+class TestSTLS:
+    def test_notConfigured(self) -> None:
+        """
+        Without a certificate STLS is refused.
+        """
+        s = Session()
+        assert s.command(b"STLS") == b"-ERR STLS is not available on this server\r\n"
+
+    def test_startsTLSAndDropsInjectedCommands(self) -> None:
+        """
+        STLS answers +OK, starts TLS, and discards what the client sent in
+        clear behind it in the same packet (the STARTTLS injection attack).
+        """
+        transport = TLSCapableTransport()
+        s = Session(transport=transport, tls=CERT)
+        assert transport.noDelay
+        s.send(b"STLS\r\nUSER evil\r\nPASS x\r\n")
+        assert s.take() == b"+OK Begin TLS negotiation\r\n"
+        assert transport.tlsStartedWith is CERT
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+
+    def test_afterTLS(self) -> None:
+        """
+        Once TLS is on, STLS is refused, not advertised, and plaintext
+        logins from other machines are allowed.
+        """
+        transport = TLSCapableTransport()
+        s = Session(transport=transport, tls=CERT)
+        s.command(b"STLS")
+        assert s.command(b"STLS") == b"-ERR Command not permitted when TLS active\r\n"
+        lines = capa(s)
+        assert b"STLS" not in lines and b"USER" in lines
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_forgetsUserGivenBeforeTLS(self) -> None:
+        """
+        A USER sent before STLS does not survive it (RFC 2595 section 4).
+        """
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport, tls=CERT)
+        s.command(b"USER alice")
+        s.command(b"STLS")
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+
+    def test_onlyBeforeLogin(self) -> None:
+        """
+        STLS after login is not valid.
+        """
+        s = Session(transport=TLSCapableTransport(peer="127.0.0.1"), tls=CERT)
+        s.login()
+        assert s.command(b"STLS") == b"-ERR Command not valid in this state\r\n"
+
+
+def test_utf8() -> None:
+    """
+    UTF8 is accepted before login and UTF-8 user names then log in.
+    """
+    s = Session(users={"j\u00fcrgen".encode(): "p\u00e4ss".encode()})
+    assert s.command(b"UTF8") == b"+OK UTF8 enabled\r\n"
+    assert s.protocol.utf8
+    assert s.login("j\u00fcrgen".encode(), "p\u00e4ss".encode()).startswith(b"+OK Logged in")

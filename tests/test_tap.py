@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from certificates import CertificateAuthority
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
 from popserv.maildir import MaildirStore
-from popserv.tap import Options, makeService
+from popserv.tap import CertificateReloader, Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -114,3 +116,80 @@ def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "maildir:TEMPLATE" in out
     assert "memory:" in out
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path)
+
+
+def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """
+    --tls-cert/--tls-key give STLS a certificate; an ssl: listener without
+    its own key uses them, one with privateKey= uses its own; every
+    certificate is reloaded on SIGHUP.
+    """
+    server = ca.issue("localhost", ["localhost", "127.0.0.1"])
+    other = ca.issue("other", ["localhost"])
+    options = parse(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "ssl:0:interface=127.0.0.1",
+        "--listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={other.key}:certKey={other.certificate}",
+        "--tls-cert",
+        str(server.certificate),
+        "--tls-key",
+        str(server.key),
+        "--auth",
+        "memory:a:b",
+        "--mailstore",
+        "memory",
+    )
+    service = makeService(options)
+    children = list(service)
+    plain, implicit, own, reloader = children
+    factory = plain.factory
+    assert factory.tls is options["tls"]
+    assert isinstance(implicit.factory, TLSMemoryBIOFactory)
+    assert options["endpoints"][1][1] is options["tls"]
+    assert options["endpoints"][2][1] not in (None, options["tls"])
+    assert isinstance(own.factory, TLSMemoryBIOFactory)
+    assert implicit.factory.wrappedFactory is factory
+    assert isinstance(reloader, CertificateReloader)
+    assert len(reloader.certificates) == 2
+
+
+def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """
+    TLS mistakes are one-line start-up errors: a lone --tls-cert, a missing
+    file, a key that does not match, an ssl: listener with no key at all,
+    a weakening ssl: parameter.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    other = ca.issue("other", ["localhost"])
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    assert "go together" in error(*base, "--tls-cert", str(server.certificate))
+    assert "cannot read" in error(
+        *base, "--tls-cert", "/nonexistent.pem", "--tls-key", str(server.key)
+    )
+    assert "does not match" in error(
+        *base, "--tls-cert", str(server.certificate), "--tls-key", str(other.key)
+    )
+    assert "needs privateKey=" in error(*base, "--listen", "ssl:0")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert "no certificate" in error(*base, "--tls-cert", str(junk), "--tls-key", str(server.key))
+    assert "not supported" in error(
+        *base, "--listen", f"ssl:0:privateKey={server.key}:sslmethod=TLSv1_METHOD"
+    )
+
+
+def test_allowCleartext() -> None:
+    """
+    --allow-cleartext reaches the factory; the default is off.
+    """
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    assert not next(iter(makeService(parse(*base)))).factory.allowCleartext
+    assert next(iter(makeService(parse(*base, "--allow-cleartext")))).factory.allowCleartext

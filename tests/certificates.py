@@ -1,0 +1,93 @@
+"""
+Test certificates made on the fly with the cryptography package: a CA and
+server certificates it signs, written as PEM files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class Issued:
+    """
+    PEM files of one certificate and its key.
+    """
+
+    certificate: Path
+    key: Path
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
+    certificate = path.with_suffix(".crt")
+    keyfile = path.with_suffix(".key")
+    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keyfile.chmod(0o600)
+    return Issued(certificate, keyfile)
+
+
+class CertificateAuthority:
+    """
+    A throw-away CA that issues server and client certificates.
+    """
+
+    def __init__(self, directory: Path, name: str = "popserv test CA") -> None:
+        self.directory = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(_name(name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.files = _write(directory / "ca", self.cert, self.key)
+
+    def issue(self, name: str, sans: list[str], filename: str | None = None) -> Issued:
+        """
+        A certificate for C{name} with the given DNS names / IP addresses.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        alternatives: list[x509.GeneralName] = []
+        for san in sans:
+            try:
+                alternatives.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                alternatives.append(x509.DNSName(san))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return _write(self.directory / (filename or name), cert, key)

@@ -317,8 +317,20 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         return SASLContext(
             secure=self.isEncrypted(),
             channelBinding=lambda kind: channelBinding(connection, kind),
-            peerCertificate=None,
+            peerCertificate=self._peerCertificate(),
         )
+
+    def _peerCertificate(self) -> Any:
+        # Only a certificate the TLS layer verified against the client CA
+        # reaches here: with a client CA configured, OpenSSL fails the
+        # handshake for one that does not verify.
+        if not self.isEncrypted():
+            return None
+        try:
+            certificate = self.transport.getPeerCertificate()
+        except Exception:
+            return None
+        return certificate.to_cryptography() if certificate is not None else None
 
     def offeredMechanisms(self) -> list[IMechanismFactory]:
         """

@@ -286,13 +286,48 @@ class MechanismFactory:
         return self.mechanism(context)
 
 
+@implementer(IMechanism)
+class ExternalMechanism:
+    """
+    EXTERNAL (RFC 4422 appendix A): the identity the TLS client certificate
+    proves; the response is the authorization identity, or empty to let the
+    certificate say who the user is.
+    """
+
+    name = "EXTERNAL"
+
+    def __init__(self, context: SASLContext) -> None:
+        self._certificate = context.peerCertificate
+
+    def start(self, initial: bytes | None) -> Step:
+        if initial is None:
+            return Challenge(b"")
+        return self.respond(initial)
+
+    def respond(self, data: bytes) -> Step:
+        from popserv.certauth import CertificateCredentials
+
+        return Outcome(CertificateCredentials(self._certificate, data))
+
+    def serverFinal(self) -> None:
+        return None
+
+
 def defaultMechanisms() -> list[MechanismFactory]:
     """
     The built-in mechanisms, strongest first.
     """
     from twisted.cred.credentials import IUsernamePassword
 
+    from popserv.certauth import ICertificateCredentials
+
     return [
+        MechanismFactory(
+            "EXTERNAL",
+            ExternalMechanism,
+            (ICertificateCredentials,),
+            needs=lambda context: context.peerCertificate is not None,
+        ),
         MechanismFactory("CRAM-MD5", CramMD5Mechanism, (IUsernameHashedPassword,)),
         MechanismFactory("PLAIN", PlainMechanism, (IUsernamePassword,), plaintext=True),
         MechanismFactory("LOGIN", LoginMechanism, (IUsernamePassword,), plaintext=True),

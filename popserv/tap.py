@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from popserv.certauth import ICertificateCredentials
 from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS
 from popserv.errors import StoreConfigError
@@ -58,7 +59,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "--listen tcp:1110:interface=127.0.0.1 --auth memory:alice:secret "
         "--mailstore maildir:/srv/mail/{user}"
     )
-    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword, ICertificateCredentials)
 
     optParameters = [
         [
@@ -75,6 +76,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ],
         ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["tls-chain", None, None, "Optional PEM file of intermediate certificates."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of CAs whose client certificates may log in (SASL EXTERNAL, --auth cert).",
+        ],
         [
             "timeout",
             None,
@@ -148,6 +155,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--mailstore: {e}") from None
         self["tls"] = self._tls()
         self["endpoints"] = [self._endpoint(d) for d in self["listen"]]
+        hasTLS = self["tls"] is not None or any(tls for _, tls in self["endpoints"])
+        if self["tls-client-ca"] and not hasTLS:
+            raise usage.UsageError("--tls-client-ca needs --tls-cert or an ssl: listener")
 
     def _tls(self) -> ReloadableTLS | None:
         certificate, key = self["tls-cert"], self["tls-key"]
@@ -157,7 +167,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             return None
         if not (certificate and key):
             raise usage.UsageError("--tls-cert and --tls-key go together")
-        return _loadTLS(TLSFiles(certificate, key, self["tls-chain"]), "--tls-cert")
+        files = TLSFiles(certificate, key, self["tls-chain"], self["tls-client-ca"])
+        return _loadTLS(files, "--tls-cert")
 
     def _endpoint(self, description: str) -> tuple[Any, ReloadableTLS | None]:
         try:
@@ -175,7 +186,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             tls = self["tls"]
         else:
             assert implicit.certificate is not None
-            files = TLSFiles(implicit.certificate, implicit.key, implicit.chain)
+            files = TLSFiles(
+                implicit.certificate, implicit.key, implicit.chain, self["tls-client-ca"]
+            )
             tls = _loadTLS(files, f"--listen {description!r}")
         return _endpoint(implicit.tcp), tls
 

@@ -38,11 +38,15 @@ class TLSFiles:
         any intermediate certificates).
     @ivar key: PEM file with the private key.
     @ivar chain: optional PEM file with intermediate certificates.
+    @ivar clientCA: optional PEM file of CA certificates; when given, clients
+        may present a certificate, which must verify against them (for
+        SASL EXTERNAL).  Clients without one can still connect.
     """
 
     certificate: str
     key: str
     chain: str | None = None
+    clientCA: str | None = None
 
     def load(self) -> ssl.CertificateOptions:
         """
@@ -60,6 +64,10 @@ class TLSFiles:
             if self.chain:
                 with open(self.chain, "rb") as f:
                     chainPEM = f.read()
+            clientCAPEM = b""
+            if self.clientCA:
+                with open(self.clientCA, "rb") as f:
+                    clientCAPEM = f.read()
         except OSError as e:
             raise TLSConfigError(f"cannot read {e.filename}: {e.strerror}") from None
         try:
@@ -69,6 +77,9 @@ class TLSFiles:
             if not certificates:
                 raise TLSConfigError(f"no certificate in {self.certificate}")
             key = ssl.KeyPair.load(keyPEM, crypto.FILETYPE_PEM)
+            authorities = [ssl.Certificate.loadPEM(b).original for b in _pemBlocks(clientCAPEM)]
+            if self.clientCA and not authorities:
+                raise TLSConfigError(f"no certificate in {self.clientCA}")
         except TLSConfigError:
             raise
         except Exception as e:
@@ -78,6 +89,9 @@ class TLSFiles:
             certificate=certificates[0].original,
             extraCertChain=[c.original for c in certificates[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            verify=bool(authorities),
+            caCerts=authorities or None,
+            requireCertificate=False,
         )
         try:
             options.getContext()  # checks that the key matches the certificate

@@ -69,12 +69,16 @@ class CertificateAuthority:
 
     def issue(self, name: str, sans: list[str], filename: str | None = None) -> Issued:
         """
-        A certificate for C{name} with the given DNS names / IP addresses.
+        A certificate for C{name} with the given DNS names, IP addresses and
+        e-mail addresses (those with "@").
         """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alternatives: list[x509.GeneralName] = []
         for san in sans:
+            if "@" in san:
+                alternatives.append(x509.RFC822Name(san))
+                continue
             try:
                 alternatives.append(x509.IPAddress(ipaddress.ip_address(san)))
             except ValueError:

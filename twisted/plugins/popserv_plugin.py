@@ -5,6 +5,7 @@ kinds.  Kept tiny; twistd imports every dropin whenever it scans.
 
 from twisted.application.service import ServiceMaker
 
+from popserv.checkers import clientCertificateCheckerFactory
 from popserv.mailstores import maildirStoreFactory, memoryStoreFactory
 
 popserv = ServiceMaker(
@@ -14,4 +15,9 @@ popserv = ServiceMaker(
     "popserv",
 )
 
-__all__ = ["maildirStoreFactory", "memoryStoreFactory", "popserv"]
+__all__ = [
+    "clientCertificateCheckerFactory",
+    "maildirStoreFactory",
+    "memoryStoreFactory",
+    "popserv",
+]

@@ -1,0 +1,116 @@
+"""
+Logging in with a TLS client certificate: SASL EXTERNAL (RFC 4422
+appendix A) as C{twisted.cred} credentials and a checker.
+
+The TLS layer has already verified the certificate against the configured
+client CA (C{--tls-client-ca}) before any of this runs; this module only
+decides which user a verified certificate may log in as:
+
+ - a user name with "@" must be one of the certificate's e-mail addresses
+   (rfc822Name subject alternative names; the domain compared without
+   regard to case);
+ - any other user name must be one of its DNS names, checked with
+   service-identity's DNS-ID rules;
+ - with no authorization identity, the certificate must name exactly one
+   e-mail address, or else exactly one DNS name, and that is the user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from service_identity import VerificationError
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, verify_service_identity
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import Attribute, implementer
+
+
+class ICertificateCredentials(ICredentials):
+    """
+    A verified TLS client certificate and the identity the client asks to
+    act as.
+    """
+
+    certificate = Attribute("The client's certificate, a cryptography x509.Certificate.")
+    authzid = Attribute("The requested user name as bytes; empty to derive it.")
+
+
+@implementer(ICertificateCredentials)
+class CertificateCredentials:
+    """
+    What SASL EXTERNAL produces.
+    """
+
+    def __init__(self, certificate: x509.Certificate, authzid: bytes) -> None:
+        self.certificate = certificate
+        self.authzid = authzid
+
+
+def _emails(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(e) for e in names.value.get_values_for_type(x509.RFC822Name)]
+
+
+def _dnsNames(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(d) for d in names.value.get_values_for_type(x509.DNSName)]
+
+
+def _sameAddress(a: str, b: str) -> bool:
+    localA, _, domainA = a.rpartition("@")
+    localB, _, domainB = b.rpartition("@")
+    return localA == localB and domainA.lower() == domainB.lower()
+
+
+def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | None:
+    """
+    The user C{certificate} may log in as, given the requested C{authzid}
+    (empty to derive it), or L{None} if it may not.
+    """
+    if not authzid:
+        emails = _emails(certificate)
+        if len(emails) == 1:
+            return emails[0]
+        names = _dnsNames(certificate)
+        if not emails and len(names) == 1:
+            return names[0]
+        return None
+    if "@" in authzid:
+        return authzid if any(_sameAddress(authzid, e) for e in _emails(certificate)) else None
+    try:
+        verify_service_identity(
+            extract_patterns(certificate), obligatory_ids=[DNS_ID(authzid)], optional_ids=[]
+        )
+    except (VerificationError, ValueError):
+        return None
+    return authzid
+
+
+@implementer(ICredentialsChecker)
+class ClientCertificateChecker:
+    """
+    Accepts a verified client certificate for the user it names.
+    """
+
+    credentialInterfaces = (ICertificateCredentials,)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        try:
+            authzid = credentials.authzid.decode("utf-8")
+        except UnicodeDecodeError:
+            return fail(UnauthorizedLogin())
+        user = userForCertificate(credentials.certificate, authzid)
+        if user is None:
+            return fail(UnauthorizedLogin())
+        return succeed(user.encode("utf-8"))

@@ -1,0 +1,236 @@
+"""
+TLS on the real server: STLS (RFC 2595) and implicit TLS (RFC 8314) with
+Python's ssl module, the TLS 1.2 floor, certificate reload on SIGHUP while a
+session runs, and SASL EXTERNAL with real client certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+import poplib
+import re
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from certificates import CertificateAuthority, Issued
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+
+
+def tlsPort(server, deadline: float = 15) -> int:
+    """
+    The port of the second listener (the ssl: one), read from the log.
+    """
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        ports = re.findall(r"starting on (\d+)", server.output())
+        if len(ports) >= 2:
+            return int(ports[1])
+        time.sleep(0.05)
+    pytest.fail("no second listener:\n" + server.output())
+
+
+def context(ca: CertificateAuthority, client: Issued | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca.files.certificate))
+    if client is not None:
+        ctx.load_cert_chain(str(client.certificate), str(client.key))
+    return ctx
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path)
+
+
+@pytest.fixture
+def tls_server(start_server, maildir_root, maildir, deliver, ca):
+    """
+    A server with STLS on its tcp: listener and implicit TLS on a second,
+    ssl: one, both with a certificate for 127.0.0.1.
+    """
+    deliver(maildir, b"Subject: over TLS\r\n\r\nsecret body\r\n")
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        extra=[
+            "--tls-cert",
+            str(cert.certificate),
+            "--tls-key",
+            str(cert.key),
+            "--listen",
+            f"ssl:0:interface={HOST}",
+        ],
+    )
+    server.tlsPort = tlsPort(server)
+    server.cert = cert
+    return server
+
+
+def test_stls(tls_server, ca):
+    """
+    poplib's stls() upgrades the connection; CAPA no longer offers STLS and
+    the message comes over TLS byte-exactly.
+    """
+    client = poplib.POP3(HOST, tls_server.port, timeout=10)
+    try:
+        assert "STLS" in client.capa()
+        client.stls(context=context(ca))
+        assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert "STLS" not in client.capa()
+        client.user("alice")
+        client.pass_("secret")
+        assert client.retr(1)[1] == [b"Subject: over TLS", b"", b"secret body"]
+        client.quit()
+    finally:
+        client.close()
+
+
+def test_implicitTLS(tls_server, ca):
+    """
+    The ssl: listener speaks TLS from the first octet (port 995 style).
+    """
+    client = poplib.POP3_SSL(HOST, tls_server.tlsPort, context=context(ca), timeout=10)
+    try:
+        assert client.getwelcome().startswith(b"+OK")
+        assert "STLS" not in client.capa()
+        client.user("alice")
+        client.pass_("secret")
+        assert client.stat() == (1, 34)
+        client.quit()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_oldTLSRefused(tls_server, ca, version):
+    """
+    TLS 1.0 and 1.1 handshakes fail: the floor is TLS 1.2.
+    """
+    ctx = context(ca)
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    ctx.maximum_version = version
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with (
+        socket.create_connection((HOST, tls_server.tlsPort), timeout=10) as raw,
+        pytest.raises(ssl.SSLError),
+        ctx.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        tls.recv(100)
+
+
+def test_reloadOnSIGHUP(tls_server, ca):
+    """
+    After SIGHUP new connections get the new certificate, while a session
+    that was open before goes on undisturbed.
+    """
+    old = poplib.POP3_SSL(HOST, tls_server.tlsPort, context=context(ca), timeout=10)
+    try:
+        old.user("alice")
+        old.pass_("secret")
+        renewed = ca.issue("renewed", ["localhost", HOST], filename="renewed")
+        tls_server.cert.certificate.write_bytes(renewed.certificate.read_bytes())
+        tls_server.cert.key.write_bytes(renewed.key.read_bytes())
+        tls_server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in tls_server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        new = poplib.POP3_SSL(HOST, tls_server.tlsPort, context=context(ca), timeout=10)
+        try:
+            subject = dict(x[0] for x in new.sock.getpeercert()["subject"])
+            assert subject["commonName"] == "renewed"
+        finally:
+            new.close()
+        assert old.stat() == (1, 34)
+        old.quit()
+    finally:
+        old.close()
+
+
+@pytest.fixture
+def external_server(start_server, maildir_root, ca, deliver):
+    """
+    A server accepting client certificates from the test CA (--auth cert).
+    """
+    mailbox = maildir_root / "alice@example.org"
+    for sub in ("tmp", "new", "cur"):
+        (mailbox / sub).mkdir(parents=True)
+    deliver(mailbox, b"Subject: for the certificate\r\n\r\nhi\r\n")
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        auth=["cert"],
+        extra=[
+            "--tls-cert",
+            str(cert.certificate),
+            "--tls-key",
+            str(cert.key),
+            "--tls-client-ca",
+            str(ca.files.certificate),
+            "--listen",
+            f"ssl:0:interface={HOST}",
+        ],
+    )
+    server.tlsPort = tlsPort(server)
+    return server
+
+
+def external(server, ctx, authzid: bytes) -> bytes:
+    client = poplib.POP3_SSL(HOST, server.tlsPort, context=ctx, timeout=10)
+    try:
+        sasl = client.capa().get("SASL", [])
+        response = base64.b64encode(authzid).decode() if authzid else "="
+        try:
+            reply = client._shortcmd(f"AUTH EXTERNAL {response}")
+        except poplib.error_proto as e:
+            reply = e.args[0]
+        return reply, sasl
+    finally:
+        client.close()
+
+
+def test_external(external_server, ca):
+    """
+    A client certificate naming alice@example.org logs in as that user with
+    SASL EXTERNAL, with the identity given or derived; EXTERNAL is offered
+    only to a client that presented a certificate.
+    """
+    alice = ca.issue("alice", ["alice@example.org"], filename="alice")
+    reply, sasl = external(external_server, context(ca, alice), b"")
+    assert reply.startswith(b"+OK Logged in, 1 messages")
+    assert sasl == ["EXTERNAL"]
+    reply, _ = external(external_server, context(ca, alice), b"alice@EXAMPLE.org")
+    assert reply.startswith(b"+OK Logged in")
+    _, sasl = external(external_server, context(ca), b"")
+    assert sasl == []
+
+
+def test_externalWrongIdentity(external_server, ca):
+    """
+    A certificate cannot log in as a user it does not name.
+    """
+    bob = ca.issue("bob", ["bob@example.org"], filename="bob")
+    reply, _ = external(external_server, context(ca, bob), b"alice@example.org")
+    assert reply == b"-ERR [AUTH] Authentication failed"
+
+
+def test_externalUntrustedCertificate(external_server, ca, tmp_path):
+    """
+    A client certificate from another CA fails the TLS handshake.
+    """
+    (tmp_path / "other").mkdir()
+    other = CertificateAuthority(tmp_path / "other", name="another CA")
+    mallory = other.issue("mallory", ["alice@example.org"], filename="mallory")
+    with pytest.raises((ssl.SSLError, ConnectionError, poplib.error_proto, OSError)):
+        client = poplib.POP3_SSL(
+            HOST, external_server.tlsPort, context=context(ca, mallory), timeout=10
+        )
+        try:
+            client.capa()
+        finally:
+            client.close()

@@ -766,7 +766,11 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         self.clock = clock
         self.tls = tls
         self.allowCleartext = allowCleartext
-        self.mechanisms = list(defaultMechanisms() if mechanisms is None else mechanisms)
+        if mechanisms is None:
+            from popserv.scram import keySourceFromCheckers
+
+            mechanisms = defaultMechanisms(keySourceFromCheckers(set(portal.checkers.values())))
+        self.mechanisms = list(mechanisms)
         self.implementation = implementation
 
     def apopEnabled(self) -> bool:

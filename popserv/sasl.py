@@ -313,13 +313,18 @@ class ExternalMechanism:
         return None
 
 
-def defaultMechanisms() -> list[MechanismFactory]:
+def defaultMechanisms(keySource: Any = None) -> list[IMechanismFactory]:
     """
     The built-in mechanisms, strongest first.
+
+    @param keySource: how SCRAM finds stored keys (see
+        L{popserv.scram.keySourceFromCheckers}); without one, SCRAM works with
+        checkers that know plaintext passwords.
     """
     from twisted.cred.credentials import IUsernamePassword
 
     from popserv.certauth import ICertificateCredentials
+    from popserv.scram import scramSHA256Factory, scramSHA256PlusFactory
 
     return [
         MechanismFactory(
@@ -328,6 +333,11 @@ def defaultMechanisms() -> list[MechanismFactory]:
             (ICertificateCredentials,),
             needs=lambda context: context.peerCertificate is not None,
         ),
+        scramSHA256PlusFactory(keySource),
+        # -PLUS is offered wherever there is channel binding, so a client
+        # that could bind but says it thinks the server cannot ("y") is
+        # being downgraded (RFC 5802 section 6).
+        scramSHA256Factory(keySource, plusOffered=True),
         MechanismFactory("CRAM-MD5", CramMD5Mechanism, (IUsernameHashedPassword,)),
         MechanismFactory("PLAIN", PlainMechanism, (IUsernamePassword,), plaintext=True),
         MechanismFactory("LOGIN", LoginMechanism, (IUsernamePassword,), plaintext=True),

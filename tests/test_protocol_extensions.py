@@ -69,7 +69,7 @@ class TestCapa:
         assert s.command(b"CAPA") == (
             b"+OK Capability list follows\r\n"
             b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n"
-            b"USER\r\nSASL CRAM-MD5 PLAIN LOGIN\r\nUTF8 USER\r\n.\r\n"
+            b"USER\r\nSASL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN\r\nUTF8 USER\r\n.\r\n"
         )
 
     def test_afterLogin(self) -> None:
@@ -96,7 +96,7 @@ class TestCapa:
         s = Session(transport=TLSCapableTransport(), tls=CERT)
         lines = capa(s)
         assert b"USER" not in lines
-        assert b"SASL CRAM-MD5" in lines
+        assert b"SASL SCRAM-SHA-256 CRAM-MD5" in lines
         assert b"STLS" in lines
 
     def test_allowCleartext(self) -> None:
@@ -105,7 +105,7 @@ class TestCapa:
         """
         s = Session(peer="192.0.2.1", allowCleartext=True)
         lines = capa(s)
-        assert b"USER" in lines and b"SASL CRAM-MD5 PLAIN LOGIN" in lines
+        assert b"USER" in lines and b"SASL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN" in lines
 
     def test_noSaslWithoutCheckers(self) -> None:
         """
@@ -155,7 +155,10 @@ class TestAuth:
         AUTH without arguments lists the mechanisms (what Outlook sends).
         """
         s = Session()
-        assert s.command(b"AUTH") == b"+OK Methods supported\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+        assert (
+            s.command(b"AUTH")
+            == b"+OK Methods supported\r\nSCRAM-SHA-256\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+        )
 
     def test_plainWithInitialResponse(self) -> None:
         """
@@ -258,6 +261,45 @@ class TestAuth:
         s = Session()
         s.command(b"AUTH CRAM-MD5")
         assert s.command(b64(b"alice " + b"0" * 32)) == b"-ERR [AUTH] Authentication failed\r\n"
+
+    def test_scramSHA256(self) -> None:
+        """
+        SCRAM-SHA-256 end to end over POP3 framing: client-first as the
+        initial response, server-first as a challenge, client-final, then
+        the server's signature as a last challenge answered by an empty
+        line, then +OK (RFC 5034 section 4).
+        """
+        s = Session()
+        clientFirstBare = b"n=alice,r=fyko+d2lbbFgONRv9qkxdawL"
+        reply = s.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,," + clientFirstBare))
+        assert reply.startswith(b"+ ")
+        serverFirst = base64.b64decode(reply[2:-2])
+        fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
+        assert fields[b"r"].startswith(b"fyko+d2lbbFgONRv9qkxdawL")
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", b"secret", base64.b64decode(fields[b"s"]), int(fields[b"i"])
+        )
+        clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        storedKey = hashlib.sha256(clientKey).digest()
+        withoutProof = b"c=biws,r=" + fields[b"r"]
+        authMessage = clientFirstBare + b"," + serverFirst + b"," + withoutProof
+        signature = hmac.new(storedKey, authMessage, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
+        reply = s.command(b64(withoutProof + b",p=" + b64(proof)))
+        serverKey = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+        expected = hmac.new(serverKey, authMessage, hashlib.sha256).digest()
+        assert reply == b"+ " + b64(b"v=" + b64(expected)) + b"\r\n"
+        assert s.command(b"").startswith(b"+OK Logged in")
+
+    def test_scramWrongPassword(self) -> None:
+        """
+        A wrong SCRAM proof is -ERR [AUTH] and sends no server signature.
+        """
+        s = Session()
+        reply = s.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,,n=alice,r=abcdefgh"))
+        nonce = dict(f.split(b"=", 1) for f in base64.b64decode(reply[2:-2]).split(b","))[b"r"]
+        final = b"c=biws,r=" + nonce + b",p=" + b64(b"\0" * 32)
+        assert s.command(b64(final)) == b"-ERR [AUTH] Authentication failed\r\n"
 
     def test_pipelinedAuth(self) -> None:
         """

@@ -48,6 +48,8 @@ from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
 from popserv.encoder import MessageEncoder
 from popserv.errors import DeletionFailed, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader
+from popserv.policy import SitePolicy
+from popserv.realm import LoginMind
 from popserv.sasl import (
     Challenge,
     IMechanism,
@@ -134,6 +136,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._saslFinal = False
         self._discardInput = False
         self.utf8 = False
+        self.user: str | None = None
+        self._retrieved: set[int] = set()
 
     # Connection events
 
@@ -365,6 +369,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             stlsAvailable=self._stlsAvailable(),
             mechanisms=[m.name for m in self.offeredMechanisms()],
             implementation=self.factory.implementation,
+            loginDelay=self.factory.policy.loginDelay(self.user),
+            expire=self.factory.policy.expire(self.user),
         )
         lines = [line.encode("ascii") for line in capabilities(facts)]
         self._send(replies.multiline(replies.ok("Capability list follows"), lines))
@@ -485,8 +491,9 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     def _login(
         self, credentials: ICredentials, mechanism: IMechanism | None = None
     ) -> Deferred[Any]:
-        d: Deferred[Any] = self.factory.portal.login(credentials, None, IMaildrop)
-        d.addCallback(self._loggedIn, mechanism)
+        mind = LoginMind()
+        d: Deferred[Any] = self.factory.portal.login(credentials, mind, IMaildrop)
+        d.addCallback(self._loggedIn, mechanism, mind)
         d.addErrback(self._loginFailed)
         return d
 
@@ -494,12 +501,14 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self,
         result: tuple[object, IMaildrop, Callable[[], None]],
         mechanism: IMechanism | None,
+        mind: LoginMind,
     ) -> Any:
         _, maildrop, logout = result
         if self._lost:
             logout()
             return None
         self._maildrop, self._logout = maildrop, logout
+        self.user = mind.user
         final = mechanism.serverFinal() if mechanism is not None else None
         if final is not None:
             # RFC 5034 section 4: additional data with success goes out as
@@ -511,6 +520,18 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         return self._open()
 
     def _open(self) -> Deferred[None]:
+        # RFC 2449 section 8.1.2: LOGIN-DELAY is judged only after the
+        # credentials were verified, so it tells nothing to a guesser.
+        return self.factory.policy.checkLogin(self.user or "").addCallback(self._allowed)
+
+    def _allowed(self, allowed: bool) -> Deferred[None] | None:
+        if not allowed:
+            self._release()
+            self.user = None
+            self._send(replies.err("Minimum time between logins not yet passed", "LOGIN-DELAY"))
+            return None
+        if self._lost:
+            return None
         assert self._maildrop is not None
         return maybeDeferred(self._maildrop.listMessages).addCallback(self._listed)
 
@@ -525,6 +546,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     def _loginFailed(self, failure: Failure) -> None:
         self._release()
         self._endSASL()
+        self.user = None
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             self._send(replies.err("Authentication failed", "AUTH"))
             return
@@ -582,23 +604,35 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         (number,) = command.args
         assert isinstance(number, int)
         size = self._txn().info(number).size
-        return self._send_message(number, replies.ok(f"{size} octets"), None)
+        d = self._send_message(number, replies.ok(f"{size} octets"), None)
+        index = number - 1
 
-    def _doTOP(self, command: Command) -> Deferred[None]:
+        def retrieved(complete: bool) -> None:
+            # For EXPIRE: a message counts as retrieved once RETR sent it all.
+            if complete:
+                self._retrieved.add(index)
+
+        return d.addCallback(retrieved)
+
+    def _doTOP(self, command: Command) -> Deferred[bool]:
         number, lines = command.args
         assert isinstance(number, int) and isinstance(lines, int)
         self._txn().info(number)
         return self._send_message(number, replies.ok("Top of message follows"), lines)
 
-    def _send_message(self, number: int, status: bytes, bodyLines: int | None) -> Deferred[None]:
+    def _send_message(self, number: int, status: bytes, bodyLines: int | None) -> Deferred[bool]:
+        """
+        Send message C{number} after C{status}; the Deferred says whether the
+        whole message went out.
+        """
         index = self._txn().index(number)
         assert self._maildrop is not None
         d: Deferred[IMessageReader] = maybeDeferred(self._maildrop.openMessage, index)
 
-        def opened(reader: IMessageReader) -> Deferred[None] | None:
+        def opened(reader: IMessageReader) -> Deferred[bool] | bool:
             if self._lost:
                 reader.close()
-                return None
+                return False
             self._transfer = MessageTransfer(
                 self.transport,
                 reader,
@@ -608,16 +642,18 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             )
             return self._transfer.start().addCallback(self._transferDone)
 
-        def unavailable(failure: Failure) -> None:
+        def unavailable(failure: Failure) -> bool:
             failure.trap(POP3Error)
             e = failure.value
             assert isinstance(e, POP3Error)
             self._send(replies.err(e.text, e.code))
+            return False
 
         return d.addCallbacks(opened, unavailable)
 
-    def _transferDone(self, _: None) -> None:
+    def _transferDone(self, _: None) -> bool:
         self._transfer = None
+        return True
 
     def _doDELE(self, command: Command) -> None:
         (number,) = command.args
@@ -645,10 +681,19 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         txn = self._txn()
         self.state = State.UPDATE
         self._queue.clear()
-        indexes = txn.deletedIndexes()
-        count, _ = txn.stat()
+        uids = {index: info.uid for index, info in enumerate(txn.messages())}
+        expiring = self.factory.policy.expired(self.user or "", uids, self._retrieved)
+        return expiring.addCallback(self._update, txn)
+
+    def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:
+        """
+        Apply the deletions (RFC 1939 section 6): the messages marked with
+        DELE, and those EXPIRE removes.
+        """
+        indexes = sorted(set(txn.deletedIndexes()) | expired)
+        left = len(txn.messages()) - len(indexes)
         if not indexes:
-            self._send(replies.ok(f"Bye, {count} messages left"))
+            self._send(replies.ok(f"Bye, {left} messages left"))
             self.transport.loseConnection()
             return None
         assert self._maildrop is not None
@@ -656,7 +701,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._deleting = d
 
         def deleted(_: None) -> None:
-            self._send(replies.ok(f"Bye, {len(indexes)} deleted, {count} left"))
+            self._send(replies.ok(f"Bye, {len(indexes)} deleted, {left} left"))
 
         def failed(failure: Failure) -> None:
             if failure.check(DeletionFailed):
@@ -745,6 +790,7 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         allowCleartext: bool = False,
         mechanisms: Sequence[IMechanismFactory] | None = None,
         implementation: str = f"popserv {__version__}",
+        policy: SitePolicy | None = None,
     ) -> None:
         """
         @param portal: authenticates logins and yields maildrops.
@@ -760,6 +806,8 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         @param mechanisms: the SASL mechanisms to offer, strongest first;
             each is offered only where it can work.  Default: all built in.
         @param implementation: the IMPLEMENTATION capability's text.
+        @param policy: LOGIN-DELAY and EXPIRE (RFC 2449); by default neither
+            is announced nor enforced.
         """
         self.portal = portal
         self.timeout = timeout
@@ -772,6 +820,7 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
             mechanisms = defaultMechanisms(keySourceFromCheckers(set(portal.checkers.values())))
         self.mechanisms = list(mechanisms)
         self.implementation = implementation
+        self.policy = policy if policy is not None else SitePolicy()
 
     def apopEnabled(self) -> bool:
         """

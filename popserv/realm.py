@@ -26,6 +26,15 @@ def avatarName(avatarId: bytes | str) -> str:
     return avatarId
 
 
+class LoginMind:
+    """
+    The cred "mind" a POP3 login passes to the realm, through which the
+    realm tells the protocol the user name the checker established.
+    """
+
+    user: str | None = None
+
+
 @implementer(IRealm)
 class MaildropRealm:
     """

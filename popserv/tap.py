@@ -28,6 +28,15 @@ from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS
 from popserv.errors import StoreConfigError
 from popserv.mailstores import findStoreFactories, makeStore
+from popserv.policy import (
+    DirectoryHistory,
+    PolicyError,
+    SitePolicy,
+    UserPolicy,
+    parseExpire,
+    parsePolicyFile,
+    parseSeconds,
+)
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
 from popserv.realm import MaildropRealm
 from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
@@ -81,6 +90,33 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             None,
             "PEM file of CAs whose client certificates may log in (SASL EXTERNAL, --auth cert).",
+        ],
+        [
+            "login-delay",
+            None,
+            None,
+            "Least seconds between two logins of a user, announced and enforced "
+            "(RFC 2449 LOGIN-DELAY).",
+        ],
+        [
+            "expire",
+            None,
+            None,
+            "Days retrieved mail stays on the server, 0 to delete it when the session "
+            "that retrieved it ends, or NEVER; announced and enforced (RFC 2449 EXPIRE).",
+        ],
+        [
+            "policy-file",
+            None,
+            None,
+            "Per-user LOGIN-DELAY/EXPIRE: lines 'USER login-delay=N expire=D|NEVER'.",
+        ],
+        [
+            "state-dir",
+            None,
+            None,
+            "Directory for login and retrieval times, shared by all popserv processes; "
+            "in memory if not given.",
         ],
         [
             "timeout",
@@ -153,11 +189,33 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["store"] = makeStore(self["mailstore"])
         except StoreConfigError as e:
             raise usage.UsageError(f"--mailstore: {e}") from None
+        self["policy"] = self._policy()
         self["tls"] = self._tls()
         self["endpoints"] = [self._endpoint(d) for d in self["listen"]]
         hasTLS = self["tls"] is not None or any(tls for _, tls in self["endpoints"])
         if self["tls-client-ca"] and not hasTLS:
             raise usage.UsageError("--tls-client-ca needs --tls-cert or an ssl: listener")
+
+    def _policy(self) -> SitePolicy:
+        try:
+            defaults = UserPolicy(
+                loginDelay=(
+                    parseSeconds(self["login-delay"]) if self["login-delay"] is not None else None
+                ),
+                expire=parseExpire(self["expire"]) if self["expire"] is not None else None,
+            )
+            users = {}
+            if self["policy-file"]:
+                try:
+                    with open(self["policy-file"], encoding="utf-8") as f:
+                        text = f.read()
+                except OSError as e:
+                    raise PolicyError(f"cannot read {e.filename}: {e.strerror}") from None
+                users = parsePolicyFile(text, defaults)
+            history = DirectoryHistory(self["state-dir"]) if self["state-dir"] else None
+        except PolicyError as e:
+            raise usage.UsageError(str(e)) from None
+        return SitePolicy(defaults, users, history)
 
     def _tls(self) -> ReloadableTLS | None:
         certificate, key = self["tls-cert"], self["tls-key"]
@@ -226,6 +284,7 @@ def makeService(options: Options) -> IService:
         timeout=options["timeout"],
         tls=options["tls"],
         allowCleartext=bool(options["allow-cleartext"]),
+        policy=options["policy"],
     )
     top = MultiService()
     certificates = [options["tls"]] if options["tls"] is not None else []

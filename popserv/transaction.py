@@ -94,6 +94,12 @@ class Transaction:
         self._deleted.clear()
         self._deletedOctets = 0
 
+    def messages(self) -> Sequence[MessageInfo]:
+        """
+        Every message of the session, deleted or not, by index.
+        """
+        return self._messages
+
     def deletedIndexes(self) -> list[int]:
         """
         The 0-based indexes marked as deleted, in order.

@@ -96,6 +96,16 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         (("--auth", "nosuch:x", "--mailstore", "memory"), "nosuch"),
         (("--auth", "file:/nonexistent/passwd", "--mailstore", "memory"), "no such file"),
         (("--bogus",), "bogus"),
+        (("--auth", "memory:a:b", "--mailstore", "memory", "--login-delay", "soon"), "login-delay"),
+        (("--auth", "memory:a:b", "--mailstore", "memory", "--expire", "-1"), "expire"),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--policy-file", "/nonexistent"),
+            "cannot read",
+        ),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--state-dir", "/nonexistent"),
+            "does not exist",
+        ),
     ],
 )
 def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None:
@@ -193,3 +203,30 @@ def test_allowCleartext() -> None:
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
     assert not next(iter(makeService(parse(*base)))).factory.allowCleartext
     assert next(iter(makeService(parse(*base, "--allow-cleartext")))).factory.allowCleartext
+
+
+def test_policyOptions(tmp_path: Path) -> None:
+    """
+    --login-delay, --expire, --policy-file and --state-dir make the factory's
+    site policy.
+    """
+    policyFile = tmp_path / "policy"
+    policyFile.write_text("alice expire=NEVER\n")
+    options = parse(
+        "--auth",
+        "memory:a:b",
+        "--mailstore",
+        "memory",
+        "--login-delay",
+        "900",
+        "--expire",
+        "30",
+        "--policy-file",
+        str(policyFile),
+        "--state-dir",
+        str(tmp_path),
+    )
+    policy = next(iter(makeService(options))).factory.policy
+    assert policy.loginDelay().value == 900
+    assert policy.expire("alice").value == "NEVER"
+    assert policy.expire("bob").value == 30

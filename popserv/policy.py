@@ -1,0 +1,287 @@
+"""
+Site policy announced and enforced per RFC 2449: LOGIN-DELAY (section 6.5),
+the least time between two logins of a user, and EXPIRE (section 6.7), how
+long retrieved mail stays on the server.
+
+Both have a server-wide value and may differ per user (the C{--policy-file});
+CAPA shows the server-wide value before login, with C{USER} when some users
+differ, and the user's own value after.  Enforcement needs to remember when
+each user last logged in and when each message was first retrieved: in
+memory for one process, or in a state directory that several processes (and
+restarts) share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from popserv.capabilities import Policy
+from popserv.threads import Runner, deferToThread
+
+#: EXPIRE's "never" (RFC 2449 section 6.7).
+NEVER = "NEVER"
+
+Expire = int | str | None
+
+
+class PolicyError(ValueError):
+    """
+    A policy value or file line is wrong; one line for the operator.
+    """
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    """
+    The policy of one user.
+
+    @ivar loginDelay: seconds between logins, or L{None} for no limit.
+    @ivar expire: days retrieved mail is kept, 0 to delete it at the end of
+        the session that retrieved it, L{NEVER}, or L{None} when not
+        announced at all.
+    """
+
+    loginDelay: int | None = None
+    expire: Expire = None
+
+
+def parseExpire(value: str) -> Expire:
+    """
+    C{"NEVER"} (any case) or a whole number of days.
+    """
+    if value.upper() == NEVER:
+        return NEVER
+    if not value.isdigit() or len(value) > 6:
+        raise PolicyError(f"expire must be a number of days or NEVER, not {value!r}")
+    return int(value)
+
+
+def parseSeconds(value: str) -> int:
+    """
+    A whole number of seconds for LOGIN-DELAY.
+    """
+    if not value.isdigit() or len(value) > 9:
+        raise PolicyError(f"login-delay must be a number of seconds, not {value!r}")
+    return int(value)
+
+
+def parsePolicyFile(text: str, defaults: UserPolicy) -> dict[str, UserPolicy]:
+    """
+    Per-user overrides, one user a line::
+
+        # user          settings
+        alice           login-delay=0 expire=NEVER
+        bob@example.org expire=30
+
+    Unset settings take the server-wide value.
+    """
+    users: dict[str, UserPolicy] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        user, *settings = line.split()
+        values: dict[str, Any] = {"loginDelay": defaults.loginDelay, "expire": defaults.expire}
+        for setting in settings:
+            name, equals, value = setting.partition("=")
+            try:
+                if name == "login-delay" and equals:
+                    values["loginDelay"] = parseSeconds(value)
+                elif name == "expire" and equals:
+                    values["expire"] = parseExpire(value)
+                else:
+                    raise PolicyError(f"unknown setting {setting!r}")
+            except PolicyError as e:
+                raise PolicyError(f"line {number}: {e}") from None
+        users[user] = UserPolicy(**values)
+    return users
+
+
+class MemoryHistory:
+    """
+    Login and retrieval times kept in this process only.
+    """
+
+    def __init__(self) -> None:
+        self._logins: dict[str, float] = {}
+        self._retrieved: dict[str, dict[str, float]] = {}
+
+    def lastLogin(self, user: str) -> Deferred[float | None]:
+        return succeed(self._logins.get(user))
+
+    def recordLogin(self, user: str, when: float) -> Deferred[None]:
+        self._logins[user] = when
+        return succeed(None)
+
+    def retrievals(self, user: str) -> Deferred[dict[str, float]]:
+        return succeed(dict(self._retrieved.get(user, {})))
+
+    def saveRetrievals(self, user: str, times: Mapping[str, float]) -> Deferred[None]:
+        self._retrieved[user] = dict(times)
+        return succeed(None)
+
+
+class DirectoryHistory:
+    """
+    Login and retrieval times in a directory shared by every popserv process
+    of a site: one file per user, named by a digest of the user name.  The
+    caller holds the user's maildrop lock, so no two writers meet.
+    """
+
+    def __init__(self, path: str, runInThread: Runner = deferToThread) -> None:
+        if not os.path.isdir(path):
+            raise PolicyError(f"state directory {path} does not exist")
+        self.path = path
+        self._run = runInThread
+
+    def _file(self, user: str, kind: str) -> str:
+        digest = hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return os.path.join(self.path, f"{digest}.{kind}")
+
+    def lastLogin(self, user: str) -> Deferred[float | None]:
+        def read() -> float | None:
+            try:
+                return os.stat(self._file(user, "login")).st_mtime
+            except FileNotFoundError:
+                return None
+
+        return self._run(read)
+
+    def recordLogin(self, user: str, when: float) -> Deferred[None]:
+        def write() -> None:
+            path = self._file(user, "login")
+            with open(path, "a"):
+                pass
+            os.utime(path, (when, when))
+
+        return self._run(write)
+
+    def retrievals(self, user: str) -> Deferred[dict[str, float]]:
+        def read() -> dict[str, float]:
+            try:
+                with open(self._file(user, "retrieved"), encoding="utf-8") as f:
+                    data = json.load(f)
+            except (FileNotFoundError, ValueError):
+                return {}
+            return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+        return self._run(read)
+
+    def saveRetrievals(self, user: str, times: Mapping[str, float]) -> Deferred[None]:
+        def write() -> None:
+            path = self._file(user, "retrieved")
+            temporary = path + ".tmp"
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump(dict(times), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+
+        return self._run(write)
+
+
+History = MemoryHistory | DirectoryHistory
+
+
+class SitePolicy:
+    """
+    The LOGIN-DELAY and EXPIRE policy of a server.
+    """
+
+    def __init__(
+        self,
+        defaults: UserPolicy = UserPolicy(),
+        users: Mapping[str, UserPolicy] | None = None,
+        history: History | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.defaults = defaults
+        self.users = dict(users or {})
+        self.history: History = history if history is not None else MemoryHistory()
+        self.clock = clock
+
+    def forUser(self, user: str) -> UserPolicy:
+        return self.users.get(user, self.defaults)
+
+    def _announced(self, attribute: str, user: str | None) -> Policy | None:
+        if user is not None:
+            value = getattr(self.forUser(user), attribute)
+            return None if value is None else Policy(value)
+        value = getattr(self.defaults, attribute)
+        differs = any(getattr(p, attribute) != value for p in self.users.values())
+        if value is None:
+            if not differs:
+                return None
+            # Some users have a policy, the default has none: announce the
+            # most lenient value with USER.
+            value = 0 if attribute == "loginDelay" else NEVER
+        return Policy(value, perUser=differs)
+
+    def loginDelay(self, user: str | None = None) -> Policy | None:
+        """
+        The LOGIN-DELAY to announce: server-wide before login, the user's after.
+        """
+        return self._announced("loginDelay", user)
+
+    def expire(self, user: str | None = None) -> Policy | None:
+        """
+        The EXPIRE to announce: server-wide before login, the user's after.
+        """
+        return self._announced("expire", user)
+
+    def checkLogin(self, user: str) -> Deferred[bool]:
+        """
+        Whether C{user} may log in now; if so, the login is recorded.
+        """
+        delay = self.forUser(user).loginDelay
+        now = self.clock()
+
+        def decide(last: float | None) -> Any:
+            if delay and last is not None and now - last < delay:
+                return False
+            return self.history.recordLogin(user, now).addCallback(lambda _: True)
+
+        if not delay:
+            return self.history.recordLogin(user, now).addCallback(lambda _: True)
+        return self.history.lastLogin(user).addCallback(decide)
+
+    def expired(
+        self, user: str, uids: Mapping[int, str], retrievedNow: set[int]
+    ) -> Deferred[set[int]]:
+        """
+        Which messages EXPIRE removes at this session's UPDATE, and record
+        the first retrieval of the messages retrieved in it.
+
+        @param uids: index -> unique id of every message of the session.
+        @param retrievedNow: the indexes retrieved (RETR) in this session.
+        """
+        expire = self.forUser(user).expire
+        if expire is None or expire == NEVER:
+            return succeed(set())
+        assert isinstance(expire, int)
+        if expire == 0:
+            return succeed(set(retrievedNow))
+        now = self.clock()
+
+        def decide(times: dict[str, float]) -> Any:
+            present = set(uids.values())
+            kept = {uid: t for uid, t in times.items() if uid in present}
+            for index in retrievedNow:
+                kept.setdefault(uids[index], now)
+            doomed = {
+                index
+                for index, uid in uids.items()
+                if uid in kept and now - kept[uid] >= expire * 86400
+            }
+            remaining = {uid: t for uid, t in kept.items() if uid not in {uids[i] for i in doomed}}
+            return self.history.saveRetrievals(user, remaining).addCallback(lambda _: doomed)
+
+        return self.history.retrievals(user).addCallback(decide)

@@ -1,0 +1,222 @@
+"""
+Tests for popserv.policy and its use by the protocol: LOGIN-DELAY and
+EXPIRE (RFC 2449 sections 6.5, 6.7), announced and enforced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from protocol_helpers import Session
+from twisted.internet.defer import maybeDeferred
+
+from popserv.policy import (
+    NEVER,
+    DirectoryHistory,
+    PolicyError,
+    SitePolicy,
+    UserPolicy,
+    parseExpire,
+    parsePolicyFile,
+)
+
+
+def result(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_parsePolicyFile() -> None:
+    """
+    Each line sets a user's values; unset ones are the server-wide default.
+    """
+    users = parsePolicyFile(
+        "# comment\nalice login-delay=0 expire=NEVER\n\nbob@example.org expire=30  # note\n",
+        UserPolicy(loginDelay=900, expire=7),
+    )
+    assert users == {
+        "alice": UserPolicy(0, NEVER),
+        "bob@example.org": UserPolicy(900, 30),
+    }
+
+
+@pytest.mark.parametrize(
+    "text", ["alice login-delay=x", "alice expire=-1", "alice color=blue", "alice expire"]
+)
+def test_badPolicyLines(text: str) -> None:
+    """
+    A bad line is an error naming its line number.
+    """
+    with pytest.raises(PolicyError, match="line 1"):
+        parsePolicyFile(text, UserPolicy())
+
+
+def test_parseExpire() -> None:
+    """
+    EXPIRE is days or NEVER, any case.
+    """
+    assert parseExpire("never") == NEVER
+    assert parseExpire("0") == 0
+    with pytest.raises(PolicyError):
+        parseExpire("1.5")
+
+
+def test_announcements() -> None:
+    """
+    Before login the server-wide value is announced, with USER when some
+    users differ; after login, the user's own.
+    """
+    policy = SitePolicy(UserPolicy(900, 30), {"alice": UserPolicy(0, NEVER)})
+    assert (policy.loginDelay().value, policy.loginDelay().perUser) == (900, True)
+    assert policy.loginDelay("alice").value == 0
+    assert policy.expire("bob").value == 30
+    assert policy.expire("alice").value == NEVER
+    assert SitePolicy().loginDelay() is None
+    assert SitePolicy().expire() is None
+
+
+def session(policy: SitePolicy, store: Any = None) -> Session:
+    return Session(store=store, policy=policy)
+
+
+class TestLoginDelay:
+    def test_capa(self) -> None:
+        """
+        CAPA announces LOGIN-DELAY before and after login.
+        """
+        policy = SitePolicy(UserPolicy(loginDelay=900), {"bob": UserPolicy(loginDelay=60)})
+        s = session(policy)
+        assert b"LOGIN-DELAY 900 USER\r\n" in s.command(b"CAPA")
+        s.login()
+        assert b"LOGIN-DELAY 900\r\n" in s.command(b"CAPA")
+
+    def test_enforced(self) -> None:
+        """
+        A second login within the delay is refused with [LOGIN-DELAY] and
+        the maildrop is released; after the delay it works.
+        """
+        clock = Clock()
+        policy = SitePolicy(UserPolicy(loginDelay=900), clock=clock)
+        first = session(policy)
+        assert first.login().startswith(b"+OK")
+        first.command(b"QUIT")
+        first.protocol.connectionLost(None)
+        clock.now += 899
+        second = Session(store=first.memory, policy=policy)
+        assert second.login() == (
+            b"-ERR [LOGIN-DELAY] Minimum time between logins not yet passed\r\n"
+        )
+        clock.now += 1
+        third = Session(store=first.memory, policy=policy)
+        assert third.login().startswith(b"+OK Logged in")
+
+    def test_onlyAfterPasswordVerified(self) -> None:
+        """
+        A wrong password within the delay is an [AUTH] failure, never
+        [LOGIN-DELAY]: the code does not tell a guesser the user exists.
+        """
+        clock = Clock()
+        policy = SitePolicy(UserPolicy(loginDelay=900), clock=clock)
+        s = session(policy)
+        s.login()
+        other = Session(store=s.memory, policy=policy)
+        assert other.login(password=b"wrong") == b"-ERR [AUTH] Authentication failed\r\n"
+
+
+class TestExpire:
+    def test_expireZeroDeletesRetrieved(self) -> None:
+        """
+        With EXPIRE 0, messages retrieved in a session are deleted at its
+        UPDATE; the others, and messages only looked at with TOP, stay.
+        """
+        s = session(SitePolicy(UserPolicy(expire=0)))
+        for body in (b"one\r\n", b"two\r\n", b"three\r\n"):
+            s.memory.deliver("alice", body)
+        s.login()
+        assert b"EXPIRE 0\r\n" in s.command(b"CAPA")
+        s.command(b"RETR 1")
+        s.command(b"TOP 2 0")
+        assert s.command(b"QUIT") == b"+OK Bye, 1 deleted, 2 left\r\n"
+        assert s.memory.messages("alice") == [b"two\r\n", b"three\r\n"]
+
+    def test_expireDaysCountsFromFirstRetrieval(self) -> None:
+        """
+        With EXPIRE 2, a retrieved message stays until two days after it
+        was first retrieved, and is then deleted at UPDATE even if not
+        retrieved again.
+        """
+        clock = Clock()
+        policy = SitePolicy(UserPolicy(expire=2), clock=clock)
+        store = Session().memory
+        store.deliver("alice", b"old\r\n")
+        store.deliver("alice", b"kept\r\n")
+
+        def quitSession(*commands: bytes) -> bytes:
+            s = Session(store=store, policy=policy)
+            s.login()
+            for command in commands:
+                s.command(command)
+            reply = s.command(b"QUIT")
+            s.protocol.connectionLost(None)
+            return reply
+
+        assert quitSession(b"RETR 1") == b"+OK Bye, 2 messages left\r\n"
+        clock.now += 2 * 86400 - 1
+        assert quitSession(b"RETR 1") == b"+OK Bye, 2 messages left\r\n"
+        clock.now += 1
+        assert quitSession() == b"+OK Bye, 1 deleted, 1 left\r\n"
+        assert store.messages("alice") == [b"kept\r\n"]
+
+    def test_droppedSessionExpiresNothing(self) -> None:
+        """
+        Without QUIT there is no UPDATE, so EXPIRE deletes nothing.
+        """
+        s = session(SitePolicy(UserPolicy(expire=0)))
+        s.memory.deliver("alice", b"one\r\n")
+        s.login()
+        s.command(b"RETR 1")
+        s.protocol.connectionLost(None)
+        assert s.memory.messages("alice") == [b"one\r\n"]
+
+    def test_never(self) -> None:
+        """
+        EXPIRE NEVER is announced and deletes nothing.
+        """
+        s = session(SitePolicy(UserPolicy(expire=NEVER)))
+        s.memory.deliver("alice", b"one\r\n")
+        assert b"EXPIRE NEVER\r\n" in s.command(b"CAPA")
+        s.login()
+        s.command(b"RETR 1")
+        assert s.command(b"QUIT") == b"+OK Bye, 1 messages left\r\n"
+
+
+def test_directoryHistory(tmp_path: Path) -> None:
+    """
+    The state directory keeps login and retrieval times across policy
+    objects (processes), one file per user.
+    """
+
+    def run(f: Any, *args: Any) -> Any:
+        return maybeDeferred(f, *args)
+
+    history = DirectoryHistory(str(tmp_path), runInThread=run)
+    assert result(history.lastLogin("alice")) is None
+    result(history.recordLogin("alice", 1234.0))
+    result(history.saveRetrievals("alice", {"uid1": 5.0}))
+    again = DirectoryHistory(str(tmp_path), runInThread=run)
+    assert result(again.lastLogin("alice")) == 1234.0
+    assert result(again.retrievals("alice")) == {"uid1": 5.0}
+    assert result(again.retrievals("bob")) == {}
+    with pytest.raises(PolicyError):
+        DirectoryHistory(str(tmp_path / "missing"))

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+# A sibling module: this directory is on sys.path while its conftest loads
+# (it has no __init__.py).
+from clients import Fetchmail, Getmail, Mpop, TestPKI, make_test_pki, require_program
+
 HOST = "127.0.0.1"
 USER = "alice"
 PASSWORD = "secret"
@@ -498,3 +502,81 @@ def wait_until_fixture() -> Callable[..., object]:
     L{wait_until}: poll a condition with a deadline.
     """
     return wait_until
+
+
+# Real mail clients (fetchmail, mpop, getmail6) and TLS: the runners live in
+# clients.py, next to this file.
+
+_TLS_STARTED = re.compile(rb"POP3ServerFactory \(TLS\) starting on (\d+)")
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """
+    A test CA and a server certificate for 127.0.0.1 and localhost that it
+    signed, generated once per session.
+    """
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class TLSServer:
+    """
+    A running server with a plain port (which offers STLS when
+    C{starttls}) and an implicit TLS port, both on 127.0.0.1.
+    """
+
+    server: Server
+    port: int
+    tls_port: int
+    starttls: bool
+
+
+@pytest.fixture
+def tls_server(
+    start_server: ServerFactory, maildir_root: Path, maildir: Path, test_pki: TestPKI
+) -> TLSServer:
+    """
+    A server for alice's Maildir listening on C{tcp:0} and on an C{ssl:0}
+    endpoint with the test certificate, with STLS on the plain port.
+    """
+    starttls = True
+    extra = [
+        "--listen",
+        test_pki.ssl_endpoint(),
+        "--tls-cert",
+        str(test_pki.server_certificate),
+        "--tls-key",
+        str(test_pki.server_key),
+    ]
+    server = start_server(f"maildir:{maildir_root}/{{user}}", extra=extra)
+    match = wait_until(lambda: _TLS_STARTED.search(server.log.read_bytes()))
+    assert isinstance(match, re.Match)
+    return TLSServer(server, server.port, int(match.group(1)), starttls)
+
+
+@pytest.fixture
+def fetchmail(tmp_path: Path, test_pki: TestPKI) -> Fetchmail:
+    """
+    A L{Fetchmail} runner with a private home under tmp_path.
+    """
+    require_program("fetchmail")
+    return Fetchmail(tmp_path / "fetchmail", test_pki)
+
+
+@pytest.fixture
+def mpop(tmp_path: Path, test_pki: TestPKI) -> Mpop:
+    """
+    An L{Mpop} runner with a private home under tmp_path.
+    """
+    require_program("mpop")
+    return Mpop(tmp_path / "mpop", test_pki)
+
+
+@pytest.fixture
+def getmail(tmp_path: Path, test_pki: TestPKI) -> Getmail:
+    """
+    A L{Getmail} runner (getmail6) with a private home under tmp_path.
+    """
+    require_program("getmail")
+    return Getmail(tmp_path / "getmail", test_pki)

@@ -1,24 +1,24 @@
 """
 curl as a POP3 client of the real server.
 
-curl logs in with APOP whenever the greeting carries a timestamp (after its
-CAPA, which this server answers with -ERR), so these runs exercise APOP.
+curl prefers SASL when CAPA offers it and logs in with APOP when asked to
+(--login-options AUTH=+APOP).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
+from clients import require_program
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("curl") is None,
-        reason="curl is not installed (.ci/run installs it)",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _curl() -> None:
+    require_program("curl")
+
 
 MESSAGES = [
     b"From: a@example.org\nSubject: one\n\n.dotted line\n..two dots\n.\nend\n",

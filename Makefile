@@ -14,7 +14,7 @@ DEMO_LISTEN ?= tcp:1110:interface=127.0.0.1
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 EDITABLE := --config-settings editable_mode=compat -e
 
-.PHONY: demo test lint docs bench clean install
+.PHONY: demo demo-tls test lint docs bench clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ demo: install
 	@echo "    python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',1110); p.user('demo'); p.pass_('demo'); print(p.list())\""
 	@echo "Stop with Ctrl-C."
 	$(BIN)/twistd -n --pidfile= popserv --listen $(DEMO_LISTEN) \
+		--auth memory:demo:demo --mailstore 'maildir:$(DEMO_ROOT)/{user}'
+
+# The demo with TLS: STLS on 1110, implicit TLS on 1995, a self-signed
+# certificate for localhost and 127.0.0.1 in demo-mail/tls/.
+demo-tls: install
+	@$(BIN)/python -m popserv.demo --tls $(DEMO_ROOT)
+	@echo "popserv demo with TLS -- user 'demo', password 'demo'. Try:"
+	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem pop3s://127.0.0.1:1995/1 -u demo:demo"
+	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem --ssl-reqd pop3://127.0.0.1:1110/ -u demo:demo"
+	@echo "    openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:1110"
+	@echo "Stop with Ctrl-C."
+	$(BIN)/twistd -n --pidfile= popserv --listen $(DEMO_LISTEN) \
+		--listen ssl:1995:interface=127.0.0.1 \
+		--tls-cert $(DEMO_ROOT)/tls/cert.pem --tls-key $(DEMO_ROOT)/tls/key.pem \
 		--auth memory:demo:demo --mailstore 'maildir:$(DEMO_ROOT)/{user}'
 
 test: install

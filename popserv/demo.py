@@ -4,7 +4,9 @@ show off what a POP3 server must get right (dot-stuffing, LF line endings,
 UTF-8 headers, a larger body).
 
 Run as C{python -m popserv.demo ROOT}; creates C{ROOT/demo} if it is not
-there and never touches an existing one.
+there and never touches an existing one.  With C{--tls}, also makes a
+self-signed certificate for localhost and 127.0.0.1 in C{ROOT/tls/} (for
+C{make demo-tls}), again only if there is none.
 """
 
 from __future__ import annotations
@@ -71,11 +73,71 @@ def seed(root: str, user: str = "demo") -> str:
     return path
 
 
+def makeCertificate(directory: str) -> tuple[str, str]:
+    """
+    A self-signed certificate for C{localhost} and C{127.0.0.1}, valid for
+    a year, as C{directory/cert.pem} and C{directory/key.pem}; kept if they
+    exist.
+
+    @return: the certificate's and the key's paths.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    certificate = os.path.join(directory, "cert.pem")
+    keyfile = os.path.join(directory, "key.pem")
+    if os.path.exists(certificate) and os.path.exists(keyfile):
+        return certificate, keyfile
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(keyfile, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(certificate, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return certificate, keyfile
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m popserv.demo ROOT", file=sys.stderr)
+    args = argv[1:]
+    tls = "--tls" in args
+    args = [a for a in args if a != "--tls"]
+    if len(args) != 1:
+        print("usage: python -m popserv.demo [--tls] ROOT", file=sys.stderr)
         return 2
-    print(f"demo Maildir: {seed(argv[1])}")
+    print(f"demo Maildir: {seed(args[0])}")
+    if tls:
+        certificate, key = makeCertificate(os.path.join(args[0], "tls"))
+        print(f"demo certificate: {certificate} (key {key})")
     return 0
 
 

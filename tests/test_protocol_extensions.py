@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 from protocol_helpers import Session
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
@@ -380,3 +384,58 @@ def test_utf8() -> None:
     assert s.command(b"UTF8") == b"+OK UTF8 enabled\r\n"
     assert s.protocol.utf8
     assert s.login("j\u00fcrgen".encode(), "p\u00e4ss".encode()).startswith(b"+OK Logged in")
+
+
+@implementer(ICredentialsChecker)
+class SlowChecker:
+    """
+    A checker whose answers wait until the test releases them, one at a
+    time, like one that asks a database.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.pending.append((d, credentials))
+        return d
+
+    def release(self) -> None:
+        d, credentials = self.pending.pop(0)
+        if credentials.checkPassword(b"secret"):
+            d.callback(credentials.username)
+        else:
+            d.errback(UnauthorizedLogin())
+
+
+def test_pipeliningBehindSlowChecker() -> None:
+    """
+    Commands pipelined behind a PASS or an AUTH whose checker answers later
+    wait for it and are answered in order; a failed login lets the next
+    attempt in the pipe proceed.
+    """
+    from twisted.cred.checkers import ICredentialsChecker
+    from zope.interface import classImplements
+
+    classImplements(SlowChecker, ICredentialsChecker)
+    checker = SlowChecker()
+    s = Session(checkers=[checker])
+    s.memory.deliver("alice", b"x\r\n")
+    s.send(
+        b"USER alice\r\nPASS wrong\r\nAUTH PLAIN "
+        + b64(b"\0alice\0secret")
+        + b"\r\nSTAT\r\nLIST\r\nQUIT\r\n"
+    )
+    assert s.take() == b"+OK Send PASS\r\n"
+    checker.release()
+    assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
+    checker.release()
+    assert s.take() == (
+        b"+OK Logged in, 1 messages (3 octets)\r\n"
+        b"+OK 1 3\r\n"
+        b"+OK 1 messages (3 octets)\r\n1 3\r\n.\r\n"
+        b"+OK Bye, 1 messages left\r\n"
+    )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from popserv.downgrade import HeaderDowngrade
+
 CR = b"\r"
 LF = b"\n"
 CRLF = b"\r\n"
@@ -74,15 +76,25 @@ class WireSize:
     20
     """
 
-    __slots__ = ("_endings", "_endsWithLF", "_size")
+    __slots__ = ("_downgrade", "_endings", "_endsWithLF", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, downgrade: bool = False) -> None:
+        """
+        @param downgrade: count the size a client that did not enable UTF8
+            sees (L{popserv.downgrade}).
+        """
         self._endings = _LineEndings()
+        self._downgrade = HeaderDowngrade() if downgrade else None
         self._size = 0
         self._endsWithLF = True
 
     def feed(self, data: bytes) -> None:
         out = self._endings.feed(data)
+        if self._downgrade is not None:
+            out = self._downgrade.feed(out)
+        self._count(out)
+
+    def _count(self, out: bytes) -> None:
         if out:
             self._size += len(out)
             self._endsWithLF = out.endswith(LF)
@@ -92,18 +104,20 @@ class WireSize:
         The wire size of everything fed so far, as a whole message.
         """
         tail = self._endings.finish()
-        size = self._size + len(tail)
-        endsWithLF = self._endsWithLF and not tail
-        if size and not endsWithLF:
-            size += len(CRLF)
-        return size
+        if self._downgrade is not None:
+            tail = self._downgrade.feed(tail) + self._downgrade.finish()
+        self._count(tail)
+        if self._size and not self._endsWithLF:
+            return self._size + len(CRLF)
+        return self._size
 
 
-def wireSize(message: bytes | Iterable[bytes]) -> int:
+def wireSize(message: bytes | Iterable[bytes], downgrade: bool = False) -> int:
     """
-    The wire size of a whole message given as bytes or as chunks.
+    The wire size of a whole message given as bytes or as chunks; with
+    C{downgrade}, as a client that did not enable UTF8 gets it.
     """
-    counter = WireSize()
+    counter = WireSize(downgrade)
     if isinstance(message, bytes):
         counter.feed(message)
     else:
@@ -127,19 +141,23 @@ class MessageEncoder:
     __slots__ = (
         "_atLineStart",
         "_bodyLinesLeft",
+        "_downgrade",
         "_endings",
         "_inHeaders",
         "_tail",
         "done",
     )
 
-    def __init__(self, bodyLines: int | None = None) -> None:
+    def __init__(self, bodyLines: int | None = None, downgrade: bool = False) -> None:
         """
         @param bodyLines: for TOP (RFC 1939 section 7), how many lines of the
             body to send after the header and the blank line; L{None} sends
             the whole message (RETR).
+        @param downgrade: downgrade UTF-8 header fields for a client that
+            did not enable UTF8 (L{popserv.downgrade}).
         """
         self._endings = _LineEndings()
+        self._downgrade = HeaderDowngrade() if downgrade else None
         self._atLineStart = True
         self._bodyLinesLeft = bodyLines
         self._inHeaders = bodyLines is not None
@@ -156,6 +174,8 @@ class MessageEncoder:
         if self.done:
             return b""
         out = self._endings.feed(data)
+        if self._downgrade is not None:
+            out = self._downgrade.feed(out)
         if self._bodyLinesLeft is not None:
             out = self._limit(out)
         return self._stuff(out)
@@ -168,6 +188,8 @@ class MessageEncoder:
         out = b""
         if not self.done:
             out = self._endings.finish()
+            if self._downgrade is not None:
+                out = self._downgrade.feed(out) + self._downgrade.finish()
             if self._bodyLinesLeft is not None:
                 out = self._limit(out)
             out = self._stuff(out)
@@ -221,10 +243,22 @@ class MessageEncoder:
         return out[:position]
 
 
-def encodeMessage(message: bytes, bodyLines: int | None = None) -> bytes:
+def encodeMessage(message: bytes, bodyLines: int | None = None, downgrade: bool = False) -> bytes:
     """
     The complete response body for a whole message in memory: what RETR (or
     TOP with C{bodyLines}) sends after its status line.
     """
-    encoder = MessageEncoder(bodyLines)
+    encoder = MessageEncoder(bodyLines, downgrade)
     return encoder.feed(message) + encoder.finish()
+
+
+def downgradeDelta(prefix: bytes) -> int:
+    """
+    How much longer a message gets when its header is downgraded for a
+    client that did not enable UTF8, from a stored C{prefix} of it that
+    holds the whole header section (or more than L{MAX_HEADER} octets of
+    it): the downgraded wire size is the wire size plus this.
+    """
+    if prefix.isascii():
+        return 0
+    return wireSize(prefix, downgrade=True) - wireSize(prefix)

@@ -45,10 +45,17 @@ class MessageInfo:
     @ivar uid: the unique-id listing (RFC 1939 section 7, UIDL): 1 to 70
         characters in the range 0x21 to 0x7E, the same for this message in
         every session, and never reused for another message of the maildrop.
+    @ivar downgradedSize: the wire size a client that did not enable UTF8
+        gets, after UTF-8 header fields are downgraded (RFC 6856,
+        L{popserv.downgrade}): C{wireSize(message, downgrade=True)}, the same
+        as C{size} for a message whose header is ASCII.  L{None} if the
+        store did not work it out; the protocol then reads the message's
+        header at login to find it.
     """
 
     size: int
     uid: str
+    downgradedSize: int | None = None
 
 
 class IMessageReader(Interface):

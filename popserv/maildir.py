@@ -32,7 +32,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popserv.encoder import WireSize
+from popserv.downgrade import prefixNeeded
+from popserv.encoder import WireSize, downgradeDelta
 from popserv.errors import (
     DeletionFailed,
     MaildropInUse,
@@ -75,12 +76,24 @@ def _sortKey(name: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() and len(head) < 20 else 0, name)
 
 
-def _wireSizeOfFile(path: str) -> int:
+def _sizesOfFile(path: str, size: int | None) -> tuple[int, int]:
+    """
+    The wire size (unless already known from ,W=) and the downgraded wire
+    size of a message file.  With a known size only the header is read.
+    """
     counter = WireSize()
+    prefix = b""
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(_READ_SIZE):
-            counter.feed(chunk)
-    return counter.finish()
+            if prefixNeeded(prefix):
+                prefix += chunk
+            elif size is not None:
+                break
+            if size is None:
+                counter.feed(chunk)
+    if size is None:
+        size = counter.finish()
+    return size, size + downgradeDelta(prefix)
 
 
 class MaildirTemplate:
@@ -202,21 +215,23 @@ class MaildirMaildrop:
         for base in sorted(found, key=_sortKey):
             subdir, name = found[base]
             match = _WIRE_SIZE.search(base)
-            if match:
-                size = int(match.group(1))
-            else:
-                path = os.path.join(self.path, subdir, name)
-                try:
-                    size = _wireSizeOfFile(path)
-                except FileNotFoundError:
-                    continue  # removed by another program while we looked
-                except OSError as e:
-                    # A directory or an unreadable file where a message should
-                    # be: leave it out (and so never delete it) rather than
-                    # lock the user out of all their other mail.
+            known = int(match.group(1)) if match else None
+            path = os.path.join(self.path, subdir, name)
+            try:
+                size, downgraded = _sizesOfFile(path, known)
+            except FileNotFoundError:
+                continue  # removed by another program while we looked
+            except OSError as e:
+                if known is None:
+                    # A directory or an unreadable file where a message
+                    # should be: leave it out (and so never delete it) rather
+                    # than lock the user out of all their other mail.
                     _log.warn("Skipping {path}: {e}", path=path, e=e)
                     continue
-            entries.append(_Entry(subdir, name, base, MessageInfo(size, uidFor(base))))
+                # Listed by its name; RETR will say it cannot be read.
+                size = downgraded = known
+            info = MessageInfo(size, uidFor(base), downgraded)
+            entries.append(_Entry(subdir, name, base, info))
         self._entries = entries
 
     def _locate(self, entry: _Entry) -> bool:

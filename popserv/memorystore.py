@@ -41,7 +41,7 @@ class _Message:
 
     def __init__(self, data: bytes, uid: str) -> None:
         self.data = data
-        self.info = MessageInfo(wireSize(data), uid)
+        self.info = MessageInfo(wireSize(data), uid, wireSize(data, downgrade=True))
 
 
 @implementer(IMaildrop)

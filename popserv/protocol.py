@@ -45,9 +45,10 @@ from popserv._version import __version__
 from popserv.capabilities import Facts, capabilities
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
 from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
-from popserv.encoder import MessageEncoder
+from popserv.downgrade import prefixNeeded
+from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, POP3Error
-from popserv.interfaces import IMaildrop, IMessageReader
+from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
 from popserv.policy import SitePolicy
 from popserv.realm import LoginMind
 from popserv.sasl import (
@@ -63,7 +64,7 @@ from popserv.sasl import (
 from popserv.states import LEGAL, State
 from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
-from popserv.transfer import MessageTransfer, TransferAborted
+from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
 
 #: RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
 DEFAULT_TIMEOUT = 600.0
@@ -535,7 +536,61 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         assert self._maildrop is not None
         return maybeDeferred(self._maildrop.listMessages).addCallback(self._listed)
 
-    def _listed(self, messages: Any) -> None:
+    def _listed(self, messages: Sequence[MessageInfo]) -> Deferred[None] | None:
+        if self._lost:
+            return None
+        if not self.utf8:
+            # RFC 6856: this client did not enable UTF8, so it gets UTF-8
+            # header fields downgraded, and must be told those sizes.
+            return self._downgradedSizes(messages).addCallback(self._ready)
+        self._ready(messages)
+        return None
+
+    def _downgradedSizes(self, messages: Sequence[MessageInfo]) -> Deferred[list[MessageInfo]]:
+        """
+        The messages with the sizes a client without UTF8 sees, reading the
+        header of any message whose store did not say.
+        """
+        sized: list[MessageInfo] = []
+
+        def add(delta: int, info: MessageInfo) -> None:
+            sized.append(MessageInfo(info.size + delta, info.uid))
+
+        def next_(_: object = None) -> Any:
+            while len(sized) < len(messages):
+                info = messages[len(sized)]
+                if info.downgradedSize is not None:
+                    sized.append(MessageInfo(info.downgradedSize, info.uid))
+                    continue
+                d = self._headerDelta(len(sized))
+                return d.addCallback(add, info).addCallback(next_)
+            return sized
+
+        return maybeDeferred(next_)
+
+    def _headerDelta(self, index: int) -> Deferred[int]:
+        assert self._maildrop is not None
+        prefix = bytearray()
+
+        def read(reader: IMessageReader) -> Deferred[int]:
+            def got(data: bytes) -> Any:
+                prefix.extend(data)
+                if data and prefixNeeded(bytes(prefix)):
+                    return reader.read(CHUNK_SIZE).addCallback(got)
+                return downgradeDelta(bytes(prefix))
+
+            return reader.read(CHUNK_SIZE).addCallback(got).addBoth(_closing(reader))
+
+        d: Deferred[int] = maybeDeferred(self._maildrop.openMessage, index).addCallback(read)
+
+        def unreadable(failure: Failure) -> int:
+            # Listed with its stored size; RETR will say it is unavailable.
+            failure.trap(POP3Error)
+            return 0
+
+        return d.addErrback(unreadable)
+
+    def _ready(self, messages: Sequence[MessageInfo]) -> None:
         if self._lost:
             return
         self._transaction = Transaction(messages)
@@ -636,7 +691,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._transfer = MessageTransfer(
                 self.transport,
                 reader,
-                MessageEncoder(bodyLines),
+                MessageEncoder(bodyLines, downgrade=not self.utf8),
                 prefix=status,
                 onProgress=self.resetTimeout,
             )
@@ -751,6 +806,14 @@ def _setNoDelay(transport: Any) -> None:
         if ITCPTransport.providedBy(candidate):
             candidate.setTcpNoDelay(True)
             return
+
+
+def _closing(reader: IMessageReader) -> Callable[[Any], Any]:
+    def close(result: Any) -> Any:
+        reader.close()
+        return result
+
+    return close
 
 
 def _decodeBase64(data: bytes) -> bytes:

@@ -316,3 +316,26 @@ def test_lockWithinProcess(tmp_path: Path) -> None:
         result(store(tmp_path).openMaildrop("alice"))
     first.close()
     result(store(tmp_path).openMaildrop("alice")).close()
+
+
+def test_downgradedSizes(tmp_path: Path) -> None:
+    """
+    Downgraded sizes are exact for files read whole and for files whose
+    ,W= name gives the size (only their header is read); ASCII headers
+    change nothing.
+    """
+    from popserv.encoder import wireSize
+
+    utf8 = "Subject: Gr\u00fc\u00dfe\n\nbody \u00e4\n".encode()
+    ascii_ = b"Subject: hi\n\nbody \xc3\xa4\n"
+    deliverToMaildir(tmp_path / "alice", utf8, name="1.a")
+    deliverToMaildir(tmp_path / "alice", utf8, name=f"2.b,W={wireSize(utf8)}")
+    deliverToMaildir(tmp_path / "alice", ascii_, name="3.c")
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    infos = result(maildrop.listMessages())
+    assert [i.downgradedSize for i in infos] == [
+        wireSize(utf8, downgrade=True),
+        wireSize(utf8, downgrade=True),
+        wireSize(ascii_),
+    ]
+    maildrop.close()

@@ -1,0 +1,183 @@
+"""
+Presenting messages with UTF-8 header fields to clients that did not enable
+UTF8 (RFC 6856 section 2), by the simplified downgrading of RFC 6858.
+
+Such a client must not receive raw UTF-8 in header fields, and hiding the
+message would keep mail from it that it can never remove (RFC 6857 section
+1).  So each header field whose body is non-ASCII UTF-8 is rewritten with
+RFC 2047 encoded-words: an unstructured field (Subject, ...) keeps its text,
+encoded; an address field (From, To, ...) becomes an empty group whose
+display name is the encoded original, which is valid syntax and shows the
+addresses, though a reply cannot reach them.  Fields that are ASCII, or
+8-bit but not UTF-8, are left alone; the body is never touched.
+
+Everything here works on the header section with CRLF line endings, as the
+encoder has it after converting line endings.
+"""
+
+from __future__ import annotations
+
+import base64
+
+#: RFC 5322 section 3.6 address fields, and their Resent- forms.
+ADDRESS_FIELDS = frozenset(
+    name
+    for base in (b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc")
+    for name in (base, b"resent-" + base)
+)
+
+#: RFC 2047 section 2: a line holding encoded-words is at most 76
+#: characters, a word at most 75; "=?UTF-8?B?" and "?=" take 12.
+_LINE = 76
+_WORD_OVERHEAD = 12
+
+
+def _capacity(used: int) -> int:
+    """
+    The UTF-8 octets one encoded-word can carry on a line that already has
+    C{used} characters.
+    """
+    base64Characters = min(_LINE - used, 75) - _WORD_OVERHEAD
+    return max(base64Characters // 4 * 3, 0)
+
+
+#: The most header octets the downgrade looks at; a header section that
+#: ends later is sent as it is (no real message has one, and the bound keeps
+#: memory flat for a hostile one).  The decision depends only on where the
+#: header ends, never on how the message was cut into chunks, so sizes
+#: counted from a prefix agree with what is sent.
+MAX_HEADER = 256 * 1024
+
+
+def _encodedWords(text: str, used: int) -> bytes:
+    """
+    C{text} as RFC 2047 "B" encoded-words, folded so that every line stays
+    within 76 characters; the first line already has C{used} characters.
+    Words end only between whole characters.
+    """
+    words: list[bytes] = []
+    current = b""
+    capacity = _capacity(used)
+    if capacity < 4:  # no room for a character after a long field name
+        words.append(b"")
+        capacity = _capacity(1)
+    for char in text:
+        octets = char.encode("utf-8")
+        if current and len(current) + len(octets) > capacity:
+            words.append(current)
+            current = b""
+            capacity = _capacity(1)  # continuation lines start with a space
+        current += octets
+    if current:
+        words.append(current)
+    encoded = [b"=?UTF-8?B?" + base64.b64encode(w) + b"?=" if w else b"" for w in words]
+    return b"\r\n ".join(encoded)
+
+
+def _downgradeField(field: bytes) -> bytes:
+    """
+    One header field, folded lines included, with its final CRLF.
+    """
+    if field.isascii():
+        return field
+    name, colon, body = field.partition(b":")
+    if not colon:
+        return field
+    unfolded = body.replace(b"\r\n", b"").strip(b" \t\r\n")
+    try:
+        text = unfolded.decode("utf-8")
+    except UnicodeDecodeError:
+        return field  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
+    encoded = _encodedWords(text, len(name) + 2)
+    if name.strip().lower() in ADDRESS_FIELDS:
+        encoded += b" :;"
+    return name + b": " + encoded + b"\r\n"
+
+
+def downgradeHeader(header: bytes) -> bytes:
+    """
+    Downgrade a header section: CRLF-terminated fields, without the blank
+    line that ends it.
+    """
+    if header.isascii():
+        return header
+    out = []
+    field = b""
+    for line in header.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and field:
+            field += line + b"\r\n"
+            continue
+        if field:
+            out.append(_downgradeField(field))
+        field = line + b"\r\n"
+    if field:
+        out.append(_downgradeField(field))
+    tail = b"" if header.endswith(b"\r\n") else header.rsplit(b"\r\n", 1)[-1]
+    return b"".join(out) + tail
+
+
+class HeaderDowngrade:
+    """
+    A streaming filter over CRLF-normalised message data: holds back the
+    header section until it is complete (or over L{MAX_HEADER}), passes it
+    through L{downgradeHeader}, then lets the body through unchanged.
+    """
+
+    __slots__ = ("_buffer", "_done")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._done:
+            return data
+        self._buffer += data
+        buffer = self._buffer
+        if buffer.startswith(b"\r\n"):
+            end = 0
+        else:
+            end = buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                end += 2
+        if end < 0:
+            # No end yet: wait, unless it can no longer come within the bound.
+            if len(buffer) <= MAX_HEADER + 2:
+                return b""
+            self._done = True
+            self._buffer = b""
+            return buffer
+        self._done = True
+        self._buffer = b""
+        if end > MAX_HEADER:
+            return buffer
+        return downgradeHeader(buffer[:end]) + buffer[end:]
+
+    def finish(self) -> bytes:
+        """
+        The held-back data when the message ended inside its header.
+        """
+        if self._done:
+            return b""
+        self._done = True
+        buffer, self._buffer = self._buffer, b""
+        if len(buffer) > MAX_HEADER:
+            return buffer
+        if buffer.endswith(b"\r\n"):
+            return downgradeHeader(buffer)
+        head, _, last = buffer.rpartition(b"\r\n")
+        # An unterminated last field: downgrade it as if terminated, and
+        # leave its termination to the encoder.
+        whole = downgradeHeader((head + b"\r\n" if head else b"") + last + b"\r\n")
+        return whole[:-2]
+
+
+def prefixNeeded(prefix: bytes) -> bool:
+    """
+    Whether more of a stored message must be read before L{downgradeDelta}
+    can judge it: the header's end is not in C{prefix} yet and could still
+    come within L{MAX_HEADER}.
+    """
+    if prefix.startswith((b"\n", b"\r\n")):
+        return False  # an empty header
+    return b"\n\n" not in prefix and b"\n\r\n" not in prefix and len(prefix) <= MAX_HEADER + 4

@@ -1,0 +1,207 @@
+"""
+Tests for popserv.downgrade and its use: UTF-8 header fields towards
+clients that did not enable UTF8 (RFC 6856, RFC 6858).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.header
+import itertools
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from protocol_helpers import Session
+
+from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader
+from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
+from popserv.interfaces import MessageInfo
+from popserv.memorystore import MemoryStore
+
+UTF8_MESSAGE = (
+    "From: Bj\u00f6rn <bj\u00f6rn@ex\u00e4mple.org>\r\n"
+    "To: demo@example.org\r\n"
+    "Subject: Gr\u00fc\u00dfe\r\n"
+    " aus Z\u00fcrich\r\n"
+    "\r\n"
+    "K\u00f6rper bleibt UTF-8.\r\n"
+).encode("utf-8")
+
+
+def decoded(value: bytes) -> str:
+    return str(email.header.make_header(email.header.decode_header(value.decode("ascii"))))
+
+
+def test_unstructuredField() -> None:
+    """
+    A UTF-8 Subject becomes encoded-words that decode to the same text,
+    folded onto continuation lines when long.
+    """
+    out = downgradeHeader(("Subject: " + "\u00e4" * 60 + "\r\n").encode())
+    assert out.isascii()
+    assert out.count(b"\r\n ") >= 1
+    assert all(len(line) <= 78 for line in out.split(b"\r\n"))
+    assert decoded(out[len(b"Subject: ") :].replace(b"\r\n", b"")) == "\u00e4" * 60
+
+
+def test_addressField() -> None:
+    """
+    A UTF-8 address field becomes an empty group named by the encoded
+    original (RFC 6858).
+    """
+    out = downgradeHeader("To: J\u00fcrgen <j\u00fcrgen@b\u00fccher.de>\r\n".encode())
+    name, _, value = out.partition(b": ")
+    assert name == b"To" and value.endswith(b" :;\r\n")
+    assert decoded(value[: -len(b" :;\r\n")]) == "J\u00fcrgen <j\u00fcrgen@b\u00fccher.de>"
+
+
+def test_leftAlone() -> None:
+    """
+    ASCII fields, and 8-bit fields that are not UTF-8, are not changed.
+    """
+    header = b"Subject: plain\r\nX-Legacy: caf\xe9\r\nX-Folded: a\r\n b\r\n"
+    assert downgradeHeader(header) == header
+
+
+def test_bodyUntouched() -> None:
+    """
+    Only the header is downgraded; the body stays UTF-8.
+    """
+    out = encodeMessage(UTF8_MESSAGE, downgrade=True)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.isascii()
+    assert body == "K\u00f6rper bleibt UTF-8.\r\n.\r\n".encode()
+    assert b"To: demo@example.org\r\n" in head
+
+
+def chunked(message: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(message) + 1) for c in cuts} | {0, len(message)})
+    return [message[a:b] for a, b in itertools.pairwise(points)]
+
+
+headers = st.lists(
+    st.sampled_from(
+        [
+            b"Subject: \xc3\xa4\xc3\xb6",
+            b"To: a@b",
+            b"From: \xe2\x82\xac <x@y>",
+            b" folded \xc3\xbc",
+            b"X: \xff",
+            b"",
+            b".dot",
+        ]
+    ),
+    max_size=8,
+)
+endings = st.sampled_from([b"\n", b"\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers, endings, st.lists(st.integers(0, 300), max_size=8), st.integers(0, 3))
+def test_chunkingNeverMatters(lines: list[bytes], ending: bytes, cuts: list[int], top: int) -> None:
+    """
+    Downgrading gives the same bytes however the message is chunked, also
+    for TOP, and the downgraded wire size (whole or from the delta) is what
+    is sent before stuffing.
+    """
+    message = ending.join(lines) + ending + b"body\xc3\xa4" + ending
+    whole = encodeMessage(message, downgrade=True)
+    for bodyLines in (None, top):
+        encoder = MessageEncoder(bodyLines, downgrade=True)
+        out = b"".join(encoder.feed(c) for c in chunked(message, cuts)) + encoder.finish()
+        assert out == encodeMessage(message, bodyLines, downgrade=True)
+    unstuffed = whole[:-3].replace(b"\r\n..", b"\r\n.")
+    if unstuffed.startswith(b".."):
+        unstuffed = unstuffed[1:]
+    assert wireSize(message, downgrade=True) == len(unstuffed)
+    assert wireSize(message) + downgradeDelta(message) == len(unstuffed)
+
+
+def test_hugeHeaderPassesThrough() -> None:
+    """
+    A header section ending beyond the bound is sent as it is, whatever the
+    chunking, and the size agrees.
+    """
+    message = b"Subject: \xc3\xa4\r\n" + b"X: " + b"a" * MAX_HEADER + b"\r\n\r\nbody\r\n"
+    for size in (1000, 65536, len(message)):
+        f = HeaderDowngrade()
+        out = b"".join(f.feed(message[i : i + size]) for i in range(0, len(message), size))
+        assert out + f.finish() == message
+    assert wireSize(message, downgrade=True) == wireSize(message)
+
+
+class TestProtocol:
+    def session(self, store: Any = None) -> Session:
+        s = Session(store=store)
+        s.memory.deliver("alice", UTF8_MESSAGE)
+        return s
+
+    def test_withoutUTF8(self) -> None:
+        """
+        A client that did not send UTF8 gets the header downgraded, and
+        STAT, LIST and RETR's size agree with what it gets.
+        """
+        s = self.session()
+        s.login()
+        size = wireSize(UTF8_MESSAGE, downgrade=True)
+        assert size != wireSize(UTF8_MESSAGE)
+        assert s.command(b"STAT") == b"+OK 1 %d\r\n" % size
+        reply = s.command(b"RETR 1")
+        assert reply == b"+OK %d octets\r\n" % size + encodeMessage(UTF8_MESSAGE, downgrade=True)
+        assert s.command(b"TOP 1 0").split(b"\r\n\r\n")[0].isascii()
+
+    def test_withUTF8(self) -> None:
+        """
+        A client that sent UTF8 gets the message as stored.
+        """
+        s = self.session()
+        s.command(b"UTF8")
+        s.login()
+        assert s.command(b"STAT") == b"+OK 1 %d\r\n" % wireSize(UTF8_MESSAGE)
+        assert s.command(b"RETR 1").endswith(encodeMessage(UTF8_MESSAGE))
+
+    def test_storeWithoutDowngradedSize(self) -> None:
+        """
+        For a store that does not give downgraded sizes the protocol reads
+        each message's header at login to find them.
+        """
+
+        class Plain:
+            def __init__(self, store: MemoryStore) -> None:
+                self.store = store
+
+            def openMaildrop(self, user: str) -> Any:
+                return self.store.openMaildrop(user).addCallback(PlainMaildrop)
+
+        class PlainMaildrop:
+            def __init__(self, maildrop: Any) -> None:
+                self.maildrop = maildrop
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.maildrop, name)
+
+            def listMessages(self) -> Any:
+                return self.maildrop.listMessages().addCallback(
+                    lambda infos: [MessageInfo(i.size, i.uid) for i in infos]
+                )
+
+        memory = MemoryStore()
+        memory.deliver("alice", UTF8_MESSAGE)
+        memory.deliver("alice", b"Subject: ascii\r\n\r\nx\r\n")
+        s = Session(store=Plain(memory))
+        s.login()
+        sizes = [wireSize(UTF8_MESSAGE, downgrade=True), wireSize(b"Subject: ascii\r\n\r\nx\r\n")]
+        assert s.command(b"LIST") == (
+            b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (sum(sizes), *sizes)
+        )
+
+
+def test_encodedWordLength() -> None:
+    """
+    Every encoded-word is at most 75 characters (RFC 2047 section 2).
+    """
+    out = downgradeHeader(("Subject: " + "\u20ac" * 100 + "\r\n").encode())
+    for word in out[len(b"Subject: ") :].split():
+        assert len(word) <= 75
+        assert base64.b64decode(word[10:-2]).decode("utf-8")

@@ -868,6 +868,12 @@ def downloadClient(plan: DownloadPlan, conn: Any) -> None:
         greeting = yield None, False
         if not greeting.startswith(b"+OK"):
             raise RuntimeError(f"greeting: {greeting!r}")
+        # The generated messages have UTF-8 header fields; a client that
+        # does not enable UTF8 gets them downgraded (RFC 6856), while this
+        # one verifies the stored bytes.
+        reply = yield b"UTF8" + CRLF, False
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"UTF8: {reply!r}")
         reply = yield b"USER " + plan.user.encode() + CRLF, False
         reply = yield b"PASS " + plan.password.encode() + CRLF, False
         if not reply.startswith(b"+OK"):

@@ -87,14 +87,16 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
             return names[0]
         return None
     if "@" in authzid:
-        return authzid if any(_sameAddress(authzid, e) for e in _emails(certificate)) else None
+        # The certificate's own spelling, so that one mailbox has one name.
+        return next((e for e in _emails(certificate) if _sameAddress(authzid, e)), None)
     try:
         verify_service_identity(
             extract_patterns(certificate), obligatory_ids=[DNS_ID(authzid)], optional_ids=[]
         )
     except (VerificationError, ValueError):
         return None
-    return authzid
+    # DNS names compare without regard to case (RFC 4343).
+    return authzid.lower()
 
 
 @implementer(ICredentialsChecker)

@@ -99,13 +99,15 @@ def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
        its names and passwords become L{bytes}.
      - C{file:} reads its file and C{unix:} reads the shadow file and runs
        C{crypt} at every login, on the reactor thread: they are wrapped in
-       L{ThreadedChecker}.
+       L{ThreadedChecker}.  C{memory:} is too, for expensive credentials
+       (SCRAM) only.
 
     Other checkers are returned unchanged.
     """
     if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
         checker.users = {_bytes(name): _bytes(pw) for name, pw in checker.users.items()}
-        return checker
+        # Comparing passwords is cheap; a SCRAM proof is not.
+        return ThreadedChecker(checker, onlyExpensive=True)
     from twisted.plugins.cred_unix import UNIXChecker
 
     if isinstance(checker, FilePasswordDB | UNIXChecker):
@@ -167,12 +169,26 @@ class ThreadedChecker:
     answer synchronously (a value, or an already-fired L{Deferred}).
     """
 
-    def __init__(self, checker: ICredentialsChecker, runInThread: Runner = deferToThread) -> None:
+    def __init__(
+        self,
+        checker: ICredentialsChecker,
+        runInThread: Runner = deferToThread,
+        onlyExpensive: bool = False,
+    ) -> None:
+        """
+        @param onlyExpensive: run in a thread only credentials that say they
+            are costly to check (an C{expensive} attribute, like SCRAM's
+            PBKDF2); others are checked at once.  For checkers that are
+            cheap in themselves, such as C{memory:}.
+        """
         self.checker = checker
         self.credentialInterfaces = checker.credentialInterfaces
         self._run = runInThread
+        self._onlyExpensive = onlyExpensive
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        if self._onlyExpensive and not getattr(credentials, "expensive", False):
+            return maybeDeferred(self.checker.requestAvatarId, credentials)
         return self._run(self._check, credentials)
 
     def _check(self, credentials: Any) -> Any:

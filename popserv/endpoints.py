@@ -63,7 +63,8 @@ def parseImplicitTLS(description: str) -> ImplicitTLS | None:
 
     @raise ValueError: a TLS parameter popserv does not support (C{sslmethod}:
         popserv always requires TLS 1.2 or later; C{dhParameters}: popserv
-        uses elliptic-curve key exchange only).
+        offers no finite-field Diffie-Hellman, so forward secrecy comes from
+        ECDHE), or a certificate without its key.
     """
     parts = _split(description)
     if parts[0] != "ssl":
@@ -80,6 +81,8 @@ def parseImplicitTLS(description: str) -> ImplicitTLS | None:
         if unsupported in tls:
             raise ValueError(f"{unsupported}= is not supported; popserv sets the TLS policy")
     key = tls.get("privateKey")
+    if key is None and ("certKey" in tls or "extraCertChain" in tls):
+        raise ValueError("certKey= and extraCertChain= need privateKey=")
     return ImplicitTLS(
         tcp=":".join(tcp),
         key=key,

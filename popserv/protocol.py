@@ -354,6 +354,11 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             and m.available(context)
         ]
 
+    def _passwordsCheckable(self) -> bool:
+        from twisted.cred.credentials import IUsernamePassword
+
+        return IUsernamePassword in self.factory.portal.listCredentialsInterfaces()
+
     def _stlsAvailable(self) -> bool:
         return (
             self.factory.tls is not None
@@ -366,7 +371,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     def _doCAPA(self, command: Command) -> None:
         facts = Facts(
             state=self.state,
-            plaintextAllowed=self.plaintextAllowed(),
+            plaintextAllowed=self.plaintextAllowed() and self._passwordsCheckable(),
             stlsAvailable=self._stlsAvailable(),
             mechanisms=[m.name for m in self.offeredMechanisms()],
             implementation=self.factory.implementation,

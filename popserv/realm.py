@@ -56,7 +56,11 @@ class MaildropRealm:
     ) -> Deferred[tuple[type[Interface], object, Callable[[], None]]]:
         if IMaildrop not in interfaces:
             raise NotImplementedError("MaildropRealm only provides IMaildrop")
-        d: Deferred[IMaildrop] = maybeDeferred(self.store.openMaildrop, avatarName(avatarId))
+        user = avatarName(avatarId)
+        if isinstance(mind, LoginMind):
+            # Tell the protocol who logged in: per-user policy needs it.
+            mind.user = user
+        d: Deferred[IMaildrop] = maybeDeferred(self.store.openMaildrop, user)
         return d.addCallback(_avatar)
 
 

@@ -297,6 +297,11 @@ class ScramCredentials(_ScramProof):
     @ivar iterations: the iteration count the server sent.
     """
 
+    #: Checking costs a PBKDF2 run (milliseconds of CPU): checkers that run
+    #: on the reactor thread hand such credentials to a thread
+    #: (L{popserv.credentials.ThreadedChecker}).
+    expensive = True
+
     def checkPassword(self, password: str | bytes) -> bool:
         """
         Whether the proof was made from C{password}, the stored plaintext

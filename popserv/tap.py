@@ -39,6 +39,7 @@ from popserv.policy import (
 )
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
 from popserv.realm import MaildropRealm
+from popserv.scram import IScramSHA256Credentials
 from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
 
 DEFAULT_LISTEN = "tcp:110"
@@ -68,7 +69,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "--listen tcp:1110:interface=127.0.0.1 --auth memory:alice:secret "
         "--mailstore maildir:/srv/mail/{user}"
     )
-    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword, ICertificateCredentials)
+    supportedInterfaces = (
+        IUsernamePassword,
+        IUsernameHashedPassword,
+        ICertificateCredentials,
+        IScramSHA256Credentials,
+    )
 
     optParameters = [
         [
@@ -198,23 +204,25 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def _policy(self) -> SitePolicy:
         try:
-            defaults = UserPolicy(
-                loginDelay=(
-                    parseSeconds(self["login-delay"]) if self["login-delay"] is not None else None
-                ),
-                expire=parseExpire(self["expire"]) if self["expire"] is not None else None,
-            )
+            option = "--login-delay"
+            loginDelay = self["login-delay"]
+            delay = parseSeconds(loginDelay) if loginDelay is not None else None
+            option = "--expire"
+            expire = parseExpire(self["expire"]) if self["expire"] is not None else None
+            defaults = UserPolicy(loginDelay=delay, expire=expire)
             users = {}
             if self["policy-file"]:
+                option = f"--policy-file {self['policy-file']}"
                 try:
                     with open(self["policy-file"], encoding="utf-8") as f:
                         text = f.read()
                 except OSError as e:
-                    raise PolicyError(f"cannot read {e.filename}: {e.strerror}") from None
+                    raise PolicyError(f"cannot read it: {e.strerror}") from None
                 users = parsePolicyFile(text, defaults)
+            option = "--state-dir"
             history = DirectoryHistory(self["state-dir"]) if self["state-dir"] else None
         except PolicyError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(f"{option}: {e}") from None
         return SitePolicy(defaults, users, history)
 
     def _tls(self) -> ReloadableTLS | None:

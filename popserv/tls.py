@@ -76,7 +76,7 @@ class TLSFiles:
             ]
             if not certificates:
                 raise TLSConfigError(f"no certificate in {self.certificate}")
-            key = ssl.KeyPair.load(keyPEM, crypto.FILETYPE_PEM)
+            key = _loadKey(keyPEM, self.key)
             authorities = [ssl.Certificate.loadPEM(b).original for b in _pemBlocks(clientCAPEM)]
             if self.clientCA and not authorities:
                 raise TLSConfigError(f"no certificate in {self.clientCA}")
@@ -85,7 +85,7 @@ class TLSFiles:
         except Exception as e:
             raise TLSConfigError(f"cannot load the certificate or key: {e}") from None
         options = ssl.CertificateOptions(
-            privateKey=key.original,
+            privateKey=key,
             certificate=certificates[0].original,
             extraCertChain=[c.original for c in certificates[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
@@ -94,10 +94,32 @@ class TLSFiles:
             requireCertificate=False,
         )
         try:
-            options.getContext()  # checks that the key matches the certificate
+            context = options.getContext()  # checks that the key matches the certificate
         except SSL.Error as e:
             raise TLSConfigError(f"the key does not match the certificate: {e}") from None
+        if authorities:
+            # Name the acceptable CAs in the certificate request, so a client
+            # holding several certificates can pick the right one.
+            context.set_client_ca_list([a.get_subject() for a in authorities])
         return options
+
+
+def _loadKey(pem: bytes, path: str) -> crypto.PKey:
+    """
+    An unencrypted PEM private key.  (Through pyOpenSSL directly, OpenSSL
+    would ask for a pass phrase on the terminal, also at a reload.)
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise TLSConfigError(
+            f"{path}: the key is encrypted; popserv needs it unencrypted"
+        ) from None
+    except ValueError as e:
+        raise TLSConfigError(f"{path}: not a PEM private key ({e})") from None
+    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
 
 
 def _pemBlocks(data: bytes) -> list[bytes]:

@@ -169,7 +169,8 @@ def syncRun(f: Any, *args: Any) -> Any:
 def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:
     """
     Twisted's file: and unix: checkers, which read files (and run crypt) at
-    every login, are wrapped to run in a thread; memory: is not.
+    every login, are wrapped to run in a thread; memory: is wrapped so that
+    only expensive credentials (SCRAM) go to a thread.
     """
     passwd = tmp_path / "passwd"
     passwd.write_text("alice:secret\n")
@@ -178,7 +179,8 @@ def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:
     memory = normalizeChecker(strcred.makeChecker("memory:a:b"))
     assert isinstance(file, ThreadedChecker)
     assert isinstance(unix, ThreadedChecker)
-    assert isinstance(memory, InMemoryUsernamePasswordDatabaseDontUse)
+    assert isinstance(memory, ThreadedChecker)
+    assert isinstance(memory.checker, InMemoryUsernamePasswordDatabaseDontUse)
     assert file.credentialInterfaces == file.checker.credentialInterfaces
 
 
@@ -205,3 +207,27 @@ def test_unixCheckerRefusesUnknownUser() -> None:
     checker = ThreadedChecker(strcred.makeChecker("unix"), runInThread=syncRun)
     result = outcome(checker.requestAvatarId(UsernamePassword(b"no-such-user-popserv", b"x")))
     assert result.check(UnauthorizedLogin)
+
+
+def test_onlyExpensiveInThreads() -> None:
+    """
+    With onlyExpensive, cheap credentials are checked at once, and those
+    marked expensive go to the thread runner.
+    """
+    calls: list[Any] = []
+
+    def runner(f: Any, *args: Any) -> Any:
+        calls.append(f)
+        return syncRun(f, *args)
+
+    checker = normalizeChecker(strcred.makeChecker("memory:alice:secret"))
+    assert isinstance(checker, ThreadedChecker)
+    checker._run = runner
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"secret"))) == b"alice"
+    assert calls == []
+
+    class Expensive(UsernamePassword):
+        expensive = True
+
+    assert outcome(checker.requestAvatarId(Expensive(b"alice", b"secret"))) == b"alice"
+    assert len(calls) == 1

@@ -21,7 +21,17 @@ DOCS = REPO / "docs"
 EXAMPLES = DOCS / "examples"
 EMBED = EXAMPLES / "embed.py"
 
-PAGES = ["index", "quickstart", "operating", "protocol", "embedding", "extending"]
+PAGES = [
+    "index",
+    "quickstart",
+    "operating",
+    "tls",
+    "authentication",
+    "capabilities",
+    "protocol",
+    "embedding",
+    "extending",
+]
 
 #: Seconds any one wait in these tests may take.
 TIMEOUT = 30.0
@@ -100,6 +110,80 @@ def test_everyExampleIsShown() -> None:
             included.add((DOCS / name).resolve())
     examples = {p.resolve() for p in EXAMPLES.rglob("*.py") if "__pycache__" not in p.parts}
     assert examples <= included, sorted(str(p) for p in examples - included)
+
+
+def helpOptions() -> dict[str, str]:
+    """
+    The options C{twistd popserv --help} lists, each with its help text.
+    """
+    twistd = Path(sys.executable).parent / "twistd"
+    result = subprocess.run(
+        [str(twistd), "popserv", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    options: dict[str, str] = {}
+    name = None
+    for line in result.stdout.splitlines():
+        match = re.match(r"\s+(?:-\w, )?--([\w-]+)=?\s*(.*)", line)
+        if match:
+            name = match.group(1)
+            options[name] = match.group(2)
+        elif name is not None and line.startswith(" " * 20):
+            options[name] += " " + line.strip()
+        else:
+            name = None
+    return options
+
+
+def optionEntries(page: str) -> dict[str, str]:
+    """
+    The entries of the definition list in the "Options" section of C{page}
+    whose term names options (C{``--name ...``}), by option name: the term
+    and its indented body.
+    """
+    section = page.split("\nOptions\n-------\n", 1)[1]
+    section = re.split(r"\n\S[^\n]*\n-{3,}\n", section, maxsplit=1)[0]
+    entries: dict[str, str] = {}
+    current: list[str] = []
+    # A last unindented line ends the last entry.
+    for line in [*section.splitlines(), "."]:
+        if line.startswith("``--") or (line and not line.startswith(" ")):
+            for name in re.findall(r"``--([\w-]+)", current[0] if current else ""):
+                entries[name] = "\n".join(current)
+            current = [line] if line.startswith("``--") else []
+        elif current:
+            current.append(line)
+    return entries
+
+
+def test_operatingDescribesEveryOption() -> None:
+    """
+    Every option C{twistd popserv --help} shows has an entry of its own in
+    operating.rst, and every default --help states is the one that entry
+    gives (600 for --timeout, tcp:110 for --listen).
+    """
+    options = helpOptions()
+    assert {"listen", "auth", "mailstore", "timeout", "tls-cert", "expire"} <= set(options)
+    entries = optionEntries((DOCS / "operating.rst").read_text())
+    missing = sorted(set(options) - set(entries))
+    assert not missing, missing
+    defaults = 0
+    for name, text in options.items():
+        for default in re.findall(r"\[default: ([^\]]+)\]|Default: (\S+?)\.(?:\s|$)", text):
+            value = next(v for v in default if v)
+            value = re.escape(value.removesuffix(".0"))
+            # A sentence of the entry gives it as the default.
+            sentences = re.split(r"\.\s", " ".join(entries[name].split()))
+            assert any(
+                re.search(r"[Dd]efault|[Ww]ithout it", sentence)
+                and re.search(rf"(?<![\w:]){value}(?![\w:])", sentence)
+                for sentence in sentences
+            ), (name, value)
+            defaults += 1
+    assert defaults == 2
 
 
 @pytest.mark.integration

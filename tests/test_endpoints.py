@@ -43,3 +43,13 @@ def test_policyParametersRefused(parameter: str) -> None:
     """
     with pytest.raises(ValueError, match="not supported"):
         parseImplicitTLS(f"ssl:995:privateKey=k:{parameter}")
+
+
+def test_certificateWithoutKey() -> None:
+    """
+    certKey= or extraCertChain= without privateKey= is refused, not ignored.
+    """
+    with pytest.raises(ValueError, match="need privateKey="):
+        parseImplicitTLS("ssl:995:certKey=c.pem")
+    with pytest.raises(ValueError, match="need privateKey="):
+        parseImplicitTLS("ssl:995:extraCertChain=chain.pem")

@@ -220,3 +220,49 @@ def test_directoryHistory(tmp_path: Path) -> None:
     assert result(again.retrievals("bob")) == {}
     with pytest.raises(PolicyError):
         DirectoryHistory(str(tmp_path / "missing"))
+
+
+def test_perUserValuesAfterLogin() -> None:
+    """
+    Each user gets their own values and their own history: after login CAPA
+    shows the user's values, and one user's login does not delay another's.
+    """
+    clock = Clock()
+    policy = SitePolicy(
+        UserPolicy(loginDelay=900, expire=30),
+        {"alice": UserPolicy(loginDelay=0, expire=NEVER)},
+        clock=clock,
+    )
+    users = {b"alice": b"secret", b"bob": b"hunter2"}
+    bob = Session(users=users, policy=policy)
+    assert bob.login(b"bob", b"hunter2").startswith(b"+OK")
+    lines = bob.command(b"CAPA")
+    assert b"LOGIN-DELAY 900\r\n" in lines and b"EXPIRE 30\r\n" in lines
+    alice = Session(users=users, store=bob.memory, policy=policy)
+    assert alice.login(b"alice", b"secret").startswith(b"+OK")
+    lines = alice.command(b"CAPA")
+    assert b"LOGIN-DELAY 0\r\n" in lines and b"EXPIRE NEVER\r\n" in lines
+    alice.command(b"QUIT")
+    alice.protocol.connectionLost(None)
+    again = Session(users=users, store=bob.memory, policy=policy)
+    assert again.login(b"alice", b"secret").startswith(b"+OK")
+    bob.command(b"QUIT")
+    bob.protocol.connectionLost(None)
+    bobAgain = Session(users=users, store=bob.memory, policy=policy)
+    assert bobAgain.login(b"bob", b"hunter2").startswith(b"-ERR [LOGIN-DELAY]")
+
+
+def test_realmTellsTheUser() -> None:
+    """
+    The realm puts the logged-in user's name on the LoginMind.
+    """
+    from popserv.interfaces import IMaildrop
+    from popserv.memorystore import MemoryStore
+    from popserv.realm import LoginMind, MaildropRealm
+
+    mind = LoginMind()
+    _, _, logout = result(
+        MaildropRealm(MemoryStore()).requestAvatar(b"b\xc3\xb6b", mind, IMaildrop)
+    )
+    assert mind.user == "b\u00f6b"
+    logout()

@@ -131,6 +131,19 @@ class TestCapa:
         assert b"SASL PLAIN LOGIN" in capa(s)
 
 
+def test_noUserWithoutPasswordChecker() -> None:
+    """
+    USER is not advertised when no checker can verify a password (only
+    client certificates, say).
+    """
+    from popserv.certauth import ClientCertificateChecker
+
+    s = Session(checkers=[ClientCertificateChecker()])
+    lines = capa(s)
+    assert b"USER" not in lines
+    assert not any(line.startswith(b"SASL") for line in lines)
+
+
 class TestCleartextPolicy:
     def test_userRefusedRemotely(self) -> None:
         """

@@ -72,7 +72,8 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
     assert checker.users == {b"alice": b"secret"}
     (chain,) = set(factory.portal.checkers.values())
     assert isinstance(chain, CheckerChain)
-    assert chain.checkers == [checker]
+    (wrapped,) = chain.checkers
+    assert wrapped.checker is checker
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,46 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     assert "not supported" in error(
         *base, "--listen", f"ssl:0:privateKey={server.key}:sslmethod=TLSv1_METHOD"
     )
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(server.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
+    message = error(*base, "--tls-cert", str(server.certificate), "--tls-key", str(encrypted))
+    assert "encrypted" in message
+
+
+def test_clientCAsNamed(ca: CertificateAuthority) -> None:
+    """
+    With --tls-client-ca the certificate request names the acceptable CAs.
+    """
+    from OpenSSL import SSL
+
+    from popserv.tls import TLSFiles
+
+    server = ca.issue("localhost", ["localhost"])
+    options = TLSFiles(
+        str(server.certificate), str(server.key), clientCA=str(ca.files.certificate)
+    ).load()
+    names = SSL.Connection(options.getContext(), None).get_client_ca_list()
+    assert [n.commonName for n in names] == ["popserv test CA"]
+
+
+def test_policyErrorsNameTheOption(tmp_path: Path) -> None:
+    """
+    A policy mistake names the option (and file) it came from.
+    """
+    policy = tmp_path / "policy"
+    policy.write_text("alice expire=soon\n")
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    assert f"--policy-file {policy}: line 1" in error(*base, "--policy-file", str(policy))
+    assert "--login-delay: " in error(*base, "--login-delay", "15m")
 
 
 def test_allowCleartext() -> None:

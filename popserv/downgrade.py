@@ -55,21 +55,22 @@ def _encodedWords(text: str, used: int) -> bytes:
     within 76 characters; the first line already has C{used} characters.
     Words end only between whole characters.
     """
+    data = text.encode("utf-8")
     words: list[bytes] = []
-    current = b""
     capacity = _capacity(used)
     if capacity < 4:  # no room for a character after a long field name
         words.append(b"")
         capacity = _capacity(1)
-    for char in text:
-        octets = char.encode("utf-8")
-        if current and len(current) + len(octets) > capacity:
-            words.append(current)
-            current = b""
-            capacity = _capacity(1)  # continuation lines start with a space
-        current += octets
-    if current:
-        words.append(current)
+    start = 0
+    while start < len(data):
+        end = min(start + capacity, len(data))
+        # Back off to a character boundary: never cut before a UTF-8
+        # continuation octet (0b10xxxxxx).
+        while end < len(data) and end > start and 0x80 <= data[end] < 0xC0:
+            end -= 1
+        words.append(data[start:end])
+        start = end
+        capacity = _capacity(1)  # continuation lines start with a space
     encoded = [b"=?UTF-8?B?" + base64.b64encode(w) + b"?=" if w else b"" for w in words]
     return b"\r\n ".join(encoded)
 

@@ -259,6 +259,15 @@ def downgradeDelta(prefix: bytes) -> int:
     holds the whole header section (or more than L{MAX_HEADER} octets of
     it): the downgraded wire size is the wire size plus this.
     """
+    # Only the header section matters: cut the prefix after the blank line
+    # that ends it (the downgrade filter finds the same end in the CRLF
+    # form, so the difference is the same as over the whole message).
+    ends = [i for i in (prefix.find(b"\n\n"), prefix.find(b"\n\r\n")) if i >= 0]
+    if prefix.startswith((b"\n", b"\r\n")):
+        return 0
+    if ends:
+        end = min(ends)
+        prefix = prefix[: end + (2 if prefix[end + 1 : end + 2] == b"\n" else 3)]
     if prefix.isascii():
         return 0
     return wireSize(prefix, downgrade=True) - wireSize(prefix)

@@ -3,8 +3,10 @@ TLS for STLS (RFC 2595) and implicit TLS (RFC 8314): the server's
 certificate, a context that can be reloaded while sessions run, and the
 channel-binding data SCRAM-PLUS needs.
 
-The policy is Twisted's own, which is the careful one: TLS 1.2 at least,
-forward-secret AEAD ciphers first, no compression, no renegotiation.
+The policy: TLS 1.2 at least; on TLS 1.2 only ECDHE key exchange with AEAD
+ciphers (forward secrecy, no CBC; Mozilla's "intermediate" profile without
+finite-field DHE); TLS 1.3's suites, which are all of that kind; and
+Twisted's other defaults (no compression, no renegotiation).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
+
+#: TLS 1.2 cipher suites: ECDHE with AES-GCM or ChaCha20-Poly1305 only.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 
 #: RFC 9266 section 2: the exporter label for tls-exporter channel binding.
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
@@ -89,6 +94,7 @@ class TLSFiles:
             certificate=certificates[0].original,
             extraCertChain=[c.original for c in certificates[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
             verify=bool(authorities),
             caCerts=authorities or None,
             requireCertificate=False,

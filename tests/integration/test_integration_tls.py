@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 
@@ -234,3 +235,177 @@ def test_externalUntrustedCertificate(external_server, ca, tmp_path):
             client.capa()
         finally:
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("cipher", "accepted"),
+    [
+        ("AES128-SHA", False),  # RSA key exchange, CBC
+        ("AES256-GCM-SHA384", False),  # RSA key exchange: no forward secrecy
+        ("ECDHE-ECDSA-AES128-SHA", False),  # CBC
+        ("ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        ("ECDHE-ECDSA-CHACHA20-POLY1305", True),
+    ],
+)
+def test_tls12Ciphers(tls_server, ca, cipher, accepted):
+    """
+    On TLS 1.2 only ECDHE key exchange with AEAD ciphers is accepted.
+    """
+    ctx = context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    with socket.create_connection((HOST, tls_server.tlsPort), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+                greeting = tls.recv(100)
+        except ssl.SSLError:
+            greeting = None
+    assert (greeting is not None and greeting.startswith(b"+OK")) == accepted
+
+
+class Line:
+    """
+    Line reading over a pyOpenSSL connection.
+    """
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.buffer = b""
+
+    def read(self) -> bytes:
+        deadline = time.monotonic() + 10
+        while b"\r\n" not in self.buffer and time.monotonic() < deadline:
+            self.buffer += self.connection.recv(4096)
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def command(self, line: bytes) -> bytes:
+        self.connection.sendall(line + b"\r\n")
+        return self.read()
+
+
+def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None):
+    """
+    A TLS client through pyOpenSSL, which (unlike the ssl module) can
+    export keying material for tls-exporter.
+    """
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.load_verify_locations(str(ca.files.certificate))
+    ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
+    if maxVersion is not None:
+        ctx.set_max_proto_version(maxVersion)
+    sock = socket.create_connection((HOST, port), timeout=10)
+    # pyOpenSSL wants a blocking socket; the kernel's receive and send
+    # timeouts keep every wait bounded.
+    sock.settimeout(None)
+    limit = struct.pack("ll", 10, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    connection = SSL.Connection(ctx, sock)
+    connection.set_tlsext_host_name(b"localhost")
+    connection.set_connect_state()
+    connection.do_handshake()
+    return connection
+
+
+def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) -> list[bytes]:
+    """
+    A SCRAM-SHA-256-PLUS login written from RFC 5802 and RFC 9266 / 5929,
+    independent of popserv's code; returns the server's replies.
+    """
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if kind == "tls-exporter":
+        cbdata = bytes(connection.export_keying_material(b"EXPORTER-Channel-Binding", 32))
+    else:
+        cert = connection.get_peer_certificate().to_cryptography()
+        cbdata = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    if tamper:
+        cbdata = bytes(32)
+    b64 = base64.b64encode
+    lines = Line(connection)
+    replies = [lines.read()]
+    gs2 = f"p={kind},,".encode()
+    bare = b"n=alice,r=plusclientnonce123"
+    reply = lines.command(b"AUTH SCRAM-SHA-256-PLUS " + b64(gs2 + bare))
+    replies.append(reply)
+    if not reply.startswith(b"+ "):
+        return replies
+    serverFirst = base64.b64decode(reply[2:])
+    fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password, base64.b64decode(fields[b"s"]), int(fields[b"i"])
+    )
+    clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    without = b"c=" + b64(gs2 + cbdata) + b",r=" + fields[b"r"]
+    message = bare + b"," + serverFirst + b"," + without
+    signature = hmac.new(hashlib.sha256(clientKey).digest(), message, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
+    reply = lines.command(b64(without + b",p=" + b64(proof)))
+    replies.append(reply)
+    if reply.startswith(b"+ "):
+        serverKey = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+        expected = b"v=" + b64(hmac.new(serverKey, message, hashlib.sha256).digest())
+        assert base64.b64decode(reply[2:]) == expected
+        replies.append(lines.command(b""))
+    return replies
+
+
+@pytest.mark.parametrize(
+    ("kind", "maxVersion"),
+    [("tls-exporter", None), ("tls-server-end-point", None), ("tls-server-end-point", "1.2")],
+)
+def test_scramPlus(tls_server, ca, kind, maxVersion):
+    """
+    SCRAM-SHA-256-PLUS logs in over real TLS with each channel-binding
+    type the connection has (tls-exporter on TLS 1.3, tls-server-end-point
+    on either), and the server proves it knows the password.
+    """
+    from OpenSSL import SSL
+
+    version = SSL.TLS1_2_VERSION if maxVersion else None
+    connection = pyopensslClient(tls_server.tlsPort, ca, version)
+    try:
+        replies = scramPlus(connection, kind)
+        assert replies[0].startswith(b"+OK")
+        assert replies[-1].startswith(b"+OK Logged in, 1 messages")
+    finally:
+        connection.close()
+
+
+def test_scramPlusWrongBinding(tls_server, ca):
+    """
+    A -PLUS login with channel-binding data from another connection (a
+    man in the middle) is refused.
+    """
+    connection = pyopensslClient(tls_server.tlsPort, ca)
+    try:
+        replies = scramPlus(connection, "tls-exporter", tamper=True)
+        assert replies[-1].startswith(b"-ERR")
+    finally:
+        connection.close()
+
+
+def test_tlsExporterOnlyOnTLS13(tls_server, ca):
+    """
+    On TLS 1.2 the server has no tls-exporter binding to offer (RFC 9266
+    needs TLS 1.3 here); a client asking for it is refused.
+    """
+    from OpenSSL import SSL
+
+    connection = pyopensslClient(tls_server.tlsPort, ca, SSL.TLS1_2_VERSION)
+    try:
+        lines = Line(connection)
+        lines.read()
+        gs2 = b"p=tls-exporter,,"
+        reply = lines.command(
+            b"AUTH SCRAM-SHA-256-PLUS " + base64.b64encode(gs2 + b"n=alice,r=abc")
+        )
+        assert reply.startswith(b"-ERR")
+    finally:
+        connection.close()

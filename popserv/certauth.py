@@ -51,20 +51,20 @@ class CertificateCredentials:
         self.authzid = authzid
 
 
-def _emails(certificate: x509.Certificate) -> list[str]:
+def _alternativeNames(certificate: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
     try:
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    return [str(e) for e in names.value.get_values_for_type(x509.RFC822Name)]
+    return [str(name) for name in names.value.get_values_for_type(kind)]  # type: ignore[arg-type]
+
+
+def _emails(certificate: x509.Certificate) -> list[str]:
+    return _alternativeNames(certificate, x509.RFC822Name)
 
 
 def _dnsNames(certificate: x509.Certificate) -> list[str]:
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [str(d) for d in names.value.get_values_for_type(x509.DNSName)]
+    return _alternativeNames(certificate, x509.DNSName)
 
 
 def _sameAddress(a: str, b: str) -> bool:

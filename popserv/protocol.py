@@ -217,33 +217,26 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             return
         if line.endswith(b"\r"):
             line = line[:-1]
-        if self._sasl is not None:
-            try:
-                result = self._saslResponse(line)
-            except POP3Error as e:
-                self._endSASL()
-                self._send(replies.err(e.text, e.code))
-                return
-            if result is not None:
-                self._busy = True
-                result.addErrback(self._serverFault)
-                result.addBoth(self._commandDone)
-            return
         try:
-            keyword, rest = splitKeyword(line)
-            if keyword not in LEGAL[self.state]:
-                if keyword in _LOGIN_COMMANDS:
-                    raise CommandError("Already logged in")
-                raise CommandError("Command not valid in this state")
-            command = parseArguments(keyword, rest)
-            result = self._handlers[keyword](self, command)
+            # In a SASL exchange every line is the client's response.
+            result = self._saslResponse(line) if self._sasl is not None else self._command(line)
         except POP3Error as e:
+            self._endSASL()
             self._send(replies.err(e.text, e.code))
             return
         if result is not None:
+            # Later lines wait in the queue until this answer is complete.
             self._busy = True
             result.addErrback(self._serverFault)
             result.addBoth(self._commandDone)
+
+    def _command(self, line: bytes) -> Deferred[Any] | None:
+        keyword, rest = splitKeyword(line)
+        if keyword not in LEGAL[self.state]:
+            if keyword in _LOGIN_COMMANDS:
+                raise CommandError("Already logged in")
+            raise CommandError("Command not valid in this state")
+        return self._handlers[keyword](self, parseArguments(keyword, rest))
 
     def _commandDone(self, _: object) -> None:
         self._busy = False

@@ -49,6 +49,7 @@ from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
+from popserv.limits import ConnectionCounter, Limits, PenaltyBox
 from popserv.policy import SitePolicy
 from popserv.realm import LoginMind
 from popserv.sasl import (
@@ -139,12 +140,26 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self.utf8 = False
         self.user: str | None = None
         self._retrieved: set[int] = set()
+        self.address = ""
+        self._counted = False
+        self._authFailures = 0
+        self._badCommands = 0
 
     # Connection events
 
     def connectionMade(self) -> None:
+        self.address = _addressOf(self.transport.getPeer())
+        refusal = self.factory.connections.admit(self.address)
+        if refusal is not None:
+            self.state = State.UPDATE
+            self._send(replies.err(refusal, "SYS/TEMP"))
+            self.transport.loseConnection()
+            return
+        self._counted = True
         _setNoDelay(self.transport)
-        self.setTimeout(self.factory.timeout)
+        # Before login a client gets little time; the RFC 1939 ten-minute
+        # autologout is for logged-in sessions.
+        self.setTimeout(self.factory.limits.loginTimeout)
         greeting = "POP3 server ready"
         if self.factory.apopEnabled():
             self.challenge = makeChallenge()
@@ -154,6 +169,9 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._counted:
+            self._counted = False
+            self.factory.connections.release(self.address)
         self._queue.clear()
         if self._transfer is not None:
             self._transfer.stopProducing()
@@ -223,6 +241,13 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         except POP3Error as e:
             self._endSASL()
             self._send(replies.err(e.text, e.code))
+            if isinstance(e, CommandError):
+                self._badCommands += 1
+                if self._badCommands >= self.factory.limits.maxBadCommands:
+                    self._send(replies.err("Too many bad commands"))
+                    self.state = State.UPDATE
+                    self._queue.clear()
+                    self.transport.loseConnection()
             return
         if result is not None:
             # Later lines wait in the queue until this answer is complete.
@@ -593,24 +618,57 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             return
         self._transaction = Transaction(messages)
         self.state = State.TRANSACTION
+        self.setTimeout(self.factory.timeout)
+        self.factory.penalties.succeeded(self.address)
         count, octets = self._transaction.stat()
         self._send(replies.ok(f"Logged in, {count} messages ({octets} octets)"))
 
-    def _loginFailed(self, failure: Failure) -> None:
+    def _loginFailed(self, failure: Failure) -> Any:
         self._release()
         self._endSASL()
         self.user = None
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
-            self._send(replies.err("Authentication failed", "AUTH"))
-            return
+            return self._authFailed()
         error = failure.check(POP3Error)
         if error is not None:
             e = failure.value
             assert isinstance(e, POP3Error)
             self._send(replies.err(e.text, e.code))
-            return
+            return None
         self._log.failure("Login failed with a server fault", failure)
         self._send(replies.err("Login failed, try again later", "SYS/TEMP"))
+        return None
+
+    def _authFailed(self) -> Deferred[None] | None:
+        """
+        Answer a failed login after the address's penalty (without blocking
+        anyone: commands from this client wait in its queue), and close the
+        session after too many failures.
+        """
+        self._authFailures += 1
+        delay = self.factory.penalties.failed(self.address)
+        last = self._authFailures >= self.factory.limits.maxAuthFailures
+
+        def answer(_: object = None) -> None:
+            self._send(replies.err("Authentication failed", "AUTH"))
+            if last and not self._lost:
+                self.state = State.UPDATE
+                self._queue.clear()
+                self.transport.loseConnection()
+
+        if delay <= 0:
+            answer()
+            return None
+        from twisted.internet.task import deferLater
+
+        return deferLater(self._clock(), delay, answer)
+
+    def _clock(self) -> IReactorTime:
+        if self.factory.clock is not None:
+            return self.factory.clock
+        from twisted.internet import reactor
+
+        return reactor
 
     def _release(self) -> None:
         logout, self._logout = self._logout, None
@@ -686,6 +744,9 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             if self._lost:
                 reader.close()
                 return False
+            # While sending, the timer measures the client's reading: a
+            # transfer that makes no progress ends at the stall timeout.
+            self.setTimeout(self.factory.limits.stallTimeout)
             self._transfer = MessageTransfer(
                 self.transport,
                 reader,
@@ -706,6 +767,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
     def _transferDone(self, _: None) -> bool:
         self._transfer = None
+        self.setTimeout(self.factory.timeout)
         return True
 
     def _doDELE(self, command: Command) -> None:
@@ -814,6 +876,15 @@ def _closing(reader: IMessageReader) -> Callable[[Any], Any]:
     return close
 
 
+def _addressOf(peer: IAddress) -> str:
+    """
+    The source address limits and penalties count by: the IP address, or
+    "unix" for a UNIX socket.
+    """
+    host = getattr(peer, "host", None)
+    return host if isinstance(host, str) else "unix"
+
+
 def _decodeBase64(data: bytes) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
@@ -852,6 +923,7 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         mechanisms: Sequence[IMechanismFactory] | None = None,
         implementation: str = f"popserv {__version__}",
         policy: SitePolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """
         @param portal: authenticates logins and yields maildrops.
@@ -869,6 +941,8 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         @param implementation: the IMPLEMENTATION capability's text.
         @param policy: LOGIN-DELAY and EXPIRE (RFC 2449); by default neither
             is announced nor enforced.
+        @param limits: abuse resistance (failed-login penalty, connection
+            limits, login and stall timeouts); safe defaults if L{None}.
         """
         self.portal = portal
         self.timeout = timeout
@@ -882,6 +956,12 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         self.mechanisms = list(mechanisms)
         self.implementation = implementation
         self.policy = policy if policy is not None else SitePolicy()
+        self.limits = limits if limits is not None else Limits()
+        clockFunction = clock.seconds if clock is not None else None
+        self.penalties = (
+            PenaltyBox(self.limits, clockFunction) if clockFunction else PenaltyBox(self.limits)
+        )
+        self.connections = ConnectionCounter(self.limits)
 
     def apopEnabled(self) -> bool:
         """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -27,6 +28,7 @@ from popserv.certauth import ICertificateCredentials
 from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS
 from popserv.errors import StoreConfigError
+from popserv.limits import Limits
 from popserv.mailstores import findStoreFactories, makeStore
 from popserv.policy import (
     DirectoryHistory,
@@ -45,17 +47,36 @@ from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
 DEFAULT_LISTEN = "tcp:110"
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"--timeout takes a number of seconds, not {value!r}") from None
-    if not seconds < float("inf"):
-        raise ValueError(f"--timeout takes a number of seconds, not {value!r}")
-    return seconds
+def _seconds(option: str) -> Callable[[str], float]:
+    """
+    A coercer for an option taking seconds, naming the option in its error.
+    """
+
+    def coerce(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"--{option} takes a number of seconds, not {value!r}")
+        return seconds
+
+    coerce.coerceDoc = "A number of seconds."  # type: ignore[attr-defined]
+    return coerce
 
 
-_seconds.coerceDoc = "A number of seconds."  # type: ignore[attr-defined]
+def _count(option: str) -> Callable[[str], int]:
+    """
+    A coercer for an option taking a whole number from 1.
+    """
+
+    def coerce(value: str) -> int:
+        if not (value.isdigit() and 0 < int(value) < 10**7):
+            raise ValueError(f"--{option} takes a whole number from 1, not {value!r}")
+        return int(value)
+
+    coerce.coerceDoc = "A whole number."  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -125,11 +146,47 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "in memory if not given.",
         ],
         [
+            "login-timeout",
+            None,
+            Limits.loginTimeout,
+            "Seconds a client has to log in.",
+            _seconds("login-timeout"),
+        ],
+        [
+            "stall-timeout",
+            None,
+            Limits.stallTimeout,
+            "Seconds a message transfer may wait for a client that does not read.",
+            _seconds("stall-timeout"),
+        ],
+        [
+            "max-connections",
+            None,
+            Limits.maxConnections,
+            "Connections served at once; more are refused with -ERR [SYS/TEMP].",
+            _count("max-connections"),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            Limits.maxConnectionsPerAddress,
+            "Connections one client address may have at once.",
+            _count("max-connections-per-address"),
+        ],
+        [
+            "max-auth-failures",
+            None,
+            Limits.maxAuthFailures,
+            "Failed logins after which a session is closed (each failure's reply "
+            "from an address also waits 2 s, doubling to 15 s).",
+            _count("max-auth-failures"),
+        ],
+        [
             "timeout",
             None,
             DEFAULT_TIMEOUT,
             "Autologout timer in seconds; at least 600 (RFC 1939 section 3).",
-            _seconds,
+            _seconds("timeout"),
         ],
     ]
 
@@ -293,6 +350,13 @@ def makeService(options: Options) -> IService:
         tls=options["tls"],
         allowCleartext=bool(options["allow-cleartext"]),
         policy=options["policy"],
+        limits=Limits(
+            loginTimeout=options["login-timeout"],
+            stallTimeout=options["stall-timeout"],
+            maxConnections=options["max-connections"],
+            maxConnectionsPerAddress=options["max-connections-per-address"],
+            maxAuthFailures=options["max-auth-failures"],
+        ),
     )
     top = MultiService()
     certificates = [options["tls"]] if options["tls"] is not None else []

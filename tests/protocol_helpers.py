@@ -92,6 +92,7 @@ class Session:
         timeout: float = 600,
         transport: StringTransport | None = None,
         peer: str = "127.0.0.1",
+        factory: POP3ServerFactory | None = None,
         **factoryOptions: Any,
     ) -> None:
         self.memory = MemoryStore()
@@ -101,11 +102,18 @@ class Session:
             for name, password in (users or {b"alice": b"secret"}).items():
                 checker.addUser(name, password)
             checkers = [checker]
-        self.clock = clock or Clock()
-        self.portal = Portal(MaildropRealm(self.store), checkers)
-        self.factory = POP3ServerFactory(
-            self.portal, timeout=timeout, clock=self.clock, **factoryOptions
-        )
+        if factory is not None:
+            # Another connection to the same server (shared limits, store).
+            self.factory = factory
+            self.clock = factory.clock
+            self.portal = factory.portal
+            self.store = self.portal.realm.store
+        else:
+            self.clock = clock or Clock()
+            self.portal = Portal(MaildropRealm(self.store), checkers)
+            self.factory = POP3ServerFactory(
+                self.portal, timeout=timeout, clock=self.clock, **factoryOptions
+            )
         self.protocol: POP3Protocol = self.factory.buildProtocol(None)
         if transport is None:
             transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 54321))

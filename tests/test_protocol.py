@@ -88,7 +88,9 @@ class TestGreetingAndLogin:
         """
         s = session()
         assert s.login(password=b"wrong") == b"-ERR [AUTH] Authentication failed\r\n"
-        assert s.login(user=b"nobody") == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.login(user=b"nobody") == b""  # the penalty: see test_limits
+        s.clock.advance(2)
+        assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
         assert s.login().startswith(b"+OK Logged in")
 
     def test_passWithoutUser(self) -> None:
@@ -380,9 +382,10 @@ class TestTimeout:
 
     def test_configurable(self) -> None:
         """
-        The timer length is the factory's timeout.
+        The autologout timer after login is the factory's timeout.
         """
         s = session(timeout=1800)
+        s.login()
         s.clock.advance(1799)
         assert not s.transport.disconnecting
         s.clock.advance(1)

@@ -271,3 +271,39 @@ def test_policyOptions(tmp_path: Path) -> None:
     assert policy.loginDelay().value == 900
     assert policy.expire("alice").value == "NEVER"
     assert policy.expire("bob").value == 30
+
+
+def test_limitOptions() -> None:
+    """
+    The abuse-resistance options reach the factory's limits; the defaults
+    are the safe ones.
+    """
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    limits = next(iter(makeService(parse(*base)))).factory.limits
+    assert (limits.loginTimeout, limits.maxAuthFailures, limits.maxConnectionsPerAddress) == (
+        60,
+        3,
+        20,
+    )
+    options = parse(
+        *base,
+        "--login-timeout",
+        "30",
+        "--stall-timeout",
+        "120",
+        "--max-connections",
+        "50",
+        "--max-connections-per-address",
+        "5",
+        "--max-auth-failures",
+        "2",
+    )
+    limits = next(iter(makeService(options))).factory.limits
+    assert (
+        limits.loginTimeout,
+        limits.stallTimeout,
+        limits.maxConnections,
+        limits.maxConnectionsPerAddress,
+        limits.maxAuthFailures,
+    ) == (30, 120, 50, 5, 2)
+    assert "--max-connections" in error(*base, "--max-connections", "0")

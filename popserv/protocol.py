@@ -40,8 +40,9 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from popserv import replies
+from popserv import audit, replies
 from popserv._version import __version__
+from popserv.audit import SessionRecord
 from popserv.capabilities import Facts, capabilities
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
 from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
@@ -144,13 +145,17 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._counted = False
         self._authFailures = 0
         self._badCommands = 0
+        self._attempt = ("", "-")
+        self._lastSent = 0
 
     # Connection events
 
     def connectionMade(self) -> None:
         self.address = _addressOf(self.transport.getPeer())
+        self.record = SessionRecord(ip=self.address, started=self._clock().seconds())
         refusal = self.factory.connections.admit(self.address)
         if refusal is not None:
+            self.record.reason = "too-many-connections"
             self.state = State.UPDATE
             self._send(replies.err(refusal, "SYS/TEMP"))
             self.transport.loseConnection()
@@ -169,6 +174,9 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._transaction is not None:
+            self.record.left, self.record.leftBytes = self._transaction.stat()
+        self.record.end(self._clock().seconds())
         if self._counted:
             self._counted = False
             self.factory.connections.release(self.address)
@@ -187,6 +195,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         # UPDATE; close "without removing any messages or sending any
         # response".  Abort rather than lose: a client that stopped reading
         # would otherwise keep the connection open by not draining the buffer.
+        self.record.reason = "stalled" if self._transfer is not None else "timeout"
         self._log.info("Autologout timer expired; closing")
         self.transport.abortConnection()
 
@@ -229,6 +238,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
     def _run(self, line: bytes) -> None:
         if line is _LINE_TOO_LONG:
+            self.record.reason = "line-too-long"
             self._send(replies.err("Line too long"))
             self.state = State.UPDATE
             self.transport.loseConnection()
@@ -244,6 +254,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             if isinstance(e, CommandError):
                 self._badCommands += 1
                 if self._badCommands >= self.factory.limits.maxBadCommands:
+                    self.record.reason = "bad-commands"
                     self._send(replies.err("Too many bad commands"))
                     self.state = State.UPDATE
                     self._queue.clear()
@@ -468,7 +479,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             if isinstance(step, Challenge):
                 self._send(b"+ " + base64.b64encode(step.data) + b"\r\n")
                 return None
-            return self._login(step.credentials, mechanism)
+            assert mechanism is not None
+            return self._login(step.credentials, mechanism, mechanism.name)
 
         def refused(failure: Failure) -> None:
             failure.trap(SASLError)
@@ -500,7 +512,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         (password,) = command.args
         assert isinstance(password, bytes)
         user, self._user = self._user, None
-        return self._login(UsernamePassword(user, password))
+        return self._login(UsernamePassword(user, password), mechanismName="USER")
 
     def _doAPOP(self, command: Command) -> Deferred[None] | None:
         if self.challenge is None:
@@ -510,11 +522,15 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         if len(digest) != 32 or not _isHex(digest):
             raise CommandError("Syntax: APOP name digest (32 hex digits)")
         self._user = None
-        return self._login(APOPCredentials(self.challenge, name, digest))
+        return self._login(APOPCredentials(self.challenge, name, digest), mechanismName="APOP")
 
     def _login(
-        self, credentials: ICredentials, mechanism: IMechanism | None = None
+        self,
+        credentials: ICredentials,
+        mechanism: IMechanism | None = None,
+        mechanismName: str = "-",
     ) -> Deferred[Any]:
+        self._attempt = (_bytesName(getattr(credentials, "username", b"")), mechanismName)
         mind = LoginMind()
         d: Deferred[Any] = self.factory.portal.login(credentials, mind, IMaildrop)
         d.addCallback(self._loggedIn, mechanism, mind)
@@ -618,6 +634,11 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             return
         self._transaction = Transaction(messages)
         self.state = State.TRANSACTION
+        self.record.user = self.user or ""
+        self.record.mechanism = self._attempt[1]
+        connection = self._tlsConnection()
+        if connection is not None:
+            self.record.tls = connection.get_protocol_version_name()
         self.setTimeout(self.factory.timeout)
         self.factory.penalties.succeeded(self.address)
         count, octets = self._transaction.stat()
@@ -645,6 +666,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         anyone: commands from this client wait in its queue), and close the
         session after too many failures.
         """
+        audit.authFailed(self._attempt[0], self.address, self._attempt[1])
         self._authFailures += 1
         delay = self.factory.penalties.failed(self.address)
         last = self._authFailures >= self.factory.limits.maxAuthFailures
@@ -652,6 +674,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         def answer(_: object = None) -> None:
             self._send(replies.err("Authentication failed", "AUTH"))
             if last and not self._lost:
+                self.record.reason = "auth-failures"
                 self.state = State.UPDATE
                 self._queue.clear()
                 self.transport.loseConnection()
@@ -722,6 +745,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             # For EXPIRE: a message counts as retrieved once RETR sent it all.
             if complete:
                 self._retrieved.add(index)
+                self.record.retr += 1
+                self.record.retrBytes += size
 
         return d.addCallback(retrieved)
 
@@ -729,7 +754,15 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         number, lines = command.args
         assert isinstance(number, int) and isinstance(lines, int)
         self._txn().info(number)
-        return self._send_message(number, replies.ok("Top of message follows"), lines)
+        d = self._send_message(number, replies.ok("Top of message follows"), lines)
+
+        def sent(complete: bool) -> bool:
+            if complete:
+                self.record.top += 1
+                self.record.topBytes += self._lastSent
+            return complete
+
+        return d.addCallback(sent)
 
     def _send_message(self, number: int, status: bytes, bodyLines: int | None) -> Deferred[bool]:
         """
@@ -766,6 +799,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         return d.addCallbacks(opened, unavailable)
 
     def _transferDone(self, _: None) -> bool:
+        if self._transfer is not None:
+            self._lastSent = self._transfer.sent
         self._transfer = None
         self.setTimeout(self.factory.timeout)
         return True
@@ -788,6 +823,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     # QUIT, and the UPDATE state (RFC 1939 section 6)
 
     def _doQUIT(self, command: Command) -> Deferred[None] | None:
+        self.record.reason = "quit"
         if self.state is State.AUTHORIZATION:
             self.state = State.UPDATE
             self._send(replies.ok("Bye"))
@@ -816,6 +852,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._deleting = d
 
         def deleted(_: None) -> None:
+            self.record.dele = len(indexes)
             self._send(replies.ok(f"Bye, {len(indexes)} deleted, {left} left"))
 
         def failed(failure: Failure) -> None:
@@ -874,6 +911,12 @@ def _closing(reader: IMessageReader) -> Callable[[Any], Any]:
         return result
 
     return close
+
+
+def _bytesName(name: object) -> str:
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "surrogateescape")
+    return name if isinstance(name, str) else ""
 
 
 def _addressOf(peer: IAddress) -> str:

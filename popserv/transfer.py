@@ -67,6 +67,8 @@ class MessageTransfer:
         self._reading = False
         self._pumping = False
         self._finished = False
+        #: Octets written so far, the status line included.
+        self.sent = 0
         self.deferred: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
@@ -123,6 +125,7 @@ class MessageTransfer:
             data = self._pending + data
             self._pending = b""
         if data:
+            self.sent += len(data)
             self._transport.write(data)
 
     def _end(self, result: Failure | None) -> None:

@@ -1,0 +1,148 @@
+"""
+Tests for the audit trail (popserv.audit), the fail2ban filter shipped in
+contrib/, and the JSON log observer (popserv.logs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from protocol_helpers import Session
+from twisted.logger import formatEvent, globalLogPublisher
+
+from popserv.audit import safe
+
+FILTER = Path(__file__).parent.parent / "contrib" / "fail2ban" / "filter.d" / "popserv.conf"
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    caught: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "popserv.audit":
+            caught.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield caught
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def failregex() -> re.Pattern[str]:
+    """
+    The filter's failregex with fail2ban's <HOST> made a named group.
+    """
+    text = FILTER.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("failregex"))
+    pattern = line.split("=", 1)[1].strip().replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)")
+    return re.compile(pattern)
+
+
+def test_authFailureLine(events: list[dict[str, Any]]) -> None:
+    """
+    A failed login logs one line with the user, the client's address and
+    the mechanism, which the shipped fail2ban filter matches, host and all.
+    """
+    s = Session(peer="127.0.0.9")
+    s.login(password=b"wrong")
+    s.command(b"AUTH PLAIN AGFsaWNlAG5vcGU=")
+    s.clock.advance(2)
+    lines = [formatEvent(e) for e in events]
+    assert lines == [
+        "popserv auth-failed: user=alice ip=127.0.0.9 mechanism=USER",
+        "popserv auth-failed: user=alice ip=127.0.0.9 mechanism=PLAIN",
+    ]
+    for line in lines:
+        match = failregex().search("2026-11-22T10:00:00+0000 [popserv.audit#warn] " + line)
+        assert match is not None and match.group("host") == "127.0.0.9"
+
+
+def test_hostileUserNames() -> None:
+    """
+    User names are logged as one token: spaces, controls, '%' and
+    non-ASCII become %XX, so a name cannot forge another field or line.
+    """
+    assert safe("a b") == "a%20b"
+    assert safe("x ip=1.2.3.4\nfake") == "x%20ip=1.2.3.4%0Afake"
+    assert safe("j\u00fcrgen") == "j%C3%BCrgen"
+    assert safe("") == "-"
+
+
+def test_sessionEnd(events: list[dict[str, Any]]) -> None:
+    """
+    Every session ends with one event giving who, how, what was done and
+    why it ended.
+    """
+    s = Session()
+    s.memory.deliver("alice", b"Subject: a\r\n\r\nbody\r\n")
+    s.memory.deliver("alice", b"Subject: b\r\n\r\nbody two\r\n")
+    s.login()
+    s.command(b"RETR 1")
+    s.command(b"TOP 2 0")
+    s.command(b"DELE 1")
+    s.command(b"QUIT")
+    s.protocol.connectionLost(None)
+    (event,) = [e for e in events if "session" in e["log_format"]]
+    assert event["user"] == "alice"
+    assert event["ip"] == "127.0.0.1"
+    assert event["mechanism"] == "USER"
+    assert (event["retr"], event["retrBytes"], event["top"], event["dele"]) == (1, 20, 1, 1)
+    assert event["topBytes"] == len(b"+OK Top of message follows\r\nSubject: b\r\n\r\n.\r\n")
+    assert (event["left"], event["leftBytes"]) == (1, 24)
+    assert event["reason"] == "quit"
+    assert formatEvent(event).startswith(
+        "popserv session: user=alice ip=127.0.0.1 tls=- mechanism=USER retr=1/20 top=1/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("act", "reason"),
+    [
+        (lambda s: s.protocol.connectionLost(None), "disconnected"),
+        (lambda s: (s.clock.advance(600), s.protocol.connectionLost(None)), "timeout"),
+        (
+            lambda s: (s.send(b"NOOP " + b"x" * 300 + b"\r\n"), s.protocol.connectionLost(None)),
+            "line-too-long",
+        ),
+    ],
+)
+def test_endReasons(events: list[dict[str, Any]], act: Any, reason: str) -> None:
+    """
+    The session event says why the session ended.
+    """
+    s = Session()
+    s.login()
+    act(s)
+    (event,) = [e for e in events if "session" in e["log_format"]]
+    assert event["reason"] == reason
+
+
+def test_jsonObserver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    popserv.logs.json writes each event as one JSON object per line, the
+    audit fields as keys.
+    """
+    from twisted.logger import Logger
+
+    import popserv.logs
+
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    observer = popserv.logs.json()
+    log = Logger(namespace="popserv.audit", observer=observer)
+    log.warn(
+        "popserv auth-failed: user={user} ip={ip} mechanism={mechanism}",
+        user="alice",
+        ip="192.0.2.1",
+        mechanism="PLAIN",
+    )
+    record = json.loads(out.getvalue().strip())
+    assert (record["user"], record["ip"], record["mechanism"]) == ("alice", "192.0.2.1", "PLAIN")

@@ -28,6 +28,7 @@ PAGES = [
     "tls",
     "authentication",
     "capabilities",
+    "security",
     "protocol",
     "embedding",
     "extending",

@@ -41,3 +41,42 @@ class ClientCertificateCheckerFactory:
 
 
 clientCertificateCheckerFactory = ClientCertificateCheckerFactory()
+
+
+@implementer(ICheckerFactory, IPlugin)
+class PasswdFileCheckerFactory:
+    """
+    C{--auth passwd-file:PATH}: users and password hashes in Dovecot's
+    passwd-file format (L{popserv.passwdfile}).
+    """
+
+    authType = "passwd-file"
+    authHelp = (
+        "Users and password hashes in Dovecot's passwd-file format "
+        "(user:{SCHEME}hash[:...]), re-read when the file changes. Schemes: "
+        "ARGON2ID, BLF-CRYPT, SHA512-CRYPT, SHA256-CRYPT, SSHA512, "
+        "SCRAM-SHA-256, CRAM-MD5, PLAIN. Manage it with 'popserv passwd'."
+    )
+    argStringFormat = "passwd-file:PATH"
+
+    @property
+    def credentialInterfaces(self) -> tuple[Any, ...]:
+        from popserv.passwdfile import PasswdFileChecker
+
+        return PasswdFileChecker.credentialInterfaces
+
+    def generateChecker(self, argstring: str = "") -> Any:
+        """
+        A checker reading C{argstring}, the file's path.
+
+        @raise ValueError: no path was given.
+        @raise popserv.passwdfile.PasswdFileError: the file cannot be read.
+        """
+        from popserv.passwdfile import PasswdFileChecker
+
+        if not argstring:
+            raise ValueError("passwd-file needs a path: --auth passwd-file:PATH")
+        return PasswdFileChecker(argstring)
+
+
+passwdFileCheckerFactory = PasswdFileCheckerFactory()

@@ -5,7 +5,7 @@ kinds.  Kept tiny; twistd imports every dropin whenever it scans.
 
 from twisted.application.service import ServiceMaker
 
-from popserv.checkers import clientCertificateCheckerFactory
+from popserv.checkers import clientCertificateCheckerFactory, passwdFileCheckerFactory
 from popserv.mailstores import maildirStoreFactory, memoryStoreFactory
 
 popserv = ServiceMaker(
@@ -19,5 +19,6 @@ __all__ = [
     "clientCertificateCheckerFactory",
     "maildirStoreFactory",
     "memoryStoreFactory",
+    "passwdFileCheckerFactory",
     "popserv",
 ]

@@ -1,0 +1,388 @@
+"""
+The C{popserv} administration command::
+
+    popserv passwd add FILE USER [--scheme S] [--password-stdin]
+    popserv passwd change FILE USER [--scheme S] [--password-stdin]
+    popserv passwd remove FILE USER
+    popserv passwd list FILE
+    popserv hash [--scheme S] [--password-stdin]
+    popserv check -- TWISTD-POPSERV-OPTIONS...
+
+Passwords are never taken from the command line (where C{ps} and shell
+histories would show them): they are asked twice on the terminal, or read
+as one line from standard input with C{--password-stdin}.
+
+Edits of a password file are atomic (a new file is written, flushed to
+disk and renamed over the old one, with its mode and owner) and leave
+every other line as it was, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import getpass
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from popserv.passwdfile import (
+    DEFAULT_SCHEME,
+    GENERATED_SCHEMES,
+    BadEntry,
+    hashPassword,
+    parseLine,
+)
+
+
+class AdminError(Exception):
+    """
+    A mistake of the operator: the message is printed, the exit code is 1.
+    """
+
+
+def _fail(message: str) -> NoReturn:
+    raise AdminError(message)
+
+
+def readPassword(fromStdin: bool) -> str:
+    """
+    A new password: one line of standard input, or asked twice on the
+    terminal.
+
+    @raise AdminError: the password is empty, the two differ, or there is
+        no terminal to ask on.
+    """
+    if fromStdin:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    else:
+        if not sys.stdin.isatty():
+            _fail("no terminal to ask for the password on; use --password-stdin")
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Retype new password: ") != password:
+            _fail("the passwords differ")
+    if not password:
+        _fail("empty password")
+    return password
+
+
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """
+    The lines of C{data}, each with its line end.
+    """
+    return _LINE.findall(data)
+
+
+def _userOf(line: bytes) -> bytes | None:
+    body = line.rstrip(b"\r\n")
+    if not body.strip() or body.lstrip().startswith(b"#"):
+        return None
+    return body.partition(b":")[0]
+
+
+def _checkUsername(user: str) -> bytes:
+    name = user.encode("utf-8")
+    if not name or re.search(rb"[:\r\n]", name) or name.lstrip().startswith(b"#"):
+        _fail(f"invalid user name {user!r}: it cannot be empty, hold ':' or start with '#'")
+    return name
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _fail(f"{path}: {e.strerror}")
+
+
+def writeAtomically(path: str, data: bytes) -> None:
+    """
+    Replace C{path} with C{data}: a temporary file in the same directory is
+    written, flushed to disk, given the old file's mode and owner (0600 and
+    the current user for a new file), then renamed over it.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".popserv-passwd.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), old.st_mode & 0o7777 if old else 0o600)
+            if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+                except PermissionError:
+                    _fail(f"{path}: cannot keep its owner (run as its owner or root)")
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    dirfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def _find(lines: list[bytes], name: bytes) -> int | None:
+    for index, line in enumerate(lines):
+        if _userOf(line) == name:
+            return index
+    return None
+
+
+def passwdAdd(path: str, user: str, field: str) -> None:
+    """
+    Add C{user} with password field C{field}; the file is made (mode 0600)
+    if it does not exist.
+
+    @raise AdminError: the user is already there.
+    """
+    name = _checkUsername(user)
+    data = _read(path) or b""
+    lines = _lines(data)
+    if _find(lines, name) is not None:
+        _fail(f"{path}: user {user} already exists (use 'popserv passwd change')")
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    writeAtomically(path, data + name + b":" + field.encode("utf-8") + b"\n")
+
+
+def passwdChange(path: str, user: str, field: str) -> None:
+    """
+    Give C{user} the password field C{field}, keeping the fields after it.
+
+    @raise AdminError: the file or the user does not exist.
+    """
+    name = _checkUsername(user)
+    data = _read(path)
+    if data is None:
+        _fail(f"{path}: no such file")
+    lines = _lines(data)
+    index = _find(lines, name)
+    if index is None:
+        _fail(f"{path}: no user {user}")
+    line = lines[index]
+    body = line.rstrip(b"\r\n")
+    end = line[len(body) :]
+    _, _, rest = body.partition(b":")
+    _, colon, extra = rest.partition(b":")
+    lines[index] = name + b":" + field.encode("utf-8") + colon + extra + end
+    writeAtomically(path, b"".join(lines))
+
+
+def passwdRemove(path: str, user: str) -> None:
+    """
+    Remove C{user}'s line.
+
+    @raise AdminError: the file or the user does not exist.
+    """
+    name = _checkUsername(user)
+    data = _read(path)
+    if data is None:
+        _fail(f"{path}: no such file")
+    lines = _lines(data)
+    index = _find(lines, name)
+    if index is None:
+        _fail(f"{path}: no user {user}")
+    del lines[index]
+    writeAtomically(path, b"".join(lines))
+
+
+def passwdList(path: str) -> list[tuple[str, str]]:
+    """
+    The users of the file and their schemes, in file order; broken lines
+    are reported on standard error.
+    """
+    data = _read(path)
+    if data is None:
+        _fail(f"{path}: no such file")
+    users = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        try:
+            entry = parseLine(line.removesuffix(b"\r"), number)
+        except BadEntry as e:
+            print(f"{path}, line {number}: {e}", file=sys.stderr)
+            continue
+        if entry is not None:
+            users.append((entry.username.decode("utf-8", "replace"), entry.scheme))
+    return users
+
+
+def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
+    """
+    What a parsed L{popserv.tap.Options} would serve, as lines of text.
+    """
+    from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+
+    from popserv.certauth import ICertificateCredentials
+    from popserv.scram import IScramSHA256Credentials
+
+    kinds = {
+        IUsernamePassword: "passwords in clear (USER/PASS, PLAIN, LOGIN)",
+        IUsernameHashedPassword: "plaintext-knowing (APOP, CRAM-MD5, SCRAM)",
+        IScramSHA256Credentials: "SCRAM keys (SCRAM-SHA-256)",
+        ICertificateCredentials: "client certificates (EXTERNAL)",
+    }
+    lines = []
+    for description, (_, tls) in zip(options["listen"], options["endpoints"], strict=True):
+        if tls is not None:
+            how = "implicit TLS"
+        elif options["tls"] is not None:
+            how = "STLS available"
+        else:
+            how = "no TLS"
+        lines.append(f"listen: {description} ({how})")
+    for description, checker in zip(authDescriptions, options["credCheckers"], strict=False):
+        accepted = ", ".join(kinds.get(i, repr(i)) for i in checker.credentialInterfaces)
+        lines.append(f"auth: {description.split(':', 1)[0]}: {accepted}")
+    lines.append(f"mailstore: {options['mailstore']}")
+    policy = options["policy"]
+    defaults = policy.defaults
+    lines.append(
+        "policy: login-delay "
+        + ("none" if defaults.loginDelay is None else f"{defaults.loginDelay} s")
+        + ", expire "
+        + ("not announced" if defaults.expire is None else str(defaults.expire))
+        + f", {len(policy.users)} per-user entries"
+        + (f", state in {options['state-dir']}" if options["state-dir"] else "")
+    )
+    lines.append(f"timeout: {options['timeout']:g} s")
+    lines.append(
+        "cleartext on insecure connections: "
+        + ("allowed" if options["allow-cleartext"] else "refused")
+    )
+    return lines
+
+
+def check(arguments: Sequence[str]) -> list[str]:
+    """
+    Parse C{twistd popserv} options and say what would be served.
+
+    @raise AdminError: the options are wrong (the one-line error).
+    """
+    from popserv.tap import Options
+
+    authDescriptions: list[str] = []
+
+    class CheckOptions(Options):
+        def opt_auth(self, description: str) -> None:
+            super().opt_auth(description)
+            authDescriptions.append(description)
+
+    options = CheckOptions()
+    try:
+        options.parseOptions(list(arguments))
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        _fail(str(e.code).removeprefix("popserv: error: "))
+    return describe(options, authDescriptions)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popserv", description="Administer popserv.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    schemes = argparse.ArgumentParser(add_help=False)
+    schemes.add_argument(
+        "--scheme",
+        default=DEFAULT_SCHEME,
+        type=str.upper,
+        choices=GENERATED_SCHEMES,
+        help=f"password scheme (default {DEFAULT_SCHEME})",
+    )
+    schemes.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password as one line from standard input",
+    )
+
+    passwd = commands.add_parser("passwd", help="edit a Dovecot passwd-file")
+    actions = passwd.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a user"), ("change", "change a user's password")):
+        sub = actions.add_parser(action, help=text, parents=[schemes])
+        sub.add_argument("file")
+        sub.add_argument("user")
+    remove = actions.add_parser("remove", help="remove a user")
+    remove.add_argument("file")
+    remove.add_argument("user")
+    listing = actions.add_parser("list", help="list users and their schemes")
+    listing.add_argument("file")
+
+    commands.add_parser("hash", help="print a {SCHEME} password field", parents=[schemes])
+
+    checking = commands.add_parser(
+        "check", help="check twistd popserv options and say what would be served"
+    )
+    checking.add_argument("options", nargs=argparse.REMAINDER, help="-- then the options")
+    return parser
+
+
+def _run(arguments: argparse.Namespace) -> None:
+    if arguments.command == "hash":
+        print(hashPassword(readPassword(arguments.password_stdin), arguments.scheme))
+    elif arguments.command == "check":
+        options = list(arguments.options)
+        if options[:1] == ["--"]:
+            options = options[1:]
+        for line in check(options):
+            print(line)
+    elif arguments.action == "list":
+        for user, scheme in passwdList(arguments.file):
+            print(f"{user} {scheme}")
+    elif arguments.action == "remove":
+        passwdRemove(arguments.file, arguments.user)
+    else:
+        _checkUsername(arguments.user)
+        if arguments.action == "change" and _read(arguments.file) is None:
+            _fail(f"{arguments.file}: no such file")
+        field = _hash(readPassword(arguments.password_stdin), arguments.scheme)
+        edit = passwdAdd if arguments.action == "add" else passwdChange
+        edit(arguments.file, arguments.user, field)
+
+
+def _hash(password: str, scheme: str) -> str:
+    try:
+        return hashPassword(password, scheme)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the command; the exit code: 0, 1 for an error (printed as one
+    line), 2 for a usage error.
+    """
+    arguments = _parser().parse_args(argv)
+    try:
+        _run(arguments)
+    except AdminError as e:
+        print(f"popserv: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            return 1
+        print(f"popserv: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

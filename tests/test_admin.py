@@ -1,0 +1,190 @@
+"""
+Tests for popserv.admin: the popserv administration command.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from popserv import admin
+from popserv.admin import main
+from popserv.passwdfile import parsePasswdFile, splitScheme, verifyPassword
+
+
+def run(monkeypatch: Any, capsys: Any, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def verifies(path: Path, user: bytes, password: str) -> bool:
+    entry = parsePasswdFile(path.read_bytes())[0][user]
+    return verifyPassword(entry.scheme, entry.stored, password)
+
+
+class TestPasswd:
+    def test_addCreatesPrivateFile(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        add makes a missing file with mode 0600 and an ARGON2ID entry.
+        """
+        path = tmp_path / "users"
+        code, _, _ = run(
+            monkeypatch, capsys, "passwd", "add", str(path), "a@example.org", "--password-stdin",
+            stdin="s3cret\n",
+        )  # fmt: skip
+        assert code == 0
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_bytes().startswith(b"a@example.org:{ARGON2ID}$argon2id$")
+        assert verifies(path, b"a@example.org", "s3cret")
+
+    def test_editsKeepOtherLines(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        add, change and remove leave comments, other users and a changed
+        user's extra fields byte for byte, and keep the file's mode.
+        """
+        path = tmp_path / "users"
+        original = (
+            b"# users\r\nbob:{PLAIN}x:1000:1000::/home/bob::userdb_quota=1G\n\ncarol:{PLAIN}y"
+        )
+        path.write_bytes(original)
+        path.chmod(0o640)
+        assert run(monkeypatch, capsys, "passwd", "add", str(path), "dave", "--scheme", "plain",
+                   "--password-stdin", stdin="d\n")[0] == 0  # fmt: skip
+        assert path.read_bytes() == original + b"\ndave:{PLAIN}d\n"
+        assert run(monkeypatch, capsys, "passwd", "change", str(path), "bob", "--scheme",
+                   "SCRAM-SHA-256", "--password-stdin", stdin="new\n")[0] == 0  # fmt: skip
+        lines = path.read_bytes().split(b"\n")
+        assert lines[1].startswith(b"bob:{SCRAM-SHA-256}4096,")
+        assert lines[1].endswith(b":1000:1000::/home/bob::userdb_quota=1G")
+        assert verifies(path, b"bob", "new")
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob")[0] == 0
+        assert path.read_bytes() == b"# users\r\n\ncarol:{PLAIN}y\ndave:{PLAIN}d\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert [p.name for p in tmp_path.iterdir()] == ["users"]
+
+    def test_refusals(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        A duplicate user, an unknown user, a missing file and a bad name
+        are one-line errors with exit code 1; the file is unchanged.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"bob:{PLAIN}x\n")
+        cases = [
+            (["passwd", "add", str(path), "bob", "--password-stdin"], "already exists"),
+            (["passwd", "change", str(path), "eve", "--password-stdin"], "no user eve"),
+            (["passwd", "remove", str(path), "eve"], "no user eve"),
+            (["passwd", "list", str(tmp_path / "nope")], "no such file"),
+            (["passwd", "add", str(path), "a:b", "--password-stdin"], "invalid user name"),
+            (["passwd", "add", str(path), "new", "--password-stdin"], "empty password"),
+        ]
+        for argv, text in cases:
+            code, _, err = run(monkeypatch, capsys, *argv, stdin="\n" if "new" in argv else "x\n")
+            assert code == 1, argv
+            assert err.startswith("popserv: error: ") and text in err, err
+            assert err.count("\n") == 1
+        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
+    def test_promptsTwice(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        Without --password-stdin the password is asked twice on the
+        terminal; two different answers change nothing.
+        """
+        path = tmp_path / "users"
+        answers = iter(["one", "two", "same", "same"])
+        monkeypatch.setattr(admin.getpass, "getpass", lambda prompt: next(answers))
+        tty = io.StringIO()
+        tty.isatty = lambda: True  # type: ignore[method-assign]
+        monkeypatch.setattr(sys, "stdin", tty)
+        assert main(["passwd", "add", str(path), "bob"]) == 1
+        assert "differ" in capsys.readouterr().err
+        assert not path.exists()
+        assert main(["passwd", "add", str(path), "bob", "--scheme", "PLAIN"]) == 0
+        assert path.read_bytes() == b"bob:{PLAIN}same\n"
+
+    def test_noTerminal(self, monkeypatch: Any, capsys: Any) -> None:
+        """
+        With no terminal and no --password-stdin, nothing is read.
+        """
+        code, _, err = run(monkeypatch, capsys, "hash")
+        assert code == 1
+        assert "--password-stdin" in err
+
+    def test_list(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        list prints names and schemes only; broken lines go to stderr.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"# c\nbob:{PLAIN}hunter2\nbad:{MD5}zzz\nann@x:{CRAM-MD5}" + b"0" * 64)
+        code, out, err = run(monkeypatch, capsys, "passwd", "list", str(path))
+        assert code == 0
+        assert out == "bob PLAIN\nann@x CRAM-MD5\n"
+        assert "line 3" in err
+        assert "hunter2" not in out + err
+
+
+class TestHash:
+    @pytest.mark.parametrize("scheme", ["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT", "SCRAM-SHA-256"])
+    def test_hash(self, monkeypatch: Any, capsys: Any, scheme: str) -> None:
+        """
+        hash prints a {SCHEME} field that verifies the password read.
+        """
+        code, out, _ = run(
+            monkeypatch, capsys, "hash", "--scheme", scheme, "--password-stdin", stdin="pw\n"
+        )
+        assert code == 0
+        found, stored = splitScheme(out.strip())
+        assert found == scheme
+        assert verifyPassword(found, stored, "pw")
+
+    def test_subprocess(self) -> None:
+        """
+        python -m popserv.admin hash reads the password from stdin and
+        prints one line.
+        """
+        done = subprocess.run(
+            [sys.executable, "-m", "popserv.admin", "hash", "--scheme", "SSHA512",
+             "--password-stdin"],
+            input=b"pw\n", capture_output=True, check=False,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        found, stored = splitScheme(done.stdout.decode().strip())
+        assert verifyPassword(found, stored, "pw")
+
+
+class TestCheck:
+    def test_describes(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        check parses twistd popserv's options and lists listeners, checkers,
+        store and policy.
+        """
+        users = tmp_path / "users"
+        users.write_bytes(b"bob:{PLAIN}x\n")
+        code, out, _ = run(
+            monkeypatch, capsys, "check", "--", "--listen", "tcp:0:interface=127.0.0.1",
+            "--auth", f"passwd-file:{users}", "--mailstore", "memory", "--login-delay", "60",
+        )  # fmt: skip
+        assert code == 0
+        assert "listen: tcp:0:interface=127.0.0.1 (no TLS)" in out
+        assert "auth: passwd-file: passwords in clear" in out
+        assert "mailstore: memory" in out
+        assert "login-delay 60 s" in out
+
+    def test_error(self, monkeypatch: Any, capsys: Any) -> None:
+        """
+        A configuration error is one line and exit code 1.
+        """
+        code, out, err = run(monkeypatch, capsys, "check", "--", "--mailstore", "memory")
+        assert code == 1
+        assert out == ""
+        assert err.startswith("popserv: error: --auth is required")
+        assert err.count("\n") == 1

@@ -899,10 +899,14 @@ def _setNoDelay(transport: Any) -> None:
     segments are not a risk; with Nagle on, the short write that ends a
     message waits for the client's delayed ACK, some 40 ms per RETR.
     """
-    for candidate in (transport, getattr(transport, "transport", None)):
+    candidate = transport
+    for _ in range(4):  # through TLS and PROXY layers to the TCP connection
+        if candidate is None:
+            return
         if ITCPTransport.providedBy(candidate):
             candidate.setTcpNoDelay(True)
             return
+        candidate = getattr(candidate, "transport", None)
 
 
 def _closing(reader: IMessageReader) -> Callable[[Any], Any]:

@@ -40,6 +40,7 @@ from popserv.policy import (
     parseSeconds,
 )
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
+from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.realm import MaildropRealm
 from popserv.scram import IScramSHA256Credentials
 from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
@@ -63,6 +64,16 @@ def _seconds(option: str) -> Callable[[str], float]:
 
     coerce.coerceDoc = "A number of seconds."  # type: ignore[attr-defined]
     return coerce
+
+
+def _networks(value: str) -> list[Any]:
+    try:
+        return parseNetworks(value)
+    except ValueError as e:
+        raise ValueError(f"--proxy-trusted: {e}") from None
+
+
+_networks.coerceDoc = "Networks in CIDR notation."  # type: ignore[attr-defined]
 
 
 def _count(option: str) -> Callable[[str], int]:
@@ -182,6 +193,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _count("max-auth-failures"),
         ],
         [
+            "proxy-trusted",
+            None,
+            None,
+            "Networks (comma-separated, e.g. 10.0.0.0/8) whose proxies may send "
+            "the HAProxy PROXY header on proxy: listeners.",
+            _networks,
+        ],
+        [
+            "proxy-timeout",
+            None,
+            10.0,
+            "Seconds a proxy has to send the PROXY header.",
+            _seconds("proxy-timeout"),
+        ],
+        [
             "timeout",
             None,
             DEFAULT_TIMEOUT,
@@ -205,7 +231,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (tcp:, ssl:, unix:, systemd:); repeatable. Default: tcp:110."""
+        """Endpoint: tcp:, ssl:, unix:, systemd:, proxy:...; repeatable. Default: tcp:110."""
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -255,7 +281,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["policy"] = self._policy()
         self["tls"] = self._tls()
         self["endpoints"] = [self._endpoint(d) for d in self["listen"]]
-        hasTLS = self["tls"] is not None or any(tls for _, tls in self["endpoints"])
+        hasTLS = self["tls"] is not None or any(tls for _, tls, _ in self["endpoints"])
         if self["tls-client-ca"] and not hasTLS:
             raise usage.UsageError("--tls-client-ca needs --tls-cert or an ssl: listener")
 
@@ -293,7 +319,18 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         files = TLSFiles(certificate, key, self["tls-chain"], self["tls-client-ca"])
         return _loadTLS(files, "--tls-cert")
 
-    def _endpoint(self, description: str) -> tuple[Any, ReloadableTLS | None]:
+    def _endpoint(self, listen: str) -> tuple[Any, ReloadableTLS | None, bool]:
+        # "proxy:" in front: the listener takes the HAProxy PROXY protocol.
+        proxied = listen.startswith("proxy:")
+        description = listen.removeprefix("proxy:")
+        if proxied and not self["proxy-trusted"]:
+            raise usage.UsageError(
+                f"--listen {listen!r}: needs --proxy-trusted with the proxies' networks"
+            )
+        endpoint, tls = self._innerEndpoint(description)
+        return endpoint, tls, proxied
+
+    def _innerEndpoint(self, description: str) -> tuple[Any, ReloadableTLS | None]:
         try:
             implicit = parseImplicitTLS(description)
         except ValueError as e:
@@ -360,12 +397,19 @@ def makeService(options: Options) -> IService:
     )
     top = MultiService()
     certificates = [options["tls"]] if options["tls"] is not None else []
-    for description, (endpoint, tls) in zip(options["listen"], options["endpoints"], strict=True):
+    for description, (endpoint, tls, proxied) in zip(
+        options["listen"], options["endpoints"], strict=True
+    ):
         served: Any = factory
         if tls is not None:
             # Implicit TLS (RFC 8314): TLS from the first octet.
             served = TLSMemoryBIOFactory(tls, False, factory)
             certificates.append(tls)
+        if proxied:
+            # The PROXY header comes first, before TLS.
+            served = ProxyWrappingFactory(
+                served, options["proxy-trusted"], timeout=options["proxy-timeout"]
+            )
         Listener(description, endpoint, served).setServiceParent(top)
     if certificates:
         CertificateReloader(certificates).setServiceParent(top)

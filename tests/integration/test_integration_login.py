@@ -199,3 +199,36 @@ def test_auth_repeated_tries_each_checker(tmp_path, start_server, maildir_root, 
             client.pass_("secret")
     finally:
         client.close()
+
+
+def test_proxy_protocol(start_server, maildir_root, maildir, deliver):
+    """
+    Behind a PROXY listener the server waits for the header, then treats the
+    client as coming from the address in it: a remote address given by a
+    trusted proxy on 127.0.0.1 gets the cleartext refusal, a loopback one
+    logs in with USER/PASS.
+    """
+    deliver(maildir, b"Subject: x\r\n\r\ny\r\n")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        extra=["--listen", "proxy:tcp:0:interface=127.0.0.1", "--proxy-trusted", "127.0.0.0/8"],
+    )
+    import re
+    import time
+
+    deadline = time.monotonic() + 10
+    while len(re.findall(r"starting on (\d+)", server.output())) < 2:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    port = int(re.findall(r"starting on (\d+)", server.output())[1])
+
+    def session(source: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"PROXY TCP4 {source} 127.0.0.1 50000 110\r\n".encode())
+            reader = s.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            s.sendall(b"USER alice\r\nPASS secret\r\nQUIT\r\n")
+            return b"".join(reader.readline() for _ in range(2))
+
+    assert session("203.0.113.5").startswith(b"-ERR [AUTH] Plaintext")
+    assert session("127.0.0.1") == b"+OK Send PASS\r\n+OK Logged in, 1 messages (17 octets)\r\n"

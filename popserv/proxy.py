@@ -1,0 +1,207 @@
+"""
+The HAProxy PROXY protocol (v1 and v2) in front of POP3, from trusted
+proxies only, with a header timeout.
+
+A load balancer that speaks PROXY sends a header with the real client's
+address before anything else; popserv then uses that address for the
+cleartext policy, limits, penalties and logs.  The POP3 session (and its
+greeting: the server speaks first) starts only once a valid header has
+arrived.  Twisted's own wrapper (C{haproxy:} endpoints) connects the
+wrapped protocol at once, before the header, so popserv has its own, built
+on Twisted's header parsers.
+
+A connection from an address outside the trusted networks, one whose header
+is malformed, or one that sends no complete header in time is closed
+without a word.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+
+# Twisted's PROXY header parsers: private modules, but the parsing is
+# exactly what is needed and not worth writing again.
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+
+#: The longest header accepted: v1 is at most 107 octets; v2 may carry TLVs,
+#: but nothing popserv needs comes near this.
+MAX_HEADER = 4096
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parseNetworks(text: str) -> list[Network]:
+    """
+    Comma-separated networks (C{10.0.0.0/8,::1}); single addresses allowed.
+
+    @raise ValueError: one is not a network.
+    """
+    networks: list[Network] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part:
+            networks.append(ipaddress.ip_network(part, strict=False))
+    if not networks:
+        raise ValueError("no networks given")
+    return networks
+
+
+class ProxyHeaderWrapper(ProtocolWrapper):
+    """
+    Reads the PROXY header, then hands the connection to the wrapped
+    protocol with the client's real addresses.
+    """
+
+    _log = Logger()
+    transport: Any
+    factory: Any
+
+    def __init__(self, factory: ProxyWrappingFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._buffer = b""
+        self._parser: V1Parser | V2Parser | None = None
+        self._info: Any = None
+        self._started = False
+        self._timer: IDelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        # Like ProtocolWrapper.makeConnection, but the wrapped protocol is
+        # connected only when the header has arrived.
+        from zope.interface import directlyProvides, providedBy
+
+        directlyProvides(self, providedBy(transport))
+        self.connected = 1
+        self.transport = transport
+        self.factory.registerProtocol(self)
+        peer = transport.getPeer()
+        factory = self.factory
+        assert isinstance(factory, ProxyWrappingFactory)
+        if not factory.trusts(peer):
+            self._log.warn("PROXY connection from untrusted {peer}; closed", peer=peer)
+            transport.loseConnection()
+            return
+        self._timer = factory.clock().callLater(factory.timeout, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._log.info("No PROXY header within {timeout} s; closed", timeout=self.factory.timeout)
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        self._buffer += data
+        if self._parser is None:
+            buffer = self._buffer
+            if len(buffer) >= 16 and buffer[:12] == V2Parser.PREFIX:
+                self._parser = V2Parser()
+            elif len(buffer) >= 6 and buffer[:6] == b"PROXY ":
+                self._parser = V1Parser()
+            elif len(buffer) >= 16 or not (
+                V2Parser.PREFIX.startswith(buffer[:12]) or b"PROXY ".startswith(buffer[:6])
+            ):
+                self._refuse("not a PROXY header")
+                return
+            else:
+                return
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer, b""
+        try:
+            info, remaining = self._parser.feed(data)
+        except InvalidProxyHeader:
+            self._refuse("malformed PROXY header")
+            return
+        if info is None:
+            if self._parser is not None and len(getattr(self._parser, "buffer", b"")) > MAX_HEADER:
+                self._refuse("PROXY header too long")
+            return
+        self._info = info
+        self._started = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
+
+    def _refuse(self, why: str) -> None:
+        self._log.warn(
+            "PROXY connection from {peer} closed: {why}", peer=self.transport.getPeer(), why=why
+        )
+        self._started = False
+        self.transport.loseConnection()
+
+    def getPeer(self) -> IAddress:
+        if self._info is not None and self._info.source is not None:
+            return cast(IAddress, self._info.source)
+        return cast(IAddress, self.transport.getPeer())
+
+    def getHost(self) -> IAddress:
+        if self._info is not None and self._info.destination is not None:
+            return cast(IAddress, self._info.destination)
+        return cast(IAddress, self.transport.getHost())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._started:
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
+
+
+class ProxyWrappingFactory(WrappingFactory["ProxyHeaderWrapper"]):
+    """
+    Puts L{ProxyHeaderWrapper} in front of every connection of a factory.
+    """
+
+    protocol = ProxyHeaderWrapper
+
+    def __init__(
+        self,
+        wrappedFactory: Any,
+        trusted: Sequence[Network],
+        timeout: float = 10.0,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param trusted: the networks proxies may connect from.
+        @param timeout: seconds a proxy has to send the header.
+        """
+        super().__init__(wrappedFactory)
+        self.trusted = list(trusted)
+        self.timeout = timeout
+        self._reactor = reactor
+
+    def clock(self) -> IReactorTime:
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
+
+    def trusts(self, peer: IAddress) -> bool:
+        host = getattr(peer, "host", None)
+        if not isinstance(host, str):
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    def logPrefix(self) -> str:
+        return f"{self.wrappedFactory.__class__.__name__} (PROXY)"

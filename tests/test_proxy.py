@@ -1,0 +1,116 @@
+"""
+Tests for popserv.proxy: the HAProxy PROXY protocol in front of POP3.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import pytest
+from protocol_helpers import Session
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from popserv.proxy import ProxyWrappingFactory, parseNetworks
+
+V1 = b"PROXY TCP4 203.0.113.5 192.0.2.1 51000 110\r\n"
+
+
+def v2(source: str = "203.0.113.5", port: int = 51000) -> bytes:
+    addresses = socket.inet_aton(source) + socket.inet_aton("192.0.2.1")
+    addresses += struct.pack("!HH", port, 110)
+    return (
+        b"\r\n\r\n\x00\r\nQUIT\n"  # signature
+        + bytes([0x21, 0x11])  # v2 PROXY, TCP over IPv4
+        + struct.pack("!H", len(addresses))
+        + addresses
+    )
+
+
+def connect(proxy: str = "10.1.2.3", timeout: float = 10.0) -> tuple[Any, StringTransport, Clock]:
+    session = Session(allowCleartext=False)
+    clock = Clock()
+    wrapping = ProxyWrappingFactory(
+        session.factory, parseNetworks("10.0.0.0/8,fd00::/8"), timeout=timeout, reactor=clock
+    )
+    protocol = wrapping.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", proxy, 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+@pytest.mark.parametrize("header", [V1, v2()])
+def test_headerGivesClientAddress(header: bytes) -> None:
+    """
+    After a valid v1 or v2 header from a trusted proxy the greeting comes,
+    and the session sees the client's address, not the proxy's: here a
+    remote client, so a cleartext USER is refused.
+    """
+    protocol, transport, _ = connect()
+    assert transport.value() == b""
+    protocol.dataReceived(header)
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv4Address("TCP", "203.0.113.5", 51000)
+    assert protocol.wrappedProtocol.address == "203.0.113.5"
+    transport.clear()
+    protocol.dataReceived(b"USER alice\r\n")
+    assert transport.value().startswith(b"-ERR [AUTH] Plaintext")
+
+
+def test_headerSplitAndDataBehindIt() -> None:
+    """
+    The header may arrive in pieces, and commands right behind it in the
+    same packet are not lost.
+    """
+    protocol, transport, _ = connect()
+    for octet in V1[:10]:
+        protocol.dataReceived(bytes([octet]))
+    protocol.dataReceived(V1[10:] + b"CAPA\r\n")
+    assert b"Capability list follows" in transport.value()
+
+
+def test_untrustedProxy() -> None:
+    """
+    A connection from outside the trusted networks is closed at once.
+    """
+    _, transport, _ = connect(proxy="198.51.100.9")
+    assert transport.disconnecting
+    assert transport.value() == b""
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"USER alice\r\n" + b"x" * 20, b"PROXY GARBAGE\r\n", b"GET / HTTP/1.0\r\n\r\n"],
+)
+def test_notAHeader(data: bytes) -> None:
+    """
+    Anything but a valid header closes the connection without a greeting.
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(data)
+    assert transport.disconnecting
+    assert not transport.value().startswith(b"+OK")
+
+
+def test_headerTimeout() -> None:
+    """
+    A proxy that sends no complete header within the timeout is cut off.
+    """
+    protocol, transport, clock = connect(timeout=5)
+    protocol.dataReceived(b"PROXY TCP4 ")
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
+
+
+def test_parseNetworks() -> None:
+    """
+    Networks are comma-separated CIDRs or single addresses.
+    """
+    assert [str(n) for n in parseNetworks("10.0.0.0/8, ::1")] == ["10.0.0.0/8", "::1/128"]
+    with pytest.raises(ValueError):
+        parseNetworks("not-a-network")

@@ -240,13 +240,15 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
         ICertificateCredentials: "client certificates (EXTERNAL)",
     }
     lines = []
-    for description, (_, tls) in zip(options["listen"], options["endpoints"], strict=True):
+    for description, (_, tls, proxied) in zip(options["listen"], options["endpoints"], strict=True):
         if tls is not None:
             how = "implicit TLS"
         elif options["tls"] is not None:
             how = "STLS available"
         else:
             how = "no TLS"
+        if proxied:
+            how += ", PROXY protocol"
         lines.append(f"listen: {description} ({how})")
     for description, checker in zip(authDescriptions, options["credCheckers"], strict=False):
         accepted = ", ".join(kinds.get(i, repr(i)) for i in checker.credentialInterfaces)

@@ -243,6 +243,11 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self.state = State.UPDATE
             self.transport.loseConnection()
             return
+        if self._sasl is None and len(line) > type(self).MAX_LENGTH:
+            # Read while a SASL exchange allowed longer lines, but it is a
+            # command: the RFC 2449 limit holds whenever it is processed.
+            self._run(_LINE_TOO_LONG)
+            return
         if line.endswith(b"\r"):
             line = line[:-1]
         try:
@@ -479,6 +484,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             if isinstance(step, Challenge):
                 self._send(b"+ " + base64.b64encode(step.data) + b"\r\n")
                 return None
+            # The client's SASL responses are over: back to the command limit.
+            self.MAX_LENGTH = type(self).MAX_LENGTH
             assert mechanism is not None
             return self._login(step.credentials, mechanism, mechanism.name)
 
@@ -597,6 +604,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
         def next_(_: object = None) -> Any:
             while len(sized) < len(messages):
+                if self._lost or self._maildrop is None:
+                    return sized  # the session ended while sizing; _ready ignores it
                 info = messages[len(sized)]
                 if info.downgradedSize is not None:
                     sized.append(MessageInfo(info.downgradedSize, info.uid))

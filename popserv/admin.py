@@ -163,9 +163,9 @@ def passwdAdd(path: str, user: str, field: str) -> None:
     writeAtomically(path, data + name + b":" + field.encode("utf-8") + b"\n")
 
 
-def passwdChange(path: str, user: str, field: str) -> None:
+def _existingUser(path: str, user: str) -> tuple[bytes, list[bytes], int]:
     """
-    Give C{user} the password field C{field}, keeping the fields after it.
+    C{user}'s name as stored, the file's lines, and the index of the user's.
 
     @raise AdminError: the file or the user does not exist.
     """
@@ -177,6 +177,16 @@ def passwdChange(path: str, user: str, field: str) -> None:
     index = _find(lines, name)
     if index is None:
         _fail(f"{path}: no user {user}")
+    return name, lines, index
+
+
+def passwdChange(path: str, user: str, field: str) -> None:
+    """
+    Give C{user} the password field C{field}, keeping the fields after it.
+
+    @raise AdminError: the file or the user does not exist.
+    """
+    name, lines, index = _existingUser(path, user)
     line = lines[index]
     body = line.rstrip(b"\r\n")
     end = line[len(body) :]
@@ -192,14 +202,7 @@ def passwdRemove(path: str, user: str) -> None:
 
     @raise AdminError: the file or the user does not exist.
     """
-    name = _checkUsername(user)
-    data = _read(path)
-    if data is None:
-        _fail(f"{path}: no such file")
-    lines = _lines(data)
-    index = _find(lines, name)
-    if index is None:
-        _fail(f"{path}: no user {user}")
+    _, lines, index = _existingUser(path, user)
     del lines[index]
     writeAtomically(path, b"".join(lines))
 

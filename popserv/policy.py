@@ -281,7 +281,8 @@ class SitePolicy:
                 for index, uid in uids.items()
                 if uid in kept and now - kept[uid] >= expire * 86400
             }
-            remaining = {uid: t for uid, t in kept.items() if uid not in {uids[i] for i in doomed}}
+            doomedUids = {uids[i] for i in doomed}
+            remaining = {uid: t for uid, t in kept.items() if uid not in doomedUids}
             return self.history.saveRetrievals(user, remaining).addCallback(lambda _: doomed)
 
         return self.history.retrievals(user).addCallback(decide)

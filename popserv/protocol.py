@@ -146,7 +146,6 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._authFailures = 0
         self._badCommands = 0
         self._attempt = ("", "-")
-        self._lastSent = 0
 
     # Connection events
 
@@ -750,69 +749,68 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         d = self._send_message(number, replies.ok(f"{size} octets"), None)
         index = number - 1
 
-        def retrieved(complete: bool) -> None:
+        def retrieved(sent: int | None) -> None:
             # For EXPIRE: a message counts as retrieved once RETR sent it all.
-            if complete:
+            if sent is not None:
                 self._retrieved.add(index)
                 self.record.retr += 1
                 self.record.retrBytes += size
 
         return d.addCallback(retrieved)
 
-    def _doTOP(self, command: Command) -> Deferred[bool]:
+    def _doTOP(self, command: Command) -> Deferred[None]:
         number, lines = command.args
         assert isinstance(number, int) and isinstance(lines, int)
         self._txn().info(number)
         d = self._send_message(number, replies.ok("Top of message follows"), lines)
 
-        def sent(complete: bool) -> bool:
-            if complete:
+        def counted(sent: int | None) -> None:
+            if sent is not None:
                 self.record.top += 1
-                self.record.topBytes += self._lastSent
-            return complete
+                self.record.topBytes += sent
 
-        return d.addCallback(sent)
+        return d.addCallback(counted)
 
-    def _send_message(self, number: int, status: bytes, bodyLines: int | None) -> Deferred[bool]:
+    def _send_message(
+        self, number: int, status: bytes, bodyLines: int | None
+    ) -> Deferred[int | None]:
         """
-        Send message C{number} after C{status}; the Deferred says whether the
-        whole message went out.
+        Send message C{number} after C{status}; the Deferred fires with the
+        octets sent once the whole message went out, or L{None} if it could
+        not be sent.
         """
         index = self._txn().index(number)
         assert self._maildrop is not None
         d: Deferred[IMessageReader] = maybeDeferred(self._maildrop.openMessage, index)
 
-        def opened(reader: IMessageReader) -> Deferred[bool] | bool:
+        def opened(reader: IMessageReader) -> Deferred[int | None] | None:
             if self._lost:
                 reader.close()
-                return False
+                return None
             # While sending, the timer measures the client's reading: a
             # transfer that makes no progress ends at the stall timeout.
             self.setTimeout(self.factory.limits.stallTimeout)
-            self._transfer = MessageTransfer(
+            transfer = self._transfer = MessageTransfer(
                 self.transport,
                 reader,
                 MessageEncoder(bodyLines, downgrade=not self.utf8),
                 prefix=status,
                 onProgress=self.resetTimeout,
             )
-            return self._transfer.start().addCallback(self._transferDone)
+            return transfer.start().addCallback(lambda _: self._transferDone(transfer))
 
-        def unavailable(failure: Failure) -> bool:
+        def unavailable(failure: Failure) -> None:
             failure.trap(POP3Error)
             e = failure.value
             assert isinstance(e, POP3Error)
             self._send(replies.err(e.text, e.code))
-            return False
 
         return d.addCallbacks(opened, unavailable)
 
-    def _transferDone(self, _: None) -> bool:
-        if self._transfer is not None:
-            self._lastSent = self._transfer.sent
+    def _transferDone(self, transfer: MessageTransfer) -> int:
         self._transfer = None
         self.setTimeout(self.factory.timeout)
-        return True
+        return transfer.sent
 
     def _doDELE(self, command: Command) -> None:
         (number,) = command.args

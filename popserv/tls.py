@@ -17,9 +17,13 @@ from typing import Any
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from popserv.threads import Runner, deferToThread
 
 #: TLS 1.2 cipher suites: ECDHE with AES-GCM or ChaCha20-Poly1305 only.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
@@ -157,19 +161,27 @@ class ReloadableTLS:
         self.files = files
         self._options = files.load()
 
-    def reload(self) -> bool:
+    def reload(self, runInThread: Runner = deferToThread) -> Deferred[bool]:
         """
-        Read the certificate files again.
+        Read the certificate files again, in a thread: the reactor keeps
+        serving clients meanwhile.
 
-        @return: whether the new certificate is now in use.
+        @return: a Deferred firing with whether the new certificate is now
+            in use.
         """
-        try:
-            self._options = self.files.load()
-        except TLSConfigError as e:
-            self._log.error("TLS reload failed, keeping the old certificate: {e}", e=e)
+
+        def loaded(options: ssl.CertificateOptions) -> bool:
+            self._options = options
+            self._log.info("TLS certificate reloaded from {path}", path=self.files.certificate)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            failure.trap(TLSConfigError)
+            self._log.error("TLS reload failed, keeping the old certificate: {e}", e=failure.value)
             return False
-        self._log.info("TLS certificate reloaded from {path}", path=self.files.certificate)
-        return True
+
+        d: Deferred[ssl.CertificateOptions] = runInThread(self.files.load)
+        return d.addCallbacks(loaded, failed)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._options.getContext(), None)

@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 import pytest
+from synchronous import syncRun
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -155,15 +156,6 @@ def test_checkerChainSkipsBrokenChecker() -> None:
     chain = CheckerChain([Broken(), good])
     assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
     assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
-
-
-def syncRun(f: Any, *args: Any) -> Any:
-    """
-    Run "in a thread" synchronously.
-    """
-    from twisted.internet.defer import maybeDeferred
-
-    return maybeDeferred(f, *args)
 
 
 def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:

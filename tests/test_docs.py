@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from processes import TIMEOUT, runningExample
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -33,41 +34,6 @@ PAGES = [
     "embedding",
     "extending",
 ]
-
-#: Seconds any one wait in these tests may take.
-TIMEOUT = 30.0
-
-
-def waitForOutput(path: Path, pattern: bytes, process: subprocess.Popen[bytes]) -> re.Match[bytes]:
-    """
-    Wait, at most L{TIMEOUT} seconds, until the file C{path} (a process's
-    output) matches C{pattern}; fail early if the process exits.
-    """
-    deadline = time.monotonic() + TIMEOUT
-    for _ in range(int(TIMEOUT / 0.05) + 1):
-        match = re.search(pattern, path.read_bytes())
-        if match:
-            return match
-        if process.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    raise AssertionError(
-        f"{pattern!r} not in output (exit status {process.poll()}):\n"
-        + path.read_text(errors="replace")
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """
-    Terminate C{process} and reap it, killing it if it does not exit.
-    """
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=TIMEOUT)
 
 
 def loadExample(path: Path) -> ModuleType:
@@ -199,18 +165,7 @@ def test_embedExampleServesMessage(tmp_path: Path) -> None:
     welcome = loadExample(EMBED).WELCOME
     wire = welcome.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     assert b"\n." in welcome  # the example must show dot-stuffing
-    stdout = tmp_path / "stdout"
-    with stdout.open("wb") as out, (tmp_path / "stderr").open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-u", str(EMBED), "tcp:0:interface=127.0.0.1"],
-            stdout=out,
-            stderr=err,
-            cwd=tmp_path,
-        )
-    try:
-        match = waitForOutput(stdout, rb"listening on 127\.0\.0\.1:(\d+)\n", process)
-        port = int(match.group(1))
-
+    with runningExample(EMBED, tmp_path) as port:
         client = poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
         try:
             client.user("alice")
@@ -225,8 +180,6 @@ def test_embedExampleServesMessage(tmp_path: Path) -> None:
         raw = rawSession(port, b"USER alice\r\nPASS secret\r\nRETR 1\r\nQUIT\r\n")
         stuffed = wire.replace(b"\r\n.", b"\r\n..")
         assert b"+OK %d octets\r\n" % len(wire) + stuffed + b".\r\n" in raw
-    finally:
-        stop(process)
 
 
 def rawSession(port: int, commands: bytes) -> bytes:

@@ -12,10 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from processes import TIMEOUT, stop, waitForOutput
 
 from popserv.testing import StoreContract
 
@@ -24,7 +24,6 @@ EXAMPLE = REPO / "docs" / "examples" / "emlstore"
 TWISTD = Path(sys.executable).parent / "twistd"
 
 #: Seconds any one wait in these tests may take.
-TIMEOUT = 30.0
 
 #: Two messages as a user would store them: LF endings, a line starting
 #: with ".", and a last line without a line ending.
@@ -55,38 +54,6 @@ def copyProject(tmp_path: Path) -> Path:
             ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"),
         )
     )
-
-
-def waitForOutput(path: Path, pattern: bytes, process: subprocess.Popen[bytes]) -> re.Match[bytes]:
-    """
-    Wait, at most L{TIMEOUT} seconds, until the file C{path} (a process's
-    output) matches C{pattern}; fail early if the process exits.
-    """
-    deadline = time.monotonic() + TIMEOUT
-    for _ in range(int(TIMEOUT / 0.05) + 1):
-        match = re.search(pattern, path.read_bytes())
-        if match:
-            return match
-        if process.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    raise AssertionError(
-        f"{pattern!r} not in output (exit status {process.poll()}):\n"
-        + path.read_text(errors="replace")
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """
-    Terminate C{process} and reap it, killing it if it does not exit.
-    """
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=TIMEOUT)
 
 
 def wireForm(message: bytes) -> bytes:

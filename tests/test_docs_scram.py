@@ -11,75 +11,16 @@ so that the test does not trust popserv's own SCRAM code.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-from test_docs import EXAMPLES, TIMEOUT, loadExample, stop, waitForOutput
+from processes import TIMEOUT, runningExample
+from scram_client import ScramClient, authenticate
+from test_docs import EXAMPLES, loadExample
 
 SCRAM_STORE = EXAMPLES / "scram_store.py"
-
-
-def _hmac(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
-@dataclass
-class ScramClient:
-    """
-    The client side of SCRAM-SHA-256 without channel binding (RFC 5802
-    section 3, RFC 7677), for ASCII names and passwords (which SASLprep
-    leaves unchanged) without "," or "=".
-    """
-
-    user: bytes
-    password: bytes
-    nonce: bytes = field(default_factory=lambda: secrets.token_urlsafe(18).encode("ascii"))
-    serverSignature: bytes | None = None
-    salt: bytes | None = None
-    iterations: int | None = None
-
-    def first(self) -> bytes:
-        """
-        The client-first-message: no channel binding ("n"), no authzid.
-        """
-        return b"n,," + self._bare()
-
-    def _bare(self) -> bytes:
-        return b"n=" + self.user + b",r=" + self.nonce
-
-    def final(self, serverFirst: bytes) -> bytes:
-        """
-        The client-final-message answering C{serverFirst}; remembers the
-        server signature the server must send next.
-        """
-        attributes = dict(a.split(b"=", 1) for a in serverFirst.split(b","))
-        nonce = attributes[b"r"]
-        assert nonce.startswith(self.nonce) and len(nonce) > len(self.nonce)
-        self.salt = base64.b64decode(attributes[b"s"])
-        self.iterations = int(attributes[b"i"])
-        salted = hashlib.pbkdf2_hmac("sha256", self.password, self.salt, self.iterations)
-        clientKey = _hmac(salted, b"Client Key")
-        storedKey = hashlib.sha256(clientKey).digest()
-        withoutProof = b"c=" + base64.b64encode(b"n,,") + b",r=" + nonce
-        authMessage = b",".join([self._bare(), serverFirst, withoutProof])
-        proof = bytes(a ^ b for a, b in zip(clientKey, _hmac(storedKey, authMessage), strict=True))
-        self.serverSignature = _hmac(_hmac(salted, b"Server Key"), authMessage)
-        return withoutProof + b",p=" + base64.b64encode(proof)
-
-    def serverFinalValid(self, serverFinal: bytes) -> bool:
-        """
-        Whether C{serverFinal} is C{v=} and the signature this client expects.
-        """
-        assert self.serverSignature is not None
-        return serverFinal == b"v=" + base64.b64encode(self.serverSignature)
 
 
 def test_clientMatchesRFC7677() -> None:
@@ -87,7 +28,7 @@ def test_clientMatchesRFC7677() -> None:
     The test's SCRAM client reproduces the example exchange of RFC 7677
     section 3 octet for octet, server signature included.
     """
-    client = ScramClient(b"user", b"pencil", nonce=b"rOprNGfwEbeRWgbNEkqO")
+    client = ScramClient("user", b"pencil", nonce="rOprNGfwEbeRWgbNEkqO")
     assert client.first() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
     final = client.final(
         b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
@@ -96,7 +37,7 @@ def test_clientMatchesRFC7677() -> None:
         b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
         b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
     )
-    assert client.serverFinalValid(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    assert client.checkServerFinal(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
 
 
 class Connection:
@@ -140,43 +81,13 @@ class Connection:
         self.socket.close()
 
 
-def scramLogin(connection: Connection, client: ScramClient) -> tuple[bytes, bytes | None]:
-    """
-    Run AUTH SCRAM-SHA-256 with an initial response.  Returns the reply
-    that ended the exchange and the server-final-message (L{None} if the
-    server sent none).
-    """
-    reply = connection.send(b"AUTH SCRAM-SHA-256 " + base64.b64encode(client.first()))
-    assert reply.startswith(b"+ "), reply
-    serverFirst = base64.b64decode(reply[2:-2], validate=True)
-    reply = connection.send(base64.b64encode(client.final(serverFirst)))
-    if not reply.startswith(b"+ "):
-        return reply, None
-    serverFinal = base64.b64decode(reply[2:-2], validate=True)
-    # RFC 5034 section 4: the client answers the last challenge with an
-    # empty line, and only then does the server say +OK.
-    return connection.send(b""), serverFinal
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """
     The example running on a port the system picks; yields the port.
     """
-    directory = tmp_path_factory.mktemp("scram_store")
-    stdout = directory / "stdout"
-    with stdout.open("wb") as out, (directory / "stderr").open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-u", str(SCRAM_STORE), "tcp:0:interface=127.0.0.1"],
-            stdout=out,
-            stderr=err,
-            cwd=directory,
-        )
-    try:
-        match = waitForOutput(stdout, rb"listening on 127\.0\.0\.1:(\d+)\n", process)
-        yield int(match.group(1))
-    finally:
-        stop(process)
+    with runningExample(SCRAM_STORE, tmp_path_factory.mktemp("scram_store")) as port:
+        yield port
 
 
 @pytest.fixture
@@ -218,11 +129,12 @@ def test_scramLoginAndRetrieve(connection: Connection) -> None:
     capabilities = connection.multiline(b"CAPA")
     assert b"\r\nSASL SCRAM-SHA-256 PLAIN LOGIN\r\n" in capabilities
 
-    client = ScramClient(b"alice", b"secret")
-    reply, serverFinal = scramLogin(connection, client)
-    assert serverFinal is not None and client.serverFinalValid(serverFinal)
+    client = ScramClient("alice", b"secret", nonce=secrets.token_urlsafe(18))
+    # authenticate() checks the server signature in the last challenge.
+    replies = authenticate(lambda line: connection.send(line)[:-2], client)
     size, retrieved = welcomeOnTheWire()
-    assert reply == b"+OK Logged in, 1 messages (%d octets)\r\n" % size
+    assert len(replies) == 3
+    assert replies[2] == b"+OK Logged in, 1 messages (%d octets)" % size
     assert client.salt is not None and len(client.salt) == 16
     assert client.iterations == 4096
 
@@ -239,9 +151,9 @@ def test_scramRefused(connection: Connection, user: bytes, password: bytes) -> N
     was sent a salt and iteration count of the same shape as a real one.
     The session stays usable.
     """
-    client = ScramClient(user, password)
-    reply, serverFinal = scramLogin(connection, client)
-    assert (reply, serverFinal) == (b"-ERR [AUTH] Authentication failed\r\n", None)
+    client = ScramClient(user.decode(), password, nonce=secrets.token_urlsafe(18))
+    replies = authenticate(lambda line: connection.send(line)[:-2], client)
+    assert replies[1:] == [b"-ERR [AUTH] Authentication failed"]
     assert client.salt is not None and len(client.salt) == 16
     assert client.iterations == 4096
     assert connection.send(b"QUIT") == b"+OK Bye\r\n"

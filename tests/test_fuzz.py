@@ -294,6 +294,27 @@ def drive(
 stores = st.fixed_dictionaries({"pending": st.booleans(), "sizesUnknown": st.booleans()})
 
 
+def runAgainstModel(world: Any, client: Any, stream: Any, data: st.DataObject) -> Any:
+    """
+    Feed C{stream} to C{client} in a drawn chunking and order of store
+    answers, then check the whole output against the model: the replies are
+    the model's, well framed, the connection closed exactly when the model
+    says, and nothing written after the client went away.  Returns the
+    model, for the caller's checks on the store.
+    """
+    m, segments = model(world, client, stream)
+    rnd = data.draw(st.randoms(use_true_random=False))
+    drive(world, client, chunked(data, stream), rnd, segments)
+    world.settle()
+    check(client.output(), segments, complete=True)
+    assertWellFramed(client.output())
+    assert client.transport.closed == (m.state is CLOSED)
+    client.lose()
+    world.settle()
+    assert client.transport.late == []
+    return m
+
+
 @FUZZ
 @given(boxes=mailboxes, session=sessions(), store=stores, data=st.data())
 def test_repliesFollowTheModel(
@@ -311,16 +332,7 @@ def test_repliesFollowTheModel(
         world = World(boxes, **store)
         client = world.connect()
         stream = session(client.challenge)
-        m, segments = model(world, client, stream)
-        rnd = data.draw(st.randoms(use_true_random=False))
-        drive(world, client, chunked(data, stream), rnd, segments)
-        world.settle()
-        check(client.output(), segments, complete=True)
-        assertWellFramed(client.output())
-        assert client.transport.closed == (m.state is CLOSED)
-        client.lose()
-        world.settle()
-        assert client.transport.late == []
+        m = runAgainstModel(world, client, stream, data)
         assert world.stored() == {u: [d for d, _ in b] for u, b in m.mailboxes.items()}
         assertStillServes(world)
     assert describe(failures) == []
@@ -417,16 +429,7 @@ def test_junkIsAnsweredNotFatal(
         world = World({"alice": [b"Subject: a\r\n\r\nbody\r\n"], "bob": []}, **store)
         client = world.connect()
         stream = prefix + junk
-        m, segments = model(world, client, stream)
-        rnd = data.draw(st.randoms(use_true_random=False))
-        drive(world, client, chunked(data, stream), rnd, segments)
-        world.settle()
-        check(client.output(), segments, complete=True)
-        assertWellFramed(client.output())
-        assert client.transport.closed == (m.state is CLOSED)
-        client.lose()
-        world.settle()
-        assert client.transport.late == []
+        runAgainstModel(world, client, stream, data)
         assertStillServes(world)
     assert describe(failures) == []
 

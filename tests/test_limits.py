@@ -6,6 +6,7 @@ penalty, connection limits, login and stall timeouts, bad commands.
 from __future__ import annotations
 
 from protocol_helpers import Session
+from synchronous import FakeTime
 from test_protocol import PausingTransport
 
 from popserv.limits import ConnectionCounter, Limits, PenaltyBox
@@ -13,20 +14,12 @@ from popserv.limits import ConnectionCounter, Limits, PenaltyBox
 FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_penaltyDoublesToMaximum() -> None:
     """
     Each failure from an address waits 2, 4, 8, then at most 15 seconds
     before its reply; success or an hour's quiet clears it.
     """
-    clock = Clock()
+    clock = FakeTime(0.0)
     box = PenaltyBox(clock=clock)
     assert [box.failed("192.0.2.1") for _ in range(6)] == [0, 2, 4, 8, 15, 15]
     assert box.delay("192.0.2.2") == 0

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
-from twisted.internet.defer import Deferred, maybeDeferred
 
 from popserv.errors import (
     DeletionFailed,
@@ -24,25 +24,6 @@ from popserv.errors import (
     StoreConfigError,
 )
 from popserv.maildir import MaildirStore, MaildirTemplate, uidFor
-
-
-def syncRun(f: Any, *args: Any) -> Deferred[Any]:
-    """
-    Run "in a thread" synchronously, so Deferreds fire before returning.
-    """
-    return maybeDeferred(f, *args)
-
-
-def result(d: Deferred[Any]) -> Any:
-    """
-    The result of an already-fired Deferred, raising its failure.
-    """
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def store(tmp_path: Path, template: str = "{user}") -> MaildirStore:

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from protocol_helpers import Session
+from scram_client import ScramClient, authenticate
+from synchronous import FakeTime, result, syncRun
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from popserv import passwdfile
@@ -66,36 +67,12 @@ SHA_CRYPT_VECTORS = {
 }
 
 
-def runNow(f: Any, *args: Any) -> Deferred[Any]:
-    """
-    A runner that runs the work at once, on this thread.
-    """
-    return maybeDeferred(f, *args)
-
-
-def result(d: Deferred[Any]) -> Any:
-    outcome: list[Any] = []
-    d.addBoth(outcome.append)
-    assert outcome, "Deferred has not fired"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def writeUsers(path: Path, *lines: str) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def checkerFor(path: Path, clock: Clock | None = None) -> PasswdFileChecker:
-    return PasswdFileChecker(str(path), runInThread=runNow, clock=clock or Clock())
+def checkerFor(path: Path, clock: FakeTime | None = None) -> PasswdFileChecker:
+    return PasswdFileChecker(str(path), runInThread=syncRun, clock=clock or FakeTime(1000.0))
 
 
 def login(checker: PasswdFileChecker, credentials: Any) -> Any:
@@ -420,7 +397,7 @@ class TestChecker:
         """
         path = tmp_path / "users"
         writeUsers(path, "alice:{PLAIN}test")
-        clock = Clock()
+        clock = FakeTime(1000.0)
         checker = checkerFor(path, clock)
         writeUsers(path, "alice:{PLAIN}test", "bob:{PLAIN}new")
         clock.now += 0.5
@@ -436,7 +413,7 @@ class TestChecker:
         """
         path = tmp_path / "users"
         writeUsers(path, "alice:{PLAIN}test")
-        clock = Clock()
+        clock = FakeTime(1000.0)
         checker = checkerFor(path, clock)
         loads: list[None] = []
         monkeypatch.setattr(checker, "_load", lambda: loads.append(None))
@@ -459,7 +436,7 @@ class TestChecker:
         monkeypatch.setattr(PasswdFileChecker, "_log", Logger(observer=events.append))
         path = tmp_path / "users"
         writeUsers(path, "alice:{PLAIN}test")
-        clock = Clock()
+        clock = FakeTime(1000.0)
         checker = checkerFor(path, clock)
         path.unlink()
         clock.now += 2
@@ -543,25 +520,13 @@ class TestOverPOP3:
         sends the stored salt and iterations, accepts the proof and signs.
         """
         s = self.session(tmp_path, "alice:" + DOVECOT_VECTORS["SCRAM-SHA-256"])
-        clientFirstBare = b"n=alice,r=fyko+d2lbbFgONRv9qkxdawL"
-        reply = s.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,," + clientFirstBare))
-        assert reply.startswith(b"+ ")
-        serverFirst = base64.b64decode(reply[2:-2])
-        fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
-        assert fields[b"s"] == b"LfNGSFqiFykEZ1xDAYlnKQ=="
-        assert fields[b"i"] == b"4096"
-        salted = hashlib.pbkdf2_hmac("sha256", b"test", base64.b64decode(fields[b"s"]), 4096)
-        clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-        storedKey = hashlib.sha256(clientKey).digest()
-        withoutProof = b"c=biws,r=" + fields[b"r"]
-        authMessage = clientFirstBare + b"," + serverFirst + b"," + withoutProof
-        signature = hmac.new(storedKey, authMessage, hashlib.sha256).digest()
-        proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
-        reply = s.command(b64(withoutProof + b",p=" + b64(proof)))
-        serverKey = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-        expected = hmac.new(serverKey, authMessage, hashlib.sha256).digest()
-        assert reply == b"+ " + b64(b"v=" + b64(expected)) + b"\r\n"
-        assert s.command(b"").startswith(b"+OK Logged in")
+        client = ScramClient("alice", "test")
+        replies = authenticate(lambda line: s.command(line)[:-2], client)
+        assert (client.salt, client.iterations) == (
+            base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ=="),
+            4096,
+        )
+        assert len(replies) == 3 and replies[2].startswith(b"+OK Logged in")
 
     def test_scramUnknownUserLooksTheSame(self, tmp_path: Path) -> None:
         """

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from protocol_helpers import Session
-from twisted.internet.defer import maybeDeferred
+from synchronous import FakeTime, result, syncRun
 
 from popserv.policy import (
     NEVER,
@@ -21,20 +21,6 @@ from popserv.policy import (
     parseExpire,
     parsePolicyFile,
 )
-
-
-def result(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    return out[0]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_parsePolicyFile() -> None:
@@ -106,7 +92,7 @@ class TestLoginDelay:
         A second login within the delay is refused with [LOGIN-DELAY] and
         the maildrop is released; after the delay it works.
         """
-        clock = Clock()
+        clock = FakeTime(1_000_000.0)
         policy = SitePolicy(UserPolicy(loginDelay=900), clock=clock)
         first = session(policy)
         assert first.login().startswith(b"+OK")
@@ -126,7 +112,7 @@ class TestLoginDelay:
         A wrong password within the delay is an [AUTH] failure, never
         [LOGIN-DELAY]: the code does not tell a guesser the user exists.
         """
-        clock = Clock()
+        clock = FakeTime(1_000_000.0)
         policy = SitePolicy(UserPolicy(loginDelay=900), clock=clock)
         s = session(policy)
         s.login()
@@ -156,7 +142,7 @@ class TestExpire:
         was first retrieved, and is then deleted at UPDATE even if not
         retrieved again.
         """
-        clock = Clock()
+        clock = FakeTime(1_000_000.0)
         policy = SitePolicy(UserPolicy(expire=2), clock=clock)
         store = Session().memory
         store.deliver("alice", b"old\r\n")
@@ -207,14 +193,11 @@ def test_directoryHistory(tmp_path: Path) -> None:
     objects (processes), one file per user.
     """
 
-    def run(f: Any, *args: Any) -> Any:
-        return maybeDeferred(f, *args)
-
-    history = DirectoryHistory(str(tmp_path), runInThread=run)
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
     assert result(history.lastLogin("alice")) is None
     result(history.recordLogin("alice", 1234.0))
     result(history.saveRetrievals("alice", {"uid1": 5.0}))
-    again = DirectoryHistory(str(tmp_path), runInThread=run)
+    again = DirectoryHistory(str(tmp_path), runInThread=syncRun)
     assert result(again.lastLogin("alice")) == 1234.0
     assert result(again.retrievals("alice")) == {"uid1": 5.0}
     assert result(again.retrievals("bob")) == {}
@@ -227,7 +210,7 @@ def test_perUserValuesAfterLogin() -> None:
     Each user gets their own values and their own history: after login CAPA
     shows the user's values, and one user's login does not delay another's.
     """
-    clock = Clock()
+    clock = FakeTime(1_000_000.0)
     policy = SitePolicy(
         UserPolicy(loginDelay=900, expire=30),
         {"alice": UserPolicy(loginDelay=0, expire=NEVER)},

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from protocol_helpers import Session
+from scram_client import ScramClient, authenticate
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -287,26 +288,10 @@ class TestAuth:
         line, then +OK (RFC 5034 section 4).
         """
         s = Session()
-        clientFirstBare = b"n=alice,r=fyko+d2lbbFgONRv9qkxdawL"
-        reply = s.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,," + clientFirstBare))
-        assert reply.startswith(b"+ ")
-        serverFirst = base64.b64decode(reply[2:-2])
-        fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
-        assert fields[b"r"].startswith(b"fyko+d2lbbFgONRv9qkxdawL")
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", b"secret", base64.b64decode(fields[b"s"]), int(fields[b"i"])
-        )
-        clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-        storedKey = hashlib.sha256(clientKey).digest()
-        withoutProof = b"c=biws,r=" + fields[b"r"]
-        authMessage = clientFirstBare + b"," + serverFirst + b"," + withoutProof
-        signature = hmac.new(storedKey, authMessage, hashlib.sha256).digest()
-        proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
-        reply = s.command(b64(withoutProof + b",p=" + b64(proof)))
-        serverKey = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-        expected = hmac.new(serverKey, authMessage, hashlib.sha256).digest()
-        assert reply == b"+ " + b64(b"v=" + b64(expected)) + b"\r\n"
-        assert s.command(b"").startswith(b"+OK Logged in")
+        replies = authenticate(lambda line: s.command(line)[:-2], ScramClient("alice", "secret"))
+        # server-first and the server's signature as challenges, then +OK
+        assert [r[:2] for r in replies[:2]] == [b"+ ", b"+ "]
+        assert len(replies) == 3 and replies[2].startswith(b"+OK Logged in")
 
     def test_scramWrongPassword(self) -> None:
         """

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scram_client import ScramClient
+from synchronous import result
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -84,20 +86,6 @@ ERROR_TEXTS = {
 }
 
 
-def result(d: Any) -> Any:
-    """
-    The value of a L{Deferred} that has fired (or a plain value).
-    """
-    if not isinstance(d, Deferred):
-        return d
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
 def tlsContext(**bindings: bytes) -> SASLContext:
     """
     A context whose TLS channel has the given binding data, keyed by type
@@ -111,53 +99,7 @@ def fixed(salt: bytes = RFC_SALT, iterations: int = 4096) -> Callable[[bytes], t
     return lambda username: (salt, iterations)
 
 
-class Client:
-    """
-    A SCRAM-SHA-256 client straight from RFC 5802 sections 3 and 7, written
-    independently of the server code.
-    """
-
-    def __init__(
-        self,
-        username: str,
-        password: str,
-        nonce: str = "fyko+d2lbbFgONRv9qkxdawL",
-        flag: str = "n",
-        channelBinding: bytes = b"",
-        authzid: str | None = None,
-    ) -> None:
-        escaped = username.replace("=", "=3D").replace(",", "=2C")
-        self.gs2 = flag + "," + ("" if authzid is None else "a=" + authzid) + ","
-        self.bare = f"n={escaped},r={nonce}"
-        self.nonce = nonce
-        self.password = password.encode("utf-8")
-        self.cbind = self.gs2.encode() + channelBinding
-        self.serverSignature = b""
-
-    def first(self) -> bytes:
-        return (self.gs2 + self.bare).encode("utf-8")
-
-    def final(self, serverFirst: bytes) -> bytes:
-        fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
-        assert fields[b"r"].startswith(self.nonce.encode())
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", self.password, base64.b64decode(fields[b"s"]), int(fields[b"i"])
-        )
-        clientKey = hmac.new(salted, b"Client Key", "sha256").digest()
-        storedKey = hashlib.sha256(clientKey).digest()
-        withoutProof = b"c=" + base64.b64encode(self.cbind) + b",r=" + fields[b"r"]
-        authMessage = self.bare.encode("utf-8") + b"," + serverFirst + b"," + withoutProof
-        signature = hmac.new(storedKey, authMessage, "sha256").digest()
-        proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
-        serverKey = hmac.new(salted, b"Server Key", "sha256").digest()
-        self.serverSignature = hmac.new(serverKey, authMessage, "sha256").digest()
-        return withoutProof + b",p=" + base64.b64encode(proof)
-
-    def checkServerFinal(self, message: bytes | None) -> bool:
-        return message == b"v=" + base64.b64encode(self.serverSignature)
-
-
-def run(mechanism: IMechanism, client: Client) -> Any:
+def run(mechanism: IMechanism, client: ScramClient) -> Any:
     """
     Drive an exchange up to its outcome; return the credentials.
     """
@@ -347,7 +289,7 @@ class TestExchange:
         signature.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "s3cret")
+        client = ScramClient("alice", "s3cret")
         credentials = run(mechanism, client)
         assert credentials.username == b"alice"
         assert credentials.iterations == DEFAULT_ITERATIONS
@@ -361,7 +303,7 @@ class TestExchange:
         takes the client's first message as the next response.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "s3cret")
+        client = ScramClient("alice", "s3cret")
         assert mechanism.start(None) == Challenge(b"")
         challenge = mechanism.respond(client.first())
         assert isinstance(challenge, Challenge)
@@ -395,7 +337,7 @@ class TestExchange:
         data = EXPORTER if kind == "tls-exporter" else END_POINT
         mechanism = scramSHA256PlusFactory()(context)
         assert mechanism.name == "SCRAM-SHA-256-PLUS"
-        client = Client("alice", "s3cret", flag="p=" + kind, channelBinding=data)
+        client = ScramClient("alice", "s3cret", flag="p=" + kind, channelBinding=data)
         credentials = run(mechanism, client)
         assert credentials.checkPassword("s3cret")
         assert client.checkServerFinal(mechanism.serverFinal())
@@ -408,7 +350,7 @@ class TestExchange:
         """
         context = tlsContext(tls_exporter=EXPORTER, tls_server_end_point=END_POINT)
         mechanism = scramSHA256PlusFactory()(context)
-        client = Client("alice", "s3cret", flag="p=" + kind, channelBinding=b"\x03" * 32)
+        client = ScramClient("alice", "s3cret", flag="p=" + kind, channelBinding=b"\x03" * 32)
         challenge = mechanism.start(client.first())
         assert isinstance(challenge, Challenge)
         final = client.final(challenge.data)
@@ -423,7 +365,7 @@ class TestExchange:
         mechanism = scramSHA256PlusFactory(keySource=lambda u: succeed((salt, 5000)))(
             tlsContext(tls_exporter=EXPORTER)
         )
-        client = Client("bob", "hunter2", flag="p=tls-exporter", channelBinding=EXPORTER)
+        client = ScramClient("bob", "hunter2", flag="p=tls-exporter", channelBinding=EXPORTER)
         credentials = run(mechanism, client)
         assert isinstance(credentials, ScramKeyCredentials)
         assert (credentials.salt, credentials.iterations) == (salt, 5000)
@@ -437,7 +379,7 @@ class TestExchange:
         as its c= data.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "s3cret", flag="y")
+        client = ScramClient("alice", "s3cret", flag="y")
         assert run(mechanism, client).checkPassword("s3cret")
         assert client.checkServerFinal(mechanism.serverFinal())
 
@@ -447,7 +389,7 @@ class TestExchange:
         a connection with binding data.
         """
         mechanism = scramSHA256Factory(plusOffered=False)(tlsContext(tls_exporter=EXPORTER))
-        client = Client("alice", "s3cret", flag="y")
+        client = ScramClient("alice", "s3cret", flag="y")
         assert run(mechanism, client).checkPassword("s3cret")
 
     def test_matchingAuthzid(self) -> None:
@@ -456,7 +398,7 @@ class TestExchange:
         is part of the c= data.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "s3cret", authzid="alice")
+        client = ScramClient("alice", "s3cret", authzid="alice")
         assert run(mechanism, client).checkPassword("s3cret")
         assert client.checkServerFinal(mechanism.serverFinal())
 
@@ -466,7 +408,7 @@ class TestExchange:
         5.1), also in an authzid.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("a,b=c", "pw", authzid="a=2Cb=3Dc")
+        client = ScramClient("a,b=c", "pw", authzid="a=2Cb=3Dc")
         credentials = run(mechanism, client)
         assert credentials.username == b"a,b=c"
         assert credentials.checkPassword("pw")
@@ -477,10 +419,10 @@ class TestExchange:
         decomposes, and the name reaches the checker as UTF-8.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        credentials = run(mechanism, Client("I\u00adX\ufb01", "pw"))
+        credentials = run(mechanism, ScramClient("I\u00adX\ufb01", "pw"))
         assert credentials.username == b"IXfi"
         mechanism = scramSHA256Factory()(SASLContext())
-        credentials = run(mechanism, Client("J\u00f6rg", "pw"))
+        credentials = run(mechanism, ScramClient("J\u00f6rg", "pw"))
         assert credentials.username == "J\u00f6rg".encode()
 
     def test_passwordSASLprepped(self) -> None:
@@ -489,7 +431,7 @@ class TestExchange:
         hyphen>X" matches a client that prepared its password to "IX".
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        credentials = run(mechanism, Client("alice", "IX"))
+        credentials = run(mechanism, ScramClient("alice", "IX"))
         assert credentials.checkPassword("I\u00adX")
         assert scramKeys("I\u00adX", b"salt", 1) == keys("IX", b"salt", 1)
 
@@ -499,7 +441,7 @@ class TestExchange:
         hashed as it is, matching clients that do the same.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        credentials = run(mechanism, Client("alice", "a\u0007b"))
+        credentials = run(mechanism, ScramClient("alice", "a\u0007b"))
         assert credentials.checkPassword("a\u0007b")
         salted = hashlib.pbkdf2_hmac("sha256", b"\xff", b"salt", 1)
         stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
@@ -516,7 +458,7 @@ class TestExchange:
         password log in.
         """
         mechanism = scramSHA256Factory(iterations=2)(SASLContext())
-        client = Client(username, password)
+        client = ScramClient(username, password)
         credentials = run(mechanism, client)
         assert credentials.username == username.encode()
         assert credentials.checkPassword(password)
@@ -604,7 +546,7 @@ class TestClientFirstRefused:
         part of the AuthMessage like the rest of the message.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "pw", nonce="abc,x=ext")
+        client = ScramClient("alice", "pw", nonce="abc,x=ext")
         client.nonce = "abc"
         assert run(mechanism, client).checkPassword("pw")
         assert client.checkServerFinal(mechanism.serverFinal())
@@ -628,7 +570,7 @@ class TestClientFirstRefused:
         connection that offers -PLUS.
         """
         mechanism = scramSHA256Factory()(tlsContext(tls_exporter=EXPORTER))
-        client = Client("alice", "pw")
+        client = ScramClient("alice", "pw")
         assert run(mechanism, client).checkPassword("pw")
 
     @pytest.mark.parametrize(
@@ -768,7 +710,7 @@ class TestClientFinalRefused:
         """
         context = tlsContext(tls_exporter=EXPORTER, tls_server_end_point=END_POINT)
         mechanism = scramSHA256PlusFactory()(context)
-        client = Client("alice", "pw", flag="p=tls-exporter", channelBinding=END_POINT)
+        client = ScramClient("alice", "pw", flag="p=tls-exporter", channelBinding=END_POINT)
         challenge = mechanism.start(client.first())
         assert isinstance(challenge, Challenge)
         final = client.final(challenge.data)
@@ -779,7 +721,7 @@ class TestClientFinalRefused:
         A -PLUS client whose c= holds only the gs2 header is refused.
         """
         mechanism = scramSHA256PlusFactory()(tlsContext(tls_exporter=EXPORTER))
-        client = Client("alice", "pw", flag="p=tls-exporter")
+        client = ScramClient("alice", "pw", flag="p=tls-exporter")
         challenge = mechanism.start(client.first())
         assert isinstance(challenge, Challenge)
         final = client.final(challenge.data)
@@ -791,7 +733,7 @@ class TestClientFinalRefused:
         "n,," is refused.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = Client("alice", "pw")
+        client = ScramClient("alice", "pw")
         challenge = mechanism.start(client.first())
         assert isinstance(challenge, Challenge)
         client.cbind = b"y,,"
@@ -851,7 +793,7 @@ class TestKeySource:
         salt and produces credentials for plaintext checkers.
         """
         mechanism = scramSHA256Factory(keySource=lambda u: succeed(None))(SASLContext())
-        client = Client("carol", "pw")
+        client = ScramClient("carol", "pw")
         credentials = run(mechanism, client)
         assert isinstance(credentials, ScramCredentials)
         assert credentials.salt == DerivedParameters()(b"carol")[0]
@@ -1093,7 +1035,7 @@ class ScramKeyChecker:
 
 
 class TestPortal:
-    def login(self, portal: Portal, factory: Any, client: Client) -> tuple[Any, IMechanism]:
+    def login(self, portal: Portal, factory: Any, client: ScramClient) -> tuple[Any, IMechanism]:
         mechanism = factory(SASLContext())
         credentials = run(mechanism, client)
         d = portal.login(credentials, None, IAvatar)
@@ -1111,11 +1053,11 @@ class TestPortal:
         checker.addUser(b"user", b"pencil")
         portal = Portal(Realm(), [checker])
         factory = scramSHA256Factory()
-        client = Client("user", "pencil")
+        client = ScramClient("user", "pencil")
         (_, avatar, _), mechanism = self.login(portal, factory, client)
         assert avatar == b"user"
         assert client.checkServerFinal(mechanism.serverFinal())
-        failure, mechanism = self.login(portal, factory, Client("user", "pencils"))
+        failure, mechanism = self.login(portal, factory, ScramClient("user", "pencils"))
         assert isinstance(failure, Failure) and failure.check(UnauthorizedLogin)
         assert mechanism.serverFinal() is None
 
@@ -1128,11 +1070,11 @@ class TestPortal:
         assert verifyObject(IScramKeySource, checker)
         portal = Portal(Realm(), [checker])
         factory = scramSHA256Factory(keySource=keySourceFromCheckers([checker]))
-        client = Client("user", "pencil")
+        client = ScramClient("user", "pencil")
         (_, avatar, _), mechanism = self.login(portal, factory, client)
         assert avatar == b"user"
         assert client.checkServerFinal(mechanism.serverFinal())
-        failure, mechanism = self.login(portal, factory, Client("user", "pencils"))
+        failure, mechanism = self.login(portal, factory, ScramClient("user", "pencils"))
         assert failure.check(UnauthorizedLogin)
         assert mechanism.serverFinal() is None
 
@@ -1144,7 +1086,7 @@ class TestPortal:
         checker = ScramKeyChecker({b"user": ("pencil", RFC_SALT, 4096)})
         portal = Portal(Realm(), [checker])
         factory = scramSHA256Factory(keySource=keySourceFromCheckers([checker]))
-        failure, mechanism = self.login(portal, factory, Client("nobody", "pencil"))
+        failure, mechanism = self.login(portal, factory, ScramClient("nobody", "pencil"))
         assert failure.check(UnhandledCredentials)
         assert mechanism.serverFinal() is None
 
@@ -1161,7 +1103,7 @@ class TestPortal:
         factory = scramSHA256PlusFactory(keySource=keySourceFromCheckers([chain]))
         for user, password in (("alice", "one"), ("bob", "two")):
             mechanism = factory(tlsContext(tls_exporter=EXPORTER))
-            client = Client(user, password, flag="p=tls-exporter", channelBinding=EXPORTER)
+            client = ScramClient(user, password, flag="p=tls-exporter", channelBinding=EXPORTER)
             d = portal.login(run(mechanism, client), None, IAvatar)
             assert result(d)[1] == user.encode()
             assert client.checkServerFinal(mechanism.serverFinal())

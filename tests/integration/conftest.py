@@ -580,3 +580,25 @@ def getmail(tmp_path: Path, test_pki: TestPKI) -> Getmail:
     """
     require_program("getmail")
     return Getmail(tmp_path / "getmail", test_pki)
+
+
+@pytest.fixture
+def stat_when_free(raw_client: Callable[..., RawClient]) -> Callable[[int], bytes | None]:
+    """
+    A callable giving the STAT reply of a fresh session that QUITs without
+    deleting, or None while the maildrop is still locked ([IN-USE]).
+    """
+
+    def stat(port: int) -> bytes | None:
+        client = raw_client(port)
+        reply = client.login()
+        if reply.startswith(b"-ERR [IN-USE]"):
+            client.close()
+            return None
+        assert reply.startswith(b"+OK"), reply
+        result = client.command(b"STAT")
+        assert client.command(b"QUIT").startswith(b"+OK")
+        client.close()
+        return result
+
+    return stat

@@ -84,23 +84,6 @@ def _lock_is_free(maildir: Path) -> bool:
         os.close(fd)
 
 
-def _stat_when_free(port, raw_client):
-    """
-    STAT of a fresh session that QUITs without deleting, or None while the
-    maildrop is still locked.
-    """
-    client = raw_client(port)
-    reply = client.login()
-    if reply.startswith(b"-ERR [IN-USE]"):
-        client.close()
-        return None
-    assert reply.startswith(b"+OK"), reply
-    stat = client.command(b"STAT")
-    assert client.command(b"QUIT").startswith(b"+OK")
-    client.close()
-    return stat
-
-
 def _read_until_closed(client, into: bytearray) -> None:
     """
     Append whatever still arrives to C{into} until the peer closes or resets
@@ -302,7 +285,7 @@ def _spin(seconds: float) -> None:
 
 
 def test_kill_during_update_loses_nothing(
-    start_server, maildir_root, maildir, deliver, raw_client, capsys
+    start_server, maildir_root, maildir, deliver, raw_client, capsys, stat_when_free
 ):
     """
     A server killed with SIGKILL at any moment after QUIT, before, during or
@@ -357,7 +340,7 @@ def test_kill_during_update_loses_nothing(
         octets = sum(_wire_size(c) for c in mail.keep.values()) + sum(
             _wire_size(c) for p, c in mail.delete.items() if p.exists()
         )
-        assert _stat_when_free(server.port, raw_client) == b"+OK %d %d\r\n" % (left, octets)
+        assert stat_when_free(server.port) == b"+OK %d %d\r\n" % (left, octets)
         return when
 
     # The last delay lets UPDATE finish first: the kill then finds +OK sent.
@@ -434,7 +417,7 @@ def _free(fillers: list[Path]) -> None:
         path.unlink()
 
 
-def test_full_disk_dele_quit(start_server, small_tmpfs, deliver, raw_client):
+def test_full_disk_dele_quit(start_server, small_tmpfs, deliver, raw_client, stat_when_free):
     """
     On a disk without a free block or inode, a session whose maildrop exists
     logs in, and its DELE and QUIT remove the marked messages with +OK:
@@ -444,7 +427,7 @@ def test_full_disk_dele_quit(start_server, small_tmpfs, deliver, raw_client):
     paths = [deliver(maildir, _body(n)) for n in range(3)]
     server = start_server(f"maildir:{small_tmpfs}/{{user}}")
     # A first session creates the lock file while there is room.
-    assert _stat_when_free(server.port, raw_client).startswith(b"+OK 3 ")
+    assert stat_when_free(server.port).startswith(b"+OK 3 ")
     before = _snapshot(maildir)
     _fill(small_tmpfs)
     client = raw_client(server.port)
@@ -483,7 +466,7 @@ def test_full_disk_new_user(start_server, small_tmpfs, raw_client):
     assert client.command(b"QUIT").startswith(b"+OK")
 
 
-def test_full_disk_lock_file(start_server, small_tmpfs, deliver, raw_client):
+def test_full_disk_lock_file(start_server, small_tmpfs, deliver, raw_client, stat_when_free):
     """
     On a full disk, a Maildir that has no lock file yet cannot be locked:
     the login gets -ERR [SYS/TEMP] and the mail is untouched; once there is
@@ -501,7 +484,7 @@ def test_full_disk_lock_file(start_server, small_tmpfs, deliver, raw_client):
     assert not (maildir / LOCK).exists()
     assert _snapshot(maildir) == before
     _free(fillers)
-    assert _stat_when_free(server.port, raw_client).startswith(b"+OK 3 ")
+    assert stat_when_free(server.port).startswith(b"+OK 3 ")
     assert _snapshot(maildir) == before
 
 
@@ -532,7 +515,7 @@ def _undeletable(directory: Path) -> Iterator[str]:
             _run("umount", "-l", directory)
 
 
-def test_unlink_refused(server, maildir, deliver, raw_client, wait_until):
+def test_unlink_refused(server, maildir, deliver, raw_client, wait_until, stat_when_free):
     """
     When the file system refuses to unlink the messages marked with DELE,
     QUIT answers exactly "-ERR [SYS/TEMP] Some deleted messages not
@@ -555,7 +538,7 @@ def test_unlink_refused(server, maildir, deliver, raw_client, wait_until):
         assert client.read_to_close() == b""
         assert _snapshot(maildir) == before
         assert "Cannot delete" in server.output()
-        assert wait_until(lambda: _stat_when_free(server.port, raw_client)).startswith(b"+OK 3 ")
+        assert wait_until(lambda: stat_when_free(server.port)).startswith(b"+OK 3 ")
     client = raw_client(server.port)
     assert client.login().startswith(b"+OK Logged in, 3 messages")
     assert client.command(b"DELE 1").startswith(b"+OK")

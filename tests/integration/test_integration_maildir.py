@@ -74,25 +74,9 @@ def test_rset_undoes_deletions(server, maildir, deliver, raw_client, message_fil
     assert message_files(maildir) == before
 
 
-def _stat_when_free(port, raw_client):
-    """
-    STAT of a fresh session, or None while the maildrop is still locked.
-    """
-    client = raw_client(port)
-    reply = client.login()
-    if reply.startswith(b"-ERR [IN-USE]"):
-        client.close()
-        return None
-    assert reply.startswith(b"+OK"), reply
-    stat = client.command(b"STAT")
-    client.command(b"QUIT")
-    client.close()
-    return stat
-
-
 @pytest.mark.parametrize("close", ["close", "reset"])
 def test_dropped_connection_deletes_nothing(
-    close, server, maildir, deliver, raw_client, message_files, wait_until
+    close, server, maildir, deliver, raw_client, message_files, wait_until, stat_when_free
 ):
     """
     A connection that ends without QUIT after DELE, closed or reset by the
@@ -108,13 +92,13 @@ def test_dropped_connection_deletes_nothing(
         client.abort()
     else:
         client.close()
-    stat = wait_until(lambda: _stat_when_free(server.port, raw_client))
+    stat = wait_until(lambda: stat_when_free(server.port))
     assert stat == b"+OK 2 %d\r\n" % (2 * SIZE)
     assert message_files(maildir) == before
 
 
 def test_server_killed_deletes_nothing(
-    start_server, maildir_root, maildir, deliver, raw_client, message_files
+    start_server, maildir_root, maildir, deliver, raw_client, message_files, stat_when_free
 ):
     """
     A server killed with SIGKILL after DELE removes nothing, and its lock
@@ -129,7 +113,7 @@ def test_server_killed_deletes_nothing(
     first.kill()
     assert message_files(maildir) == before
     second = start_server(f"maildir:{maildir_root}/{{user}}")
-    assert _stat_when_free(second.port, raw_client) == b"+OK 2 %d\r\n" % (2 * SIZE)
+    assert stat_when_free(second.port) == b"+OK 2 %d\r\n" % (2 * SIZE)
 
 
 def _uidl(port):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from certificates import CertificateAuthority, Issued
+from scram_client import ScramClient, authenticate
 
 pytestmark = pytest.mark.integration
 
@@ -312,11 +313,11 @@ def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None):
 
 def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) -> list[bytes]:
     """
-    A SCRAM-SHA-256-PLUS login written from RFC 5802 and RFC 9266 / 5929,
-    independent of popserv's code; returns the server's replies.
+    A SCRAM-SHA-256-PLUS login with channel-binding data the client derives
+    itself (RFC 9266 tls-exporter, RFC 5929 tls-server-end-point); returns
+    the server's replies, greeting first.
     """
     import hashlib
-    import hmac
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -327,33 +328,12 @@ def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) 
         cbdata = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
     if tamper:
         cbdata = bytes(32)
-    b64 = base64.b64encode
     lines = Line(connection)
-    replies = [lines.read()]
-    gs2 = f"p={kind},,".encode()
-    bare = b"n=alice,r=plusclientnonce123"
-    reply = lines.command(b"AUTH SCRAM-SHA-256-PLUS " + b64(gs2 + bare))
-    replies.append(reply)
-    if not reply.startswith(b"+ "):
-        return replies
-    serverFirst = base64.b64decode(reply[2:])
-    fields = dict(f.split(b"=", 1) for f in serverFirst.split(b","))
-    salted = hashlib.pbkdf2_hmac(
-        "sha256", password, base64.b64decode(fields[b"s"]), int(fields[b"i"])
+    greeting = lines.read()
+    client = ScramClient(
+        "alice", password, nonce="plusclientnonce123", flag="p=" + kind, channelBinding=cbdata
     )
-    clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    without = b"c=" + b64(gs2 + cbdata) + b",r=" + fields[b"r"]
-    message = bare + b"," + serverFirst + b"," + without
-    signature = hmac.new(hashlib.sha256(clientKey).digest(), message, hashlib.sha256).digest()
-    proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
-    reply = lines.command(b64(without + b",p=" + b64(proof)))
-    replies.append(reply)
-    if reply.startswith(b"+ "):
-        serverKey = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-        expected = b"v=" + b64(hmac.new(serverKey, message, hashlib.sha256).digest())
-        assert base64.b64decode(reply[2:]) == expected
-        replies.append(lines.command(b""))
-    return replies
+    return [greeting, *authenticate(lines.command, client, b"SCRAM-SHA-256-PLUS")]
 
 
 @pytest.mark.parametrize(

@@ -243,7 +243,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         kind, _, argument = description.partition(":")
         if kind == "file" and not os.path.isfile(argument):
             raise usage.UsageError(f"--auth {description!r}: no such file")
-        super().opt_auth(description)
+        try:
+            super().opt_auth(description)
+        except usage.UsageError as e:
+            # strcred words a checker factory's own error (a missing file,
+            # a bad argument) as "Unexpected error: ..."; it is the
+            # operator's mistake, so say which --auth it was instead.
+            cause = e.__context__
+            if cause is None or not str(e).startswith("Unexpected error: "):
+                raise
+            raise usage.UsageError(f"--auth {description!r}: {cause}") from None
 
     def opt_help_mailstores(self) -> None:
         """
@@ -331,6 +340,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         return endpoint, tls, proxied
 
     def _innerEndpoint(self, description: str) -> tuple[Any, ReloadableTLS | None]:
+        if description.startswith("tls:"):
+            # Implicit TLS (RFC 8314) with --tls-cert over any endpoint, for
+            # the ones ssl: cannot name: systemd:, unix:, a plugin's.
+            if self["tls"] is None:
+                raise usage.UsageError(f"--listen {description!r}: needs --tls-cert and --tls-key")
+            return _endpoint(description.removeprefix("tls:")), self["tls"]
         try:
             implicit = parseImplicitTLS(description)
         except ValueError as e:

@@ -172,6 +172,36 @@ def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
     assert len(reloader.certificates) == 2
 
 
+def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """
+    C{tls:} in front of any endpoint (here a UNIX socket, behind C{proxy:})
+    serves implicit TLS with --tls-cert; without --tls-cert it is a one-line
+    start-up error.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    options = parse(
+        *base,
+        "--listen",
+        f"proxy:tls:unix:{tmp_path / 'pop3s.sock'}",
+        "--proxy-trusted",
+        "127.0.0.0/8",
+        "--tls-cert",
+        str(server.certificate),
+        "--tls-key",
+        str(server.key),
+    )
+    assert options["endpoints"][0][1:] == (options["tls"], True)
+    listener, reloader = makeService(options)
+    wrapped = listener.factory.wrappedFactory
+    assert isinstance(wrapped, TLSMemoryBIOFactory)
+    assert wrapped.wrappedFactory.tls is options["tls"]
+    assert reloader.certificates == [options["tls"]]
+    assert error(*base, "--listen", "tls:tcp:0") == (
+        "popserv: error: --listen 'tls:tcp:0': needs --tls-cert and --tls-key"
+    )
+
+
 def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     """
     TLS mistakes are one-line start-up errors: a lone --tls-cert, a missing

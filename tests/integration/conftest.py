@@ -216,19 +216,27 @@ class ServerFactory:
         extra: Sequence[str] = (),
         python: str | None = None,
         cwd: Path | None = None,
+        listen: str = f"tcp:0:interface={HOST}",
+        twistd_options: Sequence[str] = (),
+        prefix: Sequence[str] = (),
     ) -> Server:
         """
-        Start C{twistd -n popserv} on an ephemeral port of 127.0.0.1 and
-        wait until it says which port it listens on.
+        Start C{twistd -n popserv} (by default on an ephemeral port of
+        127.0.0.1) and wait until it says which port it listens on.
+        C{twistd_options} go to twistd itself, before C{popserv};
+        C{prefix} is a command that runs twistd (it must exec it, keeping
+        the process id).
         """
         log = self.tmp_path / f"twistd-{len(self.servers)}.log"
         argv = [
+            *prefix,
             *twistd_command(python),
             "-n",
             "--pidfile=",
+            *twistd_options,
             "popserv",
             "--listen",
-            f"tcp:0:interface={HOST}",
+            listen,
             *(f"--auth={a}" for a in auth),
             "--mailstore",
             mailstore,

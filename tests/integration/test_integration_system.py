@@ -1,0 +1,355 @@
+"""
+popserv deployed the way an operator deploys it: started as root and
+dropping privileges with C{twistd --uid/--gid} after binding a privileged
+port, and started by systemd socket activation from the units shipped in
+C{contrib/systemd}.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import poplib
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from clients import TestPKI, require_program
+from conftest import CLIENT_TIMEOUT, HOST, PASSWORD, USER, Server, ServerFactory, wire_form
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "contrib" / "systemd"
+UNPRIVILEGED_USER, UNPRIVILEGED_GROUP = "nobody", "nogroup"
+
+
+def _ids() -> tuple[int, int]:
+    try:
+        return pwd.getpwnam(UNPRIVILEGED_USER).pw_uid, grp.getgrnam(UNPRIVILEGED_GROUP).gr_gid
+    except KeyError:
+        pytest.skip(f"no {UNPRIVILEGED_USER}/{UNPRIVILEGED_GROUP} on this system")
+
+
+def _free_port(candidates: Sequence[int]) -> int:
+    """
+    The first port of C{candidates} free on 127.0.0.1 (bound and released:
+    the server binds it a moment later).
+    """
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    pytest.skip(f"no free port among {candidates[0]}..{candidates[-1]}")
+
+
+def _popserv_admin(*args: str, password: str) -> None:
+    admin = Path(sys.executable).with_name("popserv")
+    subprocess.run(
+        [str(admin), *args, "--password-stdin"],
+        input=f"{password}\n".encode(),
+        check=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+
+
+def _deliver_message(maildir: Path, n: int) -> bytes:
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    message = f"Subject: message {n}\n\nBody of message {n}.\n.starts with a dot\n".encode()
+    name = f"{1_700_000_000 + n}.M{n}P1.testhost"
+    (maildir / "tmp" / name).write_bytes(message)
+    os.rename(maildir / "tmp" / name, maildir / "new" / name)
+    return message
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid)
+    for path in top.rglob("*"):
+        os.chown(path, uid, gid)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """
+    A directory an unprivileged user can reach (pytest's tmp_path is under
+    a 0700 directory of root's).
+    """
+    path = Path(tempfile.mkdtemp(prefix="popserv-system-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _blocked_ancestors(paths: Sequence[Path]) -> dict[Path, set[str]]:
+    """
+    The directories on the way to C{paths} that other users may not enter,
+    each with the names below it that the paths need.
+    """
+    blocked: dict[Path, set[str]] = {}
+    for path in paths:
+        parts = path.resolve().parts
+        for depth in range(1, len(parts) - 1):
+            directory = Path(*parts[:depth])
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                blocked.setdefault(directory, set()).add(parts[depth])
+    return blocked
+
+
+def reachable_prefix(scratch: Path) -> list[str]:
+    """
+    A command prefix under which an unprivileged user can run this Python
+    and this checkout.
+
+    A Python installed under C{/root} (pyenv does that) cannot be read once
+    twistd has dropped privileges, so its later imports would fail: that is
+    a fact of this machine, not of popserv (an operator installs popserv
+    where its user can read it; see docs/operating.rst).  When that is so,
+    the server runs in a private mount namespace where each blocked
+    directory is replaced by an empty world-readable one holding bind
+    mounts of just what is needed.  Nothing outside the namespace changes.
+    """
+    needed = [Path(sys.executable), Path(sys.base_prefix), Path(sys.prefix), ROOT]
+    blocked = _blocked_ancestors(needed)
+    if not blocked:
+        return []
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip(f"{sorted(blocked)} cannot be entered by other users")
+    for directory in blocked:
+        if any(other != directory and other.is_relative_to(directory) for other in blocked):
+            pytest.skip(f"nested blocked directories under {directory}")
+    script = ["set -e"]
+    for i, (directory, names) in enumerate(sorted(blocked.items())):
+        for j, name in enumerate(sorted(names)):
+            stash = scratch / f"stash-{i}-{j}"
+            stash.mkdir()
+            script.append(f"mount --bind {shlex.quote(str(directory / name))} {stash}")
+        script.append(f"mount -t tmpfs -o mode=0755 popserv-test {shlex.quote(str(directory))}")
+        for j, name in enumerate(sorted(names)):
+            target = shlex.quote(str(directory / name))
+            script.append(f"mkdir {target} && mount --bind {scratch}/stash-{i}-{j} {target}")
+    script.append('exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script), "sh"]
+
+
+def _status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _retrieve_all(port: int, user: str, password: str) -> list[bytes]:
+    client = poplib.POP3(HOST, port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.user(user)
+        client.pass_(password)
+        count, _ = client.stat()
+        return [b"\r\n".join(client.retr(n)[1]) + b"\r\n" for n in range(1, count + 1)]
+    finally:
+        client.quit()
+
+
+def test_privilegeDrop(
+    start_server: ServerFactory, world_dir: Path, wait_until: Callable[..., object]
+) -> None:
+    """
+    Started as root with C{twistd --uid=nobody --gid=nogroup}, popserv binds
+    a privileged port, then runs with no privilege left; after that it
+    still reads, deletes from and creates Maildirs (owned by that user), and
+    re-reads its passwd-file (readable by the group) when it changes.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to bind a port below 1024 and to drop privileges")
+    uid, gid = _ids()
+    mail = world_dir / "mail"
+    messages = [_deliver_message(mail / USER, n) for n in (1, 2)]
+    _chown_tree(mail, uid, gid)
+    mail.chmod(0o700)
+    passwd = world_dir / "passwd"
+    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    os.chown(passwd, 0, gid)
+    passwd.chmod(0o640)
+    port = _free_port(range(1023, 899, -1))
+
+    server = start_server(
+        f"maildir:{mail}/{{user}}",
+        auth=[f"passwd-file:{passwd}"],
+        listen=f"tcp:{port}:interface={HOST}",
+        twistd_options=[f"--uid={UNPRIVILEGED_USER}", f"--gid={UNPRIVILEGED_GROUP}"],
+        prefix=reachable_prefix(world_dir),
+        cwd=world_dir,
+    )
+    assert server.port == port
+
+    # twistd says it listens before it drops privileges (the port is bound
+    # as root); the drop follows at once.
+    wait_until(lambda: _status(server.pid)["Uid"].split()[0] != "0")
+    status = _status(server.pid)
+    assert status["Uid"].split() == [str(uid)] * 4, status
+    assert status["Gid"].split() == [str(gid)] * 4, status
+    # initgroups(): the user's own groups only, none of root's.
+    assert status["Groups"].split() in ([], [str(gid)]), status
+    assert int(status["CapEff"], 16) == 0, status
+    assert int(status["CapPrm"], 16) == 0, status
+
+    # Reading and deleting in a Maildir the dropped user owns.
+    client = poplib.POP3(HOST, port, timeout=CLIENT_TIMEOUT)
+    client.user(USER)
+    client.pass_(PASSWORD)
+    assert client.stat() == (2, sum(len(wire_form(m)) for m in messages))
+    assert b"\r\n".join(client.retr(1)[1]) + b"\r\n" == wire_form(messages[0])
+    client.dele(1)
+    assert client.quit().startswith(b"+OK")
+    assert [p.name for p in (mail / USER / "new").iterdir()] == ["1700000002.M2P1.testhost"]
+
+    # A user added to the passwd-file now: re-read as the dropped user, and
+    # their Maildir is created by it.
+    _popserv_admin("passwd", "add", str(passwd), "bob", password="bobs-password")
+    assert (passwd.stat().st_uid, passwd.stat().st_gid) == (0, gid)
+
+    def bob_logs_in() -> bool:
+        try:
+            return _retrieve_all(port, "bob", "bobs-password") == []
+        except poplib.error_proto:
+            return False
+
+    wait_until(bob_logs_in)
+    bob = mail / "bob"
+    assert (bob.stat().st_uid, bob.stat().st_gid) == (uid, gid)
+    assert stat.S_IMODE(bob.stat().st_mode) == 0o700
+    assert sorted(p.name for p in bob.iterdir()) == ["cur", "new", "popserv.lock", "tmp"]
+    assert "Traceback" not in server.output()
+
+
+def _exec_start(unit: str) -> list[str]:
+    """
+    The ExecStart= command of a unit file, continuation lines joined.
+    """
+    joined = re.sub(r"\\\n\s*", " ", unit)
+    match = re.search(r"^ExecStart=(.*)$", joined, re.MULTILINE)
+    assert match, unit
+    return shlex.split(match.group(1))
+
+
+def _substitute(argv: list[str], replacements: dict[str, str]) -> list[str]:
+    """
+    C{argv} with each key replaced; every key must occur, so that the test
+    notices when the unit changes shape.
+    """
+    text = "\0".join(argv)
+    for old, new in replacements.items():
+        assert old in text, (old, argv)
+        text = text.replace(old, new)
+    return text.split("\0")
+
+
+def _verify_units(directory: Path, twistd: str) -> None:
+    """
+    Run C{systemd-analyze verify} on copies of the units whose ExecStart
+    names this checkout's twistd (verify insists that it exists).
+    """
+    for name in ("popserv.socket", "popserv.service"):
+        text = (UNITS / name).read_text()
+        (directory / name).write_text(text.replace("/opt/popserv/bin/twistd", twistd))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "popserv.socket", "popserv.service"],
+        cwd=directory,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result
+    # Anything it says about our units is a mistake in them.
+    assert b"popserv." not in result.stdout + result.stderr, result
+
+
+def test_systemdUnits(
+    tmp_path: Path, world_dir: Path, test_pki: TestPKI, twistd: list[str]
+) -> None:
+    """
+    The shipped units pass C{systemd-analyze verify}, and the service's own
+    ExecStart command, given the two sockets of the socket unit the way
+    systemd passes them (C{systemd-socket-activate}), serves POP3 on the
+    first and POP3 over implicit TLS on the second, from the passwd-file
+    and Maildirs it names.
+    """
+    require_program("systemd-socket-activate")
+    require_program("systemd-analyze")
+    assert len(twistd) == 1, "the checkout's twistd script is needed"
+    units = tmp_path / "units"
+    units.mkdir()
+    _verify_units(units, twistd[0])
+
+    socket_unit = (UNITS / "popserv.socket").read_text()
+    assert re.findall(r"^ListenStream=(\d+)$", socket_unit, re.MULTILINE) == ["110", "995"]
+    mail = world_dir / "mail"
+    messages = [_deliver_message(mail / USER, n) for n in (1, 2, 3)]
+    passwd = world_dir / "passwd"
+    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    command = _substitute(
+        _exec_start((UNITS / "popserv.service").read_text()),
+        {
+            "/opt/popserv/bin/twistd": twistd[0],
+            "/etc/popserv/tls/fullchain.pem": str(test_pki.server_certificate),
+            "/etc/popserv/tls/privkey.pem": str(test_pki.server_key),
+            "/etc/popserv/passwd": str(passwd),
+            "/srv/mail": str(mail),
+            # The test listens on 127.0.0.1 only, an AF_INET socket; the
+            # unit's bare ports give systemd an AF_INET6 one.
+            "domain=INET6": "domain=INET",
+        },
+    )
+    plain, implicit = _free_port(range(20110, 20210)), _free_port(range(20995, 21095))
+    log = tmp_path / "activated.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                "systemd-socket-activate",
+                f"--listen={HOST}:{plain}",
+                f"--listen={HOST}:{implicit}",
+                # systemd names each socket after its unit when the unit
+                # sets no FileDescriptorName=, and Twisted insists on names.
+                "--fdname=popserv.socket:popserv.socket",
+                "--",
+                *command,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while log.read_bytes().count(b"Listening on") < 2:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # The first connection starts the service, which then accepts it.
+        expected = [wire_form(m) for m in messages]
+        assert _retrieve_all(plain, USER, PASSWORD) == expected
+        context = test_pki.client_context()
+        client = poplib.POP3_SSL(HOST, implicit, context=context, timeout=CLIENT_TIMEOUT)
+        try:
+            assert isinstance(client.sock, ssl.SSLSocket)
+            client.user(USER)
+            client.pass_(PASSWORD)
+            assert client.stat() == (3, sum(len(m) for m in expected))
+        finally:
+            client.quit()
+        output = log.read_text()
+        assert "Traceback" not in output, output
+        assert output.count("POP3ServerFactory") >= 2, output
+    finally:
+        Server(process, log).stop()

@@ -1,20 +1,32 @@
 """
-Abuse resistance: the failed-login penalty per source address and the
-connection limits.  Pure bookkeeping with an injectable clock; the protocol
+Abuse resistance: the failed-login penalty per source address, the gate
+that login attempts pass before their credentials are checked, and the
+connection limits.  Bookkeeping with an injectable clock; the protocol
 applies the answers without blocking anyone.
 
 The penalty is Dovecot's: after a failed login from an address, the next
-failure's reply from that address waits 2 seconds, then 4, 8, up to 15; a
-successful login, or an hour without failures, clears it.  Other addresses
-are never slowed.
+attempt from that address waits 2 seconds before it is even checked, then
+4, 8, up to 15; a successful login, or an hour without failures, clears it.
+Other addresses are never slowed.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+
+def _defaultConcurrentLogins() -> int:
+    # Password hashing is CPU-bound: more checks at once than cores only
+    # adds memory (an Argon2id check holds 64 MiB) and makes each slower.
+    return max(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,10 @@ class Limits:
         ten-minute autologout applies after login).
     @ivar stallTimeout: seconds a message transfer may make no progress
         because the client does not read.
+    @ivar concurrentLogins: credentials checked at once; further login
+        attempts wait their turn in L{LoginGate}.
+    @ivar trustFor: seconds an address with a successful login (and no
+        failure since) goes to the front of the L{LoginGate} queue.
     """
 
     penaltyInitial: float = 2.0
@@ -47,6 +63,8 @@ class Limits:
     maxConnectionsPerAddress: int = 20
     loginTimeout: float = 60.0
     stallTimeout: float = 300.0
+    concurrentLogins: int = field(default_factory=_defaultConcurrentLogins)
+    trustFor: float = 86400.0
 
 
 class PenaltyBox:
@@ -67,6 +85,7 @@ class PenaltyBox:
         self.clock = clock
         self.capacity = capacity
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._succeeded: OrderedDict[str, float] = OrderedDict()
 
     def _count(self, address: str) -> int:
         entry = self._failures.get(address)
@@ -80,8 +99,8 @@ class PenaltyBox:
 
     def delay(self, address: str) -> float:
         """
-        Seconds the reply to a failed login from C{address} should wait now,
-        given the failures before it.
+        Seconds a login attempt from C{address} should wait now, before it
+        is checked, given the failures before it.
         """
         count = self._count(address)
         if count == 0:
@@ -89,24 +108,121 @@ class PenaltyBox:
         delay = self.limits.penaltyInitial * float(2 ** (count - 1))
         return min(delay, self.limits.penaltyMaximum)
 
-    def failed(self, address: str) -> float:
+    def failed(self, address: str) -> None:
         """
-        Record a failed login from C{address}; the delay its reply should
-        wait.
+        Record a failed login from C{address}.
         """
-        delay = self.delay(address)
         count = self._count(address) + 1
         self._failures[address] = (count, self.clock())
         self._failures.move_to_end(address)
         while len(self._failures) > self.capacity:
             self._failures.popitem(last=False)
-        return delay
 
     def succeeded(self, address: str) -> None:
         """
-        A login from C{address} succeeded: its penalty is cleared.
+        A login from C{address} succeeded: its penalty is cleared, and it is
+        trusted for L{Limits.trustFor} seconds.
         """
         self._failures.pop(address, None)
+        self._succeeded[address] = self.clock()
+        self._succeeded.move_to_end(address)
+        while len(self._succeeded) > self.capacity:
+            self._succeeded.popitem(last=False)
+
+    def trusted(self, address: str) -> bool:
+        """
+        Whether C{address} logged in successfully lately and has not failed
+        since.
+        """
+        since = self._succeeded.get(address)
+        if since is None or self.clock() - since > self.limits.trustFor:
+            return False
+        return self._count(address) == 0
+
+
+class LoginGate:
+    """
+    Where a login attempt waits before its credentials are checked.
+
+     - An address with recent failures first waits its penalty
+       (L{PenaltyBox.delay}).  The guess is not checked before then, so a
+       guesser who hangs up early to skip the wait saves no time and costs
+       the server no hashing.
+     - At most L{Limits.concurrentLogins} attempts are checked at once; the
+       rest queue, those from L{trusted <PenaltyBox.trusted>} addresses
+       first.  A flood of guesses from many new addresses then can neither
+       take all the CPU, memory and threads that password hashing needs,
+       nor keep a user who logged in before from this address waiting
+       behind it.
+
+    L{enter} gives a release callable: call it once the credentials are
+    checked (calling it again does nothing).
+    """
+
+    def __init__(self, penalties: PenaltyBox, clock: IReactorTime | None = None) -> None:
+        self.penalties = penalties
+        self._reactorTime = clock
+        self.active = 0
+        self._trusted: deque[Deferred[Callable[[], None]]] = deque()
+        self._others: deque[Deferred[Callable[[], None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """
+        Attempts queued for a turn (not counting those serving a penalty).
+        """
+        return len(self._trusted) + len(self._others)
+
+    def _clock(self) -> IReactorTime:
+        if self._reactorTime is not None:
+            return self._reactorTime
+        from twisted.internet import reactor
+
+        return reactor
+
+    def enter(self, address: str) -> Deferred[Callable[[], None]]:
+        """
+        Wait for C{address}'s penalty and a turn; fires with the release
+        callable.
+        """
+        delay = self.penalties.delay(address)
+        if delay <= 0:
+            return self._queue(address)
+        # A session that ends meanwhile cancels the wait (or, once queued,
+        # its place in the queue: cancel() follows the chain).
+        waited: Deferred[Any] = Deferred(lambda d: call.cancel())
+        call = self._clock().callLater(delay, waited.callback, None)
+        return waited.addCallback(lambda _: self._queue(address))
+
+    def _queue(self, address: str) -> Deferred[Callable[[], None]]:
+        if self.active < self.penalties.limits.concurrentLogins:
+            self.active += 1
+            return succeed(self._releaser())
+        line = self._trusted if self.penalties.trusted(address) else self._others
+
+        def cancel(d: Deferred[Callable[[], None]]) -> None:
+            line.remove(d)
+
+        turn: Deferred[Callable[[], None]] = Deferred(cancel)
+        line.append(turn)
+        return turn
+
+    def _releaser(self) -> Callable[[], None]:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.active -= 1
+            for line in (self._trusted, self._others):
+                if line:
+                    self.active += 1
+                    line.popleft().callback(self._releaser())
+                    return
+
+        return release
 
 
 class ConnectionCounter:

@@ -26,7 +26,7 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IReactorTime,
@@ -50,7 +50,7 @@ from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
-from popserv.limits import ConnectionCounter, Limits, PenaltyBox
+from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
 from popserv.policy import SitePolicy
 from popserv.realm import LoginMind
 from popserv.sasl import (
@@ -146,6 +146,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._authFailures = 0
         self._badCommands = 0
         self._attempt = ("", "-")
+        #: A login attempt waiting at the factory's LoginGate.
+        self._turn: Deferred[Any] | None = None
 
     # Connection events
 
@@ -180,6 +182,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._counted = False
             self.factory.connections.release(self.address)
         self._queue.clear()
+        if self._turn is not None:
+            self._turn.cancel()
         if self._transfer is not None:
             self._transfer.stopProducing()
         if self._deleting is not None:
@@ -537,11 +541,32 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         mechanismName: str = "-",
     ) -> Deferred[Any]:
         self._attempt = (_bytesName(getattr(credentials, "username", b"")), mechanismName)
-        mind = LoginMind()
+        # The penalty and the queue come before the check (LoginGate).
+        self._turn = turn = self.factory.gate.enter(self.address)
+        turn.addCallback(self._check, credentials, mechanism)
+        turn.addErrback(self._loginFailed)
+        return turn
+
+    def _check(
+        self,
+        release: Callable[[], None],
+        credentials: ICredentials,
+        mechanism: IMechanism | None,
+    ) -> Deferred[Any] | None:
+        self._turn = None
+        if self._lost:
+            release()
+            return None
+        # The realm calls release once the checker has accepted, so opening
+        # the maildrop does not hold a turn; a failure releases here.
+        mind = LoginMind(release)
+
+        def checked(result: Any) -> Any:
+            release()
+            return result
+
         d: Deferred[Any] = self.factory.portal.login(credentials, mind, IMaildrop)
-        d.addCallback(self._loggedIn, mechanism, mind)
-        d.addErrback(self._loginFailed)
-        return d
+        return d.addBoth(checked).addCallback(self._loggedIn, mechanism, mind)
 
     def _loggedIn(
         self,
@@ -653,6 +678,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._send(replies.ok(f"Logged in, {count} messages ({octets} octets)"))
 
     def _loginFailed(self, failure: Failure) -> Any:
+        if failure.check(CancelledError) and self._lost:
+            return None  # the session ended while the attempt waited
         self._release()
         self._endSASL()
         self.user = None
@@ -668,31 +695,20 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._send(replies.err("Login failed, try again later", "SYS/TEMP"))
         return None
 
-    def _authFailed(self) -> Deferred[None] | None:
+    def _authFailed(self) -> None:
         """
-        Answer a failed login after the address's penalty (without blocking
-        anyone: commands from this client wait in its queue), and close the
-        session after too many failures.
+        Answer a failed login (the address's next attempt will wait its
+        penalty), and close the session after too many failures.
         """
         audit.authFailed(self._attempt[0], self.address, self._attempt[1])
         self._authFailures += 1
-        delay = self.factory.penalties.failed(self.address)
-        last = self._authFailures >= self.factory.limits.maxAuthFailures
-
-        def answer(_: object = None) -> None:
-            self._send(replies.err("Authentication failed", "AUTH"))
-            if last and not self._lost:
-                self.record.reason = "auth-failures"
-                self.state = State.UPDATE
-                self._queue.clear()
-                self.transport.loseConnection()
-
-        if delay <= 0:
-            answer()
-            return None
-        from twisted.internet.task import deferLater
-
-        return deferLater(self._clock(), delay, answer)
+        self.factory.penalties.failed(self.address)
+        self._send(replies.err("Authentication failed", "AUTH"))
+        if self._authFailures >= self.factory.limits.maxAuthFailures and not self._lost:
+            self.record.reason = "auth-failures"
+            self.state = State.UPDATE
+            self._queue.clear()
+            self.transport.loseConnection()
 
     def _clock(self) -> IReactorTime:
         if self.factory.clock is not None:
@@ -1015,6 +1031,7 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         self.penalties = (
             PenaltyBox(self.limits, clockFunction) if clockFunction else PenaltyBox(self.limits)
         )
+        self.gate = LoginGate(self.penalties, clock)
         self.connections = ConnectionCounter(self.limits)
 
     def apopEnabled(self) -> bool:

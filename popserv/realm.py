@@ -30,9 +30,17 @@ class LoginMind:
     """
     The cred "mind" a POP3 login passes to the realm, through which the
     realm tells the protocol the user name the checker established.
+
+    @ivar credentialsChecked: the realm calls it as soon as it is asked for
+        an avatar (the checker has accepted), before opening the maildrop:
+        it ends the login's turn at L{popserv.limits.LoginGate}.  A realm
+        that does not call it only holds the turn a little longer.
     """
 
     user: str | None = None
+
+    def __init__(self, credentialsChecked: Callable[[], None] = lambda: None) -> None:
+        self.credentialsChecked = credentialsChecked
 
 
 @implementer(IRealm)
@@ -60,6 +68,7 @@ class MaildropRealm:
         if isinstance(mind, LoginMind):
             # Tell the protocol who logged in: per-user policy needs it.
             mind.user = user
+            mind.credentialsChecked()
         d: Deferred[IMaildrop] = maybeDeferred(self.store.openMaildrop, user)
         return d.addCallback(_avatar)
 

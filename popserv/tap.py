@@ -188,9 +188,18 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "max-auth-failures",
             None,
             Limits.maxAuthFailures,
-            "Failed logins after which a session is closed (each failure's reply "
-            "from an address also waits 2 s, doubling to 15 s).",
+            "Failed logins after which a session is closed (after a failure, the "
+            "next attempt from that address waits 2 s, doubling to 15 s).",
             _count("max-auth-failures"),
+        ],
+        [
+            "concurrent-logins",
+            None,
+            Limits().concurrentLogins,
+            "Logins whose credentials are checked at once; more wait, those from "
+            "addresses with a recent good login first.  Default: the CPU count "
+            "(at least 2).",
+            _count("concurrent-logins"),
         ],
         [
             "proxy-trusted",
@@ -408,6 +417,7 @@ def makeService(options: Options) -> IService:
             maxConnections=options["max-connections"],
             maxConnectionsPerAddress=options["max-connections-per-address"],
             maxAuthFailures=options["max-auth-failures"],
+            concurrentLogins=options["concurrent-logins"],
         ),
     )
     top = MultiService()

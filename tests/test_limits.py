@@ -5,23 +5,34 @@ penalty, connection limits, login and stall timeouts, bad commands.
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocol_helpers import Session
 from synchronous import FakeTime
 from test_protocol import PausingTransport
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from zope.interface import implementer
 
-from popserv.limits import ConnectionCounter, Limits, PenaltyBox
+from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
 
 FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
 
 def test_penaltyDoublesToMaximum() -> None:
     """
-    Each failure from an address waits 2, 4, 8, then at most 15 seconds
-    before its reply; success or an hour's quiet clears it.
+    After each failure from an address its next attempt waits 2, 4, 8,
+    then at most 15 seconds; success or an hour's quiet clears it.
     """
     clock = FakeTime(0.0)
     box = PenaltyBox(clock=clock)
-    assert [box.failed("192.0.2.1") for _ in range(6)] == [0, 2, 4, 8, 15, 15]
+    delays = []
+    for _ in range(6):
+        delays.append(box.delay("192.0.2.1"))
+        box.failed("192.0.2.1")
+    assert delays == [0, 2, 4, 8, 15, 15]
     assert box.delay("192.0.2.2") == 0
     box.succeeded("192.0.2.1")
     assert box.delay("192.0.2.1") == 0
@@ -57,7 +68,161 @@ def test_connectionCounter() -> None:
     assert counter.admit("a") is None
 
 
+def test_trust() -> None:
+    """
+    An address is trusted after a successful login, until it fails or a
+    day passes.
+    """
+    clock = FakeTime(0.0)
+    box = PenaltyBox(clock=clock)
+    assert not box.trusted("192.0.2.1")
+    box.succeeded("192.0.2.1")
+    assert box.trusted("192.0.2.1")
+    box.failed("192.0.2.1")
+    assert not box.trusted("192.0.2.1")
+    box.succeeded("192.0.2.1")
+    clock.now += 86401
+    assert not box.trusted("192.0.2.1")
+
+
+def _turns(gate: LoginGate, address: str, log: list[str]) -> Deferred[Any]:
+    d = gate.enter(address)
+    d.addCallback(lambda release: log.append(address) or release)
+    return d
+
+
+def test_gateQueuesTrustedFirst() -> None:
+    """
+    Past the concurrency limit attempts queue; a trusted address is served
+    before untrusted ones that came earlier, each in arrival order; a
+    release lets exactly one more in, and releasing twice does nothing.
+    """
+    clock = Clock()
+    box = PenaltyBox(Limits(concurrentLogins=2), clock=clock.seconds)
+    box.succeeded("trusted")
+    gate = LoginGate(box, clock)
+    log: list[str] = []
+    first, second = _turns(gate, "a", log), _turns(gate, "b", log)
+    waiting = [_turns(gate, name, log) for name in ("c", "d", "trusted")]
+    assert log == ["a", "b"] and gate.active == 2 and gate.waiting == 3
+    release = first.result
+    release()
+    release()
+    assert log == ["a", "b", "trusted"] and gate.active == 2
+    second.result()
+    assert log == ["a", "b", "trusted", "c"]
+    waiting[2].result()
+    waiting[0].result()
+    assert log == ["a", "b", "trusted", "c", "d"]
+    waiting[1].result()
+    assert gate.active == 0 and gate.waiting == 0
+
+
+def test_gatePenaltyAndCancel() -> None:
+    """
+    An address with failures waits its penalty before it queues; a
+    cancelled wait, or a cancelled place in the queue, takes no turn.
+    """
+    clock = Clock()
+    box = PenaltyBox(Limits(concurrentLogins=1), clock=clock.seconds)
+    gate = LoginGate(box, clock)
+    box.failed("guesser")
+    log: list[str] = []
+    waiting = _turns(gate, "guesser", log)
+    clock.advance(1.9)
+    assert log == []
+    waiting.cancel()
+    clock.advance(1)
+    assert log == [] and gate.active == 0
+    waiting.addErrback(lambda f: None)
+
+    holder = _turns(gate, "a", log)
+    queued = _turns(gate, "b", log)
+    assert gate.waiting == 1
+    queued.cancel()
+    queued.addErrback(lambda f: None)
+    assert gate.waiting == 0
+    holder.result()
+    assert log == ["a"] and gate.active == 0
+
+
+@implementer(ICredentialsChecker)
+class PendingChecker:
+    """
+    A checker whose answers the test gives, counting the checks it was asked
+    for: like a password hash computed in a thread.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.real = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        self.pending: list[tuple[Deferred[Any], Any]] = []
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((d, credentials))
+        return d
+
+    def answer(self) -> None:
+        d, credentials = self.pending.pop(0)
+        self.real.requestAvatarId(credentials).chainDeferred(d)
+
+
 class TestProtocol:
+    def test_guessNotCheckedDuringPenalty(self) -> None:
+        """
+        After a failure, the address's next guess is not checked until its
+        penalty has passed; a client that hangs up meanwhile cost no check.
+        """
+        checker = PendingChecker()
+        s = Session(checkers=[checker], peer="127.0.0.7")
+        s.send(b"USER alice\r\nPASS x\r\n")
+        checker.answer()
+        assert s.take() == b"+OK Send PASS\r\n" + FAILED
+        s.send(b"USER alice\r\nPASS y\r\n")
+        s.clock.advance(1.9)
+        assert checker.pending == []
+        s.clock.advance(0.1)
+        assert len(checker.pending) == 1
+        checker.answer()
+        assert s.take() == b"+OK Send PASS\r\n" + FAILED
+        s.send(b"USER alice\r\nPASS z\r\n")
+        s.protocol.connectionLost(None)
+        s.clock.advance(60)
+        assert checker.pending == []
+        assert s.factory.gate.active == 0
+
+    def test_floodDoesNotDelayTrustedUser(self) -> None:
+        """
+        While guesses from many new addresses fill the checks in flight, a
+        user who logged in before from their address is checked next, ahead
+        of the guesses that queued before them.
+        """
+        checker = PendingChecker()
+        good = Session(checkers=[checker], peer="127.0.1.1", limits=Limits(concurrentLogins=2))
+        good.send(b"USER alice\r\nPASS secret\r\n")
+        checker.answer()
+        assert good.take().endswith(b"+OK Logged in, 0 messages (0 octets)\r\n")
+        good.command(b"QUIT")
+        good.protocol.connectionLost(None)
+        guessers = [Session(factory=good.factory, peer=f"127.0.2.{i}") for i in range(1, 6)]
+        for guesser in guessers:
+            guesser.send(b"USER alice\r\nPASS wrong\r\n")
+        assert len(checker.pending) == 2 and good.factory.gate.waiting == 3
+        again = Session(factory=good.factory, peer="127.0.1.1")
+        again.send(b"USER alice\r\nPASS secret\r\n")
+        checker.answer()
+        assert len(checker.pending) == 2
+        assert checker.pending[-1][1].password == b"secret"
+        checker.answer()
+        checker.answer()
+        assert again.take().endswith(b"+OK Logged in, 0 messages (0 octets)\r\n")
+        while checker.pending:
+            checker.answer()
+        assert all(g.take().endswith(FAILED) for g in guessers)
+        assert good.factory.gate.active == 0
+
     def test_penaltyDelaysOnlyTheFailingAddress(self) -> None:
         """
         After a failure, the next failure's reply from that address waits,

@@ -523,7 +523,9 @@ class TestOverPOP3:
         s = self.session(tmp_path, "alice:" + DOVECOT_VECTORS["ARGON2ID"])
         assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
         assert s.command(b"PASS wrong") == b"-ERR [AUTH] Authentication failed\r\n"
-        assert s.login(b"alice", b"test").startswith(b"+OK Logged in")
+        assert s.login(b"alice", b"test") == b""  # the penalty: see test_limits
+        s.clock.advance(2)
+        assert s.take().startswith(b"+OK Logged in")
 
     def test_scramFromStoredKeys(self, tmp_path: Path) -> None:
         """

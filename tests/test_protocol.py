@@ -91,7 +91,9 @@ class TestGreetingAndLogin:
         assert s.login(user=b"nobody") == b""  # the penalty: see test_limits
         s.clock.advance(2)
         assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
-        assert s.login().startswith(b"+OK Logged in")
+        assert s.login() == b""
+        s.clock.advance(4)
+        assert s.take().startswith(b"+OK Logged in")
 
     def test_passWithoutUser(self) -> None:
         """
@@ -121,9 +123,9 @@ class TestGreetingAndLogin:
         assert s.command(b"APOP alice " + bad) == b"-ERR [AUTH] Authentication failed\r\n"
         assert s.command(b"APOP alice xyz") == b"-ERR Syntax: APOP name digest (32 hex digits)\r\n"
         good = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
-        assert (
-            s.command(b"APOP alice " + good.upper()) == b"+OK Logged in, 2 messages (59 octets)\r\n"
-        )
+        assert s.command(b"APOP alice " + good.upper()) == b""  # the penalty
+        s.clock.advance(2)
+        assert s.take() == b"+OK Logged in, 2 messages (59 octets)\r\n"
 
     def test_secondLoginRefused(self) -> None:
         """

@@ -430,6 +430,9 @@ def test_pipeliningBehindSlowChecker() -> None:
     assert s.take() == b"+OK Send PASS\r\n"
     checker.release()
     assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
+    # The next attempt is checked once the address's penalty has passed.
+    assert checker.pending == []
+    s.clock.advance(2)
     checker.release()
     assert s.take() == (
         b"+OK Logged in, 1 messages (3 octets)\r\n"

@@ -295,6 +295,19 @@ def maildir(maildir_root: Path) -> Path:
 
 
 @pytest.fixture
+def big_files(maildir: Path) -> Iterator[Path]:
+    """
+    Alice's Maildir, emptied after the test: pytest keeps the last few
+    runs' temporary directories, and hundreds of MiB each is too much to
+    keep.
+    """
+    yield maildir
+    for sub in ("new", "cur"):
+        for path in (maildir / sub).iterdir():
+            path.unlink()
+
+
+@pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """
     A callable that starts a C{twistd popserv}; every server it started is

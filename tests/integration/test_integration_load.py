@@ -1,0 +1,164 @@
+"""
+Load on the real server, bounded in time, all on the loopback interface:
+a password-guessing flood from hundreds of connections while a user logs
+in, and a slow reader of a 100 MiB message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import poplib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from bigmessage import block, expected_retr, read_retr
+from conftest import CLIENT_TIMEOUT, HOST, PASSWORD, USER
+
+pytestmark = pytest.mark.integration
+
+BOT = Path(__file__).with_name("badlogins.py")
+#: The flood: connections from each of ADDRESSES source addresses.
+ADDRESSES, CONNECTIONS = 200, 2
+#: The good user's logins measured during the flood.
+GOOD_LOGINS = 8
+#: The longest a good login may take during the flood.  Alone one takes
+#: about 0.2 s here (an Argon2id check); before the LoginGate it took more
+#: than 30 s, queued behind every guess.
+GOOD_LOGIN_LIMIT = 2.0
+
+
+def _login_seconds(port: int) -> float:
+    start = time.monotonic()
+    client = poplib.POP3(HOST, port, timeout=30)
+    try:
+        client.user(USER)
+        assert client.pass_(PASSWORD).startswith(b"+OK Logged in")
+    finally:
+        client.quit()
+    return time.monotonic() - start
+
+
+def _loopback_sources_work() -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((f"127.0.0.{1 + ADDRESSES}", 0))
+        except OSError:
+            return False
+    return True
+
+
+def test_guessing_flood(start_server, maildir_root, maildir, tmp_path):
+    """
+    While 400 connections from 200 addresses guess alice's password (stored
+    as Argon2id, the default), alice logs in from her usual address within
+    GOOD_LOGIN_LIMIT seconds each time: the flood is held back by the
+    per-address penalty and queued behind her (LoginGate), and every guess
+    gets -ERR [AUTH].
+    """
+    if not _loopback_sources_work():
+        pytest.skip("127.0.0.0/8 source addresses are not usable here")
+    passwd = tmp_path / "passwd"
+    admin = Path(sys.executable).with_name("popserv")
+    subprocess.run(
+        [str(admin), "passwd", "add", str(passwd), USER, "--password-stdin"],
+        input=f"{PASSWORD}\n".encode(),
+        check=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert "{ARGON2ID}" in passwd.read_text()
+    server = start_server(f"maildir:{maildir_root}/{{user}}", auth=[f"passwd-file:{passwd}"])
+
+    alone = [_login_seconds(server.port) for _ in range(3)]
+    flood_seconds = 3 + GOOD_LOGINS * 0.5
+    bot = subprocess.Popen(
+        [
+            sys.executable,
+            str(BOT),
+            *(str(n) for n in (server.port, ADDRESSES, CONNECTIONS, flood_seconds)),
+            USER,
+        ],
+        stdout=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    try:
+        time.sleep(1.5)  # every bot connected and guessing
+        during = []
+        for _ in range(GOOD_LOGINS):
+            during.append(_login_seconds(server.port))
+            time.sleep(0.2)
+        out, _ = bot.communicate(timeout=flood_seconds + 30)
+    finally:
+        bot.kill()
+        bot.wait()
+    stats = json.loads(out)
+    report = f"alone {alone}, during the flood {during}, bots {stats}"
+    assert max(during) < GOOD_LOGIN_LIMIT, report
+    assert statistics.median(during) < GOOD_LOGIN_LIMIT / 2, report
+    assert stats["connections"] >= ADDRESSES * CONNECTIONS, report
+    assert stats["attempts"] >= ADDRESSES * CONNECTIONS, report
+    failed = "+OK Send PASS / -ERR [AUTH] Authentication failed"
+    assert stats.get(failed, 0) > 0, report
+    assert not [kind for kind in stats if "+OK Logged in" in kind], report
+    print(report)
+
+
+#: The slow reader: 100 MiB read 64 KiB at a time, 2 ms apart (about
+#: 25 MB/s, several times slower than the server sends).
+SLOW_BLOCKS = 100
+SLOW_CHUNK = 64 * 1024
+SLOW_PAUSE = 0.002
+#: The server's growth in resident memory that counts as flat.
+FLAT_KIB = 8 * 1024
+
+
+def test_slow_reader_of_100_mib(server, big_files, deliver, raw_client, retr_body):
+    """
+    A client reading a 100 MiB message slowly gets it octet for octet
+    while the server's resident memory stays within FLAT_KIB of where it
+    was before RETR, sampled every 20 ms through the transfer.
+    """
+    data = block()
+    deliver(big_files, (data for _ in range(SLOW_BLOCKS)))
+    expected = expected_retr(data, SLOW_BLOCKS, retr_body)
+    client = raw_client(server.port, rcvbuf=SLOW_CHUNK)
+    assert client.login() == b"+OK Logged in, 1 messages (%d octets)\r\n" % expected.size
+    baseline = server.rss_kib()
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            samples.append(server.rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        client.send(b"RETR 1\r\n")
+        read_retr(
+            client.sock,
+            expected,
+            time.monotonic() + 120,
+            chunk=SLOW_CHUNK,
+            pause=SLOW_PAUSE,
+        )
+    finally:
+        done.set()
+        sampler.join(5)
+    seconds = time.monotonic() - started
+    growth = max(samples) - baseline
+    report = (
+        f"{expected.total / seconds / 1e6:.1f} MB/s over {seconds:.1f} s, "
+        f"RSS {baseline} KiB before, growth {growth} KiB at most, {len(samples)} samples"
+    )
+    assert len(samples) > 50, report
+    assert growth < FLAT_KIB, report
+    assert client.command(b"QUIT").startswith(b"+OK")
+    print(report)

@@ -195,7 +195,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "concurrent-logins",
             None,
-            Limits().concurrentLogins,
+            None,
             "Logins whose credentials are checked at once; more wait, those from "
             "addresses with a recent good login first.  Default: the CPU count "
             "(at least 2).",
@@ -417,7 +417,7 @@ def makeService(options: Options) -> IService:
             maxConnections=options["max-connections"],
             maxConnectionsPerAddress=options["max-connections-per-address"],
             maxAuthFailures=options["max-auth-failures"],
-            concurrentLogins=options["concurrent-logins"],
+            concurrentLogins=options["concurrent-logins"] or Limits().concurrentLogins,
         ),
     )
     top = MultiService()

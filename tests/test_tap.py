@@ -4,6 +4,7 @@ Tests for popserv.tap: the twistd popserv options and service.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,7 @@ def test_limitOptions() -> None:
         3,
         20,
     )
+    assert limits.concurrentLogins == max(2, os.cpu_count() or 1)
     options = parse(
         *base,
         "--login-timeout",
@@ -327,8 +329,11 @@ def test_limitOptions() -> None:
         "5",
         "--max-auth-failures",
         "2",
+        "--concurrent-logins",
+        "7",
     )
     limits = next(iter(makeService(options))).factory.limits
+    assert limits.concurrentLogins == 7
     assert (
         limits.loginTimeout,
         limits.stallTimeout,

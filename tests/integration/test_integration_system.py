@@ -261,11 +261,11 @@ def _verify_units(directory: Path, twistd: str) -> None:
     Run C{systemd-analyze verify} on copies of the units whose ExecStart
     names this checkout's twistd (verify insists that it exists).
     """
-    for name in ("popserv.socket", "popserv.service"):
+    for name in ("popserv.socket", "popserv.service", "popserv@.service"):
         text = (UNITS / name).read_text()
         (directory / name).write_text(text.replace("/opt/popserv/bin/twistd", twistd))
     result = subprocess.run(
-        ["systemd-analyze", "verify", "popserv.socket", "popserv.service"],
+        ["systemd-analyze", "verify", "popserv.socket", "popserv.service", "popserv@1.service"],
         cwd=directory,
         capture_output=True,
         timeout=60,
@@ -298,19 +298,7 @@ def test_systemdUnits(
     messages = [_deliver_message(mail / USER, n) for n in (1, 2, 3)]
     passwd = world_dir / "passwd"
     _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
-    command = _substitute(
-        _exec_start((UNITS / "popserv.service").read_text()),
-        {
-            "/opt/popserv/bin/twistd": twistd[0],
-            "/etc/popserv/tls/fullchain.pem": str(test_pki.server_certificate),
-            "/etc/popserv/tls/privkey.pem": str(test_pki.server_key),
-            "/etc/popserv/passwd": str(passwd),
-            "/srv/mail": str(mail),
-            # The test listens on 127.0.0.1 only, an AF_INET socket; the
-            # unit's bare ports give systemd an AF_INET6 one.
-            "domain=INET6": "domain=INET",
-        },
-    )
+    command = _service_command("popserv.service", twistd[0], test_pki, passwd, mail)
     plain, implicit = _free_port(range(20110, 20210)), _free_port(range(20995, 21095))
     log = tmp_path / "activated.log"
     with open(log, "wb") as out:
@@ -353,3 +341,113 @@ def test_systemdUnits(
         assert output.count("POP3ServerFactory") >= 2, output
     finally:
         Server(process, log).stop()
+
+
+def _service_command(unit: str, twistd: str, pki: TestPKI, passwd: Path, mail: Path) -> list[str]:
+    """
+    A unit's ExecStart command with this test's files in place of the
+    operator's.
+    """
+    return _substitute(
+        _exec_start((UNITS / unit).read_text()),
+        {
+            "/opt/popserv/bin/twistd": twistd,
+            "/etc/popserv/tls/fullchain.pem": str(pki.server_certificate),
+            "/etc/popserv/tls/privkey.pem": str(pki.server_key),
+            "/etc/popserv/passwd": str(passwd),
+            "/srv/mail": str(mail),
+            # The test listens on 127.0.0.1 only, an AF_INET socket; the
+            # unit's bare ports give systemd an AF_INET6 one.
+            "domain=INET6": "domain=INET",
+        },
+    )
+
+
+#: Runs argv[3:] with the sockets at fds argv[1] and argv[2] passed the way
+#: systemd passes them: as fds 3 and 4, named in the environment, for this
+#: very process (LISTEN_PID; exec keeps the pid).
+_AS_SYSTEMD = """
+import os, sys
+first, second = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2]))
+os.dup2(first, 3)
+os.dup2(second, 4)
+os.set_inheritable(3, True)  # dup2 onto itself keeps dup's close-on-exec
+os.set_inheritable(4, True)
+os.environ.update(
+    LISTEN_PID=str(os.getpid()), LISTEN_FDS="2",
+    LISTEN_FDNAMES="popserv.socket:popserv.socket",
+)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def test_workersShareSockets(
+    tmp_path: Path, world_dir: Path, test_pki: TestPKI, twistd: list[str], raw_client
+) -> None:
+    """
+    Two processes run from the popserv@.service template share the
+    listening sockets: both serve connections, and the maildrop lock holds
+    across them (a login served by either process while alice is logged in
+    through the other gets [IN-USE]).
+    """
+    assert len(twistd) == 1, "the checkout's twistd script is needed"
+    mail = world_dir / "mail"
+    _deliver_message(mail / USER, 1)
+    passwd = world_dir / "passwd"
+    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    command = _service_command("popserv@.service", twistd[0], test_pki, passwd, mail)
+    sockets = [socket.create_server((HOST, 0), backlog=64) for _ in range(2)]
+    port = sockets[0].getsockname()[1]
+    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
+    workers = []
+    try:
+        for log in logs:
+            with open(log, "wb") as out:
+                fds = [str(s.fileno()) for s in sockets]
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", _AS_SYSTEMD, *fds, *command],
+                        pass_fds=[s.fileno() for s in sockets],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        cwd=tmp_path,
+                    )
+                )
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while not all(b"POP3ServerFactory (TLS) starting" in log.read_bytes() for log in logs):
+            assert all(w.poll() is None for w in workers), [log.read_text() for log in logs]
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
+            time.sleep(0.05)
+        for s in sockets:
+            s.close()  # only the workers listen now
+
+        holder = raw_client(port)
+        assert holder.login().startswith(b"+OK Logged in")
+
+        def sessions(log: Path) -> int:
+            return log.read_text().count("popserv session:")
+
+        served = [0, 0]
+        for _ in range(40):
+            before = [sessions(log) for log in logs]
+            client = raw_client(port)
+            assert client.login() == b"-ERR [IN-USE] Maildrop is in use by another session\r\n"
+            assert client.command(b"QUIT").startswith(b"+OK")
+            deadline = time.monotonic() + CLIENT_TIMEOUT
+            while [sessions(log) for log in logs] == before:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            for n, log in enumerate(logs):
+                served[n] += sessions(log) - before[n]
+            if all(served):
+                break
+        assert all(served), served
+        assert holder.command(b"QUIT").startswith(b"+OK")
+        for log in logs:
+            assert "Traceback" not in log.read_text()
+    finally:
+        for s in sockets:
+            s.close()
+        for worker, log in zip(workers, logs, strict=False):
+            Server(worker, log).stop()

@@ -56,7 +56,7 @@ def authFailed(user: str, ip: str, mechanism: str) -> None:
     log.warn(AUTH_FAILED, user=safe(user), ip=ip, mechanism=mechanism)
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     """
     What one session did, for its end-of-session event.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -120,34 +119,44 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     transport: Any
     _log = Logger()
 
+    # Per-session state.  The defaults live on the class and a session sets
+    # only what it changes: an idle session then holds a small instance
+    # dict, which matters with thousands of sessions (issue 5's memory
+    # target).
+    state = State.AUTHORIZATION
+    challenge: bytes | None = None
+    _user: bytes | None = None
+    _maildrop: IMaildrop | None = None
+    _logout: Callable[[], None] | None = None
+    _transaction: Transaction | None = None
+    _transfer: MessageTransfer | None = None
+    _busy = False
+    _draining = False
+    _readingPaused = False
+    _lost = False
+    _tooLong = False
+    _deleting: Deferred[None] | None = None
+    _sasl: IMechanism | None = None
+    _saslFinal = False
+    _discardInput = False
+    utf8 = False
+    user: str | None = None
+    #: Indexes of messages retrieved in full (for EXPIRE); made at the
+    #: first RETR.
+    _retrieved: set[int] | None = None
+    address = ""
+    _counted = False
+    _authFailures = 0
+    _badCommands = 0
+    _attempt = ("", "-")
+    #: A login attempt waiting at the factory's LoginGate.
+    _turn: Deferred[Any] | None = None
+
     def __init__(self) -> None:
-        self.state = State.AUTHORIZATION
-        self.challenge: bytes | None = None
-        self._user: bytes | None = None
-        self._maildrop: IMaildrop | None = None
-        self._logout: Callable[[], None] | None = None
-        self._transaction: Transaction | None = None
-        self._transfer: MessageTransfer | None = None
-        self._queue: deque[bytes] = deque()
-        self._busy = False
-        self._draining = False
-        self._readingPaused = False
-        self._lost = False
-        self._tooLong = False
-        self._deleting: Deferred[None] | None = None
-        self._sasl: IMechanism | None = None
-        self._saslFinal = False
-        self._discardInput = False
-        self.utf8 = False
-        self.user: str | None = None
-        self._retrieved: set[int] = set()
-        self.address = ""
-        self._counted = False
-        self._authFailures = 0
-        self._badCommands = 0
-        self._attempt = ("", "-")
-        #: A login attempt waiting at the factory's LoginGate.
-        self._turn: Deferred[Any] | None = None
+        # Lines that arrived while a command was answered (pipelining),
+        # at most MAX_QUEUED_LINES: a list is smaller than a deque, and
+        # popping its head is cheap at that length.
+        self._queue: list[bytes] = []
 
     # Connection events
 
@@ -295,7 +304,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
                 if self.state is State.UPDATE:
                     self._queue.clear()
                     break
-                self._run(self._queue.popleft())
+                self._run(self._queue.pop(0))
         finally:
             self._draining = False
         if self._readingPaused and not self._tooLong and len(self._queue) < MAX_QUEUED_LINES // 2:
@@ -768,6 +777,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         def retrieved(sent: int | None) -> None:
             # For EXPIRE: a message counts as retrieved once RETR sent it all.
             if sent is not None:
+                if self._retrieved is None:
+                    self._retrieved = set()
                 self._retrieved.add(index)
                 self.record.retr += 1
                 self.record.retrBytes += size
@@ -856,7 +867,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self.state = State.UPDATE
         self._queue.clear()
         uids = {index: info.uid for index, info in enumerate(txn.messages())}
-        expiring = self.factory.policy.expired(self.user or "", uids, self._retrieved)
+        expiring = self.factory.policy.expired(self.user or "", uids, self._retrieved or set())
         return expiring.addCallback(self._update, txn)
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:

@@ -29,6 +29,9 @@ class MessageDeleted(POP3Error):
     text = "Message is deleted"
 
 
+_NOTHING: frozenset[int] = frozenset()
+
+
 class Transaction:
     """
     Message numbers (1-based, never changing within the session) and the set
@@ -40,7 +43,8 @@ class Transaction:
     def __init__(self, messages: Sequence[MessageInfo]) -> None:
         self._messages = messages
         self._octets = sum(m.size for m in messages)
-        self._deleted: set[int] = set()
+        # Most sessions delete nothing: share one empty set until a DELE.
+        self._deleted: set[int] | frozenset[int] = _NOTHING
         self._deletedOctets = 0
 
     def index(self, number: int) -> int:
@@ -84,6 +88,8 @@ class Transaction:
         Mark visible message C{number} as deleted.
         """
         index = self.index(number)
+        if isinstance(self._deleted, frozenset):
+            self._deleted = set()
         self._deleted.add(index)
         self._deletedOctets += self._messages[index].size
 
@@ -91,7 +97,7 @@ class Transaction:
         """
         Unmark every message (RSET).
         """
-        self._deleted.clear()
+        self._deleted = _NOTHING
         self._deletedOctets = 0
 
     def messages(self) -> Sequence[MessageInfo]:

@@ -84,19 +84,23 @@ class SessionRecord:
         if self.logged:
             return
         self.logged = True
-        log.info(
-            SESSION,
-            user=safe(self.user),
-            ip=self.ip,
-            tls=self.tls,
-            mechanism=self.mechanism,
-            retr=self.retr,
-            retrBytes=self.retrBytes,
-            top=self.top,
-            topBytes=self.topBytes,
-            dele=self.dele,
-            left=self.left,
-            leftBytes=self.leftBytes,
-            duration=max(now - self.started, 0.0),
-            reason=self.reason,
-        )
+        fields = {
+            "user": safe(self.user),
+            "ip": self.ip,
+            "tls": self.tls,
+            "mechanism": self.mechanism,
+            "retr": self.retr,
+            "retrBytes": self.retrBytes,
+            "top": self.top,
+            "topBytes": self.topBytes,
+            "dele": self.dele,
+            "left": self.left,
+            "leftBytes": self.leftBytes,
+            "duration": max(now - self.started, 0.0),
+            "reason": self.reason,
+        }
+        # Rendered here with str.format (C) rather than by twisted.logger's
+        # own formatter, which parses a format string field by field in
+        # Python: for fourteen fields that was a tenth of a short session's
+        # CPU.  The fields stay in the event for JSON logs.
+        log.info("{session}", session=SESSION.format(**fields), **fields)

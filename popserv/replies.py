@@ -16,13 +16,16 @@ CRLF = b"\r\n"
 TERMINATOR = b".\r\n"
 
 
+#: Maps the C0 controls and DEL to a space, every other octet to itself.
+_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else 0x20 for b in range(256))
+
+
 def _clean(text: str) -> bytes:
     """
     Encode a reply text so it can never break the line framing: control
     characters (CR, LF, NUL, ...) become spaces, non-ASCII becomes C{?}.
     """
-    data = text.encode("ascii", "replace")
-    return bytes(b if 0x20 <= b < 0x7F else 0x20 for b in data)
+    return text.encode("ascii", "replace").translate(_PRINTABLE)
 
 
 def _line(status: bytes, text: str) -> bytes:

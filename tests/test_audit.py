@@ -90,7 +90,7 @@ def test_sessionEnd(events: list[dict[str, Any]]) -> None:
     s.command(b"DELE 1")
     s.command(b"QUIT")
     s.protocol.connectionLost(None)
-    (event,) = [e for e in events if "session" in e["log_format"]]
+    (event,) = [e for e in events if "session" in e]
     assert event["user"] == "alice"
     assert event["ip"] == "127.0.0.1"
     assert event["mechanism"] == "USER"
@@ -121,7 +121,7 @@ def test_endReasons(events: list[dict[str, Any]], act: Any, reason: str) -> None
     s = Session()
     s.login()
     act(s)
-    (event,) = [e for e in events if "session" in e["log_format"]]
+    (event,) = [e for e in events if "session" in e]
     assert event["reason"] == reason
 
 

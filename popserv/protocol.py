@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from twisted.cred.credentials import ICredentials
@@ -630,22 +631,24 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         The messages with the sizes a client without UTF8 sees, reading the
         header of any message whose store did not say.
         """
-        sized: list[MessageInfo] = []
+        # A message whose header is ASCII keeps its MessageInfo: making a
+        # new one for each of 100,000 messages costs a tenth of a second.
+        sized = [_downgradedInfo(info) for info in messages]
+        # None where the store did not say: those headers are read below.
+        unknown = [i for i, info in enumerate(sized) if info is None] if None in sized else []
+        missing = iter(unknown)
 
-        def add(delta: int, info: MessageInfo) -> None:
-            sized.append(MessageInfo(info.size + delta, info.uid))
+        def add(delta: int, index: int) -> None:
+            info = messages[index]
+            sized[index] = MessageInfo(info.size + delta, info.uid)
 
         def next_(_: object = None) -> Any:
-            while len(sized) < len(messages):
-                if self._lost or self._maildrop is None:
-                    return sized  # the session ended while sizing; _ready ignores it
-                info = messages[len(sized)]
-                if info.downgradedSize is not None:
-                    sized.append(MessageInfo(info.downgradedSize, info.uid))
-                    continue
-                d = self._headerDelta(len(sized))
-                return d.addCallback(add, info).addCallback(next_)
-            return sized
+            index = next(missing, None)
+            if index is None:
+                return sized
+            if self._lost or self._maildrop is None:
+                return sized  # the session ended while sizing; _ready ignores it
+            return self._headerDelta(index).addCallback(add, index).addCallback(next_)
 
         return maybeDeferred(next_)
 
@@ -753,9 +756,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._send(replies.ok(f"{number} {txn.info(number).size}"))
             return
         count, octets = txn.stat()
-        lines = [b"%d %d" % (n, m.size) for n, m in txn.visible()]
         first = replies.ok(f"{count} messages ({octets} octets)")
-        self._send(replies.multiline(first, lines))
+        self._send(replies.multiline(first, _listing(txn, attrgetter("size"))))
 
     def _doUIDL(self, command: Command) -> None:
         txn = self._txn()
@@ -764,7 +766,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             assert isinstance(number, int)
             self._send(replies.ok(f"{number} {txn.info(number).uid}"))
             return
-        lines = [b"%d %s" % (n, m.uid.encode("ascii")) for n, m in txn.visible()]
+        lines = _listing(txn, attrgetter("uid"))
         self._send(replies.multiline(replies.ok("Unique-ID listing follows"), lines))
 
     def _doRETR(self, command: Command) -> Deferred[None]:
@@ -924,6 +926,36 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         "AUTH": _doAUTH,
         "UTF8": _doUTF8,
     }
+
+
+def _downgradedInfo(info: MessageInfo) -> MessageInfo | None:
+    """
+    C{info} with the size a client without UTF8 sees, or L{None} if the
+    store did not say.
+    """
+    if info.downgradedSize == info.size:
+        return info
+    if info.downgradedSize is None:
+        return None
+    return MessageInfo(info.downgradedSize, info.uid)
+
+
+def _listing(txn: Transaction, value: Callable[[MessageInfo], object]) -> list[bytes]:
+    """
+    The body of a LIST or UIDL listing: "NUMBER VALUE" for every message not
+    marked as deleted, as one CRLF-separated block (or none).
+    """
+    messages: Sequence[MessageInfo] = txn.messages()
+    numbers: Sequence[int] = range(1, len(messages) + 1)
+    deleted = txn.deletedIndexes()
+    if deleted:
+        gone = set(deleted)
+        numbers = [n for n in numbers if n - 1 not in gone]
+        messages = [messages[n - 1] for n in numbers]
+    # One str.format per line, called from C, and one encode for all: for
+    # 100,000 messages a third of the time of a bytes format per line.
+    text = "\r\n".join(map("{} {}".format, numbers, map(value, messages)))
+    return [text.encode("ascii")] if text else []
 
 
 def _setNoDelay(transport: Any) -> None:

@@ -26,6 +26,7 @@ PAGES = [
     "index",
     "quickstart",
     "operating",
+    "maildir",
     "tls",
     "authentication",
     "capabilities",

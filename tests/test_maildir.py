@@ -1,7 +1,8 @@
 """
 Tests for popserv.maildir beyond the store contract: templates, unsafe
-names, file-name sizes, files moved by other programs, failures at UPDATE
-and the lock across processes.
+names, file-name sizes, files moved by other programs, failures at UPDATE,
+the lock across processes, and the index that spares later logins reading
+every message.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 
+from popserv import maildir, maildirindex
+from popserv.encoder import wireSize
 from popserv.errors import (
     DeletionFailed,
     MaildropInUse,
@@ -24,6 +32,7 @@ from popserv.errors import (
     StoreConfigError,
 )
 from popserv.maildir import MaildirStore, MaildirTemplate, uidFor
+from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
 
 
 def store(tmp_path: Path, template: str = "{user}") -> MaildirStore:
@@ -305,8 +314,6 @@ def test_downgradedSizes(tmp_path: Path) -> None:
     ,W= name gives the size (only their header is read); ASCII headers
     change nothing.
     """
-    from popserv.encoder import wireSize
-
     utf8 = "Subject: Gr\u00fc\u00dfe\n\nbody \u00e4\n".encode()
     ascii_ = b"Subject: hi\n\nbody \xc3\xa4\n"
     deliverToMaildir(tmp_path / "alice", utf8, name="1.a")
@@ -320,3 +327,463 @@ def test_downgradedSizes(tmp_path: Path) -> None:
         wireSize(ascii_),
     ]
     maildrop.close()
+
+
+# The index: what reading the files told, kept for the next login.
+
+
+def login(s: MaildirStore, user: str = "alice") -> tuple[Any, list[Any]]:
+    """
+    Open C{user}'s maildrop: the maildrop and its listing.
+    """
+    maildrop = result(s.openMaildrop(user))
+    return maildrop, list(result(maildrop.listMessages()))
+
+
+def snapshot(s: MaildirStore, user: str = "alice") -> list[tuple[str, int, int | None]]:
+    """
+    (uid, size, downgraded size) of every message, as one login sees them.
+    """
+    maildrop, infos = login(s, user)
+    maildrop.close()
+    return [(i.uid, i.size, i.downgradedSize) for i in infos]
+
+
+@pytest.fixture
+def measured(monkeypatch: Any) -> list[str]:
+    """
+    The names of the message files that logins read to size them.
+    """
+    names: list[str] = []
+    real = maildir.measure
+
+    def spy(directory: int, name: str, *args: Any) -> tuple[int, int, int]:
+        names.append(name)
+        return real(directory, name, *args)
+
+    monkeypatch.setattr(maildir, "measure", spy)
+    return names
+
+
+UTF8 = "Subject: Gr\u00fc\u00dfe\n\nbody\n".encode()
+
+
+def expected(messages: dict[str, bytes]) -> list[tuple[str, int, int]]:
+    return [
+        (uid, wireSize(message), wireSize(message, downgrade=True))
+        for uid, message in sorted(messages.items())
+    ]
+
+
+def test_indexSparesReadingFiles(tmp_path: Path, measured: list[str]) -> None:
+    """
+    The first login reads every message and writes the index; the next
+    reads none, gives the same listing and leaves the index as it was.
+    """
+    messages = {f"{1700000000 + i}.M{i}.host": b"a\nb\n" * i for i in range(5)}
+    messages["1700000009.M9.host"] = UTF8
+    for name, data in messages.items():
+        deliverToMaildir(tmp_path / "alice", data, name=name)
+    s = store(tmp_path)
+    first = snapshot(s)
+    assert first == expected(messages)
+    assert sorted(measured) == sorted(messages)
+    index = tmp_path / "alice" / INDEX_NAME
+    before = index.stat()
+    measured.clear()
+    assert snapshot(s) == first
+    assert measured == []
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+
+
+def test_emptyMaildirHasNoIndex(tmp_path: Path) -> None:
+    """
+    A Maildir with no messages gets no index file.
+    """
+    snapshot(store(tmp_path))
+    assert not (tmp_path / "alice" / INDEX_NAME).exists()
+
+
+def test_indexUpdatedIncrementally(tmp_path: Path, measured: list[str]) -> None:
+    """
+    Messages delivered since the last login are read, and appended to the
+    index.
+    """
+    messages = {f"{1700000000 + i}.M{i}.host": b"x\r\n" * (i + 1) for i in range(4)}
+    for name, data in messages.items():
+        deliverToMaildir(tmp_path / "alice", data, name=name)
+    s = store(tmp_path)
+    snapshot(s)
+    messages["1700000100.M100.host"] = UTF8
+    deliverToMaildir(tmp_path / "alice", UTF8, name="1700000100.M100.host")
+    measured.clear()
+    assert snapshot(s) == expected(messages)
+    assert measured == ["1700000100.M100.host"]
+    index, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
+    assert index.blocks == 2
+    assert records.names == sorted(messages)
+    measured.clear()
+    assert snapshot(s) == expected(messages)
+    assert measured == []
+
+
+@pytest.mark.parametrize("change", ["removed", "delivered out of order"])
+def test_indexRewrittenInOrder(tmp_path: Path, measured: list[str], change: str) -> None:
+    """
+    When the index no longer matches the listing in order (a message was
+    removed by another program, or new mail sorts before old), the login
+    rewrites it, so that the next login finds it in order.
+    """
+    messages = {f"{1700000000 + i}.M{i}.host": b"x\n" * (i + 1) for i in range(4)}
+    for name, data in messages.items():
+        deliverToMaildir(tmp_path / "alice", data, name=name)
+    s = store(tmp_path)
+    snapshot(s)
+    if change == "removed":
+        os.unlink(tmp_path / "alice" / "new" / "1700000001.M1.host")
+        del messages["1700000001.M1.host"]
+    else:
+        messages["1699999999.M9.host"] = UTF8
+        deliverToMaildir(tmp_path / "alice", UTF8, name="1699999999.M9.host")
+    measured.clear()
+    assert snapshot(s) == expected(messages)
+    assert measured == ([] if change == "removed" else ["1699999999.M9.host"])
+    index, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
+    assert index.blocks == 1
+    assert records.names == sorted(messages)
+    assert lookup(records, sorted(messages))[2]
+
+
+def test_sparseIndexRewritten(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    An index with too many blocks is rewritten whole, with just the
+    records of the messages there are.
+    """
+    monkeypatch.setattr(maildirindex, "_MAX_BLOCKS", 3)
+    s = store(tmp_path)
+    for i in range(5):
+        deliverToMaildir(tmp_path / "alice", b"m\n", name=f"{1700000000 + i}.M{i}.host")
+        snapshot(s)
+    index, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
+    assert index.blocks < 3
+    assert sorted(records.names) == sorted(os.listdir(tmp_path / "alice" / "new"))
+
+
+def test_deletedMessagesForgotten(tmp_path: Path, measured: list[str]) -> None:
+    """
+    Messages a session deletes are forgotten by the index: a later message
+    given the same name is read, not taken for the old one.
+    """
+    deliverToMaildir(tmp_path / "alice", b"old\n", name="1.same")
+    s = store(tmp_path)
+    maildrop, _ = login(s)
+    result(maildrop.deleteMessages([0]))
+    maildrop.close()
+    deliverToMaildir(tmp_path / "alice", b"a new message\n", name="1.same")
+    measured.clear()
+    assert snapshot(s) == [("1.same", 15, 15)]
+    assert measured == ["1.same"]
+
+
+def test_changedFileNotTrusted(tmp_path: Path) -> None:
+    """
+    A message file rewritten in place after it was indexed (which Maildir
+    programs never do) is listed with its old sizes until it is opened;
+    then its size on disk gives it away, a warning is logged and the next
+    login reads it again.
+    """
+    path = deliverToMaildir(tmp_path / "alice", b"short\n", name="1.a")
+    s = store(tmp_path)
+    assert snapshot(s) == [("1.a", 7, 7)]
+    path.write_bytes(b"much longer now\n")
+    maildrop, infos = login(s)
+    assert infos[0].size == 7
+    with capturedLogs() as events:
+        reader = result(maildrop.openMessage(0))
+    assert result(reader.read(100)) == b"much longer now\n"
+    reader.close()
+    maildrop.close()
+    [warning] = [e for e in events if e["log_level"].name == "warn"]
+    assert (warning["size"], warning["recorded"]) == (16, 6)
+    assert snapshot(s) == [("1.a", 17, 17)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", b"popserv-maildir-index 0\n", b"popserv-maildir-index 1\nblock 9 9 ff"],
+)
+def test_damagedIndexRebuilt(tmp_path: Path, content: bytes, measured: list[str]) -> None:
+    """
+    A damaged, truncated or unknown-version index is logged, not used, and
+    rebuilt from the files.
+    """
+    messages = {"1.a": b"a\n", "2.b": UTF8}
+    for name, data in messages.items():
+        deliverToMaildir(tmp_path / "alice", data, name=name)
+    (tmp_path / "alice" / INDEX_NAME).write_bytes(content)
+    s = store(tmp_path)
+    with capturedLogs() as events:
+        assert snapshot(s) == expected(messages)
+    assert any(e["log_level"].name == "warn" for e in events)
+    assert sorted(measured) == sorted(messages)
+    measured.clear()
+    assert snapshot(s) == expected(messages)
+    assert measured == []
+
+
+def test_tornAppendIgnored(tmp_path: Path, measured: list[str]) -> None:
+    """
+    An appended block cut short (its writer was killed) is ignored: the
+    messages it held are read again and the index is rewritten whole.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    s = store(tmp_path)
+    snapshot(s)
+    deliverToMaildir(tmp_path / "alice", b"bb\n", name="2.b")
+    snapshot(s)
+    index = tmp_path / "alice" / INDEX_NAME
+    index.write_bytes(index.read_bytes()[:-5])
+    measured.clear()
+    with capturedLogs():
+        assert snapshot(s) == [("1.a", 3, 3), ("2.b", 4, 4)]
+    assert measured == ["2.b"]
+    assert MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)[0].appendable
+
+
+def test_leftoverTemporaryIndexIgnored(tmp_path: Path) -> None:
+    """
+    A temporary index file left by a server killed while rewriting the
+    index is not read, and is removed at the next login.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    (tmp_path / "alice" / TEMP_NAME).write_bytes(b"popserv-maildir-index 1\nblock 1 3 00")
+    assert snapshot(store(tmp_path)) == [("1.a", 3, 3)]
+    assert not (tmp_path / "alice" / TEMP_NAME).exists()
+
+
+def test_unwritableIndexStillLogsIn(tmp_path: Path, monkeypatch: Any, measured: list[str]) -> None:
+    """
+    When the index cannot be written (read-only file system, full disk),
+    the login still succeeds with exact sizes; the failure is logged and
+    the next login reads the files again.
+    """
+    deliverToMaildir(tmp_path / "alice", UTF8, name="1.a")
+    realOpen = os.open
+
+    def readOnly(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith((INDEX_NAME, TEMP_NAME)) and flags & os.O_WRONLY:
+            raise OSError(30, "Read-only file system")
+        return realOpen(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", readOnly)
+    s = store(tmp_path)
+    with capturedLogs() as events:
+        assert snapshot(s) == expected({"1.a": UTF8})
+        assert snapshot(s) == expected({"1.a": UTF8})
+    assert measured == ["1.a", "1.a"]
+    assert any("Read-only" in str(e.get("e")) for e in events)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_readOnlyMaildirStillLogsIn(tmp_path: Path) -> None:
+    """
+    A Maildir the server may not write to (only its lock file) still logs
+    in, with exact sizes.  (As root this cannot be provoked with
+    permissions.)
+    """
+    deliverToMaildir(tmp_path / "alice", UTF8, name="1.a")
+    s = store(tmp_path)
+    snapshot(s)
+    os.unlink(tmp_path / "alice" / INDEX_NAME)
+    os.chmod(tmp_path / "alice", 0o500)
+    try:
+        with capturedLogs():
+            assert snapshot(s) == expected({"1.a": UTF8})
+    finally:
+        os.chmod(tmp_path / "alice", 0o700)
+
+
+def test_deliveryDuringLogin(tmp_path: Path, monkeypatch: Any, measured: list[str]) -> None:
+    """
+    A message delivered while a login lists the Maildir and writes the
+    index is not in that session, nor in the index; the next login reads
+    and lists it.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    realRewrite = MaildirIndex.rewrite
+
+    def deliverFirst(self: MaildirIndex, records: Any) -> bool:
+        deliverToMaildir(tmp_path / "alice", b"late\n", name="2.late")
+        return realRewrite(self, records)
+
+    monkeypatch.setattr(MaildirIndex, "rewrite", deliverFirst)
+    s = store(tmp_path)
+    assert snapshot(s) == [("1.a", 3, 3)]
+    monkeypatch.setattr(MaildirIndex, "rewrite", realRewrite)
+    _, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
+    assert records.names == ["1.a"]
+    measured.clear()
+    assert snapshot(s) == [("1.a", 3, 3), ("2.late", 6, 6)]
+    assert measured == ["2.late"]
+
+
+def test_lockHeldWhileIndexWorkRuns(tmp_path: Path) -> None:
+    """
+    A maildrop closed while it opens a message (which may write the index)
+    keeps the lock until that work has ended.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def later(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    def runAll() -> None:
+        for _ in range(100):
+            if not pending:
+                return
+            d, f, args = pending.pop(0)
+            d.callback(f(*args))
+
+    s = MaildirStore(str(tmp_path / "{user}"), runInThread=later)
+    opened = s.openMaildrop("alice")
+    runAll()
+    maildrop = result(opened)
+    reading = maildrop.openMessage(0)
+    maildrop.close()
+    with pytest.raises(MaildropInUse):
+        result(store(tmp_path).openMaildrop("alice"))
+    runAll()
+    result(reading).close()
+    runAll()
+    result(store(tmp_path).openMaildrop("alice")).close()
+
+
+def test_messageInNewAndCurListedOnce(tmp_path: Path) -> None:
+    """
+    A message seen in both new/ and cur/ (moved between the two listings)
+    is listed once, and read from cur/.
+    """
+    path = deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    os.link(path, tmp_path / "alice" / "cur" / "1.a:2,S")
+    maildrop, infos = login(store(tmp_path))
+    assert [i.uid for i in infos] == ["1.a"]
+    os.unlink(path)
+    reader = result(maildrop.openMessage(0))
+    assert result(reader.read(10)) == b"a\n"
+    reader.close()
+    maildrop.close()
+
+
+def test_specialFilesNeverRead(tmp_path: Path) -> None:
+    """
+    A FIFO or a device where a message should be is left out with a
+    warning (the login neither waits on the FIFO nor reads /dev/zero
+    forever); under a ,W= name it is listed and RETR says it cannot be
+    read.
+    """
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
+    new = tmp_path / "alice" / "new"
+    os.mkfifo(new / "2.fifo")
+    (new / "3.zero").symlink_to("/dev/zero")
+    os.mkfifo(new / "4.fifo,W=10")
+    with capturedLogs() as events:
+        maildrop, infos = login(store(tmp_path))
+    assert [(i.uid, i.size) for i in infos] == [("1.good", 6), ("4.fifo,W=10", 10)]
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 2
+    with pytest.raises(MessageUnavailable), capturedLogs():
+        result(maildrop.openMessage(1))
+    maildrop.close()
+
+
+def test_oddNamesSortedAndNamed(tmp_path: Path) -> None:
+    """
+    Names outside the common form (times of other lengths, digits that
+    are not ASCII, names that are no valid UIDL) are ordered by _sortKey
+    and given digest UIDLs, and do not stop the login.
+    """
+    names = ["99.a", "100.b", "\u00b2.c", "\u0663.d", "x y", "1" * 80, "2.\u00e9"]
+    for name in names:
+        deliverToMaildir(tmp_path / "alice", b"m\n", name=name)
+    uids = [uid for uid, _, _ in snapshot(store(tmp_path))]
+    assert uids == [uidFor(n) for n in sorted(names, key=maildir._sortKey)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(st.sampled_from("0123456789.:ab \u00e9\n"), min_size=1, max_size=14).filter(
+            lambda n: not n.startswith(".")
+        ),
+        max_size=12,
+    ),
+    st.lists(st.text(st.sampled_from("0123.ab"), max_size=8), max_size=6),
+)
+def test_orderedAgreesWithSortKey(bases: list[str], hint: list[str]) -> None:
+    """
+    Whatever the names and the index's order, the listing is the distinct
+    names sorted by _sortKey, each with the UIDL uidFor gives it.
+    """
+    joined = ["/".join(bases)]
+    listing = SimpleNamespace(bases=bases)
+    listing.sortable, listing.uidsValid = maildir._checkNames(joined)
+    order, uids = maildir._ordered(listing, hint)  # type: ignore[arg-type]
+    assert order == sorted(set(bases), key=maildir._sortKey)
+    assert uids == [uidFor(b) for b in order]
+
+
+MESSAGE_PARTS = [
+    b"a",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b".",
+    b" ",
+    b"\xc3\xa4",
+    b"Subject: \xc3\xa4\n",
+    b"\n\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(MESSAGE_PARTS), max_size=40), st.integers(0, 3))
+def test_measureAgreesWithEncoder(tmp_path_factory: Any, parts: list[bytes], repeat: int) -> None:
+    """
+    The sizes measure() reads from a file are the encoder's, octet for
+    octet, for small files (read at once) and large ones (read in chunks)
+    alike; with a wire size known from the name, the downgraded size is
+    that plus what the header adds.
+    """
+    data = b"".join(parts) * (1 + repeat * 40_000 // max(len(b"".join(parts)), 1))
+    assertMeasured(tmp_path_factory.mktemp("m"), data)
+
+
+def assertMeasured(directory: Path, data: bytes) -> None:
+    (directory / "m").write_bytes(data)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        wire, downgraded = wireSize(data), wireSize(data, downgrade=True)
+        assert maildir.measure(fd, "m") == (wire, downgraded, len(data))
+        assert maildir.measure(fd, "m", 12345) == (12345, 12345 + downgraded - wire, len(data))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [maildir._FIRST_READ + d for d in (-1, 0, 1)])
+@pytest.mark.parametrize("end", [b"\n", b"\r", b"\r\n", b"x"])
+def test_measureAtReadBoundary(tmp_path: Path, size: int, end: bytes) -> None:
+    """
+    Files just below, at and above the size of the first read, ending in
+    each way a line can (a CR held back across reads, too), are sized
+    exactly.
+    """
+    header = "Subject: \u00e4\n\n".encode()
+    body = (b"line\r\n" * size)[: size - len(header) - len(end)]
+    assertMeasured(tmp_path, header + body + end)

@@ -28,6 +28,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 LOCK = "popserv.lock"
+#: The index of message sizes: a cache, rewritten by logins.
+INDEX = "popserv.index"
 #: The reply to a QUIT whose deletions were not all made (RFC 2449 section
 #: 8 / RFC 3206 SYS/TEMP).
 NOT_REMOVED = b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
@@ -55,13 +57,13 @@ def _run(*argv: str | Path) -> subprocess.CompletedProcess[bytes]:
 
 def _snapshot(maildir: Path) -> dict[str, str]:
     """
-    Every message file under C{maildir} (the lock file aside) and the
+    Every message file under C{maildir} (the lock and the index aside) and the
     SHA-256 of its contents.
     """
     return {
         str(p.relative_to(maildir)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in maildir.rglob("*")
-        if p.is_file() and p.name != LOCK
+        if p.is_file() and p.name not in (LOCK, INDEX)
     }
 
 
@@ -257,7 +259,7 @@ class _Mail:
                 gone += 1
                 continue
             assert data == content, path
-        files = {p for p in self.maildir.rglob("*") if p.is_file() and p.name != LOCK}
+        files = {p for p in self.maildir.rglob("*") if p.is_file() and p.name not in (LOCK, INDEX)}
         assert files <= set(self.keep) | set(self.delete)
         return gone
 

@@ -1,0 +1,465 @@
+"""
+Tests for popserv.maildirindex: the file format, damaged and hostile files,
+appending and rewriting, and what a writer killed at any moment leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import capturedLogs
+
+from popserv import maildirindex
+from popserv.maildirindex import (
+    INDEX_NAME,
+    MAGIC,
+    NO_SIZE,
+    TEMP_NAME,
+    MaildirIndex,
+    Records,
+    encodeBlock,
+    lookup,
+    numbers,
+    parse,
+)
+
+LIMIT = 1 << 20
+
+
+def records(*rows: tuple[str, int, int, int]) -> Records:
+    """
+    Records from (name, wire, downgraded, disk) rows.
+    """
+    out = Records.empty()
+    for row in rows:
+        out.add(*row)
+    return out
+
+
+def rows(found: Records) -> list[tuple[str, int, int, int]]:
+    return list(zip(found.names, found.wire, found.downgraded, found.disk, strict=True))
+
+
+SAMPLE = records(
+    ("1700000000.M1P2.host", 931, 931, 900),
+    ("1700000001.M2P2.host,S=10,W=12", 12, 40, 10),
+    ("name with spaces and \u00e9", 0, 0, 0),
+    ("not-utf8-\udcff\udcfe", 2**63, 2**64 - 2, 5),
+)
+
+
+def load(maildir: Path, limit: int = LIMIT) -> tuple[MaildirIndex, Records]:
+    return MaildirIndex.load(str(maildir), limit)
+
+
+def warnings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+
+
+def test_blockRoundTrip() -> None:
+    """
+    Names (any characters but NUL, including undecodable octets) and 64-bit
+    numbers come back from a block exactly as they went in.
+    """
+    parsed = parse(MAGIC + encodeBlock(SAMPLE) + encodeBlock(Records.empty()))
+    assert parsed.problem is None
+    assert parsed.blocks == 2
+    assert rows(parsed.records) == rows(SAMPLE)
+
+
+def test_nameWithNULRefused() -> None:
+    """
+    A name holding NUL (which no file name can) cannot be written: it would
+    split into two names.
+    """
+    with pytest.raises(ValueError):
+        encodeBlock(records(("a\0b", 1, 1, 1)))
+
+
+def test_rewriteThenLoad(tmp_path: Path) -> None:
+    """
+    A rewritten index loads back whole, and can be appended to.
+    """
+    index, found = load(tmp_path)
+    assert index.missing and not index.appendable and found.names == []
+    assert index.rewrite(SAMPLE)
+    index, found = load(tmp_path)
+    assert not index.missing and index.appendable
+    assert (index.count, index.blocks) == (4, 1)
+    assert rows(found) == rows(SAMPLE)
+    assert (tmp_path / INDEX_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_appendedRecordsWin(tmp_path: Path) -> None:
+    """
+    Appended blocks add records; a later record of a name replaces the
+    earlier one.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2)))
+    assert index.append(records(("3.c", 3, 3, 3), ("1.a", 10, 11, 12)))
+    index, found = load(tmp_path)
+    assert (index.count, index.blocks) == (4, 2)
+    known, missing, _ = lookup(found, ["1.a", "2.b", "3.c", "4.d"])
+    assert rows(known) == [
+        ("1.a", 10, 11, 12),
+        ("2.b", 2, 2, 2),
+        ("3.c", 3, 3, 3),
+        ("4.d", 0, 0, NO_SIZE),
+    ]
+    assert missing == [3]
+
+
+def test_forget(tmp_path: Path) -> None:
+    """
+    A forgotten name has no record, until a later record gives it one.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2)))
+    index.forget(["1.a"])
+    _, found = load(tmp_path)
+    assert lookup(found, ["1.a", "2.b"])[1] == [0]
+    index.append(records(("1.a", 5, 5, 5)))
+    _, found = load(tmp_path)
+    known, missing, _ = lookup(found, ["1.a", "2.b"])
+    assert missing == [] and rows(known)[0] == ("1.a", 5, 5, 5)
+
+
+def test_forgetWithoutAppendRemovesIndex(tmp_path: Path) -> None:
+    """
+    When the index cannot be appended to (here another program changed it),
+    forgetting removes it: it must not go on vouching for those names.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    with open(tmp_path / INDEX_NAME, "ab") as f:
+        f.write(b"x")
+    index.forget([SAMPLE.names[0]])
+    assert not (tmp_path / INDEX_NAME).exists()
+    assert index.missing
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1.a", "2.b", "3.c", "4.d", "5.e"]),
+            st.integers(0, 99),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    st.lists(st.sampled_from(["1.a", "2.b", "3.c", "4.d", "5.e", "6.f"]), unique=True),
+)
+def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names: list[str]) -> None:
+    """
+    lookup() gives, for each of distinct names, its last record unless that
+    forgets it, by its fast path (the records' names are the first of the
+    names) or its general one.
+    """
+    found = Records.empty()
+    expected: dict[str, int] = {}
+    for name, size, forget in entries:
+        found.add(name, size, size + 1, NO_SIZE if forget else size + 2)
+        if forget:
+            expected.pop(name, None)
+        else:
+            expected[name] = size
+    distinct = list(dict.fromkeys(found.names))
+    for candidate in (names, distinct, [*distinct, "7.g", "8.h"]):
+        known, missing, _ = lookup(found, candidate)
+        assert missing == [i for i, name in enumerate(candidate) if name not in expected]
+        for i, name in enumerate(candidate):
+            if name in expected:
+                assert (known.wire[i], known.downgraded[i], known.disk[i]) == (
+                    expected[name],
+                    expected[name] + 1,
+                    expected[name] + 2,
+                )
+            else:
+                assert known.disk[i] == NO_SIZE
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "empty file"),
+        (b"garbage\n", "not a popserv index"),
+        (b"popserv-maildir-index 2\nwhatever", "unknown version"),
+        (MAGIC + b"block 1 3\nabc", "damaged block header"),
+        (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
+        (MAGIC + b"block -1 3 00000000\n", "damaged block header"),
+        (MAGIC + b"block 1 3 00000000\nabc", "truncated block"),
+        (MAGIC + b"block 99999999999999 3 00000000\nabc", "truncated block"),
+        (MAGIC + b"x" * 1000, "damaged block header"),
+    ],
+)
+def test_damagedFileIgnored(tmp_path: Path, content: bytes, problem: str) -> None:
+    """
+    A file that is not a whole index of this version is used for none of
+    its records, said so in a warning, and rewritten rather than appended
+    to.
+    """
+    (tmp_path / INDEX_NAME).write_bytes(content)
+    with capturedLogs() as events:
+        index, found = load(tmp_path)
+    assert found.names == [] and not index.appendable and not index.missing
+    [warning] = warnings(events)
+    assert problem in warning["problem"]
+
+
+def test_everyTruncationKeepsIntactBlocks(tmp_path: Path) -> None:
+    """
+    An index cut at any octet (a torn append, a disk that lost the end)
+    gives exactly the records of its intact blocks, never a wrong one.
+    """
+    first = records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2))
+    second = records(("3.c", 3, 3, 3), ("1.a", 4, 4, 4))
+    whole = MAGIC + encodeBlock(first) + encodeBlock(second)
+    boundary = len(MAGIC) + len(encodeBlock(first))
+    for end in range(len(whole) + 1):
+        parsed = parse(whole[:end])
+        if end == len(whole):
+            assert parsed.problem is None and rows(parsed.records) == rows(first) + rows(second)
+        elif end >= boundary:
+            assert rows(parsed.records) == rows(first)
+            assert (parsed.problem is None) == (end == boundary)
+        else:
+            assert parsed.records.names == []
+            # The header alone is a whole (empty) index.
+            assert (parsed.problem is None) == (end == len(MAGIC))
+
+
+def test_everyFlippedBitDetected() -> None:
+    """
+    Any one flipped bit in a block's names or numbers fails its checksum
+    (or its header), so the block is not used.
+    """
+    whole = MAGIC + encodeBlock(SAMPLE)
+    rng = random.Random(7)
+    for position in range(len(MAGIC), len(whole)):
+        damaged = bytearray(whole)
+        damaged[position] ^= 1 << rng.randrange(8)
+        parsed = parse(bytes(damaged))
+        assert parsed.problem is not None and parsed.records.names == [], position
+
+
+def test_tooLargeIgnored(tmp_path: Path) -> None:
+    """
+    An index larger than the limit is not read at all.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    size = (tmp_path / INDEX_NAME).stat().st_size
+    with capturedLogs() as events:
+        index, found = load(tmp_path, limit=size - 1)
+    assert found.names == [] and not index.appendable
+    assert "more than" in str(warnings(events)[0]["e"])
+    assert load(tmp_path, limit=size)[1].names == SAMPLE.names
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_notARegularFileIgnored(tmp_path: Path, kind: str) -> None:
+    """
+    An index that is a symbolic link (never followed), a FIFO (never
+    waited on) or a directory is ignored; a symbolic link or FIFO is
+    replaced by the next rewrite, its target untouched.
+    """
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    path = tmp_path / INDEX_NAME
+    if kind == "symlink":
+        path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with capturedLogs() as events:
+        index, found = load(tmp_path)
+    assert found.names == [] and len(warnings(events)) == 1
+    with capturedLogs():
+        written = index.rewrite(SAMPLE)
+    assert written == (kind != "directory")
+    assert target.read_bytes() == b"precious"
+    if written:
+        assert load(tmp_path)[1].names == SAMPLE.names
+
+
+def test_leftoverTemporaryFileRemoved(tmp_path: Path) -> None:
+    """
+    A temporary file left by a writer that was killed is ignored and
+    removed when the index is next loaded.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    (tmp_path / TEMP_NAME).write_bytes(MAGIC + b"half a blo")
+    _, found = load(tmp_path)
+    assert found.names == SAMPLE.names
+    assert not (tmp_path / TEMP_NAME).exists()
+
+
+def test_unwritableMaildir(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    When the index cannot be written (a read-only file system, a full
+    disk), rewrite and append say so in the log and return False; the old
+    index stays and no temporary file is left behind.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    before = (tmp_path / INDEX_NAME).read_bytes()
+    realOpen = os.open
+
+    def readOnly(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(30, "Read-only file system")
+        return realOpen(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", readOnly)
+    with capturedLogs() as events:
+        assert not index.rewrite(SAMPLE)
+        assert not index.append(SAMPLE)
+    assert len(warnings(events)) == 2
+    monkeypatch.undo()
+    assert (tmp_path / INDEX_NAME).read_bytes() == before
+    assert not (tmp_path / TEMP_NAME).exists()
+
+
+def test_partialAppendTakenBack(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    An append that fails half-way (ENOSPC) is cut off again, so the index
+    stays whole and can be appended to later.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    before = (tmp_path / INDEX_NAME).read_bytes()
+    realWrite = os.write
+    calls = []
+
+    def fullDisk(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return realWrite(fd, bytes(data)[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", fullDisk)
+    with capturedLogs():
+        assert not index.append(records(("9.z", 9, 9, 9)))
+    monkeypatch.undo()
+    assert (tmp_path / INDEX_NAME).read_bytes() == before
+    assert index.append(records(("9.z", 9, 9, 9)))
+    assert load(tmp_path)[1].names == [*SAMPLE.names, "9.z"]
+
+
+def test_appendRefusedWhenFileChanged(tmp_path: Path) -> None:
+    """
+    If the file is not as this index left it (another program wrote it),
+    nothing is appended: the caller rewrites it instead.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    (tmp_path / INDEX_NAME).write_bytes(MAGIC)
+    assert not index.append(SAMPLE)
+    assert not index.appendable
+    assert (tmp_path / INDEX_NAME).read_bytes() == MAGIC
+
+
+def test_fragmented(tmp_path: Path) -> None:
+    """
+    An index with many blocks is worth rewriting.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    for _ in range(maildirindex._MAX_BLOCKS - 2):
+        index.append(records(("9.z", 1, 1, 1)))
+    assert not index.fragmented
+    index.append(records(("9.z", 1, 1, 1)))
+    assert index.fragmented
+
+
+def test_lookupInOrder() -> None:
+    """
+    lookup() says whether the records are those of the first names, in
+    order and none forgotten: then new records can be appended.
+    """
+    found = records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2))
+    assert lookup(found, ["1.a", "2.b", "3.c"])[2]
+    assert lookup(found, ["1.a", "2.b"])[2]
+    assert not lookup(found, ["2.b", "3.c"])[2]
+    assert not lookup(found, ["1.a", "1.b", "2.b"])[2]
+    found.add("1.a", 0, 0, NO_SIZE)
+    assert not lookup(found, ["2.b"])[2]
+
+
+WRITER = """
+import sys
+from popserv.maildirindex import MaildirIndex, Records
+
+def record(name):
+    # Every record's numbers follow from its name, so a reader can tell a
+    # record that was written from one made up of two writes.
+    n = int(name.split(".")[0])
+    return name, n * 3, n * 3 + 1, n * 7
+
+maildir = sys.argv[1]
+index, _ = MaildirIndex.load(maildir, 1 << 26)
+for round in range(10**6):
+    batch = Records.empty()
+    for n in range(round * 50, round * 50 + (5000 if round % 3 == 0 else 50)):
+        batch.add(*record(f"{n}.M{n}P1.host"))
+    if round % 3 == 0 or not index.append(batch):
+        index.rewrite(batch)
+    if round == 0:
+        print("ready", flush=True)
+"""
+
+
+def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
+    """
+    A writer killed with SIGKILL at any moment leaves an index whose every
+    record is one that was written whole: the old index or the new one (a
+    torn appended block is ignored), and any temporary file is ignored.
+    """
+    rng = random.Random(1)
+    for _ in range(12):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0, 0.05))
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        with capturedLogs():
+            _, found = load(tmp_path, limit=1 << 26)
+        assert found.names
+        for name, wire, downgraded, disk in rows(found):
+            n = int(name.split(".")[0])
+            assert (wire, downgraded, disk) == (n * 3, n * 3 + 1, n * 7)
+        assert not (tmp_path / TEMP_NAME).exists()
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=2000))
+def test_parseNeverFails(data: bytes) -> None:
+    """
+    Whatever the file holds, parsing it returns (it never raises), and
+    yields names and unsigned numbers only.
+    """
+    for content in (data, MAGIC + data, MAGIC + encodeBlock(SAMPLE) + data):
+        parsed = parse(content)
+        assert all(isinstance(name, str) for name in parsed.records.names)
+        for column in parsed.records[1:]:
+            assert column.typecode == numbers().typecode

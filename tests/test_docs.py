@@ -34,6 +34,7 @@ PAGES = [
     "protocol",
     "embedding",
     "extending",
+    "benchmarks",
 ]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from popserv.interfaces import IMessageReader
@@ -22,32 +22,47 @@ class FileReader:
     L{close} while a read is running closes the file when that read
     returns, never under it.
 
+    A store that already read the start of the file in the thread that
+    opened it (as the Maildir store does, so that a small message costs one
+    trip to a thread instead of three) passes it as C{head}; with C{file}
+    L{None}, C{head} is the whole message.
+
     >>> reader = FileReader(open(path, "rb", buffering=0))  # doctest: +SKIP
     """
 
-    def __init__(self, f: BinaryIO, runInThread: Runner = deferToThread) -> None:
+    def __init__(
+        self, f: BinaryIO | None, runInThread: Runner = deferToThread, head: bytes = b""
+    ) -> None:
         """
-        @param f: the open file, positioned at the message's start.  The
-            reader owns it and closes it.
+        @param f: the open file, positioned after C{head}, or L{None} when
+            C{head} is the whole message.  The reader owns it and closes it.
         @param runInThread: how to run the blocking reads.
+        @param head: the message's first octets, already read.
         """
         self._file = f
         self._run = runInThread
+        self._head = head
         self._reading = False
         self._closed = False
 
     def read(self, size: int) -> Deferred[bytes]:
+        if self._head:
+            data, self._head = self._head[:size], self._head[size:]
+            return succeed(data)
+        if self._file is None:
+            return succeed(b"")
         self._reading = True
         d: Deferred[bytes] = self._run(self._file.read, size)
         return d.addBoth(self._readDone)
 
     def _readDone(self, result: Any) -> Any:
         self._reading = False
-        if self._closed:
+        if self._closed and self._file is not None:
             self._file.close()
         return result
 
     def close(self) -> None:
         self._closed = True
-        if not self._reading:
+        self._head = b""
+        if not self._reading and self._file is not None:
             self._file.close()

@@ -542,7 +542,7 @@ class MaildirMaildrop:
         subdir, name = self._whereMap()[base]
         return os.path.join(self.path, subdir, name)
 
-    def _open(self, index: int) -> BinaryIO:
+    def _open(self, index: int) -> tuple[BinaryIO | None, bytes]:
         base = self._bases[index]
         try:
             try:
@@ -576,7 +576,18 @@ class MaildirMaildrop:
             )
             self._disk[index] = NO_SIZE
             self._forget([base])
-        return os.fdopen(fd, "rb", buffering=0)
+        # Read the start now, in this thread: most messages end within it,
+        # and then RETR needs no further trip to a thread.
+        try:
+            head = os.read(fd, _READ_SIZE)
+        except OSError as e:
+            os.close(fd)
+            _log.error("Cannot read {path}: {e}", path=self._pathOf(base), e=e)
+            raise MessageUnavailable() from None
+        if len(head) < _READ_SIZE:
+            os.close(fd)
+            return None, head
+        return os.fdopen(fd, "rb", buffering=0), head
 
     def _forget(self, bases: list[str]) -> None:
         # Like every index update, never fails what the session is doing.
@@ -643,7 +654,7 @@ class MaildirMaildrop:
 
     def openMessage(self, index: int) -> Deferred[IMessageReader]:
         d = self._inThread(self._open, index)
-        return d.addCallback(lambda f: FileReader(f, self._run))
+        return d.addCallback(lambda opened: FileReader(opened[0], self._run, opened[1]))
 
     def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
         return self._inThread(self._delete, list(indexes))

@@ -68,3 +68,26 @@ def test_closeWhenIdle() -> None:
     f = io.BytesIO(b"x")
     FileReader(f, ManualRunner()).close()
     assert f.closed
+
+
+def test_headIsReadFirstWithoutThreads() -> None:
+    """
+    A head already read is returned first, in pieces no larger than asked
+    for, without a thread; the file follows it.  With no file the head is
+    the whole message and then comes b"".
+    """
+    runner = ManualRunner()
+    reader = FileReader(io.BytesIO(b"def"), runner, head=b"abc")
+    got: list[bytes] = []
+    reader.read(2).addCallback(got.append)
+    reader.read(10).addCallback(got.append)
+    assert got == [b"ab", b"c"] and runner.calls == []
+    reader.read(10).addCallback(got.append)
+    runner.runOne()
+    assert got == [b"ab", b"c", b"def"]
+
+    whole = FileReader(None, runner, head=b"xyz")
+    whole.read(10).addCallback(got.append)
+    whole.read(10).addCallback(got.append)
+    whole.close()
+    assert got[-2:] == [b"xyz", b""] and runner.calls == []

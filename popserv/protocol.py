@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from twisted.cred.credentials import ICredentials
+from twisted.cred.credentials import ICredentials, IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -1082,8 +1082,6 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         Whether some checker can verify APOP digests (it must know the
         plaintext password: L{IUsernameHashedPassword}).
         """
-        from twisted.cred.credentials import IUsernameHashedPassword
-
         return IUsernameHashedPassword in self.portal.listCredentialsInterfaces()
 
     def buildProtocol(self, addr: IAddress | None) -> POP3Protocol:

@@ -48,7 +48,7 @@ from popserv.commands import Command, CommandError, parseArguments, splitKeyword
 from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
 from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
-from popserv.errors import DeletionFailed, POP3Error
+from popserv.errors import DeletionFailed, MaildropInUse, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
 from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
 from popserv.policy import SitePolicy
@@ -166,10 +166,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self.record = SessionRecord(ip=self.address, started=self._clock().seconds())
         refusal = self.factory.connections.admit(self.address)
         if refusal is not None:
-            self.record.reason = "too-many-connections"
-            self.state = State.UPDATE
             self._send(replies.err(refusal, "SYS/TEMP"))
-            self.transport.loseConnection()
+            self._hangUp("too-many-connections")
             return
         self._counted = True
         _setNoDelay(self.transport)
@@ -251,10 +249,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
 
     def _run(self, line: bytes) -> None:
         if line is _LINE_TOO_LONG:
-            self.record.reason = "line-too-long"
             self._send(replies.err("Line too long"))
-            self.state = State.UPDATE
-            self.transport.loseConnection()
+            self._hangUp("line-too-long")
             return
         if self._sasl is None and len(line) > type(self).MAX_LENGTH:
             # Read while a SASL exchange allowed longer lines, but it is a
@@ -272,11 +268,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             if isinstance(e, CommandError):
                 self._badCommands += 1
                 if self._badCommands >= self.factory.limits.maxBadCommands:
-                    self.record.reason = "bad-commands"
                     self._send(replies.err("Too many bad commands"))
-                    self.state = State.UPDATE
-                    self._queue.clear()
-                    self.transport.loseConnection()
+                    self._hangUp("bad-commands")
             return
         if result is not None:
             # Later lines wait in the queue until this answer is complete.
@@ -702,10 +695,25 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             e = failure.value
             assert isinstance(e, POP3Error)
             self._send(replies.err(e.text, e.code))
+            if isinstance(e, MaildropInUse) and not self._lost:
+                # RFC 1939 section 4 lets the server close after a failed
+                # lock; a client that stays would only poll the lock.
+                self._hangUp("in-use")
             return None
         self._log.failure("Login failed with a server fault", failure)
         self._send(replies.err("Login failed, try again later", "SYS/TEMP"))
         return None
+
+    def _hangUp(self, reason: str) -> None:
+        """
+        End the session after the replies already written, for C{reason}
+        (the audit event's): nothing more is read or answered, and it does
+        not enter UPDATE, so nothing is deleted.
+        """
+        self.record.reason = reason
+        self.state = State.UPDATE
+        self._queue.clear()
+        self.transport.loseConnection()
 
     def _authFailed(self) -> None:
         """
@@ -717,10 +725,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self.factory.penalties.failed(self.address)
         self._send(replies.err("Authentication failed", "AUTH"))
         if self._authFailures >= self.factory.limits.maxAuthFailures and not self._lost:
-            self.record.reason = "auth-failures"
-            self.state = State.UPDATE
-            self._queue.clear()
-            self.transport.loseConnection()
+            self._hangUp("auth-failures")
 
     def _clock(self) -> IReactorTime:
         if self.factory.clock is not None:

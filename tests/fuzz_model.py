@@ -287,6 +287,7 @@ class Model:
             self.authFailures += 1
             return [_err("[AUTH] Authentication failed")]
         if user in self.locked:
+            self.state = CLOSED  # popserv closes after [IN-USE]
             return [_err("[IN-USE] Maildrop is in use by another session")]
         self.user = user
         self.locked.add(user)

@@ -139,14 +139,19 @@ class TestGreetingAndLogin:
     def test_inUse(self) -> None:
         """
         A second session for a user whose maildrop is locked gets
-        -ERR [IN-USE] at once; after the first ends, login works.
+        -ERR [IN-USE] at once and is closed (RFC 1939 section 4 allows it);
+        after the first ends, login works.
         """
         first = loggedIn()
         second = Session(store=first.store)
         assert second.login() == b"-ERR [IN-USE] Maildrop is in use by another session\r\n"
+        assert second.transport.disconnecting
+        assert second.command(b"NOOP") == b""
+        second.protocol.connectionLost(None)
+        assert second.protocol.record.reason == "in-use"
         first.command(b"QUIT")
         first.protocol.connectionLost(Failure(ConnectionError()))
-        assert second.login().startswith(b"+OK Logged in")
+        assert Session(store=first.store).login().startswith(b"+OK Logged in")
 
     def test_quitBeforeLogin(self) -> None:
         """

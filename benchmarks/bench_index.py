@@ -46,9 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from suite.procfs import pinned, processCPU
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
 STARTUP_TIMEOUT = 60.0
@@ -135,32 +139,6 @@ def readAll(path: str) -> None:
             with open(os.path.join(directory, name), "rb") as f:
                 while f.read(1 << 20):
                     pass
-
-
-def processCPU(pid: int) -> float:
-    """
-    User plus system CPU seconds of process C{pid}, all its threads.
-    """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def pinned(cpu: int | None) -> Iterator[None]:
-    """
-    Run the block (and any process started in it) on CPU C{cpu} only.
-    """
-    if cpu is None:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 Figures = dict[str, list[tuple[float, float]]]
@@ -331,7 +309,7 @@ def session(port: int, user: str, pid: int) -> tuple[tuple[float, float], int]:
     One timed login with STAT and a full UIDL: the wall time, the CPU time
     of the server process C{pid}, and the number of UIDL lines.
     """
-    cpu = processCPU(pid)
+    cpu = processCPU(pid, children=False)
     began = time.perf_counter()
     client = Client(port)
     try:
@@ -341,7 +319,7 @@ def session(port: int, user: str, pid: int) -> tuple[tuple[float, float], int]:
         client.command(f"PASS {PASSWORD}")
         client.command("STAT")
         _, body = client.command("UIDL", multiline=True)
-        elapsed = time.perf_counter() - began, processCPU(pid) - cpu
+        elapsed = time.perf_counter() - began, processCPU(pid, children=False) - cpu
         client.command("QUIT")
     finally:
         client.close()

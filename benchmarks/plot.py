@@ -64,6 +64,17 @@ def _sizeLabel(size: float, _: Any = None) -> str:
     return f"{size / 1000:g} KB" if size < 1_000_000 else f"{size / 1_000_000:g} MB"
 
 
+def _save(fig: Any, path: str, title: str, y: float = 0.02, bottom: float = 0.04) -> None:
+    """
+    Put C{title} small at the foot of C{fig} (at height C{y}, the plots
+    above C{bottom}), write it to C{path} and close it.
+    """
+    fig.suptitle(title, fontsize=8, y=y, va="bottom")
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def throughputVsSize(document: dict[str, Any], path: str) -> bool:
     servers = [s for s in _servers(document) if _points(document, "sizes", s)]
     if not servers:
@@ -93,10 +104,7 @@ def throughputVsSize(document: dict[str, Any], path: str) -> bool:
         axes.set_ylim(bottom=0)
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
-    fig.suptitle(_subtitle(document), fontsize=8, y=0.02, va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, _subtitle(document))
     return True
 
 
@@ -146,10 +154,7 @@ def latencyVsConcurrency(document: dict[str, Any], path: str) -> bool:
         axes.set_xlabel("concurrent clients (closed loop)")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
-    fig.suptitle(_subtitle(document), fontsize=8, y=0.02, va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, _subtitle(document))
     return True
 
 
@@ -259,15 +264,8 @@ def headline(document: dict[str, Any], path: str) -> bool:
         axes.margins(y=0.2)
     for index in range(len(panels), rows * columns):
         grid[index // columns][index % columns].axis("off")
-    fig.suptitle(
-        _subtitle(document) + "; dotted line: popserv's target (issue 5)",
-        fontsize=8,
-        y=0.01,
-        va="bottom",
-    )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    footer = _subtitle(document) + "; dotted line: popserv's target (issue 5)"
+    _save(fig, path, footer, y=0.01, bottom=0.03)
     return True
 
 

@@ -884,10 +884,7 @@ static void fetch_fail(conn_t *c, const char *kind, size_t a, size_t b)
     if (c->in && n)
         memcpy(f->error_line, c->in + a, n);
     f->error_line[n] = '\0';
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-    c->state = ST_FREE;
+    conn_close(c);
 }
 
 /* After STAT, LIST, UIDL or a RETR: the next command of the script. */
@@ -996,9 +993,7 @@ static void fetch_event(conn_t *c, uint32_t events, double t)
     if (got & GOT_EOF) {
         if (c->state == ST_CLOSING) {
             f->t_closed = t;
-            close(c->fd);
-            c->fd = -1;
-            c->state = ST_FREE;
+            conn_close(c);
         } else {
             fetch_fail(c, "closed early", 0, 0);
         }

@@ -86,11 +86,19 @@ def treeCPU(pids: Iterable[int]) -> float:
     return total
 
 
-def _statusKB(pid: int, key: bytes) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
+def _fieldKB(path: str, key: bytes) -> int:
+    """
+    The number after C{key} on the line of C{path} that starts with it (KiB
+    in C{/proc}), 0 if there is none or the file cannot be read (the
+    process is gone).
+    """
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
     return 0
 
 
@@ -98,20 +106,14 @@ def rssKB(pid: int) -> int:
     """
     Resident set size of C{pid} in KiB (VmRSS), 0 if it is gone.
     """
-    try:
-        return _statusKB(pid, b"VmRSS:")
-    except (OSError, ValueError):
-        return 0
+    return _fieldKB(f"/proc/{pid}/status", b"VmRSS:")
 
 
 def hwmKB(pid: int) -> int:
     """
     The peak resident set size of C{pid} in KiB (VmHWM), 0 if it is gone.
     """
-    try:
-        return _statusKB(pid, b"VmHWM:")
-    except (OSError, ValueError):
-        return 0
+    return _fieldKB(f"/proc/{pid}/status", b"VmHWM:")
 
 
 def pssKB(pid: int) -> int:
@@ -119,14 +121,7 @@ def pssKB(pid: int) -> int:
     Proportional set size of C{pid} in KiB: shared pages divided among the
     processes that share them (C{/proc/PID/smaps_rollup}).
     """
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _fieldKB(f"/proc/{pid}/smaps_rollup", b"Pss:")
 
 
 def command(pid: int) -> str:

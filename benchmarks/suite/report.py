@@ -167,17 +167,18 @@ def _sweepRows(results: dict[str, Any]) -> list[Row]:
     """
     Rows for the sweeps, one per point the results have.
     """
-    rows: list[Row] = []
-    sizes: list[int] = []
-    levels: list[int] = []
-    for result in results.get("sizes", {}).values():
-        for p in result.get("points", []):
-            if p["message_size"] not in sizes:
-                sizes.append(p["message_size"])
-    for result in results.get("concurrency", {}).values():
-        for p in result.get("points", []):
-            if p["clients"] not in levels:
-                levels.append(p["clients"])
+
+    def distinct(scenario: str, match: str) -> list[int]:
+        """
+        The values of C{match} over the points of C{scenario}, each once, in
+        the order they first come.
+        """
+        found: list[int] = []
+        for result in results.get(scenario, {}).values():
+            for p in result.get("points", []):
+                if p[match] not in found:
+                    found.append(p[match])
+        return found
 
     def point(field: str, match: str, wanted: int) -> Callable[[dict[str, Any]], Any]:
         """
@@ -192,59 +193,31 @@ def _sweepRows(results: dict[str, Any]) -> list[Row]:
 
         return get
 
-    for size in sizes:
-        label = f"{size / 1000:g} KB"
-        rows.append(
-            Row(
-                "sizes",
-                point("mb_per_s", "message_size", size),
-                f"sizes: MB/s at {label}",
-                "higher",
-            )
+    def sizeRow(size: int, field: str, what: str) -> Row:
+        return Row(
+            "sizes",
+            point(field, "message_size", size),
+            f"sizes: {what} at {size / 1000:g} KB",
+            "higher",
         )
-    for size in sizes:
-        rows.append(
-            Row(
-                "sizes",
-                point("messages_per_s", "message_size", size),
-                f"sizes: messages/s at {size / 1000:g} KB",
-                "higher",
-            )
+
+    def levelRow(clients: int, field: str, what: str, better: str = "") -> Row:
+        return Row(
+            "concurrency",
+            point(field, "clients", clients),
+            f"concurrency: {what}, {clients} clients",
+            better,
         )
+
+    sizes = distinct("sizes", "message_size")
+    levels = distinct("concurrency", "clients")
+    rows = [sizeRow(size, "mb_per_s", "MB/s") for size in sizes]
+    rows += [sizeRow(size, "messages_per_s", "messages/s") for size in sizes]
+    rows += [levelRow(clients, "sessions_per_s", "sessions/s", "higher") for clients in levels]
+    rows += [levelRow(clients, "retransmitted", "dropped SYNs") for clients in levels]
     for clients in levels:
-        rows.append(
-            Row(
-                "concurrency",
-                point("sessions_per_s", "clients", clients),
-                f"concurrency: sessions/s, {clients} clients",
-                "higher",
-            )
-        )
-    for clients in levels:
-        rows.append(
-            Row(
-                "concurrency",
-                point("retransmitted", "clients", clients),
-                f"concurrency: dropped SYNs, {clients} clients",
-            )
-        )
-    for clients in levels:
-        rows.append(
-            Row(
-                "concurrency",
-                point("latency_ms_p50", "clients", clients),
-                f"concurrency: p50 ms, {clients} clients",
-                "lower",
-            )
-        )
-        rows.append(
-            Row(
-                "concurrency",
-                point("latency_ms_p99", "clients", clients),
-                f"concurrency: p99 ms, {clients} clients",
-                "lower",
-            )
-        )
+        rows.append(levelRow(clients, "latency_ms_p50", "p50 ms", "lower"))
+        rows.append(levelRow(clients, "latency_ms_p99", "p99 ms", "lower"))
     return rows
 
 

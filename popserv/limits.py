@@ -22,6 +22,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from popserv.clock import reactorTime
+
 
 def _defaultConcurrentLogins() -> int:
     # Password hashing is CPU-bound: more checks at once than cores only
@@ -173,13 +175,6 @@ class LoginGate:
         """
         return len(self._trusted) + len(self._others)
 
-    def _clock(self) -> IReactorTime:
-        if self._reactorTime is not None:
-            return self._reactorTime
-        from twisted.internet import reactor
-
-        return reactor
-
     def enter(self, address: str) -> Deferred[Callable[[], None]]:
         """
         Wait for C{address}'s penalty and a turn; fires with the release
@@ -191,7 +186,7 @@ class LoginGate:
         # A session that ends meanwhile cancels the wait (or, once queued,
         # its place in the queue: cancel() follows the chain).
         waited: Deferred[Any] = Deferred(lambda d: call.cancel())
-        call = self._clock().callLater(delay, waited.callback, None)
+        call = reactorTime(self._reactorTime).callLater(delay, waited.callback, None)
         return waited.addCallback(lambda _: self._queue(address))
 
     def _queue(self, address: str) -> Deferred[Callable[[], None]]:

@@ -44,6 +44,7 @@ from popserv import audit, replies
 from popserv._version import __version__
 from popserv.audit import SessionRecord
 from popserv.capabilities import Facts, capabilities
+from popserv.clock import reactorTime
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
 from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
 from popserv.downgrade import prefixNeeded
@@ -728,11 +729,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._hangUp("auth-failures")
 
     def _clock(self) -> IReactorTime:
-        if self.factory.clock is not None:
-            return self.factory.clock
-        from twisted.internet import reactor
-
-        return reactor
+        return reactorTime(self.factory.clock)
 
     def _release(self) -> None:
         logout, self._logout = self._logout, None

@@ -33,6 +33,8 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from popserv.clock import reactorTime
+
 #: The longest header accepted: v1 is at most 107 octets; v2 may carry TLVs,
 #: but nothing popserv needs comes near this.
 MAX_HEADER = 4096
@@ -187,11 +189,7 @@ class ProxyWrappingFactory(WrappingFactory["ProxyHeaderWrapper"]):
         self._reactor = reactor
 
     def clock(self) -> IReactorTime:
-        if self._reactor is not None:
-            return self._reactor
-        from twisted.internet import reactor
-
-        return reactor
+        return reactorTime(self._reactor)
 
     def trusts(self, peer: IAddress) -> bool:
         host = getattr(peer, "host", None)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3Protocol, POP3ServerFactory
@@ -141,3 +144,29 @@ class Session:
         match = re.search(rb"<[^>]+>", self.greeting)
         assert match is not None
         return match.group(0)
+
+
+@implementer(ICredentialsChecker)
+class SlowChecker:
+    """
+    A checker whose answers wait until the test releases them, one at a
+    time, like one that asks a database or hashes in a thread.  It accepts
+    the password "secret" for any user name.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.pending.append((d, credentials))
+        return d
+
+    def release(self) -> None:
+        d, credentials = self.pending.pop(0)
+        if credentials.checkPassword(b"secret"):
+            d.callback(credentials.username)
+        else:
+            d.errback(UnauthorizedLogin())

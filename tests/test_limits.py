@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol_helpers import Session
+from protocol_helpers import Session, SlowChecker
 from synchronous import FakeTime
 from test_protocol import PausingTransport
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from zope.interface import implementer
 
 from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
 
@@ -146,46 +143,23 @@ def test_gatePenaltyAndCancel() -> None:
     assert log == ["a"] and gate.active == 0
 
 
-@implementer(ICredentialsChecker)
-class PendingChecker:
-    """
-    A checker whose answers the test gives, counting the checks it was asked
-    for: like a password hash computed in a thread.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self) -> None:
-        self.real = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-        self.pending: list[tuple[Deferred[Any], Any]] = []
-
-    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, credentials))
-        return d
-
-    def answer(self) -> None:
-        d, credentials = self.pending.pop(0)
-        self.real.requestAvatarId(credentials).chainDeferred(d)
-
-
 class TestProtocol:
     def test_guessNotCheckedDuringPenalty(self) -> None:
         """
         After a failure, the address's next guess is not checked until its
         penalty has passed; a client that hangs up meanwhile cost no check.
         """
-        checker = PendingChecker()
+        checker = SlowChecker()
         s = Session(checkers=[checker], peer="127.0.0.7")
         s.send(b"USER alice\r\nPASS x\r\n")
-        checker.answer()
+        checker.release()
         assert s.take() == b"+OK Send PASS\r\n" + FAILED
         s.send(b"USER alice\r\nPASS y\r\n")
         s.clock.advance(1.9)
         assert checker.pending == []
         s.clock.advance(0.1)
         assert len(checker.pending) == 1
-        checker.answer()
+        checker.release()
         assert s.take() == b"+OK Send PASS\r\n" + FAILED
         s.send(b"USER alice\r\nPASS z\r\n")
         s.protocol.connectionLost(None)
@@ -199,10 +173,10 @@ class TestProtocol:
         user who logged in before from their address is checked next, ahead
         of the guesses that queued before them.
         """
-        checker = PendingChecker()
+        checker = SlowChecker()
         good = Session(checkers=[checker], peer="127.0.1.1", limits=Limits(concurrentLogins=2))
         good.send(b"USER alice\r\nPASS secret\r\n")
-        checker.answer()
+        checker.release()
         assert good.take().endswith(b"+OK Logged in, 0 messages (0 octets)\r\n")
         good.command(b"QUIT")
         good.protocol.connectionLost(None)
@@ -212,14 +186,14 @@ class TestProtocol:
         assert len(checker.pending) == 2 and good.factory.gate.waiting == 3
         again = Session(factory=good.factory, peer="127.0.1.1")
         again.send(b"USER alice\r\nPASS secret\r\n")
-        checker.answer()
+        checker.release()
         assert len(checker.pending) == 2
         assert checker.pending[-1][1].password == b"secret"
-        checker.answer()
-        checker.answer()
+        checker.release()
+        checker.release()
         assert again.take().endswith(b"+OK Logged in, 0 messages (0 octets)\r\n")
         while checker.pending:
-            checker.answer()
+            checker.release()
         assert all(g.take().endswith(FAILED) for g in guessers)
         assert good.factory.gate.active == 0
 

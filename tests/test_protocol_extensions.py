@@ -13,13 +13,11 @@ import re
 from typing import Any
 
 import pytest
-from protocol_helpers import Session
+from protocol_helpers import Session, SlowChecker
 from scram_client import ScramClient, authenticate
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
@@ -117,8 +115,6 @@ class TestCapa:
         A mechanism is offered only when some checker can verify what it
         produces: with no hashed-password checker CRAM-MD5 disappears.
         """
-        from twisted.cred.checkers import ICredentialsChecker
-        from twisted.cred.credentials import IUsernamePassword
         from twisted.internet.defer import fail
 
         @implementer(ICredentialsChecker)
@@ -384,41 +380,12 @@ def test_utf8() -> None:
     assert s.login("j\u00fcrgen".encode(), "p\u00e4ss".encode()).startswith(b"+OK Logged in")
 
 
-@implementer(ICredentialsChecker)
-class SlowChecker:
-    """
-    A checker whose answers wait until the test releases them, one at a
-    time, like one that asks a database.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self) -> None:
-        self.pending: list[Any] = []
-
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
-        d: Deferred[bytes] = Deferred()
-        self.pending.append((d, credentials))
-        return d
-
-    def release(self) -> None:
-        d, credentials = self.pending.pop(0)
-        if credentials.checkPassword(b"secret"):
-            d.callback(credentials.username)
-        else:
-            d.errback(UnauthorizedLogin())
-
-
 def test_pipeliningBehindSlowChecker() -> None:
     """
     Commands pipelined behind a PASS or an AUTH whose checker answers later
     wait for it and are answered in order; a failed login lets the next
     attempt in the pipe proceed.
     """
-    from twisted.cred.checkers import ICredentialsChecker
-    from zope.interface import classImplements
-
-    classImplements(SlowChecker, ICredentialsChecker)
     checker = SlowChecker()
     s = Session(checkers=[checker])
     s.memory.deliver("alice", b"x\r\n")

@@ -128,6 +128,20 @@ def deliver(
 INDEX = "popserv.index"
 
 
+def popserv_admin(*args: str, password: str) -> None:
+    """
+    Run the C{popserv} admin command of the environment under test, giving
+    it C{password} on standard input (C{--password-stdin}).
+    """
+    admin = Path(sys.executable).with_name("popserv")
+    subprocess.run(
+        [str(admin), *args, "--password-stdin"],
+        input=f"{password}\n".encode(),
+        check=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+
+
 def message_files(maildir: Path) -> set[str]:
     """
     Every file under C{maildir} as C{subdir/name}, the index aside: the

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from bigmessage import block, expected_retr, read_retr
-from conftest import CLIENT_TIMEOUT, HOST, PASSWORD, USER
+from conftest import HOST, PASSWORD, USER, popserv_admin
 
 pytestmark = pytest.mark.integration
 
@@ -65,13 +65,7 @@ def test_guessing_flood(start_server, maildir_root, maildir, tmp_path):
     if not _loopback_sources_work():
         pytest.skip("127.0.0.0/8 source addresses are not usable here")
     passwd = tmp_path / "passwd"
-    admin = Path(sys.executable).with_name("popserv")
-    subprocess.run(
-        [str(admin), "passwd", "add", str(passwd), USER, "--password-stdin"],
-        input=f"{PASSWORD}\n".encode(),
-        check=True,
-        timeout=CLIENT_TIMEOUT,
-    )
+    popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
     assert "{ARGON2ID}" in passwd.read_text()
     server = start_server(f"maildir:{maildir_root}/{{user}}", auth=[f"passwd-file:{passwd}"])
 

@@ -26,7 +26,17 @@ from pathlib import Path
 
 import pytest
 from clients import TestPKI, require_program
-from conftest import CLIENT_TIMEOUT, HOST, PASSWORD, USER, Server, ServerFactory, wire_form
+from conftest import (
+    CLIENT_TIMEOUT,
+    HOST,
+    PASSWORD,
+    USER,
+    Server,
+    ServerFactory,
+    deliver,
+    popserv_admin,
+    wire_form,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
@@ -55,24 +65,8 @@ def _free_port(candidates: Sequence[int]) -> int:
     pytest.skip(f"no free port among {candidates[0]}..{candidates[-1]}")
 
 
-def _popserv_admin(*args: str, password: str) -> None:
-    admin = Path(sys.executable).with_name("popserv")
-    subprocess.run(
-        [str(admin), *args, "--password-stdin"],
-        input=f"{password}\n".encode(),
-        check=True,
-        timeout=CLIENT_TIMEOUT,
-    )
-
-
-def _deliver_message(maildir: Path, n: int) -> bytes:
-    for sub in ("tmp", "new", "cur"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-    message = f"Subject: message {n}\n\nBody of message {n}.\n.starts with a dot\n".encode()
-    name = f"{1_700_000_000 + n}.M{n}P1.testhost"
-    (maildir / "tmp" / name).write_bytes(message)
-    os.rename(maildir / "tmp" / name, maildir / "new" / name)
-    return message
+def _message(n: int) -> bytes:
+    return b"Subject: message %d\n\nBody of message %d.\n.starts with a dot\n" % (n, n)
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
@@ -175,11 +169,12 @@ def test_privilegeDrop(
         pytest.skip("needs root to bind a port below 1024 and to drop privileges")
     uid, gid = _ids()
     mail = world_dir / "mail"
-    messages = [_deliver_message(mail / USER, n) for n in (1, 2)]
+    messages = [_message(n) for n in (1, 2)]
+    paths = [deliver(mail / USER, m) for m in messages]
     _chown_tree(mail, uid, gid)
     mail.chmod(0o700)
     passwd = world_dir / "passwd"
-    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
     os.chown(passwd, 0, gid)
     passwd.chmod(0o640)
     port = _free_port(range(1023, 899, -1))
@@ -213,11 +208,11 @@ def test_privilegeDrop(
     assert b"\r\n".join(client.retr(1)[1]) + b"\r\n" == wire_form(messages[0])
     client.dele(1)
     assert client.quit().startswith(b"+OK")
-    assert [p.name for p in (mail / USER / "new").iterdir()] == ["1700000002.M2P1.testhost"]
+    assert [p.name for p in (mail / USER / "new").iterdir()] == [paths[1].name]
 
     # A user added to the passwd-file now: re-read as the dropped user, and
     # their Maildir is created by it.
-    _popserv_admin("passwd", "add", str(passwd), "bob", password="bobs-password")
+    popserv_admin("passwd", "add", str(passwd), "bob", password="bobs-password")
     assert (passwd.stat().st_uid, passwd.stat().st_gid) == (0, gid)
 
     def bob_logs_in() -> bool:
@@ -295,9 +290,11 @@ def test_systemdUnits(
     socket_unit = (UNITS / "popserv.socket").read_text()
     assert re.findall(r"^ListenStream=(\d+)$", socket_unit, re.MULTILINE) == ["110", "995"]
     mail = world_dir / "mail"
-    messages = [_deliver_message(mail / USER, n) for n in (1, 2, 3)]
+    messages = [_message(n) for n in (1, 2, 3)]
+    for message in messages:
+        deliver(mail / USER, message)
     passwd = world_dir / "passwd"
-    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
     command = _service_command("popserv.service", twistd[0], test_pki, passwd, mail)
     plain, implicit = _free_port(range(20110, 20210)), _free_port(range(20995, 21095))
     log = tmp_path / "activated.log"
@@ -392,9 +389,9 @@ def test_workersShareSockets(
     """
     assert len(twistd) == 1, "the checkout's twistd script is needed"
     mail = world_dir / "mail"
-    _deliver_message(mail / USER, 1)
+    deliver(mail / USER, _message(1))
     passwd = world_dir / "passwd"
-    _popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
+    popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)
     command = _service_command("popserv@.service", twistd[0], test_pki, passwd, mail)
     sockets = [socket.create_server((HOST, 0), backlog=64) for _ in range(2)]
     port = sockets[0].getsockname()[1]

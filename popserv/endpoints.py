@@ -1,6 +1,7 @@
 """
-Reading C{ssl:} listen descriptions so that popserv applies its own TLS
-policy (and certificate reloading) to implicit TLS.
+Reading listen descriptions: C{ssl:} ones, so that popserv applies its own
+TLS policy (and certificate reloading) to implicit TLS, and C{tcp:} ones,
+to give them a listen backlog fit for a server (L{withDefaultBacklog}).
 
 Twisted's C{ssl:} endpoint builds a TLS context once, when the description
 is parsed; popserv instead listens with C{tcp:} on the same address and puts
@@ -89,3 +90,29 @@ def parseImplicitTLS(description: str) -> ImplicitTLS | None:
         certificate=tls.get("certKey", key),
         chain=tls.get("extraCertChain"),
     )
+
+
+#: The listen backlog popserv asks for when a C{tcp:} or C{tcp6:} listener
+#: names none.  Twisted's default is 50: a burst of more simultaneous
+#: connects than that (a mail client's folder sync, many users on the hour,
+#: a password-guessing flood) has SYNs dropped, and the kernel retries them
+#: only after 1, 3, 7 seconds.  The kernel caps it at net.core.somaxconn
+#: (4096 on current Linux).
+DEFAULT_BACKLOG = 1024
+
+
+def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    Add C{backlog=} to a C{tcp:} or C{tcp6:} description that sets none.
+
+    Any other description, and one giving the backlog by keyword or as its
+    third positional argument (C{tcp:port:interface:backlog}), is returned
+    unchanged.
+    """
+    parts = _split(description)
+    if parts[0] not in ("tcp", "tcp6"):
+        return description
+    positional = [part for part in parts[1:] if "=" not in part]
+    if len(positional) > 2 or any(part.startswith("backlog=") for part in parts[1:]):
+        return description
+    return f"{description}:backlog={backlog}"

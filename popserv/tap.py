@@ -26,7 +26,7 @@ from twisted.python import usage
 
 from popserv.certauth import ICertificateCredentials
 from popserv.credentials import CheckerChain, normalizeChecker
-from popserv.endpoints import parseImplicitTLS
+from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
 from popserv.errors import StoreConfigError
 from popserv.limits import Limits
 from popserv.mailstores import findStoreFactories, makeStore
@@ -391,7 +391,7 @@ def _endpoint(description: str) -> Any:
     from twisted.internet import endpoints, reactor
 
     try:
-        return endpoints.serverFromString(reactor, description)
+        return endpoints.serverFromString(reactor, withDefaultBacklog(description))
     except Exception as e:
         raise usage.UsageError(f"--listen {description!r}: {e}") from None
 

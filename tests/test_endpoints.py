@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from popserv.endpoints import ImplicitTLS, parseImplicitTLS
+from popserv.endpoints import DEFAULT_BACKLOG, ImplicitTLS, parseImplicitTLS, withDefaultBacklog
 
 
 def test_otherKindsUntouched() -> None:
@@ -53,3 +53,27 @@ def test_certificateWithoutKey() -> None:
         parseImplicitTLS("ssl:995:certKey=c.pem")
     with pytest.raises(ValueError, match="need privateKey="):
         parseImplicitTLS("ssl:995:extraCertChain=chain.pem")
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("tcp:110", "tcp:110:backlog=1024"),
+        ("tcp:110:interface=127.0.0.1", "tcp:110:interface=127.0.0.1:backlog=1024"),
+        (r"tcp6:110:interface=\:\:1", r"tcp6:110:interface=\:\:1:backlog=1024"),
+        ("tcp:port=110", "tcp:port=110:backlog=1024"),
+        # The operator's own backlog, by keyword or by position, stays.
+        ("tcp:110:backlog=10", "tcp:110:backlog=10"),
+        ("tcp:110:127.0.0.1:10", "tcp:110:127.0.0.1:10"),
+        # Not TCP: nothing to add.
+        ("unix:/run/pop.sock", "unix:/run/pop.sock"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_defaultBacklog(description: str, expected: str) -> None:
+    """
+    A tcp: or tcp6: listener without a backlog gets DEFAULT_BACKLOG instead
+    of Twisted's 50; every other description is left as written.
+    """
+    assert DEFAULT_BACKLOG == 1024
+    assert withDefaultBacklog(description) == expected

@@ -255,51 +255,52 @@ class _Listing:
     @ivar bases: the base name of every message, in no order; a message
         that moved from new/ to cur/ between the two listings is in it
         twice.
-    @ivar parts: for each directory listed: its name, a file descriptor
-        of it, and the names and the base names of its files.
+    @ivar parts: for each directory listed: its name, and the names and the
+        base names of its files.
     @ivar sortable: comparing the base names as strings sorts them as
         L{_sortKey} does.
     @ivar uidsValid: every base name is its own UIDL.
     """
 
     def __init__(self, maildir: str) -> None:
+        self.maildir = maildir
         self.bases: list[str] = []
-        self.parts: list[tuple[str, int, list[str], list[str]]] = []
+        self.parts: list[tuple[str, list[str], list[str]]] = []
+        # Descriptors of the directories, opened only to measure files in
+        # them (an open by name relative to one resolves less path): a
+        # login that measures nothing makes no more system calls than the
+        # listing needs.
+        self._directories: dict[str, int] = {}
         joinedBases = []
-        try:
-            for subdir in _SUBDIRS:
-                try:
-                    directory = os.open(
-                        os.path.join(maildir, subdir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-                    )
-                except FileNotFoundError:
-                    continue
-                self.parts.append((subdir, directory, [], []))
-                names = os.listdir(directory)
-                joined = "/".join(names)  # "/" is the one octet no name holds
-                if joined.startswith(".") or "/." in joined:
-                    names = [name for name in names if not name.startswith(".")]
-                    joined = "/".join(names)
-                if ":" in joined:
-                    bases = [name.partition(":")[0] for name in names]
-                    joined = "/".join(bases)
-                else:
-                    bases = names
-                self.parts[-1] = (subdir, directory, names, bases)
-                self.bases += bases
-                joinedBases.append(joined)
-        except BaseException:
-            self.close()
-            raise
+        for subdir in _SUBDIRS:
+            try:
+                names = os.listdir(os.path.join(maildir, subdir))
+            except FileNotFoundError:
+                continue
+            joined = "/".join(names)  # "/" is the one octet no name holds
+            if joined.startswith(".") or "/." in joined:
+                names = [name for name in names if not name.startswith(".")]
+                joined = "/".join(names)
+            if ":" in joined:
+                bases = [name.partition(":")[0] for name in names]
+                joined = "/".join(bases)
+            else:
+                bases = names
+            self.parts.append((subdir, names, bases))
+            self.bases += bases
+            joinedBases.append(joined)
         self.sortable, self.uidsValid = _checkNames(joinedBases)
 
     def entries(self, wanted: set[str]) -> dict[str, tuple[str, int, str]]:
         """
-        Where the messages named C{wanted} are: subdirectory, its
-        descriptor, file name (cur/ winning over new/).
+        Where the messages named C{wanted} are: subdirectory, a descriptor
+        of it, file name (cur/ winning over new/).
+
+        @raise OSError: a directory cannot be opened.
         """
         found: dict[str, tuple[str, int, str]] = {}
-        for subdir, directory, names, bases in self.parts:
+        for subdir, names, bases in self.parts:
+            directory = self._directory(subdir)
             found.update(
                 compress(
                     zip(bases, zip(repeat(subdir), repeat(directory), names), strict=True),
@@ -308,17 +309,19 @@ class _Listing:
             )
         return found
 
-    def names(self) -> list[tuple[str, list[str], list[str]]]:
-        """
-        For each directory listed: its name, and the names and base names
-        of its files.
-        """
-        return [(subdir, names, bases) for subdir, _, names, bases in self.parts]
+    def _directory(self, subdir: str) -> int:
+        directory = self._directories.get(subdir)
+        if directory is None:
+            directory = os.open(
+                os.path.join(self.maildir, subdir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            )
+            self._directories[subdir] = directory
+        return directory
 
     def close(self) -> None:
-        for _, directory, _, _ in self.parts:
+        directories, self._directories = self._directories, {}
+        for directory in directories.values():
             os.close(directory)
-        self.parts = []
 
 
 class MaildirTemplate:
@@ -435,7 +438,7 @@ class MaildirMaildrop:
             known, misses, inOrder = lookup(records, order)
             del records
             dropped, learnt = self._measure(listing, known, misses)
-            self._listed = listing.names()
+            self._listed = listing.parts
         finally:
             listing.close()
         if dropped:
@@ -725,8 +728,15 @@ class MaildirStore:
 
     def _lock(self, user: str) -> MaildirMaildrop:
         path = self.template.pathFor(user)
-        _makePrivateDirectories(self.template.root, path)
-        fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lockPath = os.path.join(path, LOCK_NAME)
+        try:
+            fd = os.open(lockPath, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # The first login to this Maildir: make whatever is missing of
+            # it.  (Trying to make it at every login cost four system calls
+            # of the thirty a login makes.)
+            _makePrivateDirectories(self.template.root, path)
+            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

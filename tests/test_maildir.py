@@ -31,7 +31,7 @@ from popserv.errors import (
     MessageUnavailable,
     StoreConfigError,
 )
-from popserv.maildir import MaildirStore, MaildirTemplate, uidFor
+from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
 
 
@@ -128,6 +128,37 @@ def test_createsMaildirOnFirstLogin(tmp_path: Path) -> None:
     for subdir in ("cur", "new", "tmp"):
         assert (tmp_path / "newbie" / subdir).is_dir()
     assert (tmp_path / "newbie").stat().st_mode & 0o777 == 0o700
+    maildrop.close()
+
+
+def test_completesMaildirAtFirstLogin(tmp_path: Path) -> None:
+    """
+    A Maildir that a delivery agent made with new/ only gets cur/ and tmp/
+    at its first login (the one that creates popserv.lock); its mail is
+    served.
+    """
+    (tmp_path / "alice" / "new").mkdir(parents=True)
+    (tmp_path / "alice" / "new" / "1.M1.host").write_bytes(b"hello\n")
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    assert [m.size for m in result(maildrop.listMessages())] == [7]
+    for subdir in ("cur", "new", "tmp"):
+        assert (tmp_path / "alice" / subdir).is_dir()
+    assert (tmp_path / "alice" / LOCK_NAME).is_file()
+    maildrop.close()
+
+
+def test_subdirectoryRemovedLater(tmp_path: Path) -> None:
+    """
+    At later logins a missing new/ or cur/ is an empty one: the messages
+    in the other are served, and nothing is re-created behind the back of
+    whoever removed it.
+    """
+    result(store(tmp_path).openMaildrop("alice")).close()
+    os.rmdir(tmp_path / "alice" / "cur")
+    (tmp_path / "alice" / "new" / "1.M1.host").write_bytes(b"hello\n")
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    assert [m.size for m in result(maildrop.listMessages())] == [7]
+    assert not (tmp_path / "alice" / "cur").exists()
     maildrop.close()
 
 

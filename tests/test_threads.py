@@ -1,0 +1,180 @@
+"""
+Tests for popserv.threads.ThreadRunner: work runs in worker threads, its
+result or failure comes back through callFromThread, and the number of
+threads grows with the work up to a bound.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from popserv.threads import RunnerStopped, ThreadRunner
+
+#: The longest any test waits for a worker.
+WAIT = 10.0
+
+
+class FakeReactor:
+    """
+    callFromThread that queues the call; the test runs it with L{deliver},
+    in the test's thread, as the reactor would in its own.
+    """
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((f, args))
+
+    def deliver(self, count: int = 1) -> None:
+        for _ in range(count):
+            f, args = self.calls.get(timeout=WAIT)
+            f(*args)
+
+
+@pytest.fixture
+def fake() -> FakeReactor:
+    return FakeReactor()
+
+
+@pytest.fixture
+def runner(fake: FakeReactor) -> Iterator[ThreadRunner]:
+    runner = ThreadRunner(fake.callFromThread, maxThreads=3)
+    yield runner
+    runner.stop()
+
+
+def test_result(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    The callable runs in another thread with the arguments given; its
+    result fires the Deferred only when the reactor runs the call back.
+    """
+    d = runner(lambda a, b: (a + b, threading.current_thread()), 2, 3)
+    results: list[Any] = []
+    d.addCallback(results.append)
+    assert results == []
+    fake.deliver()
+    [(total, thread)] = results
+    assert total == 5
+    assert thread is not threading.current_thread()
+    assert thread.name == "popserv-worker-0"
+
+
+def test_failure(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    An exception comes back as the Deferred's failure, with its type and
+    message.
+    """
+
+    def fails() -> None:
+        raise OSError(5, "Input/output error")
+
+    failures: list[Any] = []
+    runner(fails).addErrback(failures.append)
+    fake.deliver()
+    [failure] = failures
+    assert failure.check(OSError)
+    assert failure.value.errno == 5
+
+
+def test_threadsReused(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    Work given one job at a time is done by one thread.
+    """
+    seen = set()
+    for _ in range(20):
+        d = runner(threading.current_thread)
+        d.addCallback(seen.add)
+        fake.deliver()
+    assert len(seen) == 1
+
+
+def test_jobDoesNotWaitBehindARunningOne(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    While one job blocks, the next one gets a thread of its own: here the
+    first job waits for the second, which could never run otherwise.
+    """
+    released = threading.Event()
+    first = runner(released.wait, WAIT)
+    second = runner(released.set)
+    results: list[Any] = []
+    first.addCallback(results.append)
+    second.addCallback(results.append)
+    fake.deliver(2)
+    assert sorted(results, key=repr) == [None, True]
+
+
+def test_idleThreadClaimed(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    A job given while a thread is idle goes to it rather than starting
+    another; a second job given before that thread has picked the first up
+    still gets a thread of its own (it does not wait behind the first).
+    """
+    runner(lambda: None)
+    fake.deliver()  # one thread, now idle
+    released = threading.Event()
+    runner(released.wait, WAIT)
+    runner(released.set)
+    fake.deliver(2)
+    assert len(runner._threads) == 2
+
+
+def test_atMostMaxThreads(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    With maxThreads busy, further work waits in order and is done as
+    threads come free; no more threads are started.
+    """
+    gate = threading.Event()
+    order: list[int] = []
+    lock = threading.Lock()
+
+    def job(n: int) -> int:
+        if n < 3:
+            gate.wait(WAIT)
+        with lock:
+            order.append(n)
+        return n
+
+    ds = [runner(job, n) for n in range(6)]
+    assert len(runner._threads) == 3
+    results: list[int] = []
+    for d in ds:
+        d.addCallback(results.append)
+    # Jobs 3-5 have no thread while 0-2 block (a tenth of a second is
+    # plenty for a free thread to have taken one).
+    assert fake.calls.empty()
+    threading.Event().wait(0.1)
+    assert order == []
+    gate.set()
+    fake.deliver(6)
+    assert sorted(results) == list(range(6))
+    assert len(runner._threads) == 3
+
+
+def test_stop(fake: FakeReactor) -> None:
+    """
+    stop() lets queued work finish, ends every thread, and refuses new
+    work.
+    """
+    runner = ThreadRunner(fake.callFromThread, maxThreads=2)
+    done = []
+    for n in range(4):
+        runner(done.append, n)
+    threads = list(runner._threads)
+    runner.stop()
+    assert sorted(done) == [0, 1, 2, 3]
+    assert not [t for t in threads if t.is_alive()]
+    with pytest.raises(RunnerStopped):
+        runner(done.append, 5)
+
+
+def test_maxThreadsChecked(fake: FakeReactor) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ThreadRunner(fake.callFromThread, maxThreads=0)

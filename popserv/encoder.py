@@ -258,6 +258,23 @@ def encodeMessage(message: bytes, bodyLines: int | None = None, downgrade: bool 
     return encoder.feed(message) + encoder.finish()
 
 
+def _headerEnd(data: bytes) -> int:
+    """
+    Where the blank line that ends the header section starts: the index of
+    the first C{"\\n\\n"} or C{"\\n\\r\\n"}, whichever comes first; -1 if neither.
+    """
+    # Search first for the ending the first line has, then for the other
+    # only before it: searching the whole of a long message for the ending
+    # it does not use cost more than everything else done to size it.
+    first = data.find(b"\n")
+    likely, other = (
+        (b"\n\r\n", b"\n\n") if data[first - 1 : first] == b"\r" else (b"\n\n", b"\n\r\n")
+    )
+    end = data.find(likely)
+    earlier = data.find(other, 0, len(data) if end < 0 else end + len(other))
+    return end if earlier < 0 or 0 <= end < earlier else earlier
+
+
 def downgradeDelta(prefix: bytes) -> int:
     """
     How much longer a message gets when its header is downgraded for a
@@ -268,11 +285,10 @@ def downgradeDelta(prefix: bytes) -> int:
     # Only the header section matters: cut the prefix after the blank line
     # that ends it (the downgrade filter finds the same end in the CRLF
     # form, so the difference is the same as over the whole message).
-    ends = [i for i in (prefix.find(b"\n\n"), prefix.find(b"\n\r\n")) if i >= 0]
     if prefix.startswith((b"\n", b"\r\n")):
         return 0
-    if ends:
-        end = min(ends)
+    end = _headerEnd(prefix)
+    if end >= 0:
         prefix = prefix[: end + (2 if prefix[end + 1 : end + 2] == b"\n" else 3)]
     if prefix.isascii():
         return 0

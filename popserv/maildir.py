@@ -184,7 +184,9 @@ def _wholeWireSize(data: bytes | bytearray) -> int:
     The wire size (L{WireSize}) of a whole message in memory: each LF not
     after a CR gains a CR, and an unterminated last line gains a CRLF.
     """
-    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    size = len(data) + data.count(b"\n")
+    if b"\r" in data:  # most stored mail has bare LFs: nothing to count then
+        size -= data.count(b"\r\n")
     if data and not data.endswith(b"\n"):
         size += 2
     return size

@@ -288,8 +288,9 @@ class _Listing:
                 joined = "/".join(bases)
             else:
                 bases = names
-            self.parts.append((subdir, names, bases))
-            self.bases += bases
+            if names:
+                self.parts.append((subdir, names, bases))
+                self.bases += bases
             joinedBases.append(joined)
         self.sortable, self.uidsValid = _checkNames(joinedBases)
 
@@ -404,6 +405,22 @@ class MaildirMaildrop:
     started is still running: that work may write the Maildir's index,
     which only the lock's holder may do.
     """
+
+    # Held by every logged-in session, idle ones too.
+    __slots__ = (
+        "path",
+        "_lockFD",
+        "_run",
+        "_bases",
+        "_infos",
+        "_disk",
+        "_listed",
+        "_where",
+        "_index",
+        "_mutex",
+        "_running",
+        "_closed",
+    )
 
     def __init__(self, path: str, lockFD: int, runInThread: Runner) -> None:
         self.path = path

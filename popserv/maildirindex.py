@@ -311,6 +311,8 @@ class MaildirIndex:
     @ivar blocks: the number of blocks in the file.
     """
 
+    __slots__ = ("maildir", "path", "missing", "count", "blocks", "_appendAt")
+
     def __init__(self, maildir: str) -> None:
         self.maildir = maildir
         self.path = os.path.join(maildir, INDEX_NAME)

@@ -675,6 +675,10 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self.state = State.TRANSACTION
         self.record.user = self.user or ""
         self.record.mechanism = self._attempt[1]
+        # Logged in for as long as the client likes: keep nothing that only
+        # the AUTHORIZATION state needs (an idle session is mostly this).
+        self._attempt = POP3Protocol._attempt
+        self.challenge = None
         connection = self._tlsConnection()
         if connection is not None:
             self.record.tls = connection.get_protocol_version_name()

@@ -408,18 +408,18 @@ class MaildirMaildrop:
 
     # Held by every logged-in session, idle ones too.
     __slots__ = (
-        "path",
-        "_lockFD",
-        "_run",
         "_bases",
-        "_infos",
-        "_disk",
-        "_listed",
-        "_where",
-        "_index",
-        "_mutex",
-        "_running",
         "_closed",
+        "_disk",
+        "_index",
+        "_infos",
+        "_listed",
+        "_lockFD",
+        "_mutex",
+        "_run",
+        "_running",
+        "_where",
+        "path",
     )
 
     def __init__(self, path: str, lockFD: int, runInThread: Runner) -> None:

@@ -311,7 +311,7 @@ class MaildirIndex:
     @ivar blocks: the number of blocks in the file.
     """
 
-    __slots__ = ("maildir", "path", "missing", "count", "blocks", "_appendAt")
+    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "path")
 
     def __init__(self, maildir: str) -> None:
         self.maildir = maildir

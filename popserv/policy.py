@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,14 +253,13 @@ class SitePolicy:
             return self.history.recordLogin(user, now).addCallback(lambda _: True)
         return self.history.lastLogin(user).addCallback(decide)
 
-    def expired(
-        self, user: str, uids: Mapping[int, str], retrievedNow: set[int]
-    ) -> Deferred[set[int]]:
+    def expired(self, user: str, uids: Sequence[str], retrievedNow: set[int]) -> Deferred[set[int]]:
         """
         Which messages EXPIRE removes at this session's UPDATE, and record
         the first retrieval of the messages retrieved in it.
 
-        @param uids: index -> unique id of every message of the session.
+        @param uids: the unique id of every message of the session, by
+            index.
         @param retrievedNow: the indexes retrieved (RETR) in this session.
         """
         expire = self.forUser(user).expire
@@ -272,13 +271,13 @@ class SitePolicy:
         now = self.clock()
 
         def decide(times: dict[str, float]) -> Any:
-            present = set(uids.values())
+            present = set(uids)
             kept = {uid: t for uid, t in times.items() if uid in present}
             for index in retrievedNow:
                 kept.setdefault(uids[index], now)
             doomed = {
                 index
-                for index, uid in uids.items()
+                for index, uid in enumerate(uids)
                 if uid in kept and now - kept[uid] >= expire * 86400
             }
             doomedUids = {uids[i] for i in doomed}

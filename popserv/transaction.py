@@ -8,6 +8,7 @@ Pure bookkeeping over the L{MessageInfo} snapshot; no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 from popserv.errors import POP3Error
 from popserv.interfaces import MessageInfo
@@ -38,11 +39,17 @@ class Transaction:
     of messages marked as deleted.
     """
 
-    __slots__ = ("_deleted", "_deletedOctets", "_messages", "_octets")
+    __slots__ = ("_deleted", "_deletedOctets", "_messages", "_octets", "_sizes")
 
-    def __init__(self, messages: Sequence[MessageInfo]) -> None:
+    def __init__(self, messages: Sequence[MessageInfo], sizes: Sequence[int] | None = None) -> None:
+        """
+        @param sizes: the size of each message as this client sees it, by
+            index (RFC 6856: a client that did not enable UTF8 gets UTF-8
+            header fields downgraded); by default each C{MessageInfo.size}.
+        """
         self._messages = messages
-        self._octets = sum(m.size for m in messages)
+        self._sizes = list(map(attrgetter("size"), messages)) if sizes is None else sizes
+        self._octets = sum(self._sizes)
         # Most sessions delete nothing: share one empty set until a DELE.
         self._deleted: set[int] | frozenset[int] = _NOTHING
         self._deletedOctets = 0
@@ -66,6 +73,18 @@ class Transaction:
         The L{MessageInfo} of visible message C{number}.
         """
         return self._messages[self.index(number)]
+
+    def size(self, number: int) -> int:
+        """
+        The size, as this client sees it, of visible message C{number}.
+        """
+        return self._sizes[self.index(number)]
+
+    def sizes(self) -> Sequence[int]:
+        """
+        The size of every message as this client sees it, by index.
+        """
+        return self._sizes
 
     def stat(self) -> tuple[int, int]:
         """
@@ -91,7 +110,7 @@ class Transaction:
         if isinstance(self._deleted, frozenset):
             self._deleted = set()
         self._deleted.add(index)
-        self._deletedOctets += self._messages[index].size
+        self._deletedOctets += self._sizes[index]
 
     def reset(self) -> None:
         """

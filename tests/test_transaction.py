@@ -1,0 +1,55 @@
+"""
+Tests for popserv.transaction: message numbers, deletion marks, and the
+sizes this client sees.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from popserv.interfaces import MessageInfo
+from popserv.transaction import MessageDeleted, NoSuchMessage, Transaction
+
+MESSAGES = [MessageInfo(100, "a", 120), MessageInfo(200, "b", 200), MessageInfo(300, "c", 310)]
+
+
+def test_storedSizes() -> None:
+    """
+    By default the sizes are the messages' own (a client that enabled
+    UTF8, or mail whose headers are ASCII).
+    """
+    txn = Transaction(MESSAGES)
+    assert txn.stat() == (3, 600)
+    assert [txn.size(n) for n in (1, 2, 3)] == [100, 200, 300]
+    assert list(txn.sizes()) == [100, 200, 300]
+
+
+def test_clientSizes() -> None:
+    """
+    Given sizes (the downgraded ones, for a client without UTF8) are what
+    STAT, LIST and the deletion count use; the messages keep their uids.
+    """
+    txn = Transaction(MESSAGES, [120, 200, 310])
+    assert txn.stat() == (3, 630)
+    assert txn.size(1) == 120
+    txn.delete(3)
+    assert txn.stat() == (2, 320)
+    assert txn.info(1).uid == "a"
+    with pytest.raises(MessageDeleted):
+        txn.size(3)
+    txn.reset()
+    assert txn.stat() == (3, 630)
+
+
+def test_numbers() -> None:
+    """
+    Numbers are 1-based; 0 and numbers past the end are no such message.
+    """
+    txn = Transaction(MESSAGES)
+    assert txn.index(1) == 0
+    for number in (0, 4, -1):
+        with pytest.raises(NoSuchMessage):
+            txn.size(number)
+    txn.delete(2)
+    assert txn.deletedIndexes() == [1]
+    assert [n for n, _ in txn.visible()] == [1, 3]

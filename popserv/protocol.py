@@ -621,10 +621,11 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         self._ready(messages)
         return None
 
-    def _downgradedSizes(self, messages: Sequence[MessageInfo]) -> Deferred[list[int]]:
+    def _downgradedSizes(self, messages: Sequence[MessageInfo]) -> Deferred[list[int] | None]:
         """
         The sizes a client without UTF8 sees, by index, reading the header
-        of any message whose store did not say.
+        of any message whose store did not say; L{None} if they are the
+        messages' own sizes.
         """
         # Plain lists of ints, made in C: for 100,000 messages a Python
         # step per message (or a new MessageInfo for each) took longer than
@@ -639,7 +640,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         def next_(_: object = None) -> Any:
             index = next(missing, None)
             if index is None:
-                return sizes
+                # Usually every header is ASCII: then the stored sizes do.
+                return None if sizes == list(map(attrgetter("size"), messages)) else sizes
             if self._lost or self._maildrop is None:
                 return sizes  # the session ended while sizing; _ready ignores it
             return self._headerDelta(index).addCallback(add, index).addCallback(next_)

@@ -48,8 +48,9 @@ class Transaction:
             header fields downgraded); by default each C{MessageInfo.size}.
         """
         self._messages = messages
-        self._sizes = list(map(attrgetter("size"), messages)) if sizes is None else sizes
-        self._octets = sum(self._sizes)
+        # None, the usual case, costs an idle session nothing.
+        self._sizes = sizes
+        self._octets = sum(map(attrgetter("size"), messages) if sizes is None else sizes)
         # Most sessions delete nothing: share one empty set until a DELE.
         self._deleted: set[int] | frozenset[int] = _NOTHING
         self._deletedOctets = 0
@@ -78,12 +79,15 @@ class Transaction:
         """
         The size, as this client sees it, of visible message C{number}.
         """
-        return self._sizes[self.index(number)]
+        index = self.index(number)
+        return self._messages[index].size if self._sizes is None else self._sizes[index]
 
     def sizes(self) -> Sequence[int]:
         """
         The size of every message as this client sees it, by index.
         """
+        if self._sizes is None:
+            return list(map(attrgetter("size"), self._messages))
         return self._sizes
 
     def stat(self) -> tuple[int, int]:
@@ -110,7 +114,9 @@ class Transaction:
         if isinstance(self._deleted, frozenset):
             self._deleted = set()
         self._deleted.add(index)
-        self._deletedOctets += self._sizes[index]
+        self._deletedOctets += (
+            self._messages[index].size if self._sizes is None else self._sizes[index]
+        )
 
     def reset(self) -> None:
         """

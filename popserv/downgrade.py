@@ -173,6 +173,24 @@ class HeaderDowngrade:
         return whole[:-2]
 
 
+def headerEnd(data: bytes) -> int:
+    """
+    Where the blank line that ends the header section of stored data (CRLF
+    or bare LF line endings) starts: the index of the first C{"\\n\\n"} or
+    C{"\\n\\r\\n"}, whichever comes first; -1 if neither.
+    """
+    # Search first for the ending the first line has, then for the other
+    # only before it: searching the whole of a long message for the ending
+    # it does not use cost more than everything else done to size it.
+    first = data.find(b"\n")
+    likely, other = (
+        (b"\n\r\n", b"\n\n") if data[first - 1 : first] == b"\r" else (b"\n\n", b"\n\r\n")
+    )
+    end = data.find(likely)
+    earlier = data.find(other, 0, len(data) if end < 0 else end + len(other))
+    return end if earlier < 0 or 0 <= end < earlier else earlier
+
+
 def prefixNeeded(prefix: bytes) -> bool:
     """
     Whether more of a stored message must be read before L{downgradeDelta}
@@ -181,4 +199,4 @@ def prefixNeeded(prefix: bytes) -> bool:
     """
     if prefix.startswith((b"\n", b"\r\n")):
         return False  # an empty header
-    return b"\n\n" not in prefix and b"\n\r\n" not in prefix and len(prefix) <= MAX_HEADER + 4
+    return headerEnd(prefix) < 0 and len(prefix) <= MAX_HEADER + 4

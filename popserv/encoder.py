@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from popserv.downgrade import HeaderDowngrade
+from popserv.downgrade import HeaderDowngrade, headerEnd
 
 CR = b"\r"
 LF = b"\n"
@@ -258,23 +258,6 @@ def encodeMessage(message: bytes, bodyLines: int | None = None, downgrade: bool 
     return encoder.feed(message) + encoder.finish()
 
 
-def _headerEnd(data: bytes) -> int:
-    """
-    Where the blank line that ends the header section starts: the index of
-    the first C{"\\n\\n"} or C{"\\n\\r\\n"}, whichever comes first; -1 if neither.
-    """
-    # Search first for the ending the first line has, then for the other
-    # only before it: searching the whole of a long message for the ending
-    # it does not use cost more than everything else done to size it.
-    first = data.find(b"\n")
-    likely, other = (
-        (b"\n\r\n", b"\n\n") if data[first - 1 : first] == b"\r" else (b"\n\n", b"\n\r\n")
-    )
-    end = data.find(likely)
-    earlier = data.find(other, 0, len(data) if end < 0 else end + len(other))
-    return end if earlier < 0 or 0 <= end < earlier else earlier
-
-
 def downgradeDelta(prefix: bytes) -> int:
     """
     How much longer a message gets when its header is downgraded for a
@@ -287,7 +270,7 @@ def downgradeDelta(prefix: bytes) -> int:
     # form, so the difference is the same as over the whole message).
     if prefix.startswith((b"\n", b"\r\n")):
         return 0
-    end = _headerEnd(prefix)
+    end = headerEnd(prefix)
     if end >= 0:
         prefix = prefix[: end + (2 if prefix[end + 1 : end + 2] == b"\n" else 3)]
     if prefix.isascii():

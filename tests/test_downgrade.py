@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import Session
 
-from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader
+from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader, headerEnd
 from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
@@ -205,3 +205,16 @@ def test_encodedWordLength() -> None:
     for word in out[len(b"Subject: ") :].split():
         assert len(word) <= 75
         assert base64.b64decode(word[10:-2]).decode("utf-8")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b":", b" ", b"\n", b"\r", b"\xc3\xa9"]), max_size=30))
+def test_headerEnd(parts: list[bytes]) -> None:
+    """
+    headerEnd, which searches for one ending and then for the other only
+    before it, finds what searching the whole text for both finds: the
+    first blank line, whatever its line ending.
+    """
+    data = b"".join(parts)
+    found = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
+    assert headerEnd(data) == (min(found) if found else -1)

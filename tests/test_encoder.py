@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popserv.encoder import MessageEncoder, WireSize, _headerEnd, encodeMessage, wireSize
+from popserv.encoder import MessageEncoder, WireSize, encodeMessage, wireSize
 
 
 def reference(message: bytes, bodyLines: int | None = None) -> bytes:
@@ -137,16 +137,3 @@ def test_wireSizeChunks() -> None:
     wireSize takes a message as bytes or as an iterable of chunks.
     """
     assert wireSize([b"a\r", b"\nb"]) == wireSize(b"a\r\nb") == 6
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.lists(st.sampled_from([b"a", b":", b" ", b"\n", b"\r", b"\xc3\xa9"]), max_size=30))
-def test_headerEnd(parts: list[bytes]) -> None:
-    """
-    _headerEnd, which searches for one ending and then for the other only
-    before it, finds what searching the whole text for both finds: the
-    first blank line, whatever its line ending.
-    """
-    data = b"".join(parts)
-    found = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
-    assert _headerEnd(data) == (min(found) if found else -1)

@@ -774,7 +774,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             assert isinstance(number, int)
             self._send(replies.ok(f"{number} {txn.info(number).uid}"))
             return
-        lines = _listing(txn, list(map(attrgetter("uid"), txn.messages())))
+        lines = _listing(txn, txn.uids())
         self._send(replies.multiline(replies.ok("Unique-ID listing follows"), lines))
 
     def _doRETR(self, command: Command) -> Deferred[None]:
@@ -876,8 +876,9 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         txn = self._txn()
         self.state = State.UPDATE
         self._queue.clear()
-        uids = list(map(attrgetter("uid"), txn.messages()))
-        expiring = self.factory.policy.expired(self.user or "", uids, self._retrieved or set())
+        expiring = self.factory.policy.expired(
+            self.user or "", txn.uids(), self._retrieved or set()
+        )
         return expiring.addCallback(self._update, txn)
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:

@@ -79,7 +79,9 @@ class Transaction:
         """
         The size, as this client sees it, of visible message C{number}.
         """
-        index = self.index(number)
+        return self._sizeAt(self.index(number))
+
+    def _sizeAt(self, index: int) -> int:
         return self._messages[index].size if self._sizes is None else self._sizes[index]
 
     def sizes(self) -> Sequence[int]:
@@ -89,6 +91,12 @@ class Transaction:
         if self._sizes is None:
             return list(map(attrgetter("size"), self._messages))
         return self._sizes
+
+    def uids(self) -> list[str]:
+        """
+        The unique id of every message, by index.
+        """
+        return list(map(attrgetter("uid"), self._messages))
 
     def stat(self) -> tuple[int, int]:
         """
@@ -114,9 +122,7 @@ class Transaction:
         if isinstance(self._deleted, frozenset):
             self._deleted = set()
         self._deleted.add(index)
-        self._deletedOctets += (
-            self._messages[index].size if self._sizes is None else self._sizes[index]
-        )
+        self._deletedOctets += self._sizeAt(index)
 
     def reset(self) -> None:
         """

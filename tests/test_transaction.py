@@ -35,6 +35,7 @@ def test_clientSizes() -> None:
     txn.delete(3)
     assert txn.stat() == (2, 320)
     assert txn.info(1).uid == "a"
+    assert txn.uids() == ["a", "b", "c"]
     with pytest.raises(MessageDeleted):
         txn.size(3)
     txn.reset()

@@ -9,25 +9,22 @@ must read every file to size it unless its index knows the message.  A share
 of them is in C{cur/} with flags, as a mail client leaves them; every K-th
 has a UTF-8 Subject, so some downgraded sizes are not the plain ones.
 
-Two measurements:
+It measures, in this process and pinned to one CPU,
+C{MaildirStore.openMaildrop} and C{listMessages} with popserv's default
+thread runner: cold (index removed first), warm (index as the previous
+login left it), and warm after a delivery of D more messages.  A client's
+time from connecting to the end of a full UIDL listing, through a real
+C{twistd popserv} and beside Dovecot and twisted.mail.pop3, is the
+C{maildrop} scenario of C{bench_maildir.py}.
 
- - C{store}: in this process, C{MaildirStore.openMaildrop} and
-   C{listMessages} with the reactor's real thread pool: cold (index removed
-   first), warm (index as the previous login left it), and warm after a
-   delivery of D more messages.
- - C{e2e}: a C{twistd popserv} process pinned to one CPU and a socket client
-   pinned to another; the time from connect to the end of the full UIDL
-   listing: greeting, USER, PASS, STAT, UIDL, then QUIT (not timed).
-
-Each figure is given as wall time and as CPU time (of this process for
-C{store}, of the server for C{e2e}): on a shared machine the wall time
-includes waiting for the CPU.  Before each cold login every message file
-is read once, so that "cold" means "no index", not "not in the page cache"
-(some virtual machines reclaim page cache within minutes).
+Each figure is given as wall time and as CPU time of this process: on a
+shared machine the wall time includes waiting for the CPU.  Before each
+cold login every message file is read once, so that "cold" means "no
+index", not "not in the page cache" (some virtual machines reclaim page
+cache within minutes).
 
 To compare with another version of popserv, put it first on the path:
-C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_index.py}
-(the server process inherits the environment).
+C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_index.py}.
 
     .venv/bin/python benchmarks/bench_index.py
     .venv/bin/python benchmarks/bench_index.py --count 20000 --repeat 5
@@ -37,26 +34,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from suite.procfs import pinned, processCPU
+from suite.procfs import pinned
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
-STARTUP_TIMEOUT = 60.0
-RESPONSE_TIMEOUT = 120.0
 USER, PASSWORD = "big", "pw"
 
 
@@ -188,169 +179,13 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
     def main(reactor: Any) -> Any:
         return defer.ensureDeferred(run(reactor))
 
-    with pinned(options.server_cpu if options.pin else None):
+    with pinned(options.cpu if options.pin else None):
         try:
             task.react(main)
         except SystemExit as e:
             if e.code:
                 raise
     print(f"  messages listed: {count[0]} .. {count[-1]}", file=sys.stderr)
-    return times
-
-
-# End to end: a twistd process and a socket client.
-
-
-class Server:
-    def __init__(self, twistd: str, root: str, workdir: str, cpu: int | None) -> None:
-        self.logPath = os.path.join(workdir, "server.log")
-        self.command = [
-            twistd,
-            "-n",
-            "--pidfile=",
-            "popserv",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--auth",
-            f"memory:{USER}:{PASSWORD}:warmup:{PASSWORD}",
-            "--mailstore",
-            f"maildir:{root}/{{user}}",
-        ]
-        self.cpu = cpu
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        with open(self.logPath, "wb") as log, pinned(self.cpu):
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        pattern = re.compile(rb"POP3ServerFactory starting on (\d+)")
-        while time.monotonic() < deadline:
-            with open(self.logPath, "rb") as f:
-                match = pattern.search(f.read())
-            if match:
-                self.port = int(match.group(1))
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError("server did not start; see " + self.logPath)
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
-
-
-class Client:
-    """
-    A blocking POP3 client that reads responses whole.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=RESPONSE_TIMEOUT)
-        self.buffer = bytearray()
-
-    def _fill(self) -> None:
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        self.buffer += data
-
-    def line(self) -> bytes:
-        for _ in range(1_000_000):
-            end = self.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 2]
-                return line
-            self._fill()
-        raise RuntimeError("no line")
-
-    def command(self, text: str, multiline: bool = False) -> tuple[bytes, bytes]:
-        self.sock.sendall(text.encode() + b"\r\n")
-        status = self.line()
-        if not status.startswith(b"+OK"):
-            raise RuntimeError(f"{text.split()[0]}: {status!r}")
-        if not multiline:
-            return status, b""
-        start = 0
-        for _ in range(1_000_000):
-            end = self.buffer.find(b"\r\n.\r\n", start)
-            if end >= 0 or self.buffer.startswith(b".\r\n"):
-                end = end if end >= 0 else -2
-                body = bytes(self.buffer[: end + 2])
-                del self.buffer[: end + 5]
-                return status, body
-            start = max(len(self.buffer) - 4, 0)
-            self._fill()
-        raise RuntimeError("no end of listing")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def session(port: int, user: str, pid: int) -> tuple[tuple[float, float], int]:
-    """
-    One timed login with STAT and a full UIDL: the wall time, the CPU time
-    of the server process C{pid}, and the number of UIDL lines.
-    """
-    cpu = processCPU(pid, children=False)
-    began = time.perf_counter()
-    client = Client(port)
-    try:
-        if not client.line().startswith(b"+OK"):
-            raise RuntimeError("no greeting")
-        client.command(f"USER {user}")
-        client.command(f"PASS {PASSWORD}")
-        client.command("STAT")
-        _, body = client.command("UIDL", multiline=True)
-        elapsed = time.perf_counter() - began, processCPU(pid, children=False) - cpu
-        client.command("QUIT")
-    finally:
-        client.close()
-    return elapsed, body.count(b"\r\n")
-
-
-def benchEndToEnd(root: str, maildir: str, workdir: str, options: argparse.Namespace) -> Figures:
-    twistd = options.twistd or os.path.join(os.path.dirname(sys.executable), "twistd")
-    server = Server(twistd, root, workdir, options.server_cpu if options.pin else None)
-    times: Figures = {"cold": [], "warm": [], "warm+new": []}
-    server.start()
-    assert server.process is not None
-    pid = server.process.pid
-    try:
-        with pinned(options.client_cpu if options.pin else None):
-            session(server.port, "warmup", pid)  # thread pool and imports
-            lines = []
-            for _ in range(options.repeat):
-                removeIndex(maildir)
-                readAll(maildir)
-                for name in ("cold", "warm", "warm"):
-                    elapsed, n = session(server.port, USER, pid)
-                    times[name].append(elapsed)
-                    lines.append(n)
-                deliverMore(maildir, options.deliver, options.size)
-                elapsed, n = session(server.port, USER, pid)
-                times["warm+new"].append(elapsed)
-                lines.append(n)
-        print(f"  UIDL lines: {lines[0]} .. {lines[-1]}", file=sys.stderr)
-    finally:
-        server.stop()
     return times
 
 
@@ -363,26 +198,21 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     add("--utf8-every", type=int, default=20, help="every K-th has a UTF-8 Subject (20; 0: none)")
     add("--deliver", type=int, default=100, help="messages delivered before warm+new (100)")
     add("--repeat", type=int, default=3, help="runs of each measurement (3)")
-    add("--skip", default="", help="comma-separated measurements to skip: store, e2e")
-    add("--server-cpu", type=int, default=0, help="CPU for the server (0)")
-    add("--client-cpu", type=int, default=1, help="CPU for the client (1)")
-    add("--no-pin", dest="pin", action="store_false", help="do not pin to CPUs")
-    add("--twistd", help="twistd to run (default: the one next to this Python)")
+    add("--cpu", type=int, default=0, help="CPU to pin to (0)")
+    add("--no-pin", dest="pin", action="store_false", help="do not pin to a CPU")
     add("--workdir", help="parent of the temporary directory (default: system temp)")
     add("--keep", action="store_true", help="keep the temporary directory")
     options = parser.parse_args(argv)
     if options.count < 1 or options.size < 300 or options.repeat < 1:
         parser.error("--count and --repeat must be at least 1, --size at least 300")
-    cpus = os.sched_getaffinity(0)
-    if options.pin and not {options.server_cpu, options.client_cpu} <= cpus:
-        print("note: not enough CPUs to pin; not pinning", file=sys.stderr)
+    if options.pin and options.cpu not in os.sched_getaffinity(0):
+        print(f"note: CPU {options.cpu} is not available; not pinning", file=sys.stderr)
         options.pin = False
     return options
 
 
 def main(argv: Sequence[str]) -> int:
     options = parseArgs(argv)
-    skip = {s.strip() for s in options.skip.split(",") if s.strip()}
     workdir = tempfile.mkdtemp(prefix="popserv-bench-index-", dir=options.workdir)
     root = os.path.join(workdir, "mail")
     maildir = os.path.join(root, USER)
@@ -395,24 +225,14 @@ def main(argv: Sequence[str]) -> int:
             f" in {time.perf_counter() - began:.1f} s",
             file=sys.stderr,
         )
-        results: dict[str, Figures] = {}
-        runs: list[tuple[str, Callable[[], Figures]]] = [
-            ("store", lambda: benchStore(root, maildir, options)),
-            ("e2e", lambda: benchEndToEnd(root, maildir, workdir, options)),
-        ]
-        for name, run in runs:
-            if name in skip:
-                continue
-            print(f"{name}:", file=sys.stderr)
-            results[name] = run()
+        figures = benchStore(root, maildir, options)
         print()
         print(
             f"{options.count} messages x {options.size} octets, Python {sys.version.split()[0]},"
             f" pinned: {'yes' if options.pin else 'no'}"
         )
-        for name, figures in results.items():
-            for kind, times in figures.items():
-                print(f"{name:6} {kind:9} {summary(times)}")
+        for kind, times in figures.items():
+            print(f"{kind:9} {summary(times)}")
     finally:
         if options.keep:
             print(f"kept {workdir}", file=sys.stderr)

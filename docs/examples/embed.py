@@ -27,6 +27,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from popserv import MaildirStore, MaildropRealm, MemoryStore, POP3ServerFactory
 from popserv.credentials import normalizeChecker
+from popserv.endpoints import withDefaultBacklog
 
 #: The message alice finds in the MemoryStore: LF line endings and a line
 #: that starts with ".", to show what the server does on the wire.
@@ -69,7 +70,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
     portal = Portal(MaildropRealm(makeStore(args.maildir)), [checker])
     factory = POP3ServerFactory(portal)
 
-    endpoint = endpoints.serverFromString(reactor, args.endpoint)
+    # A server's backlog (1024) rather than Twisted's 50, as twistd popserv.
+    endpoint = endpoints.serverFromString(reactor, withDefaultBacklog(args.endpoint))
     port = await endpoint.listen(factory)
     address = port.getHost()
     if hasattr(address, "port"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,6 +22,13 @@ from popserv.interfaces import IMessageReader
 #: Octets asked of the store per read.  Large enough that per-chunk costs
 #: (a Deferred, a thread hop for files, a write) vanish next to copying.
 CHUNK_SIZE = 256 * 1024
+
+
+class Consumer(IConsumer, ITransport):
+    """
+    What a transfer writes to: a transport (C{writeSequence}) that takes a
+    producer.  Every TCP and TLS transport is one.
+    """
 
 
 class TransferAborted(Exception):
@@ -44,7 +51,7 @@ class MessageTransfer:
 
     def __init__(
         self,
-        transport: IConsumer,
+        transport: Consumer,
         reader: IMessageReader,
         encoder: MessageEncoder,
         prefix: bytes = b"",
@@ -113,20 +120,23 @@ class MessageTransfer:
         encoder = self._encoder
         out = encoder.feed(data) if data else b""
         if not data or encoder.done:
-            self._write(out + encoder.finish())
+            self._write(out, encoder.finish())
             self._end(None)
             return
         self._write(out)
         self._onProgress()
         self._pump()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *parts: bytes) -> None:
+        # As a sequence, not joined here: the transport joins what it
+        # buffers anyway, and each join of a whole message is a copy.
         if self._pending:
-            data = self._pending + data
+            parts = (self._pending, *parts)
             self._pending = b""
-        if data:
-            self.sent += len(data)
-            self._transport.write(data)
+        parts = tuple(part for part in parts if part)
+        if parts:
+            self.sent += sum(map(len, parts))
+            self._transport.writeSequence(parts)
 
     def _end(self, result: Failure | None) -> None:
         if self._finished:

@@ -11,7 +11,7 @@ import gc
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,6 +72,9 @@ class RecordingTransport(StringTransport):
         if self.closed:
             self.late.append(data)
         super().write(data)
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:
+        self.write(b"".join(data))
 
     def loseConnection(self) -> None:
         self.closed = True

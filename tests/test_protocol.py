@@ -6,6 +6,7 @@ exact bytes on the wire for every RFC 1939 command, state and failure.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -476,9 +477,6 @@ class TestPendingStore:
 
 
 class PausingTransport(StringTransport):
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-
     """
     Pauses its producer when more than C{limit} octets are unread, as a TCP
     transport does when the peer stops reading.
@@ -486,10 +484,16 @@ class PausingTransport(StringTransport):
 
     limit = 512 * 1024
 
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+
     def write(self, data: bytes) -> None:
         super().write(data)
         if self.producer is not None and len(self.value()) > self.limit:
             self.producer.pauseProducing()
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:
+        self.write(b"".join(data))
 
 
 class TestStreaming:

@@ -818,3 +818,94 @@ def test_measureAtReadBoundary(tmp_path: Path, size: int, end: bytes) -> None:
     header = "Subject: \u00e4\n\n".encode()
     body = (b"line\r\n" * size)[: size - len(header) - len(end)]
     assertMeasured(tmp_path, header + body + end)
+
+
+# Reading ahead of a client that fetches in order.
+
+
+def readAll(reader: Any) -> bytes:
+    chunks = []
+    for _ in range(1000):
+        chunk = result(reader.read(64 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+    reader.close()
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def trips(monkeypatch: Any) -> list[str]:
+    """
+    The names of the functions the Maildir store ran "in a thread", with
+    read-ahead cut to 10,000 octets.
+    """
+    names: list[str] = []
+    monkeypatch.setattr(maildir, "_READ_AHEAD", 10_000)
+
+    def run(f: Any, *args: Any) -> Deferred[Any]:
+        names.append(f.__name__)
+        return syncRun(f, *args)
+
+    monkeypatch.setattr(maildir, "deferToThread", run)
+    return names
+
+
+def fetchInOrder(tmp_path: Path, sizes: list[int]) -> tuple[Any, list[bytes]]:
+    messages = [b"%d\n" % i + b"x" * (size - 3) + b"\n" for i, size in enumerate(sizes)]
+    for i, message in enumerate(messages):
+        deliverToMaildir(tmp_path / "alice", message, name=f"{1000 + i}.M{i}.host")
+    maildrop = result(MaildirStore(str(tmp_path / "{user}")).openMaildrop("alice"))
+    return maildrop, messages
+
+
+def test_readAheadInOrder(tmp_path: Path, trips: list[str]) -> None:
+    """
+    Once a client opened two consecutive messages, opening the next one
+    also reads the whole of those after it that fit in the read-ahead
+    budget, and they are served without another trip to a thread.  A
+    message over the budget ends the run; every message reads exact.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [4000] * 5 + [30_000, 4000, 4000])
+    del trips[:]  # the login's
+    for i, message in enumerate(messages):
+        assert readAll(result(maildrop.openMessage(i))) == message
+    maildrop.close()
+    assert trips == [
+        "_open",  # 0: not in order yet
+        "_openReadingAhead",  # 1, and 2 and 3 (8,000 of 10,000 octets)
+        "_openReadingAhead",  # 4; 5 is over the budget
+        "_openReadingAhead",  # 5, and 6 and 7
+    ]
+
+
+def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
+    """
+    A client that leaves the order gets its messages read as they are
+    asked for, and what was read ahead for the old order is dropped.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
+    del trips[:]
+    for i in (0, 1, 5, 2, 3):
+        assert readAll(result(maildrop.openMessage(i))) == messages[i]
+    maildrop.close()
+    assert trips == ["_open", "_openReadingAhead", "_open", "_open", "_openReadingAhead"]
+
+
+def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str]) -> None:
+    """
+    A message another program removed ends the read-ahead without a word;
+    asking for it then fails as it would have, and the rest still read.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 4)
+    (tmp_path / "alice" / "new" / "1002.M2.host").unlink()
+    with capturedLogs() as events:
+        assert readAll(result(maildrop.openMessage(0))) == messages[0]
+        assert readAll(result(maildrop.openMessage(1))) == messages[1]
+        assert events == []
+        with pytest.raises(MessageUnavailable):
+            result(maildrop.openMessage(2))
+        assert readAll(result(maildrop.openMessage(3))) == messages[3]
+    maildrop.close()
+    # 2 and 3 were asked for in order: each trip would read ahead.
+    assert trips[-4:] == ["_open", "_openReadingAhead", "_openReadingAhead", "_openReadingAhead"]

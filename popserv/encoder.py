@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from popserv.downgrade import HeaderDowngrade, headerEnd
+from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader, headerEnd
 
 CR = b"\r"
 LF = b"\n"
@@ -277,8 +277,18 @@ def downgradeDelta(prefix: bytes) -> int:
     if prefix.startswith((b"\n", b"\r\n")):
         return 0
     end = headerEnd(prefix)
-    if end >= 0:
-        prefix = prefix[: end + (2 if prefix[end + 1 : end + 2] == b"\n" else 3)]
-    if prefix.isascii():
+    if end < 0:
+        # All header, or more of it than the prefix holds: the encoder's way.
+        if prefix.isascii():
+            return 0
+        return wireSize(prefix, downgrade=True) - wireSize(prefix)
+    # The usual case, computed directly (a login sizes every message): the
+    # fields up to the LF that ends the last one, in the CRLF form the
+    # downgrade filter sees, are all that change.
+    header = prefix[: end + 1]
+    if header.isascii():
         return 0
-    return wireSize(prefix, downgrade=True) - wireSize(prefix)
+    header = header.replace(CRLF, LF).replace(LF, CRLF)
+    if len(header) > MAX_HEADER:
+        return 0  # sent as it is
+    return len(downgradeHeader(header)) - len(header)

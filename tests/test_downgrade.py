@@ -10,6 +10,7 @@ import email.header
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import Session
@@ -129,6 +130,22 @@ def test_hugeHeaderPassesThrough() -> None:
         out = b"".join(f.feed(message[i : i + size]) for i in range(0, len(message), size))
         assert out + f.finish() == message
     assert wireSize(message, downgrade=True) == wireSize(message)
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1])
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_deltaAtHeaderBound(over: int, ending: bytes) -> None:
+    """
+    The size a login computes from a stored prefix agrees with the encoder
+    for a header just within the bound, at it and just beyond it.
+    """
+    first = b"Subject: \xc3\xa4" + ending
+    # The bound counts the header in CRLF form, up to its last CRLF.
+    filler = MAX_HEADER + over - len(first.replace(ending, b"\r\n")) - len(b"X: \r\n")
+    message = first + b"X: " + b"a" * filler + ending + ending + b"body" + ending
+    downgraded = wireSize(message, downgrade=True)
+    assert (downgraded > wireSize(message)) == (over <= 0)
+    assert wireSize(message) + downgradeDelta(message) == downgraded
 
 
 class TestProtocol:

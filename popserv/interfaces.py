@@ -26,16 +26,19 @@ Conventions that hold for every method below:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
     """
     What the protocol needs to know of one message before reading it.
+
+    A named tuple rather than a dataclass: a store makes one for every
+    message at every login, and a tuple is made three times as fast (a
+    frozen dataclass sets each field through C{object.__setattr__}).
 
     @ivar size: the message's wire size: the number of octets RETR sends
         before byte-stuffing and the terminating ".": the stored bytes with

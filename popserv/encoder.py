@@ -29,7 +29,8 @@ CRLF = b"\r\n"
 #: Where a line starts with the termination octet, after the first line.
 #: The regular expression engine finds the LFs with a tighter loop than
 #: C{bytes.split}'s two-octet search: 28 rather than 47 us for a 50 KB
-#: message (Python 3.11), a fifth of all the CPU time RETR costs.
+#: message on Python 3.11, where the split alone was a tenth of the
+#: server's CPU time in a bulk download.
 _DOT_AFTER_LF = re.compile(rb"\n\.")
 
 

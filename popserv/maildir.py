@@ -410,9 +410,9 @@ class _ReadAhead:
     Most clients send RETR 1, RETR 2, ... (fetchmail, getmail, a mail
     reader downloading new mail).  Each message would cost a trip to a
     thread and back: two context switches, which cost about as much CPU as
-    encoding and sending a 50 KB message.  So once a client asked for two consecutive messages,
-    the trip that opens one also reads the next ones whole, up to
-    L{_READ_AHEAD} octets, and they are served from memory.
+    encoding and sending a 50 KB message.  So once a client asked for two
+    consecutive messages, the trip that opens one also reads the next ones
+    whole, up to L{_READ_AHEAD} octets, and they are served from memory.
 
     Touched only on the reactor thread; the worker returns what it read.
     Maildir files never change, and the session holds the lock, so what was

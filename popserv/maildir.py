@@ -142,10 +142,15 @@ def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
         that order, C{sort} has little more to do than confirm it.
     """
     listed = set(listing.bases)  # a message moved from new/ to cur/ is listed twice
-    hinted = dict.fromkeys(hint)
-    order = list(filter(listed.__contains__, hinted))
-    if len(order) < len(listed):
-        order += filterfalse(hinted.__contains__, listed)
+    if len(hint) == len(listed) and listed == set(hint):
+        # Nothing came or went since the index was written: its order, at
+        # half the cost of merging (checked again by the sort below).
+        order = list(hint)
+    else:
+        hinted = dict.fromkeys(hint)
+        order = list(filter(listed.__contains__, hinted))
+        if len(order) < len(listed):
+            order += filterfalse(hinted.__contains__, listed)
     if listing.sortable:
         order.sort()
     else:

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3Protocol, POP3ServerFactory
 from popserv.realm import MaildropRealm
@@ -78,6 +79,36 @@ class DelayedStore:
             if not self.fireOne():
                 return
         raise AssertionError("store kept producing work")
+
+
+class SizesUnknownMaildrop:
+    """
+    A maildrop that does not say the downgraded sizes, so the protocol
+    reads every header at login (RFC 6856).
+    """
+
+    def __init__(self, maildrop: Any) -> None:
+        self._maildrop = maildrop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._maildrop, name)
+
+    def listMessages(self) -> Any:
+        return self._maildrop.listMessages().addCallback(
+            lambda infos: [MessageInfo(info.size, info.uid) for info in infos]
+        )
+
+
+class SizesUnknownStore:
+    """
+    A L{MemoryStore} whose maildrops are L{SizesUnknownMaildrop}s.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def openMaildrop(self, user: str) -> Any:
+        return self._store.openMaildrop(user).addCallback(SizesUnknownMaildrop)
 
 
 class Session:

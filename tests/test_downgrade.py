@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_helpers import Session
+from protocol_helpers import Session, SizesUnknownStore
 
 from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader, headerEnd
 from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
-from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
 
 UTF8_MESSAGE = (
@@ -183,30 +182,10 @@ class TestProtocol:
         For a store that does not give downgraded sizes the protocol reads
         each message's header at login to find them.
         """
-
-        class Plain:
-            def __init__(self, store: MemoryStore) -> None:
-                self.store = store
-
-            def openMaildrop(self, user: str) -> Any:
-                return self.store.openMaildrop(user).addCallback(PlainMaildrop)
-
-        class PlainMaildrop:
-            def __init__(self, maildrop: Any) -> None:
-                self.maildrop = maildrop
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.maildrop, name)
-
-            def listMessages(self) -> Any:
-                return self.maildrop.listMessages().addCallback(
-                    lambda infos: [MessageInfo(i.size, i.uid) for i in infos]
-                )
-
         memory = MemoryStore()
         memory.deliver("alice", UTF8_MESSAGE)
         memory.deliver("alice", b"Subject: ascii\r\n\r\nx\r\n")
-        s = Session(store=Plain(memory))
+        s = Session(store=SizesUnknownStore(memory))
         s.login()
         sizes = [wireSize(UTF8_MESSAGE, downgrade=True), wireSize(b"Subject: ascii\r\n\r\nx\r\n")]
         assert s.command(b"LIST") == (

@@ -29,7 +29,7 @@ from fuzz_model import (
 )
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from protocol_helpers import DelayedStore
+from protocol_helpers import DelayedStore, SizesUnknownStore
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
@@ -40,7 +40,6 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import provider
 
-from popserv.interfaces import MessageInfo
 from popserv.limits import Limits
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3ServerFactory
@@ -93,36 +92,6 @@ class RecordingTransport(StringTransport):
     def resumeProducing(self) -> None:
         if not self.disconnecting:
             super().resumeProducing()
-
-
-class SizesUnknownMaildrop:
-    """
-    A maildrop that does not say the downgraded sizes, so the protocol
-    reads every header at login (RFC 6856).
-    """
-
-    def __init__(self, maildrop: Any) -> None:
-        self._maildrop = maildrop
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._maildrop, name)
-
-    def listMessages(self) -> Any:
-        return self._maildrop.listMessages().addCallback(
-            lambda infos: [MessageInfo(info.size, info.uid) for info in infos]
-        )
-
-
-class SizesUnknownStore:
-    """
-    A L{MemoryStore} whose maildrops are L{SizesUnknownMaildrop}s.
-    """
-
-    def __init__(self, store: MemoryStore) -> None:
-        self._store = store
-
-    def openMaildrop(self, user: str) -> Any:
-        return self._store.openMaildrop(user).addCallback(SizesUnknownMaildrop)
 
 
 class World:

@@ -253,13 +253,16 @@ class SitePolicy:
             return self.history.recordLogin(user, now).addCallback(lambda _: True)
         return self.history.lastLogin(user).addCallback(decide)
 
-    def expired(self, user: str, uids: Sequence[str], retrievedNow: set[int]) -> Deferred[set[int]]:
+    def expired(
+        self, user: str, uids: Callable[[], Sequence[str]], retrievedNow: set[int]
+    ) -> Deferred[set[int]]:
         """
         Which messages EXPIRE removes at this session's UPDATE, and record
         the first retrieval of the messages retrieved in it.
 
-        @param uids: the unique id of every message of the session, by
-            index.
+        @param uids: gives the unique id of every message of the session,
+            by index; called only for a user whose mail expires after some
+            days (making the list costs a large maildrop's every QUIT).
         @param retrievedNow: the indexes retrieved (RETR) in this session.
         """
         expire = self.forUser(user).expire
@@ -271,16 +274,17 @@ class SitePolicy:
         now = self.clock()
 
         def decide(times: dict[str, float]) -> Any:
-            present = set(uids)
+            byIndex = uids()
+            present = set(byIndex)
             kept = {uid: t for uid, t in times.items() if uid in present}
             for index in retrievedNow:
-                kept.setdefault(uids[index], now)
+                kept.setdefault(byIndex[index], now)
             doomed = {
                 index
-                for index, uid in enumerate(uids)
+                for index, uid in enumerate(byIndex)
                 if uid in kept and now - kept[uid] >= expire * 86400
             }
-            doomedUids = {uids[i] for i in doomed}
+            doomedUids = {byIndex[i] for i in doomed}
             remaining = {uid: t for uid, t in kept.items() if uid not in doomedUids}
             return self.history.saveRetrievals(user, remaining).addCallback(lambda _: doomed)
 

@@ -876,9 +876,7 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
         txn = self._txn()
         self.state = State.UPDATE
         self._queue.clear()
-        expiring = self.factory.policy.expired(
-            self.user or "", txn.uids(), self._retrieved or set()
-        )
+        expiring = self.factory.policy.expired(self.user or "", txn.uids, self._retrieved or set())
         return expiring.addCallback(self._update, txn)
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:

@@ -852,8 +852,7 @@ class MaildirStore:
         """
         @param template: where each user's Maildir is; see L{MaildirTemplate}.
         @param runInThread: runs a blocking callable and returns a Deferred
-            of its result; L{twisted.internet.threads.deferToThread} if
-            L{None}.
+            of its result; L{popserv.threads.deferToThread} if L{None}.
         @raise StoreConfigError: the template is not usable.
         """
         self.template = MaildirTemplate(template)

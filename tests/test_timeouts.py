@@ -1,0 +1,170 @@
+"""
+Tests for popserv.timeouts: many sessions' inactivity timers on one
+reactor timer.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+
+from popserv.timeouts import Timeouts
+
+
+def make() -> tuple[Clock, Timeouts, list[str]]:
+    clock = Clock()
+    return clock, Timeouts(clock), []
+
+
+def test_expiresAtItsDeadline() -> None:
+    """
+    A timeout expires once, when its seconds are up, not before.
+    """
+    clock, timeouts, expired = make()
+    timeout = timeouts.start(10, lambda: expired.append("a"))
+    clock.advance(9.999)
+    assert expired == [] and timeout.active
+    clock.advance(0.001)
+    assert expired == ["a"] and not timeout.active
+    clock.advance(100)
+    assert expired == ["a"]
+
+
+def test_restartMovesTheDeadline() -> None:
+    """
+    Each restart counts the seconds again from then, however often it comes.
+    """
+    clock, timeouts, expired = make()
+    timeout = timeouts.start(10, lambda: expired.append("a"))
+    for _ in range(5):
+        clock.advance(7)
+        timeout.restart()
+    assert timeout.deadline == 45
+    clock.advance(9.5)
+    assert expired == []
+    clock.advance(0.5)
+    assert expired == ["a"]
+
+
+def test_cancel() -> None:
+    """
+    A cancelled timeout never expires; cancelling twice, or after expiry,
+    does nothing.
+    """
+    clock, timeouts, expired = make()
+    a = timeouts.start(1, lambda: expired.append("a"))
+    b = timeouts.start(2, lambda: expired.append("b"))
+    a.cancel()
+    a.cancel()
+    clock.advance(3)
+    b.cancel()
+    assert expired == ["b"]
+    assert not a.active and not b.active
+
+
+def test_oneReactorCallForAll() -> None:
+    """
+    However many timeouts wait, the clock holds one call, for the earliest;
+    a shorter timeout started later brings it forward.
+    """
+    clock, timeouts, expired = make()
+    for i in range(100):
+        timeouts.start(600 + i, lambda i=i: expired.append(f"long{i}"))
+    calls = clock.getDelayedCalls()
+    assert len(calls) == 1 and calls[0].getTime() == 600
+    timeouts.start(30, lambda: expired.append("short"))
+    calls = clock.getDelayedCalls()
+    assert len(calls) == 1 and calls[0].getTime() == 30
+    clock.advance(30)
+    assert expired == ["short"]
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [600]
+
+
+def test_eachExpiresExactlyAtItsDeadline() -> None:
+    """
+    Whatever order timeouts were started and restarted in, each expires
+    exactly at its deadline: with the clock stepped from one deadline to
+    the next, the ones that expire at each step are the ones due then.
+    """
+    rng = random.Random(5)
+    clock, timeouts, expired = make()
+    deadlines = {}
+    for i in range(300):
+        # Multiples of 1/64 second add up exactly in binary floating point.
+        clock.advance(rng.randrange(8) / 64)
+        name = f"t{i}"
+        timeout = timeouts.start(rng.choice([60, 300, 600]), lambda name=name: expired.append(name))
+        if rng.random() < 0.3:
+            clock.advance(rng.randrange(1, 8) / 64)
+            timeout.restart()
+        deadlines[name] = timeout.deadline
+    assert expired == []
+    for deadline in sorted(set(deadlines.values())):
+        before = len(expired)
+        clock.advance(deadline - clock.seconds())
+        assert clock.seconds() == deadline
+        due = {name for name, d in deadlines.items() if d == deadline}
+        assert set(expired[before:]) == due
+    assert sorted(expired) == sorted(deadlines)
+
+
+def test_cancelledOnesAreDropped() -> None:
+    """
+    Sessions that come and go (each cancelling its timer) leave the queue
+    no longer than twice the live timers, plus a small constant.
+    """
+    clock, timeouts, expired = make()
+    live = [timeouts.start(600, lambda: expired.append("live")) for _ in range(10)]
+    for _ in range(10_000):
+        timeouts.start(600, lambda: expired.append("gone")).cancel()
+        clock.advance(0.001)
+    assert len(timeouts) <= 2 * len(live) + 65
+    clock.advance(600)
+    assert expired == ["live"] * 10
+
+
+def test_expiryCanStartAndCancel() -> None:
+    """
+    An expiry that starts a timeout (even one of zero seconds) or cancels
+    one due at the same moment is safe: the new one expires in a call of
+    its own, the cancelled one never.
+    """
+    clock, timeouts, expired = make()
+    later = timeouts.start(5, lambda: expired.append("later"))
+
+    def first() -> None:
+        expired.append("first")
+        later.cancel()
+        timeouts.start(0, lambda: expired.append("zero"))
+
+    timeouts.start(4.5, first)
+    clock.advance(5)
+    assert expired == ["first", "zero"]
+    clock.advance(100)
+    assert expired == ["first", "zero"]
+
+
+def test_failingExpiryIsLogged() -> None:
+    """
+    An expiry that raises is logged, and the timeouts due with it still
+    expire.
+    """
+    clock, timeouts, expired = make()
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        timeouts.start(1, fail)
+        timeouts.start(1, lambda: expired.append("b"))
+        clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert expired == ["b"]
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1
+    assert isinstance(failures[0]["log_failure"].value, RuntimeError)

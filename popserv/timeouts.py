@@ -23,7 +23,8 @@ at most the step.)
 Cancelled timeouts stay in the heap until they come due, as cancelled
 C{DelayedCall}s do in the reactor's; when they are more than half of it,
 the heap is rebuilt without them, so it never holds more than twice the
-live timeouts.
+live timeouts.  When the last live one is cancelled, the C{DelayedCall} is
+cancelled too: a server without sessions leaves nothing scheduled.
 """
 
 from __future__ import annotations
@@ -141,7 +142,16 @@ class Timeouts:
 
     def _cancelled(self) -> None:
         self._dead += 1
-        if self._dead > _MIN_COMPACTION and self._dead * 2 > len(self._heap):
+        if self._dead == len(self._heap):
+            # None is left to wait for: leave nothing scheduled either, so
+            # that a server with no sessions leaves the reactor clean (as
+            # twisted.trial checks at the end of every test).
+            self._heap.clear()
+            self._dead = 0
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+        elif self._dead > _MIN_COMPACTION and self._dead * 2 > len(self._heap):
             self._heap = [timeout for timeout in self._heap if timeout._expire is not None]
             heapq.heapify(self._heap)
             self._dead = 0

@@ -125,6 +125,25 @@ def test_cancelledOnesAreDropped() -> None:
     assert expired == ["live"] * 10
 
 
+def test_nothingScheduledWithoutTimeouts() -> None:
+    """
+    Once every timeout expired or was cancelled, the clock holds no call
+    (twisted.trial fails a test that leaves one), and starting one again
+    schedules it again.
+    """
+    clock, timeouts, expired = make()
+    a = timeouts.start(600, lambda: expired.append("a"))
+    b = timeouts.start(30, lambda: expired.append("b"))
+    a.cancel()
+    assert len(clock.getDelayedCalls()) == 1
+    b.cancel()
+    assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+    timeouts.start(5, lambda: expired.append("c"))
+    clock.advance(5)
+    assert expired == ["c"]
+    assert clock.getDelayedCalls() == []
+
+
 def test_expiryCanStartAndCancel() -> None:
     """
     An expiry that starts a timeout (even one of zero seconds) or cancels

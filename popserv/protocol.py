@@ -38,7 +38,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from popserv import audit, replies
@@ -66,6 +65,7 @@ from popserv.sasl import (
     defaultMechanisms,
 )
 from popserv.states import LEGAL, State
+from popserv.timeouts import Timeout, Timeouts
 from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
@@ -103,7 +103,7 @@ _LOGIN_COMMANDS = frozenset({"USER", "PASS", "APOP"})
 Handler = Callable[["POP3Protocol", Command], "Deferred[Any] | None"]
 
 
-class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
+class POP3Protocol(LineOnlyReceiver):
     """
     One POP3 session.
 
@@ -154,6 +154,8 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
     _attempt = ("", "-")
     #: A login attempt waiting at the factory's LoginGate.
     _turn: Deferred[Any] | None = None
+    #: The session's inactivity timer, on the factory's shared Timeouts.
+    _timeout: Timeout | None = None
 
     def __init__(self) -> None:
         # Lines that arrived while a command was answered (pipelining),
@@ -202,6 +204,27 @@ class POP3Protocol(LineOnlyReceiver, TimeoutMixin):
             self._deleting.addBoth(lambda _: self._release())
         else:
             self._release()
+
+    # The inactivity timer
+
+    def setTimeout(self, seconds: float | None) -> None:
+        """
+        Close the session after C{seconds} without a command line or any
+        progress sending a message; never if L{None}.
+        """
+        if self._timeout is not None:
+            self._timeout.cancel()
+        if seconds is not None:
+            self._timeout = self.factory.timeouts.start(seconds, self.timeoutConnection)
+        else:
+            self._timeout = None
+
+    def resetTimeout(self) -> None:
+        """
+        Start the inactivity timer again.
+        """
+        if self._timeout is not None:
+            self._timeout.restart()
 
     def timeoutConnection(self) -> None:
         # RFC 1939 section 3: on autologout the session does not enter
@@ -1072,6 +1095,8 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         )
         self.gate = LoginGate(self.penalties, clock)
         self.connections = ConnectionCounter(self.limits)
+        #: Every session's inactivity timer, on one reactor timer.
+        self.timeouts = Timeouts(clock)
 
     def apopEnabled(self) -> bool:
         """
@@ -1083,6 +1108,4 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
     def buildProtocol(self, addr: IAddress | None) -> POP3Protocol:
         p = self.protocol()
         p.factory = self
-        if self.clock is not None:
-            p.callLater = self.clock.callLater  # type: ignore[assignment]
         return p

@@ -102,6 +102,10 @@ _LOGIN_COMMANDS = frozenset({"USER", "PASS", "APOP"})
 
 Handler = Callable[["POP3Protocol", Command], "Deferred[Any] | None"]
 
+#: The login attempt of a session that has made none: user and mechanism
+#: for the audit line.
+_NO_ATTEMPT = ("", "-")
+
 
 class POP3Protocol(LineOnlyReceiver):
     """
@@ -122,38 +126,37 @@ class POP3Protocol(LineOnlyReceiver):
     transport: Any
     _log = Logger()
 
-    # Per-session state.  The defaults live on the class and a session sets
-    # only what it changes: an idle session then holds a small instance
-    # dict, which matters with thousands of sessions (issue 5's memory
-    # target).
-    state = State.AUTHORIZATION
-    challenge: bytes | None = None
-    _user: bytes | None = None
-    _maildrop: IMaildrop | None = None
-    _logout: Callable[[], None] | None = None
-    _transaction: Transaction | None = None
-    _transfer: MessageTransfer | None = None
-    _busy = False
-    _draining = False
+    # Per-session state.  What nearly every session sets is set first in
+    # __init__ (see there); what only some sessions change has its default
+    # here, on the class, so that the others never hold it.
+    state: State
+    challenge: bytes | None
+    _user: bytes | None
+    _attempt: tuple[str, str]
+    #: A login attempt waiting at the factory's LoginGate.
+    _turn: Deferred[Any] | None
+    _busy: bool
+    _maildrop: IMaildrop | None
+    _logout: Callable[[], None] | None
+    user: str | None
+    _transaction: Transaction | None
+    _draining: bool
+    _lost: bool
+    _transfer: MessageTransfer | None
+    #: Indexes of messages retrieved in full (for EXPIRE); made at the
+    #: first RETR.
+    _retrieved: set[int] | None
+    _deleting: Deferred[None] | None
+    utf8: bool
     _readingPaused = False
-    _lost = False
     _tooLong = False
-    _deleting: Deferred[None] | None = None
     _sasl: IMechanism | None = None
     _saslFinal = False
     _discardInput = False
-    utf8 = False
-    user: str | None = None
-    #: Indexes of messages retrieved in full (for EXPIRE); made at the
-    #: first RETR.
-    _retrieved: set[int] | None = None
     address = ""
     _counted = False
     _authFailures = 0
     _badCommands = 0
-    _attempt = ("", "-")
-    #: A login attempt waiting at the factory's LoginGate.
-    _turn: Deferred[Any] | None = None
     #: The session's inactivity timer, on the factory's shared Timeouts.
     _timeout: Timeout | None = None
 
@@ -162,6 +165,31 @@ class POP3Protocol(LineOnlyReceiver):
         # at most MAX_QUEUED_LINES: a list is smaller than a deque, and
         # popping its head is cheap at that length.
         self._queue: list[bytes] = []
+        # CPython keeps one table of attribute names for all the instances
+        # of a class, each instance holding only its values; but every
+        # instance made lets that table grow by less.  So when a thousand
+        # clients connect at once, the names a session sets only after the
+        # others were made (at login, say) are not in it, and every session
+        # got a dict of its own: 832 octets instead of about 250.  Set here,
+        # in the first session made, they all are.
+        self.state = State.AUTHORIZATION
+        self.challenge = None
+        self._user = None
+        self._attempt = _NO_ATTEMPT
+        self._turn = None
+        self._busy = False
+        self._maildrop = None
+        self._logout = None
+        self.user = None
+        self._transaction = None
+        self._draining = False
+        self._lost = False
+        self._transfer = None
+        self._retrieved = None
+        self._deleting = None
+        self.utf8 = False
+        # LineOnlyReceiver's own, which it sets at the first data received.
+        self._buffer = b""
 
     # Connection events
 
@@ -530,6 +558,8 @@ class POP3Protocol(LineOnlyReceiver):
         return d.addCallbacks(stepped, refused)
 
     def _endSASL(self) -> None:
+        if self._sasl is None and not self._saslFinal:
+            return  # none began: leave the class's values (see __init__)
         self._sasl = None
         self._saslFinal = False
         self.MAX_LENGTH = type(self).MAX_LENGTH
@@ -702,7 +732,7 @@ class POP3Protocol(LineOnlyReceiver):
         self.record.mechanism = self._attempt[1]
         # Logged in for as long as the client likes: keep nothing that only
         # the AUTHORIZATION state needs (an idle session is mostly this).
-        self._attempt = POP3Protocol._attempt
+        self._attempt = _NO_ATTEMPT
         self.challenge = None
         connection = self._tlsConnection()
         if connection is not None:

@@ -430,7 +430,7 @@ def test_workersShareSockets(
         # can pick the same one forty times running.  So stop the other
         # one: the connection then waits for this one alone, and one of the
         # two logins goes through the process that does not hold the lock.
-        for n, worker in enumerate(workers):
+        for n in (0, 1):
             other = workers[1 - n]
             before = sessions(logs[n])
             other.send_signal(signal.SIGSTOP)

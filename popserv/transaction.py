@@ -107,13 +107,6 @@ class Transaction:
             self._octets - self._deletedOctets,
         )
 
-    def visible(self) -> list[tuple[int, MessageInfo]]:
-        """
-        (number, info) of every message not marked as deleted, in order.
-        """
-        deleted = self._deleted
-        return [(i + 1, m) for i, m in enumerate(self._messages) if i not in deleted]
-
     def delete(self, number: int) -> None:
         """
         Mark visible message C{number} as deleted.

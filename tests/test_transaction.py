@@ -53,7 +53,14 @@ def test_numbers() -> None:
             txn.size(number)
     txn.delete(2)
     assert txn.deletedIndexes() == [1]
-    assert [n for n, _ in txn.visible()] == [1, 3]
+    visible = []
+    for number in (1, 2, 3):
+        try:
+            txn.index(number)
+        except MessageDeleted:
+            continue
+        visible.append(number)
+    assert visible == [1, 3]
 
 
 def test_messageInfoMany() -> None:

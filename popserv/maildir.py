@@ -12,8 +12,16 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
    wire size for files with LF line endings, so it cannot stand in.  What
    reading a file told is kept in the Maildir's index
    (L{popserv.maildirindex}), so each file is read once, not at every
-   login; the listing of C{new/} and C{cur/} still decides which messages
-   there are.
+   login.
+ - The listing of C{new/} and C{cur/} decides which messages there are.  A
+   login that listed them, sized every message and found both directories
+   unchanged for a while (L{_SETTLE_NS}) ends the index with a stamp of
+   them; the next login whose directories still match it takes the
+   messages from the index and lists the directories only when it first
+   needs a file (L{MaildirMaildrop._whereMap}).  Adding, removing or
+   renaming a file in a directory changes its modification and change
+   times, so a stamp never outlives a change, as in Dovecot's maildir
+   sync (src/lib-storage/index/maildir/maildir-sync.c).
  - The lock is an C{flock} on C{popserv.lock} in the Maildir: exclusive across
    processes and within one, never waited for, and released by the kernel
    when its holder dies, so a crash cannot lock a user out.
@@ -37,9 +45,10 @@ import re
 import stat
 import string
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from itertools import compress, filterfalse, repeat
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -57,7 +66,15 @@ from popserv.errors import (
 )
 from popserv.filereader import FileReader
 from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
-from popserv.maildirindex import NO_SIZE, MaildirIndex, Records, lookup, numbers, sizeLimit
+from popserv.maildirindex import (
+    NO_SIZE,
+    MaildirIndex,
+    Records,
+    Stamp,
+    lookup,
+    numbers,
+    sizeLimit,
+)
 from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
@@ -78,6 +95,19 @@ _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
 _FIELDS = frozenset({"user", "localpart", "domain"})
+#: A directory changed less than this long before it was listed may change
+#: again within the same timestamp, unseen: it gets no stamp.  File systems
+#: stamp changes from a coarse clock (a tick of a few milliseconds on
+#: Linux; on NFS, the server's clock); one second is Dovecot's
+#: MAILDIR_SYNC_SECS, "maximum clock drift between all computers accessing
+#: the maildir (eg. via NFS), rounded up to next second".
+_SETTLE_NS = 1_000_000_000
+#: An index read before the listing, to check its stamp, may be this many
+#: times as large as new/ and cur/ together, plus the fixed allowance of
+#: L{sizeLimit}.  A directory takes at least 12 octets per name on ext4 and
+#: 20 on tmpfs, an index record at most 280; a larger index is read only
+#: after listing, within L{sizeLimit} for the names listed.
+_INDEX_PER_DIRECTORY_OCTET = 8
 
 _log = Logger()
 
@@ -129,6 +159,23 @@ def _checkNames(joined: list[str]) -> tuple[bool, bool]:
         plain = not first
     uids = re.compile(rf"(?:{uid}{{1,70}}(?:/|\Z))*\Z")
     return plain, all(uids.match(j) for j in joined)
+
+
+#: The octets of a unique-id (RFC 1939 section 7).
+_UID_OCTETS = bytes(range(0x21, 0x7F))
+
+
+def _allUIDs(joined: str, names: list[str]) -> bool:
+    """
+    Whether each of C{names}, joined by "/" as C{joined}, is its own UIDL:
+    a check in C for each octet, rather than L{_checkNames}'s regular
+    expression, which also finds out how names sort.
+    """
+    if not joined.isascii() or joined.encode("ascii").translate(None, _UID_OCTETS):
+        return False
+    if not names:
+        return True
+    return len(min(names, key=len)) >= 1 and len(max(names, key=len)) <= 70
 
 
 def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
@@ -262,6 +309,62 @@ def measure(
         os.close(fd)
 
 
+class _Directories(NamedTuple):
+    """
+    What C{stat} says of new/ and cur/.
+
+    @ivar stamp: device, inode, modification and change time of each, in
+        nanoseconds: what changes when a file is added, removed or renamed
+        in it, or it is replaced.
+    @ivar newest: the latest of those times.
+    @ivar octets: their sizes together.
+    """
+
+    stamp: Stamp
+    newest: int
+    octets: int
+
+
+def _directories(maildir: str) -> _Directories | None:
+    """
+    Stat new/ and cur/; L{None} if either is missing or not a directory.
+    """
+    stamp: list[int] = []
+    octets = 0
+    for subdir in _SUBDIRS:
+        try:
+            info = os.stat(os.path.join(maildir, subdir))
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return None
+        stamp += (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        octets += info.st_size
+    return _Directories(tuple(stamp), max(stamp[2::4] + stamp[3::4]), octets)
+
+
+def _listDirectory(maildir: str, subdir: str) -> tuple[list[str], list[str], str] | None:
+    """
+    The names in one subdirectory of a Maildir, dot files left out; their
+    base names; and the base names joined by "/" (the one octet no name
+    holds).  L{None} if the directory is missing.
+    """
+    try:
+        names = os.listdir(os.path.join(maildir, subdir))
+    except FileNotFoundError:
+        return None
+    joined = "/".join(names)
+    if joined.startswith(".") or "/." in joined:
+        names = [name for name in names if not name.startswith(".")]
+        joined = "/".join(names)
+    if ":" in joined:
+        bases = [name.partition(":")[0] for name in names]
+        joined = "/".join(bases)
+    else:
+        bases = names
+    return names, bases, joined
+
+
 class _Listing:
     """
     The names in new/ and cur/ at one moment, dot files left out.
@@ -287,19 +390,10 @@ class _Listing:
         self._directories: dict[str, int] = {}
         joinedBases = []
         for subdir in _SUBDIRS:
-            try:
-                names = os.listdir(os.path.join(maildir, subdir))
-            except FileNotFoundError:
+            listed = _listDirectory(maildir, subdir)
+            if listed is None:
                 continue
-            joined = "/".join(names)  # "/" is the one octet no name holds
-            if joined.startswith(".") or "/." in joined:
-                names = [name for name in names if not name.startswith(".")]
-                joined = "/".join(names)
-            if ":" in joined:
-                bases = [name.partition(":")[0] for name in names]
-                joined = "/".join(bases)
-            else:
-                bases = names
+            names, bases, joined = listed
             if names:
                 self.parts.append((subdir, names, bases))
                 self.bases += bases
@@ -484,7 +578,9 @@ class MaildirMaildrop:
         # The size on disk each message's sizes were computed from, or
         # NO_SIZE.
         self._disk = numbers()
-        self._listed: list[tuple[str, list[str], list[str]]] = []
+        # The login's listing of new/ and cur/, until _where is made from
+        # it; None if the login took its messages from the index.
+        self._listed: list[tuple[str, list[str], list[str]]] | None = []
         # Base name -> (subdir, file name), made when first needed.
         self._where: dict[str, tuple[str, str]] | None = None
         self._index: MaildirIndex | None = None
@@ -507,11 +603,27 @@ class MaildirMaildrop:
             self._scan()
 
     def _scan(self) -> None:
+        started = time.time_ns()
+        directories = _directories(self.path)
+        loaded = None
+        if directories is not None:
+            limit = sizeLimit(0) + _INDEX_PER_DIRECTORY_OCTET * directories.octets
+            loaded = MaildirIndex.loadWithin(self.path, limit)
+            if loaded is not None and self._fromIndex(directories.stamp, *loaded):
+                return
+        # The stamp this listing earns, taken before it: a change made while
+        # or after it lists changes the directories' times.
+        stamp = None
+        if directories is not None and directories.newest <= started - _SETTLE_NS:
+            stamp = directories.stamp
         # new/ first, then cur/: a message moved between the two listings is
         # seen twice, never missed.
         listing = _Listing(self.path)
         try:
-            index, records = MaildirIndex.load(self.path, sizeLimit(len(listing.bases)))
+            if loaded is None:
+                loaded = MaildirIndex.load(self.path, sizeLimit(len(listing.bases)))
+            index, records = loaded
+            del loaded
             order, uids = _ordered(listing, records.names)
             known, misses, inOrder = lookup(records, order)
             del records
@@ -520,6 +632,8 @@ class MaildirMaildrop:
         finally:
             listing.close()
         if dropped:
+            # The index will not name every file: no stamp may say it does.
+            stamp = None
             keep = [i for i in range(len(order)) if i not in dropped]
             uids = [uids[i] for i in keep]
             known = known.pick(keep)
@@ -527,7 +641,32 @@ class MaildirMaildrop:
         self._disk = known.disk
         self._infos = MessageInfo.many(known.wire, uids, known.downgraded)
         self._index = index
-        self._updateIndex(index, known, learnt, inOrder)
+        self._updateIndex(index, known, learnt, inOrder, stamp)
+
+    def _fromIndex(self, stamp: Stamp, index: MaildirIndex, records: Records) -> bool:
+        """
+        Take the snapshot from the index if it ends with C{stamp}, that of
+        new/ and cur/ now: its records are the messages, in message order.
+        False if it does not, or they cannot be (an index changed by
+        someone else): then list.
+        """
+        if index.stamp != stamp:
+            return False
+        names = records.names
+        # The login that wrote the stamp wrote the records in message order,
+        # each name once, every one sized.
+        if NO_SIZE in records.disk or len(set(names)) != len(names):
+            return False
+        joined = "/".join(names)
+        if joined.count("/") != max(len(names) - 1, 0):
+            return False  # a name no file can have
+        uids = names if _allUIDs(joined, names) else list(map(uidFor, names))
+        self._bases = names
+        self._disk = records.disk
+        self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
+        self._index = index
+        self._listed = None  # listed when a file is first needed
+        return True
 
     def _measure(
         self, listing: _Listing, known: Records, misses: list[int]
@@ -573,34 +712,55 @@ class MaildirMaildrop:
         return dropped, known.pick(measured)
 
     def _updateIndex(
-        self, index: MaildirIndex, snapshot: Records, learnt: Records, inOrder: bool
+        self,
+        index: MaildirIndex,
+        snapshot: Records,
+        learnt: Records,
+        inOrder: bool,
+        stamp: Stamp | None,
     ) -> None:
         """
         Write what this scan learnt to the index: append it when the index
         is whole and in order (L{lookup}), else rewrite the index with the
-        snapshot's records, so that the next login finds it in order.  Never
-        fails: without an index the next login just reads the files again.
+        snapshot's records, so that the next login finds it in order.  End
+        it with C{stamp} if given and the index then names exactly the
+        snapshot's messages; void an older stamp otherwise.  Never fails:
+        without an index the next login just reads the files again.
         """
         try:
             if NO_SIZE in snapshot.disk:
                 # Files listed by their ,W= name that could not be read.
                 keep = [i for i, size in enumerate(snapshot.disk) if size != NO_SIZE]
                 snapshot = snapshot.pick(keep)
+                stamp = None
             if not index.appendable or not inOrder or index.fragmented:
                 if snapshot.names or not index.missing:
-                    index.rewrite(snapshot)
-            elif learnt.names:
-                index.append(learnt)
+                    index.rewrite(snapshot, stamp)
+            elif learnt.names or stamp != index.stamp:
+                index.append(learnt, stamp)
         except Exception:
             _log.failure("Cannot update the index of {path}", path=self.path)
 
     def _whereMap(self) -> dict[str, tuple[str, str]]:
+        """
+        Where each listed message is: base name -> (subdir, file name).
+        Made when a file is first needed, from the login's listing, or by
+        listing now if the login took its messages from the index.
+        """
         with self._mutex:
             if self._where is None:
+                listed = self._listed
+                if listed is None:
+                    listed = []
+                    for subdir in _SUBDIRS:
+                        found = _listDirectory(self.path, subdir)
+                        if found is not None:
+                            listed.append((subdir, found[0], found[1]))
                 where: dict[str, tuple[str, str]] = {}
-                for subdir, names, bases in self._listed:
+                for subdir, names, bases in listed:
                     where.update(zip(bases, zip(repeat(subdir), names), strict=True))
                 self._where = where
+                self._listed = []  # the map holds all it told
             return self._where
 
     def _locate(self, base: str) -> bool:
@@ -619,7 +779,13 @@ class MaildirMaildrop:
         return False
 
     def _pathOf(self, base: str) -> str:
-        subdir, name = self._whereMap()[base]
+        """
+        @raise FileNotFoundError: C{base} was not listed.
+        """
+        try:
+            subdir, name = self._whereMap()[base]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "not in new/ or cur/", base) from None
         return os.path.join(self.path, subdir, name)
 
     def _open(self, index: int) -> tuple[BinaryIO | None, bytes]:

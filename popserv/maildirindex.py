@@ -8,8 +8,9 @@ so the index maps base names to what reading the file told: the wire size,
 the downgraded wire size (RFC 6856, L{popserv.downgrade}) and the size on
 disk it was computed from.  It is a cache and nothing more:
 
- - the messages of a session always come from listing C{new/} and C{cur/};
-   the index only supplies sizes for the names it has;
+ - the messages of a session come from listing C{new/} and C{cur/}, and the
+   index only supplies sizes for the names it has; unless the index ends
+   with a I{stamp} that the two directories still match (below);
  - a message opened with a different size on disk than recorded is
    forgotten (L{MaildirIndex.forget}) so the next login reads it again, and
    so are the messages a session deletes (a careless delivery program could
@@ -23,27 +24,36 @@ C{listdir}) and comparing them costs a quarter of a warm login.
 
 The file, C{popserv.index} in the Maildir, is written only by the holder of
 the Maildir's lock.  It is a text header line followed by I{blocks}, each
-a self-checking batch of records::
+a self-checking batch of records, and I{stamps}::
 
-    popserv-maildir-index 1\\n
+    popserv-maildir-index 2\\n
     block COUNT NAMESLENGTH CRC32\\n       (ASCII: decimal, decimal, 8 hex digits)
     NAMES                                 (NAMESLENGTH octets: COUNT base names,
                                            UTF-8 with surrogateescape, NUL-separated)
     WIRE DOWNGRADED DISK                  (3 x COUNT unsigned 64-bit little-endian)
+    stamp VALUE ... CRC32\\n              (ASCII: 1 to 16 signed decimals, 8 hex digits)
 
-CRC32 (C{zlib.crc32}) covers NAMES and the numbers.  A later record for a
-name replaces an earlier one; a record whose DISK is L{NO_SIZE} (no file is
-that large) forgets the name.  A login that learns new sizes I{appends} one block
-(one C{write}).  When the file did not parse to its end, or has records of
-messages that are gone or out of order, or many blocks, the login
-I{rewrites} it whole instead, so that the next login reads an index that
-matches its listing: into C{popserv.index.tmp}, then renamed over
-C{popserv.index}.  So a
-writer killed at any moment leaves the old index (a torn appended block fails
-its check and is ignored, up to the next rewrite) or the new one; a leftover
+CRC32 (C{zlib.crc32}) covers NAMES and the numbers, or a stamp line up to
+its last space.  A later record for a name replaces an earlier one; a
+record whose DISK is L{NO_SIZE} (no file is that large) forgets the name.
+
+A login that learns new sizes I{appends} one block (one C{write}).  When
+the file did not parse to its end, or has records of messages that are gone
+or out of order, or many blocks, the login I{rewrites} it whole instead, so
+that the next login reads an index that matches its listing: into
+C{popserv.index.tmp}, then renamed over C{popserv.index}.  So a writer
+killed at any moment leaves the old index (a torn appended block fails its
+check and is ignored, up to the next rewrite) or the new one; a leftover
 temporary file is removed by the next writer.  Nothing is fsynced: after a
 power failure the worst case is a damaged file, which is detected and
 rebuilt, and an fsync per login would cost more than the rebuild saves.
+
+A stamp says that the records before it are exactly the messages of the
+Maildir, in message order, as long as its directories are in the state the
+stamp's values describe (L{popserv.maildir} writes and checks them; to this
+module they are numbers).  It counts only as the last thing in the file:
+anything appended after it, even a record that forgets a name, voids it.
+Version 1 files (no stamps) are read, and rewritten at the next login.
 
 Why binary numbers in a text frame, rather than text records: loading 100,000
 records this way takes about 15 ms (one C{split}, three C{array.frombytes});
@@ -51,7 +61,8 @@ parsing them as text lines takes about 60 ms, a third of the time a warm
 login of that size may take.  Nothing in the file is evaluated: it can only
 ever produce strings and unsigned integers, so a file written by someone
 else (the Maildir's owner can write it) can at worst give wrong sizes for
-that Maildir's own messages, which reading a message then catches.
+that Maildir's own messages, which reading a message then catches, or, with
+a stamp, a wrong list of them (L{popserv.maildir} says what that can do).
 """
 
 from __future__ import annotations
@@ -71,7 +82,9 @@ from twisted.logger import Logger
 
 INDEX_NAME = "popserv.index"
 TEMP_NAME = "popserv.index.tmp"
-MAGIC = b"popserv-maildir-index 1\n"
+MAGIC = b"popserv-maildir-index 2\n"
+#: Version 1: the same blocks, no stamps.  Read, never appended to.
+_MAGIC_1 = b"popserv-maildir-index 1\n"
 
 #: An index may be this large before it is ignored (and rebuilt) unread,
 #: plus L{_BYTES_PER_MESSAGE} for every listed message: a record takes at
@@ -81,7 +94,11 @@ _BASE_LIMIT = 4 * 1024 * 1024
 _BYTES_PER_MESSAGE = 1024
 #: The longest block header line: "block", three numbers, spaces, LF.
 _MAX_HEADER_LINE = 64
-#: Rewrite, rather than append to, an index with this many blocks.
+#: The most values a stamp may have, and so its longest line.
+_MAX_STAMP_VALUES = 16
+_MAX_STAMP_LINE = 6 + 22 * _MAX_STAMP_VALUES + 9
+#: Rewrite, rather than append to, an index with this many blocks and
+#: stamps.
 _MAX_BLOCKS = 32
 #: A size on disk that no file has: in a record it forgets the name, and
 #: for a message it says that no size on disk is known.
@@ -93,6 +110,9 @@ _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _log = Logger()
+
+#: What a stamp records: signed integers, at most L{_MAX_STAMP_VALUES}.
+Stamp = tuple[int, ...]
 
 
 def numbers(values: Iterable[int] = ()) -> array[int]:
@@ -179,12 +199,29 @@ class Parsed(NamedTuple):
         its end, less when the rest was damaged.
     @ivar problem: why the file (or its rest from C{end}) was not used, or
         L{None}.
+    @ivar stamp: the stamp that ends the file, if one does and the file
+        parsed to its end.
+    @ivar version: the file's version (1 or 2), 0 if it has none.
     """
 
     records: Records
     blocks: int
     end: int
     problem: str | None
+    stamp: Stamp | None = None
+    version: int = 2
+
+
+def encodeStamp(stamp: Stamp) -> bytes:
+    """
+    A stamp line holding C{stamp}.
+
+    @raise ValueError: it has no values, or too many.
+    """
+    if not 0 < len(stamp) <= _MAX_STAMP_VALUES:
+        raise ValueError(f"a stamp has 1 to {_MAX_STAMP_VALUES} values, not {len(stamp)}")
+    line = b"stamp " + b" ".join(b"%d" % value for value in stamp)
+    return line + b" %08x\n" % zlib.crc32(line)
 
 
 def parse(data: bytes) -> Parsed:
@@ -193,23 +230,60 @@ def parse(data: bytes) -> Parsed:
     ends the parse, and the blocks before it are kept.
     """
     records = Records.empty()
-    if not data.startswith(MAGIC):
+    if data.startswith(MAGIC):
+        version = 2
+    elif data.startswith(_MAGIC_1):
+        version = 1
+    else:
         firstLine = data[: len(MAGIC)].split(b"\n", 1)[0]
         if firstLine.startswith(b"popserv-maildir-index "):
-            return Parsed(records, 0, 0, f"unknown version {firstLine[22:32]!r}")
-        return Parsed(records, 0, 0, "not a popserv index" if data else "empty file")
+            return Parsed(records, 0, 0, f"unknown version {firstLine[22:32]!r}", None, 0)
+        return Parsed(records, 0, 0, "not a popserv index" if data else "empty file", None, 0)
     position = len(MAGIC)
     blocks = 0
+    stamp: Stamp | None = None
     while position < len(data):
+        if version > 1 and data.startswith(b"stamp ", position):
+            parsedStamp = _parseStamp(data, position)
+            if isinstance(parsedStamp, str):
+                problem = f"{parsedStamp} at offset {position}"
+                return Parsed(records, blocks, position, problem, None, version)
+            position, stamp = parsedStamp
+            blocks += 1
+            continue
         block = _parseBlock(data, position)
         if isinstance(block, str):
-            return Parsed(records, blocks, position, f"{block} at offset {position}")
+            return Parsed(records, blocks, position, f"{block} at offset {position}", None, version)
         position, names, columns = block
         records.names.extend(names)
         for column, values in zip(records[1:], columns, strict=True):
             column.extend(values)
         blocks += 1
-    return Parsed(records, blocks, position, None)
+        stamp = None  # records after a stamp void it
+    return Parsed(records, blocks, position, None, stamp, version)
+
+
+def _parseStamp(data: bytes, start: int) -> str | tuple[int, Stamp]:
+    """
+    The stamp line at C{start}: where the next item starts, and its
+    values; or what is wrong with it.
+    """
+    lineEnd = data.find(b"\n", start, start + _MAX_STAMP_LINE)
+    if lineEnd < 0:
+        return "a damaged stamp"
+    line, _, crc = data[start:lineEnd].rpartition(b" ")
+    fields = line.split(b" ")[1:]
+    if (
+        not 0 < len(fields) <= _MAX_STAMP_VALUES
+        or len(crc) != 8
+        or crc.strip(b"0123456789abcdef")
+        or not all(field.removeprefix(b"-").isdigit() for field in fields)
+        or any(len(field) > 21 for field in fields)
+    ):
+        return "a damaged stamp"
+    if zlib.crc32(line) != int(crc, 16):
+        return "a stamp that fails its checksum"
+    return lineEnd + 1, tuple(map(int, fields))
 
 
 def _parseBlock(data: bytes, start: int) -> str | tuple[int, list[str], list[array[int]]]:
@@ -308,10 +382,11 @@ class MaildirIndex:
 
     @ivar missing: there was no index file.
     @ivar count: the number of records in the file, superseded ones too.
-    @ivar blocks: the number of blocks in the file.
+    @ivar blocks: the number of blocks and stamps in the file.
+    @ivar stamp: the stamp that ends the file, or L{None}.
     """
 
-    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "path")
+    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "path", "stamp")
 
     def __init__(self, maildir: str) -> None:
         self.maildir = maildir
@@ -319,6 +394,7 @@ class MaildirIndex:
         self.missing = True
         self.count = 0
         self.blocks = 0
+        self.stamp: Stamp | None = None
         # Where the next block goes: the file's size when it parsed to its
         # end (so appending is safe), else None (rewrite it).
         self._appendAt: int | None = None
@@ -331,6 +407,21 @@ class MaildirIndex:
         its intact blocks (if any) used; a missing one is empty.  Also
         removes the temporary file of a writer that was killed.
         """
+        loaded = cls._load(maildir, limit, quiet=False)
+        assert loaded is not None
+        return loaded
+
+    @classmethod
+    def loadWithin(cls, maildir: str, limit: int) -> tuple[MaildirIndex, Records] | None:
+        """
+        L{load}, but L{None}, with nothing logged, when the index is larger
+        than C{limit} octets: for a caller that will know a better limit
+        later.
+        """
+        return cls._load(maildir, limit, quiet=True)
+
+    @classmethod
+    def _load(cls, maildir: str, limit: int, quiet: bool) -> tuple[MaildirIndex, Records] | None:
         index = cls(maildir)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(maildir, TEMP_NAME))
@@ -339,6 +430,8 @@ class MaildirIndex:
         except FileNotFoundError:
             return index, Records.empty()
         except OSError as e:
+            if quiet and isinstance(e, _TooLarge):
+                return None
             index.missing = False
             _log.warn("Ignoring the index {path}: {e}; rebuilding it", path=index.path, e=e)
             return index, Records.empty()
@@ -346,14 +439,16 @@ class MaildirIndex:
         parsed = parse(data)
         index.count = len(parsed.records.names)
         index.blocks = parsed.blocks
-        if parsed.problem is None:
-            index._appendAt = parsed.end
-        else:
+        index.stamp = parsed.stamp
+        if parsed.problem is not None:
             _log.warn(
                 "The index {path} has {problem}; rebuilding it",
                 path=index.path,
                 problem=parsed.problem,
             )
+        elif parsed.version == 2:
+            index._appendAt = parsed.end
+        # else an older version, read but rewritten rather than appended to
         return index, parsed.records
 
     @property
@@ -370,19 +465,21 @@ class MaildirIndex:
         """
         return self.blocks >= _MAX_BLOCKS
 
-    def rewrite(self, records: Records) -> bool:
+    def rewrite(self, records: Records, stamp: Stamp | None = None) -> bool:
         """
-        Replace the file with one holding just C{records}; False (logged)
-        if it could not be written.
+        Replace the file with one holding just C{records}, and C{stamp}
+        after them if given; False (logged) if it could not be written.
         """
-        block = encodeBlock(records)
+        content = MAGIC + encodeBlock(records)
+        if stamp is not None:
+            content += encodeStamp(stamp)
         temp = os.path.join(self.maildir, TEMP_NAME)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             fd = os.open(temp, _CREATE_FLAGS, 0o600)
             try:
-                _writeAll(fd, MAGIC + block)
+                _writeAll(fd, content)
             finally:
                 os.close(fd)
             os.rename(temp, self.path)
@@ -392,20 +489,27 @@ class MaildirIndex:
                 os.unlink(temp)
             return False
         self.missing = False
-        self._appendAt = len(MAGIC) + len(block)
+        self._appendAt = len(content)
         self.count = len(records.names)
-        self.blocks = 1
+        self.blocks = 1 if stamp is None else 2
+        self.stamp = stamp
         return True
 
-    def append(self, records: Records) -> bool:
+    def append(self, records: Records, stamp: Stamp | None = None) -> bool:
         """
-        Add C{records} to the file as one block; False (logged) if it could
-        not be written, or if the file is not as this index left it (then
-        rewrite it).
+        Add C{records} to the file as one block, and C{stamp} after them if
+        given, in one write; False (logged) if it could not be written, or
+        if the file is not as this index left it (then rewrite it).  Either
+        way the file's stamp, if it had one, no longer counts.  (With no
+        records, only the stamp is written; with neither, an empty block,
+        which voids the stamp.)
         """
         if self._appendAt is None:
             return False
-        block = encodeBlock(records)
+        items = [encodeBlock(records)] if records.names or stamp is None else []
+        if stamp is not None:
+            items.append(encodeStamp(stamp))
+        content = b"".join(items)
         try:
             fd = os.open(self.path, _APPEND_FLAGS)
         except OSError as e:
@@ -418,7 +522,7 @@ class MaildirIndex:
                 self._appendAt = None
                 return False
             try:
-                _writeAll(fd, block)
+                _writeAll(fd, content)
             except OSError as e:
                 # Take back a partial block (ENOSPC): readers would ignore
                 # it, but a later block would land behind it.
@@ -430,9 +534,10 @@ class MaildirIndex:
                 return False
         finally:
             os.close(fd)
-        self._appendAt += len(block)
+        self._appendAt += len(content)
         self.count += len(records.names)
-        self.blocks += 1
+        self.blocks += len(items)
+        self.stamp = stamp
         return True
 
     def forget(self, names: Sequence[str]) -> None:
@@ -458,14 +563,21 @@ class MaildirIndex:
         self.missing = True
         self._appendAt = None
         self.count = self.blocks = 0
+        self.stamp = None
+
+
+class _TooLarge(OSError):
+    """
+    The index is larger than it may be.
+    """
 
 
 def _readBounded(path: str, limit: int) -> bytes:
     """
     The contents of the regular file C{path}, not following a symbolic link.
 
-    @raise OSError: it cannot be read, is not a regular file, or is larger
-        than C{limit} octets.
+    @raise _TooLarge: it is larger than C{limit} octets.
+    @raise OSError: it cannot be read, or is not a regular file.
     """
     fd = os.open(path, _READ_FLAGS)
     try:
@@ -473,7 +585,7 @@ def _readBounded(path: str, limit: int) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise OSError(f"not a regular file (mode {info.st_mode:o})")
         if info.st_size > limit:
-            raise OSError(f"{info.st_size} octets, more than the {limit} allowed")
+            raise _TooLarge(f"{info.st_size} octets, more than the {limit} allowed")
         # The size fstat gave, no more: only the lock's holder writes the
         # file, and for the usual small index this is one read, with no
         # second one to find the end.

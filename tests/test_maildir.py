@@ -648,9 +648,9 @@ def test_deliveryDuringLogin(tmp_path: Path, monkeypatch: Any, measured: list[st
     deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
     realRewrite = MaildirIndex.rewrite
 
-    def deliverFirst(self: MaildirIndex, records: Any) -> bool:
+    def deliverFirst(self: MaildirIndex, records: Any, stamp: Any = None) -> bool:
         deliverToMaildir(tmp_path / "alice", b"late\n", name="2.late")
-        return realRewrite(self, records)
+        return realRewrite(self, records, stamp)
 
     monkeypatch.setattr(MaildirIndex, "rewrite", deliverFirst)
     s = store(tmp_path)

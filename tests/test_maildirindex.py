@@ -28,6 +28,7 @@ from popserv.maildirindex import (
     MaildirIndex,
     Records,
     encodeBlock,
+    encodeStamp,
     lookup,
     numbers,
     parse,
@@ -194,7 +195,7 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
     [
         (b"", "empty file"),
         (b"garbage\n", "not a popserv index"),
-        (b"popserv-maildir-index 2\nwhatever", "unknown version"),
+        (b"popserv-maildir-index 3\nwhatever", "unknown version"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
         (MAGIC + b"block -1 3 00000000\n", "damaged block header"),
@@ -399,6 +400,132 @@ def test_lookupInOrder() -> None:
     assert not lookup(found, ["2.b"])[2]
 
 
+STAMP = (2049, 131, -5, 1_700_000_000_123_456_789, 2**64, 0)
+
+
+def test_stampRoundTrip(tmp_path: Path) -> None:
+    """
+    A stamp written after the records (by a rewrite, or appended with or
+    without records) comes back from the file as it went in.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE, STAMP)
+    index, found = load(tmp_path)
+    assert index.stamp == STAMP and rows(found) == rows(SAMPLE)
+    assert (index.count, index.blocks) == (4, 2) and index.appendable
+    assert index.append(records(("9.z", 1, 1, 1)), (1, 2))
+    assert index.stamp == (1, 2)
+    assert index.append(Records.empty(), (3,))
+    index, found = load(tmp_path)
+    assert index.stamp == (3,) and found.names == [*SAMPLE.names, "9.z"]
+    assert (index.count, index.blocks) == (5, 5)
+
+
+@pytest.mark.parametrize(
+    "void",
+    ["records appended", "nothing appended", "name forgotten", "rewritten"],
+)
+def test_stampVoided(tmp_path: Path, void: str) -> None:
+    """
+    A stamp counts only while nothing follows it: any later write without
+    one leaves the file with no stamp.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE, STAMP)
+    if void == "records appended":
+        assert index.append(records(("9.z", 1, 1, 1)))
+    elif void == "nothing appended":
+        assert index.append(Records.empty())
+    elif void == "name forgotten":
+        index.forget([SAMPLE.names[0]])
+    else:
+        assert index.rewrite(SAMPLE)
+    assert index.stamp is None
+    index, found = load(tmp_path)
+    assert index.stamp is None and index.appendable
+    added = {"9.z"} if void == "records appended" else set()
+    assert set(found.names) == set(SAMPLE.names) | added
+
+
+def test_stampValuesBounded() -> None:
+    """
+    A stamp holds 1 to 16 values.
+    """
+    assert parse(MAGIC + encodeStamp((0,) * 16)).stamp == (0,) * 16
+    for bad in [(), (0,) * 17]:
+        with pytest.raises(ValueError):
+            encodeStamp(bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b"stamp 1 2\n", "damaged stamp"),
+        (b"stamp 00000000\n", "damaged stamp"),
+        (b"stamp 1 x 00000000\n", "damaged stamp"),
+        (b"stamp 1  2 00000000\n", "damaged stamp"),
+        (b"stamp " + b"1 " * 17 + b"00000000\n", "damaged stamp"),
+        (b"stamp " + b"9" * 22 + b" 00000000\n", "damaged stamp"),
+        (b"stamp 1 2 00000000\n", "fails its checksum"),
+        (b"stamp 1 2", "damaged stamp"),
+    ],
+)
+def test_damagedStamp(line: bytes, problem: str) -> None:
+    """
+    A stamp line that is not one this module wrote ends the parse like a
+    damaged block: the records before it are kept, the stamp is not.
+    """
+    parsed = parse(MAGIC + encodeBlock(SAMPLE) + line)
+    assert parsed.problem is not None and problem in parsed.problem
+    assert parsed.stamp is None and rows(parsed.records) == rows(SAMPLE)
+
+
+def test_everyDamageToStampDetected() -> None:
+    """
+    Any one flipped bit in a stamp line, and any cut through it, leaves the
+    file without a stamp.
+    """
+    whole = MAGIC + encodeBlock(SAMPLE) + encodeStamp(STAMP)
+    start = len(whole) - len(encodeStamp(STAMP))
+    for position in range(start, len(whole)):
+        for bit in range(8):
+            damaged = bytearray(whole)
+            damaged[position] ^= 1 << bit
+            assert parse(bytes(damaged)).stamp is None, (position, bit)
+        assert parse(whole[:position]).stamp is None
+    assert parse(whole).stamp == STAMP
+
+
+def test_versionOneRead(tmp_path: Path) -> None:
+    """
+    A version 1 index (the same blocks, no stamps) is read, but not
+    appended to, so the next write rewrites it as version 2.
+    """
+    (tmp_path / INDEX_NAME).write_bytes(maildirindex._MAGIC_1 + encodeBlock(SAMPLE))
+    with capturedLogs() as events:
+        index, found = load(tmp_path)
+    assert warnings(events) == []
+    assert rows(found) == rows(SAMPLE) and index.stamp is None
+    assert not index.appendable and not index.append(SAMPLE)
+    stamped = parse(maildirindex._MAGIC_1 + encodeBlock(SAMPLE) + encodeStamp(STAMP))
+    assert stamped.stamp is None and stamped.problem is not None
+
+
+def test_loadWithinQuietlyRefusesLargeIndex(tmp_path: Path) -> None:
+    """
+    loadWithin() gives nothing, and logs nothing, for an index over its
+    limit; within it, it loads like load().
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE, STAMP)
+    size = (tmp_path / INDEX_NAME).stat().st_size
+    with capturedLogs() as events:
+        assert MaildirIndex.loadWithin(str(tmp_path), size - 1) is None
+    assert events == []
+    loaded = MaildirIndex.loadWithin(str(tmp_path), size)
+    assert loaded is not None and loaded[0].stamp == STAMP
+
+
 WRITER = """
 import sys
 from popserv.maildirindex import MaildirIndex, Records
@@ -458,8 +585,15 @@ def test_parseNeverFails(data: bytes) -> None:
     Whatever the file holds, parsing it returns (it never raises), and
     yields names and unsigned numbers only.
     """
-    for content in (data, MAGIC + data, MAGIC + encodeBlock(SAMPLE) + data):
+    for content in (
+        data,
+        MAGIC + data,
+        MAGIC + encodeBlock(SAMPLE) + data,
+        MAGIC + encodeStamp(STAMP) + data,
+        MAGIC + b"stamp " + data,
+    ):
         parsed = parse(content)
+        assert parsed.stamp is None or all(isinstance(v, int) for v in parsed.stamp)
         assert all(isinstance(name, str) for name in parsed.records.names)
         for column in parsed.records[1:]:
             assert column.typecode == numbers().typecode

@@ -1,0 +1,329 @@
+"""
+Tests for the stamp that lets a login to an unchanged Maildir take its
+messages from the index without listing new/ and cur/: when one is
+written, that every kind of change to the directories voids it, and that
+an index changed by someone else cannot make a login serve wrong names.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synchronous import result, syncRun
+from test_stores_contract import deliverToMaildir
+from twisted.logger import capturedLogs
+
+from popserv import maildir, maildirindex
+from popserv.encoder import wireSize
+from popserv.errors import MessageUnavailable
+from popserv.maildir import MaildirStore, uidFor
+from popserv.maildirindex import INDEX_NAME, MaildirIndex, Records, encodeBlock
+
+#: os.listdir, for the tests' own use, before the listings fixture spies on it.
+_listdir = os.listdir
+FLAGGED = "1700000002.M2.host"
+MESSAGES = {
+    "1700000000.M0.host": b"a\nb\n",
+    "1700000001.M1.host": "Subject: Gr\u00fc\u00dfe\n\nbody\n".encode(),
+    FLAGGED: b"flagged\n",
+}
+
+
+def store(tmp_path: Path) -> MaildirStore:
+    return MaildirStore(str(tmp_path / "{user}"), runInThread=syncRun)
+
+
+def snapshot(s: MaildirStore) -> list[tuple[str, int, int | None]]:
+    maildrop = result(s.openMaildrop("alice"))
+    try:
+        infos = result(maildrop.listMessages())
+    finally:
+        maildrop.close()
+    return [(i.uid, i.size, i.downgradedSize) for i in infos]
+
+
+def expected(path: Path) -> list[tuple[str, int, int | None]]:
+    """
+    What a login must see: every file now in new/ and cur/, by base name.
+    """
+    found = {}
+    for subdir in ("new", "cur"):
+        for name in _listdir(path / subdir):
+            found[name.partition(":")[0]] = (path / subdir / name).read_bytes()
+    return [
+        (uid, wireSize(data), wireSize(data, downgrade=True)) for uid, data in sorted(found.items())
+    ]
+
+
+def stampOf(path: Path) -> Any:
+    index, _ = MaildirIndex.load(str(path), 1 << 20)
+    return index.stamp
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> Path:
+    path = tmp_path / "alice"
+    for name, data in MESSAGES.items():
+        deliverToMaildir(path, data, name=name)
+    os.rename(path / "new" / FLAGGED, path / "cur" / f"{FLAGGED}:2,S")
+    return path
+
+
+@pytest.fixture
+def listings(monkeypatch: Any) -> list[str]:
+    """
+    The directories that os.listdir lists.
+    """
+    listed: list[str] = []
+    real = os.listdir
+
+    def spy(path: Any = ".") -> list[Any]:
+        listed.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    return listed
+
+
+@pytest.fixture
+def settled(monkeypatch: Any) -> None:
+    """
+    Logins happen a minute after the last change, as a client's next poll
+    does, rather than within the second that leaves a change unstamped.
+    """
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 60 * 10**9)
+
+
+def changeLater(path: Path) -> None:
+    """
+    Wait until a change made now gets a later time than new/ and cur/ have,
+    as every change a settled stamp must catch does.  (File systems stamp
+    times from a clock that moves in ticks of a few milliseconds.)
+    """
+    newest = max(
+        max(info.st_mtime_ns, info.st_ctime_ns)
+        for info in (os.stat(path / "new"), os.stat(path / "cur"))
+    )
+    probe = path / "tmp" / "clock-probe"
+    for _ in range(400):
+        probe.touch()
+        now = probe.stat().st_ctime_ns
+        probe.unlink()
+        if now > newest:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the file-system clock did not move in 2 s")
+
+
+@pytest.mark.usefixtures("settled")
+def test_unchangedMaildirNotListed(alice: Path, listings: list[str]) -> None:
+    """
+    A login that listed a settled Maildir stamps the index; the next one
+    takes the same messages from it without listing, and lists only when
+    it first opens a file, which it then reads and deletes as usual.
+    """
+    s = store(alice.parent)
+    first = snapshot(s)
+    assert first == expected(alice)
+    assert listings == ["new", "cur"]
+    assert stampOf(alice) is not None
+    index = (alice / INDEX_NAME).stat()
+    listings.clear()
+    maildrop = result(s.openMaildrop("alice"))
+    assert [(i.uid, i.size, i.downgradedSize) for i in result(maildrop.listMessages())] == first
+    assert listings == []
+    reader = result(maildrop.openMessage(2))
+    assert result(reader.read(100)) == b"flagged\n"
+    reader.close()
+    assert listings == ["new", "cur"]
+    result(maildrop.deleteMessages([2, 0]))
+    maildrop.close()
+    assert _listdir(alice / "cur") == [] and _listdir(alice / "new") == ["1700000001.M1.host"]
+    # The login wrote nothing; the deletions voided the stamp.
+    assert stampOf(alice) is None
+    assert (alice / INDEX_NAME).stat().st_ino == index.st_ino
+    listings.clear()
+    assert snapshot(s) == expected(alice)
+    assert listings == ["new", "cur"]
+
+
+def _deliver(path: Path) -> None:
+    deliverToMaildir(path, b"new mail\n", name="1700000009.M9.host")
+
+
+def _move(path: Path) -> None:
+    os.rename(path / "new" / "1700000000.M0.host", path / "cur" / "1700000000.M0.host:2,")
+
+
+def _flag(path: Path) -> None:
+    os.rename(path / "cur" / f"{FLAGGED}:2,S", path / "cur" / f"{FLAGGED}:2,RS")
+
+
+def _remove(path: Path) -> None:
+    os.unlink(path / "new" / "1700000001.M1.host")
+
+
+def _replace(path: Path) -> None:
+    # The same names in a new directory: another inode.
+    os.rename(path / "cur", path / "old")
+    os.mkdir(path / "cur")
+    os.rename(path / "old" / f"{FLAGGED}:2,S", path / "cur" / f"{FLAGGED}:2,S")
+    os.rmdir(path / "old")
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize(
+    "change", [_deliver, _move, _flag, _remove, _replace], ids=lambda f: f.__name__
+)
+def test_everyChangeSeen(alice: Path, listings: list[str], change: Any) -> None:
+    """
+    Any change to the files of new/ or cur/ after a stamp makes the next
+    login list them, and it sees the change.
+    """
+    s = store(alice.parent)
+    snapshot(s)
+    snapshot(s)
+    listings.clear()
+    changeLater(alice)
+    change(alice)
+    listings.clear()
+    assert snapshot(s) == expected(alice)
+    assert listings[:2] == ["new", "cur"]
+
+
+def test_recentChangeEarnsNoStamp(alice: Path, listings: list[str]) -> None:
+    """
+    Directories changed within the last second get no stamp: a change made
+    within the same tick of the file system's clock would go unseen.  The
+    next login lists them again.
+    """
+    s = store(alice.parent)
+    assert snapshot(s) == expected(alice)
+    assert stampOf(alice) is None
+    listings.clear()
+    assert snapshot(s) == expected(alice)
+    assert listings == ["new", "cur"]
+
+
+@pytest.mark.usefixtures("settled")
+def test_skippedEntryEarnsNoStamp(alice: Path, listings: list[str]) -> None:
+    """
+    A Maildir with an entry the login left out (a directory where a
+    message should be) gets no stamp: it may be a message later.
+    """
+    (alice / "new" / "1700000005.stray").mkdir()
+    s = store(alice.parent)
+    snapshot(s)
+    assert stampOf(alice) is None
+    listings.clear()
+    snapshot(s)
+    assert listings == ["new", "cur"]
+
+
+def _restamp(path: Path, names: list[str]) -> None:
+    """
+    Rewrite the index with records for C{names} (taking the sizes recorded
+    for them, or made up) and the stamp it has.
+    """
+    index, records = MaildirIndex.load(str(path), 1 << 20)
+    assert index.stamp is not None
+    sizes = zip(records.wire, records.downgraded, records.disk, strict=True)
+    known = dict(zip(records.names, sizes, strict=True))
+    out = Records.empty()
+    for name in names:
+        out.add(name, *known.get(name, (5, 5, 3)))
+    stamp = index.stamp
+    index.rewrite(out, stamp)
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["1700000000.M0.host", "1700000000.M0.host", FLAGGED],
+        ["1700000000.M0.host", "../../etc/passwd", FLAGGED],
+    ],
+    ids=["doubled", "slash"],
+)
+def test_impossibleIndexListed(alice: Path, listings: list[str], names: list[str]) -> None:
+    """
+    A stamped index that names a message twice, or names a file no
+    directory can hold, is not taken as the messages: the login lists.
+    """
+    s = store(alice.parent)
+    truth = snapshot(s)
+    _restamp(alice, names)
+    listings.clear()
+    assert snapshot(s) == truth
+    assert listings[:2] == ["new", "cur"]
+
+
+@pytest.mark.usefixtures("settled")
+def test_editedIndexCannotServeOtherFiles(alice: Path, listings: list[str]) -> None:
+    """
+    An index edited to name a message that is not there, with its stamp
+    kept, can make the login list it (only a Maildir's owner can write its
+    index, and it misleads only that Maildir's client).  Opening it finds
+    no file and says so; deleting it counts as done.  Names that are not
+    unique-ids are given digests, as when listed.
+    """
+    s = store(alice.parent)
+    snapshot(s)
+    _restamp(alice, ["1700000000.M0.host", "1700000001.M1.host", "ghost file", FLAGGED])
+    maildrop = result(s.openMaildrop("alice"))
+    infos = result(maildrop.listMessages())
+    assert [i.uid for i in infos] == [
+        "1700000000.M0.host",
+        "1700000001.M1.host",
+        uidFor("ghost file"),
+        FLAGGED,
+    ]
+    with pytest.raises(MessageUnavailable):
+        result(maildrop.openMessage(2))
+    result(maildrop.deleteMessages([2]))
+    maildrop.close()
+    assert snapshot(s) == expected(alice)
+
+
+@pytest.mark.usefixtures("settled")
+def test_versionOneIndexUpgraded(alice: Path, listings: list[str], monkeypatch: Any) -> None:
+    """
+    A version 1 index (from an earlier popserv) still spares reading the
+    files, and is rewritten as version 2 with a stamp.
+    """
+    s = store(alice.parent)
+    truth = snapshot(s)
+    _, records = MaildirIndex.load(str(alice), 1 << 20)
+    (alice / INDEX_NAME).write_bytes(maildirindex._MAGIC_1 + encodeBlock(records))
+    measured: list[str] = []
+    monkeypatch.setattr(maildir, "measure", lambda _d, name, *a: measured.append(name))
+    with capturedLogs() as events:
+        assert snapshot(s) == truth
+    assert measured == [] and [e for e in events if e.get("log_level")] == []
+    assert (alice / INDEX_NAME).read_bytes().startswith(maildirindex.MAGIC)
+    assert stampOf(alice) is not None
+
+
+@pytest.mark.usefixtures("settled")
+def test_largeIndexReadAfterListing(alice: Path, listings: list[str], monkeypatch: Any) -> None:
+    """
+    An index larger than the size of new/ and cur/ allows is not read
+    before listing them, nor ignored: it is read after the listing, within
+    the bound for the names listed, and no file is read again.
+    """
+    s = store(alice.parent)
+    truth = snapshot(s)
+    monkeypatch.setattr(maildirindex, "_BASE_LIMIT", 16)
+    monkeypatch.setattr(maildir, "_INDEX_PER_DIRECTORY_OCTET", 0)
+    measured: list[str] = []
+    monkeypatch.setattr(maildir, "measure", lambda _d, name, *a: measured.append(name))
+    listings.clear()
+    with capturedLogs() as events:
+        assert snapshot(s) == truth
+    assert listings == ["new", "cur"]
+    assert measured == [] and [e for e in events if e.get("log_level")] == []

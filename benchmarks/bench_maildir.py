@@ -113,6 +113,12 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     add("--maildrop-count", type=int, help="maildrop: messages [100000; quick 10000]")
     add("--maildrop-size", type=int, default=900, help="maildrop: octets per message")
     add("--maildrop-pause", type=float, default=1.0, help="maildrop: seconds between logins")
+    add(
+        "--maildrop-settle",
+        type=float,
+        default=2.0,
+        help="maildrop: seconds from writing the maildrop to the first login",
+    )
     add("--large-mb", type=int, help="large: message size in MB [50; quick 10]")
     add("--large-repeat", type=int, help="large: RETRs of it [3; quick 2]")
     add("--idle-sessions", type=int, help="idle: sessions held [1000; quick 200]")

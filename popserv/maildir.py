@@ -17,11 +17,13 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
    login that listed them, sized every message and found both directories
    unchanged for a while (L{_SETTLE_NS}) ends the index with a stamp of
    them; the next login whose directories still match it takes the
-   messages from the index and lists the directories only when it first
-   needs a file (L{MaildirMaildrop._whereMap}).  Adding, removing or
-   renaming a file in a directory changes its modification and change
-   times, so a stamp never outlives a change, as in Dovecot's maildir
-   sync (src/lib-storage/index/maildir/maildir-sync.c).
+   messages from the index without listing.  Adding, removing or renaming
+   a file in a directory changes its modification and change times, so a
+   stamp never outlives a change, as in Dovecot's maildir sync
+   (src/lib-storage/index/maildir/maildir-sync.c).
+ - A session finds its files through a listing made when it first needs
+   one (L{MaildirMaildrop._whereMap}), not through the login's: a session
+   that only lists or idles keeps no list of file names.
  - The lock is an C{flock} on C{popserv.lock} in the Maildir: exclusive across
    processes and within one, never waited for, and released by the kernel
    when its holder dies, so a crash cannot lock a user out.
@@ -559,7 +561,6 @@ class MaildirMaildrop:
         "_disk",
         "_index",
         "_infos",
-        "_listed",
         "_lockFD",
         "_mutex",
         "_run",
@@ -578,10 +579,9 @@ class MaildirMaildrop:
         # The size on disk each message's sizes were computed from, or
         # NO_SIZE.
         self._disk = numbers()
-        # The login's listing of new/ and cur/, until _where is made from
-        # it; None if the login took its messages from the index.
-        self._listed: list[tuple[str, list[str], list[str]]] | None = []
-        # Base name -> (subdir, file name), made when first needed.
+        # Base name -> (subdir, file name), from a listing made when a file
+        # is first needed: the login's own listing is not kept, so that an
+        # idle session holds no list of names but its messages'.
         self._where: dict[str, tuple[str, str]] | None = None
         self._index: MaildirIndex | None = None
         self._mutex = threading.Lock()
@@ -628,7 +628,6 @@ class MaildirMaildrop:
             known, misses, inOrder = lookup(records, order)
             del records
             dropped, learnt = self._measure(listing, known, misses)
-            self._listed = listing.parts
         finally:
             listing.close()
         if dropped:
@@ -665,7 +664,6 @@ class MaildirMaildrop:
         self._disk = records.disk
         self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
         self._index = index
-        self._listed = None  # listed when a file is first needed
         return True
 
     def _measure(
@@ -743,24 +741,19 @@ class MaildirMaildrop:
 
     def _whereMap(self) -> dict[str, tuple[str, str]]:
         """
-        Where each listed message is: base name -> (subdir, file name).
-        Made when a file is first needed, from the login's listing, or by
-        listing now if the login took its messages from the index.
+        Where each message is: base name -> (subdir, file name), from a
+        listing of new/ and cur/ made when a file is first needed (cur/
+        winning, as a message moved between the two is in both).
         """
         with self._mutex:
             if self._where is None:
-                listed = self._listed
-                if listed is None:
-                    listed = []
-                    for subdir in _SUBDIRS:
-                        found = _listDirectory(self.path, subdir)
-                        if found is not None:
-                            listed.append((subdir, found[0], found[1]))
                 where: dict[str, tuple[str, str]] = {}
-                for subdir, names, bases in listed:
-                    where.update(zip(bases, zip(repeat(subdir), names), strict=True))
+                for subdir in _SUBDIRS:
+                    found = _listDirectory(self.path, subdir)
+                    if found is not None:
+                        names, bases, _ = found
+                        where.update(zip(bases, zip(repeat(subdir), names), strict=True))
                 self._where = where
-                self._listed = []  # the map holds all it told
             return self._where
 
     def _locate(self, base: str) -> bool:

@@ -240,6 +240,33 @@ def test_followsMovedMessage(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_filesFoundWhenFirstNeeded(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A session lists new/ and cur/ again when it first opens a message, and
+    not after: an idle session keeps no list of file names, and finds a
+    message moved since it logged in without looking for it.
+    """
+    path = deliverToMaildir(tmp_path / "alice", b"one\n", name="1.M1.host")
+    deliverToMaildir(tmp_path / "alice", b"two\n", name="2.M2.host")
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    listed: list[str] = []
+    real = os.listdir
+
+    def spy(directory: Any) -> list[Any]:
+        listed.append(os.path.basename(directory))
+        return real(directory)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    assert maildrop._where is None
+    os.rename(path, tmp_path / "alice" / "cur" / "1.M1.host:2,S")
+    for index, data in [(0, b"one\n"), (1, b"two\n"), (0, b"one\n")]:
+        reader = result(maildrop.openMessage(index))
+        assert result(reader.read(100)) == data
+        reader.close()
+    assert listed == ["new", "cur"]
+    maildrop.close()
+
+
 def test_vanishedMessage(tmp_path: Path) -> None:
     """
     A message removed by another program cannot be opened (a clear error),

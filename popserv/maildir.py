@@ -639,8 +639,8 @@ class MaildirMaildrop:
         self._bases = known.names
         self._disk = known.disk
         self._infos = MessageInfo.many(known.wire, uids, known.downgraded)
-        self._index = index
         self._updateIndex(index, known, learnt, inOrder, stamp)
+        self._keep(index)
 
     def _fromIndex(self, stamp: Stamp, index: MaildirIndex, records: Records) -> bool:
         """
@@ -663,8 +663,15 @@ class MaildirMaildrop:
         self._bases = names
         self._disk = records.disk
         self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
-        self._index = index
+        self._keep(index)
         return True
+
+    def _keep(self, index: MaildirIndex) -> None:
+        # The session keeps its index only to make it forget names; the
+        # stamp was for the scan, and its eight large integers took 280
+        # octets of every idle session.
+        index.stamp = None
+        self._index = index
 
     def _measure(
         self, listing: _Listing, known: Records, misses: list[int]

@@ -383,7 +383,8 @@ class MaildirIndex:
     @ivar missing: there was no index file.
     @ivar count: the number of records in the file, superseded ones too.
     @ivar blocks: the number of blocks and stamps in the file.
-    @ivar stamp: the stamp that ends the file, or L{None}.
+    @ivar stamp: the stamp that ends the file, or L{None}; a holder done
+        comparing it may set it to L{None}, as only comparisons read it.
     """
 
     __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "path", "stamp")

@@ -137,6 +137,8 @@ def test_unchangedMaildirNotListed(alice: Path, listings: list[str]) -> None:
     maildrop = result(s.openMaildrop("alice"))
     assert [(i.uid, i.size, i.downgradedSize) for i in result(maildrop.listMessages())] == first
     assert listings == []
+    # An idle session does not keep the stamp's large integers.
+    assert maildrop._index is not None and maildrop._index.stamp is None
     reader = result(maildrop.openMessage(2))
     assert result(reader.read(100)) == b"flagged\n"
     reader.close()

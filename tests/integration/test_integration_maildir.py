@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import poplib
+import time
 
 import pytest
+
+from popserv.maildirindex import parse
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +156,65 @@ def test_uidl_survives_move_to_cur(server, maildir, deliver, raw_client):
     assert client.read_to_close() == b""
     assert not moved.exists()
     assert _uidl(server.port) == [before[0], b"2 " + before[2].split(b" ")[1]]
+
+
+def _settle(maildir):
+    """
+    Wait until new/ and cur/ were last changed more than a second ago, so
+    that a login stamps them (popserv.maildir._SETTLE_NS).
+    """
+    newest = max(
+        max(info.st_mtime, info.st_ctime)
+        for info in (os.stat(maildir / "new"), os.stat(maildir / "cur"))
+    )
+    time.sleep(max(0.0, newest + 1.1 - time.time()))
+
+
+def _stamp_matches(maildir):
+    """
+    Whether the index ends with a stamp of new/ and cur/ as they are now.
+    """
+    stamp = parse((maildir / "popserv.index").read_bytes()).stamp
+    now = []
+    for sub in ("new", "cur"):
+        info = os.stat(maildir / sub)
+        now += [info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+    return stamp == tuple(now)
+
+
+def test_unchanged_maildir_served_from_index(server, maildir, deliver):
+    """
+    Through the real server: a login to a Maildir unchanged for over a
+    second ends the index with a stamp of its directories, and the next
+    login, which takes its messages from the index, lists the same ones
+    and writes nothing.  A delivery, a move to cur/ and a removal by other
+    programs after a stamped login are each seen by the next login.
+    """
+    paths = _fill(maildir, deliver, 3)
+    _settle(maildir)
+    first = _uidl(server.port)
+    assert first == [b"%d %s" % (n, p.name.encode()) for n, p in enumerate(paths, 1)]
+    assert _stamp_matches(maildir)
+    index = (maildir / "popserv.index").read_bytes()
+    assert _uidl(server.port) == first
+    assert (maildir / "popserv.index").read_bytes() == index
+
+    late = deliver(maildir, b"Subject: late\n\nlate\n")
+    assert _uidl(server.port) == [*first, b"4 " + late.name.encode()]
+    assert not _stamp_matches(maildir)  # changed within the second: no stamp
+
+    _settle(maildir)
+    _uidl(server.port)
+    assert _stamp_matches(maildir)
+    os.rename(paths[0], maildir / "cur" / (paths[0].name + ":2,S"))
+    assert _uidl(server.port) == [*first, b"4 " + late.name.encode()]
+
+    _settle(maildir)
+    _uidl(server.port)
+    assert _stamp_matches(maildir)
+    os.unlink(paths[2])
+    names = [paths[0].name, paths[1].name, late.name]
+    assert _uidl(server.port) == [b"%d %s" % (n, m.encode()) for n, m in enumerate(names, 1)]
 
 
 def test_sizes_from_file_names(server, maildir, deliver):

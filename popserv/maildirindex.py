@@ -387,11 +387,11 @@ class MaildirIndex:
         comparing it may set it to L{None}, as only comparisons read it.
     """
 
-    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "path", "stamp")
+    # Every logged-in session holds one, so its path is made when needed.
+    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "stamp")
 
     def __init__(self, maildir: str) -> None:
         self.maildir = maildir
-        self.path = os.path.join(maildir, INDEX_NAME)
         self.missing = True
         self.count = 0
         self.blocks = 0
@@ -399,6 +399,10 @@ class MaildirIndex:
         # Where the next block goes: the file's size when it parsed to its
         # end (so appending is safe), else None (rewrite it).
         self._appendAt: int | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.maildir, INDEX_NAME)
 
     @classmethod
     def load(cls, maildir: str, limit: int) -> tuple[MaildirIndex, Records]:

@@ -542,8 +542,13 @@ for round in range(10**6):
     batch = Records.empty()
     for n in range(round * 50, round * 50 + (5000 if round % 3 == 0 else 50)):
         batch.add(*record(f"{n}.M{n}P1.host"))
-    if round % 3 == 0 or not index.append(batch):
-        index.rewrite(batch)
+    # Every other write ends with a stamp: the round, and how many records
+    # the file then holds.
+    appended = round % 3 != 0 and index.append(
+        batch, (round, index.count + len(batch.names)) if round % 2 else None
+    )
+    if not appended:
+        index.rewrite(batch, (round, len(batch.names)) if round % 2 else None)
     if round == 0:
         print("ready", flush=True)
 """
@@ -553,10 +558,16 @@ def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
     """
     A writer killed with SIGKILL at any moment leaves an index whose every
     record is one that was written whole: the old index or the new one (a
-    torn appended block is ignored), and any temporary file is ignored.
+    torn appended block is ignored), and any temporary file is ignored.  A
+    stamp read back always ends the records written with it.
     """
     rng = random.Random(1)
-    for _ in range(12):
+    stampedRounds: set[int] = set()
+    # Twelve kills, and more (about half the writes have a stamp) until one
+    # left a stamp to check.
+    for attempt in range(36):
+        if attempt >= 12 and stampedRounds:
+            break
         child = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(tmp_path)],
             stdout=subprocess.PIPE,
@@ -570,12 +581,20 @@ def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=30)
         with capturedLogs():
-            _, found = load(tmp_path, limit=1 << 26)
+            index, found = load(tmp_path, limit=1 << 26)
         assert found.names
         for name, wire, downgraded, disk in rows(found):
             n = int(name.split(".")[0])
             assert (wire, downgraded, disk) == (n * 3, n * 3 + 1, n * 7)
         assert not (tmp_path / TEMP_NAME).exists()
+        if index.stamp is not None:
+            # A stamp read back ends the very records written with it.
+            stamped, count = index.stamp
+            stampedRounds.add(stamped)
+            assert count == len(found.names)
+            last = int(found.names[-1].split(".")[0])
+            assert stamped * 50 <= last < stamped * 50 + 5000
+    assert stampedRounds
 
 
 @settings(max_examples=50)

@@ -136,10 +136,27 @@ def _sortKey(name: str) -> tuple[int, str]:
     return (int(head) if head.isdecimal() and len(head) < 20 else 0, name)
 
 
-def _checkNames(joined: list[str]) -> tuple[bool, bool]:
+#: The octets of a unique-id (RFC 1939 section 7).
+_UID_OCTETS = bytes(range(0x21, 0x7F))
+
+
+def _allUIDs(joined: list[str], names: list[str]) -> bool:
     """
-    Whether names, given as "/"-joined strings, sort by L{_sortKey} when
-    compared as strings, and whether each is its own UIDL.
+    Whether each of C{names}, also given as "/"-joined strings, is its own
+    UIDL (L{uidFor}'s rule, checked for all names at once in C).
+    """
+    for part in joined:
+        if not part.isascii() or part.encode("ascii").translate(None, _UID_OCTETS):
+            return False
+    if not names:
+        return True
+    return len(min(names, key=len)) >= 1 and len(max(names, key=len)) <= 70
+
+
+def _checkNames(joined: list[str], names: list[str]) -> tuple[bool, bool]:
+    """
+    Whether C{names}, also given as "/"-joined strings, sort by L{_sortKey}
+    when compared as strings, and whether each is its own UIDL.
 
     Names compare as L{_sortKey} does when every one starts with a delivery
     time of the same number of digits (ten from 2001 to 2286):
@@ -150,34 +167,12 @@ def _checkNames(joined: list[str]) -> tuple[bool, bool]:
     """
     first = next((j for j in joined if j), "")
     digits = first.find(".")
-    uid = r"[\x21-\x2e\x30-\x7e]"  # RFC 1939 section 7, less "/"
     if 0 < digits < 20:
-        both = re.compile(rf"(?:[0-9]{{{digits}}}\.{uid}{{0,{69 - digits}}}(?:/|\Z))*\Z")
-        if all(both.match(j) for j in joined):
-            return True, True
         sortable = re.compile(rf"(?:[0-9]{{{digits}}}\.[^/]*(?:/|\Z))*\Z")
         plain = all(sortable.match(j) for j in joined)
     else:
         plain = not first
-    uids = re.compile(rf"(?:{uid}{{1,70}}(?:/|\Z))*\Z")
-    return plain, all(uids.match(j) for j in joined)
-
-
-#: The octets of a unique-id (RFC 1939 section 7).
-_UID_OCTETS = bytes(range(0x21, 0x7F))
-
-
-def _allUIDs(joined: str, names: list[str]) -> bool:
-    """
-    Whether each of C{names}, joined by "/" as C{joined}, is its own UIDL:
-    a check in C for each octet, rather than L{_checkNames}'s regular
-    expression, which also finds out how names sort.
-    """
-    if not joined.isascii() or joined.encode("ascii").translate(None, _UID_OCTETS):
-        return False
-    if not names:
-        return True
-    return len(min(names, key=len)) >= 1 and len(max(names, key=len)) <= 70
+    return plain, _allUIDs(joined, names)
 
 
 def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
@@ -400,7 +395,7 @@ class _Listing:
                 self.parts.append((subdir, names, bases))
                 self.bases += bases
             joinedBases.append(joined)
-        self.sortable, self.uidsValid = _checkNames(joinedBases)
+        self.sortable, self.uidsValid = _checkNames(joinedBases, self.bases)
 
     def entries(self, wanted: set[str]) -> dict[str, tuple[str, int, str]]:
         """
@@ -659,7 +654,7 @@ class MaildirMaildrop:
         joined = "/".join(names)
         if joined.count("/") != max(len(names) - 1, 0):
             return False  # a name no file can have
-        uids = names if _allUIDs(joined, names) else list(map(uidFor, names))
+        uids = names if _allUIDs([joined], names) else list(map(uidFor, names))
         self._bases = names
         self._disk = records.disk
         self._infos = MessageInfo.many(records.wire, uids, records.downgraded)

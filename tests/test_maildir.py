@@ -800,7 +800,7 @@ def test_orderedAgreesWithSortKey(bases: list[str], hint: list[str], kind: str, 
         hint = distinct[:-1] + distinct[:1]
     joined = ["/".join(bases)]
     listing = SimpleNamespace(bases=bases)
-    listing.sortable, listing.uidsValid = maildir._checkNames(joined)
+    listing.sortable, listing.uidsValid = maildir._checkNames(joined, bases)
     order, uids = maildir._ordered(listing, hint)  # type: ignore[arg-type]
     assert order == sorted(set(bases), key=maildir._sortKey)
     assert uids == [uidFor(b) for b in order]

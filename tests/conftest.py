@@ -1,10 +1,49 @@
 """
-Shared pytest configuration: make the helper modules in tests/ importable.
+Shared pytest configuration: make the helper modules in tests/ importable,
+and the fixtures that watch the Maildir store's file work.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def measured(monkeypatch: Any) -> list[str]:
+    """
+    The names of the message files that logins read to size them.
+    """
+    from popserv import maildir
+
+    names: list[str] = []
+    real = maildir.measure
+
+    def spy(directory: int, name: str, *args: Any) -> tuple[int, int, int]:
+        names.append(name)
+        return real(directory, name, *args)
+
+    monkeypatch.setattr(maildir, "measure", spy)
+    return names
+
+
+@pytest.fixture
+def listings(monkeypatch: Any) -> list[str]:
+    """
+    The directories that os.listdir lists, by their last component.
+    """
+    listed: list[str] = []
+    real = os.listdir
+
+    def spy(path: Any = ".") -> list[Any]:
+        listed.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    return listed

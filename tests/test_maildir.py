@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from maildir_helpers import login, snapshot, store
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
@@ -33,10 +34,6 @@ from popserv.errors import (
 )
 from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
-
-
-def store(tmp_path: Path, template: str = "{user}") -> MaildirStore:
-    return MaildirStore(str(tmp_path / template), runInThread=syncRun)
 
 
 class TestTemplate:
@@ -240,7 +237,7 @@ def test_followsMovedMessage(tmp_path: Path) -> None:
     maildrop.close()
 
 
-def test_filesFoundWhenFirstNeeded(tmp_path: Path, monkeypatch: Any) -> None:
+def test_filesFoundWhenFirstNeeded(tmp_path: Path, listings: list[str]) -> None:
     """
     A session lists new/ and cur/ again when it first opens a message, and
     not after: an idle session keeps no list of file names, and finds a
@@ -249,21 +246,14 @@ def test_filesFoundWhenFirstNeeded(tmp_path: Path, monkeypatch: Any) -> None:
     path = deliverToMaildir(tmp_path / "alice", b"one\n", name="1.M1.host")
     deliverToMaildir(tmp_path / "alice", b"two\n", name="2.M2.host")
     maildrop = result(store(tmp_path).openMaildrop("alice"))
-    listed: list[str] = []
-    real = os.listdir
-
-    def spy(directory: Any) -> list[Any]:
-        listed.append(os.path.basename(directory))
-        return real(directory)
-
-    monkeypatch.setattr(os, "listdir", spy)
+    listings.clear()
     assert maildrop._where is None
     os.rename(path, tmp_path / "alice" / "cur" / "1.M1.host:2,S")
     for index, data in [(0, b"one\n"), (1, b"two\n"), (0, b"one\n")]:
         reader = result(maildrop.openMessage(index))
         assert result(reader.read(100)) == data
         reader.close()
-    assert listed == ["new", "cur"]
+    assert listings == ["new", "cur"]
     maildrop.close()
 
 
@@ -388,39 +378,6 @@ def test_downgradedSizes(tmp_path: Path) -> None:
 
 
 # The index: what reading the files told, kept for the next login.
-
-
-def login(s: MaildirStore, user: str = "alice") -> tuple[Any, list[Any]]:
-    """
-    Open C{user}'s maildrop: the maildrop and its listing.
-    """
-    maildrop = result(s.openMaildrop(user))
-    return maildrop, list(result(maildrop.listMessages()))
-
-
-def snapshot(s: MaildirStore, user: str = "alice") -> list[tuple[str, int, int | None]]:
-    """
-    (uid, size, downgraded size) of every message, as one login sees them.
-    """
-    maildrop, infos = login(s, user)
-    maildrop.close()
-    return [(i.uid, i.size, i.downgradedSize) for i in infos]
-
-
-@pytest.fixture
-def measured(monkeypatch: Any) -> list[str]:
-    """
-    The names of the message files that logins read to size them.
-    """
-    names: list[str] = []
-    real = maildir.measure
-
-    def spy(directory: int, name: str, *args: Any) -> tuple[int, int, int]:
-        names.append(name)
-        return real(directory, name, *args)
-
-    monkeypatch.setattr(maildir, "measure", spy)
-    return names
 
 
 UTF8 = "Subject: Gr\u00fc\u00dfe\n\nbody\n".encode()

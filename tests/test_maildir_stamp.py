@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synchronous import result, syncRun
+from maildir_helpers import snapshot, store
+from synchronous import result
 from test_stores_contract import deliverToMaildir
 from twisted.logger import capturedLogs
 
 from popserv import maildir, maildirindex
 from popserv.encoder import wireSize
 from popserv.errors import MessageUnavailable
-from popserv.maildir import MaildirStore, uidFor
+from popserv.maildir import uidFor
 from popserv.maildirindex import INDEX_NAME, MaildirIndex, Records, encodeBlock
 
-#: os.listdir, for the tests' own use, before the listings fixture spies on it.
+#: os.listdir, for the tests' own use, before the listings fixture
+#: (conftest.py) spies on it.
 _listdir = os.listdir
 FLAGGED = "1700000002.M2.host"
 MESSAGES = {
@@ -31,19 +33,6 @@ MESSAGES = {
     "1700000001.M1.host": "Subject: Gr\u00fc\u00dfe\n\nbody\n".encode(),
     FLAGGED: b"flagged\n",
 }
-
-
-def store(tmp_path: Path) -> MaildirStore:
-    return MaildirStore(str(tmp_path / "{user}"), runInThread=syncRun)
-
-
-def snapshot(s: MaildirStore) -> list[tuple[str, int, int | None]]:
-    maildrop = result(s.openMaildrop("alice"))
-    try:
-        infos = result(maildrop.listMessages())
-    finally:
-        maildrop.close()
-    return [(i.uid, i.size, i.downgradedSize) for i in infos]
 
 
 def expected(path: Path) -> list[tuple[str, int, int | None]]:
@@ -71,22 +60,6 @@ def alice(tmp_path: Path) -> Path:
         deliverToMaildir(path, data, name=name)
     os.rename(path / "new" / FLAGGED, path / "cur" / f"{FLAGGED}:2,S")
     return path
-
-
-@pytest.fixture
-def listings(monkeypatch: Any) -> list[str]:
-    """
-    The directories that os.listdir lists.
-    """
-    listed: list[str] = []
-    real = os.listdir
-
-    def spy(path: Any = ".") -> list[Any]:
-        listed.append(os.path.basename(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "listdir", spy)
-    return listed
 
 
 @pytest.fixture
@@ -266,7 +239,7 @@ def test_impossibleIndexListed(alice: Path, listings: list[str], names: list[str
 
 
 @pytest.mark.usefixtures("settled")
-def test_editedIndexCannotServeOtherFiles(alice: Path, listings: list[str]) -> None:
+def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
     """
     An index edited to name a message that is not there, with its stamp
     kept, can make the login list it (only a Maildir's owner can write its
@@ -293,7 +266,7 @@ def test_editedIndexCannotServeOtherFiles(alice: Path, listings: list[str]) -> N
 
 
 @pytest.mark.usefixtures("settled")
-def test_versionOneIndexUpgraded(alice: Path, listings: list[str], monkeypatch: Any) -> None:
+def test_versionOneIndexUpgraded(alice: Path, measured: list[str]) -> None:
     """
     A version 1 index (from an earlier popserv) still spares reading the
     files, and is rewritten as version 2 with a stamp.
@@ -302,8 +275,7 @@ def test_versionOneIndexUpgraded(alice: Path, listings: list[str], monkeypatch: 
     truth = snapshot(s)
     _, records = MaildirIndex.load(str(alice), 1 << 20)
     (alice / INDEX_NAME).write_bytes(maildirindex._MAGIC_1 + encodeBlock(records))
-    measured: list[str] = []
-    monkeypatch.setattr(maildir, "measure", lambda _d, name, *a: measured.append(name))
+    measured.clear()
     with capturedLogs() as events:
         assert snapshot(s) == truth
     assert measured == [] and [e for e in events if e.get("log_level")] == []
@@ -312,7 +284,9 @@ def test_versionOneIndexUpgraded(alice: Path, listings: list[str], monkeypatch: 
 
 
 @pytest.mark.usefixtures("settled")
-def test_largeIndexReadAfterListing(alice: Path, listings: list[str], monkeypatch: Any) -> None:
+def test_largeIndexReadAfterListing(
+    alice: Path, listings: list[str], measured: list[str], monkeypatch: Any
+) -> None:
     """
     An index larger than the size of new/ and cur/ allows is not read
     before listing them, nor ignored: it is read after the listing, within
@@ -322,9 +296,8 @@ def test_largeIndexReadAfterListing(alice: Path, listings: list[str], monkeypatc
     truth = snapshot(s)
     monkeypatch.setattr(maildirindex, "_BASE_LIMIT", 16)
     monkeypatch.setattr(maildir, "_INDEX_PER_DIRECTORY_OCTET", 0)
-    measured: list[str] = []
-    monkeypatch.setattr(maildir, "measure", lambda _d, name, *a: measured.append(name))
     listings.clear()
+    measured.clear()
     with capturedLogs() as events:
         assert snapshot(s) == truth
     assert listings == ["new", "cur"]

@@ -1,0 +1,38 @@
+"""
+Helpers for the Maildir store's tests: a store whose file work runs at
+once, and what one login sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from synchronous import result, syncRun
+
+from popserv.maildir import MaildirStore
+
+
+def store(tmp_path: Path, template: str = "{user}") -> MaildirStore:
+    """
+    A store of the Maildirs under C{tmp_path}, its file work run in the
+    calling thread.
+    """
+    return MaildirStore(str(tmp_path / template), runInThread=syncRun)
+
+
+def login(s: MaildirStore, user: str = "alice") -> tuple[Any, list[Any]]:
+    """
+    Open C{user}'s maildrop: the maildrop and its listing.
+    """
+    maildrop = result(s.openMaildrop(user))
+    return maildrop, list(result(maildrop.listMessages()))
+
+
+def snapshot(s: MaildirStore, user: str = "alice") -> list[tuple[str, int, int | None]]:
+    """
+    (uid, size, downgraded size) of every message, as one login sees them.
+    """
+    maildrop, infos = login(s, user)
+    maildrop.close()
+    return [(i.uid, i.size, i.downgradedSize) for i in infos]

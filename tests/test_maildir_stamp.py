@@ -78,10 +78,9 @@ def changeLater(path: Path) -> None:
     as every change a settled stamp must catch does.  (File systems stamp
     times from a clock that moves in ticks of a few milliseconds.)
     """
-    newest = max(
-        max(info.st_mtime_ns, info.st_ctime_ns)
-        for info in (os.stat(path / "new"), os.stat(path / "cur"))
-    )
+    directories = maildir._directories(str(path))
+    assert directories is not None
+    newest = directories.newest
     probe = path / "tmp" / "clock-probe"
     for _ in range(400):
         probe.touch()

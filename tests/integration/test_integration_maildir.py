@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from popserv.maildir import _directories
 from popserv.maildirindex import parse
 
 pytestmark = pytest.mark.integration
@@ -163,11 +164,9 @@ def _settle(maildir):
     Wait until new/ and cur/ were last changed more than a second ago, so
     that a login stamps them (popserv.maildir._SETTLE_NS).
     """
-    newest = max(
-        max(info.st_mtime, info.st_ctime)
-        for info in (os.stat(maildir / "new"), os.stat(maildir / "cur"))
-    )
-    time.sleep(max(0.0, newest + 1.1 - time.time()))
+    directories = _directories(str(maildir))
+    assert directories is not None
+    time.sleep(max(0.0, directories.newest / 1e9 + 1.1 - time.time()))
 
 
 def _stamp_matches(maildir):
@@ -175,11 +174,8 @@ def _stamp_matches(maildir):
     Whether the index ends with a stamp of new/ and cur/ as they are now.
     """
     stamp = parse((maildir / "popserv.index").read_bytes()).stamp
-    now = []
-    for sub in ("new", "cur"):
-        info = os.stat(maildir / sub)
-        now += [info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
-    return stamp == tuple(now)
+    directories = _directories(str(maildir))
+    return directories is not None and stamp == directories.stamp
 
 
 def test_unchanged_maildir_served_from_index(server, maildir, deliver):

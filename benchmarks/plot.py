@@ -40,6 +40,8 @@ STYLE = {
     "popserv": ("#1f77b4", "o"),
     "dovecot": ("#d62728", "s"),
     "twisted": ("#2ca02c", "^"),
+    # The floor is a bound, not a peer: grey.
+    "floor": ("#7f7f7f", "v"),
 }
 
 

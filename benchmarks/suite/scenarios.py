@@ -212,7 +212,8 @@ class Scenario:
         results: dict[str, Any] = {}
         try:
             for cls in servers:
-                results[cls.name] = self._one(cls, data, root)
+                if cls.scenarios is None or self.name in cls.scenarios:
+                    results[cls.name] = self._one(cls, data, root)
         finally:
             if not self.options.keep:
                 shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,8 @@ port of 127.0.0.1 pinned to one CPU, report its processes, stop it.
    configuration, base and state directories, log) in the foreground.
  - L{TwistedPOP3}: C{twisted_ref.py} next to this package, a server made
    of twisted.mail.pop3 and twisted.mail.maildir, in its own process.
+ - L{TwistedFloor}: C{twisted_floor.py}, not a server to use but the floor
+   to measure against: canned answers on Twisted, nothing else.
 
 An adapter whose software is missing raises L{Unavailable} from
 L{ServerAdapter.check}; the runner then skips that server with a note.
@@ -56,11 +58,14 @@ class ServerAdapter:
     @cvar utf8: the server offers RFC 6856 UTF8, so a client that wants the
         stored bytes of messages with UTF-8 header fields sends it (else a
         server may downgrade those fields); the others get no UTF8 command.
+    @cvar scenarios: the names of the scenarios the server takes part in;
+        L{None} for all.
     """
 
     name: ClassVar[str] = "?"
     multiProcess: ClassVar[bool] = False
     utf8: ClassVar[bool] = False
+    scenarios: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, workdir: str, options: Any) -> None:
         self.workdir = workdir
@@ -465,6 +470,7 @@ class TwistedPOP3(ServerAdapter):
     """
 
     name = "twisted"
+    script: ClassVar[str] = "twisted_ref"
 
     @classmethod
     def check(cls, options: Any) -> str:
@@ -483,7 +489,7 @@ class TwistedPOP3(ServerAdapter):
                 f.write(f"{user} {password}\n")
         command = [
             sys.executable,
-            os.path.join(BENCHMARKS, "twisted_ref.py"),
+            os.path.join(BENCHMARKS, f"{self.script}.py"),
             "--port",
             "0",
             "--users",
@@ -497,12 +503,39 @@ class TwistedPOP3(ServerAdapter):
 
     def _findPort(self) -> int | None:
         with open(self.logPath, "rb") as f:
-            match = re.search(rb"twisted_ref listening on (\d+)", f.read())
+            match = re.search(rb"%s listening on (\d+)" % self.script.encode(), f.read())
         return int(match.group(1)) if match else None
+
+
+class TwistedFloor(TwistedPOP3):
+    """
+    C{twisted_floor.py}: canned answers from mail read into memory at
+    start-up, with nothing else a server does; the least a POP3 server on
+    Twisted spends on a workload (its docstring says why).  Only in the
+    scenarios where mail held in memory serves the same bytes.
+    """
+
+    name = "floor"
+    script = "twisted_floor"
+    utf8 = True
+    scenarios = frozenset({"churn", "concurrency", "bulk", "parallel", "sizes"})
+
+    @classmethod
+    def check(cls, options: Any) -> str:
+        import twisted
+
+        return f"twisted_floor on Twisted {twisted.__version__}"
+
+    def command(self, mailroot: str, users: Sequence[tuple[str, str]]) -> list[str]:
+        command = super().command(mailroot, users)
+        # TwistedPOP3's only option, which the floor does not take: it
+        # always sets TCP_NODELAY.
+        return [part for part in command if part != "--nagle"]
 
 
 SERVERS: dict[str, type[ServerAdapter]] = {
     "popserv": Popserv,
     "dovecot": Dovecot,
     "twisted": TwistedPOP3,
+    "floor": TwistedFloor,
 }

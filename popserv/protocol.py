@@ -877,9 +877,6 @@ class POP3Protocol(LineOnlyReceiver):
             if self._lost:
                 reader.close()
                 return None
-            # While sending, the timer measures the client's reading: a
-            # transfer that makes no progress ends at the stall timeout.
-            self.setTimeout(self.factory.limits.stallTimeout)
             transfer = self._transfer = MessageTransfer(
                 self.transport,
                 reader,
@@ -887,7 +884,16 @@ class POP3Protocol(LineOnlyReceiver):
                 prefix=status,
                 onProgress=self.resetTimeout,
             )
-            return transfer.start().addCallback(lambda _: self._transferDone(transfer))
+            done = transfer.start()
+            if done.called:
+                # Written whole at once, as most messages are (the transport
+                # buffers it): the timer never had anything else to measure.
+                return done.addCallback(lambda _: self._transferDone(transfer, False))
+            # Waiting for the client to read or for the store: the timer
+            # now measures that wait, and a transfer that makes no progress
+            # ends at the stall timeout.
+            self.setTimeout(self.factory.limits.stallTimeout)
+            return done.addCallback(lambda _: self._transferDone(transfer, True))
 
         def unavailable(failure: Failure) -> None:
             failure.trap(POP3Error)
@@ -897,9 +903,10 @@ class POP3Protocol(LineOnlyReceiver):
 
         return d.addCallbacks(opened, unavailable)
 
-    def _transferDone(self, transfer: MessageTransfer) -> int:
+    def _transferDone(self, transfer: MessageTransfer, waited: bool) -> int:
         self._transfer = None
-        self.setTimeout(self.factory.timeout)
+        if waited:
+            self.setTimeout(self.factory.timeout)
         return transfer.sent
 
     def _doDELE(self, command: Command) -> None:

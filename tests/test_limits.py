@@ -278,6 +278,38 @@ class TestProtocol:
         s.protocol.connectionLost(None)
         assert len(s.memory.messages("alice")) == 1
 
+    def test_stallTimeoutOnlyWhileWaiting(self) -> None:
+        """
+        A message written whole at once leaves the session's timer alone
+        (no timeout is started for it); a transfer that has to wait for the
+        client switches to the stall timeout, and back to the ten-minute
+        autologout once it is done.
+        """
+        s = Session(transport=PausingTransport(), limits=Limits(stallTimeout=30))
+        s.memory.deliver("alice", b"small\n")
+        s.memory.deliver("alice", b"x" * (4 * 1024 * 1024))
+        s.login()
+        started: list[float] = []
+        start = s.factory.timeouts.start
+
+        def counting(seconds: float, expire: Any) -> Any:
+            started.append(seconds)
+            return start(seconds, expire)
+
+        s.factory.timeouts.start = counting  # type: ignore[method-assign]
+        assert s.command(b"RETR 1") == b"+OK 7 octets\r\nsmall\r\n.\r\n"
+        assert started == []
+        s.send(b"RETR 2\r\n")
+        assert started == [30]
+        while s.transport.producer is not None:
+            s.transport.clear()
+            s.transport.producer.resumeProducing()
+        assert started == [30, 600]
+        s.clock.advance(599)
+        assert not s.transport.disconnecting
+        s.clock.advance(1)
+        assert s.transport.disconnecting
+
     def test_tooManyBadCommands(self) -> None:
         """
         After 20 unknown or malformed commands the session is closed.

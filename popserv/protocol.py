@@ -241,6 +241,8 @@ class POP3Protocol(LineOnlyReceiver):
         progress sending a message; never if L{None}.
         """
         if self._timeout is not None:
+            if seconds is not None and self._timeout.extend(seconds):
+                return
             self._timeout.cancel()
         if seconds is not None:
             self._timeout = self.factory.timeouts.start(seconds, self.timeoutConnection)

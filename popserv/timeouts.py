@@ -11,7 +11,8 @@ all the sessions of a factory share one C{DelayedCall}:
   - a session's L{Timeout} waits in a heap, ordered by the time it was
     queued for (its I{due} time);
   - restarting it only moves its deadline later: one attribute write, no
-    heap work, no reactor call;
+    heap work, no reactor call; so does giving it a longer wait
+    (L{Timeout.extend});
   - when a timeout comes due, one whose deadline moved is queued again for
     its new deadline, and one whose deadline passed expires.
 
@@ -79,6 +80,26 @@ class Timeout:
         cancelled.
         """
         self.deadline = self._owner.now() + self.seconds
+
+    def extend(self, seconds: float) -> bool:
+        """
+        Wait C{seconds} from now, and from every later L{restart}, if that
+        does not end before the time this timeout is queued for: as when a
+        session's login timeout gives way to the longer autologout.  Then
+        it is one attribute write more than L{restart}.
+
+        @return: whether it did; if not (a shorter wait, or a timeout that
+            expired, was cancelled or is expiring), nothing changed, and
+            the caller cancels it and starts another.
+        """
+        if self._expire is None or not self._queued:
+            return False
+        deadline = self._owner.now() + seconds
+        if deadline < self._due:
+            return False
+        self.seconds = seconds
+        self.deadline = deadline
+        return True
 
     def cancel(self) -> None:
         """

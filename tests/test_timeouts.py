@@ -48,6 +48,33 @@ def test_restartMovesTheDeadline() -> None:
     assert expired == ["a"]
 
 
+def test_extend() -> None:
+    """
+    A longer wait takes effect in place, with no reactor call: the timeout
+    expires at its new deadline and restarts count the new seconds.  A
+    wait that would end before the time it is queued for, or a timeout
+    that expired, is refused and left as it was.
+    """
+    clock, timeouts, expired = make()
+    timeout = timeouts.start(60, lambda: expired.append("a"))
+    call = clock.getDelayedCalls()[0]
+    clock.advance(10)
+    assert not timeout.extend(40)  # 10 + 40 < 60: it would expire late
+    assert timeout.seconds == 60 and timeout.deadline == 60
+    assert timeout.extend(600)
+    assert timeout.deadline == 610
+    assert clock.getDelayedCalls() == [call] and call.getTime() == 60
+    clock.advance(590)
+    timeout.restart()
+    assert timeout.deadline == 1200
+    clock.advance(599)
+    assert expired == []
+    clock.advance(1)
+    assert expired == ["a"]
+    assert not timeout.extend(600)
+    assert not timeout.active and expired == ["a"]
+
+
 def test_cancel() -> None:
     """
     A cancelled timeout never expires; cancelling twice, or after expiry,

@@ -89,7 +89,11 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--servers", default="popserv,dovecot,twisted,floor", help="comma list of " + ",".join(SERVERS))
+    add(
+        "--servers",
+        default="popserv,dovecot,twisted,floor",
+        help="comma list of " + ",".join(SERVERS),
+    )
     add("--scenarios", default=",".join(ORDER), help="comma list of " + ",".join(ORDER))
     add("--quick", action="store_true", help="small sizes (about 2 minutes for all)")
     add("--json", metavar="PATH", help="write every figure, the options and the machine to PATH")

@@ -887,15 +887,13 @@ class POP3Protocol(LineOnlyReceiver):
                 onProgress=self.resetTimeout,
             )
             done = transfer.start()
-            if done.called:
-                # Written whole at once, as most messages are (the transport
-                # buffers it): the timer never had anything else to measure.
-                return done.addCallback(lambda _: self._transferDone(transfer, False))
-            # Waiting for the client to read or for the store: the timer
-            # now measures that wait, and a transfer that makes no progress
-            # ends at the stall timeout.
-            self.setTimeout(self.factory.limits.stallTimeout)
-            return done.addCallback(lambda _: self._transferDone(transfer, True))
+            if not done.called:
+                # Waiting for the client to read or for the store: the timer
+                # now measures that wait, and a transfer that makes no
+                # progress ends at the stall timeout.  (One written whole at
+                # once, as most are, never changes the timer.)
+                self.setTimeout(self.factory.limits.stallTimeout)
+            return done.addCallback(lambda _: self._transferDone(transfer))
 
         def unavailable(failure: Failure) -> None:
             failure.trap(POP3Error)
@@ -905,10 +903,11 @@ class POP3Protocol(LineOnlyReceiver):
 
         return d.addCallbacks(opened, unavailable)
 
-    def _transferDone(self, transfer: MessageTransfer, waited: bool) -> int:
+    def _transferDone(self, transfer: MessageTransfer) -> int:
         self._transfer = None
-        if waited:
-            self.setTimeout(self.factory.timeout)
+        # Back to the autologout: in place (Timeout.extend) whether the
+        # timer was on it all along or on the shorter stall timeout.
+        self.setTimeout(self.factory.timeout)
         return transfer.sent
 
     def _doDELE(self, command: Command) -> None:

@@ -31,10 +31,10 @@ import os
 import sys
 from typing import Any
 
-# The wire form the load generator checks every message against: the
-# benchmark's own (this script's directory is first on sys.path), so the
-# floor does not write the conversion again.
-from suite.data import expectedWire
+# The wire form the load generator checks every message against, and its
+# byte-stuffing: the benchmark's own (this script's directory is first on
+# sys.path), so the floor does not write them again.
+from suite.data import expectedWire, stuff
 from twisted.internet import endpoints, protocol, reactor
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -64,9 +64,7 @@ class Maildrop:
             # RFC 1939 section 11: a message's size is its octets with CRLF
             # line ends, before byte-stuffing (section 3) is applied.
             total += len(wire)
-            stuffed = b"." + wire if wire.startswith(b".") else wire
-            stuffed = stuffed.replace(b"\r\n.", b"\r\n..")
-            self.retr.append(b"+OK %d octets\r\n%s.\r\n" % (len(wire), stuffed))
+            self.retr.append(b"+OK %d octets\r\n%s.\r\n" % (len(wire), stuff(wire)))
             listing.append(b"%d %d\r\n" % (number, len(wire)))
             # The unique-id: the file's base name (RFC 1939 allows 0x21-0x7E).
             uid = os.path.basename(name).split(":")[0].encode()
@@ -97,7 +95,10 @@ class FloorPOP3(LineOnlyReceiver):
         keyword = keyword.upper()
         write = self.transport.write
         drop = self.maildrop
-        if drop is not None:
+        if keyword == b"QUIT":
+            write(b"+OK bye\r\n")
+            self.transport.loseConnection()
+        elif drop is not None:
             if keyword == b"RETR":
                 try:
                     write(drop.retr[int(argument) - 1])
@@ -109,9 +110,6 @@ class FloorPOP3(LineOnlyReceiver):
                 write(drop.list)
             elif keyword == b"UIDL" and not argument:
                 write(drop.uidl)
-            elif keyword == b"QUIT":
-                write(b"+OK bye\r\n")
-                self.transport.loseConnection()
             elif keyword == b"NOOP":
                 write(OK)
             else:
@@ -128,9 +126,6 @@ class FloorPOP3(LineOnlyReceiver):
         elif keyword == b"UTF8":
             # Messages are served as stored, which is what UTF8 asks for.
             write(OK)
-        elif keyword == b"QUIT":
-            write(b"+OK bye\r\n")
-            self.transport.loseConnection()
         else:
             write(b"-ERR not in the floor server\r\n")
 

@@ -274,6 +274,17 @@ def expectedWire(stored: bytes) -> bytes:
     return wire
 
 
+def stuff(wire: bytes) -> bytes:
+    """
+    Byte-stuff (RFC 1939 section 3) the CRLF form of a message: one more
+    "." at the start of every line that starts with one.  L{unstuff} undoes
+    it.
+    """
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    return wire.replace(b"\r\n.", b"\r\n..")
+
+
 def unstuff(body: bytes) -> bytes:
     """
     Undo byte-stuffing (RFC 1939 section 3) of a multi-line response body

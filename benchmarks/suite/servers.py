@@ -487,7 +487,7 @@ class TwistedPOP3(ServerAdapter):
         with open(path, "w") as f:
             for user, password in users:
                 f.write(f"{user} {password}\n")
-        command = [
+        return [
             sys.executable,
             os.path.join(BENCHMARKS, f"{self.script}.py"),
             "--port",
@@ -496,10 +496,14 @@ class TwistedPOP3(ServerAdapter):
             path,
             "--mailroot",
             mailroot,
+            *self.arguments(),
         ]
-        if self.options.twisted_nagle:
-            command.append("--nagle")
-        return command
+
+    def arguments(self) -> list[str]:
+        """
+        The script's own options.
+        """
+        return ["--nagle"] if self.options.twisted_nagle else []
 
     def _findPort(self) -> int | None:
         with open(self.logPath, "rb") as f:
@@ -526,11 +530,8 @@ class TwistedFloor(TwistedPOP3):
 
         return f"twisted_floor on Twisted {twisted.__version__}"
 
-    def command(self, mailroot: str, users: Sequence[tuple[str, str]]) -> list[str]:
-        command = super().command(mailroot, users)
-        # TwistedPOP3's only option, which the floor does not take: it
-        # always sets TCP_NODELAY.
-        return [part for part in command if part != "--nagle"]
+    def arguments(self) -> list[str]:
+        return []  # it always sets TCP_NODELAY
 
 
 SERVERS: dict[str, type[ServerAdapter]] = {

@@ -631,11 +631,8 @@ class MaildirMaildrop:
             keep = [i for i in range(len(order)) if i not in dropped]
             uids = [uids[i] for i in keep]
             known = known.pick(keep)
-        self._bases = known.names
-        self._disk = known.disk
-        self._infos = MessageInfo.many(known.wire, uids, known.downgraded)
         self._updateIndex(index, known, learnt, inOrder, stamp)
-        self._keep(index)
+        self._take(known, uids, index)
 
     def _fromIndex(self, stamp: Stamp, index: MaildirIndex, records: Records) -> bool:
         """
@@ -655,13 +652,17 @@ class MaildirMaildrop:
         if joined.count("/") != max(len(names) - 1, 0):
             return False  # a name no file can have
         uids = names if _allUIDs([joined], names) else list(map(uidFor, names))
-        self._bases = names
-        self._disk = records.disk
-        self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
-        self._keep(index)
+        self._take(records, uids, index)
         return True
 
-    def _keep(self, index: MaildirIndex) -> None:
+    def _take(self, records: Records, uids: list[str], index: MaildirIndex) -> None:
+        """
+        Make C{records} (one per message, in message order) the snapshot,
+        and keep C{index}.
+        """
+        self._bases = records.names
+        self._disk = records.disk
+        self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
         # The session keeps its index only to make it forget names; the
         # stamp was for the scan, and its eight large integers took 280
         # octets of every idle session.

@@ -350,6 +350,30 @@ class DataSet:
                 os.link(os.path.join(dirpath, name), os.path.join(target, name))
             dirnames.sort()
 
+    def readMessages(self, users: Sequence[str]) -> float:
+        """
+        Read every message file of C{users} once, so that the server about
+        to be measured finds them in the page cache, as the servers before
+        it did.  Some virtual machines hand clean cache pages back to the
+        host within a minute: on the project's, 100 MB written and synced
+        was 84 % cached after 5 s, 36 % after 20 s and none after 40 s
+        (C{fincore}).  A server that reads every file at a first login
+        would otherwise pay for reading the disk, or not, by how long ago
+        the data was written.  The servers' copies are hard links to these
+        files, so they share their cached pages.
+
+        @return: the seconds it took.
+        """
+        began = time.monotonic()
+        for user in users:
+            for subdir in ("new", "cur"):
+                directory = os.path.join(self.root, user, subdir)
+                for name in os.listdir(directory):
+                    with open(os.path.join(directory, name), "rb", buffering=0) as f:
+                        while f.read(1 << 20):
+                            pass
+        return time.monotonic() - began
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -310,11 +310,14 @@ class Scenario:
         """
         One popload fetch run (a session per user, all at once) with the
         server sampled every C{interval} s; then every session verified.
+        Just before it, the users' message files are read into the page
+        cache (L{DataSet.readMessages}).
 
         @return: popload's result, the sampler, and the verification summed
             over the sessions.
         """
         usersFile = self.usersFile(self.name, users)
+        data.readMessages([user for user, _ in users])
         sampler = Sampler(server, rss)
         sampler.sample()
         process, path, prefix = self.ctx.popload.fetch(

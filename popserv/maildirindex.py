@@ -381,19 +381,17 @@ class MaildirIndex:
     method does file I/O: call it in a thread, holding the Maildir's lock.
 
     @ivar missing: there was no index file.
-    @ivar count: the number of records in the file, superseded ones too.
     @ivar blocks: the number of blocks and stamps in the file.
     @ivar stamp: the stamp that ends the file, or L{None}; a holder done
         comparing it may set it to L{None}, as only comparisons read it.
     """
 
     # Every logged-in session holds one, so its path is made when needed.
-    __slots__ = ("_appendAt", "blocks", "count", "maildir", "missing", "stamp")
+    __slots__ = ("_appendAt", "blocks", "maildir", "missing", "stamp")
 
     def __init__(self, maildir: str) -> None:
         self.maildir = maildir
         self.missing = True
-        self.count = 0
         self.blocks = 0
         self.stamp: Stamp | None = None
         # Where the next block goes: the file's size when it parsed to its
@@ -442,7 +440,6 @@ class MaildirIndex:
             return index, Records.empty()
         index.missing = False
         parsed = parse(data)
-        index.count = len(parsed.records.names)
         index.blocks = parsed.blocks
         index.stamp = parsed.stamp
         if parsed.problem is not None:
@@ -495,7 +492,6 @@ class MaildirIndex:
             return False
         self.missing = False
         self._appendAt = len(content)
-        self.count = len(records.names)
         self.blocks = 1 if stamp is None else 2
         self.stamp = stamp
         return True
@@ -540,7 +536,6 @@ class MaildirIndex:
         finally:
             os.close(fd)
         self._appendAt += len(content)
-        self.count += len(records.names)
         self.blocks += len(items)
         self.stamp = stamp
         return True
@@ -567,7 +562,7 @@ class MaildirIndex:
             return
         self.missing = True
         self._appendAt = None
-        self.count = self.blocks = 0
+        self.blocks = 0
         self.stamp = None
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from suite.data import readMessageFiles
 from suite.procfs import pinned
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
@@ -119,19 +120,6 @@ def removeIndex(path: str) -> None:
             os.unlink(os.path.join(path, name))
 
 
-def readAll(path: str) -> None:
-    """
-    Read every message file, so that a cold login finds them in the page
-    cache.
-    """
-    for subdir in ("new", "cur"):
-        directory = os.path.join(path, subdir)
-        for name in os.listdir(directory):
-            with open(os.path.join(directory, name), "rb") as f:
-                while f.read(1 << 20):
-                    pass
-
-
 Figures = dict[str, list[tuple[float, float]]]
 
 
@@ -169,7 +157,8 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
         store = MaildirStore(os.path.join(root, "{user}"))
         for _ in range(options.repeat):
             removeIndex(maildir)
-            readAll(maildir)
+            # So that a cold login finds the files in the page cache.
+            readMessageFiles(maildir)
             times["cold"].append(await login(store))
             times["warm"].append(await login(store))
             times["warm"].append(await login(store))

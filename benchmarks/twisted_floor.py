@@ -34,7 +34,7 @@ from typing import Any
 # The wire form the load generator checks every message against, and its
 # byte-stuffing: the benchmark's own (this script's directory is first on
 # sys.path), so the floor does not write them again.
-from suite.data import expectedWire, stuff
+from suite.data import expectedWire, messageFiles, stuff
 from twisted.internet import endpoints, protocol, reactor
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -48,18 +48,13 @@ class Maildrop:
     """
 
     def __init__(self, path: str) -> None:
-        names = []
-        for sub in ("new", "cur"):
-            directory = os.path.join(path, sub)
-            if os.path.isdir(directory):
-                names += [os.path.join(sub, n) for n in os.listdir(directory)]
-        names.sort()
+        files = list(messageFiles(path))
         self.retr: list[bytes] = []
         listing = [b"+OK\r\n"]
         uidl = [b"+OK\r\n"]
         total = 0
-        for number, name in enumerate(names, 1):
-            with open(os.path.join(path, name), "rb") as f:
+        for number, (name, filePath) in enumerate(files, 1):
+            with open(filePath, "rb") as f:
                 wire = expectedWire(f.read())
             # RFC 1939 section 11: a message's size is its octets with CRLF
             # line ends, before byte-stuffing (section 3) is applied.
@@ -67,11 +62,11 @@ class Maildrop:
             self.retr.append(b"+OK %d octets\r\n%s.\r\n" % (len(wire), stuff(wire)))
             listing.append(b"%d %d\r\n" % (number, len(wire)))
             # The unique-id: the file's base name (RFC 1939 allows 0x21-0x7E).
-            uid = os.path.basename(name).split(":")[0].encode()
+            uid = name.split(":")[0].encode()
             uidl.append(b"%d %s\r\n" % (number, uid))
         listing.append(b".\r\n")
         uidl.append(b".\r\n")
-        self.stat = b"+OK %d %d\r\n" % (len(names), total)
+        self.stat = b"+OK %d %d\r\n" % (len(files), total)
         self.list = b"".join(listing)
         self.uidl = b"".join(uidl)
 

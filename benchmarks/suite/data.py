@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,6 +233,31 @@ def deliver(maildir: str, message: bytes, seq: int, stamp: int, wireNames: bool)
     return base
 
 
+def messageFiles(maildir: str) -> Iterator[tuple[str, str]]:
+    """
+    (name, path) of every message file of a generated Maildir: new/, then
+    cur/, each in name order.
+    """
+    for subdir in ("new", "cur"):
+        directory = os.path.join(maildir, subdir)
+        for name in sorted(os.listdir(directory)):
+            yield name, os.path.join(directory, name)
+
+
+def readMessageFiles(maildir: str) -> None:
+    """
+    Read every message file of a Maildir once, so that they are in the page
+    cache.
+    """
+    # One buffer for every file: a new 1 MB object per read would be mapped
+    # and unmapped again for each of 100,000 small files.
+    buffer = bytearray(1 << 20)
+    for _, path in messageFiles(maildir):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
 def makeMaildir(root: str, user: str) -> str:
     """
     An empty Maildir for C{user} under C{root}.
@@ -362,16 +387,8 @@ class DataSet:
         the data was written.  The servers' copies are hard links to these
         files, so they share their cached pages.
         """
-        # One buffer for every file: a new 1 MB object per read would be
-        # mapped and unmapped again for each of 100,000 small files.
-        buffer = bytearray(1 << 20)
         for user in users:
-            for subdir in ("new", "cur"):
-                directory = os.path.join(self.root, user, subdir)
-                for name in os.listdir(directory):
-                    with open(os.path.join(directory, name), "rb", buffering=0) as f:
-                        while f.readinto(buffer):
-                            pass
+            readMessageFiles(self.maildir(user))
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -402,12 +419,10 @@ class Expected:
 
     def __init__(self, maildir: str) -> None:
         self.byDigest: dict[bytes, tuple[str, int]] = {}
-        for subdir in ("new", "cur"):
-            directory = os.path.join(maildir, subdir)
-            for name in sorted(os.listdir(directory)):
-                with open(os.path.join(directory, name), "rb") as f:
-                    wire = expectedWire(f.read())
-                self.byDigest[_digest(wire)] = (name, len(wire))
+        for name, path in messageFiles(maildir):
+            with open(path, "rb") as f:
+                wire = expectedWire(f.read())
+            self.byDigest[_digest(wire)] = (name, len(wire))
 
     def __len__(self) -> int:
         return len(self.byDigest)

@@ -48,7 +48,7 @@ import stat
 import string
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, filterfalse, repeat
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
@@ -77,6 +77,7 @@ from popserv.maildirindex import (
     numbers,
     sizeLimit,
 )
+from popserv.prefetch import NOWAIT, readEach
 from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
@@ -114,6 +115,7 @@ _INDEX_PER_DIRECTORY_OCTET = 8
 _log = Logger()
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 def uidFor(base: str) -> str:
@@ -231,6 +233,8 @@ def _knownWireSize(base: str) -> int | None:
     """
     The wire size that the C{,W=} field of a file name gives, if any.
     """
+    if ",W=" not in base:
+        return None  # most names: no regular expression needed
     match = _WIRE_SIZE.search(base)
     return int(match.group(1)) if match else None
 
@@ -254,61 +258,92 @@ def _wholeWireSize(data: bytes | bytearray) -> int:
 
 
 def measure(
-    directory: int, name: str, known: int | None = None, buffer: bytearray | None = None
+    directory: int, name: str, known: int | None = None, nowait: int | None = NOWAIT
 ) -> tuple[int, int, int]:
     """
     Read a message file to learn its wire size, its downgraded wire size
-    and its size on disk.
+    and its size on disk.  (A login reads many at once: L{measureEach}.)
 
     @param directory: a file descriptor of the directory that holds it.
     @param name: its name in that directory.
     @param known: its wire size, from its name; then only the header is
         read.
-    @param buffer: where to read the start of the file, reused from call
-        to call (a new 64 kB object for each of 100,000 small files costs
-        more than reading them).
+    @param nowait: see L{popserv.prefetch.readEach}.
     @raise OSError: it cannot be opened or read, or is not a regular file.
     """
-    if buffer is None:
-        buffer = bytearray(_FIRST_READ)
-    fd = os.open(name, _OPEN_FLAGS, dir_fd=directory)
-    try:
-        length = os.readv(fd, [buffer])
-        if 0 < length < len(buffer):
-            # The whole message, in one read: a regular file gives less
-            # than asked only at its end (and a file that is not, or that
-            # changed, has another size when it is opened to be read).
-            # This is the common case; it needs no fstat.
-            data = buffer[:length]
-            wire = _wholeWireSize(data) if known is None else known
-            delta = 0 if data.isascii() else downgradeDelta(bytes(data))
-            return wire, wire + delta, length
-        # Empty, or large: only now is it worth asking what it is, so that a
-        # FIFO or a device (/dev/zero) is never taken for a message.
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        counter = WireSize() if known is None else None
-        prefix = b""
-        disk = 0
-        chunk = bytes(buffer[:length])
-        while chunk:
-            disk += len(chunk)
-            if prefixNeeded(prefix):
-                prefix += chunk
-            elif counter is None:
-                break
-            if counter is not None:
-                counter.feed(chunk)
-            chunk = os.read(fd, _READ_SIZE)
-        if counter is None:
-            assert known is not None
-            wire, disk = known, info.st_size
-        else:
-            wire = counter.finish()
-        return wire, wire + downgradeDelta(prefix), disk
-    finally:
-        os.close(fd)
+    [(_, sizes)] = measureEach([(known, directory, name)], lambda known: known, nowait)
+    if isinstance(sizes, OSError):
+        raise sizes
+    return sizes
+
+
+def measureEach(
+    files: Iterable[tuple[_K, int, str]],
+    knownSize: Callable[[_K], int | None],
+    nowait: int | None = NOWAIT,
+) -> Iterator[tuple[_K, tuple[int, int, int] | OSError]]:
+    """
+    L{measure} many message files, those in the page cache first
+    (L{popserv.prefetch.readEach}).
+
+    @param files: each file's key, a descriptor of its directory and its
+        name in that directory.
+    @param knownSize: a file's wire size from its name, by its key, or
+        L{None}.
+    @return: each file's key with its sizes, or with the L{OSError} that
+        reading it raised.
+    """
+    # One buffer for all the files: a new 64 kB object for each of 100,000
+    # small files costs more than reading them.
+    buffer = bytearray(_FIRST_READ)
+
+    def sizes(key: _K, fd: int, length: int) -> tuple[int, int, int]:
+        return _measureRead(fd, length, buffer, knownSize(key))
+
+    return readEach(files, buffer, sizes, _OPEN_FLAGS, nowait)
+
+
+def _measureRead(
+    fd: int, length: int, buffer: bytearray, known: int | None
+) -> tuple[int, int, int]:
+    """
+    L{measure} an open file whose first C{length} octets are in C{buffer}:
+    all of it if that is less than the buffer holds, else C{fd} is
+    positioned after them.
+    """
+    if 0 < length < len(buffer):
+        # The whole message, in one read: a regular file gives less than
+        # asked only at its end (L{readEach} makes sure of that; and a file
+        # that is not, or that changed, has another size when it is opened
+        # to be read).  This is the common case; it needs no fstat.
+        data = buffer[:length]
+        wire = _wholeWireSize(data) if known is None else known
+        delta = 0 if data.isascii() else downgradeDelta(bytes(data))
+        return wire, wire + delta, length
+    # Empty, or large: only now is it worth asking what it is, so that a
+    # FIFO or a device (/dev/zero) is never taken for a message.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    counter = WireSize() if known is None else None
+    prefix = b""
+    disk = 0
+    chunk = bytes(buffer[:length])
+    while chunk:
+        disk += len(chunk)
+        if prefixNeeded(prefix):
+            prefix += chunk
+        elif counter is None:
+            break
+        if counter is not None:
+            counter.feed(chunk)
+        chunk = os.read(fd, _READ_SIZE)
+    if counter is None:
+        assert known is not None
+        wire, disk = known, info.st_size
+    else:
+        wire = counter.finish()
+    return wire, wire + downgradeDelta(prefix), disk
 
 
 class _Directories(NamedTuple):
@@ -689,25 +724,24 @@ class MaildirMaildrop:
             return dropped, Records.empty()
         names, wire, downgraded, disk = known
         where = listing.entries({names[i] for i in misses})
-        buffer = bytearray(_FIRST_READ)
         measured = []
-        # In message order: about the order the files were written in.
-        for i in misses:
-            base = names[i]
-            subdir, directory, name = where[base]
-            wireSize = _knownWireSize(base) if ",W=" in base else None
-            try:
-                sizes = measure(directory, name, wireSize, buffer)
-            except FileNotFoundError:
+        # In message order (about the order the files were written in),
+        # except that files not in the page cache come after the others,
+        # read while the disk fetches them.
+        files = ((i, where[names[i]][1], where[names[i]][2]) for i in misses)
+        for i, sizes in measureEach(files, lambda i: _knownWireSize(names[i])):
+            if isinstance(sizes, FileNotFoundError):
                 dropped.add(i)  # removed by another program while we looked
                 continue
-            except OSError as e:
+            if isinstance(sizes, OSError):
+                subdir, _, name = where[names[i]]
                 path = os.path.join(self.path, subdir, name)
+                wireSize = _knownWireSize(names[i])
                 if wireSize is None:
                     # A directory or an unreadable file where a message
                     # should be: leave it out (and so never delete it) rather
                     # than lock the user out of all their other mail.
-                    _log.warn("Skipping {path}: {e}", path=path, e=e)
+                    _log.warn("Skipping {path}: {e}", path=path, e=sizes)
                     dropped.add(i)
                     continue
                 # Listed by its name; RETR will say it cannot be read.
@@ -715,6 +749,7 @@ class MaildirMaildrop:
             else:
                 measured.append(i)
             wire[i], downgraded[i], disk[i] = sizes
+        measured.sort()  # the records learnt, in message order
         return dropped, known.pick(measured)
 
     def _updateIndex(

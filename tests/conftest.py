@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,17 @@ def measured(monkeypatch: Any) -> list[str]:
     from popserv import maildir
 
     names: list[str] = []
-    real = maildir.measure
+    real = maildir.measureEach
 
-    def spy(directory: int, name: str, *args: Any) -> tuple[int, int, int]:
-        names.append(name)
-        return real(directory, name, *args)
+    def spy(files: Iterable[tuple[Any, int, str]], *args: Any) -> Iterator[Any]:
+        def watched() -> Iterator[tuple[Any, int, str]]:
+            for key, directory, name in files:
+                names.append(name)
+                yield key, directory, name
 
-    monkeypatch.setattr(maildir, "measure", spy)
+        return real(watched(), *args)
+
+    monkeypatch.setattr(maildir, "measureEach", spy)
     return names
 
 

@@ -7,6 +7,7 @@ every message.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -424,6 +425,47 @@ def test_emptyMaildirHasNoIndex(tmp_path: Path) -> None:
     assert not (tmp_path / "alice" / INDEX_NAME).exists()
 
 
+@pytest.mark.skipif(maildir.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+def test_uncachedFilesReadLast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A first login reads the files the page cache holds first and the others
+    after them (L{popserv.prefetch}); the listing and the index it writes
+    are in message order all the same, with every size right.
+    """
+    uncached: set[int] = set()
+    real = os.preadv
+    waited = []
+
+    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        if flags and os.fstat(fd).st_ino in uncached:
+            waited.append(os.fstat(fd).st_ino)
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    s = store(tmp_path)
+    messages: dict[str, bytes] = {}
+    # The first login writes the index whole; the second appends to it.
+    for first in (0, 9):
+        delivered = {
+            f"{1700000000 + i}.M{i}.host": b"a\nb\n" * i + UTF8 * (i % 2)
+            for i in range(first, first + 9)
+        }
+        for name, data in delivered.items():
+            deliverToMaildir(tmp_path / "alice", data, name=name)
+        messages.update(delivered)
+        uncached = {
+            (tmp_path / "alice" / "new" / name).stat().st_ino for name in list(delivered)[::3]
+        }
+        waited.clear()
+        assert snapshot(s) == expected(messages)
+        assert sorted(waited) == sorted(uncached)
+        index, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
+        assert records.names == sorted(messages)
+        assert list(records.wire) == [wireSize(messages[n]) for n in sorted(messages)]
+    assert index.blocks == 2
+
+
 def test_indexUpdatedIncrementally(tmp_path: Path, measured: list[str]) -> None:
     """
     Messages delivered since the last login are read, and appended to the
@@ -794,8 +836,15 @@ def assertMeasured(directory: Path, data: bytes) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         wire, downgraded = wireSize(data), wireSize(data, downgrade=True)
-        assert maildir.measure(fd, "m") == (wire, downgraded, len(data))
-        assert maildir.measure(fd, "m", 12345) == (12345, 12345 + downgraded - wire, len(data))
+        # Read as a login reads (without waiting, where the system can) and
+        # in turn.
+        for nowait in {maildir.NOWAIT, None}:
+            assert maildir.measure(fd, "m", nowait=nowait) == (wire, downgraded, len(data))
+            assert maildir.measure(fd, "m", 12345, nowait) == (
+                12345,
+                12345 + downgraded - wire,
+                len(data),
+            )
     finally:
         os.close(fd)
 

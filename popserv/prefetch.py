@@ -1,0 +1,180 @@
+"""
+Reading the start of many files without waiting for the disk file by file.
+
+A first login to a big Maildir reads every message file to size it.  When
+the files are in the page cache that costs a few microseconds each; when
+they are not (after a reboot, or on a host whose cache is smaller than its
+mail) each read waits for the disk in turn.  On the virtual disk of the
+machine popserv is benchmarked on that was 0.11 ms a file: 3.4 s for 30,000
+files of 900 octets, one after another.
+
+Linux can say that a read would wait instead of waiting: C{preadv2} with
+C{RWF_NOWAIT} (Linux 4.14) fails with C{EAGAIN}.  L{readEach} then asks the
+kernel to fetch that file (C{posix_fadvise(POSIX_FADV_WILLNEED)}, which
+returns at once), goes on with the files that are cached, and comes back to
+the ones it asked for later, when the disk has fetched them together: 0.46 s
+for the same 30,000 files.  A cached file costs what it did before (one read
+call), so nothing is lost when everything is in memory.  Where there is no
+C{RWF_NOWAIT} (other systems, or a file system that refuses it), every file
+is read in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+_K = TypeVar("_K")
+_R = TypeVar("_R")
+
+#: What C{preadv} takes to fail rather than wait for the disk, if this
+#: system has it.
+NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
+if not hasattr(os, "posix_fadvise"):
+    NOWAIT = None
+
+#: Files asked of the disk and not yet read, at most: enough to keep a disk
+#: busy, few enough that their pages are still cached when they are read.
+WINDOW = 256
+
+_PAGE = mmap.PAGESIZE
+
+#: Reads a file's start without waiting; C{os.preadv}, or a test's fake.
+Preadv = Callable[[int, list[bytearray], int, int], int]
+
+
+def readEach(
+    files: Iterable[tuple[_K, int, str]],
+    buffer: bytearray,
+    then: Callable[[_K, int, int], _R],
+    flags: int = os.O_RDONLY | os.O_CLOEXEC,
+    nowait: int | None = NOWAIT,
+    preadv: Preadv | None = None,
+    window: int = WINDOW,
+) -> Iterator[tuple[_K, _R | OSError]]:
+    """
+    Open each file, read its start into C{buffer} and call C{then}; yield
+    each file's key with what C{then} returned, or with the L{OSError} that
+    opening, reading or C{then} raised.
+
+    The files come in the order given, except that those whose read would
+    have waited for the disk come later (in order among themselves), at
+    most C{window} files after they would have.
+
+    @param files: each file's key, a descriptor of its directory and its
+        name in that directory.
+    @param buffer: where every first read goes.
+    @param then: called as C{then(key, fd, length)} with C{buffer[:length]}
+        the file's first octets.  If C{length} is less than C{len(buffer)} they
+        are the whole file; otherwise C{fd} is positioned after them.  The
+        descriptor is closed when C{then} returns.
+    @param flags: how to open each file.
+    @param nowait: the C{preadv} flag for a read that must not wait, or
+        L{None} to read each file in turn.
+    @param preadv: reads without waiting; C{os.preadv} if L{None}.
+    @param window: files asked of the disk and not yet read, at most.
+    """
+    read: Preadv = preadv or getattr(os, "preadv", None) or _unsupported
+    later: deque[tuple[_K, int, str]] = deque()
+    for key, directory, name in files:
+        if nowait is None:
+            yield key, _readNow(key, directory, name, buffer, then, flags)
+            continue
+        try:
+            fd = os.open(name, flags, dir_fd=directory)
+        except OSError as e:
+            yield key, e
+            continue
+        try:
+            length = read(fd, [buffer], 0, nowait)
+        except BlockingIOError:
+            # Not (all) in the page cache: have the disk fetch what the
+            # first read wants while we read the others, and read it then.
+            # (Linux 5 and later start that much already when they say
+            # EAGAIN; older ones may not.)  Only advice: if it fails, the
+            # read later waits for the disk.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, len(buffer), os.POSIX_FADV_WILLNEED)
+            os.close(fd)
+            later.append((key, directory, name))
+            if len(later) >= window:
+                for _ in range(max(1, window // 2)):
+                    key, directory, name = later.popleft()
+                    yield key, _readNow(key, directory, name, buffer, then, flags)
+            continue
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.EOPNOTSUPP:
+                nowait = None  # a file system without it: read in turn
+            # Else a file that cannot be read this way (a FIFO, a
+            # directory): the plain read gives its own answer.
+            yield key, _readNow(key, directory, name, buffer, then, flags)
+            continue
+        yield key, _finish(key, fd, length, buffer, then)
+    while later:
+        key, directory, name = later.popleft()
+        yield key, _readNow(key, directory, name, buffer, then, flags)
+
+
+def _unsupported(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+    raise OSError(errno.EOPNOTSUPP, "no preadv")
+
+
+def _finish(
+    key: _K, fd: int, length: int, buffer: bytearray, then: Callable[[_K, int, int], _R]
+) -> _R | OSError:
+    """
+    Complete a read that did not wait (and so did not move the file's
+    offset), call C{then} and close C{fd}.
+    """
+    try:
+        if length == len(buffer):
+            os.lseek(fd, length, os.SEEK_SET)
+        elif length % _PAGE == 0:
+            # A read that must not wait stops at the first page that is not
+            # cached; one that ends inside a page ended at the end of the
+            # file.  This one may have stopped short: read on, waiting.
+            view = memoryview(buffer)
+            try:
+                while length < len(buffer):
+                    more = os.preadv(fd, [view[length:]], length)
+                    if not more:
+                        break
+                    length += more
+            finally:
+                view.release()
+            if length == len(buffer):
+                os.lseek(fd, length, os.SEEK_SET)
+        return then(key, fd, length)
+    except OSError as e:
+        return e
+    finally:
+        os.close(fd)
+
+
+def _readNow(
+    key: _K,
+    directory: int,
+    name: str,
+    buffer: bytearray,
+    then: Callable[[_K, int, int], _R],
+    flags: int,
+) -> _R | OSError:
+    """
+    Open, read (waiting if need be), call C{then} and close.
+    """
+    try:
+        fd = os.open(name, flags, dir_fd=directory)
+    except OSError as e:
+        return e
+    try:
+        return then(key, fd, os.readv(fd, [buffer]))
+    except OSError as e:
+        return e
+    finally:
+        os.close(fd)

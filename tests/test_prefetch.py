@@ -1,0 +1,319 @@
+"""
+Tests for L{popserv.prefetch}: reading the start of many files, those the
+page cache holds first.
+
+Whether a file is in the page cache is the kernel's business, so most tests
+give L{readEach} a C{preadv} that behaves as the kernel does for a file that
+is not (C{EAGAIN}, or a read cut short at a page boundary); one test asks
+the real kernel, where the file system lets a file be dropped from the
+cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from popserv import prefetch
+from popserv.prefetch import readEach
+
+PAGE = mmap.PAGESIZE
+BUFFER = 4 * PAGE
+
+#: Contents that test each way a first read can end: nothing, inside a
+#: page, on a page boundary, exactly the buffer, and beyond it.
+CONTENTS = {
+    "empty": b"",
+    "small": b"Subject: hi\n\nhello\n",
+    "page": b"p" * PAGE,
+    "pages": b"q" * (2 * PAGE),
+    "pages+": b"r" * (2 * PAGE + 10),
+    "buffer": b"s" * BUFFER,
+    "large": bytes(range(256)) * (BUFFER // 64),
+}
+
+NOWAIT = os.RWF_NOWAIT if hasattr(os, "RWF_NOWAIT") else 8
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[int, list[str]]]:
+    """
+    A directory of the files in L{CONTENTS}: its descriptor and their names.
+    """
+    for name, data in CONTENTS.items():
+        (tmp_path / name).write_bytes(data)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd, list(CONTENTS)
+    finally:
+        os.close(fd)
+
+
+def whole(buffer: bytearray) -> Any:
+    """
+    A C{then} that returns the whole file: what is in the buffer and, when
+    the buffer is full, the rest read from where the descriptor is.
+    """
+
+    def then(key: str, fd: int, length: int) -> bytes:
+        data = bytes(buffer[:length])
+        if length == len(buffer):
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
+        return data
+
+    return then
+
+
+def run(directory: int, names: list[str], **kwargs: Any) -> list[tuple[str, Any]]:
+    buffer = bytearray(BUFFER)
+    return list(readEach(((n, directory, n) for n in names), buffer, whole(buffer), **kwargs))
+
+
+def inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+class FakeKernel:
+    """
+    A C{preadv} for files some of which are not in the page cache: their
+    reads fail with C{EAGAIN}, or stop at the end of the first C{cutAt}
+    pages, as Linux's do with C{RWF_NOWAIT}.  Every call is recorded.
+    """
+
+    def __init__(self, directory: int, uncached: set[str] = frozenset(), cutAt: int = 0) -> None:
+        self.uncached = {os.stat(n, dir_fd=directory).st_ino for n in uncached}
+        self.cutAt = cutAt
+        self.calls: list[int] = []
+
+    def __call__(self, fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        assert flags == NOWAIT and offset == 0
+        self.calls.append(inode(fd))
+        if inode(fd) in self.uncached:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        length = os.preadv(fd, buffers, offset)
+        if self.cutAt:
+            length = min(length, self.cutAt * PAGE)
+        return length
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_wholeFiles(files: tuple[int, list[str]], nowait: int | None) -> None:
+    """
+    Each file's key comes with what C{then} made of it, read from the start
+    of the buffer and, past it, from where the descriptor is: the file, for
+    every way a first read can end, and when reads cannot wait or can.
+    """
+    directory, names = files
+    fake = FakeKernel(directory)
+    assert run(directory, names, nowait=nowait, preadv=fake) == list(CONTENTS.items())
+    assert len(fake.calls) == (len(names) if nowait else 0)
+
+
+@pytest.mark.parametrize("pages", [1, 2])
+def test_cutShort(files: tuple[int, list[str]], pages: int) -> None:
+    """
+    A read that did not wait may stop at a page boundary, when the next page
+    is not cached: the rest is then read, waiting.  (One that stops inside
+    a page reached the end of the file.)
+    """
+    directory, names = files
+    fake = FakeKernel(directory, cutAt=pages)
+    assert run(directory, names, nowait=NOWAIT, preadv=fake) == list(CONTENTS.items())
+
+
+def test_nothingRead(files: tuple[int, list[str]]) -> None:
+    """
+    A read that did not wait and gave nothing is not taken for the end of
+    the file: the file is read, waiting.
+    """
+    directory, names = files
+
+    def nothing(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        return 0
+
+    assert run(directory, names, nowait=NOWAIT, preadv=nothing) == list(CONTENTS.items())
+
+
+def test_uncachedComeLater(files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A file whose read would wait is asked of the disk and read after the
+    files that are cached, in order among themselves, at most C{window}
+    files late: when that many are waiting, the older half is read.
+    """
+    directory, _ = files
+    names = [f"f{i}" for i in range(10)]
+    for i, name in enumerate(names):
+        os.write(fd := os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory), b"%d" % i)
+        os.close(fd)
+    advised: list[int] = []
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert (offset, length, advice) == (0, BUFFER, os.POSIX_FADV_WILLNEED)
+        advised.append(inode(fd))
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    fake = FakeKernel(directory, uncached=set(names[::2]))
+    got = run(directory, names, nowait=NOWAIT, preadv=fake, window=4)
+    order = [1, 3, 5, 0, 2, 7, 9, 4, 6, 8]
+    assert got == [(f"f{i}", b"%d" % i) for i in order]
+    assert advised == [os.stat(n, dir_fd=directory).st_ino for n in names[::2]]
+
+
+def test_noNowaitOnThisFileSystem(files: tuple[int, list[str]]) -> None:
+    """
+    A file system that refuses C{RWF_NOWAIT} (C{EOPNOTSUPP}) is asked once;
+    every file is then read in turn.
+    """
+    directory, names = files
+    calls = []
+
+    def refuse(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        calls.append(fd)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    assert run(directory, names, nowait=NOWAIT, preadv=refuse) == list(CONTENTS.items())
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_errors(files: tuple[int, list[str]], nowait: int | None) -> None:
+    """
+    A file that cannot be opened or read, or that C{then} refuses, comes
+    with its L{OSError}, and the others are read.  A FIFO cannot be read at
+    an offset: it is read in turn, and its answer is what C{then} makes of
+    that (here: nothing, as nothing writes to it).
+    """
+    directory, _ = files
+    os.mkfifo("fifo", dir_fd=directory)
+    os.mkdir("dir", dir_fd=directory)
+    buffer = bytearray(BUFFER)
+
+    def then(key: str, fd: int, length: int) -> bytes:
+        if key == "small":
+            raise OSError(errno.EINVAL, "refused")
+        return bytes(buffer[:length])
+
+    names = ["missing", "small", "fifo", "dir", "page"]
+    got = dict(
+        readEach(
+            ((n, directory, n) for n in names),
+            buffer,
+            then,
+            os.O_RDONLY | os.O_NONBLOCK,
+            nowait,
+            FakeKernel(directory) if nowait else None,
+        )
+    )
+    assert list(got) == names
+    assert isinstance(got["missing"], FileNotFoundError)
+    assert isinstance(got["small"], OSError) and got["small"].errno == errno.EINVAL
+    assert got["fifo"] == b""
+    assert isinstance(got["dir"], OSError) and got["dir"].errno == errno.EISDIR
+    assert got["page"] == CONTENTS["page"]
+
+
+def openDescriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_noDescriptorLeft(files: tuple[int, list[str]]) -> None:
+    """
+    No descriptor stays open: not for files waiting to be read, not when
+    the caller stops early, not when C{then} raises something else.
+    """
+    directory, names = files
+    before = openDescriptors()
+    buffer = bytearray(BUFFER)
+    fake = FakeKernel(directory, uncached=set(names[::2]))
+    reads = readEach(
+        ((n, directory, n) for n in names), buffer, whole(buffer), nowait=NOWAIT, preadv=fake
+    )
+    next(reads)
+    assert openDescriptors() == before
+    reads.close()
+
+    def broken(key: str, fd: int, length: int) -> None:
+        raise ZeroDivisionError()
+
+    with pytest.raises(ZeroDivisionError):
+        list(readEach(((n, directory, n) for n in names), buffer, broken, nowait=NOWAIT))
+    with pytest.raises(ZeroDivisionError):
+        list(readEach(((n, directory, n) for n in names), buffer, broken, nowait=None))
+    assert openDescriptors() == before
+
+
+def uncache(path: Path) -> None:
+    """
+    Drop C{path} from the page cache.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def readWouldWait(path: Path) -> bool:
+    """
+    Whether the kernel says that a read of C{path} would wait for the disk.
+    (Saying so starts the read: C{path} is then on its way to the cache.)
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, prefetch.NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+def test_realPageCache(
+    files: tuple[int, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    With the real kernel: a file dropped from the page cache is asked of
+    the disk and read after the others, whole.
+    """
+    directory, names = files
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x" * 100)
+    uncache(probe)
+    if not readWouldWait(probe):
+        pytest.skip("this file system keeps files cached (tmpfs) or refuses RWF_NOWAIT")
+    advised: list[int] = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append(inode(fd))
+        real(fd, offset, length, advice)
+
+    # The kernel may keep a page it was just asked to drop (one still held
+    # by the write-back of the file): try a few times.
+    for _ in range(10):
+        uncache(tmp_path / "pages+")
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "posix_fadvise", fadvise)
+            got = run(directory, names)
+        assert sorted(got) == sorted(CONTENTS.items())
+        if advised:
+            break
+    else:
+        pytest.skip("the kernel kept the file in the page cache")
+    assert advised == [os.stat(tmp_path / "pages+").st_ino]
+    assert got == [(n, d) for n, d in CONTENTS.items() if n != "pages+"] + [
+        ("pages+", CONTENTS["pages+"])
+    ]

@@ -21,13 +21,16 @@ Each figure is given as wall time and as CPU time of this process: on a
 shared machine the wall time includes waiting for the CPU.  Before each
 cold login every message file is read once, so that "cold" means "no
 index", not "not in the page cache" (some virtual machines reclaim page
-cache within minutes).
+cache within minutes); with C{--uncached} they are dropped from the page
+cache instead, as after a reboot, and a cold login reads them from the
+disk.
 
 To compare with another version of popserv, put it first on the path:
 C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_index.py}.
 
     .venv/bin/python benchmarks/bench_index.py
     .venv/bin/python benchmarks/bench_index.py --count 20000 --repeat 5
+    .venv/bin/python benchmarks/bench_index.py --count 30000 --uncached
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from suite.data import readMessageFiles
+from suite.data import evictMessageFiles, readMessageFiles
 from suite.procfs import pinned
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
@@ -157,8 +160,11 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
         store = MaildirStore(os.path.join(root, "{user}"))
         for _ in range(options.repeat):
             removeIndex(maildir)
-            # So that a cold login finds the files in the page cache.
-            readMessageFiles(maildir)
+            if options.uncached:
+                evictMessageFiles(maildir)
+            else:
+                # So that a cold login finds the files in the page cache.
+                readMessageFiles(maildir)
             times["cold"].append(await login(store))
             times["warm"].append(await login(store))
             times["warm"].append(await login(store))
@@ -186,6 +192,12 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     add("--cur-share", type=float, default=0.5, help="share of messages in cur/ (0.5)")
     add("--utf8-every", type=int, default=20, help="every K-th has a UTF-8 Subject (20; 0: none)")
     add("--deliver", type=int, default=100, help="messages delivered before warm+new (100)")
+    add(
+        "--uncached",
+        action="store_true",
+        help="before each cold login, drop the message files from the page cache"
+        " instead of reading them into it",
+    )
     add("--repeat", type=int, default=3, help="runs of each measurement (3)")
     add("--cpu", type=int, default=0, help="CPU to pin to (0)")
     add("--no-pin", dest="pin", action="store_false", help="do not pin to a CPU")

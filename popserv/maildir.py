@@ -28,6 +28,8 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
    processes and within one, never waited for, and released by the kernel
    when its holder dies, so a crash cannot lock a user out.
  - All file-system work runs in a thread pool, never on the reactor thread.
+ - A first login reads the files the page cache holds before the others,
+   which the disk fetches meanwhile (L{popserv.prefetch}).
 
 A login lists and sizes up to 100,000 messages, so the code that does it
 works on whole lists with C-level operations (C{map}, C{zip}, C{sorted},

@@ -115,6 +115,9 @@ def readEach(
             # directory): the plain read gives its own answer.
             yield key, _readNow(key, directory, name, buffer, then, flags)
             continue
+        except BaseException:
+            os.close(fd)
+            raise
         yield key, _finish(key, fd, length, buffer, then)
     while later:
         key, directory, name = later.popleft()

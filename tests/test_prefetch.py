@@ -247,6 +247,12 @@ def test_noDescriptorLeft(files: tuple[int, list[str]]) -> None:
         list(readEach(((n, directory, n) for n in names), buffer, broken, nowait=NOWAIT))
     with pytest.raises(ZeroDivisionError):
         list(readEach(((n, directory, n) for n in names), buffer, broken, nowait=None))
+
+    def interrupted(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        raise KeyboardInterrupt()
+
+    with pytest.raises(KeyboardInterrupt):
+        list(readEach(((n, directory, n) for n in names), buffer, broken, preadv=interrupted))
     assert openDescriptors() == before
 
 

@@ -259,41 +259,24 @@ def _wholeWireSize(data: bytes | bytearray) -> int:
     return size
 
 
-def measure(
-    directory: int, name: str, known: int | None = None, nowait: int | None = NOWAIT
-) -> tuple[int, int, int]:
-    """
-    Read a message file to learn its wire size, its downgraded wire size
-    and its size on disk.  (A login reads many at once: L{measureEach}.)
-
-    @param directory: a file descriptor of the directory that holds it.
-    @param name: its name in that directory.
-    @param known: its wire size, from its name; then only the header is
-        read.
-    @param nowait: see L{popserv.prefetch.readEach}.
-    @raise OSError: it cannot be opened or read, or is not a regular file.
-    """
-    [(_, sizes)] = measureEach([(known, directory, name)], lambda known: known, nowait)
-    if isinstance(sizes, OSError):
-        raise sizes
-    return sizes
-
-
 def measureEach(
     files: Iterable[tuple[_K, int, str]],
     knownSize: Callable[[_K], int | None],
     nowait: int | None = NOWAIT,
 ) -> Iterator[tuple[_K, tuple[int, int, int] | OSError]]:
     """
-    L{measure} many message files, those in the page cache first
+    Read message files to learn each one's wire size, its downgraded wire
+    size and its size on disk; those in the page cache first
     (L{popserv.prefetch.readEach}).
 
     @param files: each file's key, a descriptor of its directory and its
         name in that directory.
     @param knownSize: a file's wire size from its name, by its key, or
         L{None}.
-    @return: each file's key with its sizes, or with the L{OSError} that
-        reading it raised.
+    @param nowait: see L{popserv.prefetch.readEach}.
+    @return: each file's key with its sizes (wire, downgraded, on disk),
+        or with the L{OSError} that reading it raised: it cannot be opened
+        or read, or is not a regular file.
     """
     # One buffer for all the files: a new 64 kB object for each of 100,000
     # small files costs more than reading them.
@@ -309,7 +292,7 @@ def _measureRead(
     fd: int, length: int, buffer: bytearray, known: int | None
 ) -> tuple[int, int, int]:
     """
-    L{measure} an open file whose first C{length} octets are in C{buffer}:
+    The sizes of an open file whose first C{length} octets are in C{buffer}:
     all of it if that is less than the buffer holds, else C{fd} is
     positioned after them.
     """

@@ -822,13 +822,22 @@ MESSAGE_PARTS = [
 @given(st.lists(st.sampled_from(MESSAGE_PARTS), max_size=40), st.integers(0, 3))
 def test_measureAgreesWithEncoder(tmp_path_factory: Any, parts: list[bytes], repeat: int) -> None:
     """
-    The sizes measure() reads from a file are the encoder's, octet for
+    The sizes measureEach() reads from a file are the encoder's, octet for
     octet, for small files (read at once) and large ones (read in chunks)
     alike; with a wire size known from the name, the downgraded size is
     that plus what the header adds.
     """
     data = b"".join(parts) * (1 + repeat * 40_000 // max(len(b"".join(parts)), 1))
     assertMeasured(tmp_path_factory.mktemp("m"), data)
+
+
+def measure(directory: int, known: int | None, nowait: int | None) -> tuple[int, int, int]:
+    """
+    What maildir.measureEach tells of the file "m" in C{directory}.
+    """
+    [(_, sizes)] = maildir.measureEach([(known, directory, "m")], lambda known: known, nowait)
+    assert not isinstance(sizes, OSError)
+    return sizes
 
 
 def assertMeasured(directory: Path, data: bytes) -> None:
@@ -839,12 +848,8 @@ def assertMeasured(directory: Path, data: bytes) -> None:
         # Read as a login reads (without waiting, where the system can) and
         # in turn.
         for nowait in {maildir.NOWAIT, None}:
-            assert maildir.measure(fd, "m", nowait=nowait) == (wire, downgraded, len(data))
-            assert maildir.measure(fd, "m", 12345, nowait) == (
-                12345,
-                12345 + downgraded - wire,
-                len(data),
-            )
+            assert measure(fd, None, nowait) == (wire, downgraded, len(data))
+            assert measure(fd, 12345, nowait) == (12345, 12345 + downgraded - wire, len(data))
     finally:
         os.close(fd)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ class FakeKernel:
     pages, as Linux's do with C{RWF_NOWAIT}.  Every call is recorded.
     """
 
-    def __init__(self, directory: int, uncached: set[str] = frozenset(), cutAt: int = 0) -> None:
+    def __init__(self, directory: int, uncached: Iterable[str] = (), cutAt: int = 0) -> None:
         self.uncached = {os.stat(n, dir_fd=directory).st_ino for n in uncached}
         self.cutAt = cutAt
         self.calls: list[int] = []

@@ -330,19 +330,21 @@ def test_lockAcrossProcesses(tmp_path: Path) -> None:
     process dies its lock goes with it (no stale locks).
     """
     (tmp_path / "alice").mkdir()
-    child = subprocess.Popen(
+    # The with block closes the pipes too: a test must not leave them to
+    # the garbage collector.
+    with subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(tmp_path / "alice" / "popserv.lock")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"locked\n"
-        with pytest.raises(MaildropInUse):
-            result(store(tmp_path).openMaildrop("alice"))
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"locked\n"
+            with pytest.raises(MaildropInUse):
+                result(store(tmp_path).openMaildrop("alice"))
+        finally:
+            child.kill()
+            child.wait(timeout=10)
     result(store(tmp_path).openMaildrop("alice")).close()
 
 

@@ -571,18 +571,18 @@ def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
     for attempt in range(36):
         if attempt >= 12 and stampedRounds:
             break
-        child = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-c", WRITER, str(tmp_path)],
             stdout=subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
-        )
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline() == b"ready\n"
-            time.sleep(rng.uniform(0, 0.05))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=30)
+        ) as child:
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline() == b"ready\n"
+                time.sleep(rng.uniform(0, 0.05))
+            finally:
+                child.send_signal(signal.SIGKILL)
+                child.wait(timeout=30)
         with capturedLogs():
             index, found = load(tmp_path, limit=1 << 26)
         assert found.names

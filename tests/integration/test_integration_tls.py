@@ -228,14 +228,18 @@ def test_externalUntrustedCertificate(external_server, ca, tmp_path):
     (tmp_path / "other").mkdir()
     other = CertificateAuthority(tmp_path / "other", name="another CA")
     mallory = other.issue("mallory", ["alice@example.org"], filename="mallory")
-    with pytest.raises((ssl.SSLError, ConnectionError, poplib.error_proto, OSError)):
-        client = poplib.POP3_SSL(
-            HOST, external_server.tlsPort, context=context(ca, mallory), timeout=10
-        )
+    # Not poplib: when the greeting cannot be read, POP3_SSL raises from its
+    # constructor and leaves its socket open.  Under TLS 1.3 the client's
+    # side of the handshake ends before the server has checked the
+    # certificate, so the refusal comes as an alert (or a reset, or the end
+    # of the stream) where the greeting would be.
+    with socket.create_connection((HOST, external_server.tlsPort), timeout=10) as raw:
         try:
-            client.capa()
-        finally:
-            client.close()
+            with context(ca, mallory).wrap_socket(raw, server_hostname=HOST) as tls:
+                greeting = tls.recv(100)
+        except (ssl.SSLError, ConnectionError):
+            greeting = b""
+    assert greeting == b""
 
 
 @pytest.mark.parametrize(

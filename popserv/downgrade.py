@@ -49,13 +49,13 @@ def _capacity(used: int) -> int:
 MAX_HEADER = 256 * 1024
 
 
-def _encodedWords(text: str, used: int) -> bytes:
+def _words(data: bytes, used: int) -> list[bytes]:
     """
-    C{text} as RFC 2047 "B" encoded-words, folded so that every line stays
-    within 76 characters; the first line already has C{used} characters.
-    Words end only between whole characters.
+    The UTF-8 octets C{data}, cut into what each RFC 2047 encoded-word of
+    L{_encodedWords} carries; the first line already has C{used}
+    characters.  An empty first word means the text starts on the next
+    line.  Words end only between whole characters.
     """
-    data = text.encode("utf-8")
     words: list[bytes] = []
     capacity = _capacity(used)
     if capacity < 4:  # no room for a character after a long field name
@@ -71,28 +71,85 @@ def _encodedWords(text: str, used: int) -> bytes:
         words.append(data[start:end])
         start = end
         capacity = _capacity(1)  # continuation lines start with a space
-    encoded = [b"=?UTF-8?B?" + base64.b64encode(w) + b"?=" if w else b"" for w in words]
+    return words
+
+
+def _encodedWords(data: bytes, used: int) -> bytes:
+    """
+    The UTF-8 octets C{data} as RFC 2047 "B" encoded-words, folded so that
+    every line stays within 76 characters; the first line already has
+    C{used} characters.
+    """
+    encoded = [
+        b"=?UTF-8?B?" + base64.b64encode(w) + b"?=" if w else b"" for w in _words(data, used)
+    ]
     return b"\r\n ".join(encoded)
+
+
+def _encodedLength(data: bytes, used: int) -> int:
+    """
+    C{len(_encodedWords(data, used))}, without encoding.
+    """
+    # Base64 makes four characters of every three octets or fewer.
+    if 4 <= len(data) <= _capacity(used):
+        return (len(data) + 2) // 3 * 4 + _WORD_OVERHEAD  # most fields: one word
+    words = _words(data, used)
+    # Lines are joined by CRLF and a space.
+    return sum([(len(w) + 2) // 3 * 4 + _WORD_OVERHEAD for w in words if w]) + 3 * max(
+        len(words) - 1, 0
+    )
+
+
+def _fieldText(field: bytes) -> tuple[bytes, bytes] | None:
+    """
+    The name and the unfolded UTF-8 body of one header field that is to be
+    downgraded; L{None} if it is sent as it is (ASCII, no colon, or 8-bit
+    but not UTF-8).
+    """
+    if field.isascii():
+        return None
+    name, colon, body = field.partition(b":")
+    if not colon:
+        return None
+    unfolded = body.replace(b"\r\n", b"").strip(b" \t\r\n")
+    try:
+        unfolded.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
+    return name, unfolded
+
+
+#: What an address field's encoded display name is followed by: it becomes
+#: an empty group.
+_GROUP_END = b" :;"
 
 
 def _downgradeField(field: bytes) -> bytes:
     """
     One header field, folded lines included, with its final CRLF.
     """
-    if field.isascii():
+    parts = _fieldText(field)
+    if parts is None:
         return field
-    name, colon, body = field.partition(b":")
-    if not colon:
-        return field
-    unfolded = body.replace(b"\r\n", b"").strip(b" \t\r\n")
-    try:
-        text = unfolded.decode("utf-8")
-    except UnicodeDecodeError:
-        return field  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
+    name, text = parts
     encoded = _encodedWords(text, len(name) + 2)
     if name.strip().lower() in ADDRESS_FIELDS:
-        encoded += b" :;"
+        encoded += _GROUP_END
     return name + b": " + encoded + b"\r\n"
+
+
+def _fieldGrowth(field: bytes) -> int:
+    """
+    C{len(_downgradeField(field)) - len(field)}, without encoding.
+    """
+    parts = _fieldText(field)
+    if parts is None:
+        return 0
+    name, text = parts
+    length = len(name) + 2 + _encodedLength(text, len(name) + 2) + 2
+    if name.strip().lower() in ADDRESS_FIELDS:
+        length += len(_GROUP_END)
+    return length - len(field)
 
 
 def downgradeHeader(header: bytes) -> bytes:
@@ -115,6 +172,46 @@ def downgradeHeader(header: bytes) -> bytes:
         out.append(_downgradeField(field))
     tail = b"" if header.endswith(b"\r\n") else header.rsplit(b"\r\n", 1)[-1]
     return b"".join(out) + tail
+
+
+#: Maps every octet that is not ASCII to 0x80, every ASCII one to itself:
+#: then C{find} (a memchr) says where the next one is, several times faster
+#: than a regular expression.
+_MARK_8BIT = bytes(range(0x80)) + b"\x80" * 0x80
+
+
+def downgradeGrowth(header: bytes) -> int:
+    """
+    C{len(downgradeHeader(header)) - len(header)}, without building the
+    downgraded header: what a login adds up for every message it sizes.
+
+    Only a field with a non-ASCII octet can change, and most fields are
+    ASCII: each non-ASCII octet is found in C, and only the field around
+    it is looked at.  The fields are those L{downgradeHeader} makes: a
+    field starts at the first line and at every line that does not start
+    with a space or a tab, and ends with the CRLF before the next one; an
+    unterminated last line belongs to no field and is sent as it is.
+    """
+    growth = 0
+    marked = header.translate(_MARK_8BIT)
+    at = marked.find(b"\x80")
+    while at >= 0:
+        end = header.find(b"\r\n", at)
+        if end < 0:
+            break  # in the unterminated last line
+        while header[end + 2 : end + 3] in (b" ", b"\t"):
+            following = header.find(b"\r\n", end + 2)
+            if following < 0:
+                break
+            end = following
+        start = header.rfind(b"\r\n", 0, at) + 2
+        while start > 1 and header[start : start + 1] in (b" ", b"\t"):
+            start = header.rfind(b"\r\n", 0, start - 2) + 2
+        if start == 1:
+            start = 0  # no CRLF before: the first line
+        growth += _fieldGrowth(header[start : end + 2])
+        at = marked.find(b"\x80", end + 2)
+    return growth
 
 
 class HeaderDowngrade:
@@ -187,7 +284,10 @@ def headerEnd(data: bytes) -> int:
         (b"\n\r\n", b"\n\n") if data[first - 1 : first] == b"\r" else (b"\n\n", b"\n\r\n")
     )
     end = data.find(likely)
-    earlier = data.find(other, 0, len(data) if end < 0 else end + len(other))
+    limit = len(data) if end < 0 else end + len(other)
+    if other == b"\n\r\n" and data.find(b"\r", 0, limit) < 0:
+        return end  # no CR at all before it: one memchr, not a search
+    earlier = data.find(other, 0, limit)
     return end if earlier < 0 or 0 <= end < earlier else earlier
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader, headerEnd
+from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeGrowth, headerEnd
 
 CR = b"\r"
 LF = b"\n"
@@ -292,4 +292,4 @@ def downgradeDelta(prefix: bytes) -> int:
     header = header.replace(CRLF, LF).replace(LF, CRLF)
     if len(header) > MAX_HEADER:
         return 0  # sent as it is
-    return len(downgradeHeader(header)) - len(header)
+    return downgradeGrowth(header)

@@ -15,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_helpers import Session, SizesUnknownStore
 
-from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeHeader, headerEnd
+from popserv.downgrade import (
+    MAX_HEADER,
+    HeaderDowngrade,
+    _encodedLength,
+    _encodedWords,
+    downgradeGrowth,
+    downgradeHeader,
+    headerEnd,
+)
 from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
 from popserv.memorystore import MemoryStore
 
@@ -214,3 +222,51 @@ def test_headerEnd(parts: list[bytes]) -> None:
     data = b"".join(parts)
     found = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
     assert headerEnd(data) == (min(found) if found else -1)
+
+
+#: Pieces of header sections, for sizing without encoding: field names
+#: short and long (too long for a character on the first line), address
+#: fields in any case, folding, bare CRs, text of 1- to 4-octet characters
+#: long enough to need several encoded-words, and 8-bit that is not UTF-8.
+headerPieces = st.sampled_from(
+    [
+        b"Subject:",
+        b"FROM:",
+        b"resent-cc :",
+        b"X-" + b"n" * 70 + b":",
+        b"a",
+        b" ",
+        b"\t",
+        b":",
+        b"\r\n",
+        b"\r",
+        b"\xc3\xa4",
+        b"\xe2\x82\xac" * 9,
+        b"\xf0\x9f\x98\x80",
+        b"\xff",
+        b"x" * 40,
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(headerPieces, max_size=24))
+def test_growthWithoutEncoding(pieces: list[bytes]) -> None:
+    """
+    downgradeGrowth, which looks only at the fields around non-ASCII octets
+    and encodes nothing, is what downgrading the whole header adds: for
+    fields folded or not, a first line that starts with a space, an
+    unterminated last line, and fields that stay as they are.
+    """
+    header = b"".join(pieces)
+    assert downgradeGrowth(header) == len(downgradeHeader(header)) - len(header)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=80), st.integers(0, 90))
+def test_encodedLength(text: str, used: int) -> None:
+    """
+    The length of the encoded-words, computed, is that of the words made.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    assert _encodedLength(data, used) == len(_encodedWords(data, used))

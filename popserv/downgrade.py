@@ -100,9 +100,15 @@ def _encodedLength(data: bytes, used: int) -> int:
     )
 
 
-def _fieldText(field: bytes) -> tuple[bytes, bytes] | None:
+#: What an address field's encoded display name is followed by: it becomes
+#: an empty group.
+_GROUP_END = b" :;"
+
+
+def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
     """
-    The name and the unfolded UTF-8 body of one header field that is to be
+    The name, the unfolded UTF-8 body and what follows the encoded body
+    (L{_GROUP_END} for an address field) of one header field that is to be
     downgraded; L{None} if it is sent as it is (ASCII, no colon, or 8-bit
     but not UTF-8).
     """
@@ -116,12 +122,7 @@ def _fieldText(field: bytes) -> tuple[bytes, bytes] | None:
         unfolded.decode("utf-8")
     except UnicodeDecodeError:
         return None  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
-    return name, unfolded
-
-
-#: What an address field's encoded display name is followed by: it becomes
-#: an empty group.
-_GROUP_END = b" :;"
+    return name, unfolded, _GROUP_END if name.strip().lower() in ADDRESS_FIELDS else b""
 
 
 def _downgradeField(field: bytes) -> bytes:
@@ -131,11 +132,8 @@ def _downgradeField(field: bytes) -> bytes:
     parts = _fieldText(field)
     if parts is None:
         return field
-    name, text = parts
-    encoded = _encodedWords(text, len(name) + 2)
-    if name.strip().lower() in ADDRESS_FIELDS:
-        encoded += _GROUP_END
-    return name + b": " + encoded + b"\r\n"
+    name, text, end = parts
+    return name + b": " + _encodedWords(text, len(name) + 2) + end + b"\r\n"
 
 
 def _fieldGrowth(field: bytes) -> int:
@@ -145,10 +143,8 @@ def _fieldGrowth(field: bytes) -> int:
     parts = _fieldText(field)
     if parts is None:
         return 0
-    name, text = parts
-    length = len(name) + 2 + _encodedLength(text, len(name) + 2) + 2
-    if name.strip().lower() in ADDRESS_FIELDS:
-        length += len(_GROUP_END)
+    name, text, end = parts
+    length = len(name) + 2 + _encodedLength(text, len(name) + 2) + len(end) + 2
     return length - len(field)
 
 
@@ -180,6 +176,15 @@ def downgradeHeader(header: bytes) -> bytes:
 _MARK_8BIT = bytes(range(0x80)) + b"\x80" * 0x80
 
 
+def _lineStart(header: bytes, at: int) -> int:
+    """
+    Where the line that holds C{header[at]} starts: after the CRLF before
+    it, or at 0.
+    """
+    found = header.rfind(b"\r\n", 0, at)
+    return 0 if found < 0 else found + 2
+
+
 def downgradeGrowth(header: bytes) -> int:
     """
     C{len(downgradeHeader(header)) - len(header)}, without building the
@@ -204,11 +209,9 @@ def downgradeGrowth(header: bytes) -> int:
             if following < 0:
                 break
             end = following
-        start = header.rfind(b"\r\n", 0, at) + 2
-        while start > 1 and header[start : start + 1] in (b" ", b"\t"):
-            start = header.rfind(b"\r\n", 0, start - 2) + 2
-        if start == 1:
-            start = 0  # no CRLF before: the first line
+        start = _lineStart(header, at)
+        while start > 0 and header[start : start + 1] in (b" ", b"\t"):
+            start = _lineStart(header, start - 2)  # a folded line: go back
         growth += _fieldGrowth(header[start : end + 2])
         at = marked.find(b"\x80", end + 2)
     return growth

@@ -79,7 +79,7 @@ from popserv.maildirindex import (
     numbers,
     sizeLimit,
 )
-from popserv.prefetch import NOWAIT, readEach
+from popserv.prefetch import NOWAIT, advise, cached, readEach
 from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
@@ -524,6 +524,12 @@ class MaildirTemplate:
         return self.template.format(**values)
 
 
+class _NotCached(OSError):
+    """
+    A message read ahead is not in the page cache.
+    """
+
+
 class _ReadAhead:
     """
     Messages read ahead of a client that fetches its mail in order.
@@ -832,6 +838,11 @@ class MaildirMaildrop:
         L{_open}, and the whole of the messages after C{index} that fit in
         L{_READ_AHEAD} octets; a message that cannot be read ends the run
         quietly, and its own L{_open} reports it.
+
+        A message not in the page cache ends the run too: the disk is asked
+        for it and for the rest of the run, all at once, and the next trip
+        reads them.  The message asked for never waits for the disk on
+        their account, and they are not fetched one after another.
         """
         opened = self._open(index)
         following: dict[int, bytes] = {}
@@ -841,7 +852,10 @@ class MaildirMaildrop:
         # NO_SIZE (unknown) is over any budget.
         while index < len(disk) and disk[index] <= budget:
             try:
-                f, data = self._read(index)
+                f, data = self._read(index, ahead=True)
+            except _NotCached:
+                self._advise(index, budget)
+                break
             except OSError:
                 break
             if f is not None:  # larger than it was: leave it to RETR
@@ -852,8 +866,28 @@ class MaildirMaildrop:
             index += 1
         return opened, following
 
-    def _read(self, index: int) -> tuple[BinaryIO | None, bytes]:
-        # _open without the error handling.
+    def _advise(self, index: int, budget: int) -> None:
+        """
+        Ask the disk for the messages from C{index} on that fit in
+        C{budget} octets (L{popserv.prefetch.advise}).
+        """
+        disk = self._disk
+        while index < len(disk) and disk[index] <= budget:
+            try:
+                path = self._pathOf(self._bases[index])
+            except FileNotFoundError:
+                return
+            advise(path, disk[index])
+            budget -= disk[index]
+            index += 1
+
+    def _read(self, index: int, ahead: bool = False) -> tuple[BinaryIO | None, bytes]:
+        """
+        L{_open} without the error handling.
+
+        @param ahead: read only if the start of the file is in the page
+            cache; else raise L{_NotCached}.
+        """
         base = self._bases[index]
         try:
             fd = os.open(self._pathOf(base), _OPEN_FLAGS)
@@ -884,6 +918,8 @@ class MaildirMaildrop:
         # Read the start now, in this thread: most messages end within it,
         # and then RETR needs no further trip to a thread.
         try:
+            if ahead and not cached(fd):
+                raise _NotCached(errno.EAGAIN, "not in the page cache")
             head = os.read(fd, _READ_SIZE)
         except BaseException:
             os.close(fd)

@@ -124,6 +124,49 @@ def readEach(
         yield key, _readNow(key, directory, name, buffer, then, flags)
 
 
+#: Where L{cached} reads the octet it asks for, which nobody looks at: one
+#: buffer for every call, in every thread.
+_PROBE = [bytearray(1)]
+
+
+def cached(fd: int) -> bool:
+    """
+    Whether reading the start of the open file C{fd} now would not wait for
+    the disk: its first octet is in the page cache.  True where that cannot
+    be asked (no C{RWF_NOWAIT}, or a file system that refuses it): then the
+    read just waits, as it always did.
+    """
+    if NOWAIT is None:
+        return True
+    try:
+        os.preadv(fd, _PROBE, 0, NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def advise(path: str, length: int) -> None:
+    """
+    Ask the disk for the first C{length} octets of the file at C{path},
+    without waiting for them (C{POSIX_FADV_WILLNEED}).  Only advice: if it
+    cannot be given, the read later waits.
+    """
+    if NOWAIT is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _unsupported(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
     raise OSError(errno.EOPNOTSUPP, "no preadv")
 

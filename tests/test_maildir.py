@@ -35,6 +35,7 @@ from popserv.errors import (
 )
 from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
+from popserv.prefetch import NOWAIT
 
 
 class TestTemplate:
@@ -939,6 +940,48 @@ def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
         assert readAll(result(maildrop.openMessage(i))) == messages[i]
     maildrop.close()
     assert trips == ["_open", "_openReadingAhead", "_open", "_open", "_openReadingAhead"]
+
+
+@pytest.mark.skipif(NOWAIT is None, reason="no RWF_NOWAIT on this system")
+def test_readAheadStopsAtUncachedMessage(
+    tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A message read ahead that is not in the page cache ends the run: it and
+    the rest of the run are asked of the disk, not read, and the next trip
+    reads them.  The message asked for is read all the same.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
+    new = tmp_path / "alice" / "new"
+    inodes = {(new / f"{1000 + i}.M{i}.host").stat().st_ino: i for i in range(6)}
+    uncached = {3}
+    realPreadv = os.preadv
+    advised: list[tuple[int, int]] = []
+
+    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        if flags and inodes.get(os.fstat(fd).st_ino) in uncached:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return realPreadv(fd, buffers, offset, flags)
+
+    def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert (offset, advice) == (0, os.POSIX_FADV_WILLNEED)
+        advised.append((inodes[os.fstat(fd).st_ino], length))
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
+    del trips[:]
+    for i in range(3):
+        assert readAll(result(maildrop.openMessage(i))) == messages[i]
+    # 1 read 2 ahead; 3 was not cached: it and 4 (10,000 octets less 2's
+    # 3,000) were asked of the disk.
+    assert trips == ["_open", "_openReadingAhead"]
+    assert advised == [(3, 3000), (4, 3000)]
+    uncached.clear()  # the disk fetched them
+    for i in range(3, 6):
+        assert readAll(result(maildrop.openMessage(i))) == messages[i]
+    maildrop.close()
+    assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
+    assert len(advised) == 2
 
 
 def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str]) -> None:

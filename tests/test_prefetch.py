@@ -323,3 +323,27 @@ def test_realPageCache(
     assert got == [(n, d) for n, d in CONTENTS.items() if n != "pages+"] + [
         ("pages+", CONTENTS["pages+"])
     ]
+
+
+@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+def test_cachedWithRealKernel(tmp_path: Path) -> None:
+    """
+    With the real kernel: C{cached} says no for a file dropped from the page
+    cache and yes once it was read; it reads nothing into the caller's way
+    (the descriptor's offset stays at the start).
+    """
+    path = tmp_path / "message"
+    path.write_bytes(b"Subject: hi\n\n" + b"x" * 3 * PAGE)
+    # The kernel may keep a page it was just asked to drop: try a few times.
+    for _ in range(10):
+        uncache(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if not prefetch.cached(fd):
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+                assert os.read(fd, 13) == b"Subject: hi\n\n"
+                assert prefetch.cached(fd)
+                return
+        finally:
+            os.close(fd)
+    pytest.skip("this file system keeps files cached (tmpfs), or the kernel kept the page")

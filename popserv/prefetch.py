@@ -17,6 +17,11 @@ for the same 30,000 files.  A cached file costs what it did before (one read
 call), so nothing is lost when everything is in memory.  Where there is no
 C{RWF_NOWAIT} (other systems, or a file system that refuses it), every file
 is read in turn.
+
+The RETR read-ahead of the Maildir store uses the same two calls one file at
+a time: L{cached} asks whether a file's start is in the page cache, and
+L{advise} asks the disk for files that are not, so that reading ahead never
+makes a client wait.
 """
 
 from __future__ import annotations

@@ -107,10 +107,13 @@ class TLSFiles:
             context = options.getContext()  # checks that the key matches the certificate
         except SSL.Error as e:
             raise TLSConfigError(f"the key does not match the certificate: {e}") from None
-        if authorities:
-            # Name the acceptable CAs in the certificate request, so a client
-            # holding several certificates can pick the right one.
-            context.set_client_ca_list([a.get_subject() for a in authorities])
+        # Name the acceptable CAs in the certificate request, so a client
+        # holding several certificates can pick the right one.  (Given as
+        # cryptography's certificates: pyOpenSSL 24.3 deprecated its X509 and
+        # X509Name here.  Twisted's CertificateOptions is documented to take
+        # pyOpenSSL's objects, and gets them.)
+        for authority in authorities:
+            context.add_client_ca(authority.to_cryptography())
         return options
 
 

@@ -1,0 +1,85 @@
+"""
+The benchmarks run, and the side-by-side one verifies every octet it
+retrieves: at small sizes, so that a change to popserv that breaks them is
+seen here rather than at the next recorded run.  Nothing here asserts a
+speed; the figures are for people to read (docs/benchmarks.rst).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    """
+    Run a benchmark script with this Python; its output, both streams.
+    """
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output
+
+
+def test_sideBySide(tmp_path: Path) -> None:
+    """
+    bench_maildir.py --quick against a real twistd popserv and the floor:
+    every message of bulk and of the 50 MB scenario arrives as stored, with
+    its LIST size right; the first and the next login to the big maildrop
+    list every message.
+    """
+    out = tmp_path / "run.json"
+    run(
+        "bench_maildir.py",
+        "--servers=popserv,floor",
+        "--scenarios=bulk,maildrop,large",
+        "--quick",
+        "--no-pin",
+        f"--workdir={tmp_path}",
+        f"--json={out}",
+    )
+    results = json.loads(out.read_text())["results"]
+    for server in ("popserv", "floor"):
+        bulk = results["bulk"][server]
+        assert bulk["problems"] == []
+        assert bulk["verified"] == bulk["messages"] > 0
+        assert bulk["list_sizes_wrong"] == 0
+    large = results["large"]["popserv"]
+    assert large["problems"] == []
+    assert large["verified"] == large["retrievals"] > 0
+    maildrop = results["maildrop"]["popserv"]
+    for login in ("cold", "warm"):
+        assert maildrop[login]["problems"] == []
+        assert maildrop[login]["stat_count"] == maildrop["messages"] > 0
+        assert maildrop[login]["uidl_lines"] == maildrop["messages"]
+
+
+def test_inProcess() -> None:
+    """
+    The in-process benchmarks run and report what they measure.
+    """
+    number = r"[0-9]+\.[0-9]"
+    out = run("bench_retr.py", "--count=30", "--repeat=1")
+    assert re.search(rf"30 messages .* in the page cache: CPU per RETR {number}", out)
+    out = run("bench_retr.py", "--count=30", "--repeat=1", "--uncached")
+    assert re.search(rf"not in the page cache: CPU per RETR {number}.* wall {number}", out)
+    out = run("bench_index.py", "--count=200", "--repeat=1", "--deliver=5")
+    assert "messages listed: 200 .. 205" in out
+    assert re.search(rf"^cold +wall median +{number}", out, re.MULTILINE)
+    out = run("bench_thread.py", "--trips=200", "--rounds=1")
+    assert re.search(rf"popserv ThreadRunner .* less the loop: +{number}", out)

@@ -846,40 +846,50 @@ class MaildirMaildrop:
         """
         opened = self._open(index)
         following: dict[int, bytes] = {}
-        budget = _READ_AHEAD
-        disk = self._disk
-        index += 1
-        # NO_SIZE (unknown) is over any budget.
-        while index < len(disk) and disk[index] <= budget:
+        run = self._runAfter(index)
+        for position, later in enumerate(run):
+            recorded = self._disk[later]
             try:
-                f, data = self._read(index, ahead=True)
+                f, data = self._read(later, ahead=True)
             except _NotCached:
-                self._advise(index, budget)
+                self._advise(run[position:])
                 break
             except OSError:
                 break
             if f is not None:  # larger than it was: leave it to RETR
                 f.close()
                 break
-            following[index] = data
-            budget -= len(data)
-            index += 1
+            following[later] = data
+            if len(data) != recorded:
+                break  # changed since it was sized: the budget no longer adds up
         return opened, following
 
-    def _advise(self, index: int, budget: int) -> None:
+    def _runAfter(self, index: int) -> list[int]:
         """
-        Ask the disk for the messages from C{index} on that fit in
-        C{budget} octets (L{popserv.prefetch.advise}).
+        The messages after C{index} that fit in L{_READ_AHEAD} octets, by
+        the sizes on disk recorded for them (L{NO_SIZE}, unknown, is over
+        any budget).
         """
         disk = self._disk
+        budget = _READ_AHEAD
+        run = []
+        index += 1
         while index < len(disk) and disk[index] <= budget:
+            run.append(index)
+            budget -= disk[index]
+            index += 1
+        return run
+
+    def _advise(self, indexes: list[int]) -> None:
+        """
+        Ask the disk for the messages at C{indexes} (L{popserv.prefetch.advise}).
+        """
+        for index in indexes:
             try:
                 path = self._pathOf(self._bases[index])
             except FileNotFoundError:
                 return
-            advise(path, disk[index])
-            budget -= disk[index]
-            index += 1
+            advise(path, self._disk[index], _OPEN_FLAGS)
 
     def _read(self, index: int, ahead: bool = False) -> tuple[BinaryIO | None, bytes]:
         """

@@ -101,10 +101,8 @@ def readEach(
             # Not (all) in the page cache: have the disk fetch what the
             # first read wants while we read the others, and read it then.
             # (Linux 5 and later start that much already when they say
-            # EAGAIN; older ones may not.)  Only advice: if it fails, the
-            # read later waits for the disk.
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, len(buffer), os.POSIX_FADV_WILLNEED)
+            # EAGAIN; older ones may not.)
+            willNeed(fd, len(buffer))
             os.close(fd)
             later.append((key, directory, name))
             if len(later) >= window:
@@ -152,22 +150,29 @@ def cached(fd: int) -> bool:
     return True
 
 
-def advise(path: str, length: int) -> None:
+def willNeed(fd: int, length: int) -> None:
     """
-    Ask the disk for the first C{length} octets of the file at C{path},
+    Ask the disk for the first C{length} octets of the open file C{fd},
     without waiting for them (C{POSIX_FADV_WILLNEED}).  Only advice: if it
     cannot be given, the read later waits.
+    """
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+
+
+def advise(path: str, length: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> None:
+    """
+    L{willNeed} for the file at C{path}, opened with C{flags}; nothing if
+    it cannot be opened, or where L{cached} cannot tell what to ask for.
     """
     if NOWAIT is None:
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(path, flags)
     except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
+        willNeed(fd, length)
     finally:
         os.close(fd)
 

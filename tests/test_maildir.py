@@ -942,6 +942,24 @@ def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
     assert trips == ["_open", "_openReadingAhead", "_open", "_open", "_openReadingAhead"]
 
 
+def test_readAheadStopsAfterChangedMessage(tmp_path: Path, trips: list[str]) -> None:
+    """
+    A message read ahead whose file changed since it was sized is served as
+    it is now, and ends the run: the budget was planned with its old size,
+    and the session must not hold more than the budget.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 5)
+    messages[2] = b"2\n" + b"y" * 5997 + b"\n"
+    (tmp_path / "alice" / "new" / "1002.M2.host").write_bytes(messages[2])
+    del trips[:]
+    with capturedLogs():
+        for i, message in enumerate(messages):
+            assert readAll(result(maildrop.openMessage(i))) == message
+    maildrop.close()
+    # 1 read 2 ahead (its size had changed) and stopped; 3 read 4 ahead.
+    assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
+
+
 @pytest.mark.skipif(NOWAIT is None, reason="no RWF_NOWAIT on this system")
 def test_readAheadStopsAtUncachedMessage(
     tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch

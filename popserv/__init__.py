@@ -9,7 +9,8 @@ The public API for embedding and extending:
  - L{FileReader}: an L{IMessageReader} over a file, reading in a thread,
    for file-based stores.
  - L{IMailStore}, L{IMaildrop}, L{IMessageReader}, L{IMailStoreFactory},
-   L{MessageInfo}: what a custom store implements.
+   L{MessageInfo}: what a custom store implements (and, optionally,
+   L{IWholeMessageReader}).
  - The errors a store raises: L{MaildropInUse}, L{MaildropUnavailable},
    L{MaildropRefused}, L{MessageUnavailable}, L{DeletionFailed},
    L{StoreConfigError}.
@@ -37,6 +38,7 @@ _EXPORTS = {
     "IMailStore": "popserv.interfaces",
     "IMailStoreFactory": "popserv.interfaces",
     "IMessageReader": "popserv.interfaces",
+    "IWholeMessageReader": "popserv.interfaces",
     "MessageInfo": "popserv.interfaces",
     "FileReader": "popserv.filereader",
     "MaildirStore": "popserv.maildir",
@@ -52,6 +54,7 @@ __all__ = [
     "IMailStoreFactory",
     "IMaildrop",
     "IMessageReader",
+    "IWholeMessageReader",
     "MaildirStore",
     "MaildropInUse",
     "MaildropRealm",
@@ -96,6 +99,7 @@ if TYPE_CHECKING:
         IMailStore,
         IMailStoreFactory,
         IMessageReader,
+        IWholeMessageReader,
         MessageInfo,
     )
     from popserv.maildir import MaildirStore

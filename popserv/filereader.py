@@ -10,11 +10,11 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from popserv.interfaces import IMessageReader
+from popserv.interfaces import IWholeMessageReader
 from popserv.threads import Runner, deferToThread
 
 
-@implementer(IMessageReader)
+@implementer(IWholeMessageReader)
 class FileReader:
     """
     Reads an open binary file, each read in a thread.
@@ -44,6 +44,12 @@ class FileReader:
         self._head = head
         self._reading = False
         self._closed = False
+
+    def whole(self, size: int) -> bytes | None:
+        if self._file is not None or len(self._head) > size:
+            return None
+        data, self._head = self._head, b""
+        return data
 
     def read(self, size: int) -> Deferred[bytes]:
         if self._head:

@@ -100,6 +100,30 @@ class IMessageReader(Interface):
         """
 
 
+class IWholeMessageReader(IMessageReader):
+    """
+    An L{IMessageReader} that may hold the whole message in memory already:
+    a small file read in the trip that opened it, or a message kept in
+    memory.  The protocol then encodes and sends it in one step, without
+    the reads (for a small message those were most of a RETR's cost).
+    Optional: a reader that provides only L{IMessageReader} is read.
+    """
+
+    def whole(size: int) -> bytes | None:
+        """
+        Take the whole message, if this reader holds all of it, it is at
+        most C{size} octets, and nothing was read from it yet.
+
+        @param size: the most octets the protocol takes in one piece (what
+            it would ask L{read} for); a larger message is read in chunks,
+            so that a session holds about one chunk whatever the message.
+        @return: every octet of the message (the reader is then at its end:
+            a L{read} would give C{b""}), or L{None}, and then the protocol
+            reads as usual.  Never blocks; called at most once, before any
+            L{read}.
+        """
+
+
 class IMaildrop(Interface):
     """
     One user's mail as seen by one POP3 session, locked for that session.

@@ -14,18 +14,31 @@ from zope.interface import implementer
 
 from popserv.encoder import wireSize
 from popserv.errors import MaildropInUse, MessageUnavailable
-from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
+from popserv.interfaces import (
+    IMaildrop,
+    IMailStore,
+    IMessageReader,
+    IWholeMessageReader,
+    MessageInfo,
+)
 
 
-@implementer(IMessageReader)
+@implementer(IWholeMessageReader)
 class BytesReader:
     """
     Reads a message held in memory.
     """
 
     def __init__(self, data: bytes) -> None:
+        self._whole = data
         self._data = memoryview(data)
         self._offset = 0
+
+    def whole(self, size: int) -> bytes | None:
+        if self._offset or len(self._data) > size:
+            return None
+        self._offset = len(self._data)
+        return self._whole
 
     def read(self, size: int) -> Deferred[bytes]:
         start = self._offset
@@ -33,6 +46,7 @@ class BytesReader:
         return succeed(bytes(self._data[start : self._offset]))
 
     def close(self) -> None:
+        self._whole = b""
         self._data = memoryview(b"")
 
 

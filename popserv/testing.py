@@ -30,7 +30,7 @@ from zope.interface.verify import verifyObject
 
 from popserv.encoder import wireSize
 from popserv.errors import MaildropInUse
-from popserv.interfaces import IMaildrop, IMailStore, IMessageReader
+from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, IWholeMessageReader
 
 _UID = re.compile(r"[\x21-\x7e]{1,70}\Z")
 
@@ -142,6 +142,44 @@ class StoreContract:
         maildrop = await self._open(store)
         try:
             assert await readAll(maildrop, 0, size=7) == SAMPLES[2]
+        finally:
+            maildrop.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_wholeIsTheMessage(self, store: IMailStore) -> None:
+        """
+        A reader that offers the message whole (L{IWholeMessageReader})
+        gives its stored bytes exactly, and is then at its end; one that
+        declines can still be read.  Asked with a size smaller than the
+        message, it declines.
+        """
+        for message in SAMPLES:
+            self.deliver(store, "alice", message)
+        maildrop = await self._open(store)
+        try:
+            for index, message in enumerate(SAMPLES):
+                reader = await maildrop.openMessage(index)
+                try:
+                    if not IWholeMessageReader.providedBy(reader):
+                        continue
+                    assert verifyObject(IWholeMessageReader, reader)
+                    whole = reader.whole(len(message) + 1)
+                    if whole is None:
+                        parts = [await reader.read(65536)]
+                        while parts[-1] and len(parts) < len(message) + 2:
+                            parts.append(await reader.read(65536))
+                        assert b"".join(parts) == message
+                        continue
+                    assert whole == message
+                    assert await reader.read(65536) == b""
+                finally:
+                    reader.close()
+                if message:
+                    reader = await maildrop.openMessage(index)
+                    try:
+                        assert reader.whole(len(message) - 1) is None
+                    finally:
+                        reader.close()
         finally:
             maildrop.close()
 

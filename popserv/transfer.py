@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import MessageEncoder
-from popserv.interfaces import IMessageReader
+from popserv.interfaces import IMessageReader, IWholeMessageReader
 
 #: Octets asked of the store per read.  Large enough that per-chunk costs
 #: (a Deferred, a thread hop for files, a write) vanish next to copying.
@@ -74,6 +74,8 @@ class MessageTransfer:
         self._reading = False
         self._pumping = False
         self._finished = False
+        # Everything, terminator included, is in the transport.
+        self._written = False
         #: Octets written so far, the status line included.
         self.sent = 0
         self.deferred: Deferred[None] = Deferred()
@@ -83,7 +85,22 @@ class MessageTransfer:
         Register with the transport and start sending.
         """
         self._transport.registerProducer(self, True)
-        self._pump()
+        reader = self._reader
+        whole = reader.whole(self._chunkSize) if IWholeMessageReader.providedBy(reader) else None
+        if whole is None:
+            self._pump()
+            return self.deferred
+        # The store holds the whole message (as a Maildir store does for
+        # most): one write, status line to terminator, and no reads.
+        encoder = self._encoder
+        self._write(encoder.feed(whole) if whole else b"", encoder.finish())
+        self._written = True
+        if not self._paused:
+            self._end(None)
+        # Else the transport's buffer is full: the transfer ends, and the
+        # session's next command starts, once the client has read enough of
+        # it (resumeProducing).  Pipelined commands from a client that
+        # does not read thus add at most one message each to the buffer.
         return self.deferred
 
     # IPushProducer
@@ -93,7 +110,10 @@ class MessageTransfer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._pump()
+        if self._written:
+            self._end(None)
+        else:
+            self._pump()
 
     def stopProducing(self) -> None:
         self._end(Failure(TransferAborted()))

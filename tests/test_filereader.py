@@ -91,3 +91,36 @@ def test_headIsReadFirstWithoutThreads() -> None:
     whole.read(10).addCallback(got.append)
     whole.close()
     assert got[-2:] == [b"xyz", b""] and runner.calls == []
+
+
+def test_wholeGivesASmallMessageOnce() -> None:
+    """
+    whole() hands over a message held entirely in memory, if it fits the
+    size asked for and nothing was read yet; the reader is then at its end.
+    """
+    runner = ManualRunner()
+    reader = FileReader(None, runner, head=b"xyz")
+    assert reader.whole(3) == b"xyz"
+    got: list[bytes] = []
+    reader.read(10).addCallback(got.append)
+    assert got == [b""] and runner.calls == []
+
+
+def test_wholeDeclines() -> None:
+    """
+    whole() gives None, and leaves the reader as it was, for a message
+    larger than the size asked for and for one whose file is still open.
+    """
+    runner = ManualRunner()
+    got: list[bytes] = []
+    large = FileReader(None, runner, head=b"abcd")
+    assert large.whole(3) is None
+    large.read(10).addCallback(got.append)
+    assert got == [b"abcd"]
+
+    followed = FileReader(io.BytesIO(b"def"), runner, head=b"abc")
+    assert followed.whole(100) is None
+    followed.read(10).addCallback(got.append)
+    assert got[-1] == b"abc"
+
+    assert runner.calls == []

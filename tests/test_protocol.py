@@ -521,6 +521,31 @@ class TestStreaming:
             == b"+OK %d octets\r\n" % (len(expected) - len(b".\r\n") - 400_000) + expected
         )
 
+    def test_pipelinedRetrievalsWaitForTheReader(self) -> None:
+        """
+        Small messages go out whole, one write each, but pipelined RETRs to
+        a client that does not read still stop once the transport is full:
+        what is buffered stays within one message of the limit.
+        """
+        message = b"Subject: small\n\n" + b"x" * 9_000 + b"\n"
+        transport = PausingTransport()
+        transport.limit = 64 * 1024
+        s = Session(transport=transport)
+        for _ in range(40):
+            s.memory.deliver("alice", message)
+        s.login()
+        s.send(b"".join(b"RETR %d\r\n" % n for n in range(1, 41)))
+        wire = b"+OK %d octets\r\n" % (len(message) + message.count(b"\n")) + encodeMessage(message)
+        received = b""
+        for _ in range(100):
+            value = s.take()
+            assert len(value) <= transport.limit + len(wire)
+            received += value
+            if transport.producer is None:
+                break
+            transport.producer.resumeProducing()
+        assert received == wire * 40
+
     def test_dropDuringTransfer(self) -> None:
         """
         A connection lost in the middle of RETR stops the reads, deletes

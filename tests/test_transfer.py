@@ -1,0 +1,120 @@
+"""
+Tests for popserv.transfer: a message held whole in memory goes out in one
+write, and still waits for a client that does not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from popserv.encoder import MessageEncoder, encodeMessage
+from popserv.memorystore import BytesReader
+from popserv.transfer import MessageTransfer, TransferAborted
+
+MESSAGE = b"Subject: x\n\n.dot\nbody\n"
+
+
+class RecordingTransport(StringTransport):
+    """
+    Records each write as the sequence it was given, and pauses its
+    producer on a write when told to (as a TCP transport does when its
+    buffer is full).
+    """
+
+    def __init__(self, pauseOnWrite: bool = False) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        self.writes: list[tuple[bytes, ...]] = []
+        self.pauseOnWrite = pauseOnWrite
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:
+        self.writes.append(tuple(data))
+        super().writeSequence(data)
+        if self.pauseOnWrite and self.producer is not None:
+            self.producer.pauseProducing()
+
+
+class ChunkReader(BytesReader):
+    """
+    A reader that never offers the message whole: the transfer reads it.
+    """
+
+    def whole(self, size: int) -> bytes | None:
+        return None
+
+
+def test_wholeMessageInOneWrite() -> None:
+    """
+    A message the reader holds whole is sent as one write: status line,
+    encoded message and terminator; the transfer is then over.
+    """
+    transport = RecordingTransport()
+    transfer = MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n")
+    done: list[object] = []
+    transfer.start().addCallback(done.append)
+    assert transport.writes == [(b"+OK\r\n", b"Subject: x\r\n\r\n..dot\r\nbody\r\n", b".\r\n")]
+    assert done == [None]
+    assert transfer.sent == len(b"+OK\r\n" + encodeMessage(MESSAGE))
+    assert transport.producer is None
+
+
+def test_sameBytesWhenRead() -> None:
+    """
+    Read in chunks instead, the message goes out as the same octets.
+    """
+    whole, chunks = RecordingTransport(), RecordingTransport()
+    MessageTransfer(whole, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n").start()
+    MessageTransfer(chunks, ChunkReader(MESSAGE), MessageEncoder(), b"+OK\r\n", chunkSize=4).start()
+    assert len(chunks.writes) > 2
+    assert chunks.value() == whole.value() == b"+OK\r\n" + encodeMessage(MESSAGE)
+
+
+def test_largerThanAChunkIsRead() -> None:
+    """
+    A message larger than a chunk is not taken whole, even from memory:
+    it is read a chunk at a time, so flow control can hold it back.
+    """
+    transport = RecordingTransport()
+    MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder(), chunkSize=8).start()
+    assert len(transport.writes) > 2
+    assert transport.value() == encodeMessage(MESSAGE)
+
+
+def test_wholeMessageWaitsForTheClient() -> None:
+    """
+    When the write fills the transport's buffer, the transfer (and so the
+    session's next command) waits until the transport wants more.
+    """
+    transport = RecordingTransport(pauseOnWrite=True)
+    transfer = MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder())
+    done: list[object] = []
+    transfer.start().addCallback(done.append)
+    assert transport.value() == encodeMessage(MESSAGE)
+    assert done == [] and transport.producer is transfer
+    transfer.resumeProducing()
+    assert done == [None] and transport.producer is None
+    assert len(transport.writes) == 1
+
+
+def test_wholeMessageAbortedWhileWaiting() -> None:
+    """
+    A connection lost while the transfer waits ends it with
+    L{TransferAborted}.
+    """
+    transport = RecordingTransport(pauseOnWrite=True)
+    transfer = MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder())
+    failures: list[object] = []
+    transfer.start().addErrback(failures.append)
+    transfer.stopProducing()
+    assert len(failures) == 1 and failures[0].check(TransferAborted)  # type: ignore[attr-defined]
+
+
+def test_emptyMessage() -> None:
+    """
+    An empty message held whole is just the terminator.
+    """
+    transport = RecordingTransport()
+    MessageTransfer(transport, BytesReader(b""), MessageEncoder(), b"+OK\r\n").start()
+    assert transport.writes == [(b"+OK\r\n", b".\r\n")]

@@ -138,8 +138,9 @@ class MessageTransfer:
         if self._finished:
             return
         encoder = self._encoder
+        atEnd = not data
         parts = encoder.feedParts(data) if data else []
-        if not data or encoder.done:
+        if atEnd or encoder.done:
             self._write(*parts, encoder.finish())
             self._end(None)
             return

@@ -32,11 +32,6 @@ CRLF = b"\r\n"
 #: message on Python 3.11, where the split alone was a tenth of the
 #: server's CPU time in a bulk download.
 _DOT_AFTER_LF = re.compile(rb"\n\.")
-#: What a line start with the termination octet becomes (after its LF).
-_STUFFED_LF = b"\n.."
-#: Dot-lines in one chunk beyond which L{MessageEncoder._stuff} joins the
-#: pieces itself.
-_MAX_PARTS = 64
 
 
 class _LineEndings:
@@ -186,17 +181,8 @@ class MessageEncoder:
         """
         Encode the next chunk of the stored message.
         """
-        return b"".join(self.feedParts(data))
-
-    def feedParts(self, data: bytes) -> list[bytes]:
-        """
-        L{feed}, as parts to send in order (to a C{writeSequence}) rather
-        than joined: a chunk with dot-lines is then not copied once more
-        here, next to the chunk it came from.  A transport joins what it
-        buffers anyway, once the chunk read and its conversion are gone.
-        """
         if self.done:
-            return []
+            return b""
         out = self._endings.feed(data)
         if self._downgrade is not None:
             out = self._downgrade.feed(out)
@@ -209,44 +195,35 @@ class MessageEncoder:
         The end of the response: what was held back, a CRLF if the last line
         was unterminated, and the terminating ".CRLF".
         """
-        parts = []
+        out = b""
         if not self.done:
             out = self._endings.finish()
             if self._downgrade is not None:
                 out = self._downgrade.feed(out) + self._downgrade.finish()
             if self._bodyLinesLeft is not None:
                 out = self._limit(out)
-            parts = self._stuff(out)
+            out = self._stuff(out)
         if not self._atLineStart:
-            parts.append(CRLF)
+            out += CRLF
         self.done = True
-        parts.append(b".\r\n")
-        return b"".join(parts)
+        return out + b".\r\n"
 
-    def _stuff(self, out: bytes) -> list[bytes]:
+    def _stuff(self, out: bytes) -> bytes:
         # RFC 1939 section 3: "If any line of the multi-line response begins
         # with the termination octet, the line is 'byte-stuffed'".  After
         # line-ending conversion every line ends in CRLF, so a line start is
         # the start of the stream or the octet after an LF.
         if not out:
-            return []
-        # split: one pass, where replace() searches twice (it counts first);
-        # twice as fast on a chunk with a few dot-lines.  The pieces go out
-        # with "\n.." between them, not joined here (L{feedParts}), unless
-        # there are so many that a transport's per-part steps would cost
-        # more than the copy.
+            return out
+        # split/join: one pass, where replace() searches twice (it counts
+        # first); twice as fast on a chunk with a few dot-lines.
         pieces = _DOT_AFTER_LF.split(out)
-        if len(pieces) > _MAX_PARTS:
-            parts = [_STUFFED_LF.join(pieces)]
-        elif len(pieces) > 1:
-            parts = [_STUFFED_LF] * (2 * len(pieces) - 1)
-            parts[::2] = pieces
-        else:
-            parts = pieces
+        if len(pieces) > 1:
+            out = b"\n..".join(pieces)
         if self._atLineStart and out[0] == 0x2E:  # "."
-            parts.insert(0, b".")
+            out = b"." + out
         self._atLineStart = out.endswith(LF)
-        return parts
+        return out
 
     def _limit(self, out: bytes) -> bytes:
         """

@@ -93,7 +93,7 @@ class MessageTransfer:
         # The store holds the whole message (as a Maildir store does for
         # most): one write, status line to terminator, and no reads.
         encoder = self._encoder
-        self._write(*encoder.feedParts(whole), encoder.finish())
+        self._write(encoder.feed(whole) if whole else b"", encoder.finish())
         self._written = True
         if not self._paused:
             self._end(None)
@@ -138,13 +138,12 @@ class MessageTransfer:
         if self._finished:
             return
         encoder = self._encoder
-        atEnd = not data
-        parts = encoder.feedParts(data) if data else []
-        if atEnd or encoder.done:
-            self._write(*parts, encoder.finish())
+        out = encoder.feed(data) if data else b""
+        if not data or encoder.done:
+            self._write(out, encoder.finish())
             self._end(None)
             return
-        self._write(*parts)
+        self._write(out)
         self._onProgress()
         self._pump()
 

@@ -88,38 +88,6 @@ def test_chunkingNeverMatters(message: bytes, cuts: list[int]) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    st.lists(st.sampled_from([b"\n", b".", b"a", b"\n.", b"\r\n.."]), max_size=400).map(b"".join),
-    st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
-)
-def test_partsAreTheEncoding(message: bytes, cuts: list[int]) -> None:
-    """
-    The parts L{MessageEncoder.feedParts} gives, sent in order, are the wire
-    form; a chunk with many dot-lines comes as a bounded number of parts.
-    """
-    encoder = MessageEncoder()
-    sent = []
-    for chunk in chunked(message, cuts):
-        parts = encoder.feedParts(chunk)
-        assert all(isinstance(part, bytes) for part in parts)
-        assert len(parts) <= 2 * 64 + 1
-        sent.extend(parts)
-    assert b"".join(sent) + encoder.finish() == reference(message)
-
-
-def test_manyDotLinesJoined() -> None:
-    """
-    A chunk with more dot-lines than the bound comes as one part, not as a
-    part per line for the transport to step through.
-    """
-    message = b"a\n" + b".x\n" * 500
-    parts = MessageEncoder().feedParts(message)
-    assert parts == [reference(message)[: -len(b".\r\n")]]
-    few = MessageEncoder().feedParts(b"a\n.b\n.c\n")
-    assert few == [b"a\r", b"\n..", b"b\r", b"\n..", b"c\r\n"]
-
-
-@settings(max_examples=400, deadline=None)
 @given(messages, st.lists(st.integers(min_value=0, max_value=200), max_size=10), st.integers(0, 5))
 def test_topOverChunks(message: bytes, cuts: list[int], lines: int) -> None:
     """

@@ -54,8 +54,7 @@ def test_wholeMessageInOneWrite() -> None:
     transfer = MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n")
     done: list[object] = []
     transfer.start().addCallback(done.append)
-    assert len(transport.writes) == 1
-    assert b"".join(transport.writes[0]) == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n.\r\n"
+    assert transport.writes == [(b"+OK\r\n", b"Subject: x\r\n\r\n..dot\r\nbody\r\n", b".\r\n")]
     assert done == [None]
     assert transfer.sent == len(b"+OK\r\n" + encodeMessage(MESSAGE))
     assert transport.producer is None

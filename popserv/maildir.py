@@ -719,7 +719,7 @@ class MaildirMaildrop:
         # In message order (about the order the files were written in),
         # except that files not in the page cache come after the others,
         # read while the disk fetches them.
-        files = ((i, where[names[i]][1], where[names[i]][2]) for i in misses)
+        files = ((i, *where[names[i]][1:]) for i in misses)  # key, directory, name
         for i, sizes in measureEach(files, lambda i: _knownWireSize(names[i])):
             if isinstance(sizes, FileNotFoundError):
                 dropped.add(i)  # removed by another program while we looked

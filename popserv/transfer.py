@@ -89,18 +89,10 @@ class MessageTransfer:
         whole = reader.whole(self._chunkSize) if IWholeMessageReader.providedBy(reader) else None
         if whole is None:
             self._pump()
-            return self.deferred
-        # The store holds the whole message (as a Maildir store does for
-        # most): one write, status line to terminator, and no reads.
-        encoder = self._encoder
-        self._write(encoder.feed(whole) if whole else b"", encoder.finish())
-        self._written = True
-        if not self._paused:
-            self._end(None)
-        # Else the transport's buffer is full: the transfer ends, and the
-        # session's next command starts, once the client has read enough of
-        # it (resumeProducing).  Pipelined commands from a client that
-        # does not read thus add at most one message each to the buffer.
+        else:
+            # The store holds the whole message (as a Maildir store does
+            # for most): one write, status line to terminator, no reads.
+            self._finish(self._encoder.feed(whole) if whole else b"")
         return self.deferred
 
     # IPushProducer
@@ -140,12 +132,25 @@ class MessageTransfer:
         encoder = self._encoder
         out = encoder.feed(data) if data else b""
         if not data or encoder.done:
-            self._write(out, encoder.finish())
-            self._end(None)
+            self._finish(out)
             return
         self._write(out)
         self._onProgress()
         self._pump()
+
+    def _finish(self, out: bytes) -> None:
+        """
+        Write C{out} and the end of the response.  The transfer is over
+        once the transport wants more: at once, or, if this filled its
+        buffer, when the client has read enough of it (L{resumeProducing}).
+        So the session's next command waits too, and pipelined commands
+        from a client that does not read add at most a message each to the
+        buffer.
+        """
+        self._write(out, self._encoder.finish())
+        self._written = True
+        if not self._paused:
+            self._end(None)
 
     def _write(self, *parts: bytes) -> None:
         # As a sequence, not joined here: the transport joins what it

@@ -30,24 +30,22 @@ class BytesReader:
     """
 
     def __init__(self, data: bytes) -> None:
-        self._whole = data
-        self._data = memoryview(data)
+        self._data = data
         self._offset = 0
 
     def whole(self, size: int) -> bytes | None:
         if self._offset or len(self._data) > size:
             return None
         self._offset = len(self._data)
-        return self._whole
+        return self._data
 
     def read(self, size: int) -> Deferred[bytes]:
         start = self._offset
         self._offset = min(start + size, len(self._data))
-        return succeed(bytes(self._data[start : self._offset]))
+        return succeed(self._data[start : self._offset])
 
     def close(self) -> None:
-        self._whole = b""
-        self._data = memoryview(b"")
+        self._data = b""
 
 
 class _Message:

@@ -51,19 +51,27 @@ async def readAll(maildrop: IMaildrop, index: int, size: int = 65536) -> bytes:
     time, checking the L{IMessageReader} contract on the way.
     """
     reader = await maildrop.openMessage(index)
-    assert verifyObject(IMessageReader, reader)
-    parts: list[bytes] = []
     try:
-        for _ in range(10_000_000 // size + 10):
-            chunk = await reader.read(size)
-            assert isinstance(chunk, bytes)
-            assert len(chunk) <= size
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-        raise AssertionError("reader never reached the end")
+        return await readRest(reader, size)
     finally:
         reader.close()
+
+
+async def readRest(reader: IMessageReader, size: int = 65536) -> bytes:
+    """
+    Read an open message from where C{reader} is to the end, C{size}
+    octets at a time, checking the L{IMessageReader} contract on the way.
+    """
+    assert verifyObject(IMessageReader, reader)
+    parts: list[bytes] = []
+    for _ in range(10_000_000 // size + 10):
+        chunk = await reader.read(size)
+        assert isinstance(chunk, bytes)
+        assert len(chunk) <= size
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+    raise AssertionError("reader never reached the end")
 
 
 class StoreContract:
@@ -165,13 +173,10 @@ class StoreContract:
                     assert verifyObject(IWholeMessageReader, reader)
                     whole = reader.whole(len(message) + 1)
                     if whole is None:
-                        parts = [await reader.read(65536)]
-                        while parts[-1] and len(parts) < len(message) + 2:
-                            parts.append(await reader.read(65536))
-                        assert b"".join(parts) == message
-                        continue
-                    assert whole == message
-                    assert await reader.read(65536) == b""
+                        assert await readRest(reader) == message
+                    else:
+                        assert whole == message
+                        assert await reader.read(65536) == b""
                 finally:
                     reader.close()
                 if message:

@@ -274,6 +274,22 @@ def evictMessageFiles(maildir: str) -> None:
             os.close(fd)
 
 
+def markUnread(maildir: str) -> None:
+    """
+    Set every message file's access time back to its modification time, as
+    for mail delivered and never read since.  On a file system mounted
+    C{relatime} (the default) the next read of each file then updates its
+    access time, as a server's first read of newly delivered mail does;
+    reading the files (L{readMessageFiles}) has done that already.
+    """
+    for _, path in messageFiles(maildir):
+        modified = os.stat(path).st_mtime_ns
+        os.utime(path, ns=(modified, modified))
+    # Written back, as delivered mail long since is: an inode still dirty
+    # from the line above would make the first read's update cheaper.
+    os.sync()
+
+
 def makeMaildir(root: str, user: str) -> str:
     """
     An empty Maildir for C{user} under C{root}.

@@ -79,7 +79,7 @@ from popserv.maildirindex import (
     numbers,
     sizeLimit,
 )
-from popserv.prefetch import NOWAIT, advise, cached, readEach
+from popserv.prefetch import NOATIME, NOWAIT, advise, cached, readEach
 from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
@@ -96,6 +96,10 @@ _READ_AHEAD = 256 * 1024
 #: Opening a message never blocks (a FIFO where a message should be) and
 #: never makes a terminal ours; the file type is checked after opening.
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+#: Sizing a message at login is the server's bookkeeping, not a reading of
+#: the mail: it leaves the file's access time alone (and is cheaper for it,
+#: L{popserv.prefetch}).  RETR and TOP read as a client reading mail does.
+_SIZING_FLAGS = _OPEN_FLAGS | NOATIME
 _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
@@ -285,7 +289,7 @@ def measureEach(
     def sizes(key: _K, fd: int, length: int) -> tuple[int, int, int]:
         return _measureRead(fd, length, buffer, knownSize(key))
 
-    return readEach(files, buffer, sizes, _OPEN_FLAGS, nowait)
+    return readEach(files, buffer, sizes, _SIZING_FLAGS, nowait)
 
 
 def _measureRead(

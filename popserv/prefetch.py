@@ -22,6 +22,14 @@ The RETR read-ahead of the Maildir store uses the same two calls one file at
 a time: L{cached} asks whether a file's start is in the page cache, and
 L{advise} asks the disk for files that are not, so that reading ahead never
 makes a client wait.
+
+Reading a file to size it is not reading the mail: L{readEach} opens with
+C{O_NOATIME} when asked to (L{NOATIME}), as C{tar --atime-preserve=system}
+does for the same reason.  On a file system mounted C{relatime}, the
+default, the first read of a file since it was written would otherwise
+update its access time, a change of its inode to be written back: measured
+here at 2 to 5 microseconds more per file, 20 to 40 % of opening and
+reading it.  A first login reads every file for the first time.
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ _R = TypeVar("_R")
 NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 if not hasattr(os, "posix_fadvise"):
     NOWAIT = None
+
+#: What C{open} takes not to change a file's access time, where the system
+#: has it (0 elsewhere).  Only the file's owner (or a process with
+#: C{CAP_FOWNER}) may ask it: L{openAt} opens anyone else's file without it.
+NOATIME: int = getattr(os, "O_NOATIME", 0)
 
 #: Files asked of the disk and not yet read, at most: enough to keep a disk
 #: busy, few enough that their pages are still cached when they are read.
@@ -78,7 +91,9 @@ def readEach(
         the file's first octets.  If C{length} is less than C{len(buffer)} they
         are the whole file; otherwise C{fd} is positioned after them.  The
         descriptor is closed when C{then} returns.
-    @param flags: how to open each file.
+    @param flags: how to open each file.  If they hold L{NOATIME} and the
+        system refuses it for a file, that file and the rest are opened
+        without it (L{openAt}).
     @param nowait: the C{preadv} flag for a read that must not wait, or
         L{None} to read each file in turn.
     @param preadv: reads without waiting; C{os.preadv} if L{None}.
@@ -86,12 +101,27 @@ def readEach(
     """
     read: Preadv = preadv or getattr(os, "preadv", None) or _unsupported
     later: deque[tuple[_K, int, str]] = deque()
+
+    def readNow(key: _K, directory: int, name: str) -> _R | OSError:
+        # Open, read (waiting if need be), call then() and close.
+        nonlocal flags
+        try:
+            fd, flags = openAt(name, flags, directory)
+        except OSError as e:
+            return e
+        try:
+            return then(key, fd, os.readv(fd, [buffer]))
+        except OSError as e:
+            return e
+        finally:
+            os.close(fd)
+
     for key, directory, name in files:
         if nowait is None:
-            yield key, _readNow(key, directory, name, buffer, then, flags)
+            yield key, readNow(key, directory, name)
             continue
         try:
-            fd = os.open(name, flags, dir_fd=directory)
+            fd, flags = openAt(name, flags, directory)
         except OSError as e:
             yield key, e
             continue
@@ -108,7 +138,7 @@ def readEach(
             if len(later) >= window:
                 for _ in range(max(1, window // 2)):
                     key, directory, name = later.popleft()
-                    yield key, _readNow(key, directory, name, buffer, then, flags)
+                    yield key, readNow(key, directory, name)
             continue
         except OSError as e:
             os.close(fd)
@@ -116,7 +146,7 @@ def readEach(
                 nowait = None  # a file system without it: read in turn
             # Else a file that cannot be read this way (a FIFO, a
             # directory): the plain read gives its own answer.
-            yield key, _readNow(key, directory, name, buffer, then, flags)
+            yield key, readNow(key, directory, name)
             continue
         except BaseException:
             os.close(fd)
@@ -124,7 +154,26 @@ def readEach(
         yield key, _finish(key, fd, length, buffer, then)
     while later:
         key, directory, name = later.popleft()
-        yield key, _readNow(key, directory, name, buffer, then, flags)
+        yield key, readNow(key, directory, name)
+
+
+def openAt(name: str, flags: int, directory: int) -> tuple[int, int]:
+    """
+    Open C{name} in the directory C{directory} with C{flags}, or without
+    L{NOATIME} if the system refuses it (C{EPERM}: the process neither owns
+    the file nor has C{CAP_FOWNER}, as when popserv runs as another user
+    than the one that owns the mail and reads it through its group).
+
+    @return: the descriptor, and the flags it was opened with: a caller
+        opening many files of one owner passes them on, and asks once.
+    """
+    try:
+        return os.open(name, flags, dir_fd=directory), flags
+    except PermissionError as e:
+        if e.errno != errno.EPERM or not flags & NOATIME:
+            raise
+    flags &= ~NOATIME
+    return os.open(name, flags, dir_fd=directory), flags
 
 
 #: Where L{cached} reads the octet it asks for, which nobody looks at: one
@@ -207,29 +256,6 @@ def _finish(
             if length == len(buffer):
                 os.lseek(fd, length, os.SEEK_SET)
         return then(key, fd, length)
-    except OSError as e:
-        return e
-    finally:
-        os.close(fd)
-
-
-def _readNow(
-    key: _K,
-    directory: int,
-    name: str,
-    buffer: bytearray,
-    then: Callable[[_K, int, int], _R],
-    flags: int,
-) -> _R | OSError:
-    """
-    Open, read (waiting if need be), call C{then} and close.
-    """
-    try:
-        fd = os.open(name, flags, dir_fd=directory)
-    except OSError as e:
-        return e
-    try:
-        return then(key, fd, os.readv(fd, [buffer]))
     except OSError as e:
         return e
     finally:

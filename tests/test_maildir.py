@@ -573,6 +573,26 @@ def test_changedFileNotTrusted(tmp_path: Path) -> None:
     assert snapshot(s) == [("1.a", 17, 17)]
 
 
+def test_sizingKeepsAccessTime(tmp_path: Path) -> None:
+    """
+    Reading a message to size it at login leaves its access time alone
+    (where the system can: O_NOATIME); RETR reads it as a client reading
+    mail does, and a file system that keeps access times records that.
+    """
+    path = deliverToMaildir(tmp_path / "alice", b"Subject: hi\n\nhello\n", name="1.a")
+    never = (1_000_000_000, 2_000_000_000)  # older than the file: never read
+    os.utime(path, ns=never)
+    maildrop, infos = login(store(tmp_path))
+    assert infos[0].size == 22
+    if maildir.NOATIME:
+        assert os.stat(path).st_atime_ns == never[0]
+    os.utime(path, ns=never)
+    assert readAll(result(maildrop.openMessage(0))) == b"Subject: hi\n\nhello\n"
+    maildrop.close()
+    if os.stat(path).st_atime_ns == never[0]:
+        pytest.skip("this file system does not update access times on reads")
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"garbage", b"popserv-maildir-index 0\n", b"popserv-maildir-index 1\nblock 9 9 ff"],

@@ -223,6 +223,76 @@ def openDescriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def accessTimeKept(path: Path, read: Any) -> bool:
+    """
+    Whether C{read()} leaves the access time of C{path} as it was, when it
+    is older than the file's modification time, as for mail never read
+    since it was delivered (a read on a C{relatime} file system updates
+    it then).
+    """
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    read()
+    return os.stat(path).st_atime_ns == 1_000_000_000
+
+
+@pytest.mark.skipif(not prefetch.NOATIME, reason="no O_NOATIME on this system")
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_accessTimeKept(files: tuple[int, list[str]], tmp_path: Path, nowait: int | None) -> None:
+    """
+    Files opened with L{prefetch.NOATIME} keep their access time; without
+    it, the same read changes it (unless this file system keeps no access
+    times at all: then there is nothing to test).
+    """
+    directory, _ = files
+    path = tmp_path / "small"
+
+    def readWith(flags: int) -> Any:
+        return lambda: run(directory, ["small"], nowait=nowait, flags=flags)
+
+    assert accessTimeKept(path, readWith(os.O_RDONLY | prefetch.NOATIME))
+    if accessTimeKept(path, readWith(os.O_RDONLY)):
+        pytest.skip("this file system does not update access times on reads")
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES])
+def test_noAccessTimeRefused(
+    files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch, nowait: int | None, code: int
+) -> None:
+    """
+    Where the system refuses L{prefetch.NOATIME} (C{EPERM}: the process
+    does not own the file), the file is opened without it, and so is every
+    file after it: one refusal per run, not one per file.  A file that
+    cannot be read at all (C{EACCES}) is an error, not a reason to ask
+    again.
+    """
+    directory, names = files
+    realOpen = os.open
+    opened: list[tuple[str, bool]] = []
+
+    def fakeOpen(name: str, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append((name, bool(flags & NOATIME_FLAG)))
+        if flags & NOATIME_FLAG or code == errno.EACCES:
+            raise PermissionError(code, os.strerror(code), name)
+        return realOpen(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(prefetch, "NOATIME", NOATIME_FLAG)
+    monkeypatch.setattr(os, "open", fakeOpen)
+    got = run(directory, names, nowait=nowait, flags=os.O_RDONLY | NOATIME_FLAG)
+    if code == errno.EPERM:
+        assert got == list(CONTENTS.items())
+        assert opened == [(names[0], True)] + [(name, False) for name in names]
+    else:
+        assert [key for key, _ in got] == names
+        assert all(isinstance(e, PermissionError) for _, e in got)
+        assert opened == [(name, True) for name in names]
+
+
+#: L{prefetch.NOATIME} where the system has it; where it has not, a flag
+#: the tests that fake the system's refusal can stand it in for.
+NOATIME_FLAG = prefetch.NOATIME or 0o1000000
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
 def test_noDescriptorLeft(files: tuple[int, list[str]]) -> None:
     """

@@ -79,7 +79,7 @@ from popserv.maildirindex import (
     numbers,
     sizeLimit,
 )
-from popserv.prefetch import NOATIME, NOWAIT, advise, cached, readEach
+from popserv.prefetch import NOATIME, NOWAIT, advise, cached, readEach, willNeed
 from popserv.threads import Runner, deferToThread
 
 LOCK_NAME = "popserv.lock"
@@ -855,8 +855,8 @@ class MaildirMaildrop:
             recorded = self._disk[later]
             try:
                 f, data = self._read(later, ahead=True)
-            except _NotCached:
-                self._advise(run[position:])
+            except _NotCached:  # asked of the disk already
+                self._advise(run[position + 1 :])
                 break
             except OSError:
                 break
@@ -900,7 +900,7 @@ class MaildirMaildrop:
         L{_open} without the error handling.
 
         @param ahead: read only if the start of the file is in the page
-            cache; else raise L{_NotCached}.
+            cache; else ask the disk for it and raise L{_NotCached}.
         """
         base = self._bases[index]
         try:
@@ -933,6 +933,9 @@ class MaildirMaildrop:
         # and then RETR needs no further trip to a thread.
         try:
             if ahead and not cached(fd):
+                # Ask the disk for it now, while it is open (the rest of
+                # the run is asked by the caller).
+                willNeed(fd, info.st_size)
                 raise _NotCached(errno.EAGAIN, "not in the page cache")
             head = os.read(fd, _READ_SIZE)
         except BaseException:

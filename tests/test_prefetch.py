@@ -223,6 +223,11 @@ def openDescriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+#: L{prefetch.NOATIME} where the system has it; where it has not, a flag
+#: the tests that fake the system's refusal can stand it in for.
+NOATIME_FLAG = prefetch.NOATIME or 0o1000000
+
+
 def accessTimeKept(path: Path, read: Any) -> bool:
     """
     Whether C{read()} leaves the access time of C{path} as it was, when it
@@ -286,11 +291,6 @@ def test_noAccessTimeRefused(
         assert [key for key, _ in got] == names
         assert all(isinstance(e, PermissionError) for _, e in got)
         assert opened == [(name, True) for name in names]
-
-
-#: L{prefetch.NOATIME} where the system has it; where it has not, a flag
-#: the tests that fake the system's refusal can stand it in for.
-NOATIME_FLAG = prefetch.NOATIME or 0o1000000
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")

@@ -1,16 +1,25 @@
 """
-Tests for what an idle session holds: the attributes a POP3Protocol sets,
-and the size of its instance dict when many clients connect at once.
+Tests for what a session holds: the attributes a POP3Protocol sets, the
+size of its instance dict when many clients connect at once, and that an
+ended session is freed at once.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from protocol_helpers import Session
+from maildir_helpers import store
+from protocol_helpers import Session, SizesUnknownStore
+from test_stores_contract import deliverToMaildir
 
 from popserv.limits import Limits
+from popserv.maildir import MaildirStore
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3Protocol
 
@@ -81,3 +90,63 @@ def test_burstOfConnectionsShareTheNames() -> None:
     # 300 octets here; one of its own, 832.
     sizes = {sys.getsizeof(vars(s.protocol)) for s in sessions}
     assert max(sizes) < 400, sizes
+
+
+@pytest.fixture
+def collectorOff() -> Iterator[None]:
+    """
+    The cycle collector stopped for the test, so that only reference
+    counting frees objects.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+UTF8_HEADER = "Subject: Gr\u00fc\u00dfe\r\n\r\nbody\r\n".encode()
+DOT_LINE = b"Subject: hi\r\n\r\n.dot\r\n"
+
+
+def memoryStore(tmp_path: Path) -> MemoryStore:
+    store = MemoryStore()
+    store.deliver("alice", UTF8_HEADER)
+    store.deliver("alice", DOT_LINE)
+    return store
+
+
+def sizesUnknownStore(tmp_path: Path) -> SizesUnknownStore:
+    return SizesUnknownStore(memoryStore(tmp_path))
+
+
+def maildirStore(tmp_path: Path) -> MaildirStore:
+    deliverToMaildir(tmp_path / "alice", UTF8_HEADER, name="1.a")
+    deliverToMaildir(tmp_path / "alice", DOT_LINE, name="2.b")
+    return store(tmp_path)
+
+
+@pytest.mark.parametrize("makeStore", [memoryStore, sizesUnknownStore, maildirStore])
+@pytest.mark.parametrize("utf8", [False, True], ids=["ascii", "utf8"])
+@pytest.mark.usefixtures("collectorOff")
+def test_endedSessionFreedAtOnce(
+    tmp_path: Path, makeStore: Callable[[Path], Any], utf8: bool
+) -> None:
+    """
+    An ended session leaves no reference cycle: its protocol, and with it
+    the listing of the maildrop, is freed as soon as the connection is
+    gone.  Held in a cycle, it would wait for the cycle collector, which
+    for objects that have aged into its oldest generation can be a long
+    time on a busy server, and for a large maildrop that is megabytes.
+    """
+    session = Session(store=makeStore(tmp_path))
+    if utf8:
+        assert session.command(b"UTF8").startswith(b"+OK")
+    assert session.login().startswith(b"+OK")
+    for line in (b"STAT", b"LIST", b"UIDL", b"RETR 1", b"TOP 2 0", b"DELE 2", b"QUIT"):
+        assert session.command(line).startswith(b"+OK"), line
+    session.protocol.connectionLost(None)
+    protocol = weakref.ref(session.protocol)
+    del session
+    assert protocol() is None

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clients import require_program
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +87,21 @@ def test_inProcess() -> None:
     assert re.search(rf"^cold +wall median +{number}", out, re.MULTILINE)
     out = run("bench_thread.py", "--trips=200", "--rounds=1", "--no-pin")
     assert re.search(rf"popserv ThreadRunner .* less the loop: +{number}", out)
+
+
+def test_instructions() -> None:
+    """
+    bench_instructions.py counts, under valgrind, the instructions a real
+    twistd popserv and the floor execute per login session: each a
+    positive count, and popserv's the larger (it does the floor's work and
+    more).
+    """
+    require_program("valgrind")
+    out = run("bench_instructions.py", "--servers=popserv,floor", "--sessions=10", "--clients=2")
+    counts = dict(
+        re.findall(r"^(\w+) \(.*\): ([0-9,]+) instructions per session", out, re.MULTILINE)
+    )
+    assert set(counts) == {"popserv", "floor"}, out
+    popserv, floor = (int(counts[name].replace(",", "")) for name in ("popserv", "floor"))
+    assert popserv > floor > 0
+    assert re.search(r"^popserv / floor: [0-9]+\.[0-9]{2}$", out, re.MULTILINE)

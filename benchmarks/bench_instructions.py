@@ -44,11 +44,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_maildir
 from suite.data import fillMaildir, makeMaildir
 from suite.servers import HOST, SERVERS, ServerAdapter, Unavailable
 
@@ -109,13 +109,7 @@ def count(name: str, sessions: int, clients: int, workdir: str, options: Any) ->
         fillMaildir(makeMaildir(mailroot, user), user, [900], 1, False)
     out = os.path.join(root, "callgrind.out")
     server: ServerAdapter = SERVERS[name](os.path.join(root, "server"), options)
-    command = server.command
-    server.command = lambda *a: [  # type: ignore[method-assign]
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        *command(*a),
-    ]
+    server.wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     server.start(mailroot, [(u, PASSWORD) for u in users], None)
     try:
         asyncio.run(_sessions(server.port, users, sessions))
@@ -140,10 +134,8 @@ def main(argv: Sequence[str]) -> int:
     if shutil.which("valgrind") is None:
         print("bench_instructions.py: valgrind is not installed (apt-get install valgrind)")
         return 2
-    # What the servers' adapters read of bench_maildir.py's options.
-    serverOptions = SimpleNamespace(
-        twistd=options.twistd, idle_sessions=0, server_profile=None, twisted_nagle=False
-    )
+    # The servers are started as bench_maildir.py starts them by default.
+    serverOptions = bench_maildir.parseArgs(["--twistd", options.twistd] if options.twistd else [])
     first, second = options.sessions, 5 * options.sessions
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as workdir:

@@ -209,7 +209,7 @@ def willNeed(fd: int, length: int) -> None:
         os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
 
 
-def advise(path: str, length: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> None:
+def advise(path: str, length: int, flags: int) -> None:
     """
     L{willNeed} for the file at C{path}, opened with C{flags}; nothing if
     it cannot be opened, or where L{cached} cannot tell what to ask for.

@@ -75,6 +75,8 @@ class ServerAdapter:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._family: dict[int, int | None] = {}
+        #: A command the server's own runs under (valgrind, say), or empty.
+        self.wrapper: list[str] = []
 
     # What a subclass provides.
 
@@ -111,7 +113,7 @@ class ServerAdapter:
         Start the server on C{cpu} and wait (bounded) until it greets.
         """
         self.prepareMail(mailroot)
-        argv = self.command(mailroot, users)
+        argv = [*self.wrapper, *self.command(mailroot, users)]
         with open(self.logPath, "ab") as log, procfs.pinned(cpu):
             # The child inherits the affinity set around Popen, so every
             # thread and process it ever starts is on the server CPU.

@@ -77,6 +77,7 @@ from popserv.maildirindex import (
     Stamp,
     lookup,
     numbers,
+    removeLeftover,
     sizeLimit,
 )
 from popserv.prefetch import NOATIME, NOWAIT, advise, cached, readEach, willNeed
@@ -646,6 +647,9 @@ class MaildirMaildrop:
         stamp = None
         if directories is not None and directories.newest <= started - _SETTLE_NS:
             stamp = directories.stamp
+        # Only here, not at every login: an unlink that fails (as it nearly
+        # always does) was a twentieth of a short session's instructions.
+        removeLeftover(self.path)
         # new/ first, then cur/: a message moved between the two listings is
         # seen twice, never missed.
         listing = _Listing(self.path)

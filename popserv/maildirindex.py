@@ -44,7 +44,8 @@ that the next login reads an index that matches its listing: into
 C{popserv.index.tmp}, then renamed over C{popserv.index}.  So a writer
 killed at any moment leaves the old index (a torn appended block fails its
 check and is ignored, up to the next rewrite) or the new one; a leftover
-temporary file is removed by the next writer.  Nothing is fsynced: after a
+temporary file is removed by the next login that lists the Maildir
+(L{removeLeftover}) or the next writer.  Nothing is fsynced: after a
 power failure the worst case is a damaged file, which is detected and
 rebuilt, and an fsync per login would cost more than the rebuild saves.
 
@@ -407,8 +408,7 @@ class MaildirIndex:
         """
         Read the index of C{maildir}: the index and its records.  An index
         larger than C{limit} octets, unreadable or damaged is logged and
-        its intact blocks (if any) used; a missing one is empty.  Also
-        removes the temporary file of a writer that was killed.
+        its intact blocks (if any) used; a missing one is empty.
         """
         loaded = cls._load(maildir, limit, quiet=False)
         assert loaded is not None
@@ -426,8 +426,6 @@ class MaildirIndex:
     @classmethod
     def _load(cls, maildir: str, limit: int, quiet: bool) -> tuple[MaildirIndex, Records] | None:
         index = cls(maildir)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(maildir, TEMP_NAME))
         try:
             data = _readBounded(index.path, limit)
         except FileNotFoundError:
@@ -564,6 +562,21 @@ class MaildirIndex:
         self._appendAt = None
         self.blocks = 0
         self.stamp = None
+
+
+def removeLeftover(maildir: str) -> None:
+    """
+    Remove the temporary file of a writer that was killed while it
+    rewrote the index of C{maildir}, if there is one.
+
+    Only a login that lists the Maildir need call this: a rewrite happens
+    only in such a login, after a change to the Maildir, so the next login
+    lists too.  A login that finds the index up to date does not pay for
+    the failed C{unlink} (an exception in Python) that this is nearly
+    always; and a rewrite removes the file anyway before it writes its own.
+    """
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(maildir, TEMP_NAME))
 
 
 class _TooLarge(OSError):

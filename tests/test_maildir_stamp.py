@@ -126,6 +126,38 @@ def test_unchangedMaildirNotListed(alice: Path, listings: list[str]) -> None:
     assert listings == ["new", "cur"]
 
 
+@pytest.mark.usefixtures("settled")
+def test_leftoverTemporaryIndexRemovedByListingLogin(
+    alice: Path, listings: list[str], monkeypatch: Any
+) -> None:
+    """
+    A login that takes its messages from an up-to-date index makes no
+    attempt to remove a leftover temporary index (a failed C{unlink} per
+    login); the next login that lists the Maildir removes it.
+    """
+    s = store(alice.parent)
+    snapshot(s)
+    leftover = alice / maildirindex.TEMP_NAME
+    leftover.write_bytes(b"popserv-maildir-index 2\nblock 1 3 00")
+    unlinked: list[str] = []
+    realUnlink = os.unlink
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlinked.append(os.path.basename(path))
+        realUnlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", spy)
+    listings.clear()
+    assert snapshot(s) == expected(alice)
+    assert (listings, unlinked) == ([], [])
+    assert leftover.exists()
+    _deliver(alice)
+    assert snapshot(s) == expected(alice)
+    assert listings == ["new", "cur"]
+    assert unlinked == [maildirindex.TEMP_NAME]
+    assert not leftover.exists()
+
+
 def _deliver(path: Path) -> None:
     deliverToMaildir(path, b"new mail\n", name="1700000009.M9.host")
 

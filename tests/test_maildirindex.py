@@ -32,6 +32,7 @@ from popserv.maildirindex import (
     lookup,
     numbers,
     parse,
+    removeLeftover,
 )
 
 LIMIT = 1 << 20
@@ -297,15 +298,22 @@ def test_notARegularFileIgnored(tmp_path: Path, kind: str) -> None:
 
 def test_leftoverTemporaryFileRemoved(tmp_path: Path) -> None:
     """
-    A temporary file left by a writer that was killed is ignored and
-    removed when the index is next loaded.
+    A temporary file left by a writer that was killed is ignored when the
+    index is loaded, and removed by L{removeLeftover} or the next rewrite.
     """
     index, _ = load(tmp_path)
     index.rewrite(SAMPLE)
     (tmp_path / TEMP_NAME).write_bytes(MAGIC + b"half a blo")
-    _, found = load(tmp_path)
+    index, found = load(tmp_path)
     assert found.names == SAMPLE.names
+    assert (tmp_path / TEMP_NAME).exists()
+    removeLeftover(str(tmp_path))
     assert not (tmp_path / TEMP_NAME).exists()
+    removeLeftover(str(tmp_path))  # none left: nothing to do, no error
+    (tmp_path / TEMP_NAME).write_bytes(MAGIC + b"half a blo")
+    assert index.rewrite(SAMPLE)
+    assert not (tmp_path / TEMP_NAME).exists()
+    assert load(tmp_path)[1].names == SAMPLE.names
 
 
 def test_unwritableMaildir(tmp_path: Path, monkeypatch: Any) -> None:

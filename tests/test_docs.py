@@ -68,6 +68,29 @@ def test_docsBuildWithoutWarnings(tmp_path: Path) -> None:
         assert (out / f"{page}.html").is_file(), page
 
 
+def test_everyTitleStartsASection() -> None:
+    """
+    Every section title in the documentation follows a blank line.  A title
+    written right after a paragraph's last line is read, without a warning,
+    as more of that paragraph, underline and all.
+    """
+    underline = re.compile(r"([=\-~^\"*+#])\1{2,}")
+    misplaced = []
+    for page in [*DOCS.glob("*.rst"), REPO / "README.rst", REPO / "benchmarks" / "README.rst"]:
+        lines = page.read_text().splitlines()
+        for number in range(2, len(lines)):
+            title, before = lines[number - 1].rstrip(), lines[number - 2]
+            if (
+                underline.fullmatch(lines[number])
+                and title
+                and len(lines[number]) >= len(title)
+                and before.strip()
+                and not underline.fullmatch(before)  # an overlined title
+            ):
+                misplaced.append(f"{page.name}:{number}: {title}")
+    assert misplaced == []
+
+
 def test_everyExampleIsShown() -> None:
     """
     Every Python file under docs/examples is shown in the documentation by a

@@ -569,7 +569,8 @@ def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
     """
     A writer killed with SIGKILL at any moment leaves an index whose every
     record is one that was written whole: the old index or the new one (a
-    torn appended block is ignored), and any temporary file is ignored.  A
+    torn appended block is ignored), and any temporary file is ignored (and
+    removed by L{removeLeftover}).  A
     stamp read back always ends the records written with it.
     """
     rng = random.Random(1)
@@ -597,6 +598,7 @@ def test_killedWriterLeavesOldOrNewIndex(tmp_path: Path) -> None:
         for name, wire, downgraded, disk in rows(found):
             n = int(name.split(".")[0])
             assert (wire, downgraded, disk) == (n * 3, n * 3 + 1, n * 7)
+        removeLeftover(str(tmp_path))  # as the next login that lists does
         assert not (tmp_path / TEMP_NAME).exists()
         if index.stamp is not None:
             # A stamp read back ends the very records written with it.

@@ -18,6 +18,13 @@ per RETR over R sessions.
 Not included: Twisted's TCP transport and reactor, the kernel, and the
 hand-over to a worker thread; C{bulk} and the floor server measure those.
 
+With C{--pause US}, the session waits that many microseconds before each
+RETR, as a real server waits for the client's next command; the CPU time
+excludes the waits, and so does the wall time.  A CPU that was idle runs
+the next request slower (on a virtual machine the host may run other work
+meanwhile, and caches cool): this shows how much of the gap between this
+script's figure and a real server's CPU per message is that.
+
 With C{--uncached}, every message file is dropped from the page cache
 before each measured session, as after a reboot, and the wall time per
 RETR is the figure to read: how long the client waits while the files
@@ -28,6 +35,7 @@ C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_retr.py}.
 
     .venv/bin/python benchmarks/bench_retr.py
     .venv/bin/python benchmarks/bench_retr.py --size 50000 --count 1000
+    .venv/bin/python benchmarks/bench_retr.py --size 50000 --count 1000 --pause 300
     .venv/bin/python benchmarks/bench_retr.py --count 5000 --uncached
 """
 
@@ -63,10 +71,13 @@ from popserv.realm import MaildropRealm
 USER, PASSWORD = "alice", b"secret"
 
 
-def session(factory: POP3ServerFactory, count: int, utf8: bool) -> tuple[float, float]:
+def session(
+    factory: POP3ServerFactory, count: int, utf8: bool, pause: float = 0.0
+) -> tuple[float, float]:
     """
-    One session that retrieves every message in order: the CPU seconds and
-    the wall seconds of the RETRs.
+    One session that retrieves every message in order, C{pause} seconds
+    before each: the CPU seconds and the wall seconds of the RETRs, the
+    pauses left out.
     """
     protocol = factory.buildProtocol(None)
     assert protocol is not None
@@ -80,9 +91,14 @@ def session(factory: POP3ServerFactory, count: int, utf8: bool) -> tuple[float, 
     lines = [b"RETR %d\r\n" % number for number in range(1, count + 1)]
     began, wall = time.process_time(), time.perf_counter()
     for line in lines:
+        if pause:
+            time.sleep(pause)
         protocol.dataReceived(line)
         transport.clear()
     spent, wall = time.process_time() - began, time.perf_counter() - wall
+    # time.sleep sleeps at least as long as asked (the excess, a timer's
+    # slack, stays in the wall time).
+    wall -= pause * len(lines)
     protocol.dataReceived(b"QUIT\r\n")
     if not transport.value().startswith(b"+OK"):
         raise SystemExit(f"QUIT failed: {transport.value()!r}")
@@ -104,7 +120,17 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="drop the message files from the page cache before each measured session",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="wait this many microseconds before each RETR, as for a client's next command [0]",
+    )
     options = parser.parse_args(argv)
+    if options.pause < 0:
+        parser.error("--pause must not be negative")
+    pause = options.pause / 1e6
 
     root = tempfile.mkdtemp(prefix="popserv-bench-retr-")
     try:
@@ -116,12 +142,12 @@ def main(argv: list[str]) -> int:
         store = MaildirStore(os.path.join(root, "{user}"), runInThread=maybeDeferred)
         factory = POP3ServerFactory(Portal(MaildropRealm(store), [checker]), clock=Clock())
         with pinned(options.cpu):
-            session(factory, options.count, options.utf8)  # warm-up; writes the index
+            session(factory, options.count, options.utf8, pause)  # warm-up; writes the index
             cpu, wall = [], []
             for _ in range(options.repeat):
                 if options.uncached:
                     evictMessageFiles(maildir)
-                spent, waited = session(factory, options.count, options.utf8)
+                spent, waited = session(factory, options.count, options.utf8, pause)
                 cpu.append(spent / options.count * 1e6)
                 wall.append(waited / options.count * 1e6)
     finally:
@@ -129,7 +155,8 @@ def main(argv: list[str]) -> int:
     print(
         f"popserv {popserv.__file__}: {options.count} messages of {options.size} octets,"
         f" UTF8 {'on' if options.utf8 else 'off'},"
-        f" {'not in' if options.uncached else 'in'} the page cache:"
+        f" {'not in' if options.uncached else 'in'} the page cache,"
+        f" {options.pause:g} us pause before each:"
         f" CPU per RETR {min(cpu):.1f} us best, {statistics.median(cpu):.1f} us median;"
         f" wall {min(wall):.1f} us best, {statistics.median(wall):.1f} us median"
         f" ({options.repeat} sessions)"

@@ -40,6 +40,8 @@ def safe(value: str) -> str:
     """
     if not value:
         return "-"
+    if value.isascii() and value.isprintable() and " " not in value and "%" not in value:
+        return value[:256]  # nothing to quote: most names
     out = []
     for octet in value.encode("utf-8", "surrogateescape"):
         if 0x21 <= octet < 0x7F and octet != 0x25:

@@ -74,6 +74,21 @@ def test_hostileUserNames() -> None:
     assert safe("x ip=1.2.3.4\nfake") == "x%20ip=1.2.3.4%0Afake"
     assert safe("j\u00fcrgen") == "j%C3%BCrgen"
     assert safe("") == "-"
+    assert safe("100%") == "100%25"
+    assert safe("a\x7fb\tc") == "a%7Fb%09c"
+    assert safe("\udcff") == "%FF"  # an undecodable octet, as surrogateescape keeps it
+
+
+def test_plainUserNamesUnchanged() -> None:
+    """
+    A name of printable ASCII without space or '%' is logged as it is
+    (punctuation included), cut at 256 characters like any other.
+    """
+    assert safe("alice") == "alice"
+    assert safe("a.b+tag@example.org") == "a.b+tag@example.org"
+    assert safe("{user}!#$&'()*,/:;<=>?[]^`|~\"") == "{user}!#$&'()*,/:;<=>?[]^`|~\""
+    assert safe("x" * 300) == "x" * 256
+    assert safe("x" * 255 + " ") == "x" * 255 + "%"
 
 
 def test_sessionEnd(events: list[dict[str, Any]]) -> None:

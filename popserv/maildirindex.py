@@ -99,9 +99,10 @@ _MAX_HEADER_LINE = 64
 #: The most values a stamp may have.
 _MAX_STAMP_VALUES = 16
 #: A stamp line: "stamp", 1 to L{_MAX_STAMP_VALUES} integers of at most 21
-#: characters (a 64-bit value, sign included), the CRC-32 of what precedes
-#: it in 8 hex digits, LF.  One match instead of a check per field: a login
-#: whose index is up to date parses one at every login.
+#: characters, sign included (a 64-bit value takes 20), the CRC-32 of what
+#: precedes it in 8 hex digits, LF.  One match instead of a check per field:
+#: a login whose index is up to date parses one at every login.  Each field
+#: starts with a space, so the match cannot backtrack far on a damaged line.
 _STAMP_LINE = re.compile(
     rb"(stamp(?: (?:-[0-9]{1,20}|[0-9]{1,21})){1,%d}) ([0-9a-f]{8})\n" % _MAX_STAMP_VALUES
 )

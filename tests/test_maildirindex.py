@@ -460,6 +460,9 @@ def test_stampValuesBounded() -> None:
     A stamp holds 1 to 16 values.
     """
     assert parse(MAGIC + encodeStamp((0,) * 16)).stamp == (0,) * 16
+    # The widest values a stamp can hold: 64-bit, signed or not.
+    extremes = (2**64 - 1, -(2**63), 0, -1)
+    assert parse(MAGIC + encodeStamp(extremes)).stamp == extremes
     for bad in [(), (0,) * 17]:
         with pytest.raises(ValueError):
             encodeStamp(bad)
@@ -476,6 +479,11 @@ def test_stampValuesBounded() -> None:
         (b"stamp " + b"9" * 22 + b" 00000000\n", "damaged stamp"),
         (b"stamp 1 2 00000000\n", "fails its checksum"),
         (b"stamp 1 2", "damaged stamp"),
+        (b"stamp -1- 00000000\n", "damaged stamp"),
+        (b"stamp --1 00000000\n", "damaged stamp"),
+        (b"stamp 1 2 0000000G\n", "damaged stamp"),
+        (b"stamp 1 2 0000000\n", "damaged stamp"),
+        (b"stamp " + b"9" * 21 + b" " + b"1" * 4000 + b"\n", "damaged stamp"),
     ],
 )
 def test_damagedStamp(line: bytes, problem: str) -> None:

@@ -484,8 +484,7 @@ class MaildirIndex:
             os.rename(temp, self.path)
         except OSError as e:
             _log.warn("Cannot write the index {path}: {e}", path=self.path, e=e)
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            removeLeftover(self.maildir)
             return False
         self.missing = False
         self._appendAt = len(content)

@@ -342,6 +342,28 @@ def test_unwritableMaildir(tmp_path: Path, monkeypatch: Any) -> None:
     assert not (tmp_path / TEMP_NAME).exists()
 
 
+def test_failedRewriteLeavesNoTemporaryFile(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A rewrite that fails after it made its temporary file (a full disk in
+    the middle of the write) removes that file, and the old index stays.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    before = (tmp_path / INDEX_NAME).read_bytes()
+
+    def fullDisk(fd: int, data: Any) -> int:
+        assert (tmp_path / TEMP_NAME).exists()  # made, and now being written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", fullDisk)
+    with capturedLogs() as events:
+        assert not index.rewrite(SAMPLE)
+    assert len(warnings(events)) == 1
+    monkeypatch.undo()
+    assert not (tmp_path / TEMP_NAME).exists()
+    assert (tmp_path / INDEX_NAME).read_bytes() == before
+
+
 def test_partialAppendTakenBack(tmp_path: Path, monkeypatch: Any) -> None:
     """
     An append that fails half-way (ENOSPC) is cut off again, so the index

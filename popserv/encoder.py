@@ -265,7 +265,7 @@ def encodeMessage(message: bytes, bodyLines: int | None = None, downgrade: bool 
     return encoder.feed(message) + encoder.finish()
 
 
-def downgradeDelta(prefix: bytes) -> int:
+def downgradeDelta(prefix: bytes | bytearray) -> int:
     """
     How much longer a message gets when its header is downgraded for a
     client that did not enable UTF8, from a stored C{prefix} of it that
@@ -282,14 +282,17 @@ def downgradeDelta(prefix: bytes) -> int:
         # All header, or more of it than the prefix holds: the encoder's way.
         if prefix.isascii():
             return 0
-        return wireSize(prefix, downgrade=True) - wireSize(prefix)
+        whole = bytes(prefix)
+        return wireSize(whole, downgrade=True) - wireSize(whole)
     # The usual case, computed directly (a login sizes every message): the
     # fields up to the LF that ends the last one, in the CRLF form the
     # downgrade filter sees, are all that change.
     header = prefix[: end + 1]
     if header.isascii():
         return 0
-    header = header.replace(CRLF, LF).replace(LF, CRLF)
+    if b"\r" in header:
+        header = header.replace(CRLF, LF)
+    header = bytes(header.replace(LF, CRLF))
     if len(header) > MAX_HEADER:
         return 0  # sent as it is
     return downgradeGrowth(header)

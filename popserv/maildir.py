@@ -311,7 +311,7 @@ def _measureRead(
         # to be read).  This is the common case; it needs no fstat.
         data = buffer[:length]
         wire = _wholeWireSize(data) if known is None else known
-        delta = 0 if data.isascii() else downgradeDelta(bytes(data))
+        delta = 0 if data.isascii() else downgradeDelta(data)
         return wire, wire + delta, length
     # Empty, or large: only now is it worth asking what it is, so that a
     # FIFO or a device (/dev/zero) is never taken for a message.

@@ -101,6 +101,7 @@ def readEach(
     """
     read: Preadv = preadv or getattr(os, "preadv", None) or _unsupported
     later: deque[tuple[_K, int, str]] = deque()
+    buffers = [buffer]
 
     def readNow(key: _K, directory: int, name: str) -> _R | OSError:
         # Open, read (waiting if need be), call then() and close.
@@ -126,7 +127,7 @@ def readEach(
             yield key, e
             continue
         try:
-            length = read(fd, [buffer], 0, nowait)
+            length = read(fd, buffers, 0, nowait)
         except BlockingIOError:
             # Not (all) in the page cache: have the disk fetch what the
             # first read wants while we read the others, and read it then.
@@ -151,7 +152,18 @@ def readEach(
         except BaseException:
             os.close(fd)
             raise
-        yield key, _finish(key, fd, length, buffer, then)
+        if length % _PAGE == 0 or length == len(buffer):
+            yield key, _finish(key, fd, length, buffer, then)
+            continue
+        # The common case, inline (a login reads 100,000 files this way):
+        # the read ended inside a page, so at the end of the file.
+        try:
+            result: _R | OSError = then(key, fd, length)
+        except OSError as e:
+            result = e
+        finally:
+            os.close(fd)
+        yield key, result
     while later:
         key, directory, name = later.popleft()
         yield key, readNow(key, directory, name)

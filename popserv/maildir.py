@@ -269,7 +269,7 @@ def _wholeWireSize(data: bytes | bytearray) -> int:
 
 def measureEach(
     files: Iterable[tuple[_K, int, str]],
-    knownSize: Callable[[_K], int | None],
+    knownSize: Callable[[_K], int | None] | None,
     nowait: int | None = NOWAIT,
 ) -> Iterator[tuple[_K, tuple[int, int, int] | OSError]]:
     """
@@ -280,7 +280,7 @@ def measureEach(
     @param files: each file's key, a descriptor of its directory and its
         name in that directory.
     @param knownSize: a file's wire size from its name, by its key, or
-        L{None}.
+        L{None}; L{None} for no function if no name gives one.
     @param nowait: see L{popserv.prefetch.readEach}.
     @return: each file's key with its sizes (wire, downgraded, on disk),
         or with the L{OSError} that reading it raised: it cannot be opened
@@ -291,7 +291,7 @@ def measureEach(
     buffer = bytearray(_FIRST_READ)
 
     def sizes(key: _K, fd: int, length: int) -> tuple[int, int, int]:
-        return _measureRead(fd, length, buffer, knownSize(key))
+        return _measureRead(fd, length, buffer, knownSize(key) if knownSize else None)
 
     return readEach(files, buffer, sizes, _SIZING_FLAGS, nowait)
 
@@ -407,6 +407,7 @@ class _Listing:
     @ivar sortable: comparing the base names as strings sorts them as
         L{_sortKey} does.
     @ivar uidsValid: every base name is its own UIDL.
+    @ivar sizesInNames: some base name may give its wire size (C{,W=}).
     """
 
     def __init__(self, maildir: str) -> None:
@@ -429,6 +430,7 @@ class _Listing:
                 self.bases += bases
             joinedBases.append(joined)
         self.sortable, self.uidsValid = _checkNames(joinedBases, self.bases)
+        self.sizesInNames = any(",W=" in joined for joined in joinedBases)
 
     def entries(self, wanted: set[str]) -> dict[str, tuple[str, int, str]]:
         """
@@ -732,11 +734,14 @@ class MaildirMaildrop:
         # except that files not in the page cache come after the others,
         # read while the disk fetches them.
         files = ((i, *where[names[i]][1:]) for i in misses)  # key, directory, name
-        for i, sizes in measureEach(files, lambda i: _knownWireSize(names[i])):
-            if isinstance(sizes, FileNotFoundError):
+        knownSize = (lambda i: _knownWireSize(names[i])) if listing.sizesInNames else None
+        for i, sizes in measureEach(files, knownSize):
+            if not isinstance(sizes, OSError):
+                measured.append(i)
+            elif isinstance(sizes, FileNotFoundError):
                 dropped.add(i)  # removed by another program while we looked
                 continue
-            if isinstance(sizes, OSError):
+            else:
                 subdir, _, name = where[names[i]]
                 path = os.path.join(self.path, subdir, name)
                 wireSize = _knownWireSize(names[i])
@@ -749,8 +754,6 @@ class MaildirMaildrop:
                     continue
                 # Listed by its name; RETR will say it cannot be read.
                 sizes = (wireSize, wireSize, NO_SIZE)
-            else:
-                measured.append(i)
             wire[i], downgraded[i], disk[i] = sizes
         measured.sort()  # the records learnt, in message order
         return dropped, known.pick(measured)

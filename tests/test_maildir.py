@@ -858,7 +858,9 @@ def measure(directory: int, known: int | None, nowait: int | None) -> tuple[int,
     """
     What maildir.measureEach tells of the file "m" in C{directory}.
     """
-    [(_, sizes)] = maildir.measureEach([(known, directory, "m")], lambda known: known, nowait)
+    # A Maildir none of whose names give a size passes no function at all.
+    knownSize = None if known is None else lambda known: known
+    [(_, sizes)] = maildir.measureEach([(known, directory, "m")], knownSize, nowait)
     assert not isinstance(sizes, OSError)
     return sizes
 

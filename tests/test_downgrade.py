@@ -211,6 +211,30 @@ def test_encodedWordLength() -> None:
         assert base64.b64decode(word[10:-2]).decode("utf-8")
 
 
+@pytest.mark.parametrize("nameLength", [1, 7, 30, 60, 61, 62, 63, 64, 65, 70, 74, 80])
+def test_encodedWordsFillLines(nameLength: int) -> None:
+    """
+    Lines of encoded-words are at most 76 characters (RFC 2047 section 2),
+    and each but the last is full: another word's worth of base64 (four
+    characters) would not fit.  After a field name too long to leave room
+    for one character, the text starts on the next line.
+    """
+    name = b"X" * nameLength
+    text = ("\u00e9" + "a" * 300).encode()
+    lines = downgradeHeader(name + b": " + text + b"\r\n").split(b"\r\n")
+    assert lines[-1] == b""
+    lines = lines[:-1]
+    first = lines[0][len(name) + 2 :]
+    if nameLength + 2 + 12 + 4 > 76:
+        assert first == b""  # no room: the text starts on the next line
+    words = [first] * bool(first) + [line[1:] for line in lines[1:]]
+    assert b"".join(base64.b64decode(word[10:-2]) for word in words) == text
+    for line, word in zip(lines[-len(words) :], words, strict=True):
+        assert len(line) <= 76 and len(word) <= 75
+    for line in lines[-len(words) : -1]:
+        assert len(line) > 76 - 4
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b":", b" ", b"\n", b"\r", b"\xc3\xa9"]), max_size=30))
 def test_headerEnd(parts: list[bytes]) -> None:

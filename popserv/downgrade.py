@@ -44,6 +44,13 @@ def _capacity(used: int) -> int:
     return base64Characters // 4 * 3 if base64Characters > 0 else 0
 
 
+#: A CR as an int: C{CR_OCTET in data} is one memchr, where C{b"\\r" in
+#: data} first tries C{b"\\r"} as an integer, and makes and discards a
+#: TypeError (CPython 3.11): 30 rather than 220 ns, for each of the
+#: several such tests a login makes of every message it sizes.
+CR_OCTET = ord("\r")
+
+
 #: The most header octets the downgrade looks at; a header section that
 #: ends later is sent as it is (no real message has one, and the bound keeps
 #: memory flat for a hostile one).  The decision depends only on where the
@@ -282,7 +289,7 @@ def headerEnd(data: bytes | bytearray) -> int:
     or bare LF line endings) starts: the index of the first C{"\\n\\n"} or
     C{"\\n\\r\\n"}, whichever comes first; -1 if neither.
     """
-    if b"\r" not in data:
+    if CR_OCTET not in data:
         # Most stored mail (Maildir deliveries): bare LFs only.  One memchr
         # rules out CRLF, and one search finds the end; a login sizes every
         # message this way.

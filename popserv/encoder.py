@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from popserv.downgrade import MAX_HEADER, HeaderDowngrade, downgradeGrowth, headerEnd
+from popserv.downgrade import CR_OCTET, MAX_HEADER, HeaderDowngrade, downgradeGrowth, headerEnd
 
 CR = b"\r"
 LF = b"\n"
@@ -58,7 +58,7 @@ class _LineEndings:
             self._heldCR = True
         # Fast paths, fastest first.  No CR at all: the usual Maildir file,
         # written by an MDA with LF line endings (one memchr, one replace).
-        if CR not in data:
+        if CR_OCTET not in data:
             return data.replace(LF, CRLF)
         # Already all CRLF (stored as received over SMTP): no copying.
         lfs = data.count(LF)
@@ -290,7 +290,7 @@ def downgradeDelta(prefix: bytes | bytearray) -> int:
     header = prefix[: end + 1]
     if header.isascii():
         return 0
-    if b"\r" in header:
+    if CR_OCTET in header:
         header = header.replace(CRLF, LF)
     header = bytes(header.replace(LF, CRLF))
     if len(header) > MAX_HEADER:

@@ -58,7 +58,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popserv.downgrade import prefixNeeded
+from popserv.downgrade import CR_OCTET, prefixNeeded
 from popserv.encoder import WireSize, downgradeDelta
 from popserv.errors import (
     DeletionFailed,
@@ -254,7 +254,7 @@ def _wholeWireSize(data: bytes | bytearray) -> int:
     The wire size (L{WireSize}) of a whole message in memory: each LF not
     after a CR gains a CR, and an unterminated last line gains a CRLF.
     """
-    if b"\r" in data:
+    if CR_OCTET in data:
         size = len(data) + data.count(b"\n") - data.count(b"\r\n")
     else:
         # Most stored mail has bare LFs.  Converting them takes a memchr()

@@ -152,12 +152,11 @@ def readEach(
         except BaseException:
             os.close(fd)
             raise
-        if length % _PAGE == 0 or length == len(buffer):
-            yield key, _finish(key, fd, length, buffer, then)
-            continue
-        # The common case, inline (a login reads 100,000 files this way):
-        # the read ended inside a page, so at the end of the file.
         try:
+            if length % _PAGE == 0 or length == len(buffer):
+                # Not the common case (a read that ended inside a page, so
+                # at the end of the file): the file may go on.
+                length = _complete(fd, length, buffer)
             result: _R | OSError = then(key, fd, length)
         except OSError as e:
             result = e
@@ -242,33 +241,28 @@ def _unsupported(fd: int, buffers: list[bytearray], offset: int, flags: int) -> 
     raise OSError(errno.EOPNOTSUPP, "no preadv")
 
 
-def _finish(
-    key: _K, fd: int, length: int, buffer: bytearray, then: Callable[[_K, int, int], _R]
-) -> _R | OSError:
+def _complete(fd: int, length: int, buffer: bytearray) -> int:
     """
-    Complete a read that did not wait (and so did not move the file's
-    offset), call C{then} and close C{fd}.
+    Complete a read of C{length} octets into C{buffer} that did not wait
+    (and so did not move the file's offset), as L{readEach} promises
+    C{then}: the buffer as full as the file allows, and the offset after
+    it if it is full.
+
+    @return: the octets now in C{buffer}.
     """
-    try:
-        if length == len(buffer):
-            os.lseek(fd, length, os.SEEK_SET)
-        elif length % _PAGE == 0:
-            # A read that must not wait stops at the first page that is not
-            # cached; one that ends inside a page ended at the end of the
-            # file.  This one may have stopped short: read on, waiting.
-            view = memoryview(buffer)
-            try:
-                while length < len(buffer):
-                    more = os.preadv(fd, [view[length:]], length)
-                    if not more:
-                        break
-                    length += more
-            finally:
-                view.release()
-            if length == len(buffer):
-                os.lseek(fd, length, os.SEEK_SET)
-        return then(key, fd, length)
-    except OSError as e:
-        return e
-    finally:
-        os.close(fd)
+    if length % _PAGE == 0 and length < len(buffer):
+        # A read that must not wait stops at the first page that is not
+        # cached; one that ends inside a page ended at the end of the
+        # file.  This one may have stopped short: read on, waiting.
+        view = memoryview(buffer)
+        try:
+            while length < len(buffer):
+                more = os.preadv(fd, [view[length:]], length)
+                if not more:
+                    break
+                length += more
+        finally:
+            view.release()
+    if length == len(buffer):
+        os.lseek(fd, length, os.SEEK_SET)
+    return length

@@ -38,8 +38,8 @@ def _capacity(used: int) -> int:
     C{used} characters.
     """
     # A word is at most 75 characters even on an empty line.  (Tests
-    # rather than min() and max(): a login asks this of each UTF-8 field of
-    # every message it sizes, and they cost a quarter of the time.)
+    # rather than min() and max(), which cost more than the arithmetic: a
+    # login asks this of each UTF-8 field of every message it sizes.)
     base64Characters = (_LINE - used if used > 0 else 75) - _WORD_OVERHEAD
     return base64Characters // 4 * 3 if base64Characters > 0 else 0
 

@@ -227,7 +227,7 @@ def test_encodedWordsFillLines(nameLength: int) -> None:
     first = lines[0][len(name) + 2 :]
     if nameLength + 2 + 12 + 4 > 76:
         assert first == b""  # no room: the text starts on the next line
-    words = [first] * bool(first) + [line[1:] for line in lines[1:]]
+    words = ([first] if first else []) + [line[1:] for line in lines[1:]]
     assert b"".join(base64.b64decode(word[10:-2]) for word in words) == text
     for line, word in zip(lines[-len(words) :], words, strict=True):
         assert len(line) <= 76 and len(word) <= 75

@@ -63,6 +63,7 @@ from popserv.sasl import (
     SASLError,
     defaultMechanisms,
 )
+from popserv.sendnow import sendNow
 from popserv.states import LEGAL, State
 from popserv.timeouts import Timeout, Timeouts
 from popserv.tls import ReloadableTLS, channelBinding
@@ -377,7 +378,17 @@ class POP3Protocol(LineOnlyReceiver):
 
     def _send(self, data: bytes) -> None:
         if not self._lost:
+            sendNow(self.transport, data)
+
+    def _sendLast(self, data: bytes) -> None:
+        """
+        Send the session's last reply and close: written with the close, so
+        that one turn of the reactor sends both (sent at once, the close
+        would still need that turn, and an empty send in it).
+        """
+        if not self._lost:
             self.transport.write(data)
+            self.transport.loseConnection()
 
     # What the connection is
 
@@ -932,8 +943,7 @@ class POP3Protocol(LineOnlyReceiver):
         self.record.reason = "quit"
         if self.state is State.AUTHORIZATION:
             self.state = State.UPDATE
-            self._send(replies.ok("Bye"))
-            self.transport.loseConnection()
+            self._sendLast(replies.ok("Bye"))
             return None
         txn = self._txn()
         self.state = State.UPDATE
@@ -949,8 +959,7 @@ class POP3Protocol(LineOnlyReceiver):
         indexes = sorted(set(txn.deletedIndexes()) | expired)
         left = len(txn.messages()) - len(indexes)
         if not indexes:
-            self._send(replies.ok(f"Bye, {left} messages left"))
-            self.transport.loseConnection()
+            self._sendLast(replies.ok(f"Bye, {left} messages left"))
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)

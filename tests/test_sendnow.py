@@ -1,0 +1,278 @@
+"""
+L{popserv.sendnow.sendNow} on real loopback TCP sockets: Twisted's own
+server connection (C{twisted.internet.tcp.Server}) over an accepted socket,
+with a L{MemoryReactor} taking its read and write registrations, so a test
+sees what is on the wire before any turn of a reactor, and turns it by hand
+(C{doRead}, C{doWrite}) where one is needed.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from certificates import CertificateAuthority
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+
+from popserv.sendnow import sendNow
+from popserv.tls import TLSFiles
+
+REPLY = b"+OK POP3 server ready\r\n"
+
+
+class Received(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+class Connection:
+    """
+    Both ends of one loopback TCP connection: the server's, as Twisted's
+    transport, and the client's, a plain socket.
+    """
+
+    def __init__(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self.client = socket.create_connection(listener.getsockname(), timeout=5)
+            accepted, address = listener.accept()
+        accepted.setblocking(False)
+        self.reactor = MemoryReactor()
+        self.protocol = Received()
+        # No listening port: Twisted takes None (it names the port in repr only).
+        self.transport = tcp.Server(
+            accepted,
+            self.protocol,
+            address,
+            None,  # type: ignore[arg-type]
+            1,
+            self.reactor,
+        )
+        self.protocol.makeConnection(self.transport)
+        self.transport.setTcpNoDelay(True)  # as popserv does
+
+    def waiting(self) -> bool:
+        """
+        Whether the transport has asked to be told when it can write: it
+        holds bytes it has not sent.
+        """
+        return self.transport in self.reactor.getWriters()
+
+    def receivedNow(self, wait: float = 0) -> bytes:
+        """
+        What the client can read at once; with C{wait}, after waiting up to
+        that many seconds for the first octet.
+        """
+        chunks = []
+        while select.select([self.client], [], [], wait)[0]:
+            wait = 0
+            chunk = self.client.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.client.close()
+        self.transport.socket.close()
+
+
+@pytest.fixture
+def connection() -> Iterator[Connection]:
+    c = Connection()
+    yield c
+    c.close()
+
+
+def test_sentAtOnce(connection: Connection) -> None:
+    """
+    With nothing unsent, the reply is on the wire when sendNow returns, and
+    the transport never asked the reactor to write.
+    """
+    sendNow(connection.transport, REPLY)
+    assert not connection.waiting()
+    assert connection.receivedNow(wait=5) == REPLY
+
+
+def test_behindUnsentBytes(connection: Connection) -> None:
+    """
+    A reply never overtakes bytes the transport still holds: both wait for
+    the reactor's turn, and arrive in the order written.
+    """
+    connection.transport.write(b"+OK first\r\n")
+    sendNow(connection.transport, b"+OK second\r\n")
+    assert connection.waiting()
+    assert connection.receivedNow() == b""
+    connection.transport.doWrite()
+    assert not connection.waiting()
+    assert connection.receivedNow(wait=5) == b"+OK first\r\n+OK second\r\n"
+
+
+def test_restWrittenInOrder(connection: Connection) -> None:
+    """
+    What the socket does not take at once is left to the transport, after
+    what was sent: every octet arrives, in order, once.
+    """
+    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    data = bytes(range(256)) * 16384  # 4 MiB, far more than the buffers hold
+    sendNow(connection.transport, data)
+    assert connection.waiting()
+    received = bytearray()
+    deadline = time.monotonic() + 30
+    for _ in range(100_000):
+        if len(received) == len(data) or time.monotonic() > deadline:
+            break
+        if connection.waiting():
+            assert connection.transport.doWrite() is None
+        received += connection.receivedNow()
+    assert received == data
+    assert not connection.waiting()
+
+
+def test_behindProducer(connection: Connection) -> None:
+    """
+    While a producer streams through the transport (a message being sent),
+    a reply goes through its flow control too.
+    """
+
+    class Producer:
+        def pauseProducing(self) -> None:
+            pass
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    connection.transport.registerProducer(Producer(), True)
+    sendNow(connection.transport, REPLY)
+    assert connection.waiting()
+    connection.transport.doWrite()
+    assert connection.receivedNow(wait=5) == REPLY
+
+
+def test_connectionReset(connection: Connection) -> None:
+    """
+    A send that fails is left to the transport, which reports the lost
+    connection as it would for any write.
+    """
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    connection.client.close()  # a reset, not an orderly close
+    deadline = time.monotonic() + 5
+    while not select.select([connection.transport.socket], [], [], 0.05)[0]:
+        assert time.monotonic() < deadline, "the reset never arrived"
+    sendNow(connection.transport, REPLY)
+    assert connection.waiting()
+    assert isinstance(connection.transport.doWrite(), ConnectionLost)
+
+
+def test_otherTransports() -> None:
+    """
+    Any transport but Twisted's plain TCP server connection is written to
+    as before.
+    """
+    transport = StringTransport()
+    sendNow(transport, REPLY)
+    assert transport.value() == REPLY
+
+
+def _exchange(
+    connection: Connection, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, wait: float
+) -> None:
+    """
+    One round of TLS: the client's pending octets to the server, which
+    reads them (waiting up to C{wait} seconds for them) and sends what it
+    has to, and that to the client.
+    """
+    pending = outgoing.read()
+    if pending:
+        connection.client.sendall(pending)
+    select.select([connection.transport.socket], [], [], wait)
+    connection.transport.doRead()
+    if connection.waiting():
+        connection.transport.doWrite()
+    incoming.write(connection.receivedNow())
+
+
+def _handshake(
+    connection: Connection, client: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """
+    Run the TLS handshake between the transport and C{client}, turning the
+    server side by hand.
+    """
+    deadline = time.monotonic() + 10
+    for _ in range(1000):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            _exchange(connection, incoming, outgoing, 0.01)
+        else:
+            # The client's last flight, for the server to end its side, and
+            # what the server sends then (TLS 1.3 session tickets), so that
+            # it holds nothing unsent.
+            _exchange(connection, incoming, outgoing, 1)
+            return
+        assert time.monotonic() < deadline, "the TLS handshake did not end"
+    raise AssertionError("the TLS handshake did not end")
+
+
+def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
+    """
+    After STLS, Twisted keeps the same transport object and encrypts what is
+    written to it: a reply then goes through TLS, never in clear.
+    """
+    issued = CertificateAuthority(tmp_path).issue("localhost", ["localhost"])
+    connection.transport.startTLS(TLSFiles(str(issued.certificate), str(issued.key)).load())
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    _handshake(connection, client, incoming, outgoing)
+    # Nothing unsent, no producer: only the switch to TLS tells sendNow.
+    assert not connection.waiting() and connection.transport.producer is None
+
+    sendNow(connection.transport, b"+OK a secret reply\r\n")
+    # Twisted's TLS transport gathers small writes until the reactor's next
+    # turn (a timed call of 0 s): run that turn's timed calls by hand.
+    from twisted.internet import reactor
+
+    reactor.runUntilCurrent()  # type: ignore[attr-defined]
+    assert connection.waiting()
+    connection.transport.doWrite()
+    raw = connection.receivedNow(wait=5)
+    assert raw and b"secret" not in raw
+    incoming.write(raw)
+    assert client.read(100) == b"+OK a secret reply\r\n"
+
+
+def test_realTypeChecked() -> None:
+    """
+    The attributes sendNow reads are there on Twisted's TCP server
+    connection, with the values that mean "nothing to send" when it is
+    idle: if an upgrade of Twisted renamed them, this says so first.
+    """
+    c = Connection()
+    try:
+        transport: Any = c.transport
+        assert transport.TLS is False
+        assert transport.dataBuffer == b""
+        assert transport._tempDataLen == 0
+        assert transport.producer is None
+        assert transport.connected and not transport.disconnecting
+    finally:
+        c.close()

@@ -97,7 +97,8 @@ def test_instructions() -> None:
     bench_instructions.py counts, under valgrind, the instructions a real
     twistd popserv and the floor execute per login session: each a
     positive count, and popserv's the larger (it does the floor's work and
-    more).
+    more); and with --retr, a session that also downloads messages counts
+    more than one that does not.
     """
     require_program("valgrind")
     out = run("bench_instructions.py", "--servers=popserv,floor", "--sessions=10", "--clients=2")
@@ -108,3 +109,21 @@ def test_instructions() -> None:
     popserv, floor = (int(counts[name].replace(",", "")) for name in ("popserv", "floor"))
     assert popserv > floor > 0
     assert re.search(r"^popserv / floor: [0-9]+\.[0-9]{2}$", out, re.MULTILINE)
+
+    # With --retr each session also downloads its messages: more work.
+    out = run(
+        "bench_instructions.py",
+        "--servers=popserv",
+        "--sessions=2",
+        "--clients=2",
+        "--retr=2",
+        "--size=20000",
+    )
+    match = re.search(
+        r"^popserv \(.*\): ([0-9,]+) instructions per session \(2 and 10 sessions, 2 clients,"
+        r" each retrieving 2 of 20,000 octets\)$",
+        out,
+        re.MULTILINE,
+    )
+    assert match, out
+    assert int(match.group(1).replace(",", "")) > popserv

@@ -12,8 +12,9 @@ instructions per session, before the kernel's share of the system calls.
 
 L{sendNow} sends such a reply itself, through the transport's own
 C{writeSomeData} (the socket's C{send()}, as the reactor would call it), and
-hands C{write()} whatever the socket did not take.  It does so only where
-that changes nothing but the timing:
+a message and its status line and terminator in one C{sendmsg()}, and hands
+C{write()} whatever the socket did not take.  It does so only where that
+changes nothing but the timing:
 
  - the transport is Twisted's plain TCP server connection, so there is no
    layer (TLS, a PROXY header parser) whose own C{write()} would be skipped;
@@ -22,15 +23,18 @@ that changes nothing but the timing:
    the socket then would put a reply in clear on the wire);
  - it is connected, not closing, and holds no bytes it has yet to send, so
    the reply cannot overtake earlier ones;
- - no producer is registered with it (a message being sent streams through
-   the transport's own flow control).
+ - no pull producer is registered with it: the transport asks one for more
+   only when its own buffer empties, which bytes sent at once never fill.
+   A push producer (L{popserv.transfer.MessageTransfer}) keeps its flow
+   control: what the socket does not take goes into the transport's
+   buffer, which pauses the producer when it fills, as before.
 
 Anything else goes to C{write()} as before.  A send that fails also goes to
 C{write()}, so the transport finds the failure itself and reports the lost
 connection as it always does.
 
 The checks read attributes Twisted does not document (C{TLS},
-C{dataBuffer}, C{_tempDataLen}); they have been there, with these meanings,
+C{dataBuffer}, C{_tempDataLen}, C{streamingProducer}); they have been there, with these meanings,
 since Twisted 8.  C{tests/test_sendnow.py} checks on a real socket that the
 fast path is taken, so an upgrade of Twisted that changed them would fail
 the tests rather than silently slow popserv down or misorder its bytes.
@@ -43,11 +47,12 @@ from typing import Any
 from twisted.internet.tcp import Server
 
 
-def sendNow(transport: Any, data: bytes) -> None:
+def sendNow(transport: Any, *parts: bytes) -> None:
     """
-    Write C{data} to C{transport}: on a plain TCP connection with nothing
-    left to send, sent at once; otherwise, and for what the socket does not
-    take, through C{transport.write()}.
+    Write C{parts}, in order, to C{transport}: on a plain TCP connection
+    with nothing left to send, sent at once; otherwise, and for what the
+    socket does not take, through the transport's C{write()} or
+    C{writeSequence()}.
     """
     if (
         type(transport) is Server
@@ -56,13 +61,41 @@ def sendNow(transport: Any, data: bytes) -> None:
         and not transport.disconnecting
         and not transport.dataBuffer
         and not transport._tempDataLen
-        and transport.producer is None
+        and (transport.producer is None or transport.streamingProducer)
     ):
-        sent = transport.writeSomeData(data)
-        # An int is the count sent (0 if the buffer was full); anything else
-        # is the error the transport will meet again in write() and report.
-        if type(sent) is int:
-            if sent == len(data):
+        if len(parts) == 1:
+            (data,) = parts
+            sent = transport.writeSomeData(data)
+            # An int is the count sent (0 if the buffer was full); anything
+            # else is the error the transport will meet again in write().
+            if type(sent) is int:
+                if sent == len(data):
+                    return
+                parts = (data[sent:],)
+        else:
+            parts = _sendParts(transport.getHandle(), parts)
+            if not parts:
                 return
-            data = data[sent:]
-    transport.write(data)
+    if len(parts) == 1:
+        transport.write(parts[0])
+    else:
+        transport.writeSequence(parts)
+
+
+def _sendParts(sock: Any, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """
+    Send as much of C{parts} as C{sock} takes in one C{sendmsg()}, without
+    joining them; what is left, in order.  All of them if it failed: the
+    transport will meet the error itself.
+    """
+    try:
+        sent = sock.sendmsg(parts)
+    except OSError:
+        # A full buffer (EAGAIN) leaves it all to the transport; so does any
+        # other error, which the transport meets again and reports.
+        return parts
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return (part[sent:], *parts[index + 1 :])
+        sent -= len(part)
+    return ()

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from popserv.encoder import MessageEncoder
 from popserv.interfaces import IMessageReader, IWholeMessageReader
+from popserv.sendnow import sendNow
 
 #: Octets asked of the store per read.  Large enough that per-chunk costs
 #: (a Deferred, a thread hop for files, a write) vanish next to copying.
@@ -153,15 +154,16 @@ class MessageTransfer:
             self._end(None)
 
     def _write(self, *parts: bytes) -> None:
-        # As a sequence, not joined here: the transport joins what it
-        # buffers anyway, and each join of a whole message is a copy.
+        # As a sequence, not joined here: sent at once, the parts go out in
+        # one sendmsg(); buffered, the transport joins them anyway.  Each
+        # join of a whole message is a copy.
         if self._pending:
             parts = (self._pending, *parts)
             self._pending = b""
         parts = tuple(part for part in parts if part)
         if parts:
             self.sent += sum(map(len, parts))
-            self._transport.writeSequence(parts)
+            sendNow(self._transport, *parts)
 
     def _end(self, result: Failure | None) -> None:
         if self._finished:

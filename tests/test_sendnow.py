@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -119,49 +120,111 @@ def test_behindUnsentBytes(connection: Connection) -> None:
     assert connection.receivedNow(wait=5) == b"+OK first\r\n+OK second\r\n"
 
 
-def test_restWrittenInOrder(connection: Connection) -> None:
+def test_partsSentAtOnce(connection: Connection) -> None:
     """
-    What the socket does not take at once is left to the transport, after
-    what was sent: every octet arrives, in order, once.
+    Several parts (a status line, a message, the terminator) go out at once
+    too, in order, as they are: nothing is added between them.
     """
-    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    data = bytes(range(256)) * 16384  # 4 MiB, far more than the buffers hold
-    sendNow(connection.transport, data)
-    assert connection.waiting()
+    sendNow(connection.transport, b"+OK 7 octets\r\n", b"Hello\r\n", b".\r\n")
+    assert not connection.waiting()
+    assert connection.receivedNow(wait=5) == b"+OK 7 octets\r\nHello\r\n.\r\n"
+
+
+def _drain(connection: Connection, length: int) -> bytes:
+    """
+    Turn the transport and read from the client until C{length} octets
+    came, or 30 seconds passed.
+    """
     received = bytearray()
     deadline = time.monotonic() + 30
     for _ in range(100_000):
-        if len(received) == len(data) or time.monotonic() > deadline:
+        if len(received) >= length or time.monotonic() > deadline:
             break
         if connection.waiting():
             assert connection.transport.doWrite() is None
         received += connection.receivedNow()
-    assert received == data
+    return bytes(received)
+
+
+#: 4 MiB, far more than the small socket buffers below hold.
+BIG = bytes(range(256)) * 16384
+
+
+def _smallBuffers(connection: Connection) -> None:
+    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+
+@pytest.mark.parametrize(
+    "cuts", [[], [1000], [1000, 1001, 3_000_000]], ids=["one part", "two parts", "four parts"]
+)
+def test_restWrittenInOrder(connection: Connection, cuts: list[int]) -> None:
+    """
+    What the socket does not take at once is left to the transport, after
+    what was sent, wherever the send stopped among the parts: every octet
+    arrives, in order, once.
+    """
+    _smallBuffers(connection)
+    bounds = [0, *cuts, len(BIG)]
+    parts = [BIG[a:b] for a, b in pairwise(bounds)]
+    sendNow(connection.transport, *parts)
+    assert connection.waiting()
+    assert _drain(connection, len(BIG)) == BIG
     assert not connection.waiting()
 
 
-def test_behindProducer(connection: Connection) -> None:
+class Producer:
     """
-    While a producer streams through the transport (a message being sent),
-    a reply goes through its flow control too.
+    Counts what the transport asks of it.
     """
 
-    class Producer:
-        def pauseProducing(self) -> None:
-            pass
+    def __init__(self) -> None:
+        self.asked: list[str] = []
 
-        def resumeProducing(self) -> None:
-            pass
+    def pauseProducing(self) -> None:
+        self.asked.append("pause")
 
-        def stopProducing(self) -> None:
-            pass
+    def resumeProducing(self) -> None:
+        self.asked.append("resume")
 
-    connection.transport.registerProducer(Producer(), True)
+    def stopProducing(self) -> None:
+        self.asked.append("stop")
+
+
+def test_pushProducer(connection: Connection) -> None:
+    """
+    With a push producer registered (a message being sent), parts still go
+    out at once; what the socket does not take fills the transport's buffer,
+    which pauses the producer, and resumes it once sent.
+    """
+    producer = Producer()
+    connection.transport.registerProducer(producer, True)
+    sendNow(connection.transport, REPLY)
+    assert not connection.waiting()
+    assert connection.receivedNow(wait=5) == REPLY
+    assert producer.asked == []
+
+    _smallBuffers(connection)
+    sendNow(connection.transport, BIG)
+    assert producer.asked == ["pause"]
+    assert _drain(connection, len(BIG)) == BIG
+    assert producer.asked == ["pause", "resume"]
+
+
+def test_pullProducer(connection: Connection) -> None:
+    """
+    A pull producer is asked for more only when the transport's buffer
+    empties: so with one registered, everything goes through the buffer.
+    """
+    producer = Producer()
+    connection.transport.registerProducer(producer, False)
+    producer.asked.clear()  # registering a pull producer resumes it once
     sendNow(connection.transport, REPLY)
     assert connection.waiting()
+    assert producer.asked == []
     connection.transport.doWrite()
     assert connection.receivedNow(wait=5) == REPLY
+    assert producer.asked == ["resume"]
 
 
 def test_connectionReset(connection: Connection) -> None:

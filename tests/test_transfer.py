@@ -19,9 +19,9 @@ MESSAGE = b"Subject: x\n\n.dot\nbody\n"
 
 class RecordingTransport(StringTransport):
     """
-    Records each write as the sequence it was given, and pauses its
-    producer on a write when told to (as a TCP transport does when its
-    buffer is full).
+    Records each write as the sequence it was given (a single C{write} as
+    a sequence of one), and pauses its producer on a write when told to
+    (as a TCP transport does when its buffer is full).
     """
 
     def __init__(self, pauseOnWrite: bool = False) -> None:
@@ -29,9 +29,12 @@ class RecordingTransport(StringTransport):
         self.writes: list[tuple[bytes, ...]] = []
         self.pauseOnWrite = pauseOnWrite
 
+    def write(self, data: bytes) -> None:
+        self.writeSequence([data])
+
     def writeSequence(self, data: Sequence[bytes]) -> None:
         self.writes.append(tuple(data))
-        super().writeSequence(data)
+        super().write(b"".join(data))
         if self.pauseOnWrite and self.producer is not None:
             self.producer.pauseProducing()
 

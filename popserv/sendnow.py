@@ -1,5 +1,6 @@
 """
-Replies sent at once, on plain TCP, instead of on the reactor's next turn.
+Replies and messages sent at once on plain TCP, not on the reactor's next
+turn.
 
 Twisted's TCP transport never sends in C{write()}: it keeps the bytes, asks
 epoll to report the socket writable (an C{epoll_ctl} system call), sends
@@ -8,13 +9,13 @@ again).  A POP3 reply answers one command, and the socket's send buffer is
 nearly always empty when it is written, so that is two system calls and a
 dispatch of the reactor around the one C{send()} that does the work.  In
 login churn (five replies a session) it was a ninth of popserv's own
-instructions per session, before the kernel's share of the system calls.
+instructions per session, before the kernel's share of the system calls;
+for a message, Twisted also joins its parts (a copy) before sending them.
 
-L{sendNow} sends such a reply itself, through the transport's own
-C{writeSomeData} (the socket's C{send()}, as the reactor would call it), and
-a message and its status line and terminator in one C{sendmsg()}, and hands
-C{write()} whatever the socket did not take.  It does so only where that
-changes nothing but the timing:
+L{sendNow} sends itself, with one C{send()} on the transport's socket (a
+message, its status line and its terminator with one C{sendmsg()}), and
+hands C{write()} whatever the socket did not take.  It does so only where
+that changes nothing but the timing:
 
  - the transport is Twisted's plain TCP server connection, so there is no
    layer (TLS, a PROXY header parser) whose own C{write()} would be skipped;
@@ -34,10 +35,11 @@ C{write()}, so the transport finds the failure itself and reports the lost
 connection as it always does.
 
 The checks read attributes Twisted does not document (C{TLS},
-C{dataBuffer}, C{_tempDataLen}, C{streamingProducer}); they have been there, with these meanings,
-since Twisted 8.  C{tests/test_sendnow.py} checks on a real socket that the
-fast path is taken, so an upgrade of Twisted that changed them would fail
-the tests rather than silently slow popserv down or misorder its bytes.
+C{dataBuffer}, C{_tempDataLen}, C{streamingProducer}); they have been
+there, with these meanings, since Twisted 8.  C{tests/test_sendnow.py}
+checks on a real socket that the fast path is taken, so an upgrade of
+Twisted that changed them would fail the tests rather than silently slow
+popserv down or misorder its bytes.
 """
 
 from __future__ import annotations
@@ -63,33 +65,29 @@ def sendNow(transport: Any, *parts: bytes) -> None:
         and not transport._tempDataLen
         and (transport.producer is None or transport.streamingProducer)
     ):
-        if len(parts) == 1:
-            (data,) = parts
-            sent = transport.writeSomeData(data)
-            # An int is the count sent (0 if the buffer was full); anything
-            # else is the error the transport will meet again in write().
-            if type(sent) is int:
-                if sent == len(data):
-                    return
-                parts = (data[sent:],)
-        else:
-            parts = _sendParts(transport.getHandle(), parts)
-            if not parts:
-                return
+        parts = _send(transport.getHandle(), parts)
+        if not parts:
+            return
     if len(parts) == 1:
         transport.write(parts[0])
     else:
         transport.writeSequence(parts)
 
 
-def _sendParts(sock: Any, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _send(sock: Any, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """
-    Send as much of C{parts} as C{sock} takes in one C{sendmsg()}, without
-    joining them; what is left, in order.  All of them if it failed: the
-    transport will meet the error itself.
+    Send as much of C{parts} as C{sock} takes at once, with C{send()} for
+    one part and one C{sendmsg()} for several, without joining them; what
+    is left, in order.  All of them if it failed: the transport will meet
+    the error itself.
+
+    Nothing limits a send but the socket's buffer: Twisted's own
+    C{writeSomeData} sends at most 128 KiB (for Windows' sake), and the
+    rest of a 256 KiB chunk of a message would then be copied to be
+    buffered.
     """
     try:
-        sent = sock.sendmsg(parts)
+        sent = sock.send(parts[0]) if len(parts) == 1 else sock.sendmsg(parts)
     except OSError:
         # A full buffer (EAGAIN) leaves it all to the transport; so does any
         # other error, which the transport meets again and reports.

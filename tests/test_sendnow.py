@@ -130,6 +130,21 @@ def test_partsSentAtOnce(connection: Connection) -> None:
     assert connection.receivedNow(wait=5) == b"+OK 7 octets\r\nHello\r\n.\r\n"
 
 
+def test_noLimitButTheSocket(connection: Connection) -> None:
+    """
+    A part larger than Twisted's own 128 KiB limit per send goes out whole
+    when the socket's buffers take it (the rest would have been copied to
+    be buffered).
+    """
+    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    data = bytes(range(256)) * 800  # 204,800 octets
+    assert len(data) > connection.transport.SEND_LIMIT
+    sendNow(connection.transport, data)
+    assert not connection.waiting()
+    assert _drain(connection, len(data)) == data
+
+
 def _drain(connection: Connection, length: int) -> bytes:
     """
     Turn the transport and read from the client until C{length} octets

@@ -959,6 +959,7 @@ class POP3Protocol(LineOnlyReceiver):
         indexes = sorted(set(txn.deletedIndexes()) | expired)
         left = len(txn.messages()) - len(indexes)
         if not indexes:
+            self._releaseBeforeBye()
             self._sendLast(replies.ok(f"Bye, {left} messages left"))
             return None
         assert self._maildrop is not None
@@ -967,9 +968,11 @@ class POP3Protocol(LineOnlyReceiver):
 
         def deleted(_: None) -> None:
             self.record.dele = len(indexes)
+            self._releaseBeforeBye()
             self._send(replies.ok(f"Bye, {len(indexes)} deleted, {left} left"))
 
         def failed(failure: Failure) -> None:
+            self._releaseBeforeBye()
             if failure.check(DeletionFailed):
                 e = failure.value
                 assert isinstance(e, DeletionFailed)
@@ -984,6 +987,21 @@ class POP3Protocol(LineOnlyReceiver):
                 self.transport.loseConnection()
 
         return d.addCallbacks(deleted, failed).addBoth(close)
+
+    def _releaseBeforeBye(self) -> None:
+        """
+        Give the maildrop back before the reply to QUIT.
+
+        RFC 1939 section 6 has the server reply, "then" release its lock and
+        close.  Released after the reply, the lock went only once the
+        connection had closed and the session's audit line was written, and
+        a client that logged in again the moment it read the reply (to this
+        server, or to another serving the same Maildirs) could be told
+        [IN-USE].  Nothing else can tell the two orders apart.
+        """
+        if self._transaction is not None:
+            self.record.left, self.record.leftBytes = self._transaction.stat()
+        self._release()
 
     #: keyword -> handler: every method a client can reach, in one place.
     _handlers: ClassVar[dict[str, Handler]] = {

@@ -154,6 +154,29 @@ class TestGreetingAndLogin:
         first.protocol.connectionLost(Failure(ConnectionError()))
         assert Session(store=first.store).login().startswith(b"+OK Logged in")
 
+    def test_freeOnceQuitAnswered(self) -> None:
+        """
+        The maildrop is free once the reply to QUIT is written, deletions or
+        none, before the connection has closed: a client that logs in again
+        the moment it reads +OK is not told [IN-USE].  The session's end
+        still counts what was left.
+        """
+        first = loggedIn()
+        assert first.command(b"QUIT") == b"+OK Bye, 2 messages left\r\n"
+        second = Session(store=first.store)
+        assert second.login().startswith(b"+OK Logged in, 2 messages")
+        remaining = int(second.command(b"LIST 2").split()[2])
+        assert second.command(b"DELE 1") == b"+OK Message 1 deleted\r\n"
+        assert second.command(b"QUIT") == b"+OK Bye, 1 deleted, 1 left\r\n"
+        assert Session(store=first.store).login().startswith(b"+OK Logged in, 1 messages")
+        for session in (first, second):
+            session.protocol.connectionLost(None)
+        assert (first.protocol.record.left, second.protocol.record.left) == (2, 1)
+        assert (first.protocol.record.leftBytes, second.protocol.record.leftBytes) == (
+            59,
+            remaining,
+        )
+
     def test_quitBeforeLogin(self) -> None:
         """
         QUIT in AUTHORIZATION says goodbye and closes.
@@ -284,6 +307,8 @@ class TestTransaction:
         assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
         assert s.transport.disconnecting
         assert s.memory.messages("alice") == [M1]
+        # And the maildrop is free for the client's next try at once.
+        assert Session(store=s.memory).login().startswith(b"+OK Logged in, 1 messages")
 
 
 class TestRobustness:

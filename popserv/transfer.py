@@ -27,8 +27,9 @@ CHUNK_SIZE = 256 * 1024
 
 class Consumer(IConsumer, ITransport):
     """
-    What a transfer writes to: a transport (C{writeSequence}) that takes a
-    producer.  Every TCP and TLS transport is one.
+    What a transfer writes to: a transport (C{write}, C{writeSequence})
+    that takes a producer.  Every TCP and TLS transport is one; on plain
+    TCP the transfer sends at once where it can (L{popserv.sendnow}).
     """
 
 

@@ -350,7 +350,7 @@ def test_realTypeChecked() -> None:
         assert transport.TLS is False
         assert transport.dataBuffer == b""
         assert transport._tempDataLen == 0
-        assert transport.producer is None
+        assert transport.producer is None and transport.streamingProducer is False
         assert transport.connected and not transport.disconnecting
     finally:
         c.close()

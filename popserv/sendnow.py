@@ -17,8 +17,9 @@ message, its status line and its terminator with one C{sendmsg()}), and
 hands C{write()} whatever the socket did not take.  It does so only where
 that changes nothing but the timing:
 
- - the transport is Twisted's plain TCP server connection, so there is no
-   layer (TLS, a PROXY header parser) whose own C{write()} would be skipped;
+ - the transport is Twisted's plain TCP server connection (or popserv's
+   PROXY header reader, which passes writes straight to one), so there is
+   no layer, such as TLS, whose own C{write()} would be skipped;
  - it has not switched to TLS (after STLS, Twisted's C{startTLS} keeps the
    same transport object and routes its C{write()} through TLS: sending on
    the socket then would put a reply in clear on the wire);
@@ -48,6 +49,8 @@ from typing import Any
 
 from twisted.internet.tcp import Server
 
+from popserv.proxy import ProxyHeaderWrapper
+
 
 def sendNow(transport: Any, *parts: bytes) -> None:
     """
@@ -56,6 +59,10 @@ def sendNow(transport: Any, *parts: bytes) -> None:
     socket does not take, through the transport's C{write()} or
     C{writeSequence()}.
     """
+    if type(transport) is ProxyHeaderWrapper:
+        # Behind a PROXY header the wrapper's write(), writeSequence() and
+        # registerProducer() pass straight to the TCP transport under it.
+        transport = transport.transport
     if (
         type(transport) is Server
         and not transport.TLS

@@ -21,9 +21,11 @@ import pytest
 from certificates import CertificateAuthority
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
+from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.sendnow import sendNow
 from popserv.tls import TLSFiles
 
@@ -44,13 +46,13 @@ class Connection:
     transport, and the client's, a plain socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: Protocol | None = None) -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             self.client = socket.create_connection(listener.getsockname(), timeout=5)
             accepted, address = listener.accept()
         accepted.setblocking(False)
         self.reactor = MemoryReactor()
-        self.protocol = Received()
+        self.protocol = protocol if protocol is not None else Received()
         # No listening port: Twisted takes None (it names the port in repr only).
         self.transport = tcp.Server(
             accepted,
@@ -255,6 +257,28 @@ def test_connectionReset(connection: Connection) -> None:
     sendNow(connection.transport, REPLY)
     assert connection.waiting()
     assert isinstance(connection.transport.doWrite(), ConnectionLost)
+
+
+def test_behindProxyHeader() -> None:
+    """
+    Behind a PROXY header, what the session writes to the header reader
+    goes out at once through the TCP connection under it.
+    """
+    wrapping = ProxyWrappingFactory(
+        ServerFactory.forProtocol(Received), parseNetworks("127.0.0.0/8"), reactor=Clock()
+    )
+    c = Connection(wrapping.buildProtocol(None))
+    try:
+        c.client.sendall(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 110\r\n")
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        session = c.protocol.wrappedProtocol  # type: ignore[attr-defined]
+        assert session.transport is c.protocol
+        sendNow(session.transport, REPLY)
+        assert not c.waiting()
+        assert c.receivedNow(wait=5) == REPLY
+    finally:
+        c.close()
 
 
 def test_otherTransports() -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from certificates import CertificateAuthority
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -277,6 +279,50 @@ def test_behindProxyHeader() -> None:
         sendNow(session.transport, REPLY)
         assert not c.waiting()
         assert c.receivedNow(wait=5) == REPLY
+    finally:
+        c.close()
+
+
+#: One step of a random mix: sendNow of parts (their sizes), a plain
+#: write() (its size), a turn of the reactor, or a read by the client.
+#: Sizes from a few that matter (nothing, a line, most or more than all of
+#: what the small buffers below hold), so that sends often stop short.
+_SIZES = st.sampled_from([0, 1, 70, 30_000, 100_000, 300_000])
+_STEPS: st.SearchStrategy[tuple[str, list[int]]] = st.one_of(
+    st.tuples(st.just("send"), st.lists(_SIZES, min_size=1, max_size=4)),
+    st.tuples(st.just("write"), st.lists(_SIZES.filter(bool), min_size=1, max_size=1)),
+    st.tuples(st.just("turn"), st.just([])),
+    st.tuples(st.just("read"), st.just([])),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_STEPS, max_size=25))
+def test_anyMixKeepsOrder(steps: list[tuple[str, list[int]]]) -> None:
+    """
+    Whatever mix of sendNow, write(), reactor turns and client reads, with
+    socket buffers small enough that sends stop short: the client gets
+    every octet written, once, in the order written.
+    """
+    c = Connection()
+    try:
+        _smallBuffers(c)
+        expected, received = bytearray(), bytearray()
+        for number, (step, sizes) in enumerate(steps):
+            # Each part its own octet value, so a part out of place shows.
+            parts = [bytes([(number * 5 + i) % 256]) * size for i, size in enumerate(sizes)]
+            if step == "send":
+                sendNow(c.transport, *parts)
+            elif step == "write":
+                c.transport.write(parts[0])
+            elif step == "turn" and c.waiting():
+                assert c.transport.doWrite() is None
+            elif step == "read":
+                received += c.receivedNow()
+            expected += b"".join(parts)
+        received += _drain(c, len(expected) - len(received))
+        assert received == expected
+        assert not c.waiting() and c.receivedNow() == b""
     finally:
         c.close()
 

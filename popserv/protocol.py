@@ -380,16 +380,6 @@ class POP3Protocol(LineOnlyReceiver):
         if not self._lost:
             sendNow(self.transport, data)
 
-    def _sendLast(self, data: bytes) -> None:
-        """
-        Send the session's last reply and close: written with the close, so
-        that one turn of the reactor sends both (sent at once, the close
-        would still need that turn, and an empty send in it).
-        """
-        if not self._lost:
-            self.transport.write(data)
-            self.transport.loseConnection()
-
     # What the connection is
 
     def isEncrypted(self) -> bool:
@@ -943,7 +933,8 @@ class POP3Protocol(LineOnlyReceiver):
         self.record.reason = "quit"
         if self.state is State.AUTHORIZATION:
             self.state = State.UPDATE
-            self._sendLast(replies.ok("Bye"))
+            self._send(replies.ok("Bye"))
+            self.transport.loseConnection()
             return None
         txn = self._txn()
         self.state = State.UPDATE
@@ -960,7 +951,8 @@ class POP3Protocol(LineOnlyReceiver):
         left = len(txn.messages()) - len(indexes)
         if not indexes:
             self._releaseBeforeBye()
-            self._sendLast(replies.ok(f"Bye, {left} messages left"))
+            self._send(replies.ok(f"Bye, {left} messages left"))
+            self.transport.loseConnection()
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)

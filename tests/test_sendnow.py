@@ -408,19 +408,15 @@ def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
     assert client.read(100) == b"+OK a secret reply\r\n"
 
 
-def test_realTypeChecked() -> None:
+def test_realTypeChecked(connection: Connection) -> None:
     """
     The attributes sendNow reads are there on Twisted's TCP server
     connection, with the values that mean "nothing to send" when it is
     idle: if an upgrade of Twisted renamed them, this says so first.
     """
-    c = Connection()
-    try:
-        transport: Any = c.transport
-        assert transport.TLS is False
-        assert transport.dataBuffer == b""
-        assert transport._tempDataLen == 0
-        assert transport.producer is None and transport.streamingProducer is False
-        assert transport.connected and not transport.disconnecting
-    finally:
-        c.close()
+    transport: Any = connection.transport
+    assert transport.TLS is False
+    assert transport.dataBuffer == b""
+    assert transport._tempDataLen == 0
+    assert transport.producer is None and transport.streamingProducer is False
+    assert transport.connected and not transport.disconnecting

@@ -6,6 +6,7 @@ threads grows with the work up to a bound.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from popserv.threads import RunnerStopped, ThreadRunner
+from popserv.threads import RunnerStopped, ThreadRunner, disfavourWakeups
 
 #: The longest any test waits for a worker.
 WAIT = 10.0
@@ -178,3 +179,36 @@ def test_stop(fake: FakeReactor) -> None:
 def test_maxThreadsChecked(fake: FakeReactor) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadRunner(fake.callFromThread, maxThreads=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this platform")
+def test_workersDisfavourWakeups(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    On Linux a worker thread runs as C{SCHED_BATCH}, so that waking it for
+    a job does not preempt the reactor thread; the thread that gave the
+    work keeps its own policy.
+    """
+    before = os.sched_getscheduler(0)
+    d = runner(os.sched_getscheduler, 0)
+    policies: list[int] = []
+    d.addCallback(policies.append)
+    fake.deliver()
+    assert policies == [os.SCHED_BATCH]
+    assert os.sched_getscheduler(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this platform")
+def test_disfavourWakeupsRefused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Where the system refuses the policy (a sandbox's seccomp filter, say),
+    the thread goes on as it is.
+    """
+    calls: list[tuple[Any, ...]] = []
+
+    def refuse(*args: Any) -> None:
+        calls.append(args)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+    disfavourWakeups()
+    assert len(calls) == 1

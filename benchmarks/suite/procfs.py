@@ -36,6 +36,20 @@ def processCPU(pid: int, children: bool = True) -> float:
     return ticks / CLOCK_TICKS
 
 
+def contextSwitches(pid: int) -> int:
+    """
+    Context switches of process C{pid} so far, voluntary (it waited) and
+    not (it was preempted), summed over its live threads.
+    """
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+    return total
+
+
 def startTime(pid: int) -> int | None:
     """
     When C{pid} started (clock ticks after boot), to tell it from a later

@@ -96,6 +96,12 @@ ROWS: list[Row] = [
     Row("churn", "latency_ms_p50", "churn: session latency p50 (ms)", "lower"),
     Row("churn", "latency_ms_p99", "churn: session latency p99 (ms)", "lower"),
     Row("churn", "server_cpu_pct", "churn: server CPU %"),
+    Row(
+        "churn",
+        "server_switches_per_session",
+        "churn: server context switches / session",
+        "lower",
+    ),
     Row("churn", "client_cpu_pct", "churn: load generator CPU %"),
     Row("churn", _errors, "churn: errors"),
     Row("churn", "retransmitted", "churn: sessions with a dropped SYN"),

@@ -266,9 +266,11 @@ class Scenario:
         )
         try:
             sleepUntil(start + warmup)
+            switches0 = server.contextSwitches()
             cpu0, stat0, t0 = server.cpuSeconds(), procfs.cpuTimes(), time.monotonic()
             sleepUntil(start + warmup + duration)
             cpu1, stat1, t1 = server.cpuSeconds(), procfs.cpuTimes(), time.monotonic()
+            switches1 = server.contextSwitches()
         finally:
             result = Popload.finish(process, path, warmup + duration + DRAIN_SLACK)
         drops = procfs.listenDrops() - drops
@@ -282,6 +284,13 @@ class Scenario:
             "sessions_per_s": round(result["sessions_per_s"], 1),
             "server_cpu_s_per_1000": round(1000 * serverCPU / sessions, 3) if sessions else None,
             "server_cpu_pct": _pct(serverCPU, wall),
+            # A server whose threads hand work to each other switches
+            # between them: CPU time that instruction counts do not show.
+            "server_switches_per_session": (
+                round((switches1 - switches0) / sessions, 2)
+                if sessions and switches0 is not None and switches1 is not None
+                else None
+            ),
             "client_cpu_pct": _pct(result["cpu_s"], result["cpu_window_s"]),
             "latency_ms_p50": result["latency_ms"]["p50"],
             "latency_ms_p90": result["latency_ms"]["p90"],

@@ -185,6 +185,19 @@ class ServerAdapter:
                 return 0.0
         return procfs.treeCPU(self.pids())
 
+    def contextSwitches(self) -> int | None:
+        """
+        The server's context switches so far (L{procfs.contextSwitches}), or
+        L{None} for a server that forks processes per connection, whose
+        ended processes take theirs with them.
+        """
+        if self.multiProcess:
+            return None
+        try:
+            return procfs.contextSwitches(self.pid)
+        except OSError:
+            return None
+
     def memory(self) -> dict[str, Any]:
         """
         RSS and PSS of the server's processes, summed (KiB).

@@ -41,7 +41,8 @@ def run(script: str, *args: str) -> str:
 def test_sideBySide(tmp_path: Path) -> None:
     """
     bench_maildir.py --quick against a real twistd popserv and the floor:
-    every message of bulk and of the 50 MB scenario arrives as stored, with
+    login churn runs without errors and counts the server's context
+    switches; every message of bulk and of the 50 MB scenario arrives as stored, with
     its LIST size right; the first and the next login to the big maildrop
     list every message.
     """
@@ -49,14 +50,21 @@ def test_sideBySide(tmp_path: Path) -> None:
     run(
         "bench_maildir.py",
         "--servers=popserv,floor",
-        "--scenarios=bulk,maildrop,large",
+        "--scenarios=churn,bulk,maildrop,large",
         "--quick",
+        "--churn-warmup=0.2",
+        "--churn-duration=1",
         "--no-pin",
         f"--workdir={tmp_path}",
         f"--json={out}",
     )
     results = json.loads(out.read_text())["results"]
     for server in ("popserv", "floor"):
+        churn = results["churn"][server]
+        assert churn["errors"] == {}
+        assert churn["sessions"] > 0
+        # Counted from the server's threads: a single process's are there.
+        assert churn["server_switches_per_session"] >= 0
         bulk = results["bulk"][server]
         assert bulk["problems"] == []
         assert bulk["verified"] == bulk["messages"] > 0

@@ -72,6 +72,7 @@ from popserv.filereader import FileReader
 from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
 from popserv.maildirindex import (
     NO_SIZE,
+    IndexCache,
     MaildirIndex,
     Records,
     Stamp,
@@ -627,24 +628,26 @@ class MaildirMaildrop:
 
     # Thread-side work
 
-    def scan(self) -> None:
+    def scan(self, indexes: IndexCache | None = None) -> None:
         """
         Take the snapshot: list new/ and cur/ and size every message, from
         the index or by reading it, and bring the index up to date.  Runs
         in a thread, once, right after the lock was taken.
+
+        @param indexes: where the store keeps index files parsed.
         """
         # Every object it makes is acyclic, and there are hundreds of
         # thousands of them for a big Maildir.
         with _CollectorPaused():
-            self._scan()
+            self._scan(indexes)
 
-    def _scan(self) -> None:
+    def _scan(self, indexes: IndexCache | None) -> None:
         started = time.time_ns()
         directories = _directories(self.path)
         loaded = None
         if directories is not None:
             limit = sizeLimit(0) + _INDEX_PER_DIRECTORY_OCTET * directories.octets
-            loaded = MaildirIndex.loadWithin(self.path, limit)
+            loaded = MaildirIndex.loadWithin(self.path, limit, indexes)
             if loaded is not None and self._fromIndex(directories.stamp, *loaded):
                 return
         # The stamp this listing earns, taken before it: a change made while
@@ -661,7 +664,7 @@ class MaildirMaildrop:
         listing = _Listing(self.path)
         try:
             if loaded is None:
-                loaded = MaildirIndex.load(self.path, sizeLimit(len(listing.bases)))
+                loaded = MaildirIndex.load(self.path, sizeLimit(len(listing.bases)), indexes)
             index, records = loaded
             del loaded
             order, uids = _ordered(listing, records.names)
@@ -1108,6 +1111,7 @@ class MaildirStore:
         """
         self.template = MaildirTemplate(template)
         self._run = runInThread or deferToThread
+        self._indexes = IndexCache()
 
     def _lock(self, user: str) -> MaildirMaildrop:
         path = self.template.pathFor(user)
@@ -1129,7 +1133,7 @@ class MaildirStore:
             raise
         maildrop = MaildirMaildrop(path, fd, self._run)
         try:
-            maildrop.scan()
+            maildrop.scan(self._indexes)
         except BaseException:
             maildrop.close()
             raise

@@ -15,7 +15,9 @@ disk it was computed from.  It is a cache and nothing more:
    forgotten (L{MaildirIndex.forget}) so the next login reads it again, and
    so are the messages a session deletes (a careless delivery program could
    give a later message the same name);
- - a missing, unreadable, damaged or unknown-version file is rebuilt.
+ - a missing, unreadable, damaged or unknown-version file is rebuilt;
+ - a store keeps small files parsed in memory (L{IndexCache}) only while
+   the file is the one it parsed.
 
 Nothing cheaper than a C{stat} per file would check more at login: the
 inode numbers that a directory listing gives for free would catch a file
@@ -74,8 +76,10 @@ import os
 import re
 import stat
 import sys
+import threading
 import zlib
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
 from typing import NamedTuple
@@ -153,6 +157,12 @@ class Records(NamedTuple):
         self.wire.append(wire)
         self.downgraded.append(downgraded)
         self.disk.append(disk)
+
+    def copy(self) -> Records:
+        """
+        Records that share nothing changeable with these.
+        """
+        return Records(self.names[:], self.wire[:], self.downgraded[:], self.disk[:])
 
     def pick(self, keep: Sequence[int]) -> Records:
         """
@@ -375,6 +385,115 @@ def lookup(records: Records, names: list[str]) -> tuple[Records, list[int], bool
     return found, missing, False
 
 
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    # What every write of an index file changes: appending changes its size
+    # and its times, rewriting makes a new file (a new inode, new times).
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class _Cached(NamedTuple):
+    """
+    An index file as parsed, and which file it was.
+    """
+
+    identity: tuple[int, ...]
+    octets: int
+    blocks: int
+    stamp: Stamp | None
+    records: Records
+
+
+class IndexCache:
+    """
+    Index files parsed by one process, kept so that a login whose index has
+    not changed since the last login to that Maildir takes its records
+    without reading and parsing the file again: one C{lstat} instead of
+    opening, reading and closing it, and the parse.  Counted with
+    C{bench_instructions.py}, that is about 80,000 instructions of the
+    1,210,000 of a login session to a small Maildir.
+
+    An entry counts only while the file is the one it was parsed from: the
+    same device, inode, size, and modification and change times.  Every
+    write of an index changes one of these (an append its size, a rewrite
+    makes a new file), whoever makes it, another popserv process included;
+    and a L{MaildirIndex} of this process drops the entry before it writes
+    the file.  Only whole files (of the current version, that parsed to
+    their end) of at most C{maxFileOctets} are kept, up to C{maxOctets} of
+    them in all, the least recently used going first.  In memory an entry
+    takes about three times the octets of its file.
+
+    Thread-safe: logins to different Maildirs run in different threads.
+    """
+
+    def __init__(self, maxFileOctets: int = 8 * 1024, maxOctets: int = 2 * 1024 * 1024) -> None:
+        self.maxFileOctets = maxFileOctets
+        self.maxOctets = maxOctets
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._octets = 0
+        self._mutex = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def octets(self) -> int:
+        """
+        The size of the files whose records are kept.
+        """
+        return self._octets
+
+    def get(self, path: str, limit: int) -> _Cached | None:
+        """
+        The entry for the index file C{path} if the file is still the one it
+        was parsed from and at most C{limit} octets long; else L{None}, and
+        the entry is dropped.  Its records are shared: copy them
+        (L{Records.copy}) before changing them.
+        """
+        with self._mutex:
+            entry = self._entries.get(path)
+            if entry is None:
+                return None
+            self._entries.move_to_end(path)
+        try:
+            identity: tuple[int, ...] | None = _identity(os.lstat(path))
+        except OSError:
+            identity = None
+        if identity != entry.identity or entry.octets > limit:
+            self.drop(path)
+            return None
+        return entry
+
+    def put(self, path: str, info: os.stat_result, parsed: Parsed) -> None:
+        """
+        Keep what the index file C{path}, as C{info} (its C{fstat}) says
+        it was, C{parsed} to, if it is worth keeping.
+        """
+        octets = info.st_size
+        if parsed.problem is not None or parsed.version != 2 or octets > self.maxFileOctets:
+            return
+        entry = _Cached(_identity(info), octets, parsed.blocks, parsed.stamp, parsed.records.copy())
+        with self._mutex:
+            self._remove(path)
+            self._entries[path] = entry
+            self._octets += octets
+            while self._octets > self.maxOctets:
+                oldest = next(iter(self._entries))
+                self._remove(oldest)
+
+    def drop(self, path: str) -> None:
+        """
+        Forget the index file C{path}.
+        """
+        with self._mutex:
+            self._remove(path)
+
+    def _remove(self, path: str) -> None:
+        # Holding the mutex.
+        entry = self._entries.pop(path, None)
+        if entry is not None:
+            self._octets -= entry.octets
+
+
 class MaildirIndex:
     """
     The index file of one Maildir, as one session found and keeps it.  Every
@@ -387,10 +506,13 @@ class MaildirIndex:
     """
 
     # Every logged-in session holds one, so its path is made when needed.
-    __slots__ = ("_appendAt", "blocks", "maildir", "missing", "stamp")
+    __slots__ = ("_appendAt", "_cache", "blocks", "maildir", "missing", "stamp")
 
-    def __init__(self, maildir: str) -> None:
+    def __init__(self, maildir: str, cache: IndexCache | None = None) -> None:
         self.maildir = maildir
+        # Where this process keeps the file parsed, if anywhere: told of
+        # every write.
+        self._cache = cache
         self.missing = True
         self.blocks = 0
         self.stamp: Stamp | None = None
@@ -403,30 +525,46 @@ class MaildirIndex:
         return os.path.join(self.maildir, INDEX_NAME)
 
     @classmethod
-    def load(cls, maildir: str, limit: int) -> tuple[MaildirIndex, Records]:
+    def load(
+        cls, maildir: str, limit: int, cache: IndexCache | None = None
+    ) -> tuple[MaildirIndex, Records]:
         """
         Read the index of C{maildir}: the index and its records.  An index
         larger than C{limit} octets, unreadable or damaged is logged and
-        its intact blocks (if any) used; a missing one is empty.
+        its intact blocks (if any) used; a missing one is empty.  With a
+        C{cache}, records kept there of the same file are taken instead of
+        reading it, and what is read is kept there.
         """
-        loaded = cls._load(maildir, limit, quiet=False)
+        loaded = cls._load(maildir, limit, cache, quiet=False)
         assert loaded is not None
         return loaded
 
     @classmethod
-    def loadWithin(cls, maildir: str, limit: int) -> tuple[MaildirIndex, Records] | None:
+    def loadWithin(
+        cls, maildir: str, limit: int, cache: IndexCache | None = None
+    ) -> tuple[MaildirIndex, Records] | None:
         """
         L{load}, but L{None}, with nothing logged, when the index is larger
         than C{limit} octets: for a caller that will know a better limit
         later.
         """
-        return cls._load(maildir, limit, quiet=True)
+        return cls._load(maildir, limit, cache, quiet=True)
 
     @classmethod
-    def _load(cls, maildir: str, limit: int, quiet: bool) -> tuple[MaildirIndex, Records] | None:
-        index = cls(maildir)
+    def _load(
+        cls, maildir: str, limit: int, cache: IndexCache | None, quiet: bool
+    ) -> tuple[MaildirIndex, Records] | None:
+        index = cls(maildir, cache)
+        if cache is not None:
+            cached = cache.get(index.path, limit)
+            if cached is not None:
+                index.missing = False
+                index.blocks = cached.blocks
+                index.stamp = cached.stamp
+                index._appendAt = cached.octets  # only whole files are kept
+                return index, cached.records.copy()
         try:
-            data = _readBounded(index.path, limit)
+            data, info = _readBounded(index.path, limit)
         except FileNotFoundError:
             return index, Records.empty()
         except OSError as e:
@@ -447,6 +585,8 @@ class MaildirIndex:
             )
         elif parsed.version == 2:
             index._appendAt = parsed.end
+            if cache is not None:
+                cache.put(index.path, info, parsed)
         # else an older version, read but rewritten rather than appended to
         return index, parsed.records
 
@@ -472,6 +612,7 @@ class MaildirIndex:
         content = MAGIC + encodeBlock(records)
         if stamp is not None:
             content += encodeStamp(stamp)
+        self._uncache()
         temp = os.path.join(self.maildir, TEMP_NAME)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -507,6 +648,7 @@ class MaildirIndex:
         if stamp is not None:
             items.append(encodeStamp(stamp))
         content = b"".join(items)
+        self._uncache()
         try:
             fd = os.open(self.path, _APPEND_FLAGS)
         except OSError as e:
@@ -536,6 +678,13 @@ class MaildirIndex:
         self.stamp = stamp
         return True
 
+    def _uncache(self) -> None:
+        # Before every change to the file: the cache's identity check would
+        # see it too, but a rewrite within one tick of the clock that stamps
+        # files, the same size, could reuse the inode it replaces.
+        if self._cache is not None:
+            self._cache.drop(self.path)
+
     def forget(self, names: Sequence[str]) -> None:
         """
         Make the index forget C{names}, so the next login reads those files
@@ -549,6 +698,7 @@ class MaildirIndex:
         if self.append(forgotten):
             return
         # Whatever the file holds, it must stop vouching for these names.
+        self._uncache()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -583,9 +733,10 @@ class _TooLarge(OSError):
     """
 
 
-def _readBounded(path: str, limit: int) -> bytes:
+def _readBounded(path: str, limit: int) -> tuple[bytes, os.stat_result]:
     """
-    The contents of the regular file C{path}, not following a symbolic link.
+    The contents of the regular file C{path}, not following a symbolic
+    link, and its C{fstat} from before they were read.
 
     @raise _TooLarge: it is larger than C{limit} octets.
     @raise OSError: it cannot be read, or is not a regular file.
@@ -608,7 +759,7 @@ def _readBounded(path: str, limit: int) -> bytes:
                 break
             parts.append(part)
             left -= len(part)
-        return b"".join(parts)
+        return b"".join(parts), info
     finally:
         os.close(fd)
 

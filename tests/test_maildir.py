@@ -420,6 +420,35 @@ def test_indexSparesReadingFiles(tmp_path: Path, measured: list[str]) -> None:
     )
 
 
+def test_unchangedIndexNotReadAgain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A store keeps the index files it read parsed: a later login to the
+    same unchanged Maildir does not read the file again, one after a
+    delivery does, and another store (another process) reads it anyway.
+    """
+    deliverToMaildir(tmp_path / "alice", b"one\n", name="1700000000.M0.host")
+    reads: list[str] = []
+    readBounded = maildirindex._readBounded
+
+    def spy(path: str, limit: int) -> Any:
+        reads.append(os.path.basename(path))
+        return readBounded(path, limit)
+
+    monkeypatch.setattr(maildirindex, "_readBounded", spy)
+    s = store(tmp_path)
+    first = snapshot(s)  # no index yet: it reads the message and writes one
+    assert reads == [INDEX_NAME]
+    assert snapshot(s) == first  # reads the index, and keeps it parsed
+    assert snapshot(s) == first
+    assert snapshot(s) == first
+    assert reads == [INDEX_NAME] * 2
+    assert snapshot(store(tmp_path)) == first
+    assert reads == [INDEX_NAME] * 3
+    deliverToMaildir(tmp_path / "alice", b"two\n", name="1700000001.M1.host")
+    assert [uid for uid, _, _ in snapshot(s)] == ["1700000000.M0.host", "1700000001.M1.host"]
+    assert snapshot(s) == snapshot(store(tmp_path))
+
+
 def test_emptyMaildirHasNoIndex(tmp_path: Path) -> None:
     """
     A Maildir with no messages gets no index file.

@@ -1,6 +1,7 @@
 """
 Tests for popserv.maildirindex: the file format, damaged and hostile files,
-appending and rewriting, and what a writer killed at any moment leaves.
+appending and rewriting, what a writer killed at any moment leaves, and
+the cache of parsed files.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from popserv.maildirindex import (
     MAGIC,
     NO_SIZE,
     TEMP_NAME,
+    IndexCache,
     MaildirIndex,
     Records,
     encodeBlock,
@@ -659,3 +661,175 @@ def test_parseNeverFails(data: bytes) -> None:
         assert all(isinstance(name, str) for name in parsed.records.names)
         for column in parsed.records[1:]:
             assert column.typecode == numbers().typecode
+
+
+def cachedLoad(
+    maildir: Path, cache: IndexCache, limit: int = LIMIT
+) -> tuple[MaildirIndex, Records]:
+    return MaildirIndex.load(str(maildir), limit, cache)
+
+
+def notRead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Make reading an index file fail the test.
+    """
+
+    def read(path: str, limit: int) -> Any:
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(maildirindex, "_readBounded", read)
+
+
+def test_cacheTakesUnchangedFile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A second load of an index file that has not changed takes what the
+    first parsed, without reading the file: the same records, stamp and
+    blocks, and appending still works.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE, STAMP)
+    cache = IndexCache()
+    _, found = cachedLoad(tmp_path, cache)
+    assert len(cache) == 1 and cache.octets == (tmp_path / INDEX_NAME).stat().st_size
+    with monkeypatch.context() as patched:
+        notRead(patched)
+        again, foundAgain = cachedLoad(tmp_path, cache)
+    assert rows(foundAgain) == rows(found) == rows(SAMPLE)
+    assert (again.stamp, again.blocks, again.missing) == (STAMP, 2, False)
+    assert again.appendable
+    assert again.append(records(("9.z", 1, 1, 1)))
+    assert load(tmp_path)[1].names == [*SAMPLE.names, "9.z"]
+
+
+def test_cacheRecordsAreCopies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    What a load gives is its caller's to change: the next load from the
+    cache gives the records as the file has them.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE)
+    cache = IndexCache()
+    for _ in range(2):  # the records the file was parsed to, then a copy
+        _, found = cachedLoad(tmp_path, cache)
+        found.disk[0] = NO_SIZE
+        found.wire[1] = 7
+        found.names.append("extra")
+    notRead(monkeypatch)
+    assert rows(cachedLoad(tmp_path, cache)[1]) == rows(SAMPLE)
+
+
+@pytest.mark.parametrize("change", ["appended", "rewritten", "same size", "removed"])
+def test_cacheSeesOtherWriters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """
+    A file written by someone else after it was cached (another popserv
+    process, a program) is read again: appended to, rewritten, rewritten
+    to the same size, or removed.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE, STAMP)
+    cache = IndexCache()
+    cachedLoad(tmp_path, cache)
+    other, _ = load(tmp_path)  # a writer that knows nothing of the cache
+    if change == "appended":
+        other.append(records(("9.z", 1, 1, 1)))
+        expected = [*SAMPLE.names, "9.z"]
+    elif change == "rewritten":
+        other.rewrite(records(("9.z", 1, 1, 1)))
+        expected = ["9.z"]
+    elif change == "same size":
+        renamed = Records([n.replace("1", "2") for n in SAMPLE.names], *SAMPLE[1:])
+        assert len(encodeBlock(renamed)) == len(encodeBlock(SAMPLE))
+        other.rewrite(renamed, STAMP)
+        expected = renamed.names
+    else:
+        (tmp_path / INDEX_NAME).unlink()
+        expected = []
+    index, found = cachedLoad(tmp_path, cache)
+    assert found.names == expected
+    assert index.missing == (change == "removed")
+    assert index.stamp == (STAMP if change == "same size" else None)
+
+
+@pytest.mark.parametrize("write", ["append", "rewrite", "forget", "forget by removing"])
+def test_cacheDroppedOnOwnWrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """
+    An index loaded through the cache drops its entry before it writes the
+    file, whatever the write; the next load reads the file.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE)
+    cache = IndexCache()
+    index, _ = cachedLoad(tmp_path, cache)
+    assert len(cache) == 1
+    if write == "append":
+        assert index.append(records(("9.z", 1, 1, 1)))
+    elif write == "rewrite":
+        assert index.rewrite(records(("9.z", 1, 1, 1)))
+    elif write == "forget":
+        index.forget([SAMPLE.names[0]])
+    else:
+        (tmp_path / INDEX_NAME).write_bytes(MAGIC)  # so that appending is refused
+        index.forget([SAMPLE.names[0]])
+        assert not (tmp_path / INDEX_NAME).exists()
+    assert len(cache) == 0 and cache.octets == 0
+    index, found = cachedLoad(tmp_path, cache)
+    assert found.names == load(tmp_path)[1].names
+
+
+@pytest.mark.parametrize("kind", ["damaged", "version 1", "large"])
+def test_cacheKeepsOnlyWholeSmallFiles(tmp_path: Path, kind: str) -> None:
+    """
+    A file that did not parse to its end, of an older version, or larger
+    than the cache keeps, is read at every load, and a damaged one is
+    reported every time.
+    """
+    cache = IndexCache(maxFileOctets=4096)
+    path = tmp_path / INDEX_NAME
+    if kind == "damaged":
+        path.write_bytes(MAGIC + encodeBlock(SAMPLE) + b"garbage")
+    elif kind == "version 1":
+        path.write_bytes(maildirindex._MAGIC_1 + encodeBlock(SAMPLE))
+    else:
+        many = records(*((f"{i:040d}", i, i, i) for i in range(100)))
+        MaildirIndex(str(tmp_path)).rewrite(many)
+        assert path.stat().st_size > 4096
+    for _ in range(2):
+        with capturedLogs() as events:
+            _, found = cachedLoad(tmp_path, cache)
+        assert len(cache) == 0
+        assert len(warnings(events)) == (kind == "damaged")
+        assert found.names
+
+
+def test_cacheHonoursLimit(tmp_path: Path) -> None:
+    """
+    A cached file larger than the limit of a later load is not taken from
+    the cache: loadWithin() gives nothing for it, as for a file read.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE)
+    cache = IndexCache()
+    cachedLoad(tmp_path, cache)
+    size = (tmp_path / INDEX_NAME).stat().st_size
+    assert MaildirIndex.loadWithin(str(tmp_path), size - 1, cache) is None
+    assert len(cache) == 0
+
+
+def test_cacheBounded(tmp_path: Path) -> None:
+    """
+    The cache keeps files up to a total size, dropping the one used least
+    recently first.
+    """
+    maildirs = [tmp_path / name for name in "abcd"]
+    for maildir in maildirs:
+        maildir.mkdir()
+        MaildirIndex(str(maildir)).rewrite(SAMPLE)
+    size = (maildirs[0] / INDEX_NAME).stat().st_size
+    cache = IndexCache(maxOctets=3 * size)
+    for maildir in maildirs[:3]:
+        cachedLoad(maildir, cache)
+    cachedLoad(maildirs[0], cache)  # now the most recently used
+    cachedLoad(maildirs[3], cache)  # evicts b, the least recently used
+    assert cache.octets == 3 * size
+    assert list(cache._entries) == [
+        str(m / INDEX_NAME) for m in (maildirs[2], maildirs[0], maildirs[3])
+    ]

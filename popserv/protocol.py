@@ -63,7 +63,6 @@ from popserv.sasl import (
     SASLError,
     defaultMechanisms,
 )
-from popserv.sendnow import sendNow
 from popserv.states import LEGAL, State
 from popserv.timeouts import Timeout, Timeouts
 from popserv.tls import ReloadableTLS, channelBinding
@@ -377,8 +376,14 @@ class POP3Protocol(LineOnlyReceiver):
         self._send(replies.err("Internal server error", "SYS/TEMP"))
 
     def _send(self, data: bytes) -> None:
+        # Through the transport, which sends on the reactor's next turn,
+        # with the replies to every other client that turn made: on a busy
+        # server that wakes each client once a turn rather than once a
+        # reply.  Sending each reply at once (L{popserv.sendnow}, which
+        # messages use) did fewer instructions but cost more CPU time in
+        # login churn, in the wake-ups (docs/benchmarks.rst).
         if not self._lost:
-            sendNow(self.transport, data)
+            self.transport.write(data)
 
     # What the connection is
 

@@ -1,16 +1,23 @@
 """
-Replies and messages sent at once on plain TCP, not on the reactor's next
-turn.
+Messages sent at once on plain TCP, not on the reactor's next turn.
 
 Twisted's TCP transport never sends in C{write()}: it keeps the bytes, asks
 epoll to report the socket writable (an C{epoll_ctl} system call), sends
 them when the reactor next turns, and asks epoll to stop (C{epoll_ctl}
 again).  A POP3 reply answers one command, and the socket's send buffer is
 nearly always empty when it is written, so that is two system calls and a
-dispatch of the reactor around the one C{send()} that does the work.  In
-login churn (five replies a session) it was a ninth of popserv's own
-instructions per session, before the kernel's share of the system calls;
-for a message, Twisted also joins its parts (a copy) before sending them.
+dispatch of the reactor around the one C{send()} that does the work; for
+a message, Twisted also joins its parts (a copy) before sending them, and
+sends at most 128 KiB at a time.
+
+Only messages are sent this way (L{popserv.transfer.MessageTransfer}).
+Short replies were too, for a time, and a login session did a ninth fewer
+instructions; but under login churn the server then spent more CPU time,
+not less, waking the clients: a reply sent the moment it is ready reaches
+a client that has gone back to sleep, where the replies Twisted sends
+together at the end of a reactor turn reach clients that are still awake
+from the first of them.  So replies go through the transport's
+C{write()}.
 
 L{sendNow} sends itself, with one C{send()} on the transport's socket (a
 message, its status line and its terminator with one C{sendmsg()}), and

@@ -4,9 +4,9 @@ Messages sent at once on plain TCP, not on the reactor's next turn.
 Twisted's TCP transport never sends in C{write()}: it keeps the bytes, asks
 epoll to report the socket writable (an C{epoll_ctl} system call), sends
 them when the reactor next turns, and asks epoll to stop (C{epoll_ctl}
-again).  A POP3 reply answers one command, and the socket's send buffer is
-nearly always empty when it is written, so that is two system calls and a
-dispatch of the reactor around the one C{send()} that does the work; for
+again).  A POP3 response answers one command, and the socket's send buffer
+is nearly always empty when it is written, so that is two system calls and
+a dispatch of the reactor around the one C{send()} that does the work; for
 a message, Twisted also joins its parts (a copy) before sending them, and
 sends at most 128 KiB at a time.
 

@@ -642,13 +642,13 @@ class MaildirIndex:
         records, only the stamp is written; with neither, an empty block,
         which voids the stamp.)
         """
+        self._uncache()
         if self._appendAt is None:
             return False
         items = [encodeBlock(records)] if records.names or stamp is None else []
         if stamp is not None:
             items.append(encodeStamp(stamp))
         content = b"".join(items)
-        self._uncache()
         try:
             fd = os.open(self.path, _APPEND_FLAGS)
         except OSError as e:
@@ -698,7 +698,7 @@ class MaildirIndex:
         if self.append(forgotten):
             return
         # Whatever the file holds, it must stop vouching for these names.
-        self._uncache()
+        # (append() has dropped it from the cache, written or not.)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

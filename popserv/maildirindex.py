@@ -388,6 +388,7 @@ def lookup(records: Records, names: list[str]) -> tuple[Records, list[int], bool
 def _identity(info: os.stat_result) -> tuple[int, ...]:
     # What every write of an index file changes: appending changes its size
     # and its times, rewriting makes a new file (a new inode, new times).
+    # The size is third (L{_Cached.octets}).
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
@@ -397,10 +398,16 @@ class _Cached(NamedTuple):
     """
 
     identity: tuple[int, ...]
-    octets: int
     blocks: int
     stamp: Stamp | None
     records: Records
+
+    @property
+    def octets(self) -> int:
+        """
+        The file's size, which its identity holds.
+        """
+        return self.identity[2]
 
 
 class IndexCache:
@@ -471,7 +478,7 @@ class IndexCache:
         octets = info.st_size
         if parsed.problem is not None or parsed.version != 2 or octets > self.maxFileOctets:
             return
-        entry = _Cached(_identity(info), octets, parsed.blocks, parsed.stamp, parsed.records.copy())
+        entry = _Cached(_identity(info), parsed.blocks, parsed.stamp, parsed.records.copy())
         with self._mutex:
             self._remove(path)
             self._entries[path] = entry

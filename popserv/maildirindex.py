@@ -394,13 +394,13 @@ def _identity(info: os.stat_result) -> tuple[int, ...]:
 
 class _Cached(NamedTuple):
     """
-    An index file as parsed, and which file it was.
+    An index file as parsed (whole, of the current version), and which file
+    it was.  The parse's records are shared: copy them before handing them
+    out.
     """
 
     identity: tuple[int, ...]
-    blocks: int
-    stamp: Stamp | None
-    records: Records
+    parsed: Parsed
 
     @property
     def octets(self) -> int:
@@ -453,7 +453,7 @@ class IndexCache:
         """
         The entry for the index file C{path} if the file is still the one it
         was parsed from and at most C{limit} octets long; else L{None}, and
-        the entry is dropped.  Its records are shared: copy them
+        the entry is dropped.  Its parse's records are shared: copy them
         (L{Records.copy}) before changing them.
         """
         with self._mutex:
@@ -478,7 +478,7 @@ class IndexCache:
         octets = info.st_size
         if parsed.problem is not None or parsed.version != 2 or octets > self.maxFileOctets:
             return
-        entry = _Cached(_identity(info), parsed.blocks, parsed.stamp, parsed.records.copy())
+        entry = _Cached(_identity(info), parsed._replace(records=parsed.records.copy()))
         with self._mutex:
             self._remove(path)
             self._entries[path] = entry
@@ -562,26 +562,24 @@ class MaildirIndex:
         cls, maildir: str, limit: int, cache: IndexCache | None, quiet: bool
     ) -> tuple[MaildirIndex, Records] | None:
         index = cls(maildir, cache)
-        if cache is not None:
-            cached = cache.get(index.path, limit)
-            if cached is not None:
+        cached = cache.get(index.path, limit) if cache is not None else None
+        if cached is not None:
+            parsed = cached.parsed._replace(records=cached.parsed.records.copy())
+        else:
+            try:
+                data, info = _readBounded(index.path, limit)
+            except FileNotFoundError:
+                return index, Records.empty()
+            except OSError as e:
+                if quiet and isinstance(e, _TooLarge):
+                    return None
                 index.missing = False
-                index.blocks = cached.blocks
-                index.stamp = cached.stamp
-                index._appendAt = cached.octets  # only whole files are kept
-                return index, cached.records.copy()
-        try:
-            data, info = _readBounded(index.path, limit)
-        except FileNotFoundError:
-            return index, Records.empty()
-        except OSError as e:
-            if quiet and isinstance(e, _TooLarge):
-                return None
-            index.missing = False
-            _log.warn("Ignoring the index {path}: {e}; rebuilding it", path=index.path, e=e)
-            return index, Records.empty()
+                _log.warn("Ignoring the index {path}: {e}; rebuilding it", path=index.path, e=e)
+                return index, Records.empty()
+            parsed = parse(data)
+            if cache is not None:
+                cache.put(index.path, info, parsed)  # if it is worth keeping
         index.missing = False
-        parsed = parse(data)
         index.blocks = parsed.blocks
         index.stamp = parsed.stamp
         if parsed.problem is not None:
@@ -592,8 +590,6 @@ class MaildirIndex:
             )
         elif parsed.version == 2:
             index._appendAt = parsed.end
-            if cache is not None:
-                cache.put(index.path, info, parsed)
         # else an older version, read but rewritten rather than appended to
         return index, parsed.records
 

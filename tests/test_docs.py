@@ -35,6 +35,7 @@ PAGES = [
     "embedding",
     "extending",
     "benchmarks",
+    "performance",
 ]
 
 

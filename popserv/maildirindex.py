@@ -385,6 +385,14 @@ def lookup(records: Records, names: list[str]) -> tuple[Records, list[int], bool
     return found, missing, False
 
 
+def _copied(parsed: Parsed) -> Parsed:
+    # An entry's records never leave the cache, nor do a caller's enter it:
+    # a login may keep the records it loaded as its snapshot and change them
+    # (a message whose file changed size gets NO_SIZE), while another login
+    # to the same Maildir loads them again.
+    return parsed._replace(records=parsed.records.copy())
+
+
 def _identity(info: os.stat_result) -> tuple[int, ...]:
     # What every write of an index file changes: appending changes its size
     # and its times, rewriting makes a new file (a new inode, new times).
@@ -395,8 +403,8 @@ def _identity(info: os.stat_result) -> tuple[int, ...]:
 class _Cached(NamedTuple):
     """
     An index file as parsed (whole, of the current version), and which file
-    it was.  The parse's records are shared: copy them before handing them
-    out.
+    it was.  Its records are the cache's own: they go in and come out as
+    copies (L{IndexCache.put}, L{IndexCache.get}).
     """
 
     identity: tuple[int, ...]
@@ -449,12 +457,12 @@ class IndexCache:
         """
         return self._octets
 
-    def get(self, path: str, limit: int) -> _Cached | None:
+    def get(self, path: str, limit: int) -> Parsed | None:
         """
-        The entry for the index file C{path} if the file is still the one it
-        was parsed from and at most C{limit} octets long; else L{None}, and
-        the entry is dropped.  Its parse's records are shared: copy them
-        (L{Records.copy}) before changing them.
+        What the index file C{path} parsed to, if the file is still the one
+        it was parsed from and at most C{limit} octets long; else L{None},
+        and the entry is dropped.  The records are a copy, the caller's to
+        change.
         """
         with self._mutex:
             entry = self._entries.get(path)
@@ -468,7 +476,7 @@ class IndexCache:
         if identity != entry.identity or entry.octets > limit:
             self.drop(path)
             return None
-        return entry
+        return _copied(entry.parsed)
 
     def put(self, path: str, info: os.stat_result, parsed: Parsed) -> None:
         """
@@ -478,7 +486,7 @@ class IndexCache:
         octets = info.st_size
         if parsed.problem is not None or parsed.version != 2 or octets > self.maxFileOctets:
             return
-        entry = _Cached(_identity(info), parsed._replace(records=parsed.records.copy()))
+        entry = _Cached(_identity(info), _copied(parsed))
         with self._mutex:
             self._remove(path)
             self._entries[path] = entry
@@ -562,10 +570,8 @@ class MaildirIndex:
         cls, maildir: str, limit: int, cache: IndexCache | None, quiet: bool
     ) -> tuple[MaildirIndex, Records] | None:
         index = cls(maildir, cache)
-        cached = cache.get(index.path, limit) if cache is not None else None
-        if cached is not None:
-            parsed = cached.parsed._replace(records=cached.parsed.records.copy())
-        else:
+        parsed = cache.get(index.path, limit) if cache is not None else None
+        if parsed is None:
             try:
                 data, info = _readBounded(index.path, limit)
             except FileNotFoundError:

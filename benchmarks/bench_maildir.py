@@ -19,7 +19,8 @@ Scenarios (see benchmarks/README.rst and docs/benchmarks.rst):
  - C{concurrency}: churn with 1, 10, 50, 100 clients (latency against
    concurrency).
 
-Each server is started fresh for each scenario, pinned to one CPU, with the
+Each server is started fresh for each scenario (and for each round of
+C{--rounds}, the servers in turn), pinned to one CPU, with the
 load generator (C{popload.c}, compiled at run time) on the other; every
 retrieved byte is checked against the files.  Units: KB = 1,000 octets,
 MB = 1,000,000 octets.  Only 127.0.0.1 is used.
@@ -27,6 +28,7 @@ MB = 1,000,000 octets.  Only 127.0.0.1 is used.
     .venv/bin/python benchmarks/bench_maildir.py --quick
     .venv/bin/python benchmarks/bench_maildir.py --json /tmp/bench.json
     .venv/bin/python benchmarks/bench_maildir.py --servers popserv --scenarios churn,bulk
+    .venv/bin/python benchmarks/bench_maildir.py --rounds 3 --json /tmp/bench.json
     .venv/bin/python benchmarks/bench_maildir.py --table-from /tmp/bench.json --format rst
 """
 
@@ -103,6 +105,13 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         help="only print the table of an earlier --json file (of the --scenarios)",
     )
     add("--format", choices=("text", "md", "rst"), default="text", help="table style")
+    add(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each scenario's servers N times in turn; the table shows each"
+        " server's median round, the JSON keeps all",
+    )
     g = parser.add_argument_group("sizes (defaults: full run; --quick: smaller)")
     add = g.add_argument
     add("--churn-clients", type=int, help="churn: concurrent clients, one user each [50]")
@@ -177,6 +186,7 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         "large_mb",
         "large_repeat",
         "idle_sessions",
+        "rounds",
     ):
         if getattr(options, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -220,6 +230,9 @@ def printTable(document: dict[str, Any], style: str) -> None:
         f"{versions}; popserv commit {facts.get('git_commit', '?')}"
         + (" (popserv/ modified)" if facts.get("git_dirty") else "")
     )
+    several = document["options"].get("rounds", 1)
+    if several > 1:
+        print(f"{several} rounds of each scenario, servers in turn; each server's median round")
     print()
     header, body = report.tableCells(document["results"], servers)
     print(report.render(header, body, style))

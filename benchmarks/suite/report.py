@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import rounds
+
 SUBJECT = "popserv"
 
 
@@ -62,12 +64,7 @@ class Row:
     def value(self, result: dict[str, Any]) -> Any:
         if callable(self.key):
             return self.key(result)
-        value: Any = result
-        for part in self.key.split("."):
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
+        return rounds.figure(result, self.key)
 
 
 def _verified(result: dict[str, Any]) -> str | None:
@@ -337,7 +334,9 @@ def loadgenSummary(results: dict[str, Any]) -> list[str]:
 def notes(results: dict[str, Any]) -> list[str]:
     """
     Flags for figures that the load generator or someone else's load may
-    have limited, one line per scenario and server.
+    have limited, one line per scenario and server; with several rounds,
+    each server's spread over them and any problem in a round the table
+    does not show.
     """
     out: list[str] = []
     calibration = (results.get("loadgen") or {}).get("popload") or {}
@@ -345,6 +344,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         if scenario == "loadgen":
             continue
         for server, result in byServer.items():
+            spread = rounds.spread(result)
+            if spread:
+                out.append(f"{scenario} {server}: {spread}")
+            out += [f"{scenario} {server}: not shown, {p}" for p in rounds.problems(result)]
             noise: dict[str, float] = {}
             for where, r in _measurements(scenario, result):
                 out += _clientBound(f"{where} {server}", r, calibration)

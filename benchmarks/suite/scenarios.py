@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from . import procfs
+from . import procfs, rounds
 from .data import MB, DataSet, Expected, verifySession
 from .load import DRAIN_SLACK, IdleSessions, Popload, Responder, writeUsers
 from .servers import ServerAdapter
@@ -177,11 +177,16 @@ class Scenario:
     """
 
     name: ClassVar[str] = "?"
+    #: The figure that orders a server's rounds (L{rounds.combine}), in a
+    #: result or in each point of a sweep, and which way is better.
+    primary: ClassVar[tuple[str, str]]
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.options = ctx.options
         self._expected: dict[str, Expected] = {}
+        #: Who is being measured, for notes: scenario, server and round.
+        self.who = self.name
 
     def plan(self) -> list[tuple[str, list[int]]]:
         """
@@ -199,7 +204,10 @@ class Scenario:
 
     def run(self, servers: Sequence[type[ServerAdapter]]) -> dict[str, Any]:
         """
-        Generate the data, then measure each server on its own copy.
+        Generate the data, then measure each server on its own copy, in
+        C{--rounds} rounds: each round runs every server once, the first
+        server of one round last in the next, so that each leads a round in
+        turn and a slow spell of the machine falls on all of them.
         """
         root = os.path.join(self.ctx.workdir, self.name)
         data = DataSet.generate(
@@ -209,18 +217,28 @@ class Scenario:
             f"{self.name}: generated {sum(data.counts.values())} messages,"
             f" {data.octets / MB:.1f} MB, in {data.seconds:.1f} s"
         )
-        results: dict[str, Any] = {}
+        chosen = [c for c in servers if c.scenarios is None or self.name in c.scenarios]
+        byServer: dict[str, list[dict[str, Any]]] = {c.name: [] for c in chosen}
         try:
-            for cls in servers:
-                if cls.scenarios is None or self.name in cls.scenarios:
-                    results[cls.name] = self._one(cls, data, root)
+            for n in range(self.options.rounds):
+                turn = chosen[n % len(chosen) :] + chosen[: n % len(chosen)] if chosen else []
+                for cls in turn:
+                    byServer[cls.name].append(self._one(cls, data, root, n + 1))
         finally:
             if not self.options.keep:
                 shutil.rmtree(root, ignore_errors=True)
-        return results
+        key, better = self.primary
+        return {name: rounds.combine(results, key, better) for name, results in byServer.items()}
 
-    def _one(self, cls: type[ServerAdapter], data: DataSet, root: str) -> dict[str, Any]:
-        work = os.path.join(root, cls.name)
+    def _one(
+        self, cls: type[ServerAdapter], data: DataSet, root: str, n: int = 1
+    ) -> dict[str, Any]:
+        """
+        Round C{n} of one server: a fresh copy of the data, a fresh server.
+        """
+        several = self.options.rounds > 1
+        who = self.who = f"{self.name} {cls.name}" + (f" (round {n})" if several else "")
+        work = os.path.join(root, f"{cls.name}-{n}" if several else cls.name)
         mailroot = os.path.join(work, "mail")
         began = time.monotonic()
         data.cloneTo(mailroot)
@@ -232,19 +250,19 @@ class Scenario:
             result["preflight"] = preflight
         except Exception as e:
             traceback.print_exc()
-            self.ctx.notes.append(f"{self.name} {cls.name}: failed: {e}")
+            self.ctx.notes.append(f"{who}: failed: {e}")
             result = {"error": f"{type(e).__name__}: {e}"}
         finally:
             server.stop()
             problems = server.logProblems()
             if problems:
                 self.ctx.notes.append(
-                    f"{self.name} {cls.name}: {len(problems)} error lines in the server log,"
+                    f"{who}: {len(problems)} error lines in the server log,"
                     f" first: {problems[0][:160]}"
                 )
             if not self.options.keep:
                 shutil.rmtree(mailroot, ignore_errors=True)
-        log(f"{self.name} {cls.name}: done in {time.monotonic() - began:.1f} s")
+        log(f"{who}: done in {time.monotonic() - began:.1f} s")
         return result
 
     # Shared pieces.
@@ -363,8 +381,7 @@ class Scenario:
             )
         if problems:
             self.ctx.notes.append(
-                f"{self.name} {server.name}: {len(problems)} verification problem(s),"
-                f" first: {problems[0][:200]}"
+                f"{self.who}: {len(problems)} verification problem(s), first: {problems[0][:200]}"
             )
         return result, sampler, summary
 
@@ -386,6 +403,7 @@ class Churn(Scenario):
     """
 
     name = "churn"
+    primary = ("sessions_per_s", "higher")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         o = self.options
@@ -404,6 +422,7 @@ class Concurrency(Scenario):
     """
 
     name = "concurrency"
+    primary = ("sessions_per_s", "higher")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         o = self.options
@@ -428,6 +447,7 @@ class Bulk(Scenario):
     """
 
     name = "bulk"
+    primary = ("mb_per_s", "higher")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         return [("bulk", [self.options.bulk_size] * self.options.bulk_count)]
@@ -474,6 +494,7 @@ class Parallel(Scenario):
     """
 
     name = "parallel"
+    primary = ("mb_per_s", "higher")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         o = self.options
@@ -548,6 +569,7 @@ class Maildrop(Scenario):
     """
 
     name = "maildrop"
+    primary = ("cold.total_s", "lower")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         o = self.options
@@ -593,6 +615,7 @@ class Large(Scenario):
     """
 
     name = "large"
+    primary = ("mb_per_s_median", "higher")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         return [("large", [self.options.large_mb * MB])]
@@ -645,6 +668,7 @@ class Idle(Scenario):
     """
 
     name = "idle"
+    primary = ("pss_per_session_kb", "lower")
 
     def plan(self) -> list[tuple[str, list[int]]]:
         return [(f"i{i}", [900]) for i in range(self.options.idle_sessions)]
@@ -681,7 +705,7 @@ class Idle(Scenario):
             raise RuntimeError(f"no session could log in: {ready.get('first_error')}")
         if ready["failed"]:
             self.ctx.notes.append(
-                f"idle {server.name}: {ready['failed']} sessions failed: {ready['first_error']}"
+                f"{self.who}: {ready['failed']} sessions failed: {ready['first_error']}"
             )
         return {
             "sessions": held,

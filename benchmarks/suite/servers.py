@@ -309,7 +309,10 @@ class Popserv(ServerAdapter):
             os.makedirs(self.options.server_profile, exist_ok=True)
             path = os.path.join(
                 os.path.abspath(self.options.server_profile),
-                os.path.basename(os.path.dirname(self.workdir)) + ".prof",
+                # The scenario, and the round of several ("churn-2").
+                os.path.basename(os.path.dirname(self.workdir))
+                + os.path.basename(self.workdir).removeprefix(self.name)
+                + ".prof",
             )
             command[1:1] = ["--profile", path, "--profiler", "cprofile", "--savestats"]
         return command

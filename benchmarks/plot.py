@@ -62,6 +62,53 @@ def _points(document: dict[str, Any], scenario: str, server: str) -> list[dict[s
     return result.get("points", []) if "error" not in result else []
 
 
+def _roundValues(result: dict[str, Any], get: Callable[[dict[str, Any]], Any]) -> list[float]:
+    """
+    C{get} of each round of C{result} that has a number there (C{--rounds});
+    none for a run of one round.
+    """
+    values = [get(r) for r in result.get("rounds", []) if "error" not in r]
+    return [v for v in values if isinstance(v, int | float)]
+
+
+def _whiskers(shown: list[float], spans: list[list[float]]) -> list[list[float]] | None:
+    """
+    Error bars from each shown value down to its lowest round and up to its
+    highest (C{yerr} of matplotlib), or L{None} if no value has rounds.
+    """
+    if not any(spans):
+        return None
+    return [
+        [v - min(span) if span else 0 for v, span in zip(shown, spans, strict=True)],
+        [max(span) - v if span else 0 for v, span in zip(shown, spans, strict=True)],
+    ]
+
+
+def _pointSpans(
+    document: dict[str, Any], scenario: str, server: str, field: str
+) -> list[list[float]]:
+    """
+    For each shown point of a sweep, C{field} in that point of every round.
+    """
+    result = document["results"].get(scenario, {}).get(server, {})
+
+    def at(n: int) -> Callable[[dict[str, Any]], Any]:
+        def get(one: dict[str, Any]) -> Any:
+            points = one.get("points", [])
+            return points[n].get(field) if n < len(points) else None
+
+        return get
+
+    return [_roundValues(result, at(n)) for n in range(len(_points(document, scenario, server)))]
+
+
+def _roundsNote(document: dict[str, Any]) -> str:
+    rounds = document["options"].get("rounds", 1)
+    if rounds < 2:
+        return ""
+    return f"; each server's median of {rounds} rounds, whiskers from its lowest to its highest"
+
+
 def _sizeLabel(size: float, _: Any = None) -> str:
     return f"{size / 1000:g} KB" if size < 1_000_000 else f"{size / 1_000_000:g} MB"
 
@@ -86,10 +133,17 @@ def throughputVsSize(document: dict[str, Any], path: str) -> bool:
         points = _points(document, "sizes", server)
         sizes = [p["message_size"] for p in points]
         color, marker = STYLE.get(server, ("black", "x"))
-        left.plot(sizes, [p["mb_per_s"] for p in points], marker=marker, color=color, label=server)
-        right.plot(
-            sizes, [p["messages_per_s"] for p in points], marker=marker, color=color, label=server
-        )
+        for axes, field in ((left, "mb_per_s"), (right, "messages_per_s")):
+            values = [p[field] for p in points]
+            axes.errorbar(
+                sizes,
+                values,
+                yerr=_whiskers(values, _pointSpans(document, "sizes", server, field)),
+                marker=marker,
+                color=color,
+                label=server,
+                capsize=3,
+            )
     for axes, title, unit in (
         (left, "Throughput of one client (LIST, UIDL, RETR all)", "MB/s (whole session)"),
         (right, "Messages retrieved per second", "messages/s (RETR phase)"),
@@ -106,7 +160,7 @@ def throughputVsSize(document: dict[str, Any], path: str) -> bool:
         axes.set_ylim(bottom=0)
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
-    _save(fig, path, _subtitle(document))
+    _save(fig, path, _subtitle(document) + _roundsNote(document))
     return True
 
 
@@ -134,12 +188,15 @@ def latencyVsConcurrency(document: dict[str, Any], path: str) -> bool:
             linestyle="--",
             label=f"{server} p99",
         )
-        right.plot(
+        rates = [p["sessions_per_s"] for p in points]
+        right.errorbar(
             clients,
-            [p["sessions_per_s"] for p in points],
+            rates,
+            yerr=_whiskers(rates, _pointSpans(document, "concurrency", server, "sessions_per_s")),
             marker=marker,
             color=color,
             label=server,
+            capsize=3,
         )
     left.set_yscale("log")
     left.set_ylabel("session latency, ms (log scale)")
@@ -156,7 +213,7 @@ def latencyVsConcurrency(document: dict[str, Any], path: str) -> bool:
         axes.set_xlabel("concurrent clients (closed loop)")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
-    _save(fig, path, _subtitle(document))
+    _save(fig, path, _subtitle(document) + _roundsNote(document))
     return True
 
 
@@ -242,7 +299,7 @@ def headline(document: dict[str, Any], path: str) -> bool:
     for index, (scenario, get, template, better, target) in enumerate(panels):
         title = template.format(**options)
         axes: Axes = grid[index // columns][index % columns]
-        names, values, colors = [], [], []
+        names, values, colors, spans = [], [], [], []
         for server in servers:
             result = document["results"].get(scenario, {}).get(server, {})
             value = get(result) if "error" not in result else None
@@ -250,7 +307,10 @@ def headline(document: dict[str, Any], path: str) -> bool:
                 names.append(server)
                 values.append(value)
                 colors.append(STYLE.get(server, ("grey", ""))[0])
-        bars = axes.bar(names, values, color=colors)
+                spans.append(_roundValues(result, get))
+        bars = axes.bar(
+            names, values, color=colors, yerr=_whiskers(values, spans), capsize=3, ecolor="#333333"
+        )
         goal, peer = target
         if peer is not None:
             goal = goal * values[names.index(peer)] if peer in names else float("nan")
@@ -266,7 +326,7 @@ def headline(document: dict[str, Any], path: str) -> bool:
         axes.margins(y=0.2)
     for index in range(len(panels), rows * columns):
         grid[index // columns][index % columns].axis("off")
-    footer = _subtitle(document) + "; dotted line: popserv's target (issue 5)"
+    footer = _subtitle(document) + _roundsNote(document) + "; dotted: popserv's target (issue 5)"
     _save(fig, path, footer, y=0.01, bottom=0.03)
     return True
 

@@ -64,7 +64,7 @@ def test_failedRoundsAreLeftOut() -> None:
     shown = rounds.combine(made, "sessions_per_s", "higher")
     assert shown["sessions_per_s"] == 1200.0
     assert shown["shown_round"] == 2
-    assert rounds.problems(shown) == ["round 1: failed: RuntimeError: boom"]
+    assert rounds.spread(shown) == "2 rounds, sessions_per_s failed, 1,200: round 2 shown"
     failed = rounds.combine([{"error": "A: 1"}, {"error": "B: 2"}], "sessions_per_s", "higher")
     assert failed["error"] == "A: 1"
     assert "shown_round" not in failed
@@ -106,48 +106,23 @@ def test_sweepsPickEachPointsMedian() -> None:
     assert [p["round"] for p in shown["points"]] == [3, 1]
 
 
-def test_problemsInRoundsNotShown() -> None:
-    """
-    A wrong byte, a wrong size or a client error in a round the table does
-    not show is in the notes; the shown round's are in the table itself.
-    """
-    made = [
-        {
-            "mb_per_s": 50.0,
-            "mismatched": 2,
-            "list_sizes_wrong": 0,
-            "problems": ["u: RETR 3 differs"],
-        },
-        {"mb_per_s": 70.0, "mismatched": 0, "list_sizes_wrong": 1, "problems": []},
-        {"mb_per_s": 60.0, "mismatched": 1, "list_sizes_wrong": 0, "problems": []},
-    ]
-    shown = rounds.combine(made, "mb_per_s", "higher")
-    assert shown["shown_round"] == 3
-    assert rounds.problems(shown) == [
-        "round 1: 2 retrievals not as stored; u: RETR 3 differs",
-        "round 2: 1 LIST sizes wrong",
-    ]
-    sweep = rounds.combine(
-        [{"points": [{"mb_per_s": 1.0, "mismatched": 1}]}, {"points": [{"mb_per_s": 2.0}]}],
-        "mb_per_s",
-        "higher",
-    )
-    assert sweep["points"][0]["round"] == 1
-    assert rounds.problems(sweep) == []
-    sweep["points"][0]["round"] = 2
-    assert rounds.problems(sweep) == ["round 1: point 1: 1 retrievals not as stored"]
-
-
 def test_notesTellTheSpread() -> None:
     """
-    The report's notes give each server's main figure round by round and
-    the round shown, and a problem in a round not shown.
+    The report's notes give each server's main figure round by round, as
+    the table writes numbers, and the round shown, which is the one the
+    table's column is made of.
     """
-    made = [churn(1500.0, 0.6), churn(1300.0, 0.9, errors={"ECONNRESET": 3}), churn(1400.0, 0.5)]
-    results = {"churn": {"popserv": rounds.combine(made, "sessions_per_s", "higher")}}
+    made = [churn(1500.4, 0.6), churn(1300.0, 0.9), churn(1400.0, 0.5)]
+    small = [{"cold": {"total_s": v}} for v in (2.452, 1.9782, 0.5)]
+    results = {
+        "churn": {"popserv": rounds.combine(made, "sessions_per_s", "higher")},
+        "maildrop": {"popserv": rounds.combine(small, "cold.total_s", "lower")},
+    }
     notes = report.notes(results)
     assert "churn popserv: 3 rounds, sessions_per_s 1,500, 1,300, 1,400: round 3 shown" in notes
-    assert "churn popserv: not shown, round 2: errors {'ECONNRESET': 3}" in notes
+    assert "maildrop popserv: 3 rounds, cold.total_s 2.45, 1.98, 0.5: round 2 shown" in notes
     _header, body = report.tableCells(results, ["popserv"])
-    rate = next(row for row in body if row[0] == "churn: sessions/s")
-    assert rate[1] == "1,400"
+    rows = {row[0]: row[1] for row in body}
+    assert rows["churn: sessions/s"] == "1,400"
+    assert rows["churn: server CPU s / 1,000 sessions"] == "0.500"
+    assert rows["maildrop cold: PASS+STAT+UIDL (s)"] == "1.98"

@@ -335,8 +335,7 @@ def notes(results: dict[str, Any]) -> list[str]:
     """
     Flags for figures that the load generator or someone else's load may
     have limited, one line per scenario and server; with several rounds,
-    each server's spread over them and any problem in a round the table
-    does not show.
+    each server's spread over them.
     """
     out: list[str] = []
     calibration = (results.get("loadgen") or {}).get("popload") or {}
@@ -347,7 +346,6 @@ def notes(results: dict[str, Any]) -> list[str]:
             spread = rounds.spread(result)
             if spread:
                 out.append(f"{scenario} {server}: {spread}")
-            out += [f"{scenario} {server}: not shown, {p}" for p in rounds.problems(result)]
             noise: dict[str, float] = {}
             for where, r in _measurements(scenario, result):
                 out += _clientBound(f"{where} {server}", r, calibration)

@@ -9,7 +9,8 @@ turn with the other servers', the table shows each server's median round:
 the round in the middle when its rounds are ordered by the scenario's
 main figure (for a sweep, point by point), so that every figure in a
 column still comes from one measurement.  Every round stays in the JSON,
-and the notes tell the spread and any problem in a round not shown.
+and the notes tell the spread.  A failure, a wrong octet or a client error
+in any round is a note of the run itself, which names the round.
 """
 
 from __future__ import annotations
@@ -110,55 +111,13 @@ def spread(result: dict[str, Any]) -> str | None:
 
     def show(r: dict[str, Any]) -> str:
         value = figure(r, key)
-        return "failed" if "error" in r else "-" if value is None else f"{value:,g}"
+        if "error" in r:
+            return "failed"
+        if not isinstance(value, int | float):
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
     values = ", ".join(show(r) for r in rounds)
     shown = result.get("shown_round")
     which = f"round {shown} shown" if shown else "every round failed"
     return f"{len(rounds)} rounds, {key} {values}: {which}"
-
-
-def problems(result: dict[str, Any]) -> list[str]:
-    """
-    What went wrong in each round the table does not show, so that a median
-    never hides a failure, a wrong byte or a wrong size.
-    """
-    rounds = result.get("rounds") or []
-    shownPoints = [p.get("round") for p in result.get("points", [])]
-    out = []
-    for n, r in enumerate(rounds, 1):
-        if "points" in r:
-            # A sweep shows each point from its own median round.
-            found = [
-                f"point {i + 1}: {text}"
-                for i, p in enumerate(r["points"])
-                if i >= len(shownPoints) or shownPoints[i] != n
-                for text in _wrong(p)
-            ]
-        elif n == result.get("shown_round"):
-            continue
-        else:
-            found = _wrong(r)
-        if found:
-            out.append(f"round {n}: " + "; ".join(found))
-    return out
-
-
-def _wrong(result: dict[str, Any]) -> list[str]:
-    """
-    The failures a result records, in words.
-    """
-    if "error" in result:
-        return [f"failed: {result['error']}"]
-    found = []
-    parts = [("", result), *((f"{k}: ", result[k]) for k in ("cold", "warm") if k in result)]
-    for where, r in parts:
-        if r.get("mismatched"):
-            found.append(f"{where}{r['mismatched']} retrievals not as stored")
-        if r.get("list_sizes_wrong"):
-            found.append(f"{where}{r['list_sizes_wrong']} LIST sizes wrong")
-        if r.get("problems"):
-            found.append(f"{where}{r['problems'][0]}")
-        if r.get("errors"):
-            found.append(f"{where}errors {r['errors']}")
-    return found

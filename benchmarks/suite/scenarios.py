@@ -292,6 +292,9 @@ class Scenario:
         finally:
             result = Popload.finish(process, path, warmup + duration + DRAIN_SLACK)
         drops = procfs.listenDrops() - drops
+        if result["errors"]:
+            # In the table for the round shown; here for every round.
+            self.ctx.notes.append(f"{self.who}: client errors {result['errors']}")
         sessions = result["sessions"]
         wall = t1 - t0
         serverCPU = cpu1 - cpu0

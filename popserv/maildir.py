@@ -69,7 +69,7 @@ from popserv.errors import (
     StoreConfigError,
 )
 from popserv.filereader import FileReader
-from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo
+from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo, MessageList
 from popserv.maildirindex import (
     NO_SIZE,
     IndexCache,
@@ -220,11 +220,12 @@ class _CollectorPaused:
     Each 700 new objects start a collection that visits every young object,
     and every so often one that visits every object in the process.  A
     login to 100,000 messages makes several objects for each (names,
-    tuples, MessageInfos) and keeps them: with the collector running, the
-    first login took 0.3 s longer, and the next 30 ms (as Mercurial found,
-    whose C{util.nogc} does the same).  The collector is process-wide: it is
-    turned back on only if it was on, so a program that keeps it off is not
-    overruled, and two scans in two threads leave it as they found it.
+    tuples; then MessageInfos too) and keeps them: with the collector
+    running, the first login took 0.3 s longer, and the next 30 ms (as
+    Mercurial found, whose C{util.nogc} does the same).  The collector is
+    process-wide: it is turned back on only if it was on, so a program
+    that keeps it off is not overruled, and two scans in two threads leave
+    it as they found it.
 
     A class rather than a generator: L{contextlib.contextmanager} takes
     four times the calls, at every login.
@@ -612,7 +613,7 @@ class MaildirMaildrop:
         self._run = runInThread
         # The snapshot, by message index.
         self._bases: list[str] = []
-        self._infos: list[MessageInfo] = []
+        self._infos: Sequence[MessageInfo] = ()
         # The size on disk each message's sizes were computed from, or
         # NO_SIZE.
         self._disk = numbers()
@@ -710,7 +711,7 @@ class MaildirMaildrop:
         """
         self._bases = records.names
         self._disk = records.disk
-        self._infos = MessageInfo.many(records.wire, uids, records.downgraded)
+        self._infos = MessageList(records.wire, uids, records.downgraded)
         # The session keeps its index only to make it forget names; the
         # stamp was for the scan, and its eight large integers took 280
         # octets of every idle session.
@@ -1021,7 +1022,7 @@ class MaildirMaildrop:
     # IMaildrop
 
     def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
-        return succeed(list(self._infos))
+        return succeed(self._infos)  # read-only: every session may keep it
 
     def openMessage(self, index: int) -> Deferred[IMessageReader]:
         ahead = self._ahead

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Generator, Sequence
-from operator import attrgetter
 from typing import Any, ClassVar
 
 from twisted.cred.credentials import ICredentials, IUsernameHashedPassword
@@ -49,7 +48,7 @@ from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
 from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, MaildropInUse, POP3Error
-from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
+from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo, column
 from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
 from popserv.policy import SitePolicy
 from popserv.realm import LoginMind
@@ -682,7 +681,7 @@ class POP3Protocol(LineOnlyReceiver):
         # ints, made in C: for 100,000 messages a Python step per message
         # (or a new MessageInfo for each) took longer than listing the
         # Maildir.
-        sizes: list[Any] = list(map(attrgetter("downgradedSize"), messages))
+        sizes: list[Any] = list(column(messages, "downgradedSize"))
         if None in sizes:
             return self._readHeaderSizes(messages, sizes).addCallback(self._sized, messages)
         self._sized(sizes, messages)
@@ -690,7 +689,7 @@ class POP3Protocol(LineOnlyReceiver):
 
     def _sized(self, sizes: list[int], messages: Sequence[MessageInfo]) -> None:
         # Usually every header is ASCII: then the stored sizes do.
-        self._ready(messages, None if sizes == list(map(attrgetter("size"), messages)) else sizes)
+        self._ready(messages, None if sizes == list(column(messages, "size")) else sizes)
 
     @inlineCallbacks
     def _readHeaderSizes(

@@ -8,10 +8,9 @@ Pure bookkeeping over the L{MessageInfo} snapshot; no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
 
 from popserv.errors import POP3Error
-from popserv.interfaces import MessageInfo
+from popserv.interfaces import MessageInfo, column
 
 
 class NoSuchMessage(POP3Error):
@@ -50,7 +49,7 @@ class Transaction:
         self._messages = messages
         # None, the usual case, costs an idle session nothing.
         self._sizes = sizes
-        self._octets = sum(map(attrgetter("size"), messages) if sizes is None else sizes)
+        self._octets = sum(column(messages, "size") if sizes is None else sizes)
         # Most sessions delete nothing: share one empty set until a DELE.
         self._deleted: set[int] | frozenset[int] = _NOTHING
         self._deletedOctets = 0
@@ -89,14 +88,14 @@ class Transaction:
         The size of every message as this client sees it, by index.
         """
         if self._sizes is None:
-            return list(map(attrgetter("size"), self._messages))
+            return list(column(self._messages, "size"))
         return self._sizes
 
     def uids(self) -> list[str]:
         """
         The unique id of every message, by index.
         """
-        return list(map(attrgetter("uid"), self._messages))
+        return list(column(self._messages, "uid"))
 
     def stat(self) -> tuple[int, int]:
         """

@@ -5,9 +5,11 @@ sizes this client sees.
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 
-from popserv.interfaces import MessageInfo
+from popserv.interfaces import MessageInfo, MessageList, column
 from popserv.transaction import MessageDeleted, NoSuchMessage, Transaction
 
 MESSAGES = [MessageInfo(100, "a", 120), MessageInfo(200, "b", 200), MessageInfo(300, "c", 310)]
@@ -82,3 +84,61 @@ def test_messageInfoMany() -> None:
     assert MessageInfo.many([], [], []) == []
     with pytest.raises(ValueError):
         MessageInfo.many(sizes, uids, downgraded[:2])
+
+
+def test_messageList() -> None:
+    """
+    A MessageList is a read-only sequence of the MessageInfo its columns
+    hold: indexes (negative ones too), slices, iteration, length and
+    equality with a list of the same MessageInfo, either way round.
+    Columns of different lengths are refused.
+    """
+    sizes, uids, downgraded = array("q", [10, 20, 30]), ["a", "b", "c"], array("q", [10, 25, 35])
+    listed = MessageList(sizes, uids, downgraded)
+    expected = list(map(MessageInfo, sizes, uids, downgraded))
+    assert len(listed) == 3
+    assert listed[0] == MessageInfo(10, "a", 10)
+    assert type(listed[0]) is MessageInfo
+    assert listed[-1] == MessageInfo(30, "c", 35)
+    assert listed[1:] == expected[1:]
+    assert list(listed) == expected
+    assert listed == expected
+    assert expected == listed
+    assert listed != expected[:2]
+    assert listed != [*expected[:2], MessageInfo(30, "c", 30)]
+    assert listed != "abc"
+    assert MessageInfo(20, "b", 25) in listed
+    assert listed.index(MessageInfo(30, "c", 35)) == 2
+    with pytest.raises(IndexError):
+        listed[3]
+    with pytest.raises(TypeError):
+        hash(listed)
+    assert repr(MessageList([1], ["a"], [None])) == (
+        "MessageList([MessageInfo(size=1, uid='a', downgradedSize=None)])"
+    )
+    with pytest.raises(ValueError):
+        MessageList(sizes, uids, downgraded[:2])
+
+
+def test_columns() -> None:
+    """
+    column() gives a MessageList's own columns, and makes the same from
+    any other sequence of MessageInfo; a Transaction over either answers
+    alike.
+    """
+    sizes, uids, downgraded = array("q", [100, 200, 300]), ["a", "b", "c"], [120, 200, 310]
+    listed = MessageList(sizes, uids, downgraded)
+    assert column(listed, "size") is sizes
+    assert column(listed, "uid") is uids
+    assert column(listed, "downgradedSize") is downgraded
+    assert column(MESSAGES, "size") == [100, 200, 300]
+    assert column(MESSAGES, "uid") == ["a", "b", "c"]
+    assert column(MESSAGES, "downgradedSize") == [120, 200, 310]
+    for messages in (MESSAGES, listed):
+        txn = Transaction(messages)
+        assert txn.stat() == (3, 600)
+        assert list(txn.sizes()) == [100, 200, 300]
+        assert txn.uids() == ["a", "b", "c"]
+        assert txn.info(2) == MessageInfo(200, "b", 200)
+        txn.delete(1)
+        assert txn.stat() == (2, 500)

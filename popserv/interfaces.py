@@ -25,10 +25,9 @@ Conventions that hold for every method below:
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, eq
 from typing import Any, NamedTuple, overload
 
 from twisted.internet.defer import Deferred
@@ -134,11 +133,11 @@ class MessageList(Sequence[MessageInfo]):
         return map(tuple.__new__, repeat(MessageInfo), fields)
 
     def __eq__(self, other: object) -> bool:
-        # Equal to any sequence of the same MessageInfo, a list included, as
-        # a list of them would be.
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+        # Equal where a list of the same MessageInfo would be: to such a
+        # list, or to another MessageList.
+        if not isinstance(other, list | MessageList):
             return NotImplemented
-        return len(self) == len(other) and all(map(operator.eq, self, other))
+        return len(self) == len(other) and all(map(eq, self, other))
 
     __hash__ = None  # type: ignore[assignment]
 

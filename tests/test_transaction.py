@@ -89,8 +89,9 @@ def test_messageInfoMany() -> None:
 def test_messageList() -> None:
     """
     A MessageList is a read-only sequence of the MessageInfo its columns
-    hold: indexes (negative ones too), slices, iteration, length and
-    equality with a list of the same MessageInfo, either way round.
+    hold: indexes (negative ones too), slices, iteration, length, and
+    equality where a list of them would be equal (to such a list, either
+    way round, or to another MessageList), not to a tuple.
     Columns of different lengths are refused.
     """
     sizes, uids, downgraded = array("q", [10, 20, 30]), ["a", "b", "c"], array("q", [10, 25, 35])
@@ -107,6 +108,8 @@ def test_messageList() -> None:
     assert listed != expected[:2]
     assert listed != [*expected[:2], MessageInfo(30, "c", 30)]
     assert listed != "abc"
+    assert listed != tuple(expected)  # as a list of them is not
+    assert listed == MessageList(list(sizes), list(uids), list(downgraded))
     assert MessageInfo(20, "b", 25) in listed
     assert listed.index(MessageInfo(30, "c", 35)) == 2
     with pytest.raises(IndexError):

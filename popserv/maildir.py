@@ -220,9 +220,10 @@ class _CollectorPaused:
     Each 700 new objects start a collection that visits every young object,
     and every so often one that visits every object in the process.  A
     login to 100,000 messages makes several objects for each (names,
-    tuples; then MessageInfos too) and keeps them: with the collector
-    running, the first login took 0.3 s longer, and the next 30 ms (as
-    Mercurial found, whose C{util.nogc} does the same).  The collector is
+    tuples) and keeps them: with the collector running, the first login
+    took 0.3 s longer, and the next 30 ms (measured when it also made a
+    MessageInfo for each; as Mercurial found, whose C{util.nogc} does the
+    same).  The collector is
     process-wide: it is turned back on only if it was on, so a program
     that keeps it off is not overruled, and two scans in two threads leave
     it as they found it.

@@ -677,19 +677,21 @@ class POP3Protocol(LineOnlyReceiver):
             self._ready(messages)
             return None
         # RFC 6856: this client did not enable UTF8, so it gets UTF-8 header
-        # fields downgraded, and must be told those sizes.  Plain lists of
-        # ints, made in C: for 100,000 messages a Python step per message
-        # (or a new MessageInfo for each) took longer than listing the
-        # Maildir.
-        sizes: list[Any] = list(column(messages, "downgradedSize"))
+        # fields downgraded, and must be told those sizes.  Whole columns,
+        # read in C: for 100,000 messages a Python step per message (or a
+        # new MessageInfo for each) took longer than listing the Maildir.
+        # A MessageList's own column is only read, never copied.
+        sizes = column(messages, "downgradedSize")
         if None in sizes:
-            return self._readHeaderSizes(messages, sizes).addCallback(self._sized, messages)
+            return self._readHeaderSizes(messages, list(sizes)).addCallback(self._sized, messages)
         self._sized(sizes, messages)
         return None
 
-    def _sized(self, sizes: list[int], messages: Sequence[MessageInfo]) -> None:
-        # Usually every header is ASCII: then the stored sizes do.
-        self._ready(messages, None if sizes == list(column(messages, "size")) else sizes)
+    def _sized(self, sizes: Sequence[int], messages: Sequence[MessageInfo]) -> None:
+        # Usually every header is ASCII: then the stored sizes do.  (Columns
+        # of different kinds, a list and an array, never compare equal: the
+        # session then keeps its own sizes, which are as right.)
+        self._ready(messages, None if sizes == column(messages, "size") else sizes)
 
     @inlineCallbacks
     def _readHeaderSizes(

@@ -85,17 +85,18 @@ class Transaction:
 
     def sizes(self) -> Sequence[int]:
         """
-        The size of every message as this client sees it, by index.
+        The size of every message as this client sees it, by index; not to
+        be changed.
         """
         if self._sizes is None:
-            return list(column(self._messages, "size"))
+            return column(self._messages, "size")
         return self._sizes
 
-    def uids(self) -> list[str]:
+    def uids(self) -> Sequence[str]:
         """
-        The unique id of every message, by index.
+        The unique id of every message, by index; not to be changed.
         """
-        return list(column(self._messages, "uid"))
+        return column(self._messages, "uid")
 
     def stat(self) -> tuple[int, int]:
         """

@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import email.header
 import itertools
+from array import array
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_helpers import Session, SizesUnknownStore
+from protocol_helpers import Session, SizesUnknownMaildrop, SizesUnknownStore
 
 from popserv.downgrade import (
     MAX_HEADER,
@@ -25,6 +26,7 @@ from popserv.downgrade import (
     headerEnd,
 )
 from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
+from popserv.interfaces import MessageInfo, MessageList
 from popserv.memorystore import MemoryStore
 
 UTF8_MESSAGE = (
@@ -199,6 +201,49 @@ class TestProtocol:
         assert s.command(b"LIST") == (
             b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (sum(sizes), *sizes)
         )
+
+    @pytest.mark.parametrize("known", [True, False])
+    def test_storeListingColumns(self, known: bool) -> None:
+        """
+        A store that lists its messages as a MessageList (array columns, as
+        the Maildir store does; or list columns without the downgraded
+        sizes) gives a client without UTF8 the same STAT and LIST as a list
+        of MessageInfo does, and one that sent UTF8 the stored sizes.
+        """
+        plain = b"Subject: ascii\r\n\r\nx\r\n"
+
+        class ColumnsMaildrop(SizesUnknownMaildrop):
+            def listMessages(self) -> Any:
+                def columns(infos: list[MessageInfo]) -> MessageList:
+                    sizes = array("q", [i.size for i in infos])
+                    uids = [i.uid for i in infos]
+                    if known:
+                        return MessageList(
+                            sizes, uids, array("q", [i.downgradedSize for i in infos])
+                        )
+                    return MessageList(list(sizes), uids, [None] * len(infos))
+
+                return self._maildrop.listMessages().addCallback(columns)
+
+        class ColumnsStore(SizesUnknownStore):
+            def openMaildrop(self, user: str) -> Any:
+                return self._store.openMaildrop(user).addCallback(ColumnsMaildrop)
+
+        memory = MemoryStore()
+        memory.deliver("alice", UTF8_MESSAGE)
+        memory.deliver("alice", plain)
+        s = Session(store=ColumnsStore(memory))
+        s.login()
+        sizes = [wireSize(UTF8_MESSAGE, downgrade=True), wireSize(plain)]
+        assert s.command(b"LIST") == (
+            b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (sum(sizes), *sizes)
+        )
+        s.command(b"QUIT")  # the maildrop's lock
+        s = Session(store=ColumnsStore(memory))
+        s.command(b"UTF8")
+        s.login()
+        stored = wireSize(UTF8_MESSAGE) + wireSize(plain)
+        assert s.command(b"STAT") == b"+OK 2 %d\r\n" % stored
 
 
 def test_encodedWordLength() -> None:

@@ -137,6 +137,9 @@ def test_columns() -> None:
     assert column(MESSAGES, "size") == [100, 200, 300]
     assert column(MESSAGES, "uid") == ["a", "b", "c"]
     assert column(MESSAGES, "downgradedSize") == [120, 200, 310]
+    # A MessageList's columns are read where they are, not copied.
+    assert Transaction(listed).uids() is uids
+    assert Transaction(listed).sizes() is sizes
     for messages in (MESSAGES, listed):
         txn = Transaction(messages)
         assert txn.stat() == (3, 600)

@@ -64,11 +64,11 @@ def test_failedRoundsAreLeftOut() -> None:
     shown = rounds.combine(made, "sessions_per_s", "higher")
     assert shown["sessions_per_s"] == 1200.0
     assert shown["shown_round"] == 2
-    assert rounds.spread(shown) == "2 rounds, sessions_per_s failed, 1,200: round 2 shown"
+    assert report.spread(shown) == "2 rounds, sessions_per_s failed, 1,200: round 2 shown"
     failed = rounds.combine([{"error": "A: 1"}, {"error": "B: 2"}], "sessions_per_s", "higher")
     assert failed["error"] == "A: 1"
     assert "shown_round" not in failed
-    assert rounds.spread(failed) == ("2 rounds, sessions_per_s failed, failed: every round failed")
+    assert report.spread(failed) == ("2 rounds, sessions_per_s failed, failed: every round failed")
 
 
 def test_sweepsPickEachPointsMedian() -> None:
@@ -120,7 +120,7 @@ def test_notesTellTheSpread() -> None:
     }
     notes = report.notes(results)
     assert "churn popserv: 3 rounds, sessions_per_s 1,500, 1,300, 1,400: round 3 shown" in notes
-    assert "maildrop popserv: 3 rounds, cold.total_s 2.45, 1.98, 0.5: round 2 shown" in notes
+    assert "maildrop popserv: 3 rounds, cold.total_s 2.45, 1.98, 0.500: round 2 shown" in notes
     _header, body = report.tableCells(results, ["popserv"])
     rows = {row[0]: row[1] for row in body}
     assert rows["churn: sessions/s"] == "1,400"

@@ -286,6 +286,28 @@ def tableCells(
     return header, body
 
 
+def spread(result: dict[str, Any]) -> str | None:
+    """
+    The main figure of each round, in round order and written as the table
+    writes it, and which round the table shows; L{None} for a single
+    round.
+    """
+    made = result.get("rounds")
+    if not made:
+        return None
+    key = result["rounds_by"]
+    if "points" in result:
+        return f"{len(made)} rounds, the median round of each point shown (by {key})"
+
+    def show(one: dict[str, Any]) -> str:
+        return "failed" if "error" in one else _format(rounds.figure(one, key))
+
+    values = ", ".join(map(show, made))
+    shown = result.get("shown_round")
+    which = f"round {shown} shown" if shown else "every round failed"
+    return f"{len(made)} rounds, {key} {values}: {which}"
+
+
 def render(header: list[str], body: list[list[str]], style: str = "text") -> str:
     """
     A table as plain text, Markdown (C{md}) or an RST simple table (C{rst}).
@@ -343,9 +365,9 @@ def notes(results: dict[str, Any]) -> list[str]:
         if scenario == "loadgen":
             continue
         for server, result in byServer.items():
-            spread = rounds.spread(result)
-            if spread:
-                out.append(f"{scenario} {server}: {spread}")
+            spreadNote = spread(result)
+            if spreadNote:
+                out.append(f"{scenario} {server}: {spreadNote}")
             noise: dict[str, float] = {}
             for where, r in _measurements(scenario, result):
                 out += _clientBound(f"{where} {server}", r, calibration)

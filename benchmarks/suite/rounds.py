@@ -9,7 +9,7 @@ turn with the other servers', the table shows each server's median round:
 the round in the middle when its rounds are ordered by the scenario's
 main figure (for a sweep, point by point), so that every figure in a
 column still comes from one measurement.  Every round stays in the JSON,
-and the notes tell the spread.  A failure, a wrong octet or a client error
+and the notes tell the spread (L{report.spread}).  A failure, a wrong octet or a client error
 in any round is a note of the run itself, which names the round.
 """
 
@@ -95,29 +95,3 @@ def _medianPoints(
         index, point = picked if picked is not None else (0, candidates[0])
         points.append({**point, "round": ok[index][0] + 1})
     return points
-
-
-def spread(result: dict[str, Any]) -> str | None:
-    """
-    The main figure of each round, in round order, and which one the table
-    shows; L{None} for a single round.
-    """
-    rounds = result.get("rounds")
-    if not rounds:
-        return None
-    key = result["rounds_by"]
-    if "points" in result:
-        return f"{len(rounds)} rounds, the median round of each point shown (by {key})"
-
-    def show(r: dict[str, Any]) -> str:
-        value = figure(r, key)
-        if "error" in r:
-            return "failed"
-        if not isinstance(value, int | float):
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-    values = ", ".join(show(r) for r in rounds)
-    shown = result.get("shown_round")
-    which = f"round {shown} shown" if shown else "every round failed"
-    return f"{len(rounds)} rounds, {key} {values}: {which}"

@@ -20,6 +20,9 @@ from clients import require_program
 pytestmark = pytest.mark.integration
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from suite import report  # noqa: E402
 
 
 def run(script: str, *args: str) -> str:
@@ -168,10 +171,8 @@ def test_rounds(tmp_path: Path) -> None:
         rates = sorted(one["mb_per_s"] for one in made)
         assert shown["mb_per_s"] == rates[1]
         assert made[shown["shown_round"] - 1]["mb_per_s"] == rates[1]
-        listed = ", ".join(
-            f"{one['mb_per_s']:,.0f}" if one["mb_per_s"] >= 100 else f"{one['mb_per_s']:.3g}"
-            for one in made
-        )
+        # Written as the table writes numbers.
+        listed = ", ".join(report._format(one["mb_per_s"]) for one in made)
         assert (
             f"note: bulk {server}: 3 rounds, mb_per_s {listed}:"
             f" round {shown['shown_round']} shown" in printed

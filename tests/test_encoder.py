@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popserv.encoder import MessageEncoder, WireSize, encodeMessage, wireSize
+from popserv.encoder import MessageEncoder, WireSize, _stuffLines, encodeMessage, wireSize
 
 
 def reference(message: bytes, bodyLines: int | None = None) -> bytes:
@@ -137,3 +137,54 @@ def test_wireSizeChunks() -> None:
     wireSize takes a message as bytes or as an iterable of chunks.
     """
     assert wireSize([b"a\r", b"\nb"]) == wireSize(b"a\r\nb") == 6
+
+
+def stuffedAfterFirst(out: bytes) -> bytes:
+    """
+    The plain statement of what L{_stuffLines} does: a "." more after
+    every LF that a "." follows.
+    """
+    return out.replace(b"\n.", b"\n..")
+
+
+# Chunks in the CRLF form, with long runs of octets that are not "." (as
+# base64 is), so that the "." octets cluster at the start, the end or the
+# middle, and the search's stretch is now short and now most of the chunk.
+crlfChunks = st.lists(
+    st.sampled_from([b"\r\n", b".", b"a", b"\r\n.", b"x" * 40, b"=" * 300]), max_size=40
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(crlfChunks)
+def test_stuffLinesStretch(out: bytes) -> None:
+    """
+    Whether the chunk has no ".", "." only in a short stretch, or "."
+    octets spread over it, every line after the first that starts with "."
+    gets one more, and nothing else changes.
+    """
+    assert _stuffLines(out) == stuffedAfterFirst(out)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        b"",
+        b".",
+        b".\r\n",
+        b"a.b\r\n",
+        b"\r\n.",
+        b"\r\n.a\r\n" + b"Q" * 5000,
+        b"Q" * 5000 + b"\r\n.a\r\n",
+        b"Q" * 5000 + b"\r\n.a\r\n" + b"Q" * 5000,
+        b"a.\r\n.\r\nb." + b"Q" * 5000 + b"c.",
+        b"\r\n." * 1000,
+    ],
+)
+def test_stuffLinesExamples(out: bytes) -> None:
+    """
+    The edges of the stretch searched: a "." line at the start, the end or
+    the middle of a long chunk with no other "."; "." octets at both ends
+    far apart; and the first octet, which the encoder handles itself.
+    """
+    assert _stuffLines(out) == stuffedAfterFirst(out)

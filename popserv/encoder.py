@@ -49,21 +49,24 @@ def _stuffLines(out: bytes) -> bytes:
         return out
     end = out.rfind(b".") + 1
     if len(out) - end < end - first:
-        # The engine's loop is a fifth slower when told to stop short of
-        # the end (CPython 3.11): worth it only to skip more than it reads.
-        end = len(out)
-    match = _DOT_AFTER_LF.search(out, first - 1, end)
-    if match is None:
-        return out
-    # split/join: one pass, where replace() searches twice (it counts
-    # first).  Through a memoryview, so the rest is not copied first.
-    start = match.start()
-    pieces = _DOT_AFTER_LF.split(memoryview(out)[start:end])
-    # The octets before and after the stretch go with its first and last
-    # pieces (the first is empty: the stretch starts with a match).
-    pieces[0] = out[:start]
-    pieces[-1] = out[end - len(pieces[-1]) :]
-    return b"\n..".join(pieces)
+        # Spread over the chunk: all of it, in one pass (split/join, where
+        # replace() would search twice: it counts first).  Bounding the
+        # engine's search short of the end makes its loop a fifth slower
+        # (CPython 3.11): worth it only to skip more than it reads.
+        pieces = _DOT_AFTER_LF.split(out)
+    else:
+        # A stretch of the chunk: from its first line that starts with "."
+        # to its last ".", split through a memoryview so that it is not
+        # copied first.  The octets before and after go with the first and
+        # the last piece (the first is empty: the stretch starts with LF ".").
+        match = _DOT_AFTER_LF.search(out, first - 1, end)
+        if match is None:
+            return out
+        start = match.start()
+        pieces = _DOT_AFTER_LF.split(memoryview(out)[start:end])
+        pieces[0] = out[:start]
+        pieces[-1] = out[end - len(pieces[-1]) :]
+    return b"\n..".join(pieces) if len(pieces) > 1 else out
 
 
 class _LineEndings:

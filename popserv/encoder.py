@@ -42,8 +42,9 @@ def _stuffLines(out: bytes) -> bytes:
     # the 43 us that encoding a 50 kB message of the benchmark's took
     # (CPython 3.11).  Finding one octet is a memchr(), which skips 32
     # octets a step, and "." octets are few in most of a message (none in
-    # base64): so only the stretch from the first "." to the last is
-    # searched.  A chunk with no "." is not searched at all.
+    # base64).  So a chunk with no "." is not searched at all, and one
+    # whose "." octets lie in a stretch of it (a text part before base64)
+    # only there.
     first = out.find(b".", 1)
     if first < 0:
         return out

@@ -87,6 +87,24 @@ def test_chunkingNeverMatters(message: bytes, cuts: list[int]) -> None:
     assert encodeChunks(chunked(message, cuts)) == reference(message)
 
 
+# Longer messages: runs with no "." (as base64 is) between the octets that
+# matter, so that where byte-stuffing searches (L{popserv.encoder}'s
+# stretch between a chunk's first and last ".") meets chunk edges.
+longMessages = st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"\n.", b"y" * 300]), max_size=40
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(longMessages, st.lists(st.integers(min_value=0, max_value=12000), max_size=10))
+def test_longMessagesOverChunks(message: bytes, cuts: list[int]) -> None:
+    """
+    Long runs without a "." before, between and after the lines that start
+    with one, cut anywhere: the output is the reference wire form.
+    """
+    assert encodeChunks(chunked(message, cuts)) == reference(message)
+
+
 @settings(max_examples=400, deadline=None)
 @given(messages, st.lists(st.integers(min_value=0, max_value=200), max_size=10), st.integers(0, 5))
 def test_topOverChunks(message: bytes, cuts: list[int], lines: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from array import array
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, ClassVar
 
@@ -680,9 +681,11 @@ class POP3Protocol(LineOnlyReceiver):
         # fields downgraded, and must be told those sizes.  Whole columns,
         # read in C: for 100,000 messages a Python step per message (or a
         # new MessageInfo for each) took longer than listing the Maildir.
-        # A MessageList's own column is only read, never copied.
+        # A MessageList's own column is only read, never copied.  An array of
+        # numbers (the Maildir store's column) holds no None, and asking it
+        # would make an int of every item: 2.7 ms for 100,000 messages.
         sizes = column(messages, "downgradedSize")
-        if None in sizes:
+        if not isinstance(sizes, array) and None in sizes:
             return self._readHeaderSizes(messages, list(sizes)).addCallback(self._sized, messages)
         self._sized(sizes, messages)
         return None

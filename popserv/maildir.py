@@ -223,10 +223,9 @@ class _CollectorPaused:
     tuples) and keeps them: with the collector running, the first login
     took 0.3 s longer, and the next 30 ms (measured when it also made a
     MessageInfo for each; as Mercurial found, whose C{util.nogc} does the
-    same).  The collector is
-    process-wide: it is turned back on only if it was on, so a program
-    that keeps it off is not overruled, and two scans in two threads leave
-    it as they found it.
+    same).  The collector is process-wide: it is turned back on only if it
+    was on, so a program that keeps it off is not overruled, and two scans
+    in two threads leave it as they found it.
 
     A class rather than a generator: L{contextlib.contextmanager} takes
     four times the calls, at every login.

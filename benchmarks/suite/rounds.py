@@ -9,8 +9,9 @@ turn with the other servers', the table shows each server's median round:
 the round in the middle when its rounds are ordered by the scenario's
 main figure (for a sweep, point by point), so that every figure in a
 column still comes from one measurement.  Every round stays in the JSON,
-and the notes tell the spread (L{report.spread}).  A failure, a wrong octet or a client error
-in any round is a note of the run itself, which names the round.
+and the notes tell the spread (L{report.spread}).  A failure, a wrong
+octet or a client error in any round is a note of the run itself, which
+names the round.
 """
 
 from __future__ import annotations

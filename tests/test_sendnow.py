@@ -1,9 +1,5 @@
 """
-L{popserv.sendnow.sendNow} on real loopback TCP sockets: Twisted's own
-server connection (C{twisted.internet.tcp.Server}) over an accepted socket,
-with a L{MemoryReactor} taking its read and write registrations, so a test
-sees what is on the wire before any turn of a reactor, and turns it by hand
-(C{doRead}, C{doWrite}) where one is needed.
+L{popserv.sendnow.sendNow} on real loopback TCP sockets (L{loopback}).
 """
 
 from __future__ import annotations
@@ -12,7 +8,6 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -21,83 +16,25 @@ import pytest
 from certificates import CertificateAuthority
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import tcp
+from loopback import (
+    BIG,
+    Connection,
+    Received,
+    connectionFixture,  # noqa: F401 (a fixture)
+    drain,
+    handshake,
+    smallBuffers,
+)
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 
 from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.sendnow import sendNow
 from popserv.tls import TLSFiles
 
 REPLY = b"+OK POP3 server ready\r\n"
-
-
-class Received(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-
-class Connection:
-    """
-    Both ends of one loopback TCP connection: the server's, as Twisted's
-    transport, and the client's, a plain socket.
-    """
-
-    def __init__(self, protocol: Protocol | None = None) -> None:
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            self.client = socket.create_connection(listener.getsockname(), timeout=5)
-            accepted, address = listener.accept()
-        accepted.setblocking(False)
-        self.reactor = MemoryReactor()
-        self.protocol = protocol if protocol is not None else Received()
-        # No listening port: Twisted takes None (it names the port in repr only).
-        self.transport = tcp.Server(
-            accepted,
-            self.protocol,
-            address,
-            None,  # type: ignore[arg-type]
-            1,
-            self.reactor,
-        )
-        self.protocol.makeConnection(self.transport)
-        self.transport.setTcpNoDelay(True)  # as popserv does
-
-    def waiting(self) -> bool:
-        """
-        Whether the transport has asked to be told when it can write: it
-        holds bytes it has not sent.
-        """
-        return self.transport in self.reactor.getWriters()
-
-    def receivedNow(self, wait: float = 0) -> bytes:
-        """
-        What the client can read at once; with C{wait}, after waiting up to
-        that many seconds for the first octet.
-        """
-        chunks = []
-        while select.select([self.client], [], [], wait)[0]:
-            wait = 0
-            chunk = self.client.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        self.client.close()
-        self.transport.socket.close()
-
-
-@pytest.fixture
-def connection() -> Iterator[Connection]:
-    c = Connection()
-    yield c
-    c.close()
 
 
 def test_sentAtOnce(connection: Connection) -> None:
@@ -146,32 +83,7 @@ def test_noLimitButTheSocket(connection: Connection) -> None:
     assert len(data) > connection.transport.SEND_LIMIT
     sendNow(connection.transport, data)
     assert not connection.waiting()
-    assert _drain(connection, len(data)) == data
-
-
-def _drain(connection: Connection, length: int) -> bytes:
-    """
-    Turn the transport and read from the client until C{length} octets
-    came, or 30 seconds passed.
-    """
-    received = bytearray()
-    deadline = time.monotonic() + 30
-    for _ in range(100_000):
-        if len(received) >= length or time.monotonic() > deadline:
-            break
-        if connection.waiting():
-            assert connection.transport.doWrite() is None
-        received += connection.receivedNow()
-    return bytes(received)
-
-
-#: 4 MiB, far more than the small socket buffers below hold.
-BIG = bytes(range(256)) * 16384
-
-
-def _smallBuffers(connection: Connection) -> None:
-    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    assert drain(connection, len(data)) == data
 
 
 @pytest.mark.parametrize(
@@ -183,12 +95,12 @@ def test_restWrittenInOrder(connection: Connection, cuts: list[int]) -> None:
     what was sent, wherever the send stopped among the parts: every octet
     arrives, in order, once.
     """
-    _smallBuffers(connection)
+    smallBuffers(connection)
     bounds = [0, *cuts, len(BIG)]
     parts = [BIG[a:b] for a, b in pairwise(bounds)]
     sendNow(connection.transport, *parts)
     assert connection.waiting()
-    assert _drain(connection, len(BIG)) == BIG
+    assert drain(connection, len(BIG)) == BIG
     assert not connection.waiting()
 
 
@@ -223,10 +135,10 @@ def test_pushProducer(connection: Connection) -> None:
     assert connection.receivedNow(wait=5) == REPLY
     assert producer.asked == []
 
-    _smallBuffers(connection)
+    smallBuffers(connection)
     sendNow(connection.transport, BIG)
     assert producer.asked == ["pause"]
-    assert _drain(connection, len(BIG)) == BIG
+    assert drain(connection, len(BIG)) == BIG
     assert producer.asked == ["pause", "resume"]
 
 
@@ -306,7 +218,7 @@ def test_anyMixKeepsOrder(steps: list[tuple[str, list[int]]]) -> None:
     """
     c = Connection()
     try:
-        _smallBuffers(c)
+        smallBuffers(c)
         expected, received = bytearray(), bytearray()
         for number, (step, sizes) in enumerate(steps):
             # Each part its own octet value, so a part out of place shows.
@@ -320,7 +232,7 @@ def test_anyMixKeepsOrder(steps: list[tuple[str, list[int]]]) -> None:
             elif step == "read":
                 received += c.receivedNow()
             expected += b"".join(parts)
-        received += _drain(c, len(expected) - len(received))
+        received += drain(c, len(expected) - len(received))
         assert received == expected
         assert not c.waiting() and c.receivedNow() == b""
     finally:
@@ -337,47 +249,6 @@ def test_otherTransports() -> None:
     assert transport.value() == REPLY
 
 
-def _exchange(
-    connection: Connection, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, wait: float
-) -> None:
-    """
-    One round of TLS: the client's pending octets to the server, which
-    reads them (waiting up to C{wait} seconds for them) and sends what it
-    has to, and that to the client.
-    """
-    pending = outgoing.read()
-    if pending:
-        connection.client.sendall(pending)
-    select.select([connection.transport.socket], [], [], wait)
-    connection.transport.doRead()
-    if connection.waiting():
-        connection.transport.doWrite()
-    incoming.write(connection.receivedNow())
-
-
-def _handshake(
-    connection: Connection, client: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
-) -> None:
-    """
-    Run the TLS handshake between the transport and C{client}, turning the
-    server side by hand.
-    """
-    deadline = time.monotonic() + 10
-    for _ in range(1000):
-        try:
-            client.do_handshake()
-        except ssl.SSLWantReadError:
-            _exchange(connection, incoming, outgoing, 0.01)
-        else:
-            # The client's last flight, for the server to end its side, and
-            # what the server sends then (TLS 1.3 session tickets), so that
-            # it holds nothing unsent.
-            _exchange(connection, incoming, outgoing, 1)
-            return
-        assert time.monotonic() < deadline, "the TLS handshake did not end"
-    raise AssertionError("the TLS handshake did not end")
-
-
 def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
     """
     After STLS, Twisted keeps the same transport object and encrypts what is
@@ -390,7 +261,7 @@ def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
     context.verify_mode = ssl.CERT_NONE
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    _handshake(connection, client, incoming, outgoing)
+    handshake(connection, client, incoming, outgoing)
     # Nothing unsent, no producer: only the switch to TLS tells sendNow.
     assert not connection.waiting() and connection.transport.producer is None
 

@@ -1,0 +1,157 @@
+"""
+Both ends of a real loopback TCP connection for tests: Twisted's own server
+connection (C{twisted.internet.tcp.Server}) over an accepted socket, with a
+L{MemoryReactorClock} taking its read and write registrations and its timed
+calls, so a test sees what is on the wire before any turn of a reactor, and
+turns it by hand (C{doRead}, C{doWrite}, C{advance}) where one is needed;
+and the client's end, a plain socket.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+
+
+class Received(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+class Connection:
+    """
+    Both ends of one loopback TCP connection: the server's, as Twisted's
+    transport, and the client's, a plain socket.
+    """
+
+    def __init__(self, protocol: Protocol | None = None) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self.client = socket.create_connection(listener.getsockname(), timeout=5)
+            accepted, address = listener.accept()
+        accepted.setblocking(False)
+        self.reactor = MemoryReactorClock()
+        self.protocol = protocol if protocol is not None else Received()
+        # No listening port: Twisted takes None (it names the port in repr only).
+        self.transport = tcp.Server(
+            accepted,
+            self.protocol,
+            address,
+            None,  # type: ignore[arg-type]
+            1,
+            self.reactor,
+        )
+        self.protocol.makeConnection(self.transport)
+        self.transport.setTcpNoDelay(True)  # as popserv does
+
+    def waiting(self) -> bool:
+        """
+        Whether the transport has asked to be told when it can write: it
+        holds bytes it has not sent.
+        """
+        return self.transport in self.reactor.getWriters()
+
+    def receivedNow(self, wait: float = 0) -> bytes:
+        """
+        What the client can read at once; with C{wait}, after waiting up to
+        that many seconds for the first octet.
+        """
+        chunks = []
+        while select.select([self.client], [], [], wait)[0]:
+            wait = 0
+            chunk = self.client.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.client.close()
+        self.transport.socket.close()
+
+
+def drain(connection: Connection, length: int) -> bytes:
+    """
+    Turn the transport and read from the client until C{length} octets
+    came, or 30 seconds passed.
+    """
+    received = bytearray()
+    deadline = time.monotonic() + 30
+    for _ in range(100_000):
+        if len(received) >= length or time.monotonic() > deadline:
+            break
+        if connection.waiting():
+            assert connection.transport.doWrite() is None
+        received += connection.receivedNow()
+    return bytes(received)
+
+
+#: 4 MiB, far more than the small socket buffers below hold.
+BIG = bytes(range(256)) * 16384
+
+
+def smallBuffers(connection: Connection) -> None:
+    connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+
+def exchange(
+    connection: Connection, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, wait: float
+) -> None:
+    """
+    One round of TLS: the client's pending octets to the server, which
+    reads them (waiting up to C{wait} seconds for them) and sends what it
+    has to, and that to the client.
+    """
+    pending = outgoing.read()
+    if pending:
+        connection.client.sendall(pending)
+    select.select([connection.transport.socket], [], [], wait)
+    connection.transport.doRead()
+    if connection.waiting():
+        connection.transport.doWrite()
+    incoming.write(connection.receivedNow())
+
+
+def handshake(
+    connection: Connection, client: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """
+    Run the TLS handshake between the transport and C{client}, turning the
+    server side by hand.
+    """
+    deadline = time.monotonic() + 10
+    for _ in range(1000):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            exchange(connection, incoming, outgoing, 0.01)
+        else:
+            # The client's last flight, for the server to end its side, and
+            # what the server sends then (TLS 1.3 session tickets), so that
+            # it holds nothing unsent.
+            exchange(connection, incoming, outgoing, 1)
+            return
+        assert time.monotonic() < deadline, "the TLS handshake did not end"
+    raise AssertionError("the TLS handshake did not end")
+
+
+@pytest.fixture(name="connection")
+def connectionFixture() -> Iterator[Connection]:
+    """
+    A L{Connection}, closed after the test.  Import it into a test module
+    to use it there as C{connection}.
+    """
+    c = Connection()
+    yield c
+    c.close()

@@ -68,6 +68,7 @@ from popserv.timeouts import Timeout, Timeouts
 from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
+from popserv.turnend import writeReply
 
 #: RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
 DEFAULT_TIMEOUT = 600.0
@@ -376,14 +377,15 @@ class POP3Protocol(LineOnlyReceiver):
         self._send(replies.err("Internal server error", "SYS/TEMP"))
 
     def _send(self, data: bytes) -> None:
-        # Through the transport, which sends on the reactor's next turn,
-        # with the replies to every other client that turn made: on a busy
-        # server that wakes each client once a turn rather than once a
-        # reply.  Sending each reply at once (L{popserv.sendnow}, which
-        # messages use) did fewer instructions but cost more CPU time in
-        # login churn, in the wake-ups (docs/benchmarks.rst).
+        # At the end of the reactor's turn, with the replies to every other
+        # client that turn made: on a busy server that wakes each client
+        # once a turn rather than once a reply.  Sending each reply at once
+        # (L{popserv.sendnow}, which messages use) did fewer instructions
+        # but cost more CPU time in login churn, in the wake-ups
+        # (docs/benchmarks.rst).  L{writeReply} does it without the two
+        # epoll_ctl calls of the transport's own write().
         if not self._lost:
-            self.transport.write(data)
+            writeReply(self.transport, data)
 
     # What the connection is
 

@@ -16,8 +16,9 @@ instructions; but under login churn the server then spent more CPU time,
 not less, waking the clients: a reply sent the moment it is ready reaches
 a client that has gone back to sleep, where the replies Twisted sends
 together at the end of a reactor turn reach clients that are still awake
-from the first of them.  So replies go through the transport's
-C{write()}.
+from the first of them.  So replies go out at the end of the reactor's
+turn, as the transport's C{write()} sends them (L{popserv.turnend}, which
+does so without its two C{epoll_ctl} calls).
 
 L{sendNow} sends itself, with one C{send()} on the transport's socket (a
 message, its status line and its terminator with one C{sendmsg()}), and

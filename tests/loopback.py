@@ -77,7 +77,10 @@ class Connection:
 
     def close(self) -> None:
         self.client.close()
-        self.transport.socket.close()
+        # Twisted deletes the socket attribute once the connection is lost.
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            sock.close()
 
 
 def drain(connection: Connection, length: int) -> bytes:

@@ -29,13 +29,18 @@ from loopback import (
     handshake,
     smallBuffers,
 )
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from popserv.memorystore import MemoryStore
+from popserv.protocol import POP3ServerFactory
 from popserv.proxy import ProxyWrappingFactory, parseNetworks
+from popserv.realm import MaildropRealm
 from popserv.sendnow import sendNow
 from popserv.tls import TLSFiles
 from popserv.turnend import writeReply
@@ -381,3 +386,51 @@ def test_realTypeChecked(connection: Connection) -> None:
     assert transport._aborting is False
     assert not transport._writeDisconnecting
     assert not transport._writeDisconnected
+
+
+def test_sessionOnPlainTCP() -> None:
+    """
+    A POP3 session on Twisted's TCP connection: every reply waits for the
+    turn's end and goes out then, without the transport asking to write; a
+    message goes out at once (L{popserv.sendnow}); QUIT's reply is sent
+    before the connection closes.
+    """
+    store = MemoryStore()
+    store.deliver("alice", b"Subject: hi\n\nHello\n.dot\n")
+    portal = Portal(
+        MaildropRealm(store), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")]
+    )
+    factory = POP3ServerFactory(portal, clock=Clock())
+    c = Connection(factory.buildProtocol(None))
+    try:
+
+        def turn(line: bytes) -> bytes:
+            if line:
+                c.client.sendall(line)
+                assert select.select([c.transport.socket], [], [], 5)[0]
+                c.transport.doRead()
+            assert not c.waiting()
+            assert c.receivedNow() == b""
+            c.reactor.advance(0)
+            assert not c.waiting()
+            return c.receivedNow(wait=5)
+
+        assert turn(b"").startswith(b"+OK POP3 server ready")
+        assert turn(b"USER alice\r\n") == b"+OK Send PASS\r\n"
+        assert turn(b"PASS secret\r\n") == b"+OK Logged in, 1 messages (28 octets)\r\n"
+        assert turn(b"STAT\r\n") == b"+OK 1 28\r\n"
+        c.client.sendall(b"RETR 1\r\n")
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        assert c.receivedNow(wait=5) == (
+            b"+OK 28 octets\r\nSubject: hi\r\n\r\nHello\r\n..dot\r\n.\r\n"
+        )
+        c.client.sendall(b"QUIT\r\n")
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        c.reactor.advance(0)
+        assert c.waiting()  # loseConnection() asked; the transport sends, then closes
+        assert isinstance(c.transport.doWrite(), ConnectionDone)
+        assert c.receivedNow(wait=5).startswith(b"+OK")
+    finally:
+        c.close()

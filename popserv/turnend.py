@@ -46,8 +46,11 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from twisted.internet.tcp import Server
+from twisted.logger import Logger
 
 from popserv.proxy import ProxyHeaderWrapper
+
+_log = Logger()
 
 
 def writeReply(transport: Any, data: bytes) -> None:
@@ -107,16 +110,29 @@ class _TurnEnd:
     def _send(self) -> None:
         pending, self._pending = self._pending, {}
         for transport in pending:
-            if not transport.connected or transport._aborting:
-                continue  # gone: its buffer went with it
-            if not _plain(transport):
-                # It changed since (closing, TLS, a producer): what write()
-                # would have done, so the reactor sends the buffer in turn.
+            try:
+                _sendOne(transport)
+            except Exception:
+                # Not expected: doWrite() meets a socket's errors itself.
+                # But one connection's failure must not leave the others'
+                # replies unsent, as it would if it ended this loop; the
+                # reactor takes this one over, and meets the error in its
+                # own doWrite(), which drops the connection.
+                _log.failure("Sending replies at the end of the turn failed")
                 transport.startWriting()
-            elif transport.doWrite() is not None or transport.dataBuffer or transport._tempDataLen:
-                # Not all of it taken, or the send failed: the reactor goes
-                # on as after a write(), and meets any failure itself.
-                transport.startWriting()
+
+
+def _sendOne(transport: Server) -> None:
+    if not transport.connected or transport._aborting:
+        return  # gone: its buffer went with it
+    if not _plain(transport):
+        # It changed since (closing, TLS, a producer): what write() would
+        # have done, so the reactor sends the buffer in turn.
+        transport.startWriting()
+    elif transport.doWrite() is not None or transport.dataBuffer or transport._tempDataLen:
+        # Not all of it taken, or the send failed: the reactor goes on as
+        # after a write(), and meets any failure itself.
+        transport.startWriting()
 
 
 _turnEnds: WeakKeyDictionary[Any, _TurnEnd] = WeakKeyDictionary()

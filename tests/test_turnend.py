@@ -35,6 +35,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from popserv.memorystore import MemoryStore
@@ -434,3 +435,30 @@ def test_sessionOnPlainTCP() -> None:
         assert c.receivedNow(wait=5).startswith(b"+OK")
     finally:
         c.close()
+
+
+def test_oneFailureLeavesTheOthers() -> None:
+    """
+    Should sending one connection's replies raise (it never should:
+    doWrite() meets a socket's errors itself), the failure is logged, the
+    reactor is left to write that connection as after a write(), and the
+    other connections' replies still go out.
+    """
+    first, second = Connection(), Connection()
+    try:
+        second.transport.reactor = first.reactor
+
+        def broken() -> None:
+            raise RuntimeError("broken")
+
+        first.transport.doWrite = broken  # type: ignore[method-assign]
+        writeReply(first.transport, b"+OK one\r\n")
+        writeReply(second.transport, b"+OK two\r\n")
+        with capturedLogs() as events:
+            first.reactor.advance(0)
+        assert [e["log_failure"].type for e in events] == [RuntimeError]
+        assert first.transport in first.reactor.getWriters()
+        assert second.receivedNow(wait=5) == b"+OK two\r\n"
+    finally:
+        first.close()
+        second.close()

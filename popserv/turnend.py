@@ -74,8 +74,9 @@ def writeReply(transport: Any, data: bytes) -> None:
 def _plain(transport: Server) -> bool:
     """
     Whether C{transport}'s buffer is sent by C{doWrite()} alone: connected,
-    not closing, half-closed or aborted, not switched to TLS (whose own C{write()}
-    encrypts), and without a producer (which C{doWrite()} would resume).
+    not closing, half-closed or aborted, not switched to TLS (whose own
+    C{write()} encrypts), and without a producer (which C{doWrite()} would
+    resume).
     """
     return bool(
         transport.connected

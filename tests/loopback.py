@@ -14,11 +14,18 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from certificates import CertificateAuthority
 from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+
+from popserv.proxy import ProxyWrappingFactory, parseNetworks
+from popserv.tls import TLSFiles
 
 
 class Received(Protocol):
@@ -158,3 +165,92 @@ def connectionFixture() -> Iterator[Connection]:
     c = Connection()
     yield c
     c.close()
+
+
+class Producer:
+    """
+    Counts what the transport asks of it.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.asked.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.asked.append("resume")
+
+    def stopProducing(self) -> None:
+        self.asked.append("stop")
+
+
+def resetByClient(connection: Connection) -> None:
+    """
+    Close the client's end with a reset, not an orderly close, and wait
+    (up to 5 s) until the server's socket has it.
+    """
+    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    connection.client.close()
+    deadline = time.monotonic() + 5
+    while not select.select([connection.transport.socket], [], [], 0.05)[0]:
+        assert time.monotonic() < deadline, "the reset never arrived"
+
+
+def behindProxyHeader() -> tuple[Connection, Any]:
+    """
+    A connection whose server end is popserv's PROXY header reader, trusting
+    loopback, over a protocol that keeps what it receives; the client has
+    sent its header and the server read it.  The connection, and the
+    session protocol behind the header reader.
+    """
+    wrapping = ProxyWrappingFactory(
+        ServerFactory.forProtocol(Received), parseNetworks("127.0.0.0/8"), reactor=Clock()
+    )
+    c = Connection(wrapping.buildProtocol(None))
+    c.client.sendall(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 110\r\n")
+    assert select.select([c.transport.socket], [], [], 5)[0]
+    c.transport.doRead()
+    session = c.protocol.wrappedProtocol  # type: ignore[attr-defined]
+    assert session.transport is c.protocol
+    return c, session
+
+
+def startServerTLS(connection: Connection, directory: Path) -> None:
+    """
+    Switch the server's end to TLS (as STLS does), with a certificate for
+    "localhost" issued in C{directory}.
+    """
+    issued = CertificateAuthority(directory).issue("localhost", ["localhost"])
+    connection.transport.startTLS(TLSFiles(str(issued.certificate), str(issued.key)).load())
+
+
+class TLSClient:
+    """
+    The client's end of TLS over a L{Connection} whose server end has
+    started TLS, after the handshake; it trusts any certificate.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.connection = connection
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        handshake(connection, self.tls, self.incoming, self.outgoing)
+
+    def receive(self) -> tuple[bytes, bytes]:
+        """
+        Turn the server as a reactor would (the global reactor's due calls,
+        where Twisted's TLS gathers small writes, then a write) and read:
+        the octets on the wire, and what they decrypt to.
+        """
+        from twisted.internet import reactor
+
+        reactor.runUntilCurrent()  # type: ignore[attr-defined]
+        assert self.connection.waiting()
+        self.connection.transport.doWrite()
+        raw = self.connection.receivedNow(wait=5)
+        self.incoming.write(raw)
+        return raw, self.tls.read(100_000)

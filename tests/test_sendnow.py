@@ -4,35 +4,30 @@ L{popserv.sendnow.sendNow} on real loopback TCP sockets (L{loopback}).
 
 from __future__ import annotations
 
-import select
 import socket
-import ssl
-import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-from certificates import CertificateAuthority
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loopback import (
     BIG,
     Connection,
-    Received,
+    Producer,
+    TLSClient,
+    behindProxyHeader,
     connectionFixture,  # noqa: F401 (a fixture)
     drain,
-    handshake,
+    resetByClient,
     smallBuffers,
+    startServerTLS,
 )
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import ServerFactory
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.sendnow import sendNow
-from popserv.tls import TLSFiles
 
 REPLY = b"+OK POP3 server ready\r\n"
 
@@ -104,24 +99,6 @@ def test_restWrittenInOrder(connection: Connection, cuts: list[int]) -> None:
     assert not connection.waiting()
 
 
-class Producer:
-    """
-    Counts what the transport asks of it.
-    """
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.asked.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.asked.append("resume")
-
-    def stopProducing(self) -> None:
-        self.asked.append("stop")
-
-
 def test_pushProducer(connection: Connection) -> None:
     """
     With a push producer registered (a message being sent), parts still go
@@ -163,11 +140,7 @@ def test_connectionReset(connection: Connection) -> None:
     A send that fails is left to the transport, which reports the lost
     connection as it would for any write.
     """
-    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-    connection.client.close()  # a reset, not an orderly close
-    deadline = time.monotonic() + 5
-    while not select.select([connection.transport.socket], [], [], 0.05)[0]:
-        assert time.monotonic() < deadline, "the reset never arrived"
+    resetByClient(connection)
     sendNow(connection.transport, REPLY)
     assert connection.waiting()
     assert isinstance(connection.transport.doWrite(), ConnectionLost)
@@ -178,16 +151,8 @@ def test_behindProxyHeader() -> None:
     Behind a PROXY header, what the session writes to the header reader
     goes out at once through the TCP connection under it.
     """
-    wrapping = ProxyWrappingFactory(
-        ServerFactory.forProtocol(Received), parseNetworks("127.0.0.0/8"), reactor=Clock()
-    )
-    c = Connection(wrapping.buildProtocol(None))
+    c, session = behindProxyHeader()
     try:
-        c.client.sendall(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 110\r\n")
-        assert select.select([c.transport.socket], [], [], 5)[0]
-        c.transport.doRead()
-        session = c.protocol.wrappedProtocol  # type: ignore[attr-defined]
-        assert session.transport is c.protocol
         sendNow(session.transport, REPLY)
         assert not c.waiting()
         assert c.receivedNow(wait=5) == REPLY
@@ -254,29 +219,14 @@ def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
     After STLS, Twisted keeps the same transport object and encrypts what is
     written to it: a reply then goes through TLS, never in clear.
     """
-    issued = CertificateAuthority(tmp_path).issue("localhost", ["localhost"])
-    connection.transport.startTLS(TLSFiles(str(issued.certificate), str(issued.key)).load())
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    handshake(connection, client, incoming, outgoing)
+    startServerTLS(connection, tmp_path)
+    client = TLSClient(connection)
     # Nothing unsent, no producer: only the switch to TLS tells sendNow.
     assert not connection.waiting() and connection.transport.producer is None
-
     sendNow(connection.transport, b"+OK a secret reply\r\n")
-    # Twisted's TLS transport gathers small writes until the reactor's next
-    # turn (a timed call of 0 s): run that turn's timed calls by hand.
-    from twisted.internet import reactor
-
-    reactor.runUntilCurrent()  # type: ignore[attr-defined]
-    assert connection.waiting()
-    connection.transport.doWrite()
-    raw = connection.receivedNow(wait=5)
+    raw, clear = client.receive()
     assert raw and b"secret" not in raw
-    incoming.write(raw)
-    assert client.read(100) == b"+OK a secret reply\r\n"
+    assert clear == b"+OK a secret reply\r\n"
 
 
 def test_realTypeChecked(connection: Connection) -> None:

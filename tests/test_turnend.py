@@ -10,29 +10,27 @@ from __future__ import annotations
 
 import gc
 import select
-import socket
-import ssl
-import time
 import weakref
 from pathlib import Path
 
 import pytest
-from certificates import CertificateAuthority
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loopback import (
     BIG,
     Connection,
-    Received,
+    Producer,
+    TLSClient,
+    behindProxyHeader,
     connectionFixture,  # noqa: F401 (a fixture)
     drain,
-    handshake,
+    resetByClient,
     smallBuffers,
+    startServerTLS,
 )
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -40,10 +38,8 @@ from twisted.python.failure import Failure
 
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3ServerFactory
-from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.realm import MaildropRealm
 from popserv.sendnow import sendNow
-from popserv.tls import TLSFiles
 from popserv.turnend import writeReply
 
 REPLY = b"+OK POP3 server ready\r\n"
@@ -182,29 +178,11 @@ def test_connectionReset(connection: Connection) -> None:
     A send that fails at the end of the turn is left to the transport,
     which reports the lost connection as it would for any write.
     """
-    connection.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-    connection.client.close()  # a reset, not an orderly close
-    deadline = time.monotonic() + 5
-    while not select.select([connection.transport.socket], [], [], 0.05)[0]:
-        assert time.monotonic() < deadline, "the reset never arrived"
+    resetByClient(connection)
     writeReply(connection.transport, REPLY)
     connection.reactor.advance(0)
     assert connection.waiting()
     assert isinstance(connection.transport.doWrite(), ConnectionLost)
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.asked.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.asked.append("resume")
-
-    def stopProducing(self) -> None:
-        self.asked.append("stop")
 
 
 def test_withProducer(connection: Connection) -> None:
@@ -243,15 +221,8 @@ def test_behindProxyHeader() -> None:
     Behind a PROXY header, a reply written to the header reader goes into
     the TCP connection under it, and out at the end of the turn.
     """
-    wrapping = ProxyWrappingFactory(
-        ServerFactory.forProtocol(Received), parseNetworks("127.0.0.0/8"), reactor=Clock()
-    )
-    c = Connection(wrapping.buildProtocol(None))
+    c, session = behindProxyHeader()
     try:
-        c.client.sendall(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 110\r\n")
-        assert select.select([c.transport.socket], [], [], 5)[0]
-        c.transport.doRead()
-        session = c.protocol.wrappedProtocol  # type: ignore[attr-defined]
         writeReply(session.transport, REPLY)
         assert not c.waiting()
         c.reactor.advance(0)
@@ -276,31 +247,17 @@ def test_startTLSInTheTurn(connection: Connection, tmp_path: Path) -> None:
     clear, ahead of the handshake; a reply after it goes through TLS.
     """
     writeReply(connection.transport, b"+OK Begin TLS negotiation\r\n")
-    issued = CertificateAuthority(tmp_path).issue("localhost", ["localhost"])
-    connection.transport.startTLS(TLSFiles(str(issued.certificate), str(issued.key)).load())
+    startServerTLS(connection, tmp_path)
     connection.reactor.advance(0)
     assert connection.waiting()
     connection.transport.doWrite()
     assert connection.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
 
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    handshake(connection, client, incoming, outgoing)
+    client = TLSClient(connection)
     writeReply(connection.transport, b"+OK a secret reply\r\n")
-    # Twisted's TLS transport gathers small writes until the reactor's next
-    # turn (a timed call of 0 s on the global reactor): run it by hand.
-    from twisted.internet import reactor
-
-    reactor.runUntilCurrent()  # type: ignore[attr-defined]
-    assert connection.waiting()
-    connection.transport.doWrite()
-    raw = connection.receivedNow(wait=5)
+    raw, clear = client.receive()
     assert raw and b"secret" not in raw
-    incoming.write(raw)
-    assert client.read(100) == b"+OK a secret reply\r\n"
+    assert clear == b"+OK a secret reply\r\n"
 
 
 def test_reactorNotKept() -> None:

@@ -48,7 +48,8 @@ C{dataBuffer}, C{_tempDataLen}, C{streamingProducer}); they have been
 there, with these meanings, since Twisted 8.  C{tests/test_sendnow.py}
 checks on a real socket that the fast path is taken, so an upgrade of
 Twisted that changed them would fail the tests rather than silently slow
-popserv down or misorder its bytes.
+popserv down or misorder its bytes; and a Twisted that no longer has them
+gets its own C{write()} (L{popserv.twistedtcp}).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from typing import Any
 from twisted.internet.tcp import Server
 
 from popserv.proxy import ProxyHeaderWrapper
+from popserv.twistedtcp import understood
 
 
 def sendNow(transport: Any, *parts: bytes) -> None:
@@ -73,6 +75,7 @@ def sendNow(transport: Any, *parts: bytes) -> None:
         transport = transport.transport
     if (
         type(transport) is Server
+        and understood(transport)
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting

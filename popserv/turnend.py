@@ -37,7 +37,8 @@ second is one L{popserv.sendnow} reads) and reads three more
 (C{_aborting}, C{_writeDisconnecting}, C{_writeDisconnected}).
 C{tests/test_turnend.py} checks on real sockets that the path is taken
 and keeps every octet in order, so an upgrade of Twisted that changed them
-fails the tests rather than losing or misordering replies.
+fails the tests rather than losing or misordering replies; and a Twisted
+that no longer has them gets its own C{write()} (L{popserv.twistedtcp}).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from twisted.internet.tcp import Server
 from twisted.logger import Logger
 
 from popserv.proxy import ProxyHeaderWrapper
+from popserv.twistedtcp import understood
 
 _log = Logger()
 
@@ -62,7 +64,7 @@ def writeReply(transport: Any, data: bytes) -> None:
     if type(transport) is ProxyHeaderWrapper:
         # Its write() passes straight to the TCP transport under it.
         transport = transport.transport
-    if type(transport) is Server and data and _plain(transport):
+    if type(transport) is Server and data and understood(transport) and _plain(transport):
         # FileDescriptor.write() without its startWriting().
         transport._tempDataBuffer.append(data)
         transport._tempDataLen += len(data)

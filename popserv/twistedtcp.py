@@ -1,0 +1,63 @@
+"""
+What popserv's two fast paths for writes rely on in Twisted's TCP
+transport (C{twisted.internet.tcp.Server}) that Twisted does not document.
+
+L{popserv.sendnow} sends a message at once when the transport holds
+nothing unsent, and L{popserv.turnend} puts a reply in the transport's
+buffer without asking epoll.  Both read attributes of the transport that
+are not part of Twisted's interfaces (L{ATTRIBUTES}), and
+L{popserv.turnend} fills two of them.  They have been there, with these meanings, since Twisted 8,
+and the tests check them on a real socket; but popserv accepts any
+Twisted from 23.10 on, so a release that renamed one must not break a
+server already installed.  Before either path is taken, L{understood}
+checks that the transport has them all.  If not, both paths write through
+the transport's documented C{write()}, which is slower and never wrong,
+and the log says so once.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.tcp import Server
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: The attributes read or filled: the transport's two buffers and their
+#: length, and what says it is closing, half-closed, aborted, switched to
+#: TLS, or has a producer.
+ATTRIBUTES = (
+    "dataBuffer",
+    "_tempDataBuffer",
+    "_tempDataLen",
+    "connected",
+    "disconnecting",
+    "_writeDisconnecting",
+    "_writeDisconnected",
+    "_aborting",
+    "TLS",
+    "producer",
+    "streamingProducer",
+)
+
+#: Whether Twisted's TCP transport has them: unknown until the first
+#: connection, the same for every one after (two are set in __init__, so
+#: the class alone cannot tell).
+_understood: bool | None = None
+
+
+def understood(transport: Server) -> bool:
+    """
+    Whether C{transport}, one of Twisted's TCP server connections, has
+    every attribute in L{ATTRIBUTES}; asked of the first only.
+    """
+    global _understood
+    if _understood is None:
+        missing = [name for name in ATTRIBUTES if not hasattr(transport, name)]
+        _understood = not missing
+        if missing:
+            _log.warn(
+                "Twisted's TCP transport has no {missing}: replies and messages"
+                " go through its write(), which is slower",
+                missing=", ".join(missing),
+            )
+    return _understood

@@ -1,0 +1,53 @@
+"""
+L{popserv.twistedtcp}: the fast paths for writes check that Twisted's TCP
+transport still has what they rely on, and fall back to its C{write()}
+when it does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from loopback import Connection, connectionFixture  # noqa: F401 (a fixture)
+from twisted.logger import capturedLogs
+
+from popserv import twistedtcp
+from popserv.sendnow import sendNow
+from popserv.turnend import writeReply
+
+REPLY = b"+OK POP3 server ready\r\n"
+
+
+def test_thisTwistedUnderstood(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The installed Twisted's TCP transport has every attribute the fast
+    paths use: if an upgrade renamed one, this says so first.
+    """
+    monkeypatch.setattr(twistedtcp, "_understood", None)
+    with capturedLogs() as events:
+        assert twistedtcp.understood(connection.transport)
+    assert events == []
+    for name in twistedtcp.ATTRIBUTES:
+        assert hasattr(connection.transport, name), name
+
+
+def test_missingAttribute(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A transport without one of them (as a future Twisted might be) gets
+    C{write()} from both paths, and the log says so once.
+    """
+    monkeypatch.setattr(twistedtcp, "_understood", None)
+    monkeypatch.delattr(connection.transport, "_tempDataBuffer")
+    written: list[Any] = []
+    monkeypatch.setattr(connection.transport, "write", written.append)
+    with capturedLogs() as events:
+        writeReply(connection.transport, REPLY)
+        sendNow(connection.transport, b"+OK 2 octets\r\n")
+        writeReply(connection.transport, b"+OK bye\r\n")
+    assert written == [REPLY, b"+OK 2 octets\r\n", b"+OK bye\r\n"]
+    assert connection.reactor.getDelayedCalls() == []
+    assert connection.receivedNow(wait=0.1) == b""
+    assert len(events) == 1
+    assert events[0]["missing"] == "_tempDataBuffer"
+    assert "write()" in events[0]["log_format"]

@@ -382,7 +382,7 @@ class POP3Protocol(LineOnlyReceiver):
         # once a turn rather than once a reply.  Sending each reply at once
         # (L{popserv.sendnow}, which messages use) did fewer instructions
         # but cost more CPU time in login churn, in the wake-ups
-        # (docs/benchmarks.rst).  L{writeReply} does it without the two
+        # (docs/performance.rst).  L{writeReply} does it without the two
         # epoll_ctl calls of the transport's own write().
         if not self._lost:
             writeReply(self.transport, data)

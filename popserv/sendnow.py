@@ -56,10 +56,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.tcp import Server
-
-from popserv.proxy import ProxyHeaderWrapper
-from popserv.twistedtcp import understood
+from popserv.twistedtcp import isOpen, plainTCP
 
 
 def sendNow(transport: Any, *parts: bytes) -> None:
@@ -69,21 +66,15 @@ def sendNow(transport: Any, *parts: bytes) -> None:
     socket does not take, through the transport's C{write()} or
     C{writeSequence()}.
     """
-    if type(transport) is ProxyHeaderWrapper:
-        # Behind a PROXY header the wrapper's write(), writeSequence() and
-        # registerProducer() pass straight to the TCP transport under it.
-        transport = transport.transport
+    tcp = plainTCP(transport)
     if (
-        type(transport) is Server
-        and understood(transport)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-        and (transport.producer is None or transport.streamingProducer)
+        tcp is not None
+        and isOpen(tcp)
+        and not tcp.dataBuffer
+        and not tcp._tempDataLen
+        and (tcp.producer is None or tcp.streamingProducer)
     ):
-        parts = _send(transport.getHandle(), parts)
+        parts = _send(tcp.getHandle(), parts)
         if not parts:
             return
     if len(parts) == 1:

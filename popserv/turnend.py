@@ -32,13 +32,12 @@ Only Twisted's plain TCP server connection (or one under popserv's PROXY
 header reader) takes this path, and only while it is connected, not
 closing, not switched to TLS and without a producer; anything else gets
 C{write()}.  The path fills two attributes Twisted does not document
-(C{_tempDataBuffer}, C{_tempDataLen}, the buffer C{write()} fills; the
-second is one L{popserv.sendnow} reads) and reads three more
-(C{_aborting}, C{_writeDisconnecting}, C{_writeDisconnected}).
-C{tests/test_turnend.py} checks on real sockets that the path is taken
-and keeps every octet in order, so an upgrade of Twisted that changed them
-fails the tests rather than losing or misordering replies; and a Twisted
-that no longer has them gets its own C{write()} (L{popserv.twistedtcp}).
+(C{_tempDataBuffer} and C{_tempDataLen}, the buffer C{write()} fills) and
+reads others (L{popserv.twistedtcp.ATTRIBUTES}).  C{tests/test_turnend.py}
+checks on real sockets that the path is taken and keeps every octet in
+order, so an upgrade of Twisted that changed them fails the tests rather
+than losing or misordering replies; and a Twisted that no longer has them
+gets its own C{write()} (L{popserv.twistedtcp}).
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ from weakref import WeakKeyDictionary
 from twisted.internet.tcp import Server
 from twisted.logger import Logger
 
-from popserv.proxy import ProxyHeaderWrapper
-from popserv.twistedtcp import understood
+from popserv.twistedtcp import isOpen, plainTCP
 
 _log = Logger()
 
@@ -61,32 +59,27 @@ def writeReply(transport: Any, data: bytes) -> None:
     turn: on a plain TCP connection without asking epoll, otherwise with
     C{write()}.
     """
-    if type(transport) is ProxyHeaderWrapper:
-        # Its write() passes straight to the TCP transport under it.
-        transport = transport.transport
-    if type(transport) is Server and data and understood(transport) and _plain(transport):
+    tcp = plainTCP(transport)
+    if tcp is not None and data and _plain(tcp):
         # FileDescriptor.write() without its startWriting().
-        transport._tempDataBuffer.append(data)
-        transport._tempDataLen += len(data)
-        _turnEndOf(transport.reactor).add(transport)
+        tcp._tempDataBuffer.append(data)
+        tcp._tempDataLen += len(data)
+        _turnEndOf(tcp.reactor).add(tcp)
     else:
         transport.write(data)
 
 
 def _plain(transport: Server) -> bool:
     """
-    Whether C{transport}'s buffer is sent by C{doWrite()} alone: connected,
-    not closing, half-closed or aborted, not switched to TLS (whose own
-    C{write()} encrypts), and without a producer (which C{doWrite()} would
-    resume).
+    Whether C{transport}'s buffer is sent by C{doWrite()} alone: open
+    (L{isOpen}), not half-closed or aborted, and without a producer (which
+    C{doWrite()} would resume).
     """
     return bool(
-        transport.connected
-        and not transport.disconnecting
+        isOpen(transport)
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
         and not transport._aborting
-        and not transport.TLS
         and transport.producer is None
     )
 

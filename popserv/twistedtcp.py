@@ -4,21 +4,26 @@ transport (C{twisted.internet.tcp.Server}) that Twisted does not document.
 
 L{popserv.sendnow} sends a message at once when the transport holds
 nothing unsent, and L{popserv.turnend} puts a reply in the transport's
-buffer without asking epoll.  Both read attributes of the transport that
-are not part of Twisted's interfaces (L{ATTRIBUTES}), and
-L{popserv.turnend} fills two of them.  They have been there, with these meanings, since Twisted 8,
-and the tests check them on a real socket; but popserv accepts any
-Twisted from 23.10 on, so a release that renamed one must not break a
-server already installed.  Before either path is taken, L{understood}
-checks that the transport has them all.  If not, both paths write through
-the transport's documented C{write()}, which is slower and never wrong,
-and the log says so once.
+buffer without asking epoll.  Both take their path only on Twisted's plain
+TCP server connection (L{plainTCP}, L{isOpen}), and both read attributes of
+it that are not part of Twisted's interfaces (L{ATTRIBUTES});
+L{popserv.turnend} fills two of them.  They have been there, with these
+meanings, since Twisted 8, and the tests check them on a real socket; but
+popserv accepts any Twisted from 23.10 on, so a release that renamed one
+must not break a server already installed.  Before either path is taken,
+L{understood} checks that the transport has them all.  If not, both paths
+write through the transport's documented C{write()}, which is slower and
+never wrong, and the log says so once.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.tcp import Server
 from twisted.logger import Logger
+
+from popserv.proxy import ProxyHeaderWrapper
 
 _log = Logger()
 
@@ -61,3 +66,27 @@ def understood(transport: Server) -> bool:
                 missing=", ".join(missing),
             )
     return _understood
+
+
+def plainTCP(transport: Any) -> Server | None:
+    """
+    Twisted's plain TCP server connection that C{transport} is, or that is
+    under it when it is popserv's PROXY header reader (whose C{write()},
+    C{writeSequence()} and C{registerProducer()} pass straight to it), if it
+    has every attribute in L{ATTRIBUTES}; else L{None}.
+    """
+    if type(transport) is ProxyHeaderWrapper:
+        transport = transport.transport
+    if type(transport) is Server and understood(transport):
+        return transport
+    return None
+
+
+def isOpen(transport: Server) -> bool:
+    """
+    Whether bytes sent on C{transport}'s socket now reach the client as
+    written: it is connected, not closing, and has not switched to TLS
+    (after STLS Twisted keeps the same transport object and encrypts what
+    its C{write()} is given).
+    """
+    return bool(transport.connected and not transport.disconnecting and not transport.TLS)

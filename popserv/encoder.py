@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from popserv.downgrade import CR_OCTET, MAX_HEADER, HeaderDowngrade, downgradeGrowth, headerEnd
 
@@ -32,10 +33,22 @@ CRLF = b"\r\n"
 _DOT_AFTER_LF = re.compile(rb"\n\.")
 
 
-def _stuffLines(out: bytes) -> bytes:
+#: The most lines in a chunk that L{_stuffParts} stuffs by cutting the chunk
+#: into views of itself, two parts a line; more are joined into one copy.
+#: A message and its status line and terminator go out in one C{sendmsg()},
+#: which takes at most IOV_MAX (1,024 on Linux) parts.
+MAX_STUFFED_VIEWS = 32
+
+#: What a chunk of the encoder's output is made of: C{bytes}, or views of
+#: the C{bytes} it was stuffed from.
+Part: TypeAlias = bytes | memoryview
+
+
+def _stuffParts(out: bytes) -> list[Part]:
     """
     C{out} with one more "." at the start of every line that starts with
-    one, the first line excepted (the octet after each LF).
+    one, the first line excepted (the octet after each LF), as parts that
+    joined make it.
     """
     # Searching for LF "." looks at each octet in turn, whichever way it is
     # done: the regular expression engine's loop, the fastest, took 34 us of
@@ -47,7 +60,7 @@ def _stuffLines(out: bytes) -> bytes:
     # only there.
     first = out.find(b".", 1)
     if first < 0:
-        return out
+        return [out]
     end = out.rfind(b".") + 1
     if len(out) - end < end - first:
         # Spread over the chunk: all of it, in one pass (split/join, where
@@ -55,19 +68,43 @@ def _stuffLines(out: bytes) -> bytes:
         # engine's search short of the end makes its loop a fifth slower
         # (CPython 3.11): worth it only to skip more than it reads.
         pieces = _DOT_AFTER_LF.split(out)
-    else:
-        # A stretch of the chunk: from its first line that starts with "."
-        # to its last ".", split through a memoryview so that it is not
-        # copied first.  The octets before and after go with the first and
-        # the last piece (the first is empty: the stretch starts with LF ".").
-        match = _DOT_AFTER_LF.search(out, first - 1, end)
-        if match is None:
-            return out
-        start = match.start()
-        pieces = _DOT_AFTER_LF.split(memoryview(out)[start:end])
+        return [b"\n..".join(pieces)] if len(pieces) > 1 else [out]
+    # A stretch of the chunk: from its first line that starts with "." to
+    # its last ".", split through a memoryview so that it is not copied
+    # first.  The stretch starts with LF ".", so the first piece is empty.
+    match = _DOT_AFTER_LF.search(out, first - 1, end)
+    if match is None:
+        return [out]
+    start = match.start()
+    pieces = _DOT_AFTER_LF.split(memoryview(out)[start:end])
+    if len(pieces) > MAX_STUFFED_VIEWS + 1:
         pieces[0] = out[:start]
         pieces[-1] = out[end - len(pieces[-1]) :]
-    return b"\n..".join(pieces) if len(pieces) > 1 else out
+        return [b"\n..".join(pieces)]
+    # A few such lines (as in most text that has any): the chunk itself,
+    # cut after each LF that a "." follows, with the extra "." between the
+    # cuts.  Joining would copy the whole chunk, and slicing off the octets
+    # after the stretch most of it again; sendmsg() takes the parts as
+    # they are (popserv.sendnow).
+    view = memoryview(out)
+    parts: list[Part] = []
+    previous = 0
+    cut = start
+    for piece in pieces[:-1]:
+        cut += len(piece)  # the LF of the next LF "."
+        parts += (view[previous : cut + 1], b".")
+        previous = cut + 1
+        cut += 2
+    parts.append(view[previous:])
+    return parts
+
+
+def _stuffLines(out: bytes) -> bytes:
+    """
+    L{_stuffParts}, joined.
+    """
+    parts = _stuffParts(out)
+    return b"".join(parts) if len(parts) > 1 else bytes(parts[0])
 
 
 class _LineEndings:
@@ -217,8 +254,18 @@ class MessageEncoder:
         """
         Encode the next chunk of the stored message.
         """
+        parts = self.feedParts(data)
+        return b"".join(parts) if len(parts) > 1 else bytes(parts[0]) if parts else b""
+
+    def feedParts(self, data: bytes) -> list[Part]:
+        """
+        L{feed}, as parts that joined make what it returns: views of the
+        chunk's own octets where only a few lines are byte-stuffed, so a
+        transport that can send parts as they are (C{sendmsg()}) need not
+        copy the chunk to stuff it.
+        """
         if self.done:
-            return b""
+            return []
         out = self._endings.feed(data)
         if self._downgrade is not None:
             out = self._downgrade.feed(out)
@@ -238,24 +285,24 @@ class MessageEncoder:
                 out = self._downgrade.feed(out) + self._downgrade.finish()
             if self._bodyLinesLeft is not None:
                 out = self._limit(out)
-            out = self._stuff(out)
+            out = b"".join(self._stuff(out))
         if not self._atLineStart:
             out += CRLF
         self.done = True
         return out + b".\r\n"
 
-    def _stuff(self, out: bytes) -> bytes:
+    def _stuff(self, out: bytes) -> list[Part]:
         # RFC 1939 section 3: "If any line of the multi-line response begins
         # with the termination octet, the line is 'byte-stuffed'".  After
         # line-ending conversion every line ends in CRLF, so a line start is
         # the start of the stream or the octet after an LF.
         if not out:
-            return out
-        out = _stuffLines(out)
+            return []
+        parts = _stuffParts(out)
         if self._atLineStart and out[0] == 0x2E:  # "."
-            out = b"." + out
+            parts.insert(0, b".")
         self._atLineStart = out.endswith(LF)
-        return out
+        return parts
 
     def _limit(self, out: bytes) -> bytes:
         """

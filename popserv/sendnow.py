@@ -56,15 +56,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from popserv.encoder import Part
 from popserv.twistedtcp import isOpen, plainTCP
 
 
-def sendNow(transport: Any, *parts: bytes) -> None:
+def sendNow(transport: Any, *parts: Part) -> None:
     """
     Write C{parts}, in order, to C{transport}: on a plain TCP connection
     with nothing left to send, sent at once; otherwise, and for what the
-    socket does not take, through the transport's C{write()} or
-    C{writeSequence()}.
+    socket does not take, joined, through the transport's C{write()}.
+
+    @param parts: C{bytes}, or C{memoryview}s of C{bytes} (the encoder's
+        views of a message, L{popserv.encoder.MessageEncoder.feedParts}).
     """
     tcp = plainTCP(transport)
     if (
@@ -77,13 +80,15 @@ def sendNow(transport: Any, *parts: bytes) -> None:
         parts = _send(tcp.getHandle(), parts)
         if not parts:
             return
-    if len(parts) == 1:
-        transport.write(parts[0])
-    else:
-        transport.writeSequence(parts)
+    # Joined here, not given to writeSequence(), which takes only bytes:
+    # Twisted's TCP transport joins what it buffers before it sends it, and
+    # a single bytes object it takes as it is, so that is one copy either
+    # way.
+    first = parts[0]
+    transport.write(first if len(parts) == 1 and type(first) is bytes else b"".join(parts))
 
 
-def _send(sock: Any, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _send(sock: Any, parts: tuple[Part, ...]) -> tuple[Part, ...]:
     """
     Send as much of C{parts} as C{sock} takes at once, with C{send()} for
     one part and one C{sendmsg()} for several, without joining them; what

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popserv.encoder import MessageEncoder
+from popserv.encoder import MessageEncoder, Part
 from popserv.interfaces import IMessageReader, IWholeMessageReader
 from popserv.sendnow import sendNow
 
@@ -94,7 +94,7 @@ class MessageTransfer:
         else:
             # The store holds the whole message (as a Maildir store does
             # for most): one write, status line to terminator, no reads.
-            self._finish(self._encoder.feed(whole) if whole else b"")
+            self._finish(*self._encoder.feedParts(whole) if whole else ())
         return self.deferred
 
     # IPushProducer
@@ -132,15 +132,15 @@ class MessageTransfer:
         if self._finished:
             return
         encoder = self._encoder
-        out = encoder.feed(data) if data else b""
+        out = encoder.feedParts(data) if data else ()
         if not data or encoder.done:
-            self._finish(out)
+            self._finish(*out)
             return
-        self._write(out)
+        self._write(*out)
         self._onProgress()
         self._pump()
 
-    def _finish(self, out: bytes) -> None:
+    def _finish(self, *out: Part) -> None:
         """
         Write C{out} and the end of the response.  The transfer is over
         once the transport wants more: at once, or, if this filled its
@@ -149,15 +149,16 @@ class MessageTransfer:
         from a client that does not read add at most a message each to the
         buffer.
         """
-        self._write(out, self._encoder.finish())
+        self._write(*out, self._encoder.finish())
         self._written = True
         if not self._paused:
             self._end(None)
 
-    def _write(self, *parts: bytes) -> None:
-        # As a sequence, not joined here: sent at once, the parts go out in
-        # one sendmsg(); buffered, the transport joins them anyway.  Each
-        # join of a whole message is a copy.
+    def _write(self, *parts: Part) -> None:
+        # As a sequence, not joined here: sent at once, the parts (views of
+        # the chunk among them, where it was stuffed) go out in one
+        # sendmsg(); buffered, they are joined once, as the transport would
+        # join them anyway.  Each join of a whole message is a copy.
         if self._pending:
             parts = (self._pending, *parts)
             self._pending = b""

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popserv.encoder import MessageEncoder, WireSize, _stuffLines, encodeMessage, wireSize
+from popserv.encoder import (
+    MAX_STUFFED_VIEWS,
+    MessageEncoder,
+    WireSize,
+    _stuffLines,
+    _stuffParts,
+    encodeMessage,
+    wireSize,
+)
 
 
 def reference(message: bytes, bodyLines: int | None = None) -> bytes:
@@ -39,8 +47,13 @@ def chunked(message: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def encodeChunks(chunks: list[bytes], bodyLines: int | None = None) -> bytes:
+    """
+    The encoder's output for C{chunks}, fed as a transfer feeds them
+    (L{MessageEncoder.feedParts}), joined.
+    """
     encoder = MessageEncoder(bodyLines)
-    out = [encoder.feed(c) for c in chunks]
+    out = [part for c in chunks for part in encoder.feedParts(c)]
+    assert all(type(part) is bytes or type(part.obj) is bytes for part in out)
     return b"".join(out) + encoder.finish()
 
 
@@ -179,9 +192,50 @@ def test_stuffLinesStretch(out: bytes) -> None:
     """
     Whether the chunk has no ".", "." only in a short stretch, or "."
     octets spread over it, every line after the first that starts with "."
-    gets one more, and nothing else changes.
+    gets one more, and nothing else changes.  As parts, the views are of
+    the chunk itself, and there are never more than two a stuffed line
+    and one.
     """
     assert _stuffLines(out) == stuffedAfterFirst(out)
+    parts = _stuffParts(out)
+    assert b"".join(parts) == stuffedAfterFirst(out)
+    assert len(parts) <= 2 * MAX_STUFFED_VIEWS + 1
+    assert all(part.obj is out for part in parts if isinstance(part, memoryview))
+
+
+def test_fewStuffedLinesAreViews() -> None:
+    """
+    A long chunk with a few lines that start with "." is not copied to be
+    stuffed: it goes out as views of itself, cut after each LF that a "."
+    follows, with the extra "." between them.
+    """
+    out = b"Q" * 5000 + b"\r\n.a\r\n" + b"Q" * 100 + b"\r\n..b\r\n" + b"Q" * 5000
+    parts = _stuffParts(out)
+    assert [bytes(part) for part in parts] == [
+        b"Q" * 5000 + b"\r\n",
+        b".",
+        b".a\r\n" + b"Q" * 100 + b"\r\n",
+        b".",
+        b"..b\r\n" + b"Q" * 5000,
+    ]
+    views = parts[::2]
+    assert all(isinstance(view, memoryview) and view.obj is out for view in views)
+
+
+@pytest.mark.parametrize("lines", [MAX_STUFFED_VIEWS, MAX_STUFFED_VIEWS + 1])
+def test_manyStuffedLinesJoined(lines: int) -> None:
+    """
+    Up to L{MAX_STUFFED_VIEWS} such lines a chunk go out as views; a chunk
+    with more is stuffed into one copy, so a C{sendmsg()} of a message's
+    parts stays far below the system's limit on them.
+    """
+    out = b"\r\n.x" * lines + b"Q" * 10000
+    parts = _stuffParts(out)
+    assert b"".join(parts) == stuffedAfterFirst(out)
+    if lines > MAX_STUFFED_VIEWS:
+        assert parts == [stuffedAfterFirst(out)]
+    else:
+        assert len(parts) == 2 * lines + 1
 
 
 @pytest.mark.parametrize(

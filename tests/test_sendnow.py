@@ -81,18 +81,22 @@ def test_noLimitButTheSocket(connection: Connection) -> None:
     assert drain(connection, len(data)) == data
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["bytes", "views"])
 @pytest.mark.parametrize(
     "cuts", [[], [1000], [1000, 1001, 3_000_000]], ids=["one part", "two parts", "four parts"]
 )
-def test_restWrittenInOrder(connection: Connection, cuts: list[int]) -> None:
+def test_restWrittenInOrder(connection: Connection, cuts: list[int], views: bool) -> None:
     """
     What the socket does not take at once is left to the transport, after
     what was sent, wherever the send stopped among the parts: every octet
-    arrives, in order, once.
+    arrives, in order, once.  So it does when the parts are views of bytes
+    (as the encoder gives), which the transport's own C{write()} would
+    refuse.
     """
     smallBuffers(connection)
     bounds = [0, *cuts, len(BIG)]
-    parts = [BIG[a:b] for a, b in pairwise(bounds)]
+    whole = memoryview(BIG) if views else BIG
+    parts = [whole[a:b] for a, b in pairwise(bounds)]
     sendNow(connection.transport, *parts)
     assert connection.waiting()
     assert drain(connection, len(BIG)) == BIG
@@ -204,14 +208,33 @@ def test_anyMixKeepsOrder(steps: list[tuple[str, list[int]]]) -> None:
         c.close()
 
 
+class BytesOnly(StringTransport):
+    """
+    A transport that records its writes and, as C{ITransport} allows,
+    takes only C{bytes}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            raise TypeError(f"not bytes: {type(data).__name__}")
+        self.writes.append(data)
+        super().write(data)
+
+
 def test_otherTransports() -> None:
     """
     Any transport but Twisted's plain TCP server connection is written to
-    as before.
+    as before: one C{write()} of C{bytes}, the parts joined, views too.
     """
-    transport = StringTransport()
+    transport = BytesOnly()
     sendNow(transport, REPLY)
-    assert transport.value() == REPLY
+    sendNow(transport, b"+OK 3 octets\r\n", memoryview(b"xabcx")[1:4], b".\r\n")
+    sendNow(transport, memoryview(b"+OK\r\n"))
+    assert transport.writes == [REPLY, b"+OK 3 octets\r\nabc.\r\n", b"+OK\r\n"]
 
 
 def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:

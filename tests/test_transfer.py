@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
@@ -57,7 +58,7 @@ def test_wholeMessageInOneWrite() -> None:
     transfer = MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n")
     done: list[object] = []
     transfer.start().addCallback(done.append)
-    assert transport.writes == [(b"+OK\r\n", b"Subject: x\r\n\r\n..dot\r\nbody\r\n", b".\r\n")]
+    assert transport.writes == [(b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n.\r\n",)]
     assert done == [None]
     assert transfer.sent == len(b"+OK\r\n" + encodeMessage(MESSAGE))
     assert transport.producer is None
@@ -120,4 +121,22 @@ def test_emptyMessage() -> None:
     """
     transport = RecordingTransport()
     MessageTransfer(transport, BytesReader(b""), MessageEncoder(), b"+OK\r\n").start()
-    assert transport.writes == [(b"+OK\r\n", b".\r\n")]
+    assert transport.writes == [(b"+OK\r\n.\r\n",)]
+
+
+def test_viewsHandedOnUnjoined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    What the encoder gives as views of a chunk (a long chunk with a line
+    that starts with ".") reaches C{sendNow} as it is, for one
+    C{sendmsg()}: the transfer joins nothing.
+    """
+    sent: list[tuple[object, ...]] = []
+    monkeypatch.setattr("popserv.transfer.sendNow", lambda transport, *parts: sent.append(parts))
+    message = b"Subject: x\n\n" + b"Q" * 1000 + b"\n.dot\n" + b"Q" * 1000 + b"\n"
+    transfer = MessageTransfer(
+        RecordingTransport(), BytesReader(message), MessageEncoder(), b"+OK\r\n"
+    )
+    transfer.start()
+    [parts] = sent
+    assert [type(part) for part in parts] == [bytes, memoryview, bytes, memoryview, bytes]
+    assert b"".join(parts) == b"+OK\r\n" + encodeMessage(message)  # type: ignore[arg-type]

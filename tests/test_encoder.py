@@ -16,7 +16,6 @@ from popserv.encoder import (
     MAX_STUFFED_VIEWS,
     MessageEncoder,
     WireSize,
-    _stuffLines,
     _stuffParts,
     encodeMessage,
     wireSize,
@@ -172,7 +171,7 @@ def test_wireSizeChunks() -> None:
 
 def stuffedAfterFirst(out: bytes) -> bytes:
     """
-    The plain statement of what L{_stuffLines} does: a "." more after
+    The plain statement of what L{_stuffParts} does: a "." more after
     every LF that a "." follows.
     """
     return out.replace(b"\n.", b"\n..")
@@ -188,7 +187,7 @@ crlfChunks = st.lists(
 
 @settings(max_examples=500, deadline=None)
 @given(crlfChunks)
-def test_stuffLinesStretch(out: bytes) -> None:
+def test_stuffStretch(out: bytes) -> None:
     """
     Whether the chunk has no ".", "." only in a short stretch, or "."
     octets spread over it, every line after the first that starts with "."
@@ -196,7 +195,6 @@ def test_stuffLinesStretch(out: bytes) -> None:
     the chunk itself, and there are never more than two a stuffed line
     and one.
     """
-    assert _stuffLines(out) == stuffedAfterFirst(out)
     parts = _stuffParts(out)
     assert b"".join(parts) == stuffedAfterFirst(out)
     assert len(parts) <= 2 * MAX_STUFFED_VIEWS + 1
@@ -253,10 +251,10 @@ def test_manyStuffedLinesJoined(lines: int) -> None:
         b"\r\n." * 1000,
     ],
 )
-def test_stuffLinesExamples(out: bytes) -> None:
+def test_stuffExamples(out: bytes) -> None:
     """
     The edges of the stretch searched: a "." line at the start, the end or
     the middle of a long chunk with no other "."; "." octets at both ends
     far apart; and the first octet, which the encoder handles itself.
     """
-    assert _stuffLines(out) == stuffedAfterFirst(out)
+    assert b"".join(_stuffParts(out)) == stuffedAfterFirst(out)

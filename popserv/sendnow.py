@@ -43,13 +43,12 @@ Anything else goes to C{write()} as before.  A send that fails also goes to
 C{write()}, so the transport finds the failure itself and reports the lost
 connection as it always does.
 
-The checks read attributes Twisted does not document (C{TLS},
-C{dataBuffer}, C{_tempDataLen}, C{streamingProducer}); they have been
-there, with these meanings, since Twisted 8.  C{tests/test_sendnow.py}
-checks on a real socket that the fast path is taken, so an upgrade of
-Twisted that changed them would fail the tests rather than silently slow
-popserv down or misorder its bytes; and a Twisted that no longer has them
-gets its own C{write()} (L{popserv.twistedtcp}).
+The checks read attributes Twisted does not document
+(L{popserv.twistedtcp.ATTRIBUTES}).  C{tests/test_sendnow.py} checks on a
+real socket that the fast path is taken, so an upgrade of Twisted that
+changed them would fail the tests rather than silently slow popserv down
+or misorder its bytes; and a Twisted that no longer has them gets its own
+C{write()} (L{popserv.twistedtcp}).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -250,17 +249,3 @@ def test_afterStartTLS(connection: Connection, tmp_path: Path) -> None:
     raw, clear = client.receive()
     assert raw and b"secret" not in raw
     assert clear == b"+OK a secret reply\r\n"
-
-
-def test_realTypeChecked(connection: Connection) -> None:
-    """
-    The attributes sendNow reads are there on Twisted's TCP server
-    connection, with the values that mean "nothing to send" when it is
-    idle: if an upgrade of Twisted renamed them, this says so first.
-    """
-    transport: Any = connection.transport
-    assert transport.TLS is False
-    assert transport.dataBuffer == b""
-    assert transport._tempDataLen == 0
-    assert transport.producer is None and transport.streamingProducer is False
-    assert transport.connected and not transport.disconnecting

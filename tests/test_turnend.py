@@ -331,21 +331,6 @@ def test_anyMixKeepsOrder(steps: list[tuple[str, list[int]]]) -> None:
         c.close()
 
 
-def test_realTypeChecked(connection: Connection) -> None:
-    """
-    The attributes writeReply fills and reads are there on Twisted's TCP
-    server connection, with the values that mean "open, nothing to send"
-    when it is idle: if an upgrade of Twisted renamed them, this says so
-    first.
-    """
-    transport = connection.transport
-    assert transport._tempDataBuffer == []
-    assert transport._tempDataLen == 0
-    assert transport._aborting is False
-    assert not transport._writeDisconnecting
-    assert not transport._writeDisconnected
-
-
 def test_sessionOnPlainTCP() -> None:
     """
     A POP3 session on Twisted's TCP connection: every reply waits for the

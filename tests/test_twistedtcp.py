@@ -19,17 +19,39 @@ from popserv.turnend import writeReply
 REPLY = b"+OK POP3 server ready\r\n"
 
 
+#: What each attribute the fast paths use holds on an idle connection:
+#: open, not closing, half-closed, aborted or TLS, nothing to send, no
+#: producer.
+IDLE = {
+    "dataBuffer": b"",
+    "_tempDataBuffer": [],
+    "_tempDataLen": 0,
+    "connected": True,
+    "disconnecting": False,
+    "_writeDisconnecting": False,
+    "_writeDisconnected": False,
+    "_aborting": False,
+    "TLS": False,
+    "producer": None,
+    "streamingProducer": False,
+}
+
+
 def test_thisTwistedUnderstood(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     The installed Twisted's TCP transport has every attribute the fast
-    paths use: if an upgrade renamed one, this says so first.
+    paths (L{popserv.sendnow}, L{popserv.turnend}) use, with the values
+    that mean "open, nothing to send" when it is idle: if an upgrade of
+    Twisted renamed one or changed its meaning, this says so first.
     """
     monkeypatch.setattr(twistedtcp, "_understood", None)
     with capturedLogs() as events:
         assert twistedtcp.understood(connection.transport)
     assert events == []
-    for name in twistedtcp.ATTRIBUTES:
-        assert hasattr(connection.transport, name), name
+    transport: Any = connection.transport
+    assert {name: getattr(transport, name) for name in twistedtcp.ATTRIBUTES} == IDLE
+    for flag in ("TLS", "_aborting", "streamingProducer"):
+        assert getattr(transport, flag) is False, flag
 
 
 def test_missingAttribute(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:

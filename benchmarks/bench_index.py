@@ -17,6 +17,17 @@ time from connecting to the end of a full UIDL listing, through a real
 C{twistd popserv} and beside Dovecot and twisted.mail.pop3, is the
 C{maildrop} scenario of C{bench_maildir.py}.
 
+With C{--parts} it also times, on the same files, the parts of a cold
+login that grow with the number of messages: listing C{new/} and C{cur/};
+opening, reading and closing every file; and the same with each file
+sized (both sizes, as a cold login does), of which the downgraded size
+(RFC 6856) is timed alone over the files' contents in memory.  What a cold
+login takes beyond them is ordering the names, the index and the
+snapshot.  C{--data suite} makes the messages with C{bench_maildir.py}'s
+generator instead (its C{maildrop} scenario's mail: text with non-ASCII
+words, and a UTF-8 sender's name or subject in about half the messages),
+all in C{new/}.
+
 Each figure is given as wall time and as CPU time of this process: on a
 shared machine the wall time includes waiting for the CPU.  Before each
 cold login every message file is read once, so that "cold" means "no
@@ -34,6 +45,7 @@ C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_index.py}
     .venv/bin/python benchmarks/bench_index.py --count 20000 --repeat 5
     .venv/bin/python benchmarks/bench_index.py --count 30000 --uncached
     .venv/bin/python benchmarks/bench_index.py --unread
+    .venv/bin/python benchmarks/bench_index.py --data suite --parts
 """
 
 from __future__ import annotations
@@ -51,7 +63,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from suite.data import evictMessageFiles, markUnread, readMessageFiles
+from suite.data import (
+    evictMessageFiles,
+    fillMaildir,
+    markUnread,
+    messageFiles,
+    readMessageFiles,
+)
 from suite.procfs import pinned
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
@@ -189,6 +207,70 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
     return times
 
 
+# In-process: the parts of a cold login.
+
+
+def benchParts(maildir: str, options: argparse.Namespace) -> Figures:
+    """
+    Time the parts of a cold login that grow with the number of messages,
+    each C{options.repeat} times, the files in the page cache.
+    """
+    from popserv.encoder import downgradeDelta
+    from popserv.maildir import measureEach
+    from popserv.prefetch import NOATIME, readEach
+
+    readMessageFiles(maildir)
+    directories = {
+        subdir: os.open(os.path.join(maildir, subdir), os.O_RDONLY | os.O_DIRECTORY)
+        for subdir in ("new", "cur")
+    }
+    files = [
+        (i, directories[os.path.basename(os.path.dirname(path))], os.path.basename(path))
+        for i, (_, path) in enumerate(messageFiles(maildir))
+    ]
+    contents = []
+    for _, path in messageFiles(maildir):
+        with open(path, "rb") as f:
+            contents.append(f.read(1 << 16))  # what a login's first read takes
+    buffer = bytearray(1 << 16)
+    flags = os.O_RDONLY | os.O_CLOEXEC | NOATIME
+
+    def listing() -> None:
+        for subdir in directories:
+            os.listdir(os.path.join(maildir, subdir))
+
+    def reading() -> None:
+        for _ in readEach(files, buffer, lambda key, fd, length: length, flags):
+            pass
+
+    def sizing() -> None:
+        for _, sizes in measureEach(files, None):
+            assert not isinstance(sizes, OSError), sizes
+
+    def downgraded() -> None:
+        for data in contents:
+            downgradeDelta(data)
+
+    parts = {
+        "list": listing,
+        "read": reading,
+        "read+size": sizing,
+        "downgrade": downgraded,
+    }
+    times: Figures = {name: [] for name in parts}
+    try:
+        with pinned(options.cpu if options.pin else None):
+            for _ in range(options.repeat):
+                for name, part in parts.items():
+                    began, cpu = time.perf_counter(), time.process_time()
+                    part()
+                    times[name].append((time.perf_counter() - began, time.process_time() - cpu))
+    finally:
+        for fd in directories.values():
+            os.close(fd)
+    return times
+
+
 def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -209,6 +291,20 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         help="before each cold login, set the message files' access times back, as"
         " for mail never read since it was delivered (on a relatime file system the"
         " first read then updates them)",
+    )
+    add(
+        "--data",
+        choices=("plain", "suite"),
+        default="plain",
+        help="plain: the messages described above; suite: bench_maildir.py's"
+        " (its maildrop scenario's mail, all in new/; --size, --cur-share and"
+        " --utf8-every do not apply)",
+    )
+    add("--seed", type=int, default=1939, help="seed of the suite's generator (1939)")
+    add(
+        "--parts",
+        action="store_true",
+        help="also time the parts of a cold login: listing, reading, sizing",
     )
     add("--repeat", type=int, default=3, help="runs of each measurement (3)")
     add("--cpu", type=int, default=0, help="CPU to pin to (0)")
@@ -231,17 +327,26 @@ def main(argv: Sequence[str]) -> int:
     maildir = os.path.join(root, USER)
     try:
         began = time.perf_counter()
-        makeMaildir(maildir, options.count, options.size, options.cur_share, options.utf8_every)
+        if options.data == "suite":
+            for subdir in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(maildir, subdir), mode=0o700)
+            fillMaildir(maildir, USER, [options.size] * options.count, options.seed, False)
+        else:
+            makeMaildir(maildir, options.count, options.size, options.cur_share, options.utf8_every)
         os.sync()
         print(
             f"made {options.count} messages of {options.size} octets"
             f" in {time.perf_counter() - began:.1f} s",
             file=sys.stderr,
         )
-        figures = benchStore(root, maildir, options)
+        # The parts first, over the same messages as the first cold login
+        # (later ones also have the deliveries of warm+new).
+        parts = benchParts(maildir, options) if options.parts else {}
+        figures = benchStore(root, maildir, options) | parts
         print()
         print(
-            f"{options.count} messages x {options.size} octets, Python {sys.version.split()[0]},"
+            f"{options.count} messages x {options.size} octets ({options.data}),"
+            f" Python {sys.version.split()[0]},"
             f" pinned: {'yes' if options.pin else 'no'}"
         )
         for kind, times in figures.items():

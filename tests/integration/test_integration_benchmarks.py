@@ -99,6 +99,12 @@ def test_inProcess() -> None:
     out = run("bench_index.py", "--count=200", "--repeat=1", "--deliver=5", "--unread", "--no-pin")
     assert "messages listed: 200 .. 205" in out
     assert re.search(rf"^cold +wall median +{number}", out, re.MULTILINE)
+    # The suite's messages, and the parts of a cold login timed on them.
+    out = run("bench_index.py", "--count=50", "--repeat=1", "--data=suite", "--parts", "--no-pin")
+    assert "50 messages x 900 octets (suite)" in out
+    assert "messages listed: 50 .. 150" in out
+    for part in ("list", "read", "read+size", "downgrade"):
+        assert re.search(rf"^{re.escape(part)} +wall median +{number}", out, re.MULTILINE), part
     out = run("bench_thread.py", "--trips=200", "--rounds=1", "--no-pin")
     assert re.search(rf"popserv ThreadRunner .* less the loop: +{number}", out)
 

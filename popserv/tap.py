@@ -198,7 +198,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Logins whose credentials are checked at once; more wait, those from "
             "addresses with a recent good login first.  Default: the CPU count "
-            "(at least 2).",
+            "(at least 2)",
             _count("concurrent-logins"),
         ],
         [
@@ -206,7 +206,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             None,
             "Networks (comma-separated, e.g. 10.0.0.0/8) whose proxies may send "
-            "the HAProxy PROXY header on proxy: listeners.",
+            "the HAProxy PROXY header on proxy: listeners",
             _networks,
         ],
         [

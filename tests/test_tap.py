@@ -130,6 +130,18 @@ def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
     assert "memory:" in out
 
 
+def test_helpReadsCleanly() -> None:
+    """
+    Each option's help is a sentence or two that Twisted's usage text
+    joins to its default and to its value's kind ("A whole number."):
+    no option's text ends up with two full stops in a row.
+    """
+    usage = " ".join(str(Options()).split())
+    assert "--concurrent-logins" in usage
+    assert "CPU count (at least 2). A whole number." in usage
+    assert ".." not in usage.replace("...", "")
+
+
 @pytest.fixture
 def ca(tmp_path: Path) -> CertificateAuthority:
     return CertificateAuthority(tmp_path)

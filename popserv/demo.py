@@ -11,6 +11,7 @@ C{make demo-tls}), again only if there is none.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -128,15 +129,26 @@ def makeCertificate(directory: str) -> tuple[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    args = argv[1:]
-    tls = "--tls" in args
-    args = [a for a in args if a != "--tls"]
-    if len(args) != 1:
-        print("usage: python -m popserv.demo [--tls] ROOT", file=sys.stderr)
-        return 2
-    print(f"demo Maildir: {seed(args[0])}")
-    if tls:
-        certificate, key = makeCertificate(os.path.join(args[0], "tls"))
+    parser = argparse.ArgumentParser(
+        prog="python -m popserv.demo",
+        description="Seed the demo Maildir that make demo serves: user demo,"
+        " in ROOT/demo, left as it is if it exists.",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also make a self-signed certificate for localhost and 127.0.0.1"
+        " in ROOT/tls/ (for make demo-tls), unless there is one",
+    )
+    parser.add_argument("root", metavar="ROOT", help="the directory of the demo's mail")
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as e:
+        # --help (0) or a usage error (2), already printed: nothing made.
+        return e.code if isinstance(e.code, int) else 2
+    print(f"demo Maildir: {seed(args.root)}")
+    if args.tls:
+        certificate, key = makeCertificate(os.path.join(args.root, "tls"))
         print(f"demo certificate: {certificate} (key {key})")
     return 0
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from popserv.demo import MESSAGES, main, makeCertificate, seed
 from popserv.tls import TLSFiles
 
@@ -45,3 +47,19 @@ def test_main(tmp_path: Path, capsys: object) -> None:
     assert main(["demo", "--tls", str(tmp_path)]) == 0
     assert (tmp_path / "tls" / "cert.pem").exists()
     assert main(["demo"]) == 2
+
+
+def test_mainHelpAndTyposMakeNothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    --help prints the usage and a mistyped option is a usage error; neither
+    is taken for ROOT, and neither makes a directory.
+    """
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--help"]) == 0
+    assert "usage: python -m popserv.demo [-h] [--tls] ROOT" in capsys.readouterr().out
+    assert main(["demo", "--tsl", "mail"]) == 2
+    assert "unrecognized arguments: --tsl" in capsys.readouterr().err
+    assert main(["demo", "mail", "more"]) == 2
+    assert list(tmp_path.iterdir()) == []

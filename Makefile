@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_ROOT ?= $(CURDIR)/demo-mail
-DEMO_LISTEN ?= tcp:1110:interface=127.0.0.1
+# Ports of the demo on 127.0.0.1, if the defaults are taken:
+#   make demo DEMO_PORT=2110        make demo-tls DEMO_PORT=2110 DEMO_TLS_PORT=2995
+DEMO_PORT ?= 1110
+DEMO_TLS_PORT ?= 1995
+DEMO_LISTEN ?= tcp:$(DEMO_PORT):interface=127.0.0.1
 
 # A development install that twistd can see: PEP 660 "strict"/default
 # editable installs of a flat layout hide twisted/plugins/ from twistd's
@@ -28,25 +32,25 @@ install: $(VENV)/.installed
 
 demo: install
 	@$(BIN)/python -m popserv.demo $(DEMO_ROOT)
-	@echo "popserv demo on 127.0.0.1:1110 -- user 'demo', password 'demo'. Try:"
-	@echo "    curl pop3://127.0.0.1:1110/ -u demo:demo       (list)"
-	@echo "    curl pop3://127.0.0.1:1110/1 -u demo:demo      (retrieve message 1)"
-	@echo "    python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',1110); p.user('demo'); p.pass_('demo'); print(p.list())\""
+	@echo "popserv demo on 127.0.0.1:$(DEMO_PORT) -- user 'demo', password 'demo'. Try:"
+	@echo "    curl pop3://127.0.0.1:$(DEMO_PORT)/ -u demo:demo       (list)"
+	@echo "    curl pop3://127.0.0.1:$(DEMO_PORT)/1 -u demo:demo      (retrieve message 1)"
+	@echo "    python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',$(DEMO_PORT)); p.user('demo'); p.pass_('demo'); print(p.list())\""
 	@echo "Stop with Ctrl-C."
 	$(BIN)/twistd -n --pidfile= popserv --listen $(DEMO_LISTEN) \
 		--auth memory:demo:demo --mailstore 'maildir:$(DEMO_ROOT)/{user}'
 
-# The demo with TLS: STLS on 1110, implicit TLS on 1995, a self-signed
+# The demo with TLS: STLS on DEMO_PORT, implicit TLS on DEMO_TLS_PORT, a self-signed
 # certificate for localhost and 127.0.0.1 in demo-mail/tls/.
 demo-tls: install
 	@$(BIN)/python -m popserv.demo --tls $(DEMO_ROOT)
 	@echo "popserv demo with TLS -- user 'demo', password 'demo'. Try:"
-	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem pop3s://127.0.0.1:1995/1 -u demo:demo"
-	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem --ssl-reqd pop3://127.0.0.1:1110/ -u demo:demo"
-	@echo "    openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:1110"
+	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem pop3s://127.0.0.1:$(DEMO_TLS_PORT)/1 -u demo:demo"
+	@echo "    curl --cacert $(DEMO_ROOT)/tls/cert.pem --ssl-reqd pop3://127.0.0.1:$(DEMO_PORT)/ -u demo:demo"
+	@echo "    openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:$(DEMO_PORT)"
 	@echo "Stop with Ctrl-C."
 	$(BIN)/twistd -n --pidfile= popserv --listen $(DEMO_LISTEN) \
-		--listen ssl:1995:interface=127.0.0.1 \
+		--listen ssl:$(DEMO_TLS_PORT):interface=127.0.0.1 \
 		--tls-cert $(DEMO_ROOT)/tls/cert.pem --tls-key $(DEMO_ROOT)/tls/key.pem \
 		--auth memory:demo:demo --mailstore 'maildir:$(DEMO_ROOT)/{user}'
 

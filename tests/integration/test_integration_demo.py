@@ -1,0 +1,174 @@
+"""
+C{make demo} and C{make demo-tls}, as README.rst tells a new user to run
+them: each seeds the demo Maildir and serves it with twistd, on the ports
+that C{DEMO_PORT} and C{DEMO_TLS_PORT} name (1110 and 1995 unless given);
+and the examples of docs/quickstart.rst, run against it.
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import poplib
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from clients import require_program
+from processes import TIMEOUT, waitForOutput
+
+from popserv.demo import MESSAGES
+
+pytestmark = pytest.mark.integration
+
+#: The checkout: tests/integration/this file -> the repository root.
+CHECKOUT = Path(__file__).resolve().parents[2]
+QUICKSTART = CHECKOUT / "docs" / "quickstart.rst"
+
+
+def freePort() -> int:
+    """
+    A port nothing listens on now, for a program that takes a port number
+    rather than an endpoint.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def make(target: str, directory: Path, **variables: object) -> Iterator[Path]:
+    """
+    Run C{make TARGET} in the checkout, with this virtualenv and C{variables},
+    until twistd listens; yield the file its output goes to, and stop make
+    and everything it started afterwards.
+    """
+    require_program("make")
+    if not (Path(sys.prefix) / ".installed").exists():
+        pytest.skip("runs only in the virtualenv that make made (make test)")
+    output = directory / "make.out"
+    argv = ["make", "--no-print-directory", "-o", "install", target, f"VENV={sys.prefix}"]
+    argv += [f"{name}={value}" for name, value in variables.items()]
+    with output.open("wb") as out:
+        # Its own process group, so that stopping it stops twistd too, as
+        # Ctrl-C in a terminal does.
+        process = subprocess.Popen(
+            argv, cwd=CHECKOUT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        waitForOutput(output, rb"POP3ServerFactory starting on", process)
+        yield output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=TIMEOUT)
+
+
+def checkDemoMaildrop(client: poplib.POP3) -> None:
+    """
+    Log in as the demo user and find the demo's messages, the one with
+    byte-stuffed lines among them, as they were seeded.
+    """
+    client.user("demo")
+    client.pass_("demo")
+    assert client.stat()[0] == len(MESSAGES)
+    _, lines, _ = client.retr(2)
+    assert lines == MESSAGES[1].rstrip(b"\n").split(b"\n")
+    client.quit()
+
+
+def test_demo(tmp_path: Path) -> None:
+    """
+    make demo serves the demo Maildir on DEMO_PORT, and tells the user how
+    to reach it there.
+    """
+    port = freePort()
+    with make("demo", tmp_path, DEMO_ROOT=tmp_path / "mail", DEMO_PORT=port) as output:
+        text = output.read_text()
+        assert f"popserv demo on 127.0.0.1:{port} -- user 'demo', password 'demo'" in text
+        assert f"curl pop3://127.0.0.1:{port}/1 -u demo:demo" in text
+        checkDemoMaildrop(poplib.POP3("127.0.0.1", port, timeout=TIMEOUT))
+    assert (tmp_path / "mail" / "demo" / "new").is_dir()
+
+
+def test_demoTLS(tmp_path: Path) -> None:
+    """
+    make demo-tls serves the same with STLS on DEMO_PORT and implicit TLS
+    on DEMO_TLS_PORT, with a certificate for 127.0.0.1 that it made.
+    """
+    port, tlsPort = freePort(), freePort()
+    mail = tmp_path / "mail"
+    with make("demo-tls", tmp_path, DEMO_ROOT=mail, DEMO_PORT=port, DEMO_TLS_PORT=tlsPort) as out:
+        assert f"pop3s://127.0.0.1:{tlsPort}/1" in out.read_text()
+        context = ssl.create_default_context(cafile=str(mail / "tls" / "cert.pem"))
+        checkDemoMaildrop(poplib.POP3_SSL("127.0.0.1", tlsPort, context=context, timeout=TIMEOUT))
+        client = poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
+        client.stls(context)
+        checkDemoMaildrop(client)
+
+
+def shownAfter(command: str) -> list[str]:
+    """
+    The output quickstart.rst shows for the console command that starts
+    with C{command}: the lines after it, up to the next command or the end
+    of the block.
+    """
+    lines = QUICKSTART.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"$ {command}"))
+    shown = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("   ") or line.strip().startswith("$"):
+            break
+        shown.append(line[3:])
+    assert shown, command
+    return shown
+
+
+def pyconBlock() -> str:
+    """
+    The interactive Python session quickstart.rst shows, as a doctest.
+    """
+    text = QUICKSTART.read_text()
+    after = text.split(".. code-block:: pycon\n", 1)[1].splitlines()[1:]
+    block = []
+    for line in after:
+        if line and not line.startswith("   "):
+            break
+        block.append(line[3:])
+    return "\n".join(block).strip() + "\n"
+
+
+def test_quickstartExamples(tmp_path: Path) -> None:
+    """
+    What quickstart.rst shows for curl and poplib is what they get from
+    make demo: the listing line for line, message 2's first line, and the
+    poplib session as a doctest (its port the demo's).
+    """
+    require_program("curl")
+    port = freePort()
+    with make("demo", tmp_path, DEMO_ROOT=tmp_path / "mail", DEMO_PORT=port):
+
+        def curl(path: str) -> list[str]:
+            url = f"pop3://127.0.0.1:{port}/{path}"
+            argv = ["curl", "-sS", "--max-time", str(int(TIMEOUT)), url, "-u", "demo:demo"]
+            result = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=True)
+            return result.stdout.decode().splitlines()
+
+        assert curl("") == shownAfter("curl pop3://127.0.0.1:1110/ -u demo:demo ")
+        first, more = shownAfter("curl pop3://127.0.0.1:1110/2 -u demo:demo ")
+        assert (curl("2")[0], more) == (first, "...")
+
+        session = pyconBlock().replace('"127.0.0.1", 1110', f'"127.0.0.1", {port}')
+        assert f"{port}, timeout=30" in session
+        test = doctest.DocTestParser().get_doctest(session, {}, "quickstart", str(QUICKSTART), 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.REPORT_NDIFF)
+        report: list[str] = []
+        runner.run(test, out=report.append)
+        assert runner.summarize(verbose=False).failed == 0, "".join(report)

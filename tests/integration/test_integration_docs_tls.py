@@ -1,0 +1,151 @@
+"""
+docs/tls.rst's "Trying it out", followed as a reader would: its openssl
+command makes the certificate, twistd runs with its options (on ports the
+system picks), Alice's one message is the one its curl example shows, and
+what the page shows curl, poplib, openssl s_client and the CAPA exchange
+getting is what they get.
+"""
+
+from __future__ import annotations
+
+import doctest
+import poplib
+import re
+import shlex
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from clients import require_program
+from processes import TIMEOUT
+from test_integration_tls import tlsPort
+
+pytestmark = pytest.mark.integration
+
+TLS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "tls.rst"
+
+
+def block(after: str, following: str | None = None) -> list[str]:
+    """
+    The lines of the indented block that follows the first line of tls.rst
+    containing C{after} (a directive, or a console command), to the end of
+    the block or, after a command, to the next command; with C{following},
+    the first line containing that after it.
+    """
+    lines = TLS_PAGE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    if following is not None:
+        start = next(i for i in range(start, len(lines)) if following in lines[i])
+        after = following
+    shown: list[str] = []
+    for line in lines[start + 1 :]:
+        if line and not line.startswith("   "):
+            break
+        if line.startswith("   $") and shown and not after.startswith(".."):
+            break
+        shown.append(line[3:])
+    while shown and not shown[0]:
+        shown.pop(0)
+    while shown and not shown[-1]:
+        shown.pop()
+    return shown
+
+
+def command(prefix: str) -> str:
+    """
+    The console command of tls.rst that starts with C{prefix}, its
+    continuation lines joined.
+    """
+    lines = TLS_PAGE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"$ {prefix}"))
+    text = lines[start].strip()[2:]
+    for line in lines[start + 1 :]:
+        if not text.endswith("\\"):
+            break
+        text = text[:-1] + " " + line.strip()
+    return text
+
+
+def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> None:
+    """
+    Every exchange tls.rst's "Trying it out" shows is what a reader gets
+    who follows it: curl's listing and message, CAPA before and after
+    STLS and a second STLS refused, the session typed into openssl
+    s_client, and the poplib session.
+    """
+    require_program("openssl")
+    require_program("curl")
+    argv = shlex.split(command("openssl req"))
+    subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, check=True)
+    # The message the page's curl example retrieves, stored with LF line
+    # ends as a delivery agent writes it.
+    retrieved = block("$ curl --cacert cert.pem --ssl-reqd pop3://localhost:1110/1")
+    deliver(maildir, "\n".join(retrieved).encode() + b"\n")
+    twistd = command("twistd -n --pidfile= popserv --listen tcp:1110")
+    options = twistd.split(" popserv ", 1)[1].split()
+    assert options[:4] == ["--listen", "tcp:1110", "--listen", "ssl:1995"], twistd
+    assert options[-2:] == ["--mailstore", "'maildir:/tmp/mail/{user}'"], twistd
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        auth=[options[-3]],
+        extra=[*options[4:-4], "--listen", "ssl:0:interface=127.0.0.1"],
+        cwd=tmp_path,
+    )
+    port, secure = server.port, tlsPort(server)
+
+    def curl(*argv: str) -> list[str]:
+        full = ["curl", "-sS", "--max-time", str(int(TIMEOUT)), *argv, "-u", "alice:secret"]
+        done = subprocess.run(full, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, check=True)
+        return done.stdout.decode().splitlines()
+
+    assert curl("--cacert", "cert.pem", f"pop3s://localhost:{secure}/") == block(
+        "$ curl --cacert cert.pem pop3s://localhost:1995/"
+    )
+    assert curl("--cacert", "cert.pem", "--ssl-reqd", f"pop3://localhost:{port}/1") == retrieved
+
+    # CAPA before and after STLS, as the page's exchange shows them.
+    exchange = block("What went over the wire", ".. code-block:: text")
+    shownCapas = [
+        [line[3:] for line in exchange[i + 2 : exchange.index("S: .", i)]]
+        for i, line in enumerate(exchange)
+        if line == "C: CAPA"
+    ]
+    assert len(shownCapas) == 2, exchange
+    secondSTLS = exchange[[i for i, line in enumerate(exchange) if line == "C: STLS"][1] + 1]
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    client = poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
+    plain = client._longcmd("CAPA")[1]
+    client.stls(context=context)
+    secured = client._longcmd("CAPA")[1]
+    with pytest.raises(poplib.error_proto) as refused:
+        client._shortcmd("STLS")
+    assert f"S: {refused.value.args[0].decode()}" == secondSTLS
+    client.quit()
+    assert shownCapas == [[c.decode() for c in plain], [c.decode() for c in secured]]
+
+    # The implicit-TLS session typed into openssl s_client.
+    session = block("$ openssl s_client -quiet -crlf -connect 127.0.0.1:1995")
+    typed = session[session.index(next(s for s in session if s.startswith("+OK POP3"))) + 1 :]
+    assert len(typed) == 6, session
+    raw = socket.create_connection(("127.0.0.1", secure), timeout=TIMEOUT)
+    with (
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+        tls.makefile("rb") as reader,
+    ):
+        assert reader.readline().startswith(b"+OK POP3 server ready <")
+        for sent, expected in zip(typed[::2], typed[1::2], strict=True):
+            tls.sendall(sent.encode() + b"\r\n")
+            assert reader.readline().decode().rstrip("\r\n") == expected, sent
+
+    # The poplib session, as a doctest, on this server's port.
+    text = "\n".join(block(".. code-block:: pycon")) + "\n"
+    text = text.replace('cafile="cert.pem"', f'cafile="{tmp_path / "cert.pem"}"')
+    text = re.sub(r'"localhost", 1110', f'"localhost", {port}', text)
+    test = doctest.DocTestParser().get_doctest(text, {}, "tls", str(TLS_PAGE), 0)
+    assert len(test.examples) >= 7, text
+    runner = doctest.DocTestRunner(optionflags=doctest.REPORT_NDIFF)
+    report: list[str] = []
+    runner.run(test, out=report.append)
+    assert runner.summarize(verbose=False).failed == 0, "".join(report)

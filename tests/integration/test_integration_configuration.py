@@ -5,8 +5,10 @@ stderr, a non-zero exit status, no traceback.
 
 from __future__ import annotations
 
+import shlex
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,33 @@ def test_address_in_use_one_line(tmp_path, twistd):
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines[-1].startswith("popserv: error:"), output
+
+
+OPERATING = Path(__file__).resolve().parents[2] / "docs" / "operating.rst"
+
+
+def _documentedErrors() -> list[tuple[str, str]]:
+    """
+    The commands and the error lines operating.rst shows under
+    "Configuration errors".
+    """
+    text = OPERATING.read_text().split("Configuration errors\n", 1)[1]
+    block = text.split(".. code-block:: console\n", 1)[1].split("\n\n")[0]
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) >= 2 and len(lines) % 2 == 0, block
+    return [(shown[2:], error) for shown, error in zip(lines[::2], lines[1::2], strict=True)]
+
+
+@pytest.mark.parametrize("command, error", _documentedErrors())
+def test_documented_errors(command, error, tmp_path, twistd):
+    """
+    Each example of operating.rst's "Configuration errors" gives exactly
+    the line and the exit status the page says.
+    """
+    argv = shlex.split(command)
+    assert argv[:3] == ["twistd", "-n", "popserv"], command
+    result = subprocess.run(
+        [*twistd, *argv[1:]], capture_output=True, cwd=tmp_path, timeout=30, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == error

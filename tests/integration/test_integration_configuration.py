@@ -140,3 +140,28 @@ def test_documented_errors(command, error, tmp_path, twistd):
     )
     assert result.returncode == 1
     assert result.stderr.decode().strip() == error
+
+
+CAPABILITIES = OPERATING.with_name("capabilities.rst")
+
+
+def test_documented_policy_file_error(tmp_path, twistd):
+    """
+    capabilities.rst's example of a mistake in the policy file: its first
+    lines, then "bob expire=soon" as the second line the page names, give
+    the error line the page shows.
+    """
+    text = CAPABILITIES.read_text().split("Per-user values\n", 1)[1]
+    example = text.split("::\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert example[0].strip().startswith("#"), example
+    assert "a second line ``bob expire=soon``" in text
+    (tmp_path / "policy").write_text(f"{example[1].strip()}\nbob expire=soon\n")
+    console = text.split(".. code-block:: console\n", 1)[1].split("\n\n")[0]
+    command, error = (line.strip() for line in console.splitlines() if line.strip())
+    argv = shlex.split(command.removeprefix("$ "))
+    assert argv[:3] == ["twistd", "-n", "popserv"], command
+    result = subprocess.run(
+        [*twistd, *argv[1:]], capture_output=True, cwd=tmp_path, timeout=30, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == error

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import socket
 import textwrap
-from pathlib import Path
 
 import pytest
 from certificates import CertificateAuthority
 from processes import TIMEOUT
+from transcripts import DOCS, replay, transcripts
 
 pytestmark = pytest.mark.integration
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "capabilities.rst"
+PAGE = DOCS / "capabilities.rst"
 
 #: The message behind "1 messages (114 octets)", as tls.rst's example shows
 #: it, stored with LF line ends.
@@ -27,47 +27,6 @@ ONE_MESSAGE = (
 )
 #: The two messages behind "2 messages (47 octets)".
 TWO_MESSAGES = (b"Subject: one\n\nfirst\n", b"Subject: two\n\nsecond\n")
-
-GREETING = "+OK POP3 server ready <"
-
-
-def transcripts() -> list[list[str]]:
-    """
-    Every client-server exchange on the page, in order: the text blocks
-    whose lines are "C: " and "S: " lines.
-    """
-    found = []
-    for part in PAGE.read_text().split(".. code-block:: text\n")[1:]:
-        lines = []
-        for line in part.lstrip("\n").splitlines():
-            if not line.startswith("   "):
-                break
-            lines.append(line[3:])
-        if lines and all(line.startswith(("C: ", "S: ")) or line == "S:" for line in lines):
-            found.append(lines)
-    return found
-
-
-def replay(port: int, transcript: list[str]) -> None:
-    """
-    Play the client's side of C{transcript} on a new connection and check
-    the server's, line by line.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        received = sock.makefile("rb")
-        if not transcript[0].startswith(f"S: {GREETING}"):
-            assert received.readline().startswith(GREETING.encode())
-        for number, line in enumerate(transcript, 1):
-            if line.startswith("C: "):
-                sock.sendall(line[3:].encode() + b"\r\n")
-                continue
-            got = received.readline()
-            assert got.endswith(b"\r\n"), (number, got)
-            text, expected = got[:-2].decode(), line[3:]
-            if expected.startswith(GREETING):
-                assert text.startswith(GREETING) and text.endswith("@popserv>"), text
-            else:
-                assert text == expected, f"line {number} of {transcript}"
 
 
 def policyFile() -> str:
@@ -80,7 +39,7 @@ def policyFile() -> str:
 
 @pytest.fixture
 def exchanges() -> list[list[str]]:
-    shown = transcripts()
+    shown = transcripts("capabilities")
     assert len(shown) == 6, shown
     return shown
 

@@ -468,7 +468,7 @@ class TestTwistd:
         (checker,) = options["credCheckers"]
         assert isinstance(checker, PasswdFileChecker)
         service = makeService(options)
-        (listener,) = list(service)
+        listener, _ = list(service)  # and the HeapFreezer
         (chain,) = set(listener.factory.portal.checkers.values())
         assert isinstance(chain, CheckerChain)
         assert chain.checkers == [checker]

@@ -4,6 +4,7 @@ Tests for popserv.tap: the twistd popserv options and service.
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
 from popserv.maildir import MaildirStore
-from popserv.tap import CertificateReloader, Options, makeService
+from popserv.tap import CertificateReloader, HeapFreezer, Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -61,7 +62,8 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         "900",
     )
     service = makeService(options)
-    children = list(service)
+    *children, freezer = list(service)
+    assert isinstance(freezer, HeapFreezer)
     assert len(children) == 2
     assert all(isinstance(c, StreamServerEndpointService) for c in children)
     assert all(c._raiseSynchronously for c in children)
@@ -130,6 +132,27 @@ def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
     assert "memory:" in out
 
 
+def test_heapFrozenLastAtStart() -> None:
+    """
+    The service's last step of starting puts every object made so far out
+    of the garbage collector's reach (gc.freeze), so full collections no
+    longer walk the modules; until it starts, nothing is frozen.
+    """
+    options = parse(
+        "--listen", "tcp:0:interface=127.0.0.1", "--auth", "memory:a:b", "--mailstore", "memory"
+    )
+    freezer = list(makeService(options))[-1]
+    assert isinstance(freezer, HeapFreezer)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        freezer.startService()
+        assert gc.get_freeze_count() > 10_000
+        assert freezer.running
+    finally:
+        gc.unfreeze()
+
+
 def test_helpReadsCleanly() -> None:
     """
     Each option's help is a sentence or two that Twisted's usage text
@@ -172,8 +195,8 @@ def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
         "memory",
     )
     service = makeService(options)
-    children = list(service)
-    plain, implicit, own, reloader = children
+    plain, implicit, own, reloader, freezer = list(service)
+    assert isinstance(freezer, HeapFreezer)
     factory = plain.factory
     assert factory.tls is options["tls"]
     assert isinstance(implicit.factory, TLSMemoryBIOFactory)
@@ -205,7 +228,7 @@ def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
         str(server.key),
     )
     assert options["endpoints"][0][1:] == (options["tls"], True)
-    listener, reloader = makeService(options)
+    listener, reloader, _ = makeService(options)  # and the HeapFreezer
     wrapped = listener.factory.wrappedFactory
     assert isinstance(wrapped, TLSMemoryBIOFactory)
     assert wrapped.wrappedFactory.tls is options["tls"]

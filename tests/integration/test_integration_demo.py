@@ -7,7 +7,6 @@ and the examples of docs/quickstart.rst, run against it.
 
 from __future__ import annotations
 
-import doctest
 import os
 import poplib
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from clients import require_program
+from docpages import runSession, shown
 from processes import TIMEOUT, waitForOutput
 
 from popserv.demo import MESSAGES
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.integration
 
 #: The checkout: tests/integration/this file -> the repository root.
 CHECKOUT = Path(__file__).resolve().parents[2]
-QUICKSTART = CHECKOUT / "docs" / "quickstart.rst"
 
 
 def freePort() -> int:
@@ -114,37 +113,6 @@ def test_demoTLS(tmp_path: Path) -> None:
         checkDemoMaildrop(client)
 
 
-def shownAfter(command: str) -> list[str]:
-    """
-    The output quickstart.rst shows for the console command that starts
-    with C{command}: the lines after it, up to the next command or the end
-    of the block.
-    """
-    lines = QUICKSTART.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"$ {command}"))
-    shown = []
-    for line in lines[start + 1 :]:
-        if not line.startswith("   ") or line.strip().startswith("$"):
-            break
-        shown.append(line[3:])
-    assert shown, command
-    return shown
-
-
-def pyconBlock() -> str:
-    """
-    The interactive Python session quickstart.rst shows, as a doctest.
-    """
-    text = QUICKSTART.read_text()
-    after = text.split(".. code-block:: pycon\n", 1)[1].splitlines()[1:]
-    block = []
-    for line in after:
-        if line and not line.startswith("   "):
-            break
-        block.append(line[3:])
-    return "\n".join(block).strip() + "\n"
-
-
 def test_quickstartExamples(tmp_path: Path) -> None:
     """
     What quickstart.rst shows for curl and poplib is what they get from
@@ -161,14 +129,7 @@ def test_quickstartExamples(tmp_path: Path) -> None:
             result = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=True)
             return result.stdout.decode().splitlines()
 
-        assert curl("") == shownAfter("curl pop3://127.0.0.1:1110/ -u demo:demo ")
-        first, more = shownAfter("curl pop3://127.0.0.1:1110/2 -u demo:demo ")
+        assert curl("") == shown("quickstart", "curl pop3://127.0.0.1:1110/ -u demo:demo ")
+        first, more = shown("quickstart", "curl pop3://127.0.0.1:1110/2 -u demo:demo ")
         assert (curl("2")[0], more) == (first, "...")
-
-        session = pyconBlock().replace('"127.0.0.1", 1110', f'"127.0.0.1", {port}')
-        assert f"{port}, timeout=30" in session
-        test = doctest.DocTestParser().get_doctest(session, {}, "quickstart", str(QUICKSTART), 0)
-        runner = doctest.DocTestRunner(optionflags=doctest.REPORT_NDIFF)
-        report: list[str] = []
-        runner.run(test, out=report.append)
-        assert runner.summarize(verbose=False).failed == 0, "".join(report)
+        runSession("quickstart", {'"127.0.0.1", 1110': f'"127.0.0.1", {port}'})

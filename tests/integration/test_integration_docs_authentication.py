@@ -14,8 +14,8 @@ import hmac
 import itertools
 
 import pytest
+from docpages import replay, transcripts
 from test_integration_docs_capabilities import ONE_MESSAGE
-from transcripts import replay, transcripts
 
 pytestmark = pytest.mark.integration
 

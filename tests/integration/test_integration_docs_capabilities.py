@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 from certificates import CertificateAuthority
+from docpages import DOCS, replay, transcripts
 from processes import TIMEOUT
-from transcripts import DOCS, replay, transcripts
 
 pytestmark = pytest.mark.integration
 

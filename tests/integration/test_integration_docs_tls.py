@@ -8,64 +8,19 @@ getting is what they get.
 
 from __future__ import annotations
 
-import doctest
 import poplib
-import re
 import shlex
 import socket
 import ssl
 import subprocess
-from pathlib import Path
 
 import pytest
 from clients import require_program
+from docpages import block, command, runSession, shown
 from processes import TIMEOUT
 from test_integration_tls import tlsPort
 
 pytestmark = pytest.mark.integration
-
-TLS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "tls.rst"
-
-
-def block(after: str, following: str | None = None) -> list[str]:
-    """
-    The lines of the indented block that follows the first line of tls.rst
-    containing C{after} (a directive, or a console command), to the end of
-    the block or, after a command, to the next command; with C{following},
-    the first line containing that after it.
-    """
-    lines = TLS_PAGE.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if after in line)
-    if following is not None:
-        start = next(i for i in range(start, len(lines)) if following in lines[i])
-        after = following
-    shown: list[str] = []
-    for line in lines[start + 1 :]:
-        if line and not line.startswith("   "):
-            break
-        if line.startswith("   $") and shown and not after.startswith(".."):
-            break
-        shown.append(line[3:])
-    while shown and not shown[0]:
-        shown.pop(0)
-    while shown and not shown[-1]:
-        shown.pop()
-    return shown
-
-
-def command(prefix: str) -> str:
-    """
-    The console command of tls.rst that starts with C{prefix}, its
-    continuation lines joined.
-    """
-    lines = TLS_PAGE.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"$ {prefix}"))
-    text = lines[start].strip()[2:]
-    for line in lines[start + 1 :]:
-        if not text.endswith("\\"):
-            break
-        text = text[:-1] + " " + line.strip()
-    return text
 
 
 def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> None:
@@ -77,13 +32,13 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
     """
     require_program("openssl")
     require_program("curl")
-    argv = shlex.split(command("openssl req"))
+    argv = shlex.split(command("tls", "openssl req"))
     subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, check=True)
     # The message the page's curl example retrieves, stored with LF line
     # ends as a delivery agent writes it.
-    retrieved = block("$ curl --cacert cert.pem --ssl-reqd pop3://localhost:1110/1")
+    retrieved = shown("tls", "curl --cacert cert.pem --ssl-reqd pop3://localhost:1110/1")
     deliver(maildir, "\n".join(retrieved).encode() + b"\n")
-    twistd = command("twistd -n --pidfile= popserv --listen tcp:1110")
+    twistd = command("tls", "twistd -n --pidfile= popserv --listen tcp:1110")
     options = twistd.split(" popserv ", 1)[1].split()
     assert options[:4] == ["--listen", "tcp:1110", "--listen", "ssl:1995"], twistd
     assert options[-2:] == ["--mailstore", "'maildir:/tmp/mail/{user}'"], twistd
@@ -100,13 +55,13 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
         done = subprocess.run(full, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, check=True)
         return done.stdout.decode().splitlines()
 
-    assert curl("--cacert", "cert.pem", f"pop3s://localhost:{secure}/") == block(
-        "$ curl --cacert cert.pem pop3s://localhost:1995/"
+    assert curl("--cacert", "cert.pem", f"pop3s://localhost:{secure}/") == shown(
+        "tls", "curl --cacert cert.pem pop3s://localhost:1995/"
     )
     assert curl("--cacert", "cert.pem", "--ssl-reqd", f"pop3://localhost:{port}/1") == retrieved
 
     # CAPA before and after STLS, as the page's exchange shows them.
-    exchange = block("What went over the wire", ".. code-block:: text")
+    exchange = block("tls", ".. code-block:: text", after="What went over the wire")
     shownCapas = [
         [line[3:] for line in exchange[i + 2 : exchange.index("S: .", i)]]
         for i, line in enumerate(exchange)
@@ -126,7 +81,7 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
     assert shownCapas == [[c.decode() for c in plain], [c.decode() for c in secured]]
 
     # The implicit-TLS session typed into openssl s_client.
-    session = block("$ openssl s_client -quiet -crlf -connect 127.0.0.1:1995")
+    session = shown("tls", "openssl s_client -quiet -crlf -connect 127.0.0.1:1995")
     typed = session[session.index(next(s for s in session if s.startswith("+OK POP3"))) + 1 :]
     assert len(typed) == 6, session
     raw = socket.create_connection(("127.0.0.1", secure), timeout=TIMEOUT)
@@ -140,12 +95,10 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
             assert reader.readline().decode().rstrip("\r\n") == expected, sent
 
     # The poplib session, as a doctest, on this server's port.
-    text = "\n".join(block(".. code-block:: pycon")) + "\n"
-    text = text.replace('cafile="cert.pem"', f'cafile="{tmp_path / "cert.pem"}"')
-    text = re.sub(r'"localhost", 1110', f'"localhost", {port}', text)
-    test = doctest.DocTestParser().get_doctest(text, {}, "tls", str(TLS_PAGE), 0)
-    assert len(test.examples) >= 7, text
-    runner = doctest.DocTestRunner(optionflags=doctest.REPORT_NDIFF)
-    report: list[str] = []
-    runner.run(test, out=report.append)
-    assert runner.summarize(verbose=False).failed == 0, "".join(report)
+    runSession(
+        "tls",
+        {
+            'cafile="cert.pem"': f'cafile="{tmp_path / "cert.pem"}"',
+            '"localhost", 1110': f'"localhost", {port}',
+        },
+    )

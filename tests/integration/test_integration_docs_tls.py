@@ -92,7 +92,7 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
         assert reader.readline().startswith(b"+OK POP3 server ready <")
         for sent, expected in zip(typed[::2], typed[1::2], strict=True):
             tls.sendall(sent.encode() + b"\r\n")
-            assert reader.readline().decode().rstrip("\r\n") == expected, sent
+            assert reader.readline() == expected.encode() + b"\r\n", sent
 
     # The poplib session, as a doctest, on this server's port.
     runSession(

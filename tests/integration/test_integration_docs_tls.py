@@ -51,7 +51,11 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
     port, secure = server.port, tlsPort(server)
 
     def curl(*argv: str) -> list[str]:
-        full = ["curl", "-sS", "--max-time", str(int(TIMEOUT)), *argv, "-u", "alice:secret"]
+        # "localhost", as on the page, for the certificate's name; always
+        # 127.0.0.1, wherever else a host's localhost may point.
+        resolve = ["--resolve", f"localhost:{port}:127.0.0.1"]
+        resolve += ["--resolve", f"localhost:{secure}:127.0.0.1"]
+        full = ["curl", "-sS", "-m", str(int(TIMEOUT)), *resolve, *argv, "-u", "alice:secret"]
         done = subprocess.run(full, cwd=tmp_path, capture_output=True, timeout=TIMEOUT, check=True)
         return done.stdout.decode().splitlines()
 
@@ -99,6 +103,7 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
         "tls",
         {
             'cafile="cert.pem"': f'cafile="{tmp_path / "cert.pem"}"',
-            '"localhost", 1110': f'"localhost", {port}',
+            # The certificate names 127.0.0.1 too.
+            '"localhost", 1110': f'"127.0.0.1", {port}',
         },
     )

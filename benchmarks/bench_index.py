@@ -70,6 +70,7 @@ from suite.data import (
     messageFiles,
     readMessageFiles,
 )
+from suite.data import makeMaildir as makeSuiteMaildir
 from suite.procfs import pinned
 
 INDEX_FILES = ("popserv.index", "popserv.index.tmp")
@@ -224,12 +225,10 @@ def benchParts(maildir: str, options: argparse.Namespace) -> Figures:
         subdir: os.open(os.path.join(maildir, subdir), os.O_RDONLY | os.O_DIRECTORY)
         for subdir in ("new", "cur")
     }
-    files = [
-        (i, directories[os.path.basename(os.path.dirname(path))], os.path.basename(path))
-        for i, (_, path) in enumerate(messageFiles(maildir))
-    ]
+    files = []
     contents = []
-    for _, path in messageFiles(maildir):
+    for i, (name, path) in enumerate(messageFiles(maildir)):
+        files.append((i, directories[os.path.basename(os.path.dirname(path))], name))
         with open(path, "rb") as f:
             contents.append(f.read(1 << 16))  # what a login's first read takes
     buffer = bytearray(1 << 16)
@@ -330,8 +329,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         began = time.perf_counter()
         if options.data == "suite":
-            for subdir in ("tmp", "new", "cur"):
-                os.makedirs(os.path.join(maildir, subdir), mode=0o700)
+            makeSuiteMaildir(root, USER)
             fillMaildir(maildir, USER, [options.size] * options.count, options.seed, False)
         else:
             makeMaildir(maildir, options.count, options.size, options.cur_share, options.utf8_every)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import doctest
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from processes import TIMEOUT
@@ -76,15 +77,35 @@ def command(page: str, prefix: str) -> str:
     return joined
 
 
-def block(page: str, directive: str, after: str | None = None) -> list[str]:
+def blocks(page: str, directive: str, after: str | None = None) -> Iterator[list[str]]:
     """
-    The lines of the first C{directive} block of C{page} (e.g. ".. code-block::
-    text"), or of the first after a line containing C{after}.
+    The lines of each C{directive} block of C{page} (e.g. ".. code-block::
+    text"), in order; with C{after}, only those after the first line that
+    contains it.
     """
     text = lines(page)
     start = 0 if after is None else next(i for i, line in enumerate(text) if after in line)
-    start = next(i for i in range(start, len(text)) if text[i].strip() == directive)
-    return _indented(text[start + 1 :], stopAtCommand=False)
+    for i in range(start, len(text)):
+        if text[i].strip() == directive:
+            yield _indented(text[i + 1 :], stopAtCommand=False)
+
+
+def block(page: str, directive: str, after: str | None = None) -> list[str]:
+    """
+    The first of L{blocks}.
+    """
+    return next(blocks(page, directive, after))
+
+
+def literal(page: str, after: str) -> list[str]:
+    """
+    The lines of the first literal block ("...::" and an indented block)
+    of C{page} after the first line that contains C{after}.
+    """
+    text = lines(page)
+    start = next(i for i, line in enumerate(text) if after in line)
+    end = next(i for i in range(start, len(text)) if text[i].endswith("::"))
+    return _indented(text[end + 1 :], stopAtCommand=False)
 
 
 def runSession(page: str, replacements: dict[str, str]) -> None:
@@ -112,15 +133,10 @@ def transcripts(page: str) -> list[list[str]]:
     decodes to (kept, and skipped by L{replay}).
     """
     found = []
-    for part in (DOCS / f"{page}.rst").read_text().split(".. code-block:: text\n")[1:]:
-        lines = []
-        for line in part.lstrip("\n").splitlines():
-            if not line.startswith("   "):
-                break
-            lines.append(line[3:])
-        exchange = [line for line in lines if not line.lstrip().startswith("# ")]
+    for shown in blocks(page, ".. code-block:: text"):
+        exchange = [line for line in shown if not line.lstrip().startswith("# ")]
         if exchange and all(line[:2] in ("C:", "S:") for line in exchange):
-            found.append(lines)
+            found.append(shown)
     return found
 
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from docpages import block, lines, literal
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,19 @@ def test_address_in_use_one_line(tmp_path, twistd):
     assert lines[-1].startswith("popserv: error:"), output
 
 
-OPERATING = Path(__file__).resolve().parents[2] / "docs" / "operating.rst"
+def _runDocumented(command: str, directory: Path, twistd: list[str]) -> str:
+    """
+    Run a twistd command as a page shows it ("$ twistd -n popserv ...")
+    with the twistd under test; it must fail with status 1, and its standard
+    error is returned.
+    """
+    argv = shlex.split(command.removeprefix("$ "))
+    assert argv[:3] == ["twistd", "-n", "popserv"], command
+    result = subprocess.run(
+        [*twistd, *argv[1:]], capture_output=True, cwd=directory, timeout=30, check=False
+    )
+    assert result.returncode == 1
+    return result.stderr.decode().strip()
 
 
 def _documentedErrors() -> list[tuple[str, str]]:
@@ -120,11 +133,9 @@ def _documentedErrors() -> list[tuple[str, str]]:
     The commands and the error lines operating.rst shows under
     "Configuration errors".
     """
-    text = OPERATING.read_text().split("Configuration errors\n", 1)[1]
-    block = text.split(".. code-block:: console\n", 1)[1].split("\n\n")[0]
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
-    assert len(lines) >= 2 and len(lines) % 2 == 0, block
-    return [(shown[2:], error) for shown, error in zip(lines[::2], lines[1::2], strict=True)]
+    shown = block("operating", ".. code-block:: console", after="Configuration errors")
+    assert len(shown) >= 2 and len(shown) % 2 == 0, shown
+    return list(zip(shown[::2], shown[1::2], strict=True))
 
 
 @pytest.mark.parametrize("command, error", _documentedErrors())
@@ -133,16 +144,7 @@ def test_documented_errors(command, error, tmp_path, twistd):
     Each example of operating.rst's "Configuration errors" gives exactly
     the line and the exit status the page says.
     """
-    argv = shlex.split(command)
-    assert argv[:3] == ["twistd", "-n", "popserv"], command
-    result = subprocess.run(
-        [*twistd, *argv[1:]], capture_output=True, cwd=tmp_path, timeout=30, check=False
-    )
-    assert result.returncode == 1
-    assert result.stderr.decode().strip() == error
-
-
-CAPABILITIES = OPERATING.with_name("capabilities.rst")
+    assert _runDocumented(command, tmp_path, twistd) == error
 
 
 def test_documented_policy_file_error(tmp_path, twistd):
@@ -151,17 +153,9 @@ def test_documented_policy_file_error(tmp_path, twistd):
     lines, then "bob expire=soon" as the second line the page names, give
     the error line the page shows.
     """
-    text = CAPABILITIES.read_text().split("Per-user values\n", 1)[1]
-    example = text.split("::\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert example[0].strip().startswith("#"), example
-    assert "a second line ``bob expire=soon``" in text
-    (tmp_path / "policy").write_text(f"{example[1].strip()}\nbob expire=soon\n")
-    console = text.split(".. code-block:: console\n", 1)[1].split("\n\n")[0]
-    command, error = (line.strip() for line in console.splitlines() if line.strip())
-    argv = shlex.split(command.removeprefix("$ "))
-    assert argv[:3] == ["twistd", "-n", "popserv"], command
-    result = subprocess.run(
-        [*twistd, *argv[1:]], capture_output=True, cwd=tmp_path, timeout=30, check=False
-    )
-    assert result.returncode == 1
-    assert result.stderr.decode().strip() == error
+    example = literal("capabilities", "Per-user values")
+    assert example[0].startswith("#"), example
+    assert "a second line ``bob expire=soon``" in " ".join(lines("capabilities"))
+    (tmp_path / "policy").write_text(f"{example[1]}\nbob expire=soon\n")
+    command, error = block("capabilities", ".. code-block:: console", after="Per-user values")
+    assert _runDocumented(command, tmp_path, twistd) == error

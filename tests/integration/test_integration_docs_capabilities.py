@@ -8,16 +8,13 @@ timestamp aside, which differs every time).
 from __future__ import annotations
 
 import socket
-import textwrap
 
 import pytest
 from certificates import CertificateAuthority
-from docpages import DOCS, replay, transcripts
+from docpages import literal, replay, transcripts
 from processes import TIMEOUT
 
 pytestmark = pytest.mark.integration
-
-PAGE = DOCS / "capabilities.rst"
 
 #: The message behind "1 messages (114 octets)", as tls.rst's example shows
 #: it, stored with LF line ends.
@@ -33,8 +30,7 @@ def policyFile() -> str:
     """
     The policy file the page shows under "Per-user values".
     """
-    text = PAGE.read_text().split("Per-user values\n", 1)[1]
-    return textwrap.dedent(text.split("::\n\n", 1)[1].split("\n\n", 1)[0]) + "\n"
+    return "\n".join(literal("capabilities", "Per-user values")) + "\n"
 
 
 @pytest.fixture
@@ -100,27 +96,19 @@ def test_utf8(exchanges, start_server, maildir_root, deliver) -> None:
     replay(server.port, exchanges[5])
 
 
-def literalAfter(text: str, marker: str) -> list[str]:
-    """
-    The lines of the literal block that ends the paragraph containing
-    C{marker} ("...::").
-    """
-    block = text.split(marker, 1)[1].split("::\n\n", 1)[1].split("\n\n", 1)[0]
-    return textwrap.dedent(block).splitlines()
-
-
 def test_downgradedHeader(start_server, maildir_root, maildir, deliver) -> None:
     """
     The page's stored UTF-8 header reaches a client that did not send UTF8
     as the page shows it, and LIST gives the size of what RETR sends.
     """
-    text = PAGE.read_text()
-    stored = literalAfter(text, "For example, this stored")
-    shown = literalAfter(text, "reaches a client that did not send")
+    stored = literal("capabilities", "For example, this stored")
+    shown = literal("capabilities", "reaches a client that did not send")
     deliver(maildir, ("\n".join(stored) + "\n\nHallo!\n").encode())
     server = start_server(f"maildir:{maildir_root}/{{user}}")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        received = sock.makefile("rb")
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock,
+        sock.makefile("rb") as received,
+    ):
         sock.sendall(b"USER alice\r\nPASS secret\r\nLIST 1\r\nRETR 1\r\nQUIT\r\n")
         # The greeting, USER, PASS, LIST 1 and RETR 1's status line.
         replies = [received.readline() for _ in range(5)]

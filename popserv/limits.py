@@ -8,10 +8,17 @@ The penalty is Dovecot's: after a failed login from an address, the next
 attempt from that address waits 2 seconds before it is even checked, then
 4, 8, up to 15; a successful login, or an hour without failures, clears it.
 Other addresses are never slowed.
+
+The per-address connection limit leaves out this machine's own addresses
+by default (L{Exemptions}), as Postfix's per-client limits leave out
+C{$mynetworks}: everything that reaches popserv through a proxy on the same
+host (stunnel, a webmail front end) comes from 127.0.0.1, and would
+otherwise share one address's allowance.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections import OrderedDict, deque
@@ -23,6 +30,77 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from popserv.clock import reactorTime
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: How the protocol names the source of a connection over a UNIX socket.
+UNIX_PEER = "unix"
+
+
+@dataclass(frozen=True)
+class Exemptions:
+    """
+    Source addresses whose connections the per-address limit does not
+    refuse (the total limit still counts them).
+
+    @ivar local: whether this machine's own connections are exempt: from a
+        loopback address (127.0.0.0/8, ::1) or over a UNIX socket.
+    @ivar networks: more exempt networks.
+
+    An IPv4 address written as an IPv6 one (C{::ffff:127.0.0.1}, from a
+    dual-stack listener) is judged as the IPv4 address.
+    """
+
+    local: bool = True
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Exemptions:
+        """
+        From the C{--per-address-exempt} syntax: C{local} and networks
+        (C{10.0.0.0/8}; single addresses allowed), comma-separated, or
+        C{none} alone.
+
+        @raise ValueError: an item is none of those.
+        """
+        items = [item.strip() for item in text.split(",")]
+        if items == ["none"]:
+            return cls(local=False)
+        local = False
+        networks: list[Network] = []
+        for item in items:
+            if item == "local":
+                local = True
+            elif item in ("", "none"):
+                raise ValueError(
+                    f"{text!r}: give 'local' and networks, comma-separated, or 'none' alone"
+                )
+            else:
+                try:
+                    networks.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    raise ValueError(f"{item!r} is not a network, nor 'local' or 'none'") from None
+        return cls(local, tuple(networks))
+
+    def __contains__(self, address: object) -> bool:
+        if address == UNIX_PEER:
+            return self.local
+        if not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self.local and ip.is_loopback:
+            return True
+        return any(ip in network for network in self.networks)
+
+    def __str__(self) -> str:
+        # As the option is written: twistd --help shows the default so.
+        items = ["local"] if self.local else []
+        return ",".join(items + [str(network) for network in self.networks]) or "none"
 
 
 def _defaultConcurrentLogins() -> int:
@@ -46,6 +124,8 @@ class Limits:
     @ivar maxConnections: connections the server accepts at once.
     @ivar maxConnectionsPerAddress: connections one source address may have
         at once.
+    @ivar perAddressExempt: addresses that L{maxConnectionsPerAddress} does
+        not apply to; by default this machine's own (L{Exemptions}).
     @ivar loginTimeout: seconds a client has to log in (the RFC 1939
         ten-minute autologout applies after login).
     @ivar stallTimeout: seconds a message transfer may make no progress
@@ -63,6 +143,7 @@ class Limits:
     maxBadCommands: int = 20
     maxConnections: int = 1000
     maxConnectionsPerAddress: int = 20
+    perAddressExempt: Exemptions = Exemptions()
     loginTimeout: float = 60.0
     stallTimeout: float = 300.0
     concurrentLogins: int = field(default_factory=_defaultConcurrentLogins)
@@ -237,10 +318,16 @@ class ConnectionCounter:
         """
         if self.total >= self.limits.maxConnections:
             return "Too many connections, try again later"
-        if self._perAddress.get(address, 0) >= self.limits.maxConnectionsPerAddress:
+        count = self._perAddress.get(address, 0)
+        if (
+            count >= self.limits.maxConnectionsPerAddress
+            and address not in self.limits.perAddressExempt
+        ):
+            # (Asked only at the limit: parsing the address is the dearest
+            # step here, and most addresses never reach it.)
             return "Too many connections from your address"
         self.total += 1
-        self._perAddress[address] = self._perAddress.get(address, 0) + 1
+        self._perAddress[address] = count + 1
         return None
 
     def release(self, address: str) -> None:

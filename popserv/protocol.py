@@ -50,7 +50,7 @@ from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, MaildropInUse, POP3Error
 from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo, column
-from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
+from popserv.limits import UNIX_PEER, ConnectionCounter, Limits, LoginGate, PenaltyBox
 from popserv.policy import SitePolicy
 from popserv.realm import LoginMind
 from popserv.sasl import (
@@ -1075,7 +1075,7 @@ def _addressOf(peer: IAddress) -> str:
     "unix" for a UNIX socket.
     """
     host = getattr(peer, "host", None)
-    return host if isinstance(host, str) else "unix"
+    return host if isinstance(host, str) else UNIX_PEER
 
 
 def _decodeBase64(data: bytes) -> bytes:

@@ -29,7 +29,7 @@ from popserv.certauth import ICertificateCredentials
 from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
 from popserv.errors import StoreConfigError
-from popserv.limits import Limits
+from popserv.limits import Exemptions, Limits
 from popserv.mailstores import findStoreFactories, makeStore
 from popserv.policy import (
     DirectoryHistory,
@@ -75,6 +75,18 @@ def _networks(value: str) -> list[Any]:
 
 
 _networks.coerceDoc = "Networks in CIDR notation."  # type: ignore[attr-defined]
+
+
+def _exemptions(value: str) -> Exemptions:
+    try:
+        return Exemptions.parse(value)
+    except ValueError as e:
+        raise ValueError(f"--per-address-exempt: {e}") from None
+
+
+_exemptions.coerceDoc = (  # type: ignore[attr-defined]
+    "'local' (loopback and UNIX sockets) and networks in CIDR notation, or 'none'."
+)
 
 
 def _count(option: str) -> Callable[[str], int]:
@@ -184,6 +196,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             Limits.maxConnectionsPerAddress,
             "Connections one client address may have at once.",
             _count("max-connections-per-address"),
+        ],
+        [
+            "per-address-exempt",
+            None,
+            Limits.perAddressExempt,
+            "Addresses that --max-connections-per-address does not limit "
+            "(comma-separated), such as a proxy on this machine that all "
+            "clients come through",
+            _exemptions,
         ],
         [
             "max-auth-failures",
@@ -417,6 +438,7 @@ def makeService(options: Options) -> IService:
             stallTimeout=options["stall-timeout"],
             maxConnections=options["max-connections"],
             maxConnectionsPerAddress=options["max-connections-per-address"],
+            perAddressExempt=options["per-address-exempt"],
             maxAuthFailures=options["max-auth-failures"],
             concurrentLogins=options["concurrent-logins"] or Limits().concurrentLogins,
         ),

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from protocol_helpers import Session, SlowChecker
 from synchronous import FakeTime
 from test_protocol import PausingTransport
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from popserv.limits import ConnectionCounter, Limits, LoginGate, PenaltyBox
+from popserv.limits import ConnectionCounter, Exemptions, Limits, LoginGate, PenaltyBox
 
 FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
@@ -63,6 +64,69 @@ def test_connectionCounter() -> None:
     assert counter.admit("c") == "Too many connections, try again later"
     counter.release("a")
     assert counter.admit("a") is None
+
+
+def test_exemptionsLocal() -> None:
+    """
+    By default this machine's own connections are exempt from the
+    per-address limit: loopback, IPv4 or IPv6 or IPv4 written as IPv6, and
+    UNIX sockets; nothing else.
+    """
+    local = Exemptions()
+    for address in ("127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1", "unix"):
+        assert address in local, address
+    for address in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "10.0.0.1", "", "local"):
+        assert address not in local, address
+    assert str(local) == "local"
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside", "written"),
+    [
+        ("none", [], ["127.0.0.1", "::1", "unix"], "none"),
+        ("10.0.0.0/8", ["10.1.2.3", "::ffff:10.0.0.1"], ["127.0.0.1", "unix"], "10.0.0.0/8"),
+        ("local,192.0.2.7", ["unix", "192.0.2.7"], ["192.0.2.8"], "local,192.0.2.7/32"),
+        (" 2001:db8::/32 ,local", ["2001:db8::5", "::1"], ["2001:db9::"], "local,2001:db8::/32"),
+    ],
+)
+def test_exemptionsParse(text: str, inside: list[str], outside: list[str], written: str) -> None:
+    """
+    The option's syntax: 'local' and networks, or 'none' alone; written
+    back as the option would be.
+    """
+    exempt = Exemptions.parse(text)
+    assert [a for a in inside if a not in exempt] == []
+    assert [a for a in outside if a in exempt] == []
+    assert str(exempt) == written
+    assert Exemptions.parse(written) == exempt
+
+
+@pytest.mark.parametrize("text", ["", "local,", "none,local", "10.0.0.0/33", "localhost"])
+def test_exemptionsParseRefuses(text: str) -> None:
+    """
+    Anything else is refused, with the item that is wrong.
+    """
+    with pytest.raises(ValueError, match=r"is not a network|give 'local'"):
+        Exemptions.parse(text)
+
+
+def test_connectionCounterExempt() -> None:
+    """
+    An exempt address is not refused at the per-address limit, but still
+    counts towards the total.
+    """
+    limits = Limits(maxConnections=4, maxConnectionsPerAddress=1)
+    counter = ConnectionCounter(limits)
+    assert [counter.admit("127.0.0.1") for _ in range(3)] == [None, None, None]
+    assert counter.admit("192.0.2.1") is None
+    assert counter.admit("127.0.0.1") == "Too many connections, try again later"
+    counter.release("192.0.2.1")
+    assert counter.admit("192.0.2.2") is None
+    strict = ConnectionCounter(
+        Limits(maxConnectionsPerAddress=1, perAddressExempt=Exemptions(False))
+    )
+    assert strict.admit("127.0.0.1") is None
+    assert strict.admit("127.0.0.1") == "Too many connections from your address"
 
 
 def test_trust() -> None:
@@ -233,15 +297,31 @@ class TestProtocol:
         A connection over the per-address limit gets -ERR [SYS/TEMP] and is
         closed at once; other addresses are not affected.
         """
-        first = Session(limits=Limits(maxConnectionsPerAddress=1))
-        second = Session(factory=first.factory)
+        first = Session(peer="192.0.2.1", limits=Limits(maxConnectionsPerAddress=1))
+        second = Session(peer="192.0.2.1", factory=first.factory)
         assert second.greeting == (b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
         assert second.transport.disconnecting
         second.protocol.connectionLost(None)
-        other = Session(peer="127.0.0.2", factory=first.factory)
+        other = Session(peer="192.0.2.2", factory=first.factory)
         assert other.greeting.startswith(b"+OK")
         first.protocol.connectionLost(None)
-        assert Session(factory=first.factory).greeting.startswith(b"+OK")
+        assert Session(peer="192.0.2.1", factory=first.factory).greeting.startswith(b"+OK")
+
+    def test_connectionsPerAddressLocal(self) -> None:
+        """
+        Connections from this machine are not limited per address by
+        default (a proxy on the same host brings everyone from 127.0.0.1),
+        and are when the exemption is taken away.
+        """
+        first = Session(limits=Limits(maxConnectionsPerAddress=1))
+        assert first.protocol.address == "127.0.0.1"
+        second = Session(factory=first.factory)
+        assert second.greeting.startswith(b"+OK")
+        strict = Session(
+            limits=Limits(maxConnectionsPerAddress=1, perAddressExempt=Exemptions(False))
+        )
+        refused = Session(factory=strict.factory)
+        assert refused.greeting == (b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
 
     def test_loginTimeout(self) -> None:
         """

@@ -377,3 +377,27 @@ def test_limitOptions() -> None:
         limits.maxAuthFailures,
     ) == (30, 120, 50, 5, 2)
     assert "--max-connections" in error(*base, "--max-connections", "0")
+
+
+def test_perAddressExemptOption() -> None:
+    """
+    --per-address-exempt reaches the limits: this machine's own addresses
+    by default, as written; a mistake names the option and the item.
+    """
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    exempt = next(iter(makeService(parse(*base)))).factory.limits.perAddressExempt
+    assert (str(exempt), "127.0.0.1" in exempt, "192.0.2.1" in exempt) == ("local", True, False)
+    options = parse(*base, "--per-address-exempt", "local, 192.0.2.0/24")
+    exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
+    assert str(exempt) == "local,192.0.2.0/24"
+    assert "192.0.2.1" in exempt and "198.51.100.1" not in exempt
+    options = parse(*base, "--per-address-exempt", "none")
+    exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
+    assert (str(exempt), "127.0.0.1" in exempt) == ("none", False)
+    assert error(*base, "--per-address-exempt", "local,10.0.0.300") == (
+        "popserv: error: Parameter type enforcement failed: --per-address-exempt: "
+        "'10.0.0.300' is not a network, nor 'local' or 'none'"
+    )
+    assert "--per-address-exempt: 'none,local': give" in error(
+        *base, "--per-address-exempt", "none,local"
+    )

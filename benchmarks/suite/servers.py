@@ -261,8 +261,9 @@ class Popserv(ServerAdapter):
     """
     popserv, started as an operator would: C{twistd -n --pidfile= popserv
     --listen tcp:0:interface=127.0.0.1 --auth memory:... --mailstore
-    maildir:ROOT/{user}}, plus connection limits raised for the load of
-    many sessions from one address (the defaults are 1,000 and 20).
+    maildir:ROOT/{user}}, plus C{--max-connections} raised above the
+    C{idle} scenario's sessions (the default is 1,000 in all).  The
+    per-address limit does not apply: the clients are on this machine.
     """
 
     name = "popserv"
@@ -299,8 +300,6 @@ class Popserv(ServerAdapter):
             "--mailstore",
             f"maildir:{mailroot}/{{user}}",
             "--max-connections",
-            limit,
-            "--max-connections-per-address",
             limit,
         ]
         if self.options.server_profile:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from bigmessage import block, expected_retr, read_retr
-from conftest import HOST, PASSWORD, USER, popserv_admin
+from conftest import HOST, PASSWORD, USER, RawClient, popserv_admin
 
 pytestmark = pytest.mark.integration
 
@@ -179,10 +179,9 @@ def test_burst_of_connects(start_server, maildir_root, maildir):
     50, beyond which SYNs are dropped and retried only after 1, 3, 7 s.
     Once the server runs again, every one of them is greeted.
     """
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        extra=["--max-connections-per-address", str(BURST)],
-    )
+    # No --max-connections-per-address: connections from this machine are
+    # not limited per address by default.
+    server = start_server(f"maildir:{maildir_root}/{{user}}")
     clients: list[socket.socket] = []
     os.kill(server.pid, signal.SIGSTOP)
     try:
@@ -203,3 +202,27 @@ def test_burst_of_connects(start_server, maildir_root, maildir):
     finally:
         for client in clients:
             client.close()
+
+
+def test_per_address_limit_and_local_clients(start_server, maildir_root, maildir):
+    """
+    The real server with --max-connections-per-address 2: five clients on
+    127.0.0.1 are all served, as from a proxy on this machine, while with
+    --per-address-exempt none the third gets -ERR [SYS/TEMP] and is closed.
+    """
+    store = f"maildir:{maildir_root}/{{user}}"
+    for exempt, served in (([], 5), (["--per-address-exempt", "none"], 2)):
+        server = start_server(store, extra=["--max-connections-per-address", "2", *exempt])
+        clients = [RawClient(server.port) for _ in range(5)]
+        try:
+            greetings = [client.greeting for client in clients]
+            assert all(g.startswith(b"+OK ") for g in greetings[:served]), greetings
+            assert greetings[served:] == [
+                b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
+            ] * (5 - served)
+            for client in clients[served:]:
+                assert client.sock.recv(100) == b""  # closed by the server
+            assert clients[0].command(b"USER alice") == b"+OK Send PASS\r\n"
+        finally:
+            for client in clients:
+                client.sock.close()

@@ -225,3 +225,47 @@ def rawSession(port: int, commands: bytes) -> bytes:
             if time.monotonic() > deadline:
                 break
     pytest.fail("the server did not close the connection in time")
+
+
+def test_embeddingLimits() -> None:
+    """
+    embedding.rst's entry for C{limits=} gives the defaults that
+    L{Limits} has, and its example makes a factory with the limits it
+    describes.
+    """
+    from twisted.cred.portal import Portal
+
+    from popserv import POP3ServerFactory
+    from popserv.limits import Exemptions, Limits
+    from popserv.memorystore import MemoryStore
+    from popserv.realm import MaildropRealm
+
+    text = (DOCS / "embedding.rst").read_text()
+    entry = text.split("``limits=Limits()``\n", 1)[1].split("\nPut together", 1)[0]
+    stated = dict(re.findall(r"``(\w+)=([\d.]+)``", " ".join(entry.split())))
+    assert set(stated) == {
+        "penaltyInitial",
+        "penaltyMaximum",
+        "penaltyForget",
+        "maxBadCommands",
+        "trustFor",
+    }
+    defaults = Limits()
+    assert {name: float(value) for name, value in stated.items()} == {
+        name: float(getattr(defaults, name)) for name in stated
+    }
+    assert "``Exemptions(local=True, networks=())``" in entry
+    assert defaults.perAddressExempt == Exemptions(local=True, networks=())
+    code = entry.split(".. code-block:: python\n", 1)[1].split("\n   Default:", 1)[0]
+    namespace = {
+        "POP3ServerFactory": POP3ServerFactory,
+        "portal": Portal(MaildropRealm(MemoryStore())),
+    }
+    exec(  # noqa: S102 (the documentation's own example)
+        compile("\n".join(line[6:] for line in code.splitlines()), "embedding.rst", "exec"),
+        namespace,
+    )
+    limits = namespace["factory"].limits
+    assert limits.maxConnections == 5000
+    assert "192.0.2.10" in limits.perAddressExempt and "127.0.0.1" in limits.perAddressExempt
+    assert "192.0.2.11" not in limits.perAddressExempt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import doctest
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,14 +141,15 @@ def transcripts(page: str) -> list[list[str]]:
     return found
 
 
-def replay(port: int, transcript: list[str]) -> None:
+def replay(port: int, transcript: list[str], tls: ssl.SSLContext | None = None) -> None:
     """
     Play the client's side of C{transcript} on a new connection to
     127.0.0.1 and check the server's, line by line: exactly, CRLF-ended,
-    but for the greeting's timestamp.
+    but for the greeting's timestamp.  With C{tls}, over implicit TLS
+    (RFC 8314) made with that context.
     """
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
+        _connect(port, tls) as sock,
         sock.makefile("rb") as received,
     ):
         if not transcript[0].startswith(f"S: {GREETING}"):
@@ -173,3 +175,14 @@ def replay(port: int, transcript: list[str]) -> None:
                 assert (text == GREETING) == (expected == GREETING), (text, expected)
             else:
                 assert text == expected, f"line {number} of {transcript}"
+
+
+def _connect(port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname="127.0.0.1")
+    except BaseException:
+        sock.close()
+        raise

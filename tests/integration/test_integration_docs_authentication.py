@@ -1,9 +1,10 @@
 """
 The sessions docs/authentication.rst shows: every "# " note says what the
-base64 above it decodes to; the APOP and CRAM-MD5 examples are the digests
-their own timestamp and challenge give with alice's password; and the
-sessions that do not depend on a fresh challenge (PLAIN, LOGIN) replay
-exactly against a real server with alice's one message.
+base64 above it decodes to; the APOP, CRAM-MD5 and SCRAM examples are what
+their own timestamp, challenge or nonces give with alice's password; and
+the sessions that do not depend on a fresh challenge (PLAIN, LOGIN, the
+refused SCRAM attempts over TLS, EXTERNAL with a client certificate)
+replay exactly against a real server with alice's one message.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import hmac
 import itertools
 
 import pytest
+from certificates import CertificateAuthority
 from docpages import replay, transcripts
 from test_integration_docs_capabilities import ONE_MESSAGE
+from test_integration_tls import HOST, context, tlsPort
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +83,116 @@ def test_replay(first, start_server, maildir_root, maildir, deliver) -> None:
     deliver(maildir, ONE_MESSAGE)
     server = start_server(f"maildir:{maildir_root}/{{user}}")
     replay(server.port, sessions()[first])
+
+
+def _scram(session: list[str]) -> dict[str, bytes]:
+    """
+    The messages of a SCRAM exchange, from the notes under its lines.
+    """
+    notes = [line.lstrip()[2:] for line in session if line.lstrip().startswith("# ")]
+    clientFirst, serverFirst, clientFinal, serverFinal = notes
+    return {
+        "clientFirst": clientFirst.encode(),
+        "serverFirst": serverFirst.encode(),
+        "clientFinal": clientFinal.encode(),
+        "serverFinal": serverFinal.encode(),
+    }
+
+
+def _attributes(message: bytes) -> dict[bytes, bytes]:
+    return dict(item.split(b"=", 1) for item in message.split(b","))
+
+
+@pytest.mark.parametrize("first", ["AUTH SCRAM-SHA-256 ", "AUTH SCRAM-SHA-256-PLUS cD10bHMtc2Vy"])
+def test_scramProofs(first: str) -> None:
+    """
+    Each SCRAM example is an exchange that alice's password gives (RFC
+    5802 section 3, SHA-256 per RFC 7677): the client's proof and the
+    server's signature over the messages shown, the server's nonce
+    extending the client's, and the channel-binding attribute starting
+    with the client's GS2 header.
+    """
+    session = next(v for k, v in sessions().items() if k.startswith(first))
+    messages = _scram(session)
+    flag, authorization, bare = messages["clientFirst"].split(b",", 2)
+    header = flag + b"," + authorization + b","
+    server = _attributes(messages["serverFirst"])
+    final = _attributes(messages["clientFinal"])
+    assert server[b"r"].startswith(_attributes(bare)[b"r"]) and final[b"r"] == server[b"r"]
+    assert base64.b64decode(final[b"c"]).startswith(header)
+    withoutProof = messages["clientFinal"].rsplit(b",p=", 1)[0]
+    authMessage = bare + b"," + messages["serverFirst"] + b"," + withoutProof
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", PASSWORD, base64.b64decode(server[b"s"]), int(server[b"i"])
+    )
+    clientKey = hmac.new(salted, b"Client Key", "sha256").digest()
+    storedKey = hashlib.sha256(clientKey).digest()
+    signature = hmac.new(storedKey, authMessage, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
+    assert base64.b64encode(proof) == final[b"p"]
+    serverKey = hmac.new(salted, b"Server Key", "sha256").digest()
+    verifier = hmac.new(serverKey, authMessage, "sha256").digest()
+    assert messages["serverFinal"] == b"v=" + base64.b64encode(verifier)
+
+
+@pytest.fixture
+def ca(tmp_path):
+    (tmp_path / "ca").mkdir()
+    return CertificateAuthority(tmp_path / "ca")
+
+
+def test_scramRefusalsOverTLS(ca, start_server, maildir_root, maildir, deliver) -> None:
+    """
+    The refused SCRAM attempts (an unknown binding type, binding required,
+    a downgrade) replay over implicit TLS, as the page says they happen.
+    """
+    deliver(maildir, ONE_MESSAGE)
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        extra=[
+            "--tls-cert",
+            str(cert.certificate),
+            "--tls-key",
+            str(cert.key),
+            "--listen",
+            f"ssl:0:interface={HOST}",
+        ],
+    )
+    replay(
+        tlsPort(server),
+        sessions()["AUTH SCRAM-SHA-256-PLUS cD10bHMtdW5pcXVlLCxuPWFsaWNlLHI9YWJj"],
+        context(ca),
+    )
+
+
+@pytest.mark.parametrize(
+    "first", ["AUTH EXTERNAL =", "AUTH EXTERNAL", "AUTH EXTERNAL Ym9iQGV4YW1wbGUub3Jn"]
+)
+def test_externalReplay(first, ca, start_server, maildir_root, deliver) -> None:
+    """
+    The EXTERNAL sessions replay over implicit TLS with a client
+    certificate for email:alice@example.org from the client CA, and
+    --auth cert, as the page sets them up.
+    """
+    mailbox = maildir_root / "alice@example.org"
+    for sub in ("tmp", "new", "cur"):
+        (mailbox / sub).mkdir(parents=True)
+    deliver(mailbox, ONE_MESSAGE)
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        auth=["cert"],
+        extra=[
+            "--tls-cert",
+            str(cert.certificate),
+            "--tls-key",
+            str(cert.key),
+            "--tls-client-ca",
+            str(ca.files.certificate),
+            "--listen",
+            f"ssl:0:interface={HOST}",
+        ],
+    )
+    alice = ca.issue("alice", ["alice@example.org"], filename="alice")
+    replay(tlsPort(server), sessions()[first], context(ca, alice))

@@ -29,9 +29,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from popserv.addresses import Network, inNetworks
 from popserv.clock import reactorTime
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: How the protocol names the source of a connection over a UNIX socket.
 UNIX_PEER = "unix"
@@ -85,17 +84,7 @@ class Exemptions:
     def __contains__(self, address: object) -> bool:
         if address == UNIX_PEER:
             return self.local
-        if not isinstance(address, str):
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if self.local and ip.is_loopback:
-            return True
-        return any(ip in network for network in self.networks)
+        return isinstance(address, str) and inNetworks(address, self.networks, self.local)
 
     def __str__(self) -> str:
         # As the option is written: twistd --help shows the default so.

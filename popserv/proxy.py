@@ -17,7 +17,6 @@ without a word.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -33,29 +32,14 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from popserv.addresses import Network, inNetworks, parseNetworks
 from popserv.clock import reactorTime
+
+__all__ = ["MAX_HEADER", "ProxyHeaderWrapper", "ProxyWrappingFactory", "parseNetworks"]
 
 #: The longest header accepted: v1 is at most 107 octets; v2 may carry TLVs,
 #: but nothing popserv needs comes near this.
 MAX_HEADER = 4096
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parseNetworks(text: str) -> list[Network]:
-    """
-    Comma-separated networks (C{10.0.0.0/8,::1}); single addresses allowed.
-
-    @raise ValueError: one is not a network.
-    """
-    networks: list[Network] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part:
-            networks.append(ipaddress.ip_network(part, strict=False))
-    if not networks:
-        raise ValueError("no networks given")
-    return networks
 
 
 class ProxyHeaderWrapper(ProtocolWrapper):
@@ -193,13 +177,7 @@ class ProxyWrappingFactory(WrappingFactory["ProxyHeaderWrapper"]):
 
     def trusts(self, peer: IAddress) -> bool:
         host = getattr(peer, "host", None)
-        if not isinstance(host, str):
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
+        return isinstance(host, str) and inNetworks(host, self.trusted)
 
     def logPrefix(self) -> str:
         return f"{self.wrappedFactory.__class__.__name__} (PROXY)"

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from popserv.addresses import parseNetworks
 from popserv.certauth import ICertificateCredentials
 from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
@@ -41,7 +42,7 @@ from popserv.policy import (
     parseSeconds,
 )
 from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
-from popserv.proxy import ProxyWrappingFactory, parseNetworks
+from popserv.proxy import ProxyWrappingFactory
 from popserv.realm import MaildropRealm
 from popserv.scram import IScramSHA256Credentials
 from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from protocol_helpers import Session
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -105,6 +105,21 @@ def test_headerTimeout() -> None:
     assert not transport.disconnecting
     clock.advance(0.1)
     assert transport.disconnecting
+
+
+def test_trustedProxyOnDualStackListener() -> None:
+    """
+    A dual-stack listener sees an IPv4 proxy as ::ffff:10.1.2.3; it is in
+    the trusted 10.0.0.0/8 all the same, and an IPv4 address outside it is
+    not trusted however it is written.
+    """
+    wrapping = ProxyWrappingFactory(
+        Session().factory, parseNetworks("10.0.0.0/8,fd00::/8"), reactor=Clock()
+    )
+    assert wrapping.trusts(IPv6Address("TCP", "::ffff:10.1.2.3", 40000))
+    assert wrapping.trusts(IPv6Address("TCP", "fd00::7", 40000))
+    assert not wrapping.trusts(IPv6Address("TCP", "::ffff:198.51.100.9", 40000))
+    assert not wrapping.trusts(UNIXAddress(b"/run/popserv.sock"))
 
 
 def test_parseNetworks() -> None:

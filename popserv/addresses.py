@@ -1,0 +1,49 @@
+"""
+Client addresses judged against networks: the proxies trusted to send a
+PROXY header (L{popserv.proxy}) and the addresses the per-address
+connection limit leaves out (L{popserv.limits.Exemptions}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parseNetworks(text: str) -> list[Network]:
+    """
+    Comma-separated networks (C{10.0.0.0/8,::1}); single addresses allowed.
+
+    @raise ValueError: one is not a network.
+    """
+    networks: list[Network] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part:
+            networks.append(ipaddress.ip_network(part, strict=False))
+    if not networks:
+        raise ValueError("no networks given")
+    return networks
+
+
+def inNetworks(host: str, networks: Iterable[Network], loopback: bool = False) -> bool:
+    """
+    Whether C{host}, an IP address as text (what C{IAddress.host} holds), is
+    in one of C{networks}, or, with C{loopback}, is a loopback address.
+    False for anything that is not an IP address.
+
+    An IPv4 address written as an IPv6 one (C{::ffff:10.0.0.5}: what a
+    dual-stack listener sees of an IPv4 client) is judged as the IPv4
+    address, as whoever wrote C{10.0.0.0/8} meant.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if loopback and address.is_loopback:
+        return True
+    return any(address in network for network in networks)

@@ -15,10 +15,9 @@ import hmac
 import itertools
 
 import pytest
-from certificates import CertificateAuthority
 from docpages import replay, transcripts
 from test_integration_docs_capabilities import ONE_MESSAGE
-from test_integration_tls import HOST, context, tlsPort
+from test_integration_tls import context, startExternalServer, startTLSServer
 
 pytestmark = pytest.mark.integration
 
@@ -135,35 +134,15 @@ def test_scramProofs(first: str) -> None:
     assert messages["serverFinal"] == b"v=" + base64.b64encode(verifier)
 
 
-@pytest.fixture
-def ca(tmp_path):
-    (tmp_path / "ca").mkdir()
-    return CertificateAuthority(tmp_path / "ca")
-
-
 def test_scramRefusalsOverTLS(ca, start_server, maildir_root, maildir, deliver) -> None:
     """
     The refused SCRAM attempts (an unknown binding type, binding required,
     a downgrade) replay over implicit TLS, as the page says they happen.
     """
     deliver(maildir, ONE_MESSAGE)
-    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        extra=[
-            "--tls-cert",
-            str(cert.certificate),
-            "--tls-key",
-            str(cert.key),
-            "--listen",
-            f"ssl:0:interface={HOST}",
-        ],
-    )
-    replay(
-        tlsPort(server),
-        sessions()["AUTH SCRAM-SHA-256-PLUS cD10bHMtdW5pcXVlLCxuPWFsaWNlLHI9YWJj"],
-        context(ca),
-    )
+    server = startTLSServer(start_server, maildir_root, ca)
+    refusals = sessions()["AUTH SCRAM-SHA-256-PLUS cD10bHMtdW5pcXVlLCxuPWFsaWNlLHI9YWJj"]
+    replay(server.tlsPort, refusals, context(ca))
 
 
 @pytest.mark.parametrize(
@@ -175,24 +154,6 @@ def test_externalReplay(first, ca, start_server, maildir_root, deliver) -> None:
     certificate for email:alice@example.org from the client CA, and
     --auth cert, as the page sets them up.
     """
-    mailbox = maildir_root / "alice@example.org"
-    for sub in ("tmp", "new", "cur"):
-        (mailbox / sub).mkdir(parents=True)
-    deliver(mailbox, ONE_MESSAGE)
-    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        auth=["cert"],
-        extra=[
-            "--tls-cert",
-            str(cert.certificate),
-            "--tls-key",
-            str(cert.key),
-            "--tls-client-ca",
-            str(ca.files.certificate),
-            "--listen",
-            f"ssl:0:interface={HOST}",
-        ],
-    )
+    server = startExternalServer(start_server, maildir_root, ca, deliver, ONE_MESSAGE)
     alice = ca.issue("alice", ["alice@example.org"], filename="alice")
-    replay(tlsPort(server), sessions()[first], context(ca, alice))
+    replay(server.tlsPort, sessions()[first], context(ca, alice))

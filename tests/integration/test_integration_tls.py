@@ -14,7 +14,6 @@ import socket
 import ssl
 import struct
 import time
-from pathlib import Path
 
 import pytest
 from certificates import CertificateAuthority, Issued
@@ -45,33 +44,44 @@ def context(ca: CertificateAuthority, client: Issued | None = None) -> ssl.SSLCo
     return ctx
 
 
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority(tmp_path)
+def startTLSServer(start_server, maildir_root, ca, auth=None, clientCA: bool = False):
+    """
+    A server for C{maildir:ROOT/{user}} with STLS on its tcp: listener and
+    implicit TLS on a second, ssl: one, both with a certificate from C{ca}
+    for 127.0.0.1 (C{server.cert}; the ssl: port is C{server.tlsPort});
+    with C{clientCA}, accepting client certificates from C{ca}.
+    """
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    extra = ["--tls-cert", str(cert.certificate), "--tls-key", str(cert.key)]
+    if clientCA:
+        extra += ["--tls-client-ca", str(ca.files.certificate)]
+    extra += ["--listen", f"ssl:0:interface={HOST}"]
+    options = {} if auth is None else {"auth": auth}
+    server = start_server(f"maildir:{maildir_root}/{{user}}", extra=extra, **options)
+    server.tlsPort = tlsPort(server)
+    server.cert = cert
+    return server
+
+
+def startExternalServer(start_server, maildir_root, ca, deliver, message: bytes):
+    """
+    A server accepting client certificates from C{ca} (C{--auth cert}),
+    with C{message} for alice@example.org.
+    """
+    mailbox = maildir_root / "alice@example.org"
+    for sub in ("tmp", "new", "cur"):
+        (mailbox / sub).mkdir(parents=True)
+    deliver(mailbox, message)
+    return startTLSServer(start_server, maildir_root, ca, auth=["cert"], clientCA=True)
 
 
 @pytest.fixture
 def tls_server(start_server, maildir_root, maildir, deliver, ca):
     """
-    A server with STLS on its tcp: listener and implicit TLS on a second,
-    ssl: one, both with a certificate for 127.0.0.1.
+    A server with STLS and implicit TLS (L{startTLSServer}) and one message.
     """
     deliver(maildir, b"Subject: over TLS\r\n\r\nsecret body\r\n")
-    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        extra=[
-            "--tls-cert",
-            str(cert.certificate),
-            "--tls-key",
-            str(cert.key),
-            "--listen",
-            f"ssl:0:interface={HOST}",
-        ],
-    )
-    server.tlsPort = tlsPort(server)
-    server.cert = cert
-    return server
+    return startTLSServer(start_server, maildir_root, ca)
 
 
 def test_stls(tls_server, ca):
@@ -159,27 +169,8 @@ def external_server(start_server, maildir_root, ca, deliver):
     """
     A server accepting client certificates from the test CA (--auth cert).
     """
-    mailbox = maildir_root / "alice@example.org"
-    for sub in ("tmp", "new", "cur"):
-        (mailbox / sub).mkdir(parents=True)
-    deliver(mailbox, b"Subject: for the certificate\r\n\r\nhi\r\n")
-    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        auth=["cert"],
-        extra=[
-            "--tls-cert",
-            str(cert.certificate),
-            "--tls-key",
-            str(cert.key),
-            "--tls-client-ca",
-            str(ca.files.certificate),
-            "--listen",
-            f"ssl:0:interface={HOST}",
-        ],
-    )
-    server.tlsPort = tlsPort(server)
-    return server
+    message = b"Subject: for the certificate\r\n\r\nhi\r\n"
+    return startExternalServer(start_server, maildir_root, ca, deliver, message)
 
 
 def external(server, ctx, authzid: bytes) -> bytes:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import poplib
 import shlex
-import socket
 import ssl
 import subprocess
 
 import pytest
 from clients import require_program
-from docpages import block, command, runSession, shown
+from docpages import block, command, replay, runSession, shown
 from processes import TIMEOUT
 from test_integration_tls import tlsPort
 
@@ -86,17 +85,14 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
 
     # The implicit-TLS session typed into openssl s_client.
     session = shown("tls", "openssl s_client -quiet -crlf -connect 127.0.0.1:1995")
-    typed = session[session.index(next(s for s in session if s.startswith("+OK POP3"))) + 1 :]
+    greeting = session.index(next(s for s in session if s.startswith("+OK POP3")))
+    typed = session[greeting + 1 :]
     assert len(typed) == 6, session
-    raw = socket.create_connection(("127.0.0.1", secure), timeout=TIMEOUT)
-    with (
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-        tls.makefile("rb") as reader,
-    ):
-        assert reader.readline().startswith(b"+OK POP3 server ready <")
-        for sent, expected in zip(typed[::2], typed[1::2], strict=True):
-            tls.sendall(sent.encode() + b"\r\n")
-            assert reader.readline() == expected.encode() + b"\r\n", sent
+    # The greeting (with its APOP timestamp), then what was typed and what
+    # came back, as a session to replay over TLS.
+    transcript = [f"S: {session[greeting]}"]
+    transcript += [f"{'CS'[i % 2]}: {line}" for i, line in enumerate(typed)]
+    replay(secure, transcript, context)
 
     # The poplib session, as a doctest, on this server's port.
     runSession(

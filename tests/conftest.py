@@ -1,6 +1,7 @@
 """
-Shared pytest configuration: make the helper modules in tests/ importable,
-and the fixtures that watch the Maildir store's file work.
+Shared pytest configuration: make the helper modules in tests/ importable;
+the fixtures that watch the Maildir store's file work, and a throw-away
+certificate authority.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from certificates import CertificateAuthority  # found through the path above
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    """
+    A throw-away certificate authority in the test's directory.
+    """
+    return CertificateAuthority(tmp_path)
 
 
 @pytest.fixture

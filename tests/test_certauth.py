@@ -5,18 +5,10 @@ log in as (SASL EXTERNAL).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from certificates import CertificateAuthority
 from cryptography import x509
 
 from popserv.certauth import userForCertificate
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority(tmp_path)
 
 
 def load(ca: CertificateAuthority, sans: list[str]) -> x509.Certificate:

@@ -165,11 +165,6 @@ def test_helpReadsCleanly() -> None:
     assert ".." not in usage.replace("...", "")
 
 
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority(tmp_path)
-
-
 def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
     """
     --tls-cert/--tls-key give STLS a certificate; an ssl: listener without

@@ -27,7 +27,6 @@ import pytest
 
 # tests/ and this directory are on sys.path while this conftest loads
 # (neither has an __init__.py).
-from certificates import CertificateAuthority
 from clients import Fetchmail, Getmail, Mpop, TestPKI, make_test_pki, require_program
 
 HOST = "127.0.0.1"
@@ -327,14 +326,6 @@ def big_files(maildir: Path) -> Iterator[Path]:
     for sub in ("new", "cur"):
         for path in (maildir / sub).iterdir():
             path.unlink()
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    """
-    A throw-away certificate authority in the test's directory.
-    """
-    return CertificateAuthority(tmp_path)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-from certificates import CertificateAuthority
 from docpages import literal, replay, transcripts
 from processes import TIMEOUT
 
@@ -41,14 +40,14 @@ def exchanges() -> list[list[str]]:
 
 
 def test_capaBeforeAndAfterLogin(
-    exchanges, tmp_path, start_server, maildir_root, maildir, deliver
+    exchanges, ca, start_server, maildir_root, maildir, deliver
 ) -> None:
     """
     The first session: a server with a certificate, asked over loopback
     without TLS, then after login.
     """
     deliver(maildir, ONE_MESSAGE)
-    cert = CertificateAuthority(tmp_path).issue("localhost", ["localhost", "127.0.0.1"])
+    cert = ca.issue("localhost", ["localhost", "127.0.0.1"])
     server = start_server(
         f"maildir:{maildir_root}/{{user}}",
         extra=["--tls-cert", str(cert.certificate), "--tls-key", str(cert.key)],

@@ -531,17 +531,23 @@ class POP3Protocol(LineOnlyReceiver):
         return self._saslStep(maybeDeferred(self._sasl.start, initial))
 
     def _saslResponse(self, line: bytes) -> Deferred[None] | None:
-        if line == b"*":
-            raise SASLCancelled()
         if self._saslFinal:
             # The client's answer to the server's final data must be empty
-            # (RFC 5034 section 4); only then is the login complete.
+            # (RFC 5034 section 4); only then is the login complete.  A
+            # client that cancels here ("*": say, a SCRAM client that could
+            # not verify the server's signature) is not logged in, and the
+            # maildrop opened for it is given back.
             self._saslFinal = False
             self._endSASL()
             if line:
                 self._release()
+                self.user = None
+                if line == b"*":
+                    raise SASLCancelled()
                 raise SASLError("Unexpected data after authentication")
             return self._open().addErrback(self._loginFailed)
+        if line == b"*":
+            raise SASLCancelled()
         assert self._sasl is not None
         return self._saslStep(maybeDeferred(self._sasl.respond, _decodeBase64(line)))
 
@@ -645,6 +651,9 @@ class POP3Protocol(LineOnlyReceiver):
         if self._lost:
             logout()
             return None
+        # A session holds one maildrop: every way back to AUTHORIZATION gave
+        # its maildrop back, or this one's logout would never be called.
+        assert self._logout is None
         self._maildrop, self._logout = maildrop, logout
         self.user = mind.user
         final = mechanism.serverFinal() if mechanism is not None else None
@@ -950,8 +959,38 @@ class POP3Protocol(LineOnlyReceiver):
         txn = self._txn()
         self.state = State.UPDATE
         self._queue.clear()
+        # From here the session is in UPDATE (RFC 1939 section 6): its
+        # deletions are applied even if the client hangs up before the
+        # reply, so the maildrop is held until they are over, however long
+        # EXPIRE's history takes to read (connectionLost waits for this).
         expiring = self.factory.policy.expired(self.user or "", txn.uids, self._retrieved or set())
-        return expiring.addCallback(self._update, txn)
+        expiring.addErrback(self._expiryFailed)
+        d: Deferred[None] = expiring.addCallback(self._update, txn)
+        d.addErrback(self._updateFailed)
+        self._deleting = d
+
+        def over(result: None) -> None:
+            self._deleting = None
+            return result
+
+        return d.addBoth(over)
+
+    def _expiryFailed(self, failure: Failure) -> set[int]:
+        # The history of retrievals could not be read or written: EXPIRE
+        # removes nothing this time (it will next time), and what the
+        # client deleted is still deleted.
+        self._log.failure(
+            "EXPIRE's history failed: only the messages marked with DELE are removed", failure
+        )
+        return set()
+
+    def _updateFailed(self, failure: Failure) -> None:
+        # Never left in UPDATE, holding the maildrop until the autologout.
+        self._log.failure("Applying the deletions failed", failure)
+        self._releaseBeforeBye()
+        self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
+        if not self._lost:
+            self.transport.loseConnection()
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:
         """
@@ -963,11 +1002,11 @@ class POP3Protocol(LineOnlyReceiver):
         if not indexes:
             self._releaseBeforeBye()
             self._send(replies.ok(f"Bye, {left} messages left"))
-            self.transport.loseConnection()
+            if not self._lost:
+                self.transport.loseConnection()
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)
-        self._deleting = d
 
         def deleted(_: None) -> None:
             self.record.dele = len(indexes)
@@ -985,7 +1024,6 @@ class POP3Protocol(LineOnlyReceiver):
                 self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
 
         def close(_: None) -> None:
-            self._deleting = None
             if not self._lost:
                 self.transport.loseConnection()
 

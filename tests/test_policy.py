@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from protocol_helpers import Session
 from synchronous import FakeTime, result, syncRun
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import capturedLogs
 
 from popserv.policy import (
     NEVER,
@@ -185,6 +187,103 @@ class TestExpire:
         s.login()
         s.command(b"RETR 1")
         assert s.command(b"QUIT") == b"+OK Bye, 1 messages left\r\n"
+
+
+class LateHistory:
+    """
+    A history whose answers come later, as L{DirectoryHistory}'s do from
+    its thread; or fail, as a full or unwritable state directory does.
+    """
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.pending: list[Deferred[dict[str, float]]] = []
+
+    def lastLogin(self, user: str) -> Deferred[float | None]:
+        return succeed(None)
+
+    def recordLogin(self, user: str, when: float) -> Deferred[None]:
+        return succeed(None)
+
+    def retrievals(self, user: str) -> Deferred[dict[str, float]]:
+        if self.error is not None:
+            return fail(self.error)
+        d: Deferred[dict[str, float]] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def saveRetrievals(self, user: str, times: dict[str, float]) -> Deferred[None]:
+        return succeed(None)
+
+
+class TestUpdateWithHistory:
+    def test_hangUpWhileHistoryRead(self) -> None:
+        """
+        A client that sends QUIT and closes at once still has its DELE
+        applied (it reached UPDATE, RFC 1939 section 6), though EXPIRE's
+        history was still being read when it left; the maildrop stays
+        locked until the deletions are over.
+        """
+        history = LateHistory()
+        s = session(SitePolicy(UserPolicy(expire=30), history=history))
+        s.memory.deliver("alice", b"one\r\n")
+        s.memory.deliver("alice", b"two\r\n")
+        s.login()
+        s.command(b"RETR 1")
+        s.command(b"DELE 2")
+        s.send(b"QUIT\r\n")
+        s.protocol.connectionLost(None)
+        assert "alice" in s.memory._locked
+        history.pending.pop().callback({})
+        assert s.memory.messages("alice") == [b"one\r\n"]
+        assert "alice" not in s.memory._locked
+        assert s.take() == b""
+
+    def test_historyFails(self) -> None:
+        """
+        If the history cannot be read at QUIT, EXPIRE removes nothing this
+        time, the messages marked with DELE are still removed, and the
+        session ends as usual rather than waiting in UPDATE for the
+        autologout.
+        """
+        history = LateHistory(OSError(28, "No space left on device"))
+        s = session(SitePolicy(UserPolicy(expire=30), history=history))
+        for body in (b"one\r\n", b"two\r\n"):
+            s.memory.deliver("alice", body)
+        s.login()
+        s.command(b"DELE 2")
+        with capturedLogs() as events:
+            assert s.command(b"QUIT") == b"+OK Bye, 1 deleted, 1 left\r\n"
+        assert s.transport.disconnecting
+        assert s.memory.messages("alice") == [b"one\r\n"]
+        assert "alice" not in s.memory._locked
+        [logged] = [e for e in events if "log_failure" in e]
+        assert logged["log_failure"].check(OSError)
+
+    def test_updateFails(self, monkeypatch: Any) -> None:
+        """
+        Whatever goes wrong in UPDATE, the session gives the maildrop back
+        and ends with an error, rather than waiting in UPDATE, locked, for
+        the autologout.
+        """
+        history = LateHistory()
+        s = session(SitePolicy(UserPolicy(expire=30), history=history))
+        s.memory.deliver("alice", b"one\r\n")
+        s.login()
+        s.command(b"DELE 1")
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(s.protocol, "_update", broken)
+        s.send(b"QUIT\r\n")
+        with capturedLogs() as events:
+            history.pending.pop().callback({})
+        assert s.take() == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
+        assert s.transport.disconnecting
+        assert "alice" not in s.memory._locked
+        [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert logged.getErrorMessage() == "a bug"
 
 
 def test_directoryHistory(tmp_path: Path) -> None:

@@ -299,6 +299,37 @@ class TestAuth:
         final = b"c=biws,r=" + nonce + b",p=" + b64(b"\0" * 32)
         assert s.command(b64(final)) == b"-ERR [AUTH] Authentication failed\r\n"
 
+    def test_scramCancelledAtServerFinal(self) -> None:
+        """
+        A client that answers the server's signature with "*" (one that
+        could not verify it) is not logged in, and the maildrop opened for
+        it is given back: it can log in again, in this session or another.
+        """
+        s = Session()
+        client = ScramClient("alice", "secret")
+        first = s.command(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        signature = s.command(b64(client.final(base64.b64decode(first[2:-2]))))
+        assert signature.startswith(b"+ ")
+        assert s.command(b"*") == b"-ERR Authentication cancelled\r\n"
+        assert s.command(b"STAT") == b"-ERR Command not valid in this state\r\n"
+        other = Session(store=s.memory)
+        assert other.login().startswith(b"+OK Logged in")
+        other.command(b"QUIT")
+        other.protocol.connectionLost(None)
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_dataAfterServerFinal(self) -> None:
+        """
+        Anything but an empty line after the server's signature is refused,
+        and the maildrop is given back.
+        """
+        s = Session()
+        client = ScramClient("alice", "secret")
+        first = s.command(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        s.command(b64(client.final(base64.b64decode(first[2:-2]))))
+        assert s.command(b"eA==") == b"-ERR Unexpected data after authentication\r\n"
+        assert s.login().startswith(b"+OK Logged in")
+
     def test_pipelinedAuth(self) -> None:
         """
         A response pipelined right behind AUTH is taken as the response.

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from twisted.cred.credentials import ICredentials, IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import (
@@ -42,6 +43,7 @@ from twisted.python.failure import Failure
 from popserv import audit, replies
 from popserv._version import __version__
 from popserv.audit import SessionRecord
+from popserv.backlog import socketOf, unsent, whenSent
 from popserv.capabilities import Facts, capabilities
 from popserv.clock import reactorTime
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
@@ -159,6 +161,9 @@ class POP3Protocol(LineOnlyReceiver):
     _badCommands = 0
     #: The session's inactivity timer, on the factory's shared Timeouts.
     _timeout: Timeout | None = None
+    #: The transport that writes to the socket, whose unsent octets hold
+    #: the next command (L{popserv.backlog}); None if it cannot be read.
+    _socket: FileDescriptor | None
 
     def __init__(self) -> None:
         # Lines that arrived while a command was answered (pipelining),
@@ -178,6 +183,7 @@ class POP3Protocol(LineOnlyReceiver):
         self._attempt = _NO_ATTEMPT
         self._turn = None
         self._busy = False
+        self._socket = None
         self._maildrop = None
         self._logout = None
         self.user = None
@@ -202,6 +208,7 @@ class POP3Protocol(LineOnlyReceiver):
             self._hangUp("too-many-connections")
             return
         self._counted = True
+        self._socket = socketOf(self.transport)
         _setNoDelay(self.transport)
         # Before login a client gets little time; the RFC 1939 ten-minute
         # autologout is for logged-in sessions.
@@ -301,6 +308,7 @@ class POP3Protocol(LineOnlyReceiver):
                 self.transport.pauseProducing()
             return
         self._run(line)
+        self._holdForOutput()
 
     def _run(self, line: bytes) -> None:
         if line is _LINE_TOO_LONG:
@@ -342,6 +350,31 @@ class POP3Protocol(LineOnlyReceiver):
 
     def _commandDone(self, _: object) -> None:
         self._busy = False
+        self._holdForOutput()
+        self._drain()
+
+    def _holdForOutput(self) -> None:
+        """
+        After a command: if the socket has not taken more of the replies
+        than the transport's buffer size, run nothing more (the session is
+        busy) until it has taken them all (L{popserv.backlog}).  A client
+        that sends commands and reads nothing then costs the server a reply
+        and a queue of lines, not all the replies it asks for.
+        """
+        socket = self._socket
+        if (
+            socket is None
+            or self._busy
+            or self._lost
+            or self.state is State.UPDATE
+            or unsent(socket) <= socket.bufferSize
+        ):
+            return
+        if whenSent(socket, self._outputSent):
+            self._busy = True
+
+    def _outputSent(self) -> None:
+        self._busy = False
         self._drain()
 
     def _drain(self) -> None:
@@ -354,6 +387,7 @@ class POP3Protocol(LineOnlyReceiver):
                     self._queue.clear()
                     break
                 self._run(self._queue.pop(0))
+                self._holdForOutput()
         finally:
             self._draining = False
         if self._readingPaused and not self._tooLong and len(self._queue) < MAX_QUEUED_LINES // 2:

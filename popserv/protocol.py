@@ -300,7 +300,12 @@ class POP3Protocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.state is State.UPDATE or self._lost or self._tooLong or self._discardInput:
             return
-        self.resetTimeout()
+        if self.state is State.TRANSACTION:
+            # The autologout counts from the last command (RFC 1939 section
+            # 3); the login timeout from the connection, so that commands
+            # that are no login (CAPA, a cancelled AUTH) cannot keep a
+            # connection that never logs in.
+            self.resetTimeout()
         if self._busy or self._queue:
             self._queue.append(line)
             if len(self._queue) >= MAX_QUEUED_LINES and not self._readingPaused:

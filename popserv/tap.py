@@ -174,7 +174,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "login-timeout",
             None,
             Limits.loginTimeout,
-            "Seconds a client has to log in.",
+            "Seconds a client has to log in, from its connection.",
             _seconds("login-timeout"),
         ],
         [

@@ -340,6 +340,31 @@ class TestProtocol:
         t.clock.advance(1)
         assert t.transport.disconnecting
 
+    def test_loginTimeoutIsADeadline(self) -> None:
+        """
+        The login timeout counts from the connection: commands that do not
+        log in (CAPA, an AUTH cancelled) do not extend it.  Once logged in,
+        every command starts the autologout again.
+        """
+        s = Session()
+        for _ in range(5):
+            s.clock.advance(11)
+            assert s.command(b"CAPA").startswith(b"+OK")
+            assert s.command(b"AUTH PLAIN") == b"+ \r\n"
+            assert s.command(b"*") == b"-ERR Authentication cancelled\r\n"
+        assert not s.transport.disconnecting
+        s.clock.advance(5)
+        assert s.transport.disconnecting
+        t = Session()
+        t.clock.advance(59)
+        t.login()
+        for _ in range(3):
+            t.clock.advance(599)
+            assert t.command(b"NOOP") == b"+OK\r\n"
+        assert not t.transport.disconnecting
+        t.clock.advance(600)
+        assert t.transport.disconnecting
+
     def test_stallTimeout(self) -> None:
         """
         A transfer the client stops reading ends after the stall timeout,

@@ -460,8 +460,9 @@ def makeService(options: Options) -> IService:
                 served, options["proxy-trusted"], timeout=options["proxy-timeout"]
             )
         Listener(description, endpoint, served).setServiceParent(top)
-    if certificates:
-        CertificateReloader(certificates).setServiceParent(top)
+    # Always: an operator's (or systemd's ExecReload's) SIGHUP must never
+    # kill the server, as the signal's default action would.
+    CertificateReloader(certificates).setServiceParent(top)
     # Last: what the services above make when they start is set up too.
     HeapFreezer().setServiceParent(top)
     return top
@@ -494,16 +495,26 @@ class HeapFreezer(Service):
 class CertificateReloader(Service):
     """
     Reloads the TLS certificates on SIGHUP; sessions already running keep
-    theirs, new ones get the new certificate.
+    theirs, new ones get the new certificate.  Without certificates SIGHUP
+    only logs that there is nothing to reload (password files are read
+    again as they change, without a signal).
     """
+
+    _log = Logger()
 
     def __init__(self, certificates: list[ReloadableTLS]) -> None:
         self.certificates = list({id(c): c for c in certificates}.values())
         self._previous: Any = None
 
     def reload(self) -> None:
+        if not self.certificates:
+            self._log.info("SIGHUP: no TLS certificate to reload")
         for certificate in self.certificates:
-            certificate.reload()
+            # A bad file is logged by reload() itself; anything else is a
+            # fault, logged here rather than lost with the Deferred.
+            certificate.reload().addErrback(
+                lambda failure: self._log.failure("Reloading a TLS certificate failed", failure)
+            )
 
     def startService(self) -> None:
         super().startService()

@@ -468,7 +468,7 @@ class TestTwistd:
         (checker,) = options["credCheckers"]
         assert isinstance(checker, PasswdFileChecker)
         service = makeService(options)
-        listener, _ = list(service)  # and the HeapFreezer
+        listener, _, _ = list(service)  # and the SIGHUP handler and HeapFreezer
         (chain,) = set(listener.factory.portal.checkers.values())
         assert isinstance(chain, CheckerChain)
         assert chain.checkers == [checker]

@@ -62,8 +62,10 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         "900",
     )
     service = makeService(options)
-    *children, freezer = list(service)
+    *children, reloader, freezer = list(service)
     assert isinstance(freezer, HeapFreezer)
+    # SIGHUP is always caught, with or without certificates to reload.
+    assert isinstance(reloader, CertificateReloader) and reloader.certificates == []
     assert len(children) == 2
     assert all(isinstance(c, StreamServerEndpointService) for c in children)
     assert all(c._raiseSynchronously for c in children)

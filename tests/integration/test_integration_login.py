@@ -1,6 +1,7 @@
 """
 Logging in to the real server: APOP and its greeting, the C{file:} checker,
-and the exclusive lock on a maildrop within and across server processes.
+the exclusive lock on a maildrop within and across server processes, and a
+SIGHUP that finds nothing to reload.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import poplib
 import re
+import signal
 import socket
 
 import pytest
@@ -235,3 +237,23 @@ def test_proxy_protocol(start_server, maildir_root, maildir, deliver):
 
     assert session("203.0.113.5").startswith(b"-ERR [AUTH] Plaintext")
     assert session("127.0.0.1") == b"+OK Send PASS\r\n+OK Logged in, 1 messages (17 octets)\r\n"
+
+
+def test_sighup_without_tls(server, maildir, deliver, wait_until):
+    """
+    SIGHUP to a server without a TLS certificate (an operator's habit, or
+    systemd's ExecReload) logs that there is nothing to reload, and the
+    server goes on serving: the signal's default action would end it.
+    """
+    deliver(maildir, b"Subject: hi\r\n\r\nhello\r\n")
+    server.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "SIGHUP: no TLS certificate to reload" in server.output())
+    assert server.process.poll() is None
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        assert client.stat() == (1, 22)
+        client.quit()
+    finally:
+        client.close()

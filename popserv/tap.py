@@ -532,6 +532,26 @@ class CertificateReloader(Service):
         return super().stopService()
 
 
+class StartFailed(SystemExit, Exception):
+    """
+    Start-up failed, and a line saying why was written.
+
+    A C{SystemExit} (status 1), so that C{twistd -n} ends without a
+    traceback; and an C{Exception}, so that a daemonizing twistd reports it
+    through the pipe its first process waits on, which then exits with
+    status 1 too.  Twisted catches only an C{Exception} there: the first
+    process, which holds the pipe's other end, would otherwise wait for
+    ever.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class Listener(StreamServerEndpointService):
     """
     Listens on one endpoint; if it cannot (address in use, no permission),
@@ -557,4 +577,4 @@ class Listener(StreamServerEndpointService):
             # none, so the log gets the line too.
             self._log.critical("{message}", message=message)
             print(message, file=sys.__stderr__, flush=True)
-            raise SystemExit(1) from None
+            raise StartFailed(message) from None

@@ -66,7 +66,7 @@ def test_configuration_error(case, tmp_path, twistd):
     assert lines[-1].startswith("popserv: error:"), output
 
 
-def _start_on_busy_port(tmp_path, twistd):
+def _start_on_busy_port(tmp_path, twistd, mode=("-n", "--pidfile=")):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -74,8 +74,7 @@ def _start_on_busy_port(tmp_path, twistd):
         return subprocess.run(
             [
                 *twistd,
-                "-n",
-                "--pidfile=",
+                *mode,
                 "popserv",
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
@@ -111,6 +110,22 @@ def test_address_in_use_one_line(tmp_path, twistd):
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines[-1].startswith("popserv: error:"), output
+
+
+def test_address_in_use_daemon(tmp_path, twistd):
+    """
+    Started as a daemon (no -n), twistd's first process reports the
+    failure and exits with status 1 rather than waiting for ever; the log
+    has the line.
+    """
+    log = tmp_path / "twistd.log"
+    mode = (f"--pidfile={tmp_path}/twistd.pid", f"--logfile={log}")
+    result = _start_on_busy_port(tmp_path, twistd, mode)
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode == 1, output
+    assert "popserv: error: cannot listen on tcp:" in output
+    assert "popserv: error: cannot listen on tcp:" in log.read_text()
+    assert not (tmp_path / "twistd.pid").exists()
 
 
 def _runDocumented(command: str, directory: Path, twistd: list[str]) -> str:

@@ -45,7 +45,7 @@ from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
 from popserv.proxy import ProxyWrappingFactory
 from popserv.realm import MaildropRealm
 from popserv.scram import IScramSHA256Credentials
-from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
+from popserv.tls import OPTION_NAMES, ReloadableTLS, TLSConfigError, TLSFiles
 
 DEFAULT_LISTEN = "tcp:110"
 
@@ -357,8 +357,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             return None
         if not (certificate and key):
             raise usage.UsageError("--tls-cert and --tls-key go together")
-        files = TLSFiles(certificate, key, self["tls-chain"], self["tls-client-ca"])
-        return _loadTLS(files, "--tls-cert")
+        files = TLSFiles(
+            certificate, key, self["tls-chain"], self["tls-client-ca"], names=OPTION_NAMES
+        )
+        return _loadTLS(files, None)
 
     def _endpoint(self, listen: str) -> tuple[Any, ReloadableTLS | None, bool]:
         # "proxy:" in front: the listener takes the HAProxy PROXY protocol.
@@ -394,17 +396,30 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         else:
             assert implicit.certificate is not None
             files = TLSFiles(
-                implicit.certificate, implicit.key, implicit.chain, self["tls-client-ca"]
+                implicit.certificate,
+                implicit.key,
+                implicit.chain,
+                self["tls-client-ca"],
+                names=ENDPOINT_NAMES,
             )
             tls = _loadTLS(files, f"--listen {description!r}")
         return _endpoint(implicit.tcp), tls
 
 
-def _loadTLS(files: TLSFiles, where: str) -> ReloadableTLS:
+#: How errors name the files of an ssl: listener with its own key.
+ENDPOINT_NAMES = {
+    "certificate": "certKey=",
+    "key": "privateKey=",
+    "chain": "extraCertChain=",
+    "clientCA": OPTION_NAMES["clientCA"],
+}
+
+
+def _loadTLS(files: TLSFiles, where: str | None) -> ReloadableTLS:
     try:
         return ReloadableTLS(files)
     except TLSConfigError as e:
-        raise usage.UsageError(f"{where}: {e}") from None
+        raise usage.UsageError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _endpoint(description: str) -> Any:

@@ -12,7 +12,7 @@ Twisted's other defaults (no compression, no renegotiation).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -38,6 +38,23 @@ class TLSConfigError(ValueError):
     """
 
 
+#: How errors name each of L{TLSFiles}' files, unless told otherwise.
+FILE_NAMES = {
+    "certificate": "certificate",
+    "key": "key",
+    "chain": "chain",
+    "clientCA": "client CA file",
+}
+
+#: How they are named when they come from the --tls-* options.
+OPTION_NAMES = {
+    "certificate": "--tls-cert",
+    "key": "--tls-key",
+    "chain": "--tls-chain",
+    "clientCA": "--tls-client-ca",
+}
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """
@@ -50,45 +67,57 @@ class TLSFiles:
     @ivar clientCA: optional PEM file of CA certificates; when given, clients
         may present a certificate, which must verify against them (for
         SASL EXTERNAL).  Clients without one can still connect.
+    @ivar names: what errors call each file (L{FILE_NAMES},
+        L{OPTION_NAMES}), with its path after.
     """
 
     certificate: str
     key: str
     chain: str | None = None
     clientCA: str | None = None
+    names: dict[str, str] = field(default_factory=lambda: FILE_NAMES, compare=False)
+
+    def _named(self, name: str) -> str:
+        label = self.names[name]
+        # "--tls-key /etc/key.pem", or as an endpoint names it, "privateKey=key.pem".
+        return (
+            f"{label}{getattr(self, name)}"
+            if label.endswith("=")
+            else f"{label} {getattr(self, name)}"
+        )
 
     def load(self) -> ssl.CertificateOptions:
         """
         Read the files and build the TLS options.
 
-        @raise TLSConfigError: a file is missing or unreadable, is not PEM,
-            or the key does not belong to the certificate.
+        @raise TLSConfigError: a file is missing or unreadable, holds no
+            certificate (or key) where it should, or the key does not belong
+            to the certificate; the message names the file.
         """
+        read: dict[str, bytes] = {}
+        for name in ("certificate", "key", "chain", "clientCA"):
+            path = getattr(self, name)
+            if not path:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    read[name] = f.read()
+            except OSError as e:
+                raise TLSConfigError(f"{self._named(name)}: cannot read it: {e.strerror}") from None
         try:
-            with open(self.certificate, "rb") as f:
-                certificatePEM = f.read()
-            with open(self.key, "rb") as f:
-                keyPEM = f.read()
-            chainPEM = b""
-            if self.chain:
-                with open(self.chain, "rb") as f:
-                    chainPEM = f.read()
-            clientCAPEM = b""
-            if self.clientCA:
-                with open(self.clientCA, "rb") as f:
-                    clientCAPEM = f.read()
-        except OSError as e:
-            raise TLSConfigError(f"cannot read {e.filename}: {e.strerror}") from None
-        try:
+            blocks = {name: _pemBlocks(read.get(name, b"")) for name in ("certificate", "chain")}
+            for name in ("certificate", "chain"):
+                if name in read and not blocks[name]:
+                    raise TLSConfigError(f"{self._named(name)}: no certificate in it")
             certificates = [
-                ssl.Certificate.loadPEM(block) for block in _pemBlocks(certificatePEM + chainPEM)
+                ssl.Certificate.loadPEM(block) for block in blocks["certificate"] + blocks["chain"]
             ]
-            if not certificates:
-                raise TLSConfigError(f"no certificate in {self.certificate}")
-            key = _loadKey(keyPEM, self.key)
-            authorities = [ssl.Certificate.loadPEM(b).original for b in _pemBlocks(clientCAPEM)]
+            key = _loadKey(read["key"], self._named("key"))
+            authorities = [
+                ssl.Certificate.loadPEM(b).original for b in _pemBlocks(read.get("clientCA", b""))
+            ]
             if self.clientCA and not authorities:
-                raise TLSConfigError(f"no certificate in {self.clientCA}")
+                raise TLSConfigError(f"{self._named('clientCA')}: no certificate in it")
         except TLSConfigError:
             raise
         except Exception as e:
@@ -106,7 +135,9 @@ class TLSFiles:
         try:
             context = options.getContext()  # checks that the key matches the certificate
         except SSL.Error as e:
-            raise TLSConfigError(f"the key does not match the certificate: {e}") from None
+            raise TLSConfigError(
+                f"{self._named('key')} does not match {self._named('certificate')}: {e}"
+            ) from None
         # Name the acceptable CAs in the certificate request, so a client
         # holding several certificates can pick the right one.  (Given as
         # cryptography's certificates: pyOpenSSL 24.3 deprecated its X509 and

@@ -245,8 +245,36 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     other = ca.issue("other", ["localhost"])
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
     assert "go together" in error(*base, "--tls-cert", str(server.certificate))
-    assert "cannot read" in error(
-        *base, "--tls-cert", "/nonexistent.pem", "--tls-key", str(server.key)
+    assert error(*base, "--tls-cert", "/nonexistent.pem", "--tls-key", str(server.key)) == (
+        "popserv: error: --tls-cert /nonexistent.pem: cannot read it: No such file or directory"
+    )
+    # Each file's error names its own option.
+    good = ("--tls-cert", str(server.certificate), "--tls-key", str(server.key))
+    assert error(*base, *good, "--tls-chain", "/nonexistent.pem") == (
+        "popserv: error: --tls-chain /nonexistent.pem: cannot read it: No such file or directory"
+    )
+    assert error(*base, "--tls-cert", str(server.certificate), "--tls-key", "/no.pem") == (
+        "popserv: error: --tls-key /no.pem: cannot read it: No such file or directory"
+    )
+    # A chain, or a client-CA file, with no certificate in it is refused,
+    # and so is a --tls-cert without one even if the chain has some.
+    assert error(*base, *good, "--tls-chain", str(server.key)) == (
+        f"popserv: error: --tls-chain {server.key}: no certificate in it"
+    )
+    assert error(*base, *good, "--tls-client-ca", str(server.key)) == (
+        f"popserv: error: --tls-client-ca {server.key}: no certificate in it"
+    )
+    assert error(
+        *base,
+        *("--tls-cert", str(server.key), "--tls-key", str(server.key)),
+        *("--tls-chain", str(server.certificate)),
+    ) == (f"popserv: error: --tls-cert {server.key}: no certificate in it")
+    assert error(
+        *base, "--listen", f"ssl:0:privateKey={server.key}:certKey={other.certificate}"
+    ) == (
+        f"popserv: error: --listen 'ssl:0:privateKey={server.key}:certKey={other.certificate}': "
+        f"privateKey={server.key} does not match certKey={other.certificate}: "
+        "[('x509 certificate routines', '', 'key values mismatch')]"
     )
     assert "does not match" in error(
         *base, "--tls-cert", str(server.certificate), "--tls-key", str(other.key)

@@ -103,3 +103,33 @@ def test_tryingItOut(tmp_path, start_server, maildir_root, maildir, deliver) -> 
             '"localhost", 1110': f'"127.0.0.1", {port}',
         },
     )
+
+
+def test_startUpErrors(tmp_path, ca, twistd) -> None:
+    """
+    The start-up errors tls.rst shows are what those commands print, with
+    a certificate and key that go together and a key of another.
+    """
+    issued = ca.issue("localhost", ["localhost"])
+    (tmp_path / "cert.pem").write_bytes(issued.certificate.read_bytes())
+    (tmp_path / "key.pem").write_bytes(issued.key.read_bytes())
+    (tmp_path / "other-key.pem").write_bytes(ca.issue("other", ["other"]).key.read_bytes())
+    shown = block("tls", ".. code-block:: console", after="All the files are read")
+    # Continuation lines ("\\" at the end) joined: commands, each followed
+    # by its one line of error.
+    joined: list[str] = []
+    for line in shown:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + line.strip()
+        else:
+            joined.append(line)
+    pairs = list(zip(joined[::2], joined[1::2], strict=True))
+    assert len(pairs) == 3, joined
+    for typed, error in pairs:
+        argv = shlex.split(typed.removeprefix("$ "))
+        assert argv[:3] == ["twistd", "-n", "popserv"], typed
+        done = subprocess.run(
+            [*twistd, *argv[1:]], capture_output=True, cwd=tmp_path, timeout=TIMEOUT, check=False
+        )
+        assert done.returncode == 1, typed
+        assert done.stderr.decode().strip() == error, typed

@@ -406,6 +406,18 @@ class POP3Protocol(LineOnlyReceiver):
         """
         if failure.check(TransferAborted):
             return
+        if self._transfer is not None and failure.check(POP3Error):
+            # The store's reader refused mid-message, as its contract lets
+            # it (MessageUnavailable: another program removed the file).
+            # Not a fault; but the response cannot be finished.
+            self._log.warn(
+                "Message unavailable in the middle of sending it: {error}; closing",
+                error=failure.getErrorMessage(),
+            )
+            self._transfer = None
+            if not self._lost:
+                self.transport.abortConnection()
+            return
         self._log.failure("Server fault in a POP3 command", failure)
         if self._transfer is not None or self._lost:
             # A multi-line response was cut: it cannot be taken back.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -123,7 +123,11 @@ class MessageTransfer:
         try:
             while not (self._paused or self._reading or self._finished):
                 self._reading = True
-                self._reader.read(self._chunkSize).addCallbacks(self._gotChunk, self._end)
+                # maybeDeferred: a store's reader that returns bytes, or
+                # raises, is taken as its other methods are (the contract
+                # asks for a Deferred).
+                read = maybeDeferred(self._reader.read, self._chunkSize)
+                read.addCallbacks(self._gotChunk, self._end)
         finally:
             self._pumping = False
 

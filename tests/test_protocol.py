@@ -16,11 +16,12 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import encodeMessage
-from popserv.errors import DeletionFailed
+from popserv.errors import DeletionFailed, MessageUnavailable
 from popserv.memorystore import MemoryStore
 from popserv.protocol import MAX_QUEUED_LINES
 
@@ -309,6 +310,63 @@ class TestTransaction:
         assert s.memory.messages("alice") == [M1]
         # And the maildrop is free for the client's next try at once.
         assert Session(store=s.memory).login().startswith(b"+OK Logged in, 1 messages")
+
+
+def test_messageGoneWhileSent() -> None:
+    """
+    A reader that refuses in the middle of a message with
+    MessageUnavailable, as its contract lets it (another program removed
+    the file), cuts the response off: the connection is aborted, nothing is
+    deleted, and the log has a warning, not a server fault.
+    """
+
+    class VanishingReader:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, size: int) -> Deferred[bytes]:
+            self.reads += 1
+            if self.reads > 1:
+                return fail(MessageUnavailable())
+            return succeed(b"Subject: x\r\n\r\n" + b"line\r\n" * (size // 6 - 3))
+
+        def close(self) -> None:
+            pass
+
+    class VanishingMaildrop:
+        def __init__(self, maildrop: Any) -> None:
+            self.maildrop = maildrop
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.maildrop, name)
+
+        def openMessage(self, index: int) -> Deferred[Any]:
+            return succeed(VanishingReader())
+
+    class VanishingStore:
+        def __init__(self, store: MemoryStore) -> None:
+            self.store = store
+
+        def openMaildrop(self, user: str) -> Deferred[Any]:
+            return self.store.openMaildrop(user).addCallback(VanishingMaildrop)
+
+    s = Session()
+    s.store = VanishingStore(s.memory)
+    s.portal.realm.store = s.store
+    s.memory.deliver("alice", b"y" * 1_000_000)
+    s.login()
+    s.command(b"DELE 1")
+    s.command(b"RSET")
+    with capturedLogs() as events:
+        sent = s.command(b"RETR 1")
+    assert sent.startswith(b"+OK 1000002 octets\r\nSubject: x\r\n\r\nline\r\n")
+    assert not sent.endswith(b".\r\n")
+    assert s.transport.disconnecting
+    [warning] = [e for e in events if e["log_level"] is LogLevel.warn]
+    assert "Message unavailable in the middle of sending it" in formatEvent(warning)
+    assert not [e for e in events if "log_failure" in e]
+    s.protocol.connectionLost(None)
+    assert s.memory.messages("alice") == [b"y" * 1_000_000]
 
 
 class TestRobustness:

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from popserv.encoder import MessageEncoder, encodeMessage
+from popserv.errors import MessageUnavailable
 from popserv.memorystore import BytesReader
 from popserv.transfer import MessageTransfer, TransferAborted
 
@@ -84,6 +86,42 @@ def test_largerThanAChunkIsRead() -> None:
     MessageTransfer(transport, BytesReader(MESSAGE), MessageEncoder(), chunkSize=8).start()
     assert len(transport.writes) > 2
     assert transport.value() == encodeMessage(MESSAGE)
+
+
+class PlainReader:
+    """
+    A store's reader that returns bytes rather than a Deferred, and raises
+    rather than fails one.
+    """
+
+    def __init__(self, data: bytes, error: Exception | None = None) -> None:
+        self._data = data
+        self._error = error
+
+    def read(self, size: int) -> bytes:
+        if not self._data and self._error is not None:
+            raise self._error
+        chunk, self._data = self._data[:size], self._data[size:]
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_plainValuesFromTheReader() -> None:
+    """
+    A reader's plain bytes are taken as a fired Deferred, and an exception
+    it raises as a failed one: the transfer fails with it.
+    """
+    transport = RecordingTransport()
+    done = MessageTransfer(transport, PlainReader(MESSAGE), MessageEncoder(), chunkSize=8).start()
+    assert transport.value() == encodeMessage(MESSAGE)
+    assert done.called
+    failing = PlainReader(b"partial", MessageUnavailable())
+    failed = MessageTransfer(RecordingTransport(), failing, MessageEncoder(), chunkSize=4).start()
+    errors: list[Failure] = []
+    failed.addErrback(errors.append)
+    assert len(errors) == 1 and errors[0].check(MessageUnavailable)
 
 
 def test_wholeMessageWaitsForTheClient() -> None:

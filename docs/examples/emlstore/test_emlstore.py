@@ -76,3 +76,22 @@ def test_pluginIsFound() -> None:
     With this directory on sys.path, popserv finds the C{eml} store kind.
     """
     assert findStoreFactories()["eml"] is emlStoreFactory
+
+
+@pytest_twisted.ensureDeferred
+async def test_downgradedSizes(tmp_path: Path) -> None:
+    """
+    Both sizes are listed, so that a login from a client that did not
+    enable UTF8 reads no message: a UTF-8 header field grows when it is
+    downgraded, an ASCII one does not.
+    """
+    store = EmlStore(str(tmp_path))
+    deliver(store.root, "alice", "Subject: Grüße\r\n\r\nhi\r\n".encode())
+    deliver(store.root, "alice", b"Subject: plain\r\n\r\nhi\r\n")
+    maildrop = await store.openMaildrop("alice")
+    try:
+        utf8, ascii = await maildrop.listMessages()
+    finally:
+        maildrop.close()
+    assert utf8.downgradedSize is not None and utf8.downgradedSize > utf8.size
+    assert ascii.downgradedSize == ascii.size

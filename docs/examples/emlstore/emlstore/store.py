@@ -100,14 +100,20 @@ def _scan(directory: str) -> Found:
     for name in sorted(names):
         if name.startswith(".") or not name.endswith(SUFFIX):
             continue
-        counter = WireSize()
+        # Both sizes in the one pass: as sent to a client that enabled
+        # UTF8, and to one that did not (UTF-8 header fields downgraded).
+        # Without the second, popserv would read every header at each such
+        # login to find it.
+        counter, downgraded = WireSize(), WireSize(downgrade=True)
         try:
             with open(os.path.join(directory, name), "rb") as f:
                 while chunk := f.read(_READ_SIZE):
                     counter.feed(chunk)
+                    downgraded.feed(chunk)
         except FileNotFoundError:
             continue  # removed by another program while we looked
-        found.append((name, MessageInfo(counter.finish(), uidFor(name))))
+        info = MessageInfo(counter.finish(), uidFor(name), downgraded.finish())
+        found.append((name, info))
     return found
 
 

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, filterfalse, repeat
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -1005,7 +1005,10 @@ class MaildirMaildrop:
 
     def _inThread(self, f: Any, *args: Any) -> Deferred[Any]:
         self._running += 1
-        d = self._run(f, *args)
+        # maybeDeferred: a runner that refuses the work at once (stopped, or
+        # no thread to be had) fails the Deferred, and the count still goes
+        # down, or close() would never unlock.
+        d: Deferred[Any] = maybeDeferred(self._run, f, *args)
         return d.addBoth(self._workDone)
 
     def _workDone(self, result: _T) -> _T:

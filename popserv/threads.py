@@ -124,8 +124,20 @@ class ThreadRunner:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )
-            self._threads.append(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:
+                # The system starts no more threads (a process or thread
+                # limit).  With none running the job could never run: say
+                # so.  Otherwise it waits for one that does, like a job
+                # queued beyond maxThreads; a thread that never started is
+                # never counted, nor joined by stop().
+                if not self._threads:
+                    raise
+                with self._mutex:
+                    self._unclaimed += 1
+            else:
+                self._threads.append(thread)
         self._jobs.put((f, args, d))
         return d
 

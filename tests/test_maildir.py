@@ -23,6 +23,7 @@ from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from popserv import maildir, maildirindex
 from popserv.encoder import wireSize
@@ -772,6 +773,34 @@ def test_lockHeldWhileIndexWorkRuns(tmp_path: Path) -> None:
     runAll()
     result(reading).close()
     runAll()
+    result(store(tmp_path).openMaildrop("alice")).close()
+
+
+def test_lockReleasedWhenTheRunnerRefuses(tmp_path: Path) -> None:
+    """
+    Work the thread runner refuses at once (stopped, or no thread to be
+    had) fails its Deferred, and the maildrop's close() still gives the
+    lock back.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    refusing = False
+
+    def runner(f: Any, *args: Any) -> Deferred[Any]:
+        if refusing:
+            raise RuntimeError("can't start new thread")
+        return syncRun(f, *args)
+
+    s = MaildirStore(str(tmp_path / "{user}"), runInThread=runner)
+    maildrop = result(s.openMaildrop("alice"))
+    refusing = True
+    # Message 1 is not held in memory by the read-ahead after a login
+    # through openMaildrop alone: opening it is thread work.
+    opening = maildrop.openMessage(0)
+    failures: list[Failure] = []
+    opening.addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(RuntimeError)
+    maildrop.close()
+    refusing = False
     result(store(tmp_path).openMaildrop("alice")).close()
 
 

@@ -235,3 +235,31 @@ def test_disfavourWakeupsRefused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
     disfavourWakeups()
     assert len(calls) == 1
+
+
+def test_noThreadToBeHad(
+    fake: FakeReactor, runner: ThreadRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    When the system starts no more threads, work waits for a worker that
+    runs; with none running, the call fails at once.  A thread that never
+    started is not kept, so stop() does not wait for it.
+    """
+    results: list[Any] = []
+    release = threading.Event()
+    runner(release.wait, WAIT).addCallback(results.append)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    runner(lambda: "waited").addCallback(results.append)
+    release.set()
+    fake.deliver(2)
+    assert results == [True, "waited"]
+    assert len(runner._threads) == 1
+    alone = ThreadRunner(fake.callFromThread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        alone(lambda: None)
+    assert alone._threads == []
+    alone.stop()

@@ -69,26 +69,46 @@ memoryStoreFactory = MemoryStoreFactory()
 
 def findStoreFactories() -> dict[str, IMailStoreFactory]:
     """
-    Every installed store kind, by name.
+    Every installed store kind, by name (the first plugin found, where
+    two claim one: L{makeStore} refuses such a kind).
     """
+    return {kind: claimants[0] for kind, claimants in _claimants().items()}
+
+
+def _claimants() -> dict[str, list[IMailStoreFactory]]:
     from twisted.plugin import getPlugins
 
-    factories: dict[str, IMailStoreFactory] = {}
+    claimants: dict[str, list[IMailStoreFactory]] = {}
     for factory in getPlugins(IMailStoreFactory):
-        factories.setdefault(factory.storeKind, factory)
-    return factories
+        claimants.setdefault(factory.storeKind, []).append(factory)
+    return claimants
+
+
+def _named(factory: object) -> str:
+    return f"{type(factory).__module__}.{type(factory).__qualname__}"
 
 
 def makeStore(description: str) -> IMailStore:
     """
     Make the store that C{description} (C{KIND:ARGS}) names.
 
-    @raise StoreConfigError: unknown kind or bad arguments; one line.
+    @raise StoreConfigError: unknown kind, a kind two plugins claim, bad
+        arguments, or a plugin that made no store; one line.
     """
     kind, _, argstring = description.partition(":")
-    factories = findStoreFactories()
-    factory = factories.get(kind)
-    if factory is None:
-        known = ", ".join(sorted(factories)) or "none"
+    claimants = _claimants()
+    found = claimants.get(kind, [])
+    if not found:
+        known = ", ".join(sorted(claimants)) or "none"
         raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known})")
-    return factory.makeStore(argstring)
+    if len(found) > 1:
+        # Which one getPlugins finds first depends on the order of files
+        # on disk: never pick one silently.
+        names = " and ".join(sorted(map(_named, found)))
+        raise StoreConfigError(f"mail store kind {kind!r} is claimed by both {names}")
+    store = found[0].makeStore(argstring)
+    if not IMailStore.providedBy(store):
+        raise StoreConfigError(
+            f"{kind}: {_named(found[0])}.makeStore gave {store!r}, not an IMailStore provider"
+        )
+    return store

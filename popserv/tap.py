@@ -275,6 +275,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         kind, _, argument = description.partition(":")
         if kind == "file" and not os.path.isfile(argument):
             raise usage.UsageError(f"--auth {description!r}: no such file")
+        if kind == "memory" and not argument:
+            # Twisted's memory checker takes no users at all without a
+            # word: a server nobody can log in to.
+            raise usage.UsageError(
+                f"--auth {description!r}: needs NAME:PASSWORD, e.g. memory:alice:secret"
+            )
         try:
             super().opt_auth(description)
         except usage.UsageError as e:

@@ -101,6 +101,8 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "x"), "timeout"),
         (("--auth", "nosuch:x", "--mailstore", "memory"), "nosuch"),
         (("--auth", "file:/nonexistent/passwd", "--mailstore", "memory"), "no such file"),
+        (("--auth", "memory", "--mailstore", "memory"), "--auth 'memory': needs NAME:PASSWORD"),
+        (("--auth", "memory:", "--mailstore", "memory"), "--auth 'memory:': needs NAME:PASSWORD"),
         (("--bogus",), "bogus"),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--login-delay", "soon"), "login-delay"),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--expire", "-1"), "expire"),
@@ -426,3 +428,35 @@ def test_perAddressExemptOption() -> None:
     assert "--per-address-exempt: 'none,local': give" in error(
         *base, "--per-address-exempt", "none,local"
     )
+
+
+def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A store kind two plugins claim is refused, naming both, rather than
+    served by whichever was found first; so is a plugin whose makeStore
+    gives something that is not a store.
+    """
+    import twisted.plugin
+
+    from popserv.mailstores import MemoryStoreFactory, memoryStoreFactory
+
+    class Impostor(MemoryStoreFactory):
+        def makeStore(self, argstring: str) -> object:  # type: ignore[override]
+            return object()
+
+    impostor = Impostor()
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, impostor]
+    )
+    assert error("--auth", "memory:a:b", "--mailstore", "memory") == (
+        "popserv: error: --mailstore: mail store kind 'memory' is claimed by both"
+        " popserv.mailstores.MemoryStoreFactory and"
+        " test_tap.test_storePluginMistakes.<locals>.Impostor"
+    )
+    monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [impostor])
+    message = error("--auth", "memory:a:b", "--mailstore", "memory")
+    assert message.startswith(
+        "popserv: error: --mailstore: memory: test_tap.test_storePluginMistakes.<locals>.Impostor"
+        ".makeStore gave <object object at "
+    )
+    assert message.endswith(">, not an IMailStore provider")

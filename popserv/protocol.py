@@ -223,7 +223,12 @@ class POP3Protocol(LineOnlyReceiver):
         self._lost = True
         self.setTimeout(None)
         if self._transaction is not None:
-            self.record.left, self.record.leftBytes = self._transaction.stat()
+            # Gone before UPDATE (no QUIT, or before the deletions began):
+            # nothing marked with DELE was removed.
+            txn = self._transaction
+            self.record.left, self.record.leftBytes = (
+                txn.stat() if self.state is State.UPDATE else txn.whole()
+            )
         self.record.end(self._clock().seconds())
         if self._counted:
             self._counted = False

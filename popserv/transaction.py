@@ -107,6 +107,13 @@ class Transaction:
             self._octets - self._deletedOctets,
         )
 
+    def whole(self) -> tuple[int, int]:
+        """
+        The number of messages and their total wire size, deleted or not:
+        what the maildrop still holds if the session never reaches UPDATE.
+        """
+        return len(self._messages), self._octets
+
     def delete(self, number: int) -> None:
         """
         Mark visible message C{number} as deleted.

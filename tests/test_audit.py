@@ -118,6 +118,22 @@ def test_sessionEnd(events: list[dict[str, Any]]) -> None:
     )
 
 
+def test_leftWithoutQuit(events: list[dict[str, Any]]) -> None:
+    """
+    A session that ends without QUIT removed nothing: every message is
+    left, those marked with DELE too.
+    """
+    s = Session()
+    s.memory.deliver("alice", b"Subject: a\r\n\r\nbody\r\n")
+    s.memory.deliver("alice", b"Subject: b\r\n\r\nbody two\r\n")
+    s.login()
+    s.command(b"DELE 1")
+    s.protocol.connectionLost(None)
+    (event,) = [e for e in events if "session" in e]
+    assert (event["left"], event["leftBytes"], event["dele"]) == (2, 44, 0)
+    assert event["reason"] == "disconnected"
+
+
 @pytest.mark.parametrize(
     ("act", "reason"),
     [

@@ -484,9 +484,85 @@ def makeService(options: Options) -> IService:
     # Always: an operator's (or systemd's ExecReload's) SIGHUP must never
     # kill the server, as the signal's default action would.
     CertificateReloader(certificates).setServiceParent(top)
+    # Started once twistd has bound the ports and dropped its privileges
+    # (--uid), before the reactor runs, so before anyone is served.
+    AccessCheck(_neededAccess(options)).setServiceParent(top)
     # Last: what the services above make when they start is set up too.
     HeapFreezer().setServiceParent(top)
     return top
+
+
+def _neededAccess(options: Options) -> list[tuple[str, str, int, bool]]:
+    """
+    What the server's user must be able to do once it serves, as
+    (what, path, os.access mode, fatal): write the --state-dir; read the
+    password files it reads again as they change; read the TLS files a
+    SIGHUP reloads (only a warning: the old certificate stays in use).
+    """
+    from twisted.cred.checkers import FilePasswordDB
+
+    from popserv.passwdfile import PasswdFileChecker
+
+    needed = []
+    if options["state-dir"]:
+        needed.append(("--state-dir", options["state-dir"], os.W_OK | os.X_OK, True))
+    for checker in options.get("credCheckers", []):
+        if isinstance(checker, PasswdFileChecker):
+            needed.append((f"--auth passwd-file:{checker.path}", checker.path, os.R_OK, True))
+        elif isinstance(checker, FilePasswordDB):
+            path = os.fsdecode(checker.filename)
+            needed.append((f"--auth file:{path}", path, os.R_OK, True))
+    seen = set()
+    for tls in [options["tls"], *(tls for _, tls, _ in options["endpoints"])]:
+        if isinstance(tls, ReloadableTLS) and id(tls) not in seen:
+            seen.add(id(tls))
+            for name in ("certificate", "key", "chain", "clientCA"):
+                path = getattr(tls.files, name)
+                if path:
+                    needed.append((f"TLS file {path} (read again on SIGHUP)", path, os.R_OK, False))
+    return needed
+
+
+class AccessCheck(Service):
+    """
+    Checks, as the user the server runs as (after twistd's --uid), that it
+    can read and write what it will need to while serving: the options are
+    checked when they are parsed, as root if twistd started as root, and a
+    file that only root can read passed then, to fail every login later.
+    A failure stops start-up with one line (L{StartFailed}); a TLS file a
+    reload could not read is a warning.
+    """
+
+    _log = Logger()
+
+    def __init__(self, needed: list[tuple[str, str, int, bool]]) -> None:
+        self.needed = needed
+
+    def startService(self) -> None:
+        super().startService()
+        user = _userName()
+        for what, path, mode, fatal in self.needed:
+            if os.access(path, mode):
+                continue
+            can = "write" if mode & os.W_OK else "read"
+            message = f"{what}: the server's user ({user}) cannot {can} it"
+            if not fatal:
+                self._log.warn("{message}", message=message)
+                continue
+            message = f"popserv: error: {message}"
+            self._log.critical("{message}", message=message)
+            print(message, file=sys.__stderr__, flush=True)
+            raise StartFailed(message)
+
+
+def _userName() -> str:
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 class HeapFreezer(Service):

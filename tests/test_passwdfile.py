@@ -468,10 +468,13 @@ class TestTwistd:
         (checker,) = options["credCheckers"]
         assert isinstance(checker, PasswdFileChecker)
         service = makeService(options)
-        listener, _, _ = list(service)  # and the SIGHUP handler and HeapFreezer
+        listener, _, access, _ = list(service)  # SIGHUP handler, AccessCheck, HeapFreezer
         (chain,) = set(listener.factory.portal.checkers.values())
         assert isinstance(chain, CheckerChain)
         assert chain.checkers == [checker]
+        # Read again as it changes, so checked as the server's user.
+        path = f"{tmp_path}/users"
+        assert access.needed == [(f"--auth passwd-file:{path}", path, os.R_OK, True)]
 
     @pytest.mark.parametrize(
         "argument, expected",

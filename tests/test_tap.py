@@ -16,7 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
 from popserv.maildir import MaildirStore
-from popserv.tap import CertificateReloader, HeapFreezer, Options, makeService
+from popserv.tap import AccessCheck, CertificateReloader, HeapFreezer, Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -62,8 +62,10 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         "900",
     )
     service = makeService(options)
-    *children, reloader, freezer = list(service)
+    *children, reloader, access, freezer = list(service)
     assert isinstance(freezer, HeapFreezer)
+    # Nothing to check as the server's user: no files read or written later.
+    assert isinstance(access, AccessCheck) and access.needed == []
     # SIGHUP is always caught, with or without certificates to reload.
     assert isinstance(reloader, CertificateReloader) and reloader.certificates == []
     assert len(children) == 2
@@ -194,7 +196,7 @@ def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
         "memory",
     )
     service = makeService(options)
-    plain, implicit, own, reloader, freezer = list(service)
+    plain, implicit, own, reloader, access, freezer = list(service)
     assert isinstance(freezer, HeapFreezer)
     factory = plain.factory
     assert factory.tls is options["tls"]
@@ -205,6 +207,13 @@ def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
     assert implicit.factory.wrappedFactory is factory
     assert isinstance(reloader, CertificateReloader)
     assert len(reloader.certificates) == 2
+    # A SIGHUP reads the TLS files again, as the server's user: checked
+    # at start, a warning only.
+    assert isinstance(access, AccessCheck)
+    assert sorted(path for _, path, _, _ in access.needed) == sorted(
+        map(str, [server.certificate, server.key, other.certificate, other.key])
+    )
+    assert {(mode, fatal) for _, _, mode, fatal in access.needed} == {(os.R_OK, False)}
 
 
 def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
@@ -227,7 +236,7 @@ def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
         str(server.key),
     )
     assert options["endpoints"][0][1:] == (options["tls"], True)
-    listener, reloader, _ = makeService(options)  # and the HeapFreezer
+    listener, reloader, _, _ = makeService(options)  # and AccessCheck, HeapFreezer
     wrapped = listener.factory.wrappedFactory
     assert isinstance(wrapped, TLSMemoryBIOFactory)
     assert wrapped.wrappedFactory.tls is options["tls"]
@@ -460,3 +469,36 @@ def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
         ".makeStore gave <object object at "
     )
     assert message.endswith(">, not an IMailStore provider")
+
+
+def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    What the server's user must be able to do is checked when the service
+    starts (after twistd's --uid): a --state-dir it cannot write stops the
+    start with one line naming the user; a TLS file it cannot read for a
+    reload is only a warning.
+    """
+    import pwd
+
+    from twisted.logger import capturedLogs
+
+    from popserv.tap import StartFailed
+
+    denied = {str(tmp_path / "state"), "/etc/popserv/key.pem"}
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) not in denied)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    check = AccessCheck([("TLS file /etc/popserv/key.pem", "/etc/popserv/key.pem", os.R_OK, False)])
+    with capturedLogs() as events:
+        check.startService()
+    [warning] = [e for e in events if e["log_level"].name == "warn"]
+    assert warning["message"] == (
+        f"TLS file /etc/popserv/key.pem: the server's user ({user}) cannot read it"
+    )
+    state = str(tmp_path / "state")
+    check = AccessCheck([("--state-dir", state, os.W_OK | os.X_OK, True)])
+    with pytest.raises(StartFailed) as failed, capturedLogs():
+        check.startService()
+    assert str(failed.value) == (
+        f"popserv: error: --state-dir: the server's user ({user}) cannot write it"
+    )
+    assert failed.value.code == 1

@@ -230,6 +230,46 @@ def test_privilegeDrop(
     assert "Traceback" not in server.output()
 
 
+def test_privilegeDropChecksAccess(start_server: ServerFactory, world_dir: Path) -> None:
+    """
+    Files the server would read or write only later, while serving, are
+    checked as the user it runs as once twistd dropped privileges: a
+    passwd-file only root can read, or a --state-dir only root can write,
+    stops start-up with one line, rather than failing every login.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    uid, gid = _ids()
+    mail = world_dir / "mail"
+    mail.mkdir()
+    _chown_tree(mail, uid, gid)
+    passwd = world_dir / "passwd"
+    popserv_admin("passwd", "add", str(passwd), USER, password=PASSWORD)  # root's, 0600
+    state = world_dir / "state"
+    state.mkdir(mode=0o700)
+    prefix = reachable_prefix(world_dir)
+
+    def start(*extra: str) -> str:
+        server = start_server(
+            f"maildir:{mail}/{{user}}",
+            auth=[f"passwd-file:{passwd}"],
+            extra=extra,
+            twistd_options=[f"--uid={UNPRIVILEGED_USER}", f"--gid={UNPRIVILEGED_GROUP}"],
+            prefix=prefix,
+            cwd=world_dir,
+        )
+        assert server.process.wait(timeout=CLIENT_TIMEOUT) == 1, server.output()
+        assert "Traceback" not in server.output()
+        return server.output()
+
+    user = f"the server's user ({UNPRIVILEGED_USER})"
+    assert f"popserv: error: --auth passwd-file:{passwd}: {user} cannot read it" in start()
+    os.chown(passwd, 0, gid)
+    passwd.chmod(0o640)
+    output = start("--state-dir", str(state), "--expire", "0")
+    assert f"popserv: error: --state-dir: {user} cannot write it" in output
+
+
 def _exec_start(unit: str) -> list[str]:
     """
     The ExecStart= command of a unit file, continuation lines joined.

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from types import ModuleType
@@ -269,3 +270,38 @@ def test_embeddingLimits() -> None:
     assert limits.maxConnections == 5000
     assert "192.0.2.10" in limits.perAddressExempt and "127.0.0.1" in limits.perAddressExempt
     assert "192.0.2.11" not in limits.perAddressExempt
+
+
+def test_checkerFactoryExample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    authentication.rst's --auth plugin example works as the page says:
+    twistd popserv takes its kind, its checker serves SCRAM and passwords,
+    and a missing path is the one-line error the page shows.
+    """
+    from twisted.cred import strcred
+
+    from popserv.tap import Options
+
+    text = (DOCS / "authentication.rst").read_text()
+    entry = text.split("To offer such a checker to", 1)[1]
+    shown = re.search(r"``(popserv: error: [^`]+)``", " ".join(entry.split()))
+    assert shown is not None
+    block = []
+    for line in entry.split(".. code-block:: python\n", 1)[1].splitlines():
+        if line and not line.startswith("   "):
+            break  # the block ends at the first line not indented
+        block.append(line)
+    source = textwrap.dedent("\n".join(block))
+    monkeypatch.syspath_prepend(str(DOCS / "examples"))
+    namespace: dict[str, object] = {}
+    exec(compile(source, "authentication.rst", "exec"), namespace)  # noqa: S102
+    factory = namespace["scramKeyCheckerFactory"]
+    real = strcred.findCheckerFactories
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [*real(), factory])
+    options = Options()
+    options.parseOptions(["--auth", "scram-keys:/etc/popserv/keys", "--mailstore", "memory"])
+    (checker,) = options["credCheckers"]
+    assert type(checker).__name__ == "ScramKeyChecker"
+    with pytest.raises(SystemExit) as failed:
+        Options().parseOptions(["--auth", "scram-keys", "--mailstore", "memory"])
+    assert str(failed.value) == shown.group(1)

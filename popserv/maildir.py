@@ -1079,14 +1079,23 @@ def _makePrivateDirectories(root: str, path: str) -> None:
 
 
 def _fsyncDirectory(path: str) -> None:
+    """
+    Make the removals from directory C{path} durable.  A failure is logged
+    and otherwise ignored: the messages are gone from the listing already,
+    and what a crash could undo is only that (they would come back, to be
+    downloaded twice, never lost).  Some file systems do not sync
+    directories at all (EINVAL): that is no failure.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+    except OSError as e:
+        _log.warn("Cannot open {path} to sync its deletions: {e}", path=path, e=e)
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            _log.warn("Cannot sync the deletions in {path}: {e}", path=path, e=e)
     finally:
         os.close(fd)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from maildir_helpers import login, snapshot, store
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from popserv import maildir, maildirindex
@@ -1099,3 +1100,29 @@ def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str])
     maildrop.close()
     # 2 and 3 were asked for in order: each trip would read ahead.
     assert trips[-4:] == ["_open", "_openReadingAhead", "_openReadingAhead", "_openReadingAhead"]
+
+
+def test_deletionSyncFailureLogged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A directory sync that fails after the deletions (EIO) is logged: the
+    messages are removed all the same, and QUIT is not refused for it.
+    A file system that cannot sync directories (EINVAL) is not warned of.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+    maildrop, _ = login(store(tmp_path))
+    real = os.fsync
+    failures = iter([OSError(errno.EIO, "Input/output error"), OSError(errno.EINVAL, "nope")])
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise next(failures)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with capturedLogs() as events:
+        result(maildrop.deleteMessages([0]))
+    maildrop.close()
+    warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert len(warnings) == 1 and "Input/output error" in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]

@@ -194,6 +194,7 @@ class POP3Protocol(LineOnlyReceiver):
         self._retrieved = None
         self._deleting = None
         self.utf8 = False
+        self._receiving = False
         # LineOnlyReceiver's own, which it sets at the first data received.
         self._buffer = b""
 
@@ -294,7 +295,11 @@ class POP3Protocol(LineOnlyReceiver):
     # Line handling
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
         if self._discardInput:
             # RFC 2595 section 4 / RFC 8314 section 4.1 (the STARTTLS
             # command-injection class): whatever arrived in clear after STLS
@@ -548,10 +553,20 @@ class POP3Protocol(LineOnlyReceiver):
             raise CommandError("STLS is not available on this server")
         self._send(replies.ok("Begin TLS negotiation"))
         # Forget everything learnt in clear (RFC 2595 section 4): a pending
-        # USER, and any command pipelined behind STLS.
+        # USER, UTF8 (which a man in the middle could have sent for the
+        # client), and anything sent behind STLS.
         self._user = None
+        self.utf8 = False
         self._queue.clear()
-        self._discardInput = True
+        if self._receiving:
+            # Run as its line was read: the rest of that read, whole lines
+            # and a partial one, is dropped once the read is handled.
+            self._discardInput = True
+        else:
+            # Run later, from the queue (behind a login that took its
+            # time): whatever came after it is in the queue, cleared, or a
+            # partial line; the next read is the client's first in TLS.
+            self._buffer = b""
         self.transport.startTLS(self.factory.tls)
 
     def _doUTF8(self, command: Command) -> None:

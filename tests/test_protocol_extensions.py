@@ -392,6 +392,34 @@ class TestSTLS:
         s.command(b"STLS")
         assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
 
+    def test_queuedBehindSlowLogin(self) -> None:
+        """
+        STLS pipelined behind a login that answers later (RFC 2449 section
+        6.6 allows it) runs from the queue: the client's first command in
+        TLS is answered, not dropped as if it had come in clear behind
+        STLS; a partial line sent in clear before is dropped.
+        """
+        checker = SlowChecker()
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport, tls=CERT, checkers=[checker])
+        s.send(b"USER alice\r\nPASS wrong\r\nSTLS\r\nUSER ev")
+        assert s.take() == b"+OK Send PASS\r\n"
+        checker.release()
+        assert s.take() == (b"-ERR [AUTH] Authentication failed\r\n+OK Begin TLS negotiation\r\n")
+        assert transport.tlsStartedWith is CERT
+        assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+
+    def test_forgetsUTF8GivenBeforeTLS(self) -> None:
+        """
+        UTF8 sent in clear (perhaps by a man in the middle) does not survive
+        STLS: the client gets downgraded headers unless it asks again.
+        """
+        s = Session(transport=TLSCapableTransport(peer="127.0.0.1"), tls=CERT)
+        s.command(b"UTF8")
+        s.command(b"STLS")
+        assert not s.protocol.utf8
+
     def test_onlyBeforeLogin(self) -> None:
         """
         STLS after login is not valid.

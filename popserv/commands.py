@@ -167,7 +167,20 @@ def parseArguments(keyword: str, rest: bytes) -> Command:
     # Args.MSG_LINES
     if len(tokens) != 2:
         raise CommandError(f"Syntax: {usage}")
-    return Command(keyword, (_number(tokens[0], usage, 1), _number(tokens[1], usage, 0)))
+    return Command(keyword, (_number(tokens[0], usage, 1), _lineCount(tokens[1], usage)))
+
+
+def _lineCount(token: bytes, usage: str) -> int:
+    # RFC 1939 section 7: TOP's n is "a non-negative number", of any size;
+    # a client may ask for a huge one to mean the whole body.  Any run of
+    # digits (the line limit bounds it) is taken, and more than ten digits
+    # asks for more lines than any message has.
+    if token.isdigit() and len(token) > MAX_NUMBER_DIGITS:
+        significant = token.lstrip(b"0")
+        if len(significant) > MAX_NUMBER_DIGITS:
+            return 10**MAX_NUMBER_DIGITS
+        return int(significant or b"0")
+    return _number(token, usage, 0)
 
 
 def parseCommand(line: bytes) -> Command:

@@ -386,6 +386,10 @@ class Model:
     def doTOP(self, rest: bytes) -> list[Segment]:
         tokens = self._tokens(rest, 2)
         number, lines = _number(tokens[0], 1), _number(tokens[1], 0)
+        if lines is None and re.fullmatch(rb"[0-9]{11,}", tokens[1]):
+            # RFC 1939: n is any non-negative number; one of more than ten
+            # significant digits asks for every line there is.
+            lines = min(int(tokens[1]), 10**10)
         if number is None or lines is None:
             raise SyntaxProblem()
         index = self._visible(number)

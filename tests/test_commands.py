@@ -27,6 +27,11 @@ from popserv.commands import SYNTAX, Command, CommandError, parseCommand
         (b"RETR 1", Command("RETR", (1,))),
         (b"DELE 10", Command("DELE", (10,))),
         (b"TOP 1 0", Command("TOP", (1, 0))),
+        # RFC 1939: TOP's n is any non-negative number; past ten digits it
+        # asks for more lines than any message has.
+        (b"TOP 1 99999999999999999999", Command("TOP", (1, 10**10))),
+        (b"TOP 1 0000000000000", Command("TOP", (1, 0))),
+        (b"TOP 1 000000000000012", Command("TOP", (1, 12))),
         (b"UIDL 3", Command("UIDL", (3,))),
         (b"NOOP", Command("NOOP")),
         (b"RSET", Command("RSET")),

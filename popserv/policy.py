@@ -138,7 +138,8 @@ class DirectoryHistory:
 
     def __init__(self, path: str, runInThread: Runner = deferToThread) -> None:
         if not os.path.isdir(path):
-            raise PolicyError(f"state directory {path} does not exist")
+            what = "is not a directory" if os.path.exists(path) else "does not exist"
+            raise PolicyError(f"state directory {path} {what}")
         self.path = path
         self._run = runInThread
 

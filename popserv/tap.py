@@ -304,7 +304,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
-            raise SystemExit(f"popserv: error: {e}") from None
+            # Twisted words a coercer's refusal "Parameter type enforcement
+            # failed: ..."; the coercer's own message names the option.
+            message = str(e).removeprefix("Parameter type enforcement failed: ")
+            raise SystemExit(f"popserv: error: {message}") from None
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -350,6 +353,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                     raise PolicyError(f"cannot read it: {e.strerror}") from None
                 users = parsePolicyFile(text, defaults)
             option = "--state-dir"
+            if self["state-dir"] == "":
+                # An empty value (an unset variable in a unit file) must not
+                # mean "in memory" without a word.
+                raise PolicyError("needs a directory")
             history = DirectoryHistory(self["state-dir"]) if self["state-dir"] else None
         except PolicyError as e:
             raise usage.UsageError(f"{option}: {e}") from None

@@ -116,6 +116,18 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
             ("--auth", "memory:a:b", "--mailstore", "memory", "--state-dir", "/nonexistent"),
             "does not exist",
         ),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--state-dir", "/etc/passwd"),
+            "--state-dir: state directory /etc/passwd is not a directory",
+        ),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--state-dir", ""),
+            "--state-dir: needs a directory",
+        ),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "soon"),
+            "popserv: error: --timeout takes a number of seconds, not 'soon'",
+        ),
     ],
 )
 def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None:
@@ -431,7 +443,7 @@ def test_perAddressExemptOption() -> None:
     exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
     assert (str(exempt), "127.0.0.1" in exempt) == ("none", False)
     assert error(*base, "--per-address-exempt", "local,10.0.0.300") == (
-        "popserv: error: Parameter type enforcement failed: --per-address-exempt: "
+        "popserv: error: --per-address-exempt: "
         "'10.0.0.300' is not a network, nor 'local' or 'none'"
     )
     assert "--per-address-exempt: 'none,local': give" in error(

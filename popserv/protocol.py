@@ -30,6 +30,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
+    IHandshakeListener,
     IReactorTime,
     ISSLTransport,
     ITCPTransport,
@@ -39,6 +40,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from popserv import audit, replies
 from popserv._version import __version__
@@ -109,6 +111,7 @@ Handler = Callable[["POP3Protocol", Command], "Deferred[Any] | None"]
 _NO_ATTEMPT = ("", "-")
 
 
+@implementer(IHandshakeListener)
 class POP3Protocol(LineOnlyReceiver):
     """
     One POP3 session.
@@ -447,6 +450,15 @@ class POP3Protocol(LineOnlyReceiver):
         # epoll_ctl calls of the transport's own write().
         if not self._lost:
             writeReply(self.transport, data)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is over (implicit TLS, or after STLS): the audit
+        line records its version, whether or not the session logs in.
+        """
+        connection = self._tlsConnection()
+        if connection is not None:
+            self.record.tls = connection.get_protocol_version_name()
 
     # What the connection is
 
@@ -829,9 +841,6 @@ class POP3Protocol(LineOnlyReceiver):
         # the AUTHORIZATION state needs (an idle session is mostly this).
         self._attempt = _NO_ATTEMPT
         self.challenge = None
-        connection = self._tlsConnection()
-        if connection is not None:
-            self.record.tls = connection.get_protocol_version_name()
         self.setTimeout(self.factory.timeout)
         self.factory.penalties.succeeded(self.address)
         count, octets = self._transaction.stat()

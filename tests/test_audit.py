@@ -177,3 +177,52 @@ def test_jsonObserver(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     record = json.loads(out.getvalue().strip())
     assert (record["user"], record["ip"], record["mechanism"]) == ("alice", "192.0.2.1", "PLAIN")
+
+
+def test_tlsWithoutLogin(events: list[dict[str, Any]], ca: Any) -> None:
+    """
+    A session that switched to TLS records its version even if it never
+    logged in (here: STLS, then QUIT), on a real loopback connection.
+    """
+    import select
+
+    from loopback import Connection, TLSClient
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+    from twisted.internet import reactor
+    from twisted.internet.task import Clock
+
+    from popserv.memorystore import MemoryStore
+    from popserv.protocol import POP3ServerFactory
+    from popserv.realm import MaildropRealm
+    from popserv.tls import ReloadableTLS, TLSFiles
+
+    issued = ca.issue("localhost", ["localhost"])
+    portal = Portal(
+        MaildropRealm(MemoryStore()), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")]
+    )
+    tls = ReloadableTLS(TLSFiles(str(issued.certificate), str(issued.key)))
+    factory = POP3ServerFactory(portal, clock=Clock(), tls=tls)
+    c = Connection(factory.buildProtocol(None))
+    try:
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"STLS\r\n")
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        c.reactor.advance(0)
+        if c.waiting():
+            c.transport.doWrite()
+        assert c.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
+        client = TLSClient(c)
+        client.tls.write(b"QUIT\r\n")
+        c.client.sendall(client.outgoing.read())
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        reactor.runUntilCurrent()  # type: ignore[attr-defined]
+        c.protocol.connectionLost(None)
+    finally:
+        c.close()
+    (event,) = [e for e in events if "session" in e]
+    assert event["tls"] in ("TLSv1.2", "TLSv1.3")
+    assert event["user"] == "-" and event["reason"] == "quit"

@@ -103,9 +103,10 @@ def test_stls(tls_server, ca):
         client.close()
 
 
-def test_implicitTLS(tls_server, ca):
+def test_implicitTLS(tls_server, ca, wait_until):
     """
-    The ssl: listener speaks TLS from the first octet (port 995 style).
+    The ssl: listener speaks TLS from the first octet (port 995 style); the
+    session's audit line gives the TLS version.
     """
     client = poplib.POP3_SSL(HOST, tls_server.tlsPort, context=context(ca), timeout=10)
     try:
@@ -114,9 +115,11 @@ def test_implicitTLS(tls_server, ca):
         client.user("alice")
         client.pass_("secret")
         assert client.stat() == (1, 34)
+        version = client.sock.version()
         client.quit()
     finally:
         client.close()
+    assert wait_until(lambda: f"user=alice ip=127.0.0.1 tls={version} " in tls_server.output())
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])

@@ -443,8 +443,7 @@ def test_perAddressExemptOption() -> None:
     exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
     assert (str(exempt), "127.0.0.1" in exempt) == ("none", False)
     assert error(*base, "--per-address-exempt", "local,10.0.0.300") == (
-        "popserv: error: --per-address-exempt: "
-        "'10.0.0.300' is not a network, nor 'local' or 'none'"
+        "popserv: error: --per-address-exempt: '10.0.0.300' is not a network, nor 'local' or 'none'"
     )
     assert "--per-address-exempt: 'none,local': give" in error(
         *base, "--per-address-exempt", "none,local"

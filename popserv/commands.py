@@ -20,6 +20,8 @@ MAX_KEYWORD = 4
 #: Message numbers and line counts: ten digits is more than any maildrop
 #: holds, and keeps int() on hostile input cheap.
 MAX_NUMBER_DIGITS = 10
+#: TOP's line count for a number longer than that (RFC 1939 allows any).
+_MORE_LINES_THAN_ANY: int = 10**MAX_NUMBER_DIGITS
 
 
 class CommandError(POP3Error):
@@ -178,7 +180,7 @@ def _lineCount(token: bytes, usage: str) -> int:
     if token.isdigit() and len(token) > MAX_NUMBER_DIGITS:
         significant = token.lstrip(b"0")
         if len(significant) > MAX_NUMBER_DIGITS:
-            return 10**MAX_NUMBER_DIGITS
+            return _MORE_LINES_THAN_ANY
         return int(significant or b"0")
     return _number(token, usage, 0)
 

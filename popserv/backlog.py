@@ -51,11 +51,19 @@ def socketOf(transport: Any) -> FileDescriptor | None:
     # At most TLS over the PROXY header reader over TCP: three layers.
     for _ in range(3):
         if isinstance(transport, FileDescriptor):
-            if all(hasattr(transport, name) for name in ATTRIBUTES):
-                return transport
-            return None
+            kind = type(transport)
+            known = _understood.get(kind)
+            if known is None:
+                # Asked once for each class (of every connection, at once:
+                # two of the attributes are set in __init__).
+                known = _understood[kind] = all(hasattr(transport, a) for a in ATTRIBUTES)
+            return transport if known else None
         transport = getattr(transport, "transport", None)
     return None
+
+
+#: Whether each FileDescriptor class has the attributes: by class.
+_understood: dict[type, bool] = {}
 
 
 def unsent(socket: FileDescriptor) -> int:

@@ -96,8 +96,11 @@ _READ_SIZE = 256 * 1024
 #: already could while sending a large message.
 _READ_AHEAD = 256 * 1024
 #: Opening a message never blocks (a FIFO where a message should be) and
-#: never makes a terminal ours; the file type is checked after opening.
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+#: never makes a terminal ours; the file type is checked after opening.  A
+#: symbolic link is not followed: a user who can write in their Maildir
+#: could otherwise have the server read any file it can (ELOOP, so the
+#: message is left out, or unavailable).
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW
 #: Sizing a message at login is the server's bookkeeping, not a reading of
 #: the mail: it leaves the file's access time alone (and is cheaper for it,
 #: L{popserv.prefetch}).  RETR and TOP read as a client reading mail does.
@@ -1130,13 +1133,15 @@ class MaildirStore:
         path = self.template.pathFor(user)
         lockPath = os.path.join(path, LOCK_NAME)
         try:
-            fd = os.open(lockPath, os.O_RDWR | os.O_CLOEXEC)
+            # Not through a symbolic link, which could have the server
+            # create or lock a file anywhere it may write.
+            fd = os.open(lockPath, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             # The first login to this Maildir: make whatever is missing of
             # it.  (Trying to make it at every login cost four system calls
             # of the thirty a login makes.)
             _makePrivateDirectories(self.template.root, path)
-            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

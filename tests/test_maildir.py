@@ -32,6 +32,7 @@ from popserv.errors import (
     DeletionFailed,
     MaildropInUse,
     MaildropRefused,
+    MaildropUnavailable,
     MessageUnavailable,
     StoreConfigError,
 )
@@ -840,6 +841,33 @@ def test_specialFilesNeverRead(tmp_path: Path) -> None:
     with pytest.raises(MessageUnavailable), capturedLogs():
         result(maildrop.openMessage(1))
     maildrop.close()
+
+
+def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
+    """
+    A symbolic link where a message should be is not followed, even to a
+    file the server could read: left out with a warning, or, under a ,W=
+    name, listed and unavailable to RETR.  A popserv.lock that is a link
+    (even a dangling one) fails the login and creates nothing.
+    """
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"Subject: not yours\n\nroot's file\n")
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
+    new = tmp_path / "alice" / "new"
+    (new / "2.link").symlink_to(secret)
+    (new / "3.link,W=33").symlink_to(secret)
+    with capturedLogs() as events:
+        maildrop, infos = login(store(tmp_path))
+    assert [i.uid for i in infos] == ["1.good", "3.link,W=33"]
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 1
+    with pytest.raises(MessageUnavailable), capturedLogs():
+        result(maildrop.openMessage(1))
+    maildrop.close()
+    deliverToMaildir(tmp_path / "bob", b"b\n", name="1.b")
+    (tmp_path / "bob" / "popserv.lock").symlink_to(tmp_path / "created-by-the-server")
+    with pytest.raises(MaildropUnavailable), capturedLogs():
+        result(store(tmp_path).openMaildrop("bob"))
+    assert not (tmp_path / "created-by-the-server").exists()
 
 
 def test_oddNamesSortedAndNamed(tmp_path: Path) -> None:

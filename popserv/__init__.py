@@ -10,7 +10,7 @@ The public API for embedding and extending:
    for file-based stores.
  - L{IMailStore}, L{IMaildrop}, L{IMessageReader}, L{IMailStoreFactory},
    L{MessageInfo}: what a custom store implements (and, optionally,
-   L{IWholeMessageReader}).
+   L{IWholeMessageReader}; L{MessageList} lists many messages at once).
  - The errors a store raises: L{MaildropInUse}, L{MaildropUnavailable},
    L{MaildropRefused}, L{MessageUnavailable}, L{DeletionFailed},
    L{StoreConfigError}.
@@ -40,6 +40,7 @@ _EXPORTS = {
     "IMessageReader": "popserv.interfaces",
     "IWholeMessageReader": "popserv.interfaces",
     "MessageInfo": "popserv.interfaces",
+    "MessageList": "popserv.interfaces",
     "FileReader": "popserv.filereader",
     "MaildirStore": "popserv.maildir",
     "MemoryStore": "popserv.memorystore",
@@ -62,6 +63,7 @@ __all__ = [
     "MaildropUnavailable",
     "MemoryStore",
     "MessageInfo",
+    "MessageList",
     "MessageUnavailable",
     "POP3Error",
     "POP3ServerFactory",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
         IMessageReader,
         IWholeMessageReader,
         MessageInfo,
+        MessageList,
     )
     from popserv.maildir import MaildirStore
     from popserv.memorystore import MemoryStore

@@ -44,14 +44,18 @@ class FileReader:
         self._head = head
         self._reading = False
         self._closed = False
+        self._started = False
 
     def whole(self, size: int) -> bytes | None:
-        if self._file is not None or len(self._head) > size:
+        # IWholeMessageReader: only before any read (a read that took part
+        # of the head would leave the rest, not the message).
+        if self._file is not None or len(self._head) > size or self._started:
             return None
         data, self._head = self._head, b""
         return data
 
     def read(self, size: int) -> Deferred[bytes]:
+        self._started = True
         if self._head:
             data, self._head = self._head[:size], self._head[size:]
             return succeed(data)

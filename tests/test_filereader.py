@@ -109,7 +109,8 @@ def test_wholeGivesASmallMessageOnce() -> None:
 def test_wholeDeclines() -> None:
     """
     whole() gives None, and leaves the reader as it was, for a message
-    larger than the size asked for and for one whose file is still open.
+    larger than the size asked for, for one whose file is still open, and
+    once anything was read.
     """
     runner = ManualRunner()
     got: list[bytes] = []
@@ -124,3 +125,10 @@ def test_wholeDeclines() -> None:
     assert got[-1] == b"abc"
 
     assert runner.calls == []
+
+    # Nor after a read: what is left is not the message.
+    started = FileReader(None, runner, head=b"abcdef")
+    started.read(2).addCallback(got.append)
+    assert started.whole(100) is None
+    started.read(10).addCallback(got.append)
+    assert got[-2:] == [b"ab", b"cdef"]

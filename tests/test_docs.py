@@ -305,3 +305,45 @@ def test_checkerFactoryExample(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as failed:
         Options().parseOptions(["--auth", "scram-keys", "--mailstore", "memory"])
     assert str(failed.value) == shown.group(1)
+
+
+def test_tacExample(tmp_path: Path) -> None:
+    """
+    embedding.rst's .tac runs under twistd -ny and serves alice's Maildir;
+    on an address already in use it ends at once with one line and exit
+    status 1, rather than running without a listener.
+    """
+    import os
+
+    from test_stores_contract import deliverToMaildir
+    from processes import stop, waitForOutput
+
+    deliverToMaildir(tmp_path / "mail" / "alice", b"Subject: tac\n\nhello\n", name="1.a")
+    twistd = [str(Path(sys.executable).with_name("twistd")), "-ny", str(EXAMPLES / "popserv.tac")]
+    environment = {**os.environ, "POPSERV_LISTEN": "tcp:0:interface=127.0.0.1"}
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*twistd, "--pidfile="], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env=environment,
+        )  # fmt: skip
+    try:
+        port = int(waitForOutput(log, rb"starting on (\d+)", process).group(1))
+        client = poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            client.user("alice")
+            client.pass_("secret")
+            assert client.retr(1)[1] == [b"Subject: tac", b"", b"hello"]
+        finally:
+            client.quit()
+        busy = {**environment, "POPSERV_LISTEN": f"tcp:{port}:interface=127.0.0.1"}
+        second = subprocess.run(
+            [*twistd, f"--pidfile={tmp_path}/second.pid"], capture_output=True, cwd=tmp_path,
+            env=busy, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        output = (second.stdout + second.stderr).decode()
+        assert second.returncode == 1, output
+        assert f"popserv: error: cannot listen on tcp:{port}:interface=127.0.0.1" in output
+        assert "Traceback" not in output
+    finally:
+        stop(process)

@@ -315,8 +315,8 @@ def test_tacExample(tmp_path: Path) -> None:
     """
     import os
 
-    from test_stores_contract import deliverToMaildir
     from processes import stop, waitForOutput
+    from test_stores_contract import deliverToMaildir
 
     deliverToMaildir(tmp_path / "mail" / "alice", b"Subject: tac\n\nhello\n", name="1.a")
     twistd = [str(Path(sys.executable).with_name("twistd")), "-ny", str(EXAMPLES / "popserv.tac")]

@@ -682,3 +682,20 @@ class Listener(StreamServerEndpointService):
             self._log.critical("{message}", message=message)
             print(message, file=sys.__stderr__, flush=True)
             raise StartFailed(message) from None
+        if self._waitingForPort is not None:
+            self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        # Twisted logs only the port number ("... starting on 110"); the
+        # operator wants the address too, and which --listen it was.
+        address = port.getHost()
+        if hasattr(address, "port"):
+            where = f"{address.host}:{address.port}"
+        else:
+            where = os.fsdecode(getattr(address, "name", None) or b"?")
+        self._log.info(
+            "popserv listening on {where} ({description})",
+            where=where,
+            description=self.description,
+        )
+        return port

@@ -257,3 +257,12 @@ def test_sighup_without_tls(server, maildir, deliver, wait_until):
         client.quit()
     finally:
         client.close()
+
+
+def test_log_names_listening_address(server, wait_until):
+    """
+    The log says where the server listens, address and --listen alike
+    (Twisted's own line gives only the port number).
+    """
+    line = f"popserv listening on 127.0.0.1:{server.port} (tcp:0:interface=127.0.0.1)"
+    assert wait_until(lambda: line in server.output())

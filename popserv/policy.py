@@ -84,11 +84,16 @@ def parsePolicyFile(text: str, defaults: UserPolicy) -> dict[str, UserPolicy]:
     Unset settings take the server-wide value.
     """
     users: dict[str, UserPolicy] = {}
+    lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         user, *settings = line.split()
+        if user in lines:
+            # Which line wins would be a guess: say so instead.
+            raise PolicyError(f"line {number}: {user} is already on line {lines[user]}")
+        lines[user] = number
         values: dict[str, Any] = {"loginDelay": defaults.loginDelay, "expire": defaults.expire}
         for setting in settings:
             name, equals, value = setting.partition("=")

@@ -312,6 +312,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["proxy-trusted"] and not any(d.startswith("proxy:") for d in self["listen"]):
+            # The proxies' headers would reach the POP3 parser as commands,
+            # and every client would have the proxy's address.
+            raise usage.UsageError(
+                "--proxy-trusted: no --listen takes the PROXY header (write proxy: before one)"
+            )
         if not self.get("credCheckers"):
             raise usage.UsageError(
                 "--auth is required, e.g. --auth memory:alice:secret (see --help-auth)"

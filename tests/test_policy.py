@@ -50,6 +50,15 @@ def test_badPolicyLines(text: str) -> None:
         parsePolicyFile(text, UserPolicy())
 
 
+def test_userTwiceInPolicyFile() -> None:
+    """
+    A user on two lines is an error naming both, not a silent choice.
+    """
+    with pytest.raises(PolicyError) as caught:
+        parsePolicyFile("alice expire=3\nbob expire=1\n\nalice expire=NEVER\n", UserPolicy())
+    assert str(caught.value) == "line 4: alice is already on line 1"
+
+
 def test_parseExpire() -> None:
     """
     EXPIRE is days or NEVER, any case.

@@ -125,6 +125,10 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
             "--state-dir: needs a directory",
         ),
         (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--proxy-trusted", "10.0.0.0/8"),
+            "--proxy-trusted: no --listen takes the PROXY header (write proxy: before one)",
+        ),
+        (
             ("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "soon"),
             "popserv: error: --timeout takes a number of seconds, not 'soon'",
         ),

@@ -259,6 +259,14 @@ class SitePolicy:
             return self.history.recordLogin(user, now).addCallback(lambda _: True)
         return self.history.lastLogin(user).addCallback(decide)
 
+    def expires(self, user: str) -> bool:
+        """
+        Whether EXPIRE removes anything of C{user}'s at UPDATE: whether
+        L{expired} needs asking.
+        """
+        expire = self.forUser(user).expire
+        return expire is not None and expire != NEVER
+
     def expired(
         self, user: str, uids: Callable[[], Sequence[str]], retrievedNow: set[int]
     ) -> Deferred[set[int]]:

@@ -380,13 +380,10 @@ class POP3Protocol(LineOnlyReceiver):
         and a queue of lines, not all the replies it asks for.
         """
         socket = self._socket
-        if (
-            socket is None
-            or self._busy
-            or self._lost
-            or self.state is State.UPDATE
-            or unsent(socket) <= socket.bufferSize
-        ):
+        # After nearly every command the socket took it all: that first.
+        if socket is None or unsent(socket) <= socket.bufferSize:
+            return
+        if self._busy or self._lost or self.state is State.UPDATE:
             return
         if whenSent(socket, self._outputSent):
             self._busy = True
@@ -1041,9 +1038,18 @@ class POP3Protocol(LineOnlyReceiver):
         self._queue.clear()
         # From here the session is in UPDATE (RFC 1939 section 6): its
         # deletions are applied even if the client hangs up before the
-        # reply, so the maildrop is held until they are over, however long
-        # EXPIRE's history takes to read (connectionLost waits for this).
-        expiring = self.factory.policy.expired(self.user or "", txn.uids, self._retrieved or set())
+        # reply, so the maildrop is held until they are over (connectionLost
+        # waits for _deleting), however long EXPIRE's history takes to read.
+        policy, user = self.factory.policy, self.user or ""
+        if not policy.expires(user):
+            # The deletions are the DELE marks alone, known now: no
+            # Deferred to wait for (each costs a login's worth of churn).
+            try:
+                return self._update(set(), txn)
+            except Exception:
+                self._updateFailed(Failure())
+                return None
+        expiring = policy.expired(user, txn.uids, self._retrieved or set())
         expiring.addErrback(self._expiryFailed)
         d: Deferred[None] = expiring.addCallback(self._update, txn)
         d.addErrback(self._updateFailed)
@@ -1087,6 +1093,7 @@ class POP3Protocol(LineOnlyReceiver):
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)
+        self._deleting = d
 
         def deleted(_: None) -> None:
             self.record.dele = len(indexes)
@@ -1104,6 +1111,7 @@ class POP3Protocol(LineOnlyReceiver):
                 self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
 
         def close(_: None) -> None:
+            self._deleting = None
             if not self._lost:
                 self.transport.loseConnection()
 

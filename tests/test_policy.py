@@ -295,6 +295,28 @@ class TestUpdateWithHistory:
         assert logged.getErrorMessage() == "a bug"
 
 
+def test_updateFailsWithoutExpire(monkeypatch: Any) -> None:
+    """
+    Without EXPIRE, QUIT applies the deletions at once, and a fault there
+    too gives the maildrop back and ends the session with an error.
+    """
+    s = session(SitePolicy(UserPolicy()))
+    s.memory.deliver("alice", b"one\r\n")
+    s.login()
+    s.command(b"DELE 1")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(s.protocol, "_update", broken)
+    with capturedLogs() as events:
+        assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
+    assert s.transport.disconnecting
+    assert "alice" not in s.memory._locked
+    [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert logged.getErrorMessage() == "a bug"
+
+
 def test_directoryHistory(tmp_path: Path) -> None:
     """
     The state directory keeps login and retrieval times across policy

@@ -1,14 +1,20 @@
 """
 Presenting messages with UTF-8 header fields to clients that did not enable
-UTF8 (RFC 6856 section 2), by the simplified downgrading of RFC 6858.
+UTF8 (RFC 6856 section 2): the simplified downgrading of RFC 6858, but
+for address fields, which keep their ASCII addresses where they can.
 
 Such a client must not receive raw UTF-8 in header fields, and hiding the
 message would keep mail from it that it can never remove (RFC 6857 section
 1).  So each header field whose body is non-ASCII UTF-8 is rewritten with
 RFC 2047 encoded-words: an unstructured field (Subject, ...) keeps its text,
-encoded; an address field (From, To, ...) becomes an empty group whose
-display name is the encoded original, which is valid syntax and shows the
-addresses, though a reply cannot reach them.  Fields that are ASCII, or
+encoded.  In an address field (From, To, ...) each mailbox whose address is
+ASCII keeps it, its display name encoded (RFC 2047 section 5 allows an
+encoded-word as a phrase), so that a reply still reaches it: the common
+case, a sender whose name is not ASCII (RFC 6857 section 3.2 does the
+same).  A field with an address that is not ASCII, or of a form this does
+not take apart (groups, comments, routes), becomes an empty group whose
+display name is the encoded original (RFC 6858): valid syntax that shows
+the addresses, though a reply cannot reach them.  Fields that are ASCII, or
 8-bit but not UTF-8, are left alone; the body is never touched.
 
 Everything here works on the header section with CRLF line endings, as the
@@ -18,6 +24,7 @@ encoder has it after converting line endings.
 from __future__ import annotations
 
 import base64
+import re
 
 #: RFC 5322 section 3.6 address fields, and their Resent- forms.
 ADDRESS_FIELDS = frozenset(
@@ -110,17 +117,16 @@ def _encodedLength(data: bytes, used: int) -> int:
     )
 
 
-#: What an address field's encoded display name is followed by: it becomes
-#: an empty group.
+#: What an address field's encoded body is followed by when it becomes an
+#: empty group.
 _GROUP_END = b" :;"
 
 
-def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
+def _fieldText(field: bytes) -> tuple[bytes, bytes, bool] | None:
     """
-    The name, the unfolded UTF-8 body and what follows the encoded body
-    (L{_GROUP_END} for an address field) of one header field that is to be
-    downgraded; L{None} if it is sent as it is (ASCII, no colon, or 8-bit
-    but not UTF-8).
+    The name, the unfolded UTF-8 body, and whether it is an address field,
+    of one header field that is to be downgraded; L{None} if it is sent as
+    it is (ASCII, no colon, or 8-bit but not UTF-8).
     """
     if field.isascii():
         return None
@@ -132,7 +138,113 @@ def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
         unfolded.decode()  # UTF-8
     except UnicodeDecodeError:
         return None  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
-    return name, unfolded, _GROUP_END if name.strip().lower() in ADDRESS_FIELDS else b""
+    return name, unfolded, name.strip().lower() in ADDRESS_FIELDS
+
+
+def _mailboxes(text: bytes) -> list[bytes] | None:
+    """
+    The mailboxes of an address list, split at the commas that separate
+    them (not those in a quoted name or an address); L{None} if it holds a
+    group, a comment, or an unbalanced quote or angle bracket, which
+    L{_addressBody} does not take apart, or an empty element.
+    """
+    mailboxes = []
+    start = 0
+    quoted = escaped = False
+    angle = 0
+    for i, octet in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif octet == 0x5C:  # backslash
+                escaped = True
+            elif octet == 0x22:  # double quote
+                quoted = False
+        elif octet == 0x22:
+            quoted = True
+        elif octet == 0x3C:  # <
+            angle += 1
+            if angle > 1:
+                return None
+        elif octet == 0x3E:  # >
+            angle -= 1
+            if angle < 0:
+                return None
+        elif octet in b"():;":  # a comment or a group
+            return None
+        elif octet == 0x2C and not angle:  # a comma between mailboxes
+            mailboxes.append(text[start:i].strip(b" \t"))
+            start = i + 1
+    mailboxes.append(text[start:].strip(b" \t"))
+    if quoted or angle or not all(mailboxes):
+        return None
+    return mailboxes
+
+
+#: A display name and an address in angle brackets; the name, outside
+#: quotes, holds none of RFC 5322's specials but "." (common in names, and
+#: allowed by its obsolete syntax).
+_SPECIALS = frozenset(b'()<>[]:;@\\,"')
+
+
+def _displayName(phrase: bytes) -> bytes | None:
+    """
+    The text of a display name: unquoted if it is one quoted string, as it
+    is if it is atoms; L{None} for anything else.
+    """
+    if len(phrase) >= 2 and phrase[0] == phrase[-1] == 0x22:
+        inner = phrase[1:-1]
+        out = bytearray()
+        escaped = False
+        for octet in inner:
+            if escaped:
+                out.append(octet)
+                escaped = False
+            elif octet == 0x5C:
+                escaped = True
+            elif octet == 0x22:
+                return None  # a second quoted string in the phrase
+            else:
+                out.append(octet)
+        return bytes(out) if not escaped else None
+    if any(octet in _SPECIALS for octet in phrase):
+        return None
+    return phrase
+
+
+def _addressBody(text: bytes, used: int) -> bytes | None:
+    """
+    An address field's UTF-8 body, downgraded keeping every address: a
+    mailbox that is ASCII as it is, one with a UTF-8 display name and an
+    ASCII address as the encoded name and the address; mailboxes one to a
+    line.  L{None} if some mailbox is neither: the field then becomes an
+    empty group.  The first line already has C{used} characters.
+    """
+    mailboxes = _mailboxes(text)
+    if mailboxes is None:
+        return None
+    pieces = []
+    column = used
+    for mailbox in mailboxes:
+        if mailbox.isascii():
+            pieces.append(mailbox)
+        else:
+            less = mailbox.rfind(b"<")
+            if less < 0 or not mailbox.endswith(b">"):
+                return None
+            address = mailbox[less:]
+            name = _displayName(mailbox[:less].strip(b" \t"))
+            if not address.isascii() or not name:
+                return None
+            words = _encodedWords(name, column)
+            last = words.rsplit(b"\r\n ", 1)
+            end = (column if len(last) == 1 else 1) + len(last[-1])
+            # RFC 2047 section 2: a line with encoded-words is at most 76
+            # characters; the address goes on the next one if need be.
+            space = b" " if end + 1 + len(address) <= _LINE else b"\r\n "
+            pieces.append(words + space + address)
+        column = 1  # the next mailbox starts a line
+    return b",\r\n ".join(pieces)
 
 
 def _downgradeField(field: bytes) -> bytes:
@@ -142,20 +254,47 @@ def _downgradeField(field: bytes) -> bytes:
     parts = _fieldText(field)
     if parts is None:
         return field
-    name, text, end = parts
-    return name + b": " + _encodedWords(text, len(name) + 2) + end + b"\r\n"
+    name, text, isAddress = parts
+    used = len(name) + 2
+    if isAddress:
+        body = _addressBody(text, used)
+        if body is not None:
+            return name + b": " + body + b"\r\n"
+        return name + b": " + _encodedWords(text, used) + _GROUP_END + b"\r\n"
+    return name + b": " + _encodedWords(text, used) + b"\r\n"
 
 
 def _fieldGrowth(field: bytes) -> int:
     """
-    C{len(_downgradeField(field)) - len(field)}, without encoding.
+    C{len(_downgradeField(field)) - len(field)}, without encoding (but for
+    an address field, which is rare enough to be built).
     """
     parts = _fieldText(field)
     if parts is None:
         return 0
-    name, text, end = parts
-    length = len(name) + 2 + _encodedLength(text, len(name) + 2) + len(end) + 2
+    name, text, isAddress = parts
+    used = len(name) + 2
+    if isAddress:
+        # The usual cases, counted rather than built, as a login counts
+        # every message's growth: one mailbox, a name and an address.
+        simple = _ONE_MAILBOX.fullmatch(text)
+        if simple is not None:
+            display, address = simple.groups()
+            if not address.isascii():  # the empty group
+                return used + _encodedLength(text, used) + len(_GROUP_END) + 2 - len(field)
+            if 4 <= len(display) <= _capacity(used):  # a name of one encoded-word
+                end = used + (len(display) + 2) // 3 * 4 + _WORD_OVERHEAD
+                space = 1 if end + 1 + len(address) <= _LINE else 3
+                return end + space + len(address) + 2 - len(field)
+        return len(_downgradeField(field)) - len(field)
+    length = used + _encodedLength(text, used) + 2
     return length - len(field)
+
+
+#: One mailbox as L{_addressBody} takes it apart: a display name of no
+#: specials (so no quotes), then an address in angle brackets holding none
+#: of the octets that would make L{_mailboxes} refuse or split it.
+_ONE_MAILBOX = re.compile(rb'([^"(),:;<>@\[\]\\]+?)[ \t]*(<[^\x00-\x20\x7f<>(),:;"\\]*>)')
 
 
 def downgradeHeader(header: bytes) -> bytes:

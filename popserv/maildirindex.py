@@ -28,7 +28,7 @@ The file, C{popserv.index} in the Maildir, is written only by the holder of
 the Maildir's lock.  It is a text header line followed by I{blocks}, each
 a self-checking batch of records, and I{stamps}::
 
-    popserv-maildir-index 2\\n
+    popserv-maildir-index 3\\n
     block COUNT NAMESLENGTH CRC32\\n       (ASCII: decimal, decimal, 8 hex digits)
     NAMES                                 (NAMESLENGTH octets: COUNT base names,
                                            UTF-8 with surrogateescape, NUL-separated)
@@ -56,7 +56,9 @@ Maildir, in message order, as long as its directories are in the state the
 stamp's values describe (L{popserv.maildir} writes and checks them; to this
 module they are numbers).  It counts only as the last thing in the file:
 anything appended after it, even a record that forgets a name, voids it.
-Version 1 files (no stamps) are read, and rewritten at the next login.
+Files of versions 1 (no stamps) and 2 are read, their records of messages
+whose header is not ASCII and their stamp left out (their downgraded sizes
+may follow an older rule), and rewritten at the next login.
 
 Why binary numbers in a text frame, rather than text records: loading 100,000
 records this way takes about 15 ms (one C{split}, three C{array.frombytes});
@@ -88,8 +90,15 @@ from twisted.logger import Logger
 
 INDEX_NAME = "popserv.index"
 TEMP_NAME = "popserv.index.tmp"
-MAGIC = b"popserv-maildir-index 2\n"
-#: Version 1: the same blocks, no stamps.  Read, never appended to.
+#: The current version, 3.
+VERSION = 3
+MAGIC = b"popserv-maildir-index 3\n"
+#: Version 2: the same blocks and stamps; DOWNGRADED was worked out by an
+#: older rule for address fields (popserv.downgrade).  Read, never
+#: appended to, and the records whose DOWNGRADED differs from WIRE (a
+#: header that is not ASCII, which may hold an address field) dropped.
+_MAGIC_2 = b"popserv-maildir-index 2\n"
+#: Version 1: the same blocks, no stamps.  Read as version 2 is.
 _MAGIC_1 = b"popserv-maildir-index 1\n"
 
 #: An index may be this large before it is ignored (and rebuilt) unread,
@@ -220,7 +229,7 @@ class Parsed(NamedTuple):
         L{None}.
     @ivar stamp: the stamp that ends the file, if one does and the file
         parsed to its end.
-    @ivar version: the file's version (1 or 2), 0 if it has none.
+    @ivar version: the file's version (1 to L{VERSION}), 0 if it has none.
     """
 
     records: Records
@@ -228,7 +237,24 @@ class Parsed(NamedTuple):
     end: int
     problem: str | None
     stamp: Stamp | None = None
-    version: int = 2
+    version: int = VERSION
+
+
+def _withoutUTF8Headers(records: Records) -> Records:
+    """
+    C{records} less every name with a record whose downgraded size differs
+    from its wire size: a message whose header is not ASCII.
+    """
+    changed = {
+        name
+        for name, wire, downgraded in zip(
+            records.names, records.wire, records.downgraded, strict=True
+        )
+        if wire != downgraded
+    }
+    if not changed:
+        return records
+    return records.pick([i for i, name in enumerate(records.names) if name not in changed])
 
 
 def encodeStamp(stamp: Stamp) -> bytes:
@@ -250,6 +276,8 @@ def parse(data: bytes) -> Parsed:
     """
     records = Records.empty()
     if data.startswith(MAGIC):
+        version = VERSION
+    elif data.startswith(_MAGIC_2):
         version = 2
     elif data.startswith(_MAGIC_1):
         version = 1
@@ -484,7 +512,7 @@ class IndexCache:
         it was, C{parsed} to, if it is worth keeping.
         """
         octets = info.st_size
-        if parsed.problem is not None or parsed.version != 2 or octets > self.maxFileOctets:
+        if parsed.problem is not None or parsed.version != VERSION or octets > self.maxFileOctets:
             return
         entry = _Cached(_identity(info), _copied(parsed))
         with self._mutex:
@@ -588,16 +616,23 @@ class MaildirIndex:
         index.missing = False
         index.blocks = parsed.blocks
         index.stamp = parsed.stamp
+        records = parsed.records
         if parsed.problem is not None:
             _log.warn(
                 "The index {path} has {problem}; rebuilding it",
                 path=index.path,
                 problem=parsed.problem,
             )
-        elif parsed.version == 2:
+        elif parsed.version == VERSION:
             index._appendAt = parsed.end
-        # else an older version, read but rewritten rather than appended to
-        return index, parsed.records
+        else:
+            # An older version: read, but rewritten rather than appended to.
+            # Its downgraded sizes of messages whose header is not ASCII may
+            # follow an older rule: those are measured again, and so the
+            # directories listed (a stamp would vouch for the rest alone).
+            index.stamp = None
+            records = _withoutUTF8Headers(records)
+        return index, records
 
     @property
     def appendable(self) -> bool:

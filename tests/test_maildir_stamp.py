@@ -22,7 +22,7 @@ from popserv import maildir, maildirindex
 from popserv.encoder import wireSize
 from popserv.errors import MessageUnavailable
 from popserv.maildir import uidFor
-from popserv.maildirindex import INDEX_NAME, MaildirIndex, Records, encodeBlock
+from popserv.maildirindex import INDEX_NAME, MaildirIndex, Records, encodeBlock, encodeStamp
 
 #: os.listdir, for the tests' own use, before the listings fixture
 #: (conftest.py) spies on it.
@@ -297,19 +297,25 @@ def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
 
 
 @pytest.mark.usefixtures("settled")
-def test_versionOneIndexUpgraded(alice: Path, measured: list[str]) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> None:
     """
-    A version 1 index (from an earlier popserv) still spares reading the
-    files, and is rewritten as version 2 with a stamp.
+    An index of version 1 or 2 (from an earlier popserv) still spares
+    reading the files whose header is ASCII; those whose header is not are
+    measured again (their downgraded sizes followed an older rule), and
+    the index is rewritten in the current version, with a stamp.
     """
     s = store(alice.parent)
     truth = snapshot(s)
     _, records = MaildirIndex.load(str(alice), 1 << 20)
-    (alice / INDEX_NAME).write_bytes(maildirindex._MAGIC_1 + encodeBlock(records))
+    magic = maildirindex._MAGIC_1 if version == 1 else maildirindex._MAGIC_2
+    stamp = encodeStamp(stampOf(alice)) if version == 2 else b""
+    (alice / INDEX_NAME).write_bytes(magic + encodeBlock(records) + stamp)
     measured.clear()
     with capturedLogs() as events:
         assert snapshot(s) == truth
-    assert measured == [] and [e for e in events if e.get("log_level")] == []
+    assert sorted(measured) == sorted(uid for uid, wire, downgraded in truth if wire != downgraded)
+    assert [e for e in events if e.get("log_level")] == []
     assert (alice / INDEX_NAME).read_bytes().startswith(maildirindex.MAGIC)
     assert stampOf(alice) is not None
 

@@ -10,8 +10,9 @@ RFC 2047 encoded-words: an unstructured field (Subject, ...) keeps its text,
 encoded.  In an address field (From, To, ...) each mailbox whose address is
 ASCII keeps it, its display name encoded (RFC 2047 section 5 allows an
 encoded-word as a phrase), so that a reply still reaches it: the common
-case, a sender whose name is not ASCII.  A field with an address that is not ASCII, or of a form this does
-not take apart (groups, comments, routes), becomes an empty group whose
+case, a sender whose name is not ASCII.  A field with an address that is
+not ASCII, or of a form this does not take apart (groups, comments,
+routes), becomes an empty group whose
 display name is the encoded original (RFC 6858): valid syntax that shows
 the addresses, though a reply cannot reach them.  Fields that are ASCII, or
 8-bit but not UTF-8, are left alone; the body is never touched.

@@ -12,10 +12,10 @@ ASCII keeps it, its display name encoded (RFC 2047 section 5 allows an
 encoded-word as a phrase), so that a reply still reaches it: the common
 case, a sender whose name is not ASCII.  A field with an address that is
 not ASCII, or of a form this does not take apart (groups, comments,
-routes), becomes an empty group whose
-display name is the encoded original (RFC 6858): valid syntax that shows
-the addresses, though a reply cannot reach them.  Fields that are ASCII, or
-8-bit but not UTF-8, are left alone; the body is never touched.
+routes), becomes an empty group whose display name is the encoded original
+(RFC 6858): valid syntax that shows the addresses, though a reply cannot
+reach them.  Fields that are ASCII, or 8-bit but not UTF-8, are left alone;
+the body is never touched.
 
 Everything here works on the header section with CRLF line endings, as the
 encoder has it after converting line endings.

@@ -463,12 +463,16 @@ _mailboxPieces = st.sampled_from(
         max_size=12,
     ),
     st.sampled_from(["From", "Resent-Reply-To", "X-" + "n" * 60]),
+    st.booleans(),
 )
-def test_addressGrowthCounted(name: list[str], address: list[str], field: str) -> None:
+def test_addressGrowthCounted(
+    name: list[str], address: list[str], field: str, quoted: bool
+) -> None:
     """
     The growth of an address field of one mailbox, which a login counts
     without building the field in the usual cases, is what building it
-    adds, whatever the name and the address hold.
+    adds, whatever the name (quoted or not) and the address hold.
     """
-    header = f"{field}: {''.join(name)} <{''.join(address)}>\r\n".encode()
+    display = f'"{"".join(name)}"' if quoted else "".join(name)
+    header = f"{field}: {display} <{''.join(address)}>\r\n".encode()
     assert downgradeGrowth(header) == len(downgradeHeader(header)) - len(header)

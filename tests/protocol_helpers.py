@@ -5,6 +5,7 @@ Test doubles for driving POP3Protocol over an in-memory transport.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
@@ -84,10 +85,10 @@ class DelayedStore:
         raise AssertionError("store kept producing work")
 
 
-class SizesUnknownMaildrop:
+class MaildropOver:
     """
-    A maildrop that does not say the downgraded sizes, so the protocol
-    reads every header at login (RFC 6856).
+    A maildrop that passes everything to the one it wraps: a test's
+    subclass overrides what it changes.
     """
 
     def __init__(self, maildrop: Any) -> None:
@@ -96,22 +97,40 @@ class SizesUnknownMaildrop:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._maildrop, name)
 
+
+class StoreOver:
+    """
+    A store over another (a L{MemoryStore}) whose maildrops are made into
+    C{wrap(maildrop)}, a L{MaildropOver} subclass.
+    """
+
+    def __init__(self, store: MemoryStore, wrap: Callable[[Any], Any]) -> None:
+        self._store = store
+        self._wrap = wrap
+
+    def openMaildrop(self, user: str) -> Any:
+        return self._store.openMaildrop(user).addCallback(self._wrap)
+
+
+class SizesUnknownMaildrop(MaildropOver):
+    """
+    A maildrop that does not say the downgraded sizes, so the protocol
+    reads every header at login (RFC 6856).
+    """
+
     def listMessages(self) -> Any:
         return self._maildrop.listMessages().addCallback(
             lambda infos: [MessageInfo(info.size, info.uid) for info in infos]
         )
 
 
-class SizesUnknownStore:
+class SizesUnknownStore(StoreOver):
     """
     A L{MemoryStore} whose maildrops are L{SizesUnknownMaildrop}s.
     """
 
     def __init__(self, store: MemoryStore) -> None:
-        self._store = store
-
-    def openMaildrop(self, user: str) -> Any:
-        return self._store.openMaildrop(user).addCallback(SizesUnknownMaildrop)
+        super().__init__(store, SizesUnknownMaildrop)
 
 
 class Session:
@@ -157,6 +176,14 @@ class Session:
         self.transport = transport
         self.protocol.makeConnection(self.transport)
         self.greeting = self.take()
+
+    def wrapMaildrops(self, wrap: Callable[[Any], Any]) -> None:
+        """
+        Serve this session's L{MemoryStore} with each maildrop made into
+        C{wrap(maildrop)} (L{StoreOver}).
+        """
+        self.store = StoreOver(self.memory, wrap)
+        self.portal.realm.store = self.store
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)

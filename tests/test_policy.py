@@ -269,14 +269,15 @@ class TestUpdateWithHistory:
         [logged] = [e for e in events if "log_failure" in e]
         assert logged["log_failure"].check(OSError)
 
-    def test_updateFails(self, monkeypatch: Any) -> None:
+    @pytest.mark.parametrize("expire", [30, None])
+    def test_updateFails(self, monkeypatch: Any, expire: int | None) -> None:
         """
-        Whatever goes wrong in UPDATE, the session gives the maildrop back
-        and ends with an error, rather than waiting in UPDATE, locked, for
-        the autologout.
+        Whatever goes wrong in UPDATE, with EXPIRE's history to read first or
+        without, the session gives the maildrop back and ends with an error,
+        rather than waiting in UPDATE, locked, for the autologout.
         """
         history = LateHistory()
-        s = session(SitePolicy(UserPolicy(expire=30), history=history))
+        s = session(SitePolicy(UserPolicy(expire=expire), history=history))
         s.memory.deliver("alice", b"one\r\n")
         s.login()
         s.command(b"DELE 1")
@@ -285,36 +286,15 @@ class TestUpdateWithHistory:
             raise RuntimeError("a bug")
 
         monkeypatch.setattr(s.protocol, "_update", broken)
-        s.send(b"QUIT\r\n")
         with capturedLogs() as events:
-            history.pending.pop().callback({})
+            s.send(b"QUIT\r\n")
+            if expire is not None:
+                history.pending.pop().callback({})
         assert s.take() == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
         assert s.transport.disconnecting
         assert "alice" not in s.memory._locked
         [logged] = [e["log_failure"] for e in events if "log_failure" in e]
         assert logged.getErrorMessage() == "a bug"
-
-
-def test_updateFailsWithoutExpire(monkeypatch: Any) -> None:
-    """
-    Without EXPIRE, QUIT applies the deletions at once, and a fault there
-    too gives the maildrop back and ends the session with an error.
-    """
-    s = session(SitePolicy(UserPolicy()))
-    s.memory.deliver("alice", b"one\r\n")
-    s.login()
-    s.command(b"DELE 1")
-
-    def broken(*args: object) -> None:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(s.protocol, "_update", broken)
-    with capturedLogs() as events:
-        assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
-    assert s.transport.disconnecting
-    assert "alice" not in s.memory._locked
-    [logged] = [e["log_failure"] for e in events if "log_failure" in e]
-    assert logged.getErrorMessage() == "a bug"
 
 
 def test_directoryHistory(tmp_path: Path) -> None:

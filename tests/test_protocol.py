@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from protocol_helpers import DelayedStore, Session
+from protocol_helpers import DelayedStore, MaildropOver, Session
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address
@@ -282,26 +282,12 @@ class TestTransaction:
         message that was not deleted is lost.
         """
 
-        class FailingMaildrop:
-            def __init__(self, maildrop: Any) -> None:
-                self.maildrop = maildrop
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.maildrop, name)
-
+        class FailingMaildrop(MaildropOver):
             def deleteMessages(self, indexes: Any) -> Deferred[None]:
                 return fail(DeletionFailed(indexes))
 
-        class FailingStore:
-            def __init__(self, store: MemoryStore) -> None:
-                self.store = store
-
-            def openMaildrop(self, user: str) -> Deferred[Any]:
-                return self.store.openMaildrop(user).addCallback(FailingMaildrop)
-
         s = Session()
-        s.store = FailingStore(s.memory)
-        s.portal.realm.store = s.store
+        s.wrapMaildrops(FailingMaildrop)
         s.memory.deliver("alice", M1)
         s.login()
         s.command(b"DELE 1")
@@ -333,26 +319,12 @@ def test_messageGoneWhileSent() -> None:
         def close(self) -> None:
             pass
 
-    class VanishingMaildrop:
-        def __init__(self, maildrop: Any) -> None:
-            self.maildrop = maildrop
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.maildrop, name)
-
+    class VanishingMaildrop(MaildropOver):
         def openMessage(self, index: int) -> Deferred[Any]:
             return succeed(VanishingReader())
 
-    class VanishingStore:
-        def __init__(self, store: MemoryStore) -> None:
-            self.store = store
-
-        def openMaildrop(self, user: str) -> Deferred[Any]:
-            return self.store.openMaildrop(user).addCallback(VanishingMaildrop)
-
     s = Session()
-    s.store = VanishingStore(s.memory)
-    s.portal.realm.store = s.store
+    s.wrapMaildrops(VanishingMaildrop)
     s.memory.deliver("alice", b"y" * 1_000_000)
     s.login()
     s.command(b"DELE 1")

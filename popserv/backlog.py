@@ -14,11 +14,12 @@ stops reading when it is full.  The server then holds at most that much,
 one reply and the queue for each client, as a message transfer holds at
 most a chunk or so (L{popserv.transfer}, which is a producer of its own).
 
-Both read what Twisted's C{FileDescriptor} (the TCP and UNIX transports)
-holds unsent, in attributes it does not document but that have been there
-since Twisted 8: the session's own transport, or the one under Twisted's
-TLS or popserv's PROXY header reader.  Over anything else (a test's
-string transport) L{socketOf} gives L{None}, and the session is not held.
+Both read what Twisted's TCP transport (the UNIX one is a kind of it)
+holds unsent, in attributes it does not document that
+L{popserv.twistedtcp.understood} checks are there: the session's own
+transport, or the one under Twisted's TLS or popserv's PROXY header
+reader.  Over anything else (a test's string transport) L{socketOf} gives
+L{None}, and the session is not held.
 """
 
 from __future__ import annotations
@@ -28,42 +29,25 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.tcp import Server
 from zope.interface import implementer
 
-#: What L{unsent} and L{whenSent} read or set on the transport.
-ATTRIBUTES = (
-    "dataBuffer",
-    "offset",
-    "_tempDataLen",
-    "bufferSize",
-    "producer",
-    "producerPaused",
-)
+from popserv.twistedtcp import understood
 
 
-def socketOf(transport: Any) -> FileDescriptor | None:
+def socketOf(transport: Any) -> Server | None:
     """
     The Twisted transport that writes C{transport}'s octets to its socket:
     C{transport} itself, or the one under Twisted's TLS (an C{ssl:}
     listener) and popserv's PROXY header reader; L{None} if there is none
-    or it lacks an attribute L{ATTRIBUTES} names.
+    or it lacks an attribute L{popserv.twistedtcp.ATTRIBUTES} names.
     """
     # At most TLS over the PROXY header reader over TCP: three layers.
     for _ in range(3):
-        if isinstance(transport, FileDescriptor):
-            kind = type(transport)
-            known = _understood.get(kind)
-            if known is None:
-                # Asked once for each class (of every connection, at once:
-                # two of the attributes are set in __init__).
-                known = _understood[kind] = all(hasattr(transport, a) for a in ATTRIBUTES)
-            return transport if known else None
+        if isinstance(transport, Server):
+            return transport if understood(transport) else None
         transport = getattr(transport, "transport", None)
     return None
-
-
-#: Whether each FileDescriptor class has the attributes: by class.
-_understood: dict[type, bool] = {}
 
 
 def unsent(socket: FileDescriptor) -> int:

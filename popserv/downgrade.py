@@ -212,6 +212,16 @@ def _displayName(phrase: bytes) -> bytes | None:
     return phrase
 
 
+def _beforeAddress(end: int, address: bytes) -> bytes:
+    """
+    What separates an encoded display name that ends at column C{end} from
+    its C{address}: a space, or a fold if the address would take the line
+    past 76 characters (RFC 2047 section 2: a line with encoded-words is at
+    most that).
+    """
+    return b" " if end + 1 + len(address) <= _LINE else b"\r\n "
+
+
 def _addressBody(text: bytes, used: int) -> bytes | None:
     """
     An address field's UTF-8 body, downgraded keeping every address: a
@@ -239,10 +249,7 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
             words = _encodedWords(name, column)
             last = words.rsplit(b"\r\n ", 1)
             end = (column if len(last) == 1 else 1) + len(last[-1])
-            # RFC 2047 section 2: a line with encoded-words is at most 76
-            # characters; the address goes on the next one if need be.
-            space = b" " if end + 1 + len(address) <= _LINE else b"\r\n "
-            pieces.append(words + space + address)
+            pieces.append(words + _beforeAddress(end, address) + address)
         column = 1  # the next mailbox starts a line
     return b",\r\n ".join(pieces)
 
@@ -284,7 +291,7 @@ def _fieldGrowth(field: bytes) -> int:
                 return used + _encodedLength(text, used) + len(_GROUP_END) + 2 - len(field)
             if 4 <= len(display) <= _capacity(used):  # a name of one encoded-word
                 end = used + (len(display) + 2) // 3 * 4 + _WORD_OVERHEAD
-                space = 1 if end + 1 + len(address) <= _LINE else 3
+                space = len(_beforeAddress(end, address))
                 return end + space + len(address) + 2 - len(field)
         return len(_downgradeField(field)) - len(field)
     length = used + _encodedLength(text, used) + 2

@@ -326,9 +326,12 @@ class POP3Protocol(LineOnlyReceiver):
                 self.transport.pauseProducing()
             return
         self._run(line)
-        self._holdForOutput()
 
     def _run(self, line: bytes) -> None:
+        self._execute(line)
+        self._holdForOutput()
+
+    def _execute(self, line: bytes) -> None:
         if line is _LINE_TOO_LONG:
             self._send(replies.err("Line too long"))
             self._hangUp("line-too-long")
@@ -336,7 +339,7 @@ class POP3Protocol(LineOnlyReceiver):
         if self._sasl is None and len(line) > type(self).MAX_LENGTH:
             # Read while a SASL exchange allowed longer lines, but it is a
             # command: the RFC 2449 limit holds whenever it is processed.
-            self._run(_LINE_TOO_LONG)
+            self._execute(_LINE_TOO_LONG)
             return
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -402,7 +405,6 @@ class POP3Protocol(LineOnlyReceiver):
                     self._queue.clear()
                     break
                 self._run(self._queue.pop(0))
-                self._holdForOutput()
         finally:
             self._draining = False
         if self._readingPaused and not self._tooLong and len(self._queue) < MAX_QUEUED_LINES // 2:
@@ -1101,14 +1103,12 @@ class POP3Protocol(LineOnlyReceiver):
             self._send(replies.ok(f"Bye, {len(indexes)} deleted, {left} left"))
 
         def failed(failure: Failure) -> None:
+            e = failure.value
+            if not isinstance(e, DeletionFailed):
+                self._updateFailed(failure)
+                return
             self._releaseBeforeBye()
-            if failure.check(DeletionFailed):
-                e = failure.value
-                assert isinstance(e, DeletionFailed)
-                self._send(replies.err(e.text, e.code))
-            else:
-                self._log.failure("Applying deletions failed", failure)
-                self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
+            self._send(replies.err(e.text, e.code))
 
         def close(_: None) -> None:
             self._deleting = None

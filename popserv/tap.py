@@ -45,7 +45,7 @@ from popserv.protocol import DEFAULT_TIMEOUT, POP3ServerFactory
 from popserv.proxy import ProxyWrappingFactory
 from popserv.realm import MaildropRealm
 from popserv.scram import IScramSHA256Credentials
-from popserv.tls import OPTION_NAMES, ReloadableTLS, TLSConfigError, TLSFiles
+from popserv.tls import ENDPOINT_NAMES, OPTION_NAMES, ReloadableTLS, TLSConfigError, TLSFiles
 
 DEFAULT_LISTEN = "tcp:110"
 
@@ -425,15 +425,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         return _endpoint(implicit.tcp), tls
 
 
-#: How errors name the files of an ssl: listener with its own key.
-ENDPOINT_NAMES = {
-    "certificate": "certKey=",
-    "key": "privateKey=",
-    "chain": "extraCertChain=",
-    "clientCA": OPTION_NAMES["clientCA"],
-}
-
-
 def _loadTLS(files: TLSFiles, where: str | None) -> ReloadableTLS:
     try:
         return ReloadableTLS(files)
@@ -496,21 +487,25 @@ def makeService(options: Options) -> IService:
         Listener(description, endpoint, served).setServiceParent(top)
     # Always: an operator's (or systemd's ExecReload's) SIGHUP must never
     # kill the server, as the signal's default action would.
-    CertificateReloader(certificates).setServiceParent(top)
+    reloader = CertificateReloader(certificates)
+    reloader.setServiceParent(top)
     # Started once twistd has bound the ports and dropped its privileges
     # (--uid), before the reactor runs, so before anyone is served.
-    AccessCheck(_neededAccess(options)).setServiceParent(top)
+    AccessCheck(_neededAccess(options, reloader.certificates)).setServiceParent(top)
     # Last: what the services above make when they start is set up too.
     HeapFreezer().setServiceParent(top)
     return top
 
 
-def _neededAccess(options: Options) -> list[tuple[str, str, int, bool]]:
+def _neededAccess(
+    options: Options, certificates: list[ReloadableTLS]
+) -> list[tuple[str, str, int, bool]]:
     """
     What the server's user must be able to do once it serves, as
     (what, path, os.access mode, fatal): write the --state-dir; read the
-    password files it reads again as they change; read the TLS files a
-    SIGHUP reloads (only a warning: the old certificate stays in use).
+    password files it reads again as they change; read the files of
+    C{certificates}, which a SIGHUP reloads (only a warning: the old
+    certificate stays in use).
     """
     from twisted.cred.checkers import FilePasswordDB
 
@@ -525,14 +520,11 @@ def _neededAccess(options: Options) -> list[tuple[str, str, int, bool]]:
         elif isinstance(checker, FilePasswordDB):
             path = os.fsdecode(checker.filename)
             needed.append((f"--auth file:{path}", path, os.R_OK, True))
-    seen = set()
-    for tls in [options["tls"], *(tls for _, tls, _ in options["endpoints"])]:
-        if isinstance(tls, ReloadableTLS) and id(tls) not in seen:
-            seen.add(id(tls))
-            for name in ("certificate", "key", "chain", "clientCA"):
-                path = getattr(tls.files, name)
-                if path:
-                    needed.append((f"TLS file {path} (read again on SIGHUP)", path, os.R_OK, False))
+    for tls in certificates:
+        for name in ("certificate", "key", "chain", "clientCA"):
+            path = getattr(tls.files, name)
+            if path:
+                needed.append((f"TLS file {path} (read again on SIGHUP)", path, os.R_OK, False))
     return needed
 
 
@@ -562,10 +554,7 @@ class AccessCheck(Service):
             if not fatal:
                 self._log.warn("{message}", message=message)
                 continue
-            message = f"popserv: error: {message}"
-            self._log.critical("{message}", message=message)
-            print(message, file=sys.__stderr__, flush=True)
-            raise StartFailed(message)
+            raise _startFailed(self._log, message)
 
 
 def _userName() -> str:
@@ -662,6 +651,19 @@ class StartFailed(SystemExit, Exception):
         return self.message
 
 
+def _startFailed(log: Logger, problem: str) -> StartFailed:
+    """
+    Say why start-up failed, once services are starting, and give the
+    exception that ends it.  Once logging has started twistd's
+    C{sys.stderr} feeds the log; the operator's terminal is the original
+    stderr.  A daemon has none, so the log gets the line too.
+    """
+    message = f"popserv: error: {problem}"
+    log.critical("{message}", message=message)
+    print(message, file=sys.__stderr__, flush=True)
+    return StartFailed(message)
+
+
 class Listener(StreamServerEndpointService):
     """
     Listens on one endpoint; if it cannot (address in use, no permission),
@@ -681,13 +683,7 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as e:
-            message = f"popserv: error: cannot listen on {self.description}: {e}"
-            # Once logging has started twistd's sys.stderr feeds the log;
-            # the operator's terminal is the original stderr.  A daemon has
-            # none, so the log gets the line too.
-            self._log.critical("{message}", message=message)
-            print(message, file=sys.__stderr__, flush=True)
-            raise StartFailed(message) from None
+            raise _startFailed(self._log, f"cannot listen on {self.description}: {e}") from None
         if self._waitingForPort is not None:
             self._waitingForPort.addCallback(self._listening)
 

@@ -54,6 +54,19 @@ OPTION_NAMES = {
     "clientCA": "--tls-client-ca",
 }
 
+#: How they are named for an ssl: listener with its own key (the client
+#: CA still comes from --tls-client-ca).
+ENDPOINT_NAMES = {
+    "certificate": "certKey=",
+    "key": "privateKey=",
+    "chain": "extraCertChain=",
+    "clientCA": OPTION_NAMES["clientCA"],
+}
+
+
+#: The files of L{TLSFiles} that must hold a certificate if given.
+_CERTIFICATE_FILES = ("certificate", "chain", "clientCA")
+
 
 @dataclass(frozen=True)
 class TLSFiles:
@@ -105,19 +118,15 @@ class TLSFiles:
             except OSError as e:
                 raise TLSConfigError(f"{self._named(name)}: cannot read it: {e.strerror}") from None
         try:
-            blocks = {name: _pemBlocks(read.get(name, b"")) for name in ("certificate", "chain")}
-            for name in ("certificate", "chain"):
+            blocks = {name: _pemBlocks(read.get(name, b"")) for name in _CERTIFICATE_FILES}
+            for name in _CERTIFICATE_FILES:
                 if name in read and not blocks[name]:
                     raise TLSConfigError(f"{self._named(name)}: no certificate in it")
             certificates = [
                 ssl.Certificate.loadPEM(block) for block in blocks["certificate"] + blocks["chain"]
             ]
             key = _loadKey(read["key"], self._named("key"))
-            authorities = [
-                ssl.Certificate.loadPEM(b).original for b in _pemBlocks(read.get("clientCA", b""))
-            ]
-            if self.clientCA and not authorities:
-                raise TLSConfigError(f"{self._named('clientCA')}: no certificate in it")
+            authorities = [ssl.Certificate.loadPEM(b).original for b in blocks["clientCA"]]
         except TLSConfigError:
             raise
         except Exception as e:

@@ -1,6 +1,8 @@
 """
-What popserv's two fast paths for writes rely on in Twisted's TCP
-transport (C{twisted.internet.tcp.Server}) that Twisted does not document.
+What popserv's two fast paths for writes, and its hold on a client that
+does not read its replies, rely on in Twisted's TCP transport
+(C{twisted.internet.tcp.Server}, of which the UNIX one is a kind) that
+Twisted does not document.
 
 L{popserv.sendnow} sends a message at once when the transport holds
 nothing unsent, and L{popserv.turnend} puts a reply in the transport's
@@ -13,7 +15,9 @@ popserv accepts any Twisted from 23.10 on, so a release that renamed one
 must not break a server already installed.  Before either path is taken,
 L{understood} checks that the transport has them all.  If not, both paths
 write through the transport's documented C{write()}, which is slower and
-never wrong, and the log says so once.
+never wrong, and the log says so once.  L{popserv.backlog} reads how much
+the transport holds unsent, and marks a producer paused, through the same
+check: without the attributes a session is not held back.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from popserv.proxy import ProxyHeaderWrapper
 
 _log = Logger()
 
-#: The attributes read or filled: the transport's two buffers and their
-#: length, and what says it is closing, half-closed, aborted, switched to
-#: TLS, or has a producer.
+#: The attributes read or filled: the transport's two buffers, their
+#: length, how far the first is sent and how much it may hold before it
+#: pauses a producer, and what says it is closing, half-closed, aborted,
+#: switched to TLS, or has a producer, and whether that one is paused.
 ATTRIBUTES = (
     "dataBuffer",
+    "offset",
+    "bufferSize",
     "_tempDataBuffer",
     "_tempDataLen",
     "connected",
@@ -42,6 +49,7 @@ ATTRIBUTES = (
     "TLS",
     "producer",
     "streamingProducer",
+    "producerPaused",
 )
 
 #: Whether Twisted's TCP transport has them: unknown until the first
@@ -62,7 +70,8 @@ def understood(transport: Server) -> bool:
         if missing:
             _log.warn(
                 "Twisted's TCP transport has no {missing}: replies and messages"
-                " go through its write(), which is slower",
+                " go through its write(), which is slower, and a client that"
+                " does not read its replies is not held back",
                 missing=", ".join(missing),
             )
     return _understood

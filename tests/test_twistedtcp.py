@@ -19,11 +19,13 @@ from popserv.turnend import writeReply
 REPLY = b"+OK POP3 server ready\r\n"
 
 
-#: What each attribute the fast paths use holds on an idle connection:
-#: open, not closing, half-closed, aborted or TLS, nothing to send, no
-#: producer.
+#: What each attribute the fast paths (and popserv.backlog) use holds on an
+#: idle connection: open, not closing, half-closed, aborted or TLS, nothing
+#: to send, a 64 KiB buffer, no producer.
 IDLE = {
     "dataBuffer": b"",
+    "offset": 0,
+    "bufferSize": 2**16,
     "_tempDataBuffer": [],
     "_tempDataLen": 0,
     "connected": True,
@@ -34,6 +36,7 @@ IDLE = {
     "TLS": False,
     "producer": None,
     "streamingProducer": False,
+    "producerPaused": False,
 }
 
 

@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, filterfalse, repeat
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -437,23 +437,28 @@ class _Listing:
         self.sortable, self.uidsValid = _checkNames(joinedBases, self.bases)
         self.sizesInNames = any(",W=" in joined for joined in joinedBases)
 
-    def entries(self, wanted: set[str]) -> dict[str, tuple[str, int, str]]:
+    def entries(self, wanted: set[str] | None = None) -> dict[str, tuple[int, str]]:
         """
-        Where the messages named C{wanted} are: subdirectory, a descriptor
-        of it, file name (cur/ winning over new/).
+        Where the messages named C{wanted} (all, if L{None}) are: a
+        descriptor of their directory, and their file name (cur/ winning
+        over new/).
 
         @raise OSError: a directory cannot be opened.
         """
-        found: dict[str, tuple[str, int, str]] = {}
+        found: dict[str, tuple[int, str]] = {}
         for subdir, names, bases in self.parts:
-            directory = self._directory(subdir)
-            found.update(
-                compress(
-                    zip(bases, zip(repeat(subdir), repeat(directory), names), strict=True),
-                    map(wanted.__contains__, bases),
-                )
-            )
+            located: Iterable[tuple[str, tuple[int, str]]]
+            located = zip(bases, zip(repeat(self._directory(subdir)), names), strict=True)
+            if wanted is not None:
+                located = compress(located, map(wanted.__contains__, bases))
+            found.update(located)
         return found
+
+    def subdirectory(self, directory: int) -> str:
+        """
+        The name of the subdirectory whose descriptor L{entries} gave.
+        """
+        return next(subdir for subdir, fd in self._directories.items() if fd == directory)
 
     def _directory(self, subdir: str) -> int:
         directory = self._directories.get(subdir)
@@ -735,12 +740,17 @@ class MaildirMaildrop:
         if not misses:
             return dropped, Records.empty()
         names, wire, downgraded, disk = known
-        where = listing.entries({names[i] for i in misses})
+        # A cold login measures every message: no need to pick them out.
+        wanted = None if len(misses) == len(names) else set(map(names.__getitem__, misses))
+        where = listing.entries(wanted)
         measured = []
         # In message order (about the order the files were written in),
         # except that files not in the page cache come after the others,
-        # read while the disk fetches them.
-        files = ((i, *where[names[i]][1:]) for i in misses)  # key, directory, name
+        # read while the disk fetches them.  Each file is its key, its
+        # directory and its name, (i,) + where[names[i]]: made in C, as a
+        # generator expression here took a tenth of a cold login.
+        located = map(where.__getitem__, map(names.__getitem__, misses))
+        files = cast("Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(misses), located))
         knownSize = (lambda i: _knownWireSize(names[i])) if listing.sizesInNames else None
         for i, sizes in measureEach(files, knownSize):
             if not isinstance(sizes, OSError):
@@ -749,8 +759,8 @@ class MaildirMaildrop:
                 dropped.add(i)  # removed by another program while we looked
                 continue
             else:
-                subdir, _, name = where[names[i]]
-                path = os.path.join(self.path, subdir, name)
+                directory, name = where[names[i]]
+                path = os.path.join(self.path, listing.subdirectory(directory), name)
                 wireSize = _knownWireSize(names[i])
                 if wireSize is None:
                     # A directory or an unreadable file where a message

@@ -215,8 +215,11 @@ def test_strayEntriesSkipped(tmp_path: Path) -> None:
     deliverToMaildir(tmp_path / "alice", b"good\n", name="2.good")
     (tmp_path / "alice" / "new" / "1.stray").mkdir()
     (tmp_path / "alice" / "new" / "3.stray,W=10").mkdir()
-    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    with capturedLogs() as events:
+        maildrop = result(store(tmp_path).openMaildrop("alice"))
     assert [m.uid for m in result(maildrop.listMessages())] == ["2.good", "3.stray,W=10"]
+    stray = os.path.join(tmp_path, "alice", "new", "1.stray")
+    assert [formatEvent(e) for e in events] == [f"Skipping {stray}: [Errno 21] Is a directory"]
     with pytest.raises(MessageUnavailable):
         result(maildrop.openMessage(1))
     assert result(result(maildrop.openMessage(0)).read(100)) == b"good\n"

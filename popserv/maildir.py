@@ -772,6 +772,10 @@ class MaildirMaildrop:
                 # Listed by its name; RETR will say it cannot be read.
                 sizes = (wireSize, wireSize, NO_SIZE)
             wire[i], downgraded[i], disk[i] = sizes
+        if len(measured) == len(names):
+            # All of them (a first login): the snapshot is what was learnt,
+            # and the index takes it as it is rather than a copy.
+            return dropped, known
         measured.sort()  # the records learnt, in message order
         return dropped, known.pick(measured)
 

@@ -206,9 +206,10 @@ def encodeBlock(records: Records) -> bytes:
 
     @raise ValueError: a name holds a NUL (no file name can).
     """
-    if any("\0" in name for name in records.names):
+    joined = "\0".join(records.names)
+    if joined.count("\0") != max(len(records.names) - 1, 0):
         raise ValueError("a name holds NUL")
-    names = "\0".join(records.names).encode("utf-8", "surrogateescape")
+    names = joined.encode("utf-8", "surrogateescape")
     columns = b"".join(
         _littleEndian(column) for column in (records.wire, records.downgraded, records.disk)
     )

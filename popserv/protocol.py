@@ -417,6 +417,12 @@ class POP3Protocol(LineOnlyReceiver):
         Anything unexpected: log it whole, tell the client nothing about it.
         """
         if failure.check(TransferAborted):
+            # The transport stops its producer when the connection is lost,
+            # before it calls connectionLost: the session is over now.  A
+            # DELE and QUIT pipelined behind the cut reply must not run in
+            # between (RFC 1939 section 6: a session that ends without a
+            # QUIT it answered removes nothing).
+            self._lost = True
             return
         if self._transfer is not None and failure.check(POP3Error):
             # The store's reader refused mid-message, as its contract lets

@@ -1,0 +1,125 @@
+"""
+A connection lost in the middle of a multi-line reply, on a real loopback
+socket: Twisted stops the reply's producer before it tells the protocol
+the connection is gone, and nothing the client pipelined behind the
+command may run in between (RFC 1939 section 6: only a QUIT received in a
+live session enters the UPDATE state).
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import pytest
+from loopback import Connection, resetByClient
+from protocol_helpers import MaildropOver, StoreOver
+from test_backlog import read, smallBuffers
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popserv.interfaces import IMessageReader
+from popserv.memorystore import BytesReader, MemoryStore
+from popserv.protocol import POP3ServerFactory
+from popserv.realm import MaildropRealm
+
+#: Larger than one read of the transfer: it reads it in parts.
+BIG = b"".join(b"line %07d of a long message\r\n" % n for n in range(50_000))
+SMALL = b"Subject: small\r\n\r\nhello\r\n"
+
+
+@implementer(IMessageReader)
+class HeldReader:
+    """
+    Reads as a store's thread does: each read answers only when the test
+    says (L{answer}).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._reader = BytesReader(data)
+        self.reads: list[tuple[Deferred[bytes], int]] = []
+
+    def read(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.reads.append((d, size))
+        return d
+
+    def answer(self) -> None:
+        d, size = self.reads.pop(0)
+        self._reader.read(size).chainDeferred(d)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class HeldMaildrop(MaildropOver):
+    readers: list[HeldReader]
+
+    def openMessage(self, index: int) -> Any:
+        def held(reader: BytesReader) -> HeldReader:
+            data = reader.read(len(BIG) * 2).result  # type: ignore[attr-defined]
+            self.readers.append(HeldReader(data))
+            return self.readers[-1]
+
+        return self._maildrop.openMessage(index).addCallback(held)
+
+
+def clientReads(c: Connection) -> None:
+    """
+    Let the server send all it holds, the client reading it.
+    """
+    for _ in range(10_000):
+        if not c.waiting():
+            return
+        c.transport.doWrite()
+        c.receivedNow(wait=0.01)
+    raise AssertionError("the server never sent what it held")
+
+
+@pytest.mark.parametrize("command", [b"RETR 1", b"TOP 1 100000"])
+def test_nothingRunsAfterCutReply(command: bytes) -> None:
+    """
+    A client that pipelines DELE and QUIT behind a long RETR or TOP and
+    resets the connection in the middle of the reply, while the store is
+    reading the next part, loses nothing: the DELE and the QUIT never run,
+    and the session's audit line says so.
+    """
+    store = MemoryStore()
+    store.deliver("alice", BIG)
+    store.deliver("alice", SMALL)
+    readers: list[HeldReader] = []
+    HeldMaildrop.readers = readers
+    portal = Portal(
+        MaildropRealm(StoreOver(store, HeldMaildrop)),
+        [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")],
+    )
+    c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
+    try:
+        smallBuffers(c)
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"USER alice\r\nPASS secret\r\n")
+        assert read(c, b"+OK Send PASS\r\n+OK Logged in, 2 messages")
+        c.client.sendall(command + b"\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n")
+        select.select([c.transport.socket], [], [], 5)
+        c.transport.doRead()
+        [reader] = readers
+        reader.answer()  # the first part goes out; the next read waits
+        clientReads(c)
+        assert len(reader.reads) == 1
+        resetByClient(c)
+        # What the reactor does when a read finds the reset: the transport
+        # stops the reply's producer, then tells the protocol.
+        lost = c.transport.doRead()
+        assert lost is not None
+        c.transport.connectionLost(Failure(lost))
+        c.reactor.advance(0)
+    finally:
+        c.close()
+    assert store.messages("alice") == [BIG, SMALL]
+    record = c.protocol.record
+    assert (record.reason, record.dele) == ("disconnected", 0)

@@ -20,7 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
@@ -31,6 +37,7 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
 
 from popserv.addresses import Network, inNetworks, parseNetworks
 from popserv.clock import reactorTime
@@ -42,6 +49,7 @@ __all__ = ["MAX_HEADER", "ProxyHeaderWrapper", "ProxyWrappingFactory", "parseNet
 MAX_HEADER = 4096
 
 
+@implementer(IHandshakeListener)
 class ProxyHeaderWrapper(ProtocolWrapper):
     """
     Reads the PROXY header, then hands the connection to the wrapped
@@ -63,8 +71,6 @@ class ProxyHeaderWrapper(ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         # Like ProtocolWrapper.makeConnection, but the wrapped protocol is
         # connected only when the header has arrived.
-        from zope.interface import directlyProvides, providedBy
-
         directlyProvides(self, providedBy(transport))
         self.connected = 1
         self.transport = transport
@@ -138,6 +144,20 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if self._info is not None and self._info.destination is not None:
             return cast(IAddress, self._info.destination)
         return cast(IAddress, self.transport.getHost())
+
+    # TLS after STLS (RFC 2595 section 4), under this wrapper: Twisted starts
+    # it on the TCP transport, which then provides ISSLTransport and hands
+    # the bytes to a TLS layer whose protocol is this wrapper.
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.transport.startTLS(contextFactory, normal)
+        # The interfaces were copied when the connection was made: the
+        # session tells an encrypted connection by ISSLTransport.
+        directlyProvides(self, providedBy(self.transport))
+
+    def handshakeCompleted(self) -> None:
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None:

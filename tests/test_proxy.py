@@ -4,17 +4,22 @@ Tests for popserv.proxy: the HAProxy PROXY protocol in front of POP3.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
+from certificates import CertificateAuthority
+from loopback import Connection, TLSClient
 from protocol_helpers import Session
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from popserv.proxy import ProxyWrappingFactory, parseNetworks
+from popserv.tls import ReloadableTLS, TLSFiles
 
 V1 = b"PROXY TCP4 203.0.113.5 192.0.2.1 51000 110\r\n"
 
@@ -129,3 +134,55 @@ def test_parseNetworks() -> None:
     assert [str(n) for n in parseNetworks("10.0.0.0/8, ::1")] == ["10.0.0.0/8", "::1/128"]
     with pytest.raises(ValueError):
         parseNetworks("not-a-network")
+
+
+def serve(c: Connection, write: bool = True) -> None:
+    """
+    Have the server read what the client sent (waiting up to 5 s for it),
+    run what is due at the end of that turn and, with C{write}, write.
+    """
+    assert select.select([c.transport.socket], [], [], 5)[0]
+    c.transport.doRead()
+    c.reactor.advance(0)
+    if write and c.waiting():
+        c.transport.doWrite()
+
+
+def test_startTLSBehindHeader(tmp_path: Path) -> None:
+    """
+    STLS on a connection behind a PROXY header (RFC 2595 section 4): once
+    the handshake is over the session is encrypted, as on a plain
+    listener.  A client from another host may then send its password in
+    clear text commands, STLS is no longer offered and is refused, and the
+    audit line records the TLS version.
+    """
+    issued = CertificateAuthority(tmp_path).issue("localhost", ["localhost"])
+    session = Session(tls=ReloadableTLS(TLSFiles(str(issued.certificate), str(issued.key))))
+    wrapping = ProxyWrappingFactory(session.factory, parseNetworks("127.0.0.0/8"), reactor=Clock())
+    c = Connection(wrapping.buildProtocol(None))
+    try:
+        c.client.sendall(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 110\r\n")
+        serve(c)
+        pop3 = c.protocol.wrappedProtocol  # type: ignore[attr-defined]
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"CAPA\r\nSTLS\r\n")
+        serve(c)
+        inClear = c.receivedNow(wait=5)
+        assert b"\r\nSTLS\r\n" in inClear and b"\r\nUSER\r\n" not in inClear
+        assert inClear.endswith(b".\r\n+OK Begin TLS negotiation\r\n")
+        client = TLSClient(c)
+        assert pop3.isEncrypted()
+        assert pop3.record.tls.startswith("TLSv1.")
+
+        def command(line: bytes) -> bytes:
+            client.tls.write(line + b"\r\n")
+            c.client.sendall(client.outgoing.read())
+            serve(c, write=False)
+            return client.receive()[1]
+
+        capabilities = command(b"CAPA")
+        assert b"\r\nUSER\r\n" in capabilities and b"STLS" not in capabilities
+        assert command(b"STLS") == b"-ERR Command not permitted when TLS active\r\n"
+        assert command(b"USER alice") == b"+OK Send PASS\r\n"
+    finally:
+        c.close()

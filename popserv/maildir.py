@@ -314,8 +314,10 @@ def _measureRead(
         # asked only at its end (L{readEach} makes sure of that; and a file
         # that is not, or that changed, has another size when it is opened
         # to be read).  This is the common case; it needs no fstat.
+        # It is counted even when its name gives its size (,W=): counting
+        # costs less than the read did, and a name can be wrong.
         data = buffer[:length]
-        wire = _wholeWireSize(data) if known is None else known
+        wire = _wholeWireSize(data)
         delta = 0 if data.isascii() else downgradeDelta(data)
         return wire, wire + delta, length
     # Empty, or large: only now is it worth asking what it is, so that a
@@ -323,6 +325,8 @@ def _measureRead(
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, "not a regular file")
+    if known is not None and not info.st_size <= known <= 2 * info.st_size:
+        known = None  # no file of this size has that wire size: count it
     counter = WireSize() if known is None else None
     prefix = b""
     disk = 0
@@ -338,7 +342,11 @@ def _measureRead(
         chunk = os.read(fd, _READ_SIZE)
     if counter is None:
         assert known is not None
-        wire, disk = known, info.st_size
+        # Dovecot's ,W= counts the lines as they are; popserv ends an
+        # unterminated last line with a CRLF (so does Dovecot, without
+        # counting it).
+        disk = info.st_size
+        wire = known + (2 if disk and os.pread(fd, 1, disk - 1) != b"\n" else 0)
     else:
         wire = counter.finish()
     return wire, wire + downgradeDelta(prefix), disk

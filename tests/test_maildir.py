@@ -177,13 +177,27 @@ def test_intermediateDirectoriesPrivate(tmp_path: Path) -> None:
 
 def test_sizeFromFileName(tmp_path: Path) -> None:
     """
-    A ,W= field in the file name is the message's wire size; without it
-    the file is read.  ,S= (the size on disk) is not used as the wire size.
+    A ,W= field in the file name (Dovecot's) gives the wire size of a
+    message too large to read whole at login, plus the CRLF that ends an
+    unterminated last line; a message read whole is counted, whatever its
+    name says, and so is one whose ,W= no file of its size can have.  ,S=
+    (the size on disk) is never used as the wire size.
     """
-    deliverToMaildir(tmp_path / "alice", b"a\nb\n", name="1.M1.host,S=4,W=99")
-    deliverToMaildir(tmp_path / "alice", b"a\nb\n", name="2.M2.host,S=4")
+    large = b"line\n" * 20_000
+    wire = len(large) + 20_000
+    deliverToMaildir(tmp_path / "alice", large, name=f"1.M1.host,S=100000,W={wire}")
+    deliverToMaildir(tmp_path / "alice", large + b"end", name=f"2.M2.host,W={wire + 3}")
+    deliverToMaildir(tmp_path / "alice", large, name="3.M3.host,W=99")
+    deliverToMaildir(tmp_path / "alice", b"a\nb", name="4.M4.host,S=3,W=99")
+    deliverToMaildir(tmp_path / "alice", b"a\nb\n", name="5.M5.host,S=4")
     maildrop = result(store(tmp_path).openMaildrop("alice"))
-    assert [m.size for m in result(maildrop.listMessages())] == [99, 6]
+    assert [m.size for m in result(maildrop.listMessages())] == [
+        wire,
+        wire + 5,
+        wire,
+        6,
+        6,
+    ]
     maildrop.close()
 
 
@@ -962,9 +976,20 @@ def assertMeasured(directory: Path, data: bytes) -> None:
         wire, downgraded = wireSize(data), wireSize(data, downgrade=True)
         # Read as a login reads (without waiting, where the system can) and
         # in turn.
+        # Dovecot's ,W= for the file: no CRLF for an unterminated last line.
+        named = wire - (2 if data and not data.endswith(b"\n") else 0)
+        # A wrong one: taken for a file too large to read whole, if a file
+        # of its size can have it (CRLF at most doubles it).
+        large = len(data) >= maildir._FIRST_READ and named + 1 <= 2 * len(data)
+        wrong = named + 1 if large else named
         for nowait in {maildir.NOWAIT, None}:
             assert measure(fd, None, nowait) == (wire, downgraded, len(data))
-            assert measure(fd, 12345, nowait) == (12345, 12345 + downgraded - wire, len(data))
+            assert measure(fd, named, nowait) == (wire, downgraded, len(data))
+            assert measure(fd, named + 1, nowait) == (
+                wrong + wire - named,
+                wrong + downgraded - named,
+                len(data),
+            )
     finally:
         os.close(fd)
 

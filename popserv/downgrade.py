@@ -14,8 +14,11 @@ case, a sender whose name is not ASCII.  A field with an address that is
 not ASCII, or of a form this does not take apart (groups, comments,
 routes), becomes an empty group whose display name is the encoded original
 (RFC 6858): valid syntax that shows the addresses, though a reply cannot
-reach them.  Fields that are ASCII, or 8-bit but not UTF-8, are left alone;
-the body is never touched.
+reach them.  In a MIME field (Content-Type, Content-Disposition), where an
+encoded-word may not stand (RFC 2047 section 5), each UTF-8 parameter is
+written as RFC 2231 says, so that a mail reader still finds the part's
+type and its file name.  Fields that are ASCII, or 8-bit but not UTF-8,
+are left alone; the body is never touched.
 
 Everything here works on the header section with CRLF line endings, as the
 encoder has it after converting line endings.
@@ -122,11 +125,11 @@ def _encodedLength(data: bytes, used: int) -> int:
 _GROUP_END = b" :;"
 
 
-def _fieldText(field: bytes) -> tuple[bytes, bytes, bool] | None:
+def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
     """
-    The name, the unfolded UTF-8 body, and whether it is an address field,
-    of one header field that is to be downgraded; L{None} if it is sent as
-    it is (ASCII, no colon, or 8-bit but not UTF-8).
+    The name, the unfolded UTF-8 body and the lower-case name of one
+    header field that is to be downgraded; L{None} if it is sent as it is
+    (ASCII, no colon, or 8-bit but not UTF-8).
     """
     if field.isascii():
         return None
@@ -138,7 +141,7 @@ def _fieldText(field: bytes) -> tuple[bytes, bytes, bool] | None:
         unfolded.decode()  # UTF-8
     except UnicodeDecodeError:
         return None  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
-    return name, unfolded, name.strip().lower() in ADDRESS_FIELDS
+    return name, unfolded, name.strip().lower()
 
 
 def _mailboxes(text: bytes) -> list[bytes] | None:
@@ -254,6 +257,116 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
     return b",\r\n ".join(pieces)
 
 
+#: MIME header fields whose parameters (RFC 2045 section 5.1, RFC 2183)
+#: carry a value that is not ASCII in RFC 2231's form, never as
+#: encoded-words (RFC 2047 section 5: not in a parameter).
+PARAMETER_FIELDS = frozenset({b"content-type", b"content-disposition"})
+
+#: RFC 2045 section 5.1: a token is made of these.
+_TOKEN = frozenset(range(0x21, 0x7F)) - frozenset(b'()<>@,;:\\"/[]?=')
+#: RFC 2231 section 7: what an extended value holds as it is; every other
+#: octet is written as "%" and two hexadecimal digits.
+_ATTRIBUTE_CHAR = _TOKEN - frozenset(b"*'%")
+#: Percent-encoded octets one continuation of a parameter carries: with
+#: its name, "*N*=" and ";", a line stays well within 78 characters.
+_SEGMENT = 48
+
+
+def _parameters(text: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
+    """
+    The parameters of a MIME field's body after its value: each one's text
+    as written, its name, and its value (a quoted string unquoted);
+    L{None} if the body has a comment, an unbalanced quote, or a
+    parameter that is not "name=value" with a token for a name.
+    """
+    pieces = []
+    start = 0
+    quoted = escaped = False
+    for i, octet in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif octet == 0x5C:  # backslash
+                escaped = True
+            elif octet == 0x22:
+                quoted = False
+        elif octet == 0x22:
+            quoted = True
+        elif octet == 0x28:  # a comment: not taken apart
+            return None
+        elif octet == 0x3B:  # ";"
+            pieces.append(text[start:i])
+            start = i + 1
+    if quoted:
+        return None
+    pieces.append(text[start:])
+    parameters = []
+    for piece in pieces[1:]:
+        piece = piece.strip(b" \t")
+        if not piece:
+            continue  # a trailing ";", as some mailers write
+        name, equals, value = piece.partition(b"=")
+        name, value = name.strip(b" \t"), value.strip(b" \t")
+        if not equals or not name or not all(octet in _TOKEN for octet in name):
+            return None
+        if value[:1] == b'"':
+            if len(value) < 2 or value[-1:] != b'"':
+                return None
+            value = re.sub(rb"\\(.)", rb"\1", value[1:-1], flags=re.DOTALL)
+        parameters.append((piece, name, value))
+    return parameters
+
+
+def _extended(name: bytes, value: bytes) -> list[bytes]:
+    """
+    A parameter whose value is UTF-8 in RFC 2231's form, in continuations
+    (section 3) when long: C{name*=utf-8''%C3%A4...}.
+    """
+    encoded = [bytes([o]) if o in _ATTRIBUTE_CHAR else b"%%%02X" % o for o in value]
+    segments = []
+    segment: list[bytes] = []
+    length = 0
+    for i, piece in enumerate(encoded):
+        # A segment ends only before the first octet of a character, so
+        # that each holds whole characters (RFC 2231 does not ask it, but
+        # some readers decode segment by segment).
+        if length + len(piece) > _SEGMENT and not 0x80 <= value[i] < 0xC0:
+            segments.append(b"".join(segment))
+            segment, length = [], 0
+        segment.append(piece)
+        length += len(piece)
+    segments.append(b"".join(segment))
+    if len(segments) == 1:
+        return [name + b"*=utf-8''" + segments[0]]
+    return [
+        name + b"*%d*=" % n + (b"utf-8''" if n == 0 else b"") + part
+        for n, part in enumerate(segments)
+    ]
+
+
+def _parametersBody(text: bytes) -> bytes | None:
+    """
+    A MIME field's UTF-8 body downgraded: its value as it is, each ASCII
+    parameter as it is, each UTF-8 one in RFC 2231's form; a parameter a
+    line.  L{None} if the value is not ASCII, a parameter name already
+    asks for RFC 2231 (its value should then be ASCII), or the body is
+    not taken apart (L{_parameters}): the field is then encoded whole.
+    """
+    parameters = _parameters(text)
+    value = text.split(b";", 1)[0].strip(b" \t")
+    if parameters is None or not value.isascii():
+        return None
+    lines = [value]
+    for piece, name, unquoted in parameters:
+        if piece.isascii():
+            lines.append(piece)
+        elif name.endswith(b"*"):
+            return None
+        else:
+            lines += _extended(name, unquoted)
+    return b";\r\n ".join(lines)
+
+
 def _downgradeField(field: bytes) -> bytes:
     """
     One header field, folded lines included, with its final CRLF.
@@ -261,27 +374,33 @@ def _downgradeField(field: bytes) -> bytes:
     parts = _fieldText(field)
     if parts is None:
         return field
-    name, text, isAddress = parts
+    name, text, kind = parts
     used = len(name) + 2
-    if isAddress:
+    if kind in ADDRESS_FIELDS:
         body = _addressBody(text, used)
         if body is not None:
             return name + b": " + body + b"\r\n"
         return name + b": " + _encodedWords(text, used) + _GROUP_END + b"\r\n"
+    if kind in PARAMETER_FIELDS:
+        body = _parametersBody(text)
+        if body is not None:
+            return name + b": " + body + b"\r\n"
     return name + b": " + _encodedWords(text, used) + b"\r\n"
 
 
 def _fieldGrowth(field: bytes) -> int:
     """
     C{len(_downgradeField(field)) - len(field)}, without encoding (but for
-    an address field, which is rare enough to be built).
+    an address or MIME field, rare enough to be built).
     """
     parts = _fieldText(field)
     if parts is None:
         return 0
-    name, text, isAddress = parts
+    name, text, kind = parts
     used = len(name) + 2
-    if isAddress:
+    if kind in PARAMETER_FIELDS:
+        return len(_downgradeField(field)) - len(field)
+    if kind in ADDRESS_FIELDS:
         # The usual cases, counted rather than built, as a login counts
         # every message's growth: one mailbox, a name and an address.
         simple = (_QUOTED_MAILBOX if text[:1] == b'"' else _ATOMS_MAILBOX).fullmatch(text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import email.header
+import email.utils
 import itertools
 from array import array
 from typing import Any
@@ -150,6 +151,75 @@ def test_addressesKept(mailboxes: list[tuple[str, str]], field: str) -> None:
     assert out.isascii()
     assert all(len(line) <= 78 for line in out.split(b"\r\n"))
     assert addresses(out) == mailboxes
+
+
+def test_mimeParameters() -> None:
+    """
+    A MIME field keeps its value and its ASCII parameters; a UTF-8
+    parameter value is written in RFC 2231's form, not as an encoded-word
+    (RFC 2047 section 5), so that a mail reader still finds the type of
+    the part and the name of the file.
+    """
+    header = (
+        'Content-Type: application/pdf; name="Scan_M\u00e4rz.pdf"\r\n'
+        'Content-Disposition: attachment;\r\n filename="\u00fc\\"q\\".pdf"; size=12\r\n'
+    ).encode()
+    out = downgradeHeader(header)
+    assert out == (
+        b"Content-Type: application/pdf;\r\n name*=utf-8''Scan_M%C3%A4rz.pdf\r\n"
+        b"Content-Disposition: attachment;\r\n filename*=utf-8''%C3%BC%22q%22.pdf;\r\n"
+        b" size=12\r\n"
+    )
+    message = email.message_from_bytes(out + b"\r\nbody\r\n")
+    assert message.get_content_type() == "application/pdf"
+    assert message.get_filename() == '\u00fc"q".pdf'
+    assert email.utils.collapse_rfc2231_value(message.get_param("name")) == "Scan_M\u00e4rz.pdf"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'text/plain; name="\u00e4" (comment)',  # a comment
+        "text/\u00e4; charset=utf-8",  # a value that is not ASCII
+        "text/plain; name*=\u00e4",  # RFC 2231 asked for, but not ASCII
+        "text/plain; \u00e4",  # not name=value
+        'text/plain; name="\u00e4',  # an unbalanced quote
+    ],
+)
+def test_mimeFieldEncodedWhole(body: str) -> None:
+    """
+    A MIME field this does not take apart is encoded whole, as any other
+    field is: the text is kept, if not the structure.
+    """
+    out = downgradeHeader(f"Content-Type: {body}\r\n".encode())
+    assert out.startswith(b"Content-Type: =?UTF-8?B?")
+    assert decoded(out[len(b"Content-Type: ") :].replace(b"\r\n", b"")) == body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        st.characters(blacklist_categories=("Cs", "Cc")),
+        min_size=1,
+        max_size=120,
+    ).filter(lambda n: not n.isascii() and n == n.strip()),
+    st.sampled_from(["Content-Type: application/octet-stream", "Content-Disposition: inline"]),
+)
+def test_mimeParameterKept(name: str, field: str) -> None:
+    """
+    Any UTF-8 file name, quoted: a mail reader finds the same name in the
+    downgraded field, which is ASCII with lines of at most 78 characters.
+    """
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    parameter = "name" if field.startswith("Content-Type") else "filename"
+    out = downgradeHeader(f"{field}; {parameter}={quoted}\r\n".encode())
+    assert out.isascii()
+    assert all(len(line) <= 78 for line in out.split(b"\r\n"))
+    message = email.message_from_bytes(out + b"\r\n")
+    value = email.utils.collapse_rfc2231_value(
+        message.get_param(parameter, header=field[:19].split(":")[0])
+    )
+    assert value == name
 
 
 def test_leftAlone() -> None:
@@ -400,6 +470,14 @@ headerPieces = st.sampled_from(
         b"\xf0\x9f\x98\x80",
         b"\xff",
         b"x" * 40,
+        # The pieces of MIME parameters, for MIME fields' own path.
+        b"Content-Type:",
+        b"content-disposition :",
+        b";",
+        b"=",
+        b"name",
+        b"filename*",
+        b"(",
         # The pieces of address lists, for address fields' own path.
         b"<a@b.example>",
         b'"',

@@ -297,10 +297,10 @@ def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
 
 
 @pytest.mark.usefixtures("settled")
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> None:
     """
-    An index of version 1 or 2 (from an earlier popserv) still spares
+    An index of version 1, 2 or 3 (from an earlier popserv) still spares
     reading the files whose header is ASCII; those whose header is not are
     measured again (their downgraded sizes followed an older rule), and
     the index is rewritten in the current version, with a stamp.
@@ -308,9 +308,9 @@ def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> N
     s = store(alice.parent)
     truth = snapshot(s)
     _, records = MaildirIndex.load(str(alice), 1 << 20)
-    magic = maildirindex._MAGIC_1 if version == 1 else maildirindex._MAGIC_2
-    stamp = encodeStamp(stampOf(alice)) if version == 2 else b""
-    (alice / INDEX_NAME).write_bytes(magic + encodeBlock(records) + stamp)
+    magic = {1: maildirindex._MAGIC_1, 2: maildirindex._MAGIC_2, 3: maildirindex._MAGIC_3}
+    stamp = encodeStamp(stampOf(alice)) if version > 1 else b""
+    (alice / INDEX_NAME).write_bytes(magic[version] + encodeBlock(records) + stamp)
     measured.clear()
     with capturedLogs() as events:
         assert snapshot(s) == truth

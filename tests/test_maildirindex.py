@@ -198,7 +198,7 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
     [
         (b"", "empty file"),
         (b"garbage\n", "not a popserv index"),
-        (b"popserv-maildir-index 4\nwhatever", "unknown version"),
+        (b"popserv-maildir-index 5\nwhatever", "unknown version"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
         (MAGIC + b"block -1 3 00000000\n", "damaged block header"),
@@ -536,23 +536,25 @@ def test_everyDamageToStampDetected() -> None:
     assert parse(whole).stamp == STAMP
 
 
-@pytest.mark.parametrize("magic", [maildirindex._MAGIC_1, maildirindex._MAGIC_2])
+@pytest.mark.parametrize(
+    "magic", [maildirindex._MAGIC_1, maildirindex._MAGIC_2, maildirindex._MAGIC_3]
+)
 def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
     """
-    An index of version 1 (the same blocks, no stamps) or 2 (with stamps)
-    is read, but not appended to, so the next write rewrites it in the
-    current version.  Its records of messages whose downgraded size differs
-    from their wire size are left out (an older rule worked those out), and
-    so is its stamp, which vouched for them.
+    An index of version 1 (the same blocks, no stamps), 2 or 3 (with
+    stamps) is read, but not appended to, so the next write rewrites it in
+    the current version.  Its records of messages whose downgraded size
+    differs from their wire size are left out (an older rule worked those
+    out), and so are those of names with a ,W= size, and its stamp, which
+    vouched for them.
     """
-    stamp = encodeStamp(STAMP) if magic == maildirindex._MAGIC_2 else b""
-    (tmp_path / INDEX_NAME).write_bytes(magic + encodeBlock(SAMPLE) + stamp)
+    stamp = encodeStamp(STAMP) if magic != maildirindex._MAGIC_1 else b""
+    sample = records(*rows(SAMPLE), ("1700000002.M3P2.host,W=50", 50, 50, 48))
+    (tmp_path / INDEX_NAME).write_bytes(magic + encodeBlock(sample) + stamp)
     with capturedLogs() as events:
         index, found = load(tmp_path)
     assert warnings(events) == []
-    kept = [row for row in rows(SAMPLE) if row[1] == row[2]]
-    assert len(kept) < len(rows(SAMPLE))
-    assert rows(found) == kept and index.stamp is None
+    assert rows(found) == [rows(SAMPLE)[0], rows(SAMPLE)[2]] and index.stamp is None
     assert not index.appendable and not index.append(SAMPLE)
     stamped = parse(maildirindex._MAGIC_1 + encodeBlock(SAMPLE) + encodeStamp(STAMP))
     assert stamped.stamp is None and stamped.problem is not None

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from popserv.capabilities import Policy
 from popserv.threads import Runner, deferToThread
+
+_log = Logger()
 
 #: EXPIRE's "never" (RFC 2449 section 6.7).
 NEVER = "NEVER"
@@ -177,7 +182,16 @@ class DirectoryHistory:
                     data = json.load(f)
             except (FileNotFoundError, ValueError):
                 return {}
-            return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            if not isinstance(data, dict):
+                return {}
+            # A time that is not a number, not finite, or not after 1970 is
+            # damage, not a retrieval: forgotten, so that the message is
+            # kept longer rather than deleted early.
+            return {
+                str(k): float(v)
+                for k, v in data.items()
+                if type(v) in (int, float) and 0 < v < math.inf
+            }
 
         return self._run(read)
 
@@ -245,19 +259,32 @@ class SitePolicy:
 
     def checkLogin(self, user: str) -> Deferred[bool]:
         """
-        Whether C{user} may log in now; if so, the login is recorded.
+        Whether C{user} may log in now; if so, and C{user} has a
+        LOGIN-DELAY, the login is recorded.  A history that cannot be read
+        or written (a full or read-only state directory) is logged and the
+        login allowed: the delay is a courtesy to the server (RFC 2449
+        section 6.8), not worth locking every user out for.
         """
         delay = self.forUser(user).loginDelay
+        if not delay:
+            return succeed(True)
         now = self.clock()
 
         def decide(last: float | None) -> Any:
-            if delay and last is not None and now - last < delay:
+            if last is not None and now - last < delay:
                 return False
             return self.history.recordLogin(user, now).addCallback(lambda _: True)
 
-        if not delay:
-            return self.history.recordLogin(user, now).addCallback(lambda _: True)
-        return self.history.lastLogin(user).addCallback(decide)
+        def failed(failure: Failure) -> bool:
+            _log.failure(
+                "Cannot keep the login history of {user}: LOGIN-DELAY not applied",
+                failure,
+                user=user,
+            )
+            return True
+
+        d = maybeDeferred(self.history.lastLogin, user).addCallback(decide)
+        return d.addErrback(failed)
 
     def expires(self, user: str) -> bool:
         """
@@ -298,8 +325,10 @@ class SitePolicy:
                 for index, uid in enumerate(byIndex)
                 if uid in kept and now - kept[uid] >= expire * 86400
             }
-            doomedUids = {byIndex[i] for i in doomed}
-            remaining = {uid: t for uid, t in kept.items() if uid not in doomedUids}
-            return self.history.saveRetrievals(user, remaining).addCallback(lambda _: doomed)
+            # The doomed stay in the history: if their deletion fails, or
+            # the server stops before it is done, the next UPDATE finds
+            # them again; once they are gone, the next one drops them as
+            # it drops every message no longer present.
+            return self.history.saveRetrievals(user, kept).addCallback(lambda _: doomed)
 
         return self.history.retrievals(user).addCallback(decide)

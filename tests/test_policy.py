@@ -17,6 +17,7 @@ from twisted.logger import capturedLogs
 from popserv.policy import (
     NEVER,
     DirectoryHistory,
+    MemoryHistory,
     PolicyError,
     SitePolicy,
     UserPolicy,
@@ -313,6 +314,67 @@ def test_directoryHistory(tmp_path: Path) -> None:
     assert result(again.retrievals("bob")) == {}
     with pytest.raises(PolicyError):
         DirectoryHistory(str(tmp_path / "missing"))
+
+
+def test_damagedRetrievalTimesForgotten(tmp_path: Path) -> None:
+    """
+    A retrieval time that is not a positive finite number is damage: it is
+    forgotten (the message kept longer), never taken as a retrieval long
+    ago (the message deleted early), and the rest of the file still counts.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.saveRetrievals("alice", {"good": 5.0}))
+    [path] = tmp_path.iterdir()
+    path.write_text('{"good": 5, "text": "abc", "zero": 0, "no": true, "big": Infinity}')
+    assert result(history.retrievals("alice")) == {"good": 5.0}
+
+
+def test_expiredAgainAfterFailedDeletion() -> None:
+    """
+    A message EXPIRE dooms stays in the history until it is gone: if its
+    deletion fails, or the server stops first, the next UPDATE dooms it
+    again; once it is gone, its record is dropped.
+    """
+    clock = FakeTime(1_000_000.0)
+    history = MemoryHistory()
+    policy = SitePolicy(UserPolicy(expire=1), history=history, clock=clock)
+    uids = ["a", "b"]
+    assert result(policy.expired("alice", lambda: uids, {0})) == set()
+    clock.now += 86400
+    assert result(policy.expired("alice", lambda: uids, set())) == {0}
+    assert result(policy.expired("alice", lambda: uids, set())) == {0}
+    assert result(policy.expired("alice", lambda: ["b"], set())) == set()
+    assert result(history.retrievals("alice")) == {}
+
+
+class BrokenHistory(MemoryHistory):
+    """
+    A state directory that is full, or read-only: every write fails.
+    """
+
+    def recordLogin(self, user: str, when: float) -> Deferred[None]:
+        return fail(OSError(28, "No space left on device"))
+
+
+def test_loginWithoutDelayNotRecorded() -> None:
+    """
+    A user without LOGIN-DELAY logs in without the history being written:
+    a broken state directory does not keep them out.
+    """
+    s = session(SitePolicy(UserPolicy(expire=5), history=BrokenHistory()))
+    assert s.login().startswith(b"+OK Logged in")
+
+
+def test_brokenHistoryAllowsLogin() -> None:
+    """
+    With LOGIN-DELAY, a history that cannot be written is logged and the
+    login allowed, not refused: the delay is not worth every user.
+    """
+    s = session(SitePolicy(UserPolicy(loginDelay=900), history=BrokenHistory()))
+    with capturedLogs() as events:
+        assert s.login().startswith(b"+OK Logged in")
+    [logged] = [e for e in events if "log_failure" in e]
+    assert logged["log_failure"].check(OSError)
 
 
 def test_perUserValuesAfterLogin() -> None:

@@ -234,6 +234,7 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
     from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 
     from popserv.certauth import ICertificateCredentials
+    from popserv.credentials import canVerify
     from popserv.scram import IScramSHA256Credentials
 
     kinds = {
@@ -254,7 +255,9 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
             how += ", PROXY protocol"
         lines.append(f"listen: {description} ({how})")
     for description, checker in zip(authDescriptions, options["credCheckers"], strict=False):
-        accepted = ", ".join(kinds.get(i, repr(i)) for i in checker.credentialInterfaces)
+        accepted = ", ".join(
+            kinds.get(i, repr(i)) for i in checker.credentialInterfaces if canVerify(checker, i)
+        )
         lines.append(f"auth: {description.split(':', 1)[0]}: {accepted}")
     lines.append(f"mailstore: {options['mailstore']}")
     policy = options["policy"]

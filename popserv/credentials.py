@@ -30,7 +30,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from popserv.threads import Runner, deferToThread
 
@@ -89,6 +89,52 @@ def makeChallenge() -> bytes:
     )
 
 
+class IOfferedCredentials(Interface):
+    """
+    A checker that can say whether it could verify a kind of credentials
+    now, for some user: popserv offers a login mechanism (a SASL mechanism,
+    APOP's timestamp, USER) only if some checker that lists the
+    mechanism's credentials interface says so.  Without this, a checker is
+    taken to verify every interface in its C{credentialInterfaces}.
+
+    A checker whose users are stored in several ways should provide it: a
+    password file whose every password is hashed cannot check an APOP or
+    CRAM-MD5 digest (they need the password in clear), and a client that
+    prefers CRAM-MD5 when it is offered (curl) would otherwise fail to log
+    in at all.
+    """
+
+    def canVerify(credentialInterface: Any) -> bool:
+        """
+        Whether some user's credentials of C{credentialInterface} could be
+        verified now.  Called on the reactor thread, for every CAPA, AUTH
+        and greeting: it must not block (no file I/O).
+        """
+
+
+def canVerify(checker: Any, credentialInterface: Any) -> bool:
+    """
+    Whether C{checker} could verify credentials of C{credentialInterface}
+    now (L{IOfferedCredentials}).
+    """
+    if IOfferedCredentials.providedBy(checker):
+        return bool(checker.canVerify(credentialInterface))
+    return credentialInterface in checker.credentialInterfaces
+
+
+def verifiable(portal: Any) -> set[Any]:
+    """
+    The credentials interfaces that some checker of C{portal} could verify
+    now (L{IOfferedCredentials}); those it lists, for a portal that does
+    not show its checkers.
+    """
+    interfaces = set(portal.listCredentialsInterfaces())
+    checkers = getattr(portal, "checkers", None)
+    if not isinstance(checkers, dict):
+        return interfaces
+    return {i for i in interfaces if i not in checkers or canVerify(checkers[i], i)}
+
+
 def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
     """
     Make Twisted's built-in checkers fit for a server.
@@ -115,7 +161,7 @@ def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
     return checker
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IOfferedCredentials)
 class CheckerChain:
     """
     Tries several checkers in order until one accepts, like a chain of
@@ -136,6 +182,9 @@ class CheckerChain:
                 if interface not in interfaces:
                     interfaces.append(interface)
         self.credentialInterfaces = tuple(interfaces)
+
+    def canVerify(self, credentialInterface: Any) -> bool:
+        return any(canVerify(c, credentialInterface) for c in self.checkers)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         candidates = [
@@ -159,7 +208,7 @@ class CheckerChain:
         return d.addErrback(rejected)
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IOfferedCredentials)
 class ThreadedChecker:
     """
     Runs a checker that blocks (reads files, runs C{crypt}) in a thread,
@@ -185,6 +234,9 @@ class ThreadedChecker:
         self.credentialInterfaces = checker.credentialInterfaces
         self._run = runInThread
         self._onlyExpensive = onlyExpensive
+
+    def canVerify(self, credentialInterface: Any) -> bool:
+        return canVerify(self.checker, credentialInterface)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         if self._onlyExpensive and not getattr(credentials, "expensive", False):

@@ -49,6 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from popserv.credentials import IOfferedCredentials
 from popserv.scram import IScramKeySource, IScramSHA256Credentials, ScramParameters, scramKeys
 from popserv.threads import Runner, deferToThread
 
@@ -495,7 +496,7 @@ def _fileSignature(stat: os.stat_result) -> tuple[int, int, int]:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-@implementer(IScramKeySource)
+@implementer(IScramKeySource, IOfferedCredentials)
 class PasswdFileChecker:
     """
     Checks logins against a Dovecot passwd-file.
@@ -575,6 +576,7 @@ class PasswdFileChecker:
                 reason=reason,
             )
         self._entries = entries
+        self._schemes = frozenset(entry.scheme for entry in entries.values())
         self._signature = signature
 
     def refresh(self) -> None:
@@ -602,6 +604,22 @@ class PasswdFileChecker:
             self._log.info(
                 "passwd-file {path}: read {count} users", path=self.path, count=len(self._entries)
             )
+
+    def canVerify(self, credentialInterface: Any) -> bool:
+        """
+        Whether some user of the file as read last could log in with
+        credentials of C{credentialInterface}: any, with a password in
+        clear; APOP, CRAM-MD5 and SCRAM without stored keys only for a user
+        stored in C{PLAIN} (or C{CRAM-MD5}, for CRAM-MD5); SCRAM proofs
+        only for one stored in C{SCRAM-SHA-256}.  A file of hashed
+        passwords (C{popserv passwd}'s default) so offers neither APOP nor
+        CRAM-MD5.
+        """
+        if credentialInterface is IUsernameHashedPassword:
+            return not self._schemes.isdisjoint({"PLAIN", "CRAM-MD5"})
+        if credentialInterface is IScramSHA256Credentials:
+            return "SCRAM-SHA-256" in self._schemes
+        return credentialInterface in self.credentialInterfaces
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         """

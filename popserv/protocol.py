@@ -49,7 +49,7 @@ from popserv.backlog import socketOf, unsent, whenSent
 from popserv.capabilities import Facts, capabilities
 from popserv.clock import reactorTime
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
-from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge
+from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge, verifiable
 from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, MaildropInUse, POP3Error
@@ -523,7 +523,7 @@ class POP3Protocol(LineOnlyReceiver):
         verify what they produce, the connection has what they need, and
         plaintext ones only where plaintext is allowed.
         """
-        interfaces = set(self.factory.portal.listCredentialsInterfaces())
+        interfaces = verifiable(self.factory.portal)
         context = self._saslContext()
         plaintext = self.plaintextAllowed()
         return [
@@ -537,7 +537,7 @@ class POP3Protocol(LineOnlyReceiver):
     def _passwordsCheckable(self) -> bool:
         from twisted.cred.credentials import IUsernamePassword
 
-        return IUsernamePassword in self.factory.portal.listCredentialsInterfaces()
+        return IUsernamePassword in verifiable(self.factory.portal)
 
     def _stlsAvailable(self) -> bool:
         return (
@@ -1294,9 +1294,10 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
     def apopEnabled(self) -> bool:
         """
         Whether some checker can verify APOP digests (it must know the
-        plaintext password: L{IUsernameHashedPassword}).
+        plaintext password: L{IUsernameHashedPassword}), now
+        (L{popserv.credentials.IOfferedCredentials}).
         """
-        return IUsernameHashedPassword in self.portal.listCredentialsInterfaces()
+        return IUsernameHashedPassword in verifiable(self.portal)
 
     def buildProtocol(self, addr: IAddress | None) -> POP3Protocol:
         p = self.protocol()

@@ -16,7 +16,7 @@ import pytest
 from protocol_helpers import Session
 from scram_client import ScramClient, authenticate
 from synchronous import FakeTime, result, syncRun
-from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -564,3 +564,28 @@ class TestOverPOP3:
         s = self.session(tmp_path, "alice:{PLAIN}test")
         digest = hashlib.md5(s.challenge() + b"test").hexdigest().encode()
         assert s.command(b"APOP alice " + digest).startswith(b"+OK Logged in")
+
+    def test_offeredAsTheFileAllows(self, tmp_path: Path) -> None:
+        """
+        A file whose every password is hashed (popserv passwd's default)
+        offers neither APOP nor CRAM-MD5 nor SCRAM, which could log nobody
+        in (a client that prefers CRAM-MD5, as curl does, would fail); a
+        user stored in PLAIN brings APOP, CRAM-MD5 and SCRAM back, and one
+        stored in SCRAM-SHA-256 brings SCRAM alone.
+        """
+        s = self.session(tmp_path, "alice:" + DOVECOT_VECTORS["ARGON2ID"])
+        assert s.greeting == b"+OK POP3 server ready\r\n"
+        assert b"\r\nSASL PLAIN LOGIN\r\n" in s.command(b"CAPA")
+        assert s.command(b"AUTH CRAM-MD5") == b"-ERR Unsupported authentication mechanism\r\n"
+        checker = s.portal.checkers[IUsernamePassword].checkers[0]
+        for line, mechanisms in [
+            ("bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"], b"SCRAM-SHA-256 PLAIN LOGIN"),
+            ("bob:{PLAIN}test", b"SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"),
+        ]:
+            writeUsers(tmp_path / "users", "alice:" + DOVECOT_VECTORS["ARGON2ID"], line)
+            checker._checkedAt -= 60
+            checker.refresh()
+            assert b"\r\nSASL " + mechanisms + b"\r\n" in s.command(b"CAPA")
+        assert Session(checkers=[CheckerChain([checker])]).greeting.startswith(
+            b"+OK POP3 server ready <"
+        )

@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from popserv._version import __version__
 from popserv.passwdfile import (
     DEFAULT_SCHEME,
     GENERATED_SCHEMES,
@@ -305,6 +306,7 @@ def check(arguments: Sequence[str]) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popserv", description="Administer popserv.")
+    parser.add_argument("--version", action="version", version=f"popserv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     schemes = argparse.ArgumentParser(add_help=False)
     schemes.add_argument(

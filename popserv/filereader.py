@@ -24,7 +24,7 @@ class FileReader:
 
     A store that already read the start of the file in the thread that
     opened it (as the Maildir store does, so that a small message costs one
-    trip to a thread instead of three) passes it as C{head}; with C{file}
+    trip to a thread instead of three) passes it as C{head}; with C{f}
     L{None}, C{head} is the whole message.
 
     >>> reader = FileReader(open(path, "rb", buffering=0))  # doctest: +SKIP

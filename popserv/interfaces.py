@@ -46,7 +46,8 @@ class MessageInfo(NamedTuple):
         before byte-stuffing and the terminating ".": the stored bytes with
         every line ending converted to CRLF and a CRLF added to an
         unterminated last line.  L{popserv.encoder.wireSize} computes it.
-        STAT and LIST report it, so it must be exact.
+        STAT and LIST report it to a client that enabled UTF8 (the others
+        get L{downgradedSize}), so it must be exact.
     @ivar uid: the unique-id listing (RFC 1939 section 7, UIDL): 1 to 70
         characters in the range 0x21 to 0x7E, the same for this message in
         every session, and never reused for another message of the maildrop.

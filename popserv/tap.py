@@ -340,6 +340,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         hasTLS = self["tls"] is not None or any(tls for _, tls, _ in self["endpoints"])
         if self["tls-client-ca"] and not hasTLS:
             raise usage.UsageError("--tls-client-ca needs --tls-cert or an ssl: listener")
+        # Each is useless without the other: a server nobody can log in to
+        # by certificate, or clients asked for certificates nothing reads.
+        byCertificate = any(
+            ICertificateCredentials in c.credentialInterfaces for c in self["credCheckers"]
+        )
+        if byCertificate and not self["tls-client-ca"]:
+            raise usage.UsageError("--auth cert needs --tls-client-ca")
+        if self["tls-client-ca"] and not byCertificate:
+            raise usage.UsageError("--tls-client-ca needs --auth cert")
 
     def _policy(self) -> SitePolicy:
         try:
@@ -414,12 +423,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             tls = self["tls"]
         else:
             assert implicit.certificate is not None
+            names = ENDPOINT_NAMES
+            if implicit.certificate == implicit.key:
+                # No certKey=: the certificate is read from privateKey=.
+                names = {**ENDPOINT_NAMES, "certificate": ENDPOINT_NAMES["key"]}
             files = TLSFiles(
                 implicit.certificate,
                 implicit.key,
                 implicit.chain,
                 self["tls-client-ca"],
-                names=ENDPOINT_NAMES,
+                names=names,
             )
             tls = _loadTLS(files, f"--listen {description!r}")
         return _endpoint(implicit.tcp), tls
@@ -440,6 +453,20 @@ def _endpoint(description: str) -> Any:
 
     try:
         return endpoints.serverFromString(reactor, withDefaultBacklog(description))
+    except IndexError:
+        if description.startswith("systemd:"):
+            # Twisted finds the sockets by LISTEN_FDS and LISTEN_FDNAMES.
+            raise usage.UsageError(
+                f"--listen {description!r}: no such socket was passed"
+                " (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)"
+            ) from None
+        raise usage.UsageError(f"--listen {description!r}: not a valid endpoint") from None
+    except ValueError as e:
+        if "invalid literal for int()" in str(e):
+            raise usage.UsageError(
+                f"--listen {description!r}: a port or number that is not a number"
+            ) from None
+        raise usage.UsageError(f"--listen {description!r}: {e}") from None
     except Exception as e:
         raise usage.UsageError(f"--listen {description!r}: {e}") from None
 

@@ -188,3 +188,16 @@ class TestCheck:
         assert out == ""
         assert err.startswith("popserv: error: --auth is required")
         assert err.count("\n") == 1
+
+
+def test_version(capsys: Any) -> None:
+    """
+    popserv --version prints popserv's version (twistd's --version prints
+    Twisted's).
+    """
+    from popserv import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"popserv {__version__}\n"

@@ -132,6 +132,26 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
             ("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "soon"),
             "popserv: error: --timeout takes a number of seconds, not 'soon'",
         ),
+        (
+            ("--auth", "cert", "--mailstore", "memory"),
+            "popserv: error: --auth cert needs --tls-client-ca",
+        ),
+        (
+            ("--auth", "memory:a:b", "--mailstore", "memory", "--listen", "tcp:abc"),
+            "popserv: error: --listen 'tcp:abc': a port or number that is not a number",
+        ),
+        (
+            (
+                "--auth",
+                "memory:a:b",
+                "--mailstore",
+                "memory",
+                "--listen",
+                "systemd:domain=INET:index=3",
+            ),
+            "popserv: error: --listen 'systemd:domain=INET:index=3': no such socket was passed"
+            " (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)",
+        ),
     ],
 )
 def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None:
@@ -307,6 +327,15 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
         *base, "--tls-cert", str(server.certificate), "--tls-key", str(other.key)
     )
     assert "needs privateKey=" in error(*base, "--listen", "ssl:0")
+    # Without certKey=, the certificate is read from privateKey=: named so.
+    assert error(*base, "--listen", "ssl:0:privateKey=/nokey.pem") == (
+        "popserv: error: --listen 'ssl:0:privateKey=/nokey.pem': "
+        "privateKey=/nokey.pem: cannot read it: No such file or directory"
+    )
+    # A client CA is for logins by certificate, and they need one.
+    assert error(*base, *good, "--tls-client-ca", str(ca.files.certificate)) == (
+        "popserv: error: --tls-client-ca needs --auth cert"
+    )
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     assert "no certificate" in error(*base, "--tls-cert", str(junk), "--tls-key", str(server.key))

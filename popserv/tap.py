@@ -529,16 +529,25 @@ def _neededAccess(
 ) -> list[tuple[str, str, int, bool]]:
     """
     What the server's user must be able to do once it serves, as
-    (what, path, os.access mode, fatal): write the --state-dir; read the
-    password files it reads again as they change; read the files of
-    C{certificates}, which a SIGHUP reloads (only a warning: the old
-    certificate stays in use).
+    (what, path, os.access mode, fatal): enter the Maildirs' directory
+    (and write it, for new users' Maildirs: only a warning); write the
+    --state-dir; read the password files it reads again as they change;
+    read the files of C{certificates}, which a SIGHUP reloads (only a
+    warning: the old certificate stays in use).
     """
     from twisted.cred.checkers import FilePasswordDB
 
+    from popserv.maildir import MaildirStore
     from popserv.passwdfile import PasswdFileChecker
 
     needed = []
+    store = options.get("store")
+    if isinstance(store, MaildirStore):
+        what = f"--mailstore {options['mailstore']}: its directory {store.template.root}"
+        needed.append((what, store.template.root, os.R_OK | os.X_OK, True))
+        # Existing Maildirs may be the user's own under a root-owned
+        # directory: only a new user's first login needs to write here.
+        needed.append((f"{what} (new Maildirs)", store.template.root, os.W_OK, False))
     if options["state-dir"]:
         needed.append(("--state-dir", options["state-dir"], os.W_OK | os.X_OK, True))
     for checker in options.get("credCheckers", []):

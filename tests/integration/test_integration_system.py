@@ -249,9 +249,9 @@ def test_privilegeDropChecksAccess(start_server: ServerFactory, world_dir: Path)
     state.mkdir(mode=0o700)
     prefix = reachable_prefix(world_dir)
 
-    def start(*extra: str) -> str:
+    def start(*extra: str, store: str = f"maildir:{mail}/{{user}}") -> str:
         server = start_server(
-            f"maildir:{mail}/{{user}}",
+            store,
             auth=[f"passwd-file:{passwd}"],
             extra=extra,
             twistd_options=[f"--uid={UNPRIVILEGED_USER}", f"--gid={UNPRIVILEGED_GROUP}"],
@@ -268,6 +268,13 @@ def test_privilegeDropChecksAccess(start_server: ServerFactory, world_dir: Path)
     passwd.chmod(0o640)
     output = start("--state-dir", str(state), "--expire", "0")
     assert f"popserv: error: --state-dir: {user} cannot write it" in output
+    locked = world_dir / "locked"
+    locked.mkdir(mode=0o700)  # root's
+    store = f"maildir:{locked}/{{user}}"
+    assert (
+        f"popserv: error: --mailstore {store}: its directory {locked}: {user} cannot read it"
+        in start(store=store)
+    )
 
 
 def _exec_start(unit: str) -> list[str]:

@@ -108,6 +108,10 @@ _SIZING_FLAGS = _OPEN_FLAGS | NOATIME
 _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
+#: What L{uidFor} makes of a name that is not a valid unique-id.
+_DIGEST_UID = re.compile(r"x[0-9a-f]{40}\Z")
+#: A name of that form among "/"-joined names.
+_DIGEST_NAME = re.compile(r"(?:^|/)x[0-9a-f]{40}(?:/|$)")
 _FIELDS = frozenset({"user", "localpart", "domain"})
 #: A directory changed less than this long before it was listed may change
 #: again within the same timestamp, unseen: it gets no stamp.  File systems
@@ -134,9 +138,12 @@ def uidFor(base: str) -> str:
     The UIDL of a message whose file name, without flags, is C{base}.
 
     Names that are not valid unique-ids (too long, spaces, non-ASCII) get a
-    digest of the name instead: still stable, still unique.
+    digest of the name instead: still stable, still unique.  So does a name
+    that is itself such a digest, which would otherwise share its UIDL with
+    the message it is the digest of (RFC 1939 section 7: unique in the
+    maildrop).
     """
-    if _UID_OK.match(base):
+    if _UID_OK.match(base) and not _DIGEST_UID.match(base):
         return base
     return "x" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
@@ -160,6 +167,9 @@ def _allUIDs(joined: list[str], names: list[str]) -> bool:
     """
     for part in joined:
         if not part.isascii() or part.encode("ascii").translate(None, _UID_OCTETS):
+            return False
+        # (Maildir names start with a digit: the search nearly never runs.)
+        if (part.startswith("x") or "/x" in part) and _DIGEST_NAME.search(part):
             return False
     if not names:
         return True

@@ -121,6 +121,23 @@ def test_uidFor() -> None:
     assert uidFor("x" * 71) != uidFor("x" * 72)
 
 
+def test_digestNamesHaveTheirOwnUIDs(tmp_path: Path) -> None:
+    """
+    A file named like the digest UIDL of another file's name gets a digest
+    of its own, so the two never share a UIDL (RFC 1939 section 7), at the
+    first login and when the index vouches for the listing.
+    """
+    long = "1700000000." + "n" * 70
+    deliverToMaildir(tmp_path / "alice", b"a\n", name=long)
+    deliverToMaildir(tmp_path / "alice", b"b\n", name=uidFor(long))
+    deliverToMaildir(tmp_path / "alice", b"c\n", name="1800000000.plain")
+    for _ in range(2):
+        maildrop = result(store(tmp_path).openMaildrop("alice"))
+        uids = [m.uid for m in result(maildrop.listMessages())]
+        maildrop.close()
+        assert len(set(uids)) == 3 and uidFor(long) in uids and "1800000000.plain" in uids
+
+
 def test_createsMaildirOnFirstLogin(tmp_path: Path) -> None:
     """
     A user without a Maildir gets an empty one, private to the server.

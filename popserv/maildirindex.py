@@ -292,8 +292,10 @@ def parse(data: bytes) -> Parsed:
     else:
         firstLine = data[: len(MAGIC)].split(b"\n", 1)[0]
         if firstLine.startswith(b"popserv-maildir-index "):
-            return Parsed(records, 0, 0, f"unknown version {firstLine[22:32]!r}", None, 0)
-        return Parsed(records, 0, 0, "not a popserv index" if data else "empty file", None, 0)
+            return Parsed(records, 0, 0, f"an unknown version {firstLine[22:32]!r}", None, 0)
+        # Each problem completes "The index PATH has ...".
+        problem = "no popserv index header" if data else "nothing in it"
+        return Parsed(records, 0, 0, problem, None, 0)
     position = len(MAGIC)
     blocks = 0
     stamp: Stamp | None = None

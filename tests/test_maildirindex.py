@@ -196,9 +196,9 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (b"", "empty file"),
-        (b"garbage\n", "not a popserv index"),
-        (b"popserv-maildir-index 5\nwhatever", "unknown version"),
+        (b"", "nothing in it"),
+        (b"garbage\n", "no popserv index header"),
+        (b"popserv-maildir-index 5\nwhatever", "an unknown version"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
         (MAGIC + b"block -1 3 00000000\n", "damaged block header"),

@@ -106,7 +106,14 @@ def makeStore(description: str) -> IMailStore:
         # on disk: never pick one silently.
         names = " and ".join(sorted(map(_named, found)))
         raise StoreConfigError(f"mail store kind {kind!r} is claimed by both {names}")
-    store = found[0].makeStore(argstring)
+    try:
+        store = found[0].makeStore(argstring)
+    except StoreConfigError:
+        raise
+    except ValueError as e:
+        # As twisted.cred.strcred takes a checker factory's ValueError: the
+        # operator's mistake in the arguments, said in one line.
+        raise StoreConfigError(f"{kind}: {e}") from None
     if not IMailStore.providedBy(store):
         raise StoreConfigError(
             f"{kind}: {_named(found[0])}.makeStore gave {store!r}, not an IMailStore provider"

@@ -288,6 +288,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # a bad argument) as "Unexpected error: ..."; it is the
             # operator's mistake, so say which --auth it was instead.
             cause = e.__context__
+            if str(e).startswith("Auth plugin not recognized"):
+                kinds = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
+                raise usage.UsageError(
+                    f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds})"
+                ) from None
             if cause is None or not str(e).startswith("Unexpected error: "):
                 raise
             raise usage.UsageError(f"--auth {description!r}: {cause}") from None

@@ -101,7 +101,10 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         ),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "5"), "at least 600"),
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "x"), "timeout"),
-        (("--auth", "nosuch:x", "--mailstore", "memory"), "nosuch"),
+        (
+            ("--auth", "nosuch:x", "--mailstore", "memory"),
+            "--auth 'nosuch:x': unknown kind 'nosuch' (installed: anonymous, cert, ",
+        ),
         (("--auth", "file:/nonexistent/passwd", "--mailstore", "memory"), "no such file"),
         (("--auth", "memory", "--mailstore", "memory"), "--auth 'memory': needs NAME:PASSWORD"),
         (("--auth", "memory:", "--mailstore", "memory"), "--auth 'memory:': needs NAME:PASSWORD"),
@@ -487,7 +490,8 @@ def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A store kind two plugins claim is refused, naming both, rather than
     served by whichever was found first; so is a plugin whose makeStore
-    gives something that is not a store.
+    gives something that is not a store; one whose makeStore raises
+    ValueError gets one line.
     """
     import twisted.plugin
 
@@ -513,6 +517,16 @@ def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
         ".makeStore gave <object object at "
     )
     assert message.endswith(">, not an IMailStore provider")
+
+    class Strict(MemoryStoreFactory):
+        def makeStore(self, argstring: str) -> object:  # type: ignore[override]
+            raise ValueError(f"no such table {argstring!r}")
+
+    # A ValueError, as a checker plugin's is: one line, not a traceback.
+    monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [Strict()])
+    assert error("--auth", "memory:a:b", "--mailstore", "memory:x") == (
+        "popserv: error: --mailstore: memory: no such table 'x'"
+    )
 
 
 def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -506,7 +506,7 @@ class PasswdFileChecker:
     hashed password (APOP, CRAM-MD5, SCRAM without stored keys) with a
     dummy plaintext, a SCRAM proof with dummy keys; then the login fails.
     So the time a login takes does not say whether the user exists, unless
-    the user's scheme is cheaper than C{ARGON2ID}.
+    the user's scheme costs more or less than C{ARGON2ID}.
 
     @ivar credentialInterfaces: passwords in clear, hashed passwords
         (APOP, CRAM-MD5, SCRAM in plaintext mode: users stored in C{PLAIN},

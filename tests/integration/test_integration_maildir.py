@@ -215,18 +215,28 @@ def test_unchanged_maildir_served_from_index(server, maildir, deliver):
 
 def test_sizes_from_file_names(server, maildir, deliver):
     """
-    A ,W=N field in the file name is the size LIST reports, whatever the
-    file holds; a ,S= field alone is not trusted, since it counts LF
-    endings as one octet: the size is then counted with CRLF endings.
+    A ,W=N field in the name of a file too large to read whole at login
+    (over 64 KiB) is the size LIST reports, if a file of its size can have
+    it; a smaller file is counted whatever its name says; a ,S= field
+    alone is not trusted, since it counts LF endings as one octet: the
+    size is then counted with CRLF endings.
     """
-    deliver(maildir, b"Subject: w\n\nbody\n", wire_size=12345)
+    small = b"Subject: w\n\nbody\n"
+    deliver(maildir, small, wire_size=12345)
     lf = b"Subject: s\n\none\ntwo\n"
     deliver(maildir, lf, size_field=True)
+    large = b"Subject: l\n\n" + (b"x" * 99 + b"\n") * 1000
+    named = len(large) + large.count(b"\n") + 7  # wrong, but not impossible: taken
+    deliver(maildir, large, wire_size=named)
     client = poplib.POP3("127.0.0.1", server.port, timeout=10)
     try:
         client.user("alice")
         client.pass_("secret")
-        assert client.list()[1] == [b"1 12345", b"2 %d" % (len(lf) + lf.count(b"\n"))]
+        assert client.list()[1] == [
+            b"1 %d" % (len(small) + small.count(b"\n")),
+            b"2 %d" % (len(lf) + lf.count(b"\n")),
+            b"3 %d" % named,
+        ]
         client.quit()
     finally:
         client.close()

@@ -30,7 +30,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Interface, alsoProvides, implementer
 
 from popserv.threads import Runner, deferToThread
 
@@ -122,17 +122,25 @@ def canVerify(checker: Any, credentialInterface: Any) -> bool:
     return credentialInterface in checker.credentialInterfaces
 
 
+def portalCanVerify(portal: Any, credentialInterface: Any) -> bool:
+    """
+    Whether C{portal}'s checker of C{credentialInterface} could verify such
+    credentials now (L{IOfferedCredentials}); whether it has one, for a
+    portal that does not show its checkers.
+    """
+    checkers = getattr(portal, "checkers", None)
+    if not isinstance(checkers, dict):
+        return credentialInterface in portal.listCredentialsInterfaces()
+    checker = checkers.get(credentialInterface)
+    return checker is not None and canVerify(checker, credentialInterface)
+
+
 def verifiable(portal: Any) -> set[Any]:
     """
     The credentials interfaces that some checker of C{portal} could verify
-    now (L{IOfferedCredentials}); those it lists, for a portal that does
-    not show its checkers.
+    now (L{portalCanVerify}).
     """
-    interfaces = set(portal.listCredentialsInterfaces())
-    checkers = getattr(portal, "checkers", None)
-    if not isinstance(checkers, dict):
-        return interfaces
-    return {i for i in interfaces if i not in checkers or canVerify(checkers[i], i)}
+    return {i for i in portal.listCredentialsInterfaces() if portalCanVerify(portal, i)}
 
 
 def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
@@ -182,9 +190,17 @@ class CheckerChain:
                 if interface not in interfaces:
                     interfaces.append(interface)
         self.credentialInterfaces = tuple(interfaces)
+        # canVerify runs at every greeting: the answers of the checkers
+        # that cannot change, worked out once.
+        self._changing = [c for c in self.checkers if IOfferedCredentials.providedBy(c)]
+        self._always = {
+            i for c in self.checkers if c not in self._changing for i in c.credentialInterfaces
+        }
 
     def canVerify(self, credentialInterface: Any) -> bool:
-        return any(canVerify(c, credentialInterface) for c in self.checkers)
+        return credentialInterface in self._always or any(
+            c.canVerify(credentialInterface) for c in self._changing
+        )
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         candidates = [
@@ -208,7 +224,7 @@ class CheckerChain:
         return d.addErrback(rejected)
 
 
-@implementer(ICredentialsChecker, IOfferedCredentials)
+@implementer(ICredentialsChecker)
 class ThreadedChecker:
     """
     Runs a checker that blocks (reads files, runs C{crypt}) in a thread,
@@ -232,6 +248,8 @@ class ThreadedChecker:
         """
         self.checker = checker
         self.credentialInterfaces = checker.credentialInterfaces
+        if IOfferedCredentials.providedBy(checker):
+            alsoProvides(self, IOfferedCredentials)
         self._run = runInThread
         self._onlyExpensive = onlyExpensive
 

@@ -49,7 +49,13 @@ from popserv.backlog import socketOf, unsent, whenSent
 from popserv.capabilities import Facts, capabilities
 from popserv.clock import reactorTime
 from popserv.commands import Command, CommandError, parseArguments, splitKeyword
-from popserv.credentials import APOPCredentials, UsernamePassword, makeChallenge, verifiable
+from popserv.credentials import (
+    APOPCredentials,
+    UsernamePassword,
+    makeChallenge,
+    portalCanVerify,
+    verifiable,
+)
 from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
 from popserv.errors import DeletionFailed, MaildropInUse, POP3Error
@@ -537,7 +543,7 @@ class POP3Protocol(LineOnlyReceiver):
     def _passwordsCheckable(self) -> bool:
         from twisted.cred.credentials import IUsernamePassword
 
-        return IUsernamePassword in verifiable(self.factory.portal)
+        return portalCanVerify(self.factory.portal, IUsernamePassword)
 
     def _stlsAvailable(self) -> bool:
         return (
@@ -1297,7 +1303,7 @@ class POP3ServerFactory(ServerFactory[POP3Protocol]):
         plaintext password: L{IUsernameHashedPassword}), now
         (L{popserv.credentials.IOfferedCredentials}).
         """
-        return IUsernameHashedPassword in verifiable(self.portal)
+        return portalCanVerify(self.portal, IUsernameHashedPassword)
 
     def buildProtocol(self, addr: IAddress | None) -> POP3Protocol:
         p = self.protocol()

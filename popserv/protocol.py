@@ -438,18 +438,26 @@ class POP3Protocol(LineOnlyReceiver):
                 "Message unavailable in the middle of sending it: {error}; closing",
                 error=failure.getErrorMessage(),
             )
-            self._transfer = None
-            if not self._lost:
-                self.transport.abortConnection()
+            self._abortCut()
             return
         self._log.failure("Server fault in a POP3 command", failure)
         if self._transfer is not None or self._lost:
-            # A multi-line response was cut: it cannot be taken back.
-            self._transfer = None
-            if not self._lost:
-                self.transport.abortConnection()
+            self._abortCut()
             return
         self._send(replies.err("Internal server error", "SYS/TEMP"))
+
+    def _abortCut(self) -> None:
+        """
+        A multi-line response was cut: it cannot be taken back, so the
+        connection goes.  The session is over now: abortConnection reports
+        the loss only on the reactor's next turn, and a DELE and QUIT the
+        client pipelined behind the cut reply must not run before it.
+        """
+        self._transfer = None
+        self._queue.clear()
+        if not self._lost:
+            self._lost = True
+            self.transport.abortConnection()
 
     def _send(self, data: bytes) -> None:
         # At the end of the reactor's turn, with the replies to every other

@@ -19,9 +19,11 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from popserv.errors import MessageUnavailable
 from popserv.interfaces import IMessageReader
 from popserv.memorystore import BytesReader, MemoryStore
 from popserv.protocol import POP3ServerFactory
@@ -118,6 +120,48 @@ def test_nothingRunsAfterCutReply(command: bytes) -> None:
         assert lost is not None
         c.transport.connectionLost(Failure(lost))
         c.reactor.advance(0)
+    finally:
+        c.close()
+    assert store.messages("alice") == [BIG, SMALL]
+    record = c.protocol.record
+    assert (record.reason, record.dele) == ("disconnected", 0)
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), MessageUnavailable()])
+def test_nothingRunsAfterAbortedReply(error: Exception) -> None:
+    """
+    A store read that fails in the middle of a message (an I/O error, or
+    a file another program removed) makes the server abort the connection:
+    the DELE and QUIT pipelined behind the cut reply never run, though the
+    abort reaches the protocol only on the reactor's next turn.
+    """
+    store = MemoryStore()
+    store.deliver("alice", BIG)
+    store.deliver("alice", SMALL)
+    readers: list[HeldReader] = []
+    HeldMaildrop.readers = readers
+    portal = Portal(
+        MaildropRealm(StoreOver(store, HeldMaildrop)),
+        [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")],
+    )
+    c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
+    try:
+        smallBuffers(c)
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"USER alice\r\nPASS secret\r\n")
+        assert read(c, b"+OK Send PASS\r\n+OK Logged in, 2 messages")
+        c.client.sendall(b"RETR 1\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n")
+        select.select([c.transport.socket], [], [], 5)
+        c.transport.doRead()
+        [reader] = readers
+        reader.answer()
+        clientReads(c)
+        failed, _ = reader.reads.pop(0)
+        with capturedLogs():
+            failed.errback(error)
+        c.reactor.advance(0)  # the abort's connectionLost
+        assert not c.transport.connected
     finally:
         c.close()
     assert store.messages("alice") == [BIG, SMALL]

@@ -285,6 +285,10 @@ class POP3Protocol(LineOnlyReceiver):
         # would otherwise keep the connection open by not draining the buffer.
         self.record.reason = "stalled" if self._transfer is not None else "timeout"
         self._log.info("Autologout timer expired; closing")
+        # Over now, not at the abort's connectionLost on the next turn: a
+        # QUIT queued behind a command that answers meanwhile must not run.
+        self._queue.clear()
+        self._lost = True
         self.transport.abortConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -483,6 +483,28 @@ class TestPendingStore:
         )
         assert memory.messages("alice") == [M2]
 
+    def test_nothingQueuedRunsAfterAutologout(self) -> None:
+        """
+        The autologout ends the session at once: a DELE and QUIT queued
+        behind a command the store answers only afterwards never run
+        (RFC 1939 section 3: no UPDATE), though the abort reaches
+        connectionLost later.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", M1)
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        store.fireAll()
+        s.take()
+        s.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+        s.clock.advance(600)
+        assert s.transport.disconnecting
+        store.fireAll()
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert memory.messages("alice") == [M1]
+        assert s.protocol.record.reason == "timeout"
+
     def test_lineTooLongAnsweredInTurn(self) -> None:
         """
         An over-long line behind pending commands is answered after them,

@@ -609,14 +609,16 @@ class PasswdFileChecker:
         """
         Whether some user of the file as read last could log in with
         credentials of C{credentialInterface}: any, with a password in
-        clear; APOP, CRAM-MD5 and SCRAM without stored keys only for a user
-        stored in C{PLAIN} (or C{CRAM-MD5}, for CRAM-MD5); SCRAM proofs
+        clear; APOP, CRAM-MD5 and SCRAM without stored keys, which all come
+        as L{IUsernameHashedPassword}, only if some user is stored in
+        C{PLAIN} (a user stored in C{CRAM-MD5} can use CRAM-MD5 alone, so
+        such users do not make the others worth offering); SCRAM proofs
         only for one stored in C{SCRAM-SHA-256}.  A file of hashed
         passwords (C{popserv passwd}'s default) so offers neither APOP nor
         CRAM-MD5.
         """
         if credentialInterface is IUsernameHashedPassword:
-            return not self._schemes.isdisjoint({"PLAIN", "CRAM-MD5"})
+            return "PLAIN" in self._schemes
         if credentialInterface is IScramSHA256Credentials:
             return "SCRAM-SHA-256" in self._schemes
         return credentialInterface in self.credentialInterfaces

@@ -579,6 +579,8 @@ class TestOverPOP3:
         assert s.command(b"AUTH CRAM-MD5") == b"-ERR Unsupported authentication mechanism\r\n"
         checker = s.portal.checkers[IUsernamePassword].checkers[0]
         for line, mechanisms in [
+            # CRAM-MD5 users alone would bring APOP and SCRAM they cannot use.
+            ("bob:" + DOVECOT_VECTORS["CRAM-MD5"], b"PLAIN LOGIN"),
             ("bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"], b"SCRAM-SHA-256 PLAIN LOGIN"),
             ("bob:{PLAIN}test", b"SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"),
         ]:

@@ -56,10 +56,11 @@ Maildir, in message order, as long as its directories are in the state the
 stamp's values describe (L{popserv.maildir} writes and checks them; to this
 module they are numbers).  It counts only as the last thing in the file:
 anything appended after it, even a record that forgets a name, voids it.
-Files of versions 1 (no stamps), 2 and 3 are read, less their stamp and
-their records of messages whose header is not ASCII (their downgraded sizes
-may follow an older rule) or whose name has a C{,W=} size (taken on trust
-by versions before 4), and rewritten at the next login.
+Files of versions 1 to 3 are recognised and rebuilt at the next login, as
+a missing file is, without a warning: their downgraded sizes followed older
+rules, and no record shows which ones (a message whose header is not ASCII
+may have grown by nothing under the old rule and not under the new), so
+each file is read again once.
 
 Why binary numbers in a text frame, rather than text records: loading 100,000
 records this way takes about 15 ms (one C{split}, three C{array.frombytes});
@@ -96,13 +97,11 @@ VERSION = 4
 MAGIC = b"popserv-maildir-index 4\n"
 #: Version 3: the same blocks and stamps; DOWNGRADED was worked out by an
 #: older rule for MIME parameters (popserv.downgrade), and WIRE taken from
-#: a name's ,W= even for a file read whole.  Read, never appended to, and
-#: the records whose DOWNGRADED differs from WIRE (a header that is not
-#: ASCII) or whose name has ,W= dropped.
+#: a name's ,W= even for a file read whole.  Rebuilt.
 _MAGIC_3 = b"popserv-maildir-index 3\n"
 #: Version 2: as version 3, with an older rule for address fields too.
 _MAGIC_2 = b"popserv-maildir-index 2\n"
-#: Version 1: the same blocks, no stamps.  Read as version 2 is.
+#: Version 1: the same blocks, no stamps.
 _MAGIC_1 = b"popserv-maildir-index 1\n"
 
 #: An index may be this large before it is ignored (and rebuilt) unread,
@@ -243,24 +242,6 @@ class Parsed(NamedTuple):
     problem: str | None
     stamp: Stamp | None = None
     version: int = VERSION
-
-
-def _measuredAgain(records: Records) -> Records:
-    """
-    C{records} of an older version less every name with a record whose
-    downgraded size differs from its wire size (a message whose header is
-    not ASCII) or whose name gives a size (C{,W=}).
-    """
-    changed = {
-        name
-        for name, wire, downgraded in zip(
-            records.names, records.wire, records.downgraded, strict=True
-        )
-        if wire != downgraded or ",W=" in name
-    }
-    if not changed:
-        return records
-    return records.pick([i for i, name in enumerate(records.names) if name not in changed])
 
 
 def encodeStamp(stamp: Stamp) -> bytes:
@@ -636,13 +617,10 @@ class MaildirIndex:
         elif parsed.version == VERSION:
             index._appendAt = parsed.end
         else:
-            # An older version: read, but rewritten rather than appended to.
-            # Its downgraded sizes of messages whose header is not ASCII may
-            # follow an older rule, and its sizes of ,W= names were taken on
-            # trust: those are measured again, and so the directories
-            # listed (a stamp would vouch for the rest alone).
+            # An older version: rebuilt (module docstring), by the
+            # rewrite that follows the measuring.
             index.stamp = None
-            records = _measuredAgain(records)
+            records = Records.empty()
         return index, records
 
     @property

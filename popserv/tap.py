@@ -549,7 +549,8 @@ def _neededAccess(
     store = options.get("store")
     if isinstance(store, MaildirStore):
         what = f"--mailstore {options['mailstore']}: its directory {store.template.root}"
-        needed.append((what, store.template.root, os.R_OK | os.X_OK, True))
+        # Entering it is enough (a root of mode 0711 hides the user names).
+        needed.append((what, store.template.root, os.X_OK, True))
         # Existing Maildirs may be the user's own under a root-owned
         # directory: only a new user's first login needs to write here.
         needed.append((f"{what} (new Maildirs)", store.template.root, os.W_OK, False))
@@ -590,7 +591,7 @@ class AccessCheck(Service):
         for what, path, mode, fatal in self.needed:
             if os.access(path, mode):
                 continue
-            can = "write" if mode & os.W_OK else "read"
+            can = "write" if mode & os.W_OK else "read" if mode & os.R_OK else "enter"
             message = f"{what}: the server's user ({user}) cannot {can} it"
             if not fatal:
                 self._log.warn("{message}", message=message)

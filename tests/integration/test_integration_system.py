@@ -234,8 +234,9 @@ def test_privilegeDropChecksAccess(start_server: ServerFactory, world_dir: Path)
     """
     Files the server would read or write only later, while serving, are
     checked as the user it runs as once twistd dropped privileges: a
-    passwd-file only root can read, or a --state-dir only root can write,
-    stops start-up with one line, rather than failing every login.
+    passwd-file only root can read, a --state-dir only root can write, or
+    a Maildir root it cannot enter, stops start-up with one line, rather
+    than failing every login; a root it may enter but not list serves.
     """
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
@@ -268,11 +269,28 @@ def test_privilegeDropChecksAccess(start_server: ServerFactory, world_dir: Path)
     passwd.chmod(0o640)
     output = start("--state-dir", str(state), "--expire", "0")
     assert f"popserv: error: --state-dir: {user} cannot write it" in output
+    # A root the server may enter but not list (0711) is enough.
+    hidden = world_dir / "hidden"
+    hidden.mkdir(mode=0o711)
+    (hidden / USER).mkdir()
+    os.chown(hidden / USER, uid, gid)
+    server = start_server(
+        f"maildir:{hidden}/{{user}}",
+        auth=[f"passwd-file:{passwd}"],
+        twistd_options=[f"--uid={UNPRIVILEGED_USER}", f"--gid={UNPRIVILEGED_GROUP}"],
+        prefix=prefix,
+        cwd=world_dir,
+    )
+    client = poplib.POP3(HOST, server.port, timeout=CLIENT_TIMEOUT)
+    client.user(USER)
+    client.pass_(PASSWORD)
+    assert client.stat() == (0, 0)
+    assert client.quit().startswith(b"+OK")
     locked = world_dir / "locked"
     locked.mkdir(mode=0o700)  # root's
     store = f"maildir:{locked}/{{user}}"
     assert (
-        f"popserv: error: --mailstore {store}: its directory {locked}: {user} cannot read it"
+        f"popserv: error: --mailstore {store}: its directory {locked}: {user} cannot enter it"
         in start(store=store)
     )
 

@@ -348,20 +348,31 @@ def _parametersBody(text: bytes) -> bytes | None:
     """
     A MIME field's UTF-8 body downgraded: its value as it is, each ASCII
     parameter as it is, each UTF-8 one in RFC 2231's form; a parameter a
-    line.  L{None} if the value is not ASCII, a parameter name already
-    asks for RFC 2231 (its value should then be ASCII), or the body is
-    not taken apart (L{_parameters}): the field is then encoded whole.
+    line.  A UTF-8 parameter that the field also gives in RFC 2231's form
+    (C{filename="..."; filename*=...}, as mailers write both for readers
+    that do not know RFC 2231, which cannot read UTF-8 either) is left
+    out: readers take the other, and some would take this one first.
+    L{None} if
+    the value is not ASCII, a parameter is named twice, a UTF-8 one is of
+    RFC 2231's form already (its value should then be ASCII), or the body
+    is not taken apart (L{_parameters}): the field is then encoded whole.
     """
     parameters = _parameters(text)
     value = text.split(b";", 1)[0].strip(b" \t")
     if parameters is None or not value.isascii():
         return None
+    names = [name.lower() for _, name, _ in parameters]
+    if len(set(names)) != len(names):
+        return None
+    extended = {name.split(b"*", 1)[0] for name in names if b"*" in name}
     lines = [value]
     for piece, name, unquoted in parameters:
         if piece.isascii():
             lines.append(piece)
-        elif name.endswith(b"*"):
+        elif b"*" in name:
             return None
+        elif name.lower() in extended:
+            continue
         else:
             lines += _extended(name, unquoted)
     return b";\r\n ".join(lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import email.header
+import email.policy
 import email.utils
 import itertools
 from array import array
@@ -176,12 +177,31 @@ def test_mimeParameters() -> None:
     assert email.utils.collapse_rfc2231_value(message.get_param("name")) == "Scan_M\u00e4rz.pdf"
 
 
+def test_mimeParameterGivenTwice() -> None:
+    """
+    A UTF-8 file name given also in RFC 2231's form, as mailers write both,
+    is left out: a reader that takes the plain one first would otherwise
+    find something else than the name, and every reader finds it once.
+    """
+    header = (
+        'Content-Disposition: attachment; filename="M\u00e4rz.pdf";\r\n'
+        " filename*=utf-8''M%C3%A4rz.pdf\r\n"
+    ).encode()
+    out = downgradeHeader(header)
+    assert out == b"Content-Disposition: attachment;\r\n filename*=utf-8''M%C3%A4rz.pdf\r\n"
+    for policy in (email.policy.compat32, email.policy.default):
+        message = email.message_from_bytes(out + b"\r\n", policy=policy)
+        assert message.get_filename() == "M\u00e4rz.pdf"
+
+
 @pytest.mark.parametrize(
     "body",
     [
         'text/plain; name="\u00e4" (comment)',  # a comment
         "text/\u00e4; charset=utf-8",  # a value that is not ASCII
         "text/plain; name*=\u00e4",  # RFC 2231 asked for, but not ASCII
+        'text/plain; name*0="Scan_"; name*1="M\u00e4rz"',  # continuations, not ASCII
+        'text/plain; name="\u00e4"; NAME="\u00e4"',  # a parameter named twice
         "text/plain; \u00e4",  # not name=value
         'text/plain; name="\u00e4',  # an unbalanced quote
     ],

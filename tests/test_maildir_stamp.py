@@ -297,10 +297,10 @@ def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
 
 
 @pytest.mark.usefixtures("settled")
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> None:
     """
-    An index of version 1, 2 or 3 (from an earlier popserv) is rebuilt:
+    An index of version 1 to 4 (from an earlier popserv) is rebuilt:
     every file is measured again once (older rules worked out its sizes),
     without a warning, and the index is rewritten in the current version,
     with a stamp.
@@ -308,7 +308,12 @@ def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> N
     s = store(alice.parent)
     truth = snapshot(s)
     _, records = MaildirIndex.load(str(alice), 1 << 20)
-    magic = {1: maildirindex._MAGIC_1, 2: maildirindex._MAGIC_2, 3: maildirindex._MAGIC_3}
+    magic = {
+        1: maildirindex._MAGIC_1,
+        2: maildirindex._MAGIC_2,
+        3: maildirindex._MAGIC_3,
+        4: maildirindex._MAGIC_4,
+    }
     stamp = encodeStamp(stampOf(alice)) if version > 1 else b""
     (alice / INDEX_NAME).write_bytes(magic[version] + encodeBlock(records) + stamp)
     measured.clear()

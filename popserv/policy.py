@@ -184,14 +184,8 @@ class DirectoryHistory:
                 return {}
             if not isinstance(data, dict):
                 return {}
-            # A time that is not a number, not finite, or not after 1970 is
-            # damage, not a retrieval: forgotten, so that the message is
-            # kept longer rather than deleted early.
-            return {
-                str(k): float(v)
-                for k, v in data.items()
-                if type(v) in (int, float) and 0 < v < math.inf
-            }
+            times = {str(k): _retrievalTime(v) for k, v in data.items()}
+            return {k: t for k, t in times.items() if t is not None}
 
         return self._run(read)
 
@@ -209,6 +203,25 @@ class DirectoryHistory:
 
 
 History = MemoryHistory | DirectoryHistory
+
+#: 2000-01-01: no retrieval popserv recorded is older.
+_EARLIEST = 946_684_800.0
+
+
+def _retrievalTime(value: Any) -> float | None:
+    """
+    A retrieval time read from a history file; L{None} for one that is not
+    a number, or not a time popserv could have recorded (before 2000, or
+    not finite): damage, forgotten so that the message is kept longer
+    rather than deleted early.
+    """
+    if type(value) not in (int, float):
+        return None
+    try:
+        time = float(value)
+    except OverflowError:
+        return None
+    return time if _EARLIEST <= time < math.inf else None
 
 
 class SitePolicy:

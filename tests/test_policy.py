@@ -307,10 +307,10 @@ def test_directoryHistory(tmp_path: Path) -> None:
     history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
     assert result(history.lastLogin("alice")) is None
     result(history.recordLogin("alice", 1234.0))
-    result(history.saveRetrievals("alice", {"uid1": 5.0}))
+    result(history.saveRetrievals("alice", {"uid1": 1e9}))
     again = DirectoryHistory(str(tmp_path), runInThread=syncRun)
     assert result(again.lastLogin("alice")) == 1234.0
-    assert result(again.retrievals("alice")) == {"uid1": 5.0}
+    assert result(again.retrievals("alice")) == {"uid1": 1e9}
     assert result(again.retrievals("bob")) == {}
     with pytest.raises(PolicyError):
         DirectoryHistory(str(tmp_path / "missing"))
@@ -318,15 +318,20 @@ def test_directoryHistory(tmp_path: Path) -> None:
 
 def test_damagedRetrievalTimesForgotten(tmp_path: Path) -> None:
     """
-    A retrieval time that is not a positive finite number is damage: it is
-    forgotten (the message kept longer), never taken as a retrieval long
-    ago (the message deleted early), and the rest of the file still counts.
+    A retrieval time that is not a number, or not one popserv could have
+    recorded (before 2000, infinite, too large for a float), is damage: it
+    is forgotten (the message kept longer), never taken as a retrieval
+    long ago (the message deleted early), and the rest of the file still
+    counts.
     """
     history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
-    result(history.saveRetrievals("alice", {"good": 5.0}))
+    result(history.saveRetrievals("alice", {"good": 1e9}))
     [path] = tmp_path.iterdir()
-    path.write_text('{"good": 5, "text": "abc", "zero": 0, "no": true, "big": Infinity}')
-    assert result(history.retrievals("alice")) == {"good": 5.0}
+    path.write_text(
+        '{"good": 1000000000, "text": "abc", "zero": 0, "early": 5, "no": true,'
+        ' "inf": Infinity, "huge": 1' + "0" * 400 + "}"
+    )
+    assert result(history.retrievals("alice")) == {"good": 1e9}
 
 
 def test_expiredAgainAfterFailedDeletion() -> None:

@@ -458,7 +458,7 @@ def _endpoint(description: str) -> Any:
 
     try:
         return endpoints.serverFromString(reactor, withDefaultBacklog(description))
-    except IndexError:
+    except (IndexError, KeyError):
         if description.startswith("systemd:"):
             # Twisted finds the sockets by LISTEN_FDS and LISTEN_FDNAMES.
             raise usage.UsageError(

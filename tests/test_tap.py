@@ -155,6 +155,18 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
             "popserv: error: --listen 'systemd:domain=INET:index=3': no such socket was passed"
             " (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)",
         ),
+        (
+            (
+                "--auth",
+                "memory:a:b",
+                "--mailstore",
+                "memory",
+                "--listen",
+                "systemd:domain=INET:name=pop3.socket",
+            ),
+            "popserv: error: --listen 'systemd:domain=INET:name=pop3.socket': no such socket"
+            " was passed (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)",
+        ),
     ],
 )
 def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None:

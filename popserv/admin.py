@@ -236,6 +236,7 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
 
     from popserv.certauth import ICertificateCredentials
     from popserv.credentials import canVerify
+    from popserv.sasl import ICramMD5Credentials
     from popserv.scram import IScramSHA256Credentials
 
     kinds = {
@@ -256,10 +257,14 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
             how += ", PROXY protocol"
         lines.append(f"listen: {description} ({how})")
     for description, checker in zip(authDescriptions, options["credCheckers"], strict=False):
-        accepted = ", ".join(
+        accepted = [
             kinds.get(i, repr(i)) for i in checker.credentialInterfaces if canVerify(checker, i)
-        )
-        lines.append(f"auth: {description.split(':', 1)[0]}: {accepted}")
+        ]
+        if canVerify(checker, ICramMD5Credentials) and not canVerify(
+            checker, IUsernameHashedPassword
+        ):
+            accepted.append("CRAM-MD5 digests (CRAM-MD5)")  # users stored in CRAM-MD5 only
+        lines.append(f"auth: {description.split(':', 1)[0]}: {', '.join(accepted)}")
     lines.append(f"mailstore: {options['mailstore']}")
     policy = options["policy"]
     defaults = policy.defaults

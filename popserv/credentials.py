@@ -119,7 +119,19 @@ def canVerify(checker: Any, credentialInterface: Any) -> bool:
     """
     if IOfferedCredentials.providedBy(checker):
         return bool(checker.canVerify(credentialInterface))
-    return credentialInterface in checker.credentialInterfaces
+    return handles(checker.credentialInterfaces, credentialInterface)
+
+
+def handles(interfaces: Any, credentialInterface: Any) -> bool:
+    """
+    Whether a checker that lists C{interfaces} takes credentials of
+    C{credentialInterface}: it lists it, or one it extends (a CRAM-MD5
+    response is an L{IUsernameHashedPassword}), as L{Portal.login} finds
+    checkers.
+    """
+    return credentialInterface in interfaces or any(
+        credentialInterface.isOrExtends(i) for i in interfaces
+    )
 
 
 def portalCanVerify(portal: Any, credentialInterface: Any) -> bool:
@@ -130,17 +142,12 @@ def portalCanVerify(portal: Any, credentialInterface: Any) -> bool:
     """
     checkers = getattr(portal, "checkers", None)
     if not isinstance(checkers, dict):
-        return credentialInterface in portal.listCredentialsInterfaces()
+        return handles(portal.listCredentialsInterfaces(), credentialInterface)
     checker = checkers.get(credentialInterface)
+    if checker is None:
+        # One registered for an interface this one extends.
+        checker = next((c for i, c in checkers.items() if credentialInterface.extends(i)), None)
     return checker is not None and canVerify(checker, credentialInterface)
-
-
-def verifiable(portal: Any) -> set[Any]:
-    """
-    The credentials interfaces that some checker of C{portal} could verify
-    now (L{portalCanVerify}).
-    """
-    return {i for i in portal.listCredentialsInterfaces() if portalCanVerify(portal, i)}
 
 
 def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
@@ -198,7 +205,7 @@ class CheckerChain:
         }
 
     def canVerify(self, credentialInterface: Any) -> bool:
-        return credentialInterface in self._always or any(
+        return handles(self._always, credentialInterface) or any(
             c.canVerify(credentialInterface) for c in self._changing
         )
 

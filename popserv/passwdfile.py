@@ -49,7 +49,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popserv.credentials import IOfferedCredentials
+from popserv.credentials import IOfferedCredentials, handles
+from popserv.sasl import ICramMD5Credentials
 from popserv.scram import IScramKeySource, IScramSHA256Credentials, ScramParameters, scramKeys
 from popserv.threads import Runner, deferToThread
 
@@ -609,19 +610,20 @@ class PasswdFileChecker:
         """
         Whether some user of the file as read last could log in with
         credentials of C{credentialInterface}: any, with a password in
-        clear; APOP, CRAM-MD5 and SCRAM without stored keys, which all come
-        as L{IUsernameHashedPassword}, only if some user is stored in
-        C{PLAIN} (a user stored in C{CRAM-MD5} can use CRAM-MD5 alone, so
-        such users do not make the others worth offering); SCRAM proofs
-        only for one stored in C{SCRAM-SHA-256}.  A file of hashed
+        clear; CRAM-MD5 (L{ICramMD5Credentials}) only if some user is
+        stored in C{PLAIN} or C{CRAM-MD5}; APOP and SCRAM without stored
+        keys (plain L{IUsernameHashedPassword}) only if one is stored in
+        C{PLAIN}; SCRAM proofs only if one is stored in C{SCRAM-SHA-256}.  A file of hashed
         passwords (C{popserv passwd}'s default) so offers neither APOP nor
         CRAM-MD5.
         """
+        if credentialInterface is ICramMD5Credentials:
+            return not self._schemes.isdisjoint({"PLAIN", "CRAM-MD5"})
         if credentialInterface is IUsernameHashedPassword:
             return "PLAIN" in self._schemes
         if credentialInterface is IScramSHA256Credentials:
             return "SCRAM-SHA-256" in self._schemes
-        return credentialInterface in self.credentialInterfaces
+        return handles(self.credentialInterfaces, credentialInterface)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         """

@@ -54,7 +54,6 @@ from popserv.credentials import (
     UsernamePassword,
     makeChallenge,
     portalCanVerify,
-    verifiable,
 )
 from popserv.downgrade import prefixNeeded
 from popserv.encoder import MessageEncoder, downgradeDelta
@@ -541,14 +540,14 @@ class POP3Protocol(LineOnlyReceiver):
         verify what they produce, the connection has what they need, and
         plaintext ones only where plaintext is allowed.
         """
-        interfaces = verifiable(self.factory.portal)
+        portal = self.factory.portal
         context = self._saslContext()
         plaintext = self.plaintextAllowed()
         return [
             m
             for m in self.factory.mechanisms
             if (plaintext or not m.plaintext)
-            and interfaces & set(m.credentialInterfaces)
+            and any(portalCanVerify(portal, i) for i in m.credentialInterfaces)
             and m.available(context)
         ]
 

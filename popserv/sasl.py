@@ -212,7 +212,21 @@ class LoginMechanism:
         return None
 
 
-@implementer(IUsernameHashedPassword)
+class ICramMD5Credentials(IUsernameHashedPassword):
+    """
+    A CRAM-MD5 response (RFC 2195): an L{IUsernameHashedPassword}, which a
+    checker that knows the plaintext verifies with C{checkPassword}, that
+    also carries the C{challenge} and hex C{digest}, which a checker that
+    stores only the HMAC-MD5 context verifies.  Its own interface, so that
+    such a checker can say it verifies CRAM-MD5 and not APOP
+    (L{popserv.credentials.IOfferedCredentials}).
+    """
+
+    challenge = Attribute("The challenge the server sent.")
+    digest = Attribute("The client's HMAC-MD5 digest, lower-case hex.")
+
+
+@implementer(ICramMD5Credentials)
 class CramMD5Credentials:
     """
     A CRAM-MD5 response: HMAC-MD5 of the challenge keyed by the secret
@@ -338,7 +352,7 @@ def defaultMechanisms(keySource: Any = None) -> list[IMechanismFactory]:
         # that could bind but says it thinks the server cannot ("y") is
         # being downgraded (RFC 5802 section 6).
         scramSHA256Factory(keySource, plusOffered=True),
-        MechanismFactory("CRAM-MD5", CramMD5Mechanism, (IUsernameHashedPassword,)),
+        MechanismFactory("CRAM-MD5", CramMD5Mechanism, (ICramMD5Credentials,)),
         MechanismFactory("PLAIN", PlainMechanism, (IUsernamePassword,), plaintext=True),
         MechanismFactory("LOGIN", LoginMechanism, (IUsernamePassword,), plaintext=True),
     ]

@@ -179,6 +179,32 @@ class TestCheck:
         assert "mailstore: memory" in out
         assert "login-delay 60 s" in out
 
+    @pytest.mark.parametrize(
+        ("scheme", "kinds"),
+        [
+            ("ARGON2ID", "passwords in clear (USER/PASS, PLAIN, LOGIN)"),
+            (
+                "CRAM-MD5",
+                "passwords in clear (USER/PASS, PLAIN, LOGIN), CRAM-MD5 digests (CRAM-MD5)",
+            ),
+        ],
+    )
+    def test_describesWhatTheFileAllows(
+        self, tmp_path: Path, monkeypatch: Any, capsys: Any, scheme: str, kinds: str
+    ) -> None:
+        """
+        check says which logins the users in a passwd-file can use now.
+        """
+        users = tmp_path / "users"
+        run(monkeypatch, capsys, "passwd", "add", str(users), "bob", "--scheme", scheme,
+            "--password-stdin", stdin="pw\n")  # fmt: skip
+        code, out, _ = run(
+            monkeypatch, capsys, "check", "--", "--auth", f"passwd-file:{users}",
+            "--mailstore", "memory",
+        )  # fmt: skip
+        assert code == 0
+        assert f"auth: passwd-file: {kinds}\n" in out
+
     def test_error(self, monkeypatch: Any, capsys: Any) -> None:
         """
         A configuration error is one line and exit code 1.

@@ -578,16 +578,15 @@ class TestOverPOP3:
         assert b"\r\nSASL PLAIN LOGIN\r\n" in s.command(b"CAPA")
         assert s.command(b"AUTH CRAM-MD5") == b"-ERR Unsupported authentication mechanism\r\n"
         checker = s.portal.checkers[IUsernamePassword].checkers[0]
-        for line, mechanisms in [
-            # CRAM-MD5 users alone would bring APOP and SCRAM they cannot use.
-            ("bob:" + DOVECOT_VECTORS["CRAM-MD5"], b"PLAIN LOGIN"),
-            ("bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"], b"SCRAM-SHA-256 PLAIN LOGIN"),
-            ("bob:{PLAIN}test", b"SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"),
+        for line, mechanisms, apop in [
+            # CRAM-MD5 users bring CRAM-MD5, not APOP nor SCRAM.
+            ("bob:" + DOVECOT_VECTORS["CRAM-MD5"], b"CRAM-MD5 PLAIN LOGIN", False),
+            ("bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"], b"SCRAM-SHA-256 PLAIN LOGIN", False),
+            ("bob:{PLAIN}test", b"SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN", True),
         ]:
             writeUsers(tmp_path / "users", "alice:" + DOVECOT_VECTORS["ARGON2ID"], line)
             checker._checkedAt -= 60
             checker.refresh()
             assert b"\r\nSASL " + mechanisms + b"\r\n" in s.command(b"CAPA")
-        assert Session(checkers=[CheckerChain([checker])]).greeting.startswith(
-            b"+OK POP3 server ready <"
-        )
+            greeting = Session(checkers=[CheckerChain([checker])]).greeting
+            assert greeting.startswith(b"+OK POP3 server ready <") == apop

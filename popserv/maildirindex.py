@@ -613,19 +613,19 @@ class MaildirIndex:
         index.blocks = parsed.blocks
         index.stamp = parsed.stamp
         records = parsed.records
-        if parsed.problem is not None:
+        if 0 < parsed.version < VERSION:
+            # An older version, whole or damaged: rebuilt (module
+            # docstring), by the rewrite that follows the measuring.
+            index.stamp = None
+            records = Records.empty()
+        elif parsed.problem is not None:
             _log.warn(
                 "The index {path} has {problem}; rebuilding it",
                 path=index.path,
                 problem=parsed.problem,
             )
-        elif parsed.version == VERSION:
-            index._appendAt = parsed.end
         else:
-            # An older version: rebuilt (module docstring), by the
-            # rewrite that follows the measuring.
-            index.stamp = None
-            records = Records.empty()
+            index._appendAt = parsed.end
         return index, records
 
     @property

@@ -550,11 +550,13 @@ def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
     """
     stamp = encodeStamp(STAMP) if magic != maildirindex._MAGIC_1 else b""
     sample = records(*rows(SAMPLE), ("1700000002.M3P2.host,W=50", 50, 50, 48))
-    (tmp_path / INDEX_NAME).write_bytes(magic + encodeBlock(sample) + stamp)
-    with capturedLogs() as events:
-        index, found = load(tmp_path)
-    assert warnings(events) == []
-    assert rows(found) == [] and index.stamp is None and not index.missing
+    # Whole, or with a damaged tail (a torn append): none of it is kept.
+    for tail in (b"", b"block 1 3 0000000g\n"):
+        (tmp_path / INDEX_NAME).write_bytes(magic + encodeBlock(sample) + stamp + tail)
+        with capturedLogs() as events:
+            index, found = load(tmp_path)
+        assert warnings(events) == []
+        assert rows(found) == [] and index.stamp is None and not index.missing
     assert not index.appendable and not index.append(SAMPLE)
     stamped = parse(maildirindex._MAGIC_1 + encodeBlock(SAMPLE) + encodeStamp(STAMP))
     assert stamped.stamp is None and stamped.problem is not None

@@ -353,23 +353,21 @@ def _parametersBody(text: bytes) -> bytes | None:
     that do not know RFC 2231, which cannot read UTF-8 either) is left
     out: readers take the other, and some would take this one first.
     L{None} if
-    the value is not ASCII, a parameter is named twice, a UTF-8 one is of
-    RFC 2231's form already (its value should then be ASCII), or the body
-    is not taken apart (L{_parameters}): the field is then encoded whole.
+    the value is not ASCII, a UTF-8 parameter is named twice or is of RFC
+    2231's form already (its value should then be ASCII), or the body is
+    not taken apart (L{_parameters}): the field is then encoded whole.
     """
     parameters = _parameters(text)
     value = text.split(b";", 1)[0].strip(b" \t")
     if parameters is None or not value.isascii():
         return None
     names = [name.lower() for _, name, _ in parameters]
-    if len(set(names)) != len(names):
-        return None
     extended = {name.split(b"*", 1)[0] for name in names if b"*" in name}
     lines = [value]
     for piece, name, unquoted in parameters:
         if piece.isascii():
             lines.append(piece)
-        elif b"*" in name:
+        elif b"*" in name or names.count(name.lower()) > 1:
             return None
         elif name.lower() in extended:
             continue

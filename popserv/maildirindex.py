@@ -28,7 +28,7 @@ The file, C{popserv.index} in the Maildir, is written only by the holder of
 the Maildir's lock.  It is a text header line followed by I{blocks}, each
 a self-checking batch of records, and I{stamps}::
 
-    popserv-maildir-index 5\\n
+    popserv-maildir-index 6\\n
     block COUNT NAMESLENGTH CRC32\\n       (ASCII: decimal, decimal, 8 hex digits)
     NAMES                                 (NAMESLENGTH octets: COUNT base names,
                                            UTF-8 with surrogateescape, NUL-separated)
@@ -56,7 +56,7 @@ Maildir, in message order, as long as its directories are in the state the
 stamp's values describe (L{popserv.maildir} writes and checks them; to this
 module they are numbers).  It counts only as the last thing in the file:
 anything appended after it, even a record that forgets a name, voids it.
-Files of versions 1 to 4 are recognised and rebuilt at the next login, as
+Files of versions 1 to 5 are recognised and rebuilt at the next login, as
 a missing file is, without a warning: their downgraded sizes followed older
 rules, and no record shows which ones (a message whose header is not ASCII
 may have grown by nothing under the old rule and not under the new), so
@@ -92,9 +92,12 @@ from twisted.logger import Logger
 
 INDEX_NAME = "popserv.index"
 TEMP_NAME = "popserv.index.tmp"
-#: The current version, 5.
-VERSION = 5
-MAGIC = b"popserv-maildir-index 5\n"
+#: The current version, 6.
+VERSION = 6
+MAGIC = b"popserv-maildir-index 6\n"
+#: Version 5: as version 6, with an older rule for a MIME field that names
+#: an ASCII parameter twice.  Rebuilt.
+_MAGIC_5 = b"popserv-maildir-index 5\n"
 #: Version 4: as version 5, with an older rule for a MIME parameter that a
 #: field also gives in RFC 2231's form.  Rebuilt.
 _MAGIC_4 = b"popserv-maildir-index 4\n"
@@ -267,6 +270,8 @@ def parse(data: bytes) -> Parsed:
     records = Records.empty()
     if data.startswith(MAGIC):
         version = VERSION
+    elif data.startswith(_MAGIC_5):
+        version = 5
     elif data.startswith(_MAGIC_4):
         version = 4
     elif data.startswith(_MAGIC_3):

@@ -194,6 +194,24 @@ def test_mimeParameterGivenTwice() -> None:
         assert message.get_filename() == "M\u00e4rz.pdf"
 
 
+def test_asciiParameterTwice() -> None:
+    """
+    An ASCII parameter named twice (as some mailers write x-mac-type) does
+    not stop a UTF-8 one from being written in RFC 2231's form: the field
+    keeps its type.
+    """
+    header = (
+        'Content-Type: application/pdf; name="M\u00e4rz.pdf"; x-mac-type="50"; x-mac-type="50"\r\n'
+    ).encode()
+    out = downgradeHeader(header)
+    assert out == (
+        b"Content-Type: application/pdf;\r\n name*=utf-8''M%C3%A4rz.pdf;\r\n"
+        b' x-mac-type="50";\r\n x-mac-type="50"\r\n'
+    )
+    message = email.message_from_bytes(out + b"\r\n", policy=email.policy.compat32)
+    assert message.get_content_type() == "application/pdf"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -201,7 +219,7 @@ def test_mimeParameterGivenTwice() -> None:
         "text/\u00e4; charset=utf-8",  # a value that is not ASCII
         "text/plain; name*=\u00e4",  # RFC 2231 asked for, but not ASCII
         'text/plain; name*0="Scan_"; name*1="M\u00e4rz"',  # continuations, not ASCII
-        'text/plain; name="\u00e4"; NAME="\u00e4"',  # a parameter named twice
+        'text/plain; name="\u00e4"; NAME="\u00e4"',  # a UTF-8 parameter named twice
         "text/plain; \u00e4",  # not name=value
         'text/plain; name="\u00e4',  # an unbalanced quote
     ],

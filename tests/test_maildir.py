@@ -661,7 +661,7 @@ def test_sizingKeepsAccessTime(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"garbage", b"popserv-maildir-index 0\n", b"popserv-maildir-index 5\nblock 9 9 ff"],
+    [b"", b"garbage", b"popserv-maildir-index 0\n", b"popserv-maildir-index 6\nblock 9 9 ff"],
 )
 def test_damagedIndexRebuilt(tmp_path: Path, content: bytes, measured: list[str]) -> None:
     """

@@ -297,10 +297,10 @@ def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
 
 
 @pytest.mark.usefixtures("settled")
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> None:
     """
-    An index of version 1 to 4 (from an earlier popserv) is rebuilt:
+    An index of version 1 to 5 (from an earlier popserv) is rebuilt:
     every file is measured again once (older rules worked out its sizes),
     without a warning, and the index is rewritten in the current version,
     with a stamp.
@@ -313,6 +313,7 @@ def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> N
         2: maildirindex._MAGIC_2,
         3: maildirindex._MAGIC_3,
         4: maildirindex._MAGIC_4,
+        5: maildirindex._MAGIC_5,
     }
     stamp = encodeStamp(stampOf(alice)) if version > 1 else b""
     (alice / INDEX_NAME).write_bytes(magic[version] + encodeBlock(records) + stamp)

@@ -198,7 +198,7 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
     [
         (b"", "nothing in it"),
         (b"garbage\n", "no popserv index header"),
-        (b"popserv-maildir-index 6\nwhatever", "an unknown version"),
+        (b"popserv-maildir-index 7\nwhatever", "an unknown version"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
         (MAGIC + b"block -1 3 00000000\n", "damaged block header"),
@@ -538,11 +538,17 @@ def test_everyDamageToStampDetected() -> None:
 
 @pytest.mark.parametrize(
     "magic",
-    [maildirindex._MAGIC_1, maildirindex._MAGIC_2, maildirindex._MAGIC_3, maildirindex._MAGIC_4],
+    [
+        maildirindex._MAGIC_1,
+        maildirindex._MAGIC_2,
+        maildirindex._MAGIC_3,
+        maildirindex._MAGIC_4,
+        maildirindex._MAGIC_5,
+    ],
 )
 def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
     """
-    An index of version 1 (the same blocks, no stamps), 2, 3 or 4 (with
+    An index of version 1 (the same blocks, no stamps), or 2 to 5 (with
     stamps) is recognised, without a warning, and rebuilt: its records and
     its stamp are left out (older rules worked out its sizes, and no
     record shows which ones differ), and it is not appended to, so the

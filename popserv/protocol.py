@@ -232,12 +232,12 @@ class POP3Protocol(LineOnlyReceiver):
         self._lost = True
         self.setTimeout(None)
         if self._transaction is not None:
-            # Gone before UPDATE (no QUIT, or before the deletions began):
+            # Gone before UPDATE (no QUIT, or before the deletions began),
+            # or hung up on (_hangUp, which also stops in State.UPDATE):
             # nothing marked with DELE was removed.
             txn = self._transaction
-            self.record.left, self.record.leftBytes = (
-                txn.stat() if self.state is State.UPDATE else txn.whole()
-            )
+            quitting = self.state is State.UPDATE and self.record.reason == "quit"
+            self.record.left, self.record.leftBytes = txn.stat() if quitting else txn.whole()
         self.record.end(self._clock().seconds())
         if self._counted:
             self._counted = False
@@ -282,7 +282,9 @@ class POP3Protocol(LineOnlyReceiver):
         # UPDATE; close "without removing any messages or sending any
         # response".  Abort rather than lose: a client that stopped reading
         # would otherwise keep the connection open by not draining the buffer.
-        self.record.reason = "stalled" if self._transfer is not None else "timeout"
+        if self.state is not State.UPDATE:
+            # (In UPDATE the QUIT, or the hang-up, stays the reason.)
+            self.record.reason = "stalled" if self._transfer is not None else "timeout"
         self._log.info("Autologout timer expired; closing")
         # Over now, not at the abort's connectionLost on the next turn: a
         # QUIT queued behind a command that answers meanwhile must not run.

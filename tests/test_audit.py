@@ -135,6 +135,28 @@ def test_leftWithoutQuit(events: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize(
+    "hangUp",
+    [b"NOOP " + b"x" * 300 + b"\r\n", b"BOGUS\r\n" * 20],
+    ids=["line-too-long", "bad-commands"],
+)
+def test_leftAfterHangUp(events: list[dict[str, Any]], hangUp: bytes) -> None:
+    """
+    A session the server hangs up on (a line too long, too many bad
+    commands) removed nothing either: every message is left.
+    """
+    s = Session()
+    s.memory.deliver("alice", b"Subject: a\r\n\r\nbody\r\n")
+    s.memory.deliver("alice", b"Subject: b\r\n\r\nbody two\r\n")
+    s.login()
+    s.command(b"DELE 1")
+    s.send(hangUp)
+    s.protocol.connectionLost(None)
+    (event,) = [e for e in events if "session" in e]
+    assert (event["left"], event["leftBytes"], event["dele"]) == (2, 44, 0)
+    assert s.memory.messages("alice") != []
+
+
+@pytest.mark.parametrize(
     ("act", "reason"),
     [
         (lambda s: s.protocol.connectionLost(None), "disconnected"),

@@ -505,6 +505,24 @@ class TestPendingStore:
         assert memory.messages("alice") == [M1]
         assert s.protocol.record.reason == "timeout"
 
+    def test_autologoutDuringUpdateKeepsQuit(self) -> None:
+        """
+        Deletions that outlast the autologout timer are still applied, and
+        the session's audit reason stays QUIT, not timeout.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", M1)
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        store.fireAll()
+        s.send(b"DELE 1\r\nQUIT\r\n")
+        s.clock.advance(600)
+        store.fireAll()
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert memory.messages("alice") == []
+        assert (s.protocol.record.reason, s.protocol.record.dele) == ("quit", 1)
+
     def test_lineTooLongAnsweredInTurn(self) -> None:
         """
         An over-long line behind pending commands is answered after them,

@@ -295,8 +295,9 @@ class POP3Protocol(LineOnlyReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         # Answer in turn, after whatever is queued or being sent (a reply in
         # the middle of a RETR would corrupt the message), and read nothing
-        # more from this client.
-        if self._tooLong:
+        # more from this client.  (Behind STLS in the same read it is
+        # dropped with the rest of that read: dataReceived.)
+        if self._tooLong or self._discardInput:
             return
         self._tooLong = True
         if not self._readingPaused:
@@ -594,6 +595,9 @@ class POP3Protocol(LineOnlyReceiver):
         self._user = None
         self.utf8 = False
         self._queue.clear()
+        # A line too long sent behind it went with the queue: read again
+        # (_drain resumes reading once this command is done), for TLS.
+        self._tooLong = False
         if self._receiving:
             # Run as its line was read: the rest of that read, whole lines
             # and a partial one, is dropped once the read is handled.

@@ -410,6 +410,30 @@ class TestSTLS:
         assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
         assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
 
+    def test_queuedBehindSlowLoginThenLongLine(self) -> None:
+        """
+        A line too long sent in clear behind a queued STLS is dropped with
+        the rest, and the session reads again for TLS rather than waiting,
+        deaf, for the login timeout.
+        """
+        checker = SlowChecker()
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport, tls=CERT, checkers=[checker])
+        s.send(b"USER alice\r\nPASS wrong\r\nSTLS\r\n" + b"x" * 300 + b"\r\n")
+        assert s.take() == b"+OK Send PASS\r\n"
+        assert transport.producerState == "paused"
+        checker.release()
+        assert s.take() == (b"-ERR [AUTH] Authentication failed\r\n+OK Begin TLS negotiation\r\n")
+        assert transport.producerState == "producing"
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+        # The same in one read, STLS run at once.
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport, tls=CERT)
+        s.send(b"STLS\r\n" + b"x" * 300 + b"\r\n")
+        assert s.take() == b"+OK Begin TLS negotiation\r\n"
+        assert transport.producerState == "producing"
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+
     def test_forgetsUTF8GivenBeforeTLS(self) -> None:
         """
         UTF8 sent in clear (perhaps by a man in the middle) does not survive

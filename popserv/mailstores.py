@@ -72,10 +72,14 @@ def findStoreFactories() -> dict[str, IMailStoreFactory]:
     Every installed store kind, by name (the first plugin found, where
     two claim one: L{makeStore} refuses such a kind).
     """
-    return {kind: claimants[0] for kind, claimants in _claimants().items()}
+    return {kind: claimants[0] for kind, claimants in storeClaimants().items()}
 
 
-def _claimants() -> dict[str, list[IMailStoreFactory]]:
+def storeClaimants() -> dict[str, list[IMailStoreFactory]]:
+    """
+    The installed plugins of each store kind, by kind: more than one where
+    plugins clash (L{makeStore} refuses such a kind).
+    """
     from twisted.plugin import getPlugins
 
     claimants: dict[str, list[IMailStoreFactory]] = {}
@@ -84,7 +88,7 @@ def _claimants() -> dict[str, list[IMailStoreFactory]]:
     return claimants
 
 
-def _named(factory: object) -> str:
+def namedFactory(factory: object) -> str:
     return f"{type(factory).__module__}.{type(factory).__qualname__}"
 
 
@@ -96,7 +100,7 @@ def makeStore(description: str) -> IMailStore:
         arguments, or a plugin that made no store; one line.
     """
     kind, _, argstring = description.partition(":")
-    claimants = _claimants()
+    claimants = storeClaimants()
     found = claimants.get(kind, [])
     if not found:
         known = ", ".join(sorted(claimants)) or "none"
@@ -104,7 +108,7 @@ def makeStore(description: str) -> IMailStore:
     if len(found) > 1:
         # Which one getPlugins finds first depends on the order of files
         # on disk: never pick one silently.
-        names = " and ".join(sorted(map(_named, found)))
+        names = " and ".join(sorted(map(namedFactory, found)))
         raise StoreConfigError(f"mail store kind {kind!r} is claimed by both {names}")
     try:
         store = found[0].makeStore(argstring)
@@ -116,6 +120,6 @@ def makeStore(description: str) -> IMailStore:
         raise StoreConfigError(f"{kind}: {e}") from None
     if not IMailStore.providedBy(store):
         raise StoreConfigError(
-            f"{kind}: {_named(found[0])}.makeStore gave {store!r}, not an IMailStore provider"
+            f"{kind}: {namedFactory(found[0])}.makeStore gave {store!r}, not an IMailStore provider"
         )
     return store

@@ -31,7 +31,7 @@ from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
 from popserv.errors import StoreConfigError
 from popserv.limits import Exemptions, Limits
-from popserv.mailstores import findStoreFactories, makeStore
+from popserv.mailstores import makeStore, namedFactory, storeClaimants
 from popserv.policy import (
     DirectoryHistory,
     PolicyError,
@@ -301,8 +301,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         List the installed mail store kinds and exit.
         """
-        for kind, factory in sorted(findStoreFactories().items()):
+        for kind, claimants in sorted(storeClaimants().items()):
+            factory = claimants[0]
             print(f"{kind}:{factory.argStringFormat}\n    {factory.storeHelp}\n")
+            if len(claimants) > 1:
+                # makeStore refuses such a kind: say so here too, rather
+                # than show one plugin as if it were the only one.
+                names = " and ".join(sorted(map(namedFactory, claimants)))
+                print(f"    (claimed by {names}: choosing it is an error)\n")
         sys.exit(0)
 
     def parseOptions(self, options: Any = None) -> None:

@@ -498,7 +498,9 @@ def test_perAddressExemptOption() -> None:
     )
 
 
-def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storePluginMistakes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """
     A store kind two plugins claim is refused, naming both, rather than
     served by whichever was found first; so is a plugin whose makeStore
@@ -521,6 +523,13 @@ def test_storePluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
         "popserv: error: --mailstore: mail store kind 'memory' is claimed by both"
         " popserv.mailstores.MemoryStoreFactory and"
         " test_tap.test_storePluginMistakes.<locals>.Impostor"
+    )
+    # --help-mailstores says so too, rather than show one as the only one.
+    with pytest.raises(SystemExit):
+        parse("--help-mailstores")
+    assert capsys.readouterr().out.endswith(
+        "    (claimed by popserv.mailstores.MemoryStoreFactory and"
+        " test_tap.test_storePluginMistakes.<locals>.Impostor: choosing it is an error)\n\n"
     )
     monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [impostor])
     message = error("--auth", "memory:a:b", "--mailstore", "memory")

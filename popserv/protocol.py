@@ -238,7 +238,9 @@ class POP3Protocol(LineOnlyReceiver):
             txn = self._transaction
             quitting = self.state is State.UPDATE and self.record.reason == "quit"
             self.record.left, self.record.leftBytes = txn.stat() if quitting else txn.whole()
-        self.record.end(self._clock().seconds())
+        ended = self._clock().seconds()
+        if self._deleting is None:
+            self.record.end(ended)
         if self._counted:
             self._counted = False
             self.factory.connections.release(self.address)
@@ -249,8 +251,13 @@ class POP3Protocol(LineOnlyReceiver):
             self._transfer.stopProducing()
         if self._deleting is not None:
             # Release the lock only once the deletions are over, so the next
-            # session never lists a message that is being removed.
-            self._deleting.addBoth(lambda _: self._release())
+            # session never lists a message that is being removed; and
+            # write the audit line then, when it knows what they removed.
+            def over(_: object) -> None:
+                self._release()
+                self.record.end(ended)
+
+            self._deleting.addBoth(over)
         else:
             self._release()
 
@@ -1128,7 +1135,7 @@ class POP3Protocol(LineOnlyReceiver):
 
         def deleted(_: None) -> None:
             self.record.dele = len(indexes)
-            self._releaseBeforeBye()
+            self._releaseBeforeBye(txn.without(indexes))
             self._send(replies.ok(f"Bye, {len(indexes)} deleted, {left} left"))
 
         def failed(failure: Failure) -> None:
@@ -1136,7 +1143,9 @@ class POP3Protocol(LineOnlyReceiver):
             if not isinstance(e, DeletionFailed):
                 self._updateFailed(failure)
                 return
-            self._releaseBeforeBye()
+            removed = [i for i in indexes if i not in set(e.notDeleted)]
+            self.record.dele = len(removed)
+            self._releaseBeforeBye(txn.without(removed))
             self._send(replies.err(e.text, e.code))
 
         def close(_: None) -> None:
@@ -1146,7 +1155,7 @@ class POP3Protocol(LineOnlyReceiver):
 
         return d.addCallbacks(deleted, failed).addBoth(close)
 
-    def _releaseBeforeBye(self) -> None:
+    def _releaseBeforeBye(self, left: tuple[int, int] | None = None) -> None:
         """
         Give the maildrop back before the reply to QUIT.
 
@@ -1156,9 +1165,12 @@ class POP3Protocol(LineOnlyReceiver):
         a client that logged in again the moment it read the reply (to this
         server, or to another serving the same Maildirs) could be told
         [IN-USE].  Nothing else can tell the two orders apart.
+
+        @param left: what the deletions left (messages, octets), for the
+            audit line; else what the DELE marks leave.
         """
         if self._transaction is not None:
-            self.record.left, self.record.leftBytes = self._transaction.stat()
+            self.record.left, self.record.leftBytes = left or self._transaction.stat()
         self._release()
 
     #: keyword -> handler: every method a client can reach, in one place.

@@ -131,6 +131,16 @@ class Transaction:
         self._deleted = _NOTHING
         self._deletedOctets = 0
 
+    def without(self, indexes: Sequence[int]) -> tuple[int, int]:
+        """
+        The number of messages and their total wire size once those at the
+        0-based C{indexes} are removed: what UPDATE leaves.
+        """
+        return (
+            len(self._messages) - len(indexes),
+            self._octets - sum(map(self._sizeAt, indexes)),
+        )
+
     def messages(self) -> Sequence[MessageInfo]:
         """
         Every message of the session, deleted or not, by index.

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from protocol_helpers import Session
+from protocol_helpers import DelayedStore, MaildropOver, Session
+from twisted.internet.defer import fail
 from twisted.logger import formatEvent, globalLogPublisher
 
 from popserv.audit import safe
+from popserv.errors import DeletionFailed
+from popserv.memorystore import MemoryStore
+from popserv.policy import SitePolicy, UserPolicy
 
 FILTER = Path(__file__).parent.parent / "contrib" / "fail2ban" / "filter.d" / "popserv.conf"
 
@@ -248,3 +252,67 @@ def test_tlsWithoutLogin(events: list[dict[str, Any]], ca: Any) -> None:
     (event,) = [e for e in events if "session" in e]
     assert event["tls"] in ("TLSv1.2", "TLSv1.3")
     assert event["user"] == "-" and event["reason"] == "quit"
+
+
+def test_leftAfterDeletionsOutliveTheConnection(events: list[dict[str, Any]]) -> None:
+    """
+    A client that sends QUIT and goes at once: the session's line is
+    written when the deletions are over, and counts them.
+    """
+    memory = MemoryStore()
+    memory.deliver("alice", b"Subject: a\r\n\r\nbody\r\n")
+    memory.deliver("alice", b"Subject: b\r\n\r\nbody two\r\n")
+    store = DelayedStore(memory)
+    s = Session(store=store)
+    s.send(b"USER alice\r\nPASS secret\r\n")
+    store.fireAll()
+    s.send(b"DELE 1\r\nQUIT\r\n")
+    s.protocol.connectionLost(None)
+    assert [e for e in events if "session" in e] == []
+    store.fireAll()
+    (event,) = [e for e in events if "session" in e]
+    assert (event["dele"], event["left"], event["leftBytes"], event["reason"]) == (
+        1,
+        1,
+        24,
+        "quit",
+    )
+
+
+def test_leftCountsWhatExpireRemoved(events: list[dict[str, Any]]) -> None:
+    """
+    Messages EXPIRE removes at UPDATE are not counted as left.
+    """
+    s = Session(policy=SitePolicy(UserPolicy(expire=0)))
+    s.memory.deliver("alice", b"Subject: a\r\n\r\nbody\r\n")
+    s.memory.deliver("alice", b"Subject: b\r\n\r\nbody two\r\n")
+    s.login()
+    s.command(b"RETR 2")
+    assert s.command(b"QUIT") == b"+OK Bye, 1 deleted, 1 left\r\n"
+    s.protocol.connectionLost(None)
+    (event,) = [e for e in events if "session" in e]
+    assert (event["dele"], event["left"], event["leftBytes"]) == (1, 1, 20)
+
+
+def test_leftAfterPartialDeletion(events: list[dict[str, Any]]) -> None:
+    """
+    When some deletions fail, the line counts those that were applied.
+    """
+
+    class PartlyFailing(MaildropOver):
+        def deleteMessages(self, indexes: Any) -> Any:
+            d = self._maildrop.deleteMessages(indexes[:1])
+            return d.addCallback(lambda _: fail(DeletionFailed(indexes[1:])))
+
+    s = Session()
+    s.wrapMaildrops(PartlyFailing)
+    for body in (b"one", b"two", b"three"):
+        s.memory.deliver("alice", b"Subject: x\r\n\r\n" + body + b"\r\n")
+    s.login()
+    s.command(b"DELE 1")
+    s.command(b"DELE 3")
+    assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
+    s.protocol.connectionLost(None)
+    assert len(s.memory.messages("alice")) == 2
+    (event,) = [e for e in events if "session" in e]
+    assert (event["dele"], event["left"]) == (1, 2)

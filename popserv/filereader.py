@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from popserv.errors import MessageUnavailable
 from popserv.interfaces import IWholeMessageReader
 from popserv.threads import Runner, deferToThread
 
@@ -31,15 +32,25 @@ class FileReader:
     """
 
     def __init__(
-        self, f: BinaryIO | None, runInThread: Runner = deferToThread, head: bytes = b""
+        self,
+        f: BinaryIO | None,
+        runInThread: Runner = deferToThread,
+        head: bytes = b"",
+        size: int | None = None,
     ) -> None:
         """
         @param f: the open file, positioned after C{head}, or L{None} when
             C{head} is the whole message.  The reader owns it and closes it.
         @param runInThread: how to run the blocking reads.
         @param head: the message's first octets, already read.
+        @param size: the file's size when it was opened, if known: the
+            reader then gives no more than that, and a file that ends
+            sooner (truncated while it is sent) fails the read with
+            L{MessageUnavailable}, so that the client sees a cut reply,
+            never a shorter message than the size it was told.
         """
         self._file = f
+        self._left = None if size is None else size - len(head)
         self._run = runInThread
         self._head = head
         self._reading = False
@@ -61,6 +72,10 @@ class FileReader:
             return succeed(data)
         if self._file is None:
             return succeed(b"")
+        if self._left is not None:
+            if self._left <= 0:
+                return succeed(b"")  # what a file that grew since has more is not sent
+            size = min(size, self._left)
         self._reading = True
         d: Deferred[bytes] = self._run(self._file.read, size)
         return d.addBoth(self._readDone)
@@ -69,6 +84,10 @@ class FileReader:
         self._reading = False
         if self._closed and self._file is not None:
             self._file.close()
+        if self._left is not None and isinstance(result, bytes):
+            if not result and self._left > 0:
+                raise MessageUnavailable("Message changed while it was being sent")
+            self._left -= len(result)
         return result
 
     def close(self) -> None:

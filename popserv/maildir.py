@@ -607,6 +607,11 @@ class _ReadAhead:
         return data, inOrder
 
 
+#: A message file opened to be read: the file, positioned after the octets
+#: read (L{None} if they are the whole message); those octets; its size.
+_Opened = tuple[BinaryIO | None, bytes, int]
+
+
 @implementer(IMaildrop)
 class MaildirMaildrop:
     """
@@ -869,12 +874,13 @@ class MaildirMaildrop:
             raise FileNotFoundError(errno.ENOENT, "not in new/ or cur/", base) from None
         return os.path.join(self.path, subdir, name)
 
-    def _open(self, index: int) -> tuple[BinaryIO | None, bytes]:
+    def _open(self, index: int) -> _Opened:
         """
         Open message C{index} and read its start.
 
         @return: the open file, positioned after the octets read, or
-            L{None} if they are the whole message; and those octets.
+            L{None} if they are the whole message; those octets; and the
+            file's size when it was opened.
         @raise MessageUnavailable: it is gone, or cannot be read (logged).
         """
         try:
@@ -885,9 +891,7 @@ class MaildirMaildrop:
             _log.error("Cannot read {path}: {e}", path=self._pathOf(self._bases[index]), e=e)
             raise MessageUnavailable() from None
 
-    def _openReadingAhead(
-        self, index: int
-    ) -> tuple[tuple[BinaryIO | None, bytes], dict[int, bytes]]:
+    def _openReadingAhead(self, index: int) -> tuple[_Opened, dict[int, bytes]]:
         """
         L{_open}, and the whole of the messages after C{index} that fit in
         L{_READ_AHEAD} octets; a message that cannot be read ends the run
@@ -904,7 +908,7 @@ class MaildirMaildrop:
         for position, later in enumerate(run):
             recorded = self._disk[later]
             try:
-                f, data = self._read(later, ahead=True)
+                f, data, _ = self._read(later, ahead=True)
             except _NotCached:  # asked of the disk already
                 self._advise(run[position + 1 :])
                 break
@@ -945,7 +949,7 @@ class MaildirMaildrop:
                 return
             advise(path, self._disk[index], _OPEN_FLAGS)
 
-    def _read(self, index: int, ahead: bool = False) -> tuple[BinaryIO | None, bytes]:
+    def _read(self, index: int, ahead: bool = False) -> _Opened:
         """
         L{_open} without the error handling.
 
@@ -993,8 +997,8 @@ class MaildirMaildrop:
             raise
         if len(head) < _READ_SIZE:
             os.close(fd)
-            return None, head
-        return os.fdopen(fd, "rb", buffering=0), head
+            return None, head, len(head)
+        return os.fdopen(fd, "rb", buffering=0), head, info.st_size
 
     def _forget(self, bases: list[str]) -> None:
         # Like every index update, never fails what the session is doing.
@@ -1073,7 +1077,7 @@ class MaildirMaildrop:
             d = self._inThread(self._open, index)
             return d.addCallback(self._reader)
 
-        def readAhead(result: tuple[tuple[BinaryIO | None, bytes], dict[int, bytes]]) -> FileReader:
+        def readAhead(result: tuple[_Opened, dict[int, bytes]]) -> FileReader:
             opened, following = result
             if ahead.last == index and not self._closed:
                 ahead.messages = following
@@ -1081,8 +1085,9 @@ class MaildirMaildrop:
 
         return self._inThread(self._openReadingAhead, index).addCallback(readAhead)
 
-    def _reader(self, opened: tuple[BinaryIO | None, bytes]) -> FileReader:
-        return FileReader(opened[0], self._run, opened[1])
+    def _reader(self, opened: _Opened) -> FileReader:
+        f, head, size = opened
+        return FileReader(f, self._run, head, size)
 
     def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
         return self._inThread(self._delete, list(indexes))

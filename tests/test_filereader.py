@@ -8,7 +8,9 @@ import io
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
+from popserv.errors import MessageUnavailable
 from popserv.filereader import FileReader
 
 
@@ -132,3 +134,28 @@ def test_wholeDeclines() -> None:
     assert started.whole(100) is None
     started.read(10).addCallback(got.append)
     assert got[-2:] == [b"ab", b"cdef"]
+
+
+def test_fileShorterThanItsSize() -> None:
+    """
+    With the file's size when it was opened, a file that ends sooner (cut
+    while it is sent) fails the read with MessageUnavailable, so that the
+    reply is cut rather than ended as if whole; one that grew gives no
+    more than that size.
+    """
+    runner = ManualRunner()
+    reader = FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=10)
+    got: list[Any] = []
+    for _ in range(3):
+        reader.read(4).addBoth(got.append)
+        if runner.calls:
+            runner.runOne()
+    assert got[:2] == [b"ab", b"cdef"]
+    assert isinstance(got[2], Failure) and got[2].check(MessageUnavailable)
+    grown = FileReader(io.BytesIO(b"cdefGROWN"), runner, head=b"ab", size=6)
+    got = []
+    for _ in range(3):
+        grown.read(4).addCallback(got.append)
+        if runner.calls:
+            runner.runOne()
+    assert got == [b"ab", b"cdef", b""]

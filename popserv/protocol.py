@@ -30,6 +30,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IReactorTime,
     ISSLTransport,
@@ -116,7 +117,7 @@ Handler = Callable[["POP3Protocol", Command], "Deferred[Any] | None"]
 _NO_ATTEMPT = ("", "-")
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class POP3Protocol(LineOnlyReceiver):
     """
     One POP3 session.
@@ -198,6 +199,7 @@ class POP3Protocol(LineOnlyReceiver):
         self._transaction = None
         self._draining = False
         self._lost = False
+        self._inputClosed = False
         self._transfer = None
         self._retrieved = None
         self._deleting = None
@@ -428,8 +430,40 @@ class POP3Protocol(LineOnlyReceiver):
             self._draining = False
         if self._readingPaused and not self._tooLong and len(self._queue) < MAX_QUEUED_LINES // 2:
             self._readingPaused = False
-            if not self._lost:
+            if not self._lost and not self._inputClosed:
                 self.transport.resumeProducing()
+        self._closeWhenAnswered()
+
+    # The client's half-close
+
+    def readConnectionLost(self) -> None:
+        """
+        The client shut its sending side (C{printf ... | nc -N}, a script
+        that sends its commands and reads): it sends nothing more, and
+        still reads.  Its commands are answered, in order, and then the
+        connection closed; a QUIT among them is a QUIT (RFC 1939 section
+        6), as the server received it in a live session.  (Plain TCP only:
+        under TLS or a PROXY header the end of input ends the session.)
+        """
+        self._inputClosed = True
+        self._buffer = b""  # a partial line that can never be ended
+        self._closeWhenAnswered()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nothing: popserv never shuts its own sending side alone.
+        """
+
+    def _closeWhenAnswered(self) -> None:
+        # After a half-close: once every command is answered, unless QUIT
+        # (State.UPDATE) already closes, or closes after its deletions.
+        if (
+            self._inputClosed
+            and not (self._busy or self._queue or self._lost)
+            and self._transfer is None
+            and self.state is not State.UPDATE
+        ):
+            self.transport.loseConnection()
 
     def _serverFault(self, failure: Failure) -> None:
         """

@@ -9,11 +9,13 @@ live session enters the UPDATE state).
 from __future__ import annotations
 
 import select
+import socket
+import time
 from typing import Any
 
 import pytest
 from loopback import Connection, resetByClient
-from protocol_helpers import MaildropOver, StoreOver
+from protocol_helpers import DelayedStore, MaildropOver, StoreOver
 from test_backlog import read, smallBuffers
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -167,3 +169,59 @@ def test_nothingRunsAfterAbortedReply(error: Exception) -> None:
     assert store.messages("alice") == [BIG, SMALL]
     record = c.protocol.record
     assert (record.reason, record.dele) == ("disconnected", 0)
+
+
+@pytest.mark.parametrize("retrieve", [False, True])
+def test_halfCloseAnswersEverything(retrieve: bool) -> None:
+    """
+    A client that sends its commands and shuts its sending side (a script
+    piped into nc -N) before the store has answered the login has every
+    command answered, in order, its QUIT applied, and then the connection
+    closed.
+    """
+    memory = MemoryStore()
+    memory.deliver("alice", BIG)
+    memory.deliver("alice", SMALL)
+    store = DelayedStore(memory)
+    portal = Portal(
+        MaildropRealm(store), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")]
+    )
+    c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
+    try:
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        commands = b"USER alice\r\nPASS secret\r\nSTAT\r\n"
+        commands += b"RETR 2\r\n" if retrieve else b""
+        c.client.sendall(commands + b"DELE 1\r\nQUIT\r\n")
+        c.client.shutdown(socket.SHUT_WR)
+        # The server reads the commands and the end of input while the
+        # store has not yet answered the login.
+        deadline = time.monotonic() + 10
+        for _ in range(1000):
+            assert time.monotonic() < deadline, "the end of input never came"
+            select.select([c.transport.socket], [], [], 0.1)
+            why = c.transport.doRead()
+            if why is not None:
+                # What the reactor does at the end of input.
+                c.reactor.removeReader(c.transport)
+                c.transport.readConnectionLost(Failure(why))
+                break
+        received = b""
+        for _ in range(10_000):
+            if time.monotonic() > deadline or not c.transport.connected:
+                break
+            store.fireAll()
+            c.reactor.advance(0)
+            if c.waiting():
+                why = c.transport.doWrite()
+                if why is not None:
+                    c.transport.connectionLost(Failure(why))
+            received += c.receivedNow()
+        received += c.receivedNow(wait=1)
+        closed = not c.transport.connected
+    finally:
+        c.close()
+    assert closed
+    assert received.endswith(b"+OK Message 1 deleted\r\n+OK Bye, 1 deleted, 1 left\r\n")
+    assert b"+OK Logged in, 2 messages" in received
+    assert memory.messages("alice") == [SMALL]

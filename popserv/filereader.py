@@ -46,8 +46,8 @@ class FileReader:
         @param size: the file's size when it was opened, if known: the
             reader then gives no more than that, and a file that ends
             sooner (truncated while it is sent) fails the read with
-            L{MessageUnavailable}, so that the client sees a cut reply,
-            never a shorter message than the size it was told.
+            L{MessageUnavailable}, so that the client sees a cut reply
+            rather than a message that ends early as if whole.
         """
         self._file = f
         self._left = None if size is None else size - len(head)

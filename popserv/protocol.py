@@ -648,6 +648,13 @@ class POP3Protocol(LineOnlyReceiver):
             # time): whatever came after it is in the queue, cleared, or a
             # partial line; the next read is the client's first in TLS.
             self._buffer = b""
+        if self._inputClosed:
+            # Run from the queue after the client shut its sending side: it
+            # can never send its part of a handshake.  The replies written
+            # in clear are delivered, and the connection closed cleanly
+            # (_closeWhenAnswered), rather than reset by a TLS layer that
+            # never started.
+            return
         self.transport.startTLS(self.factory.tls)
 
     def _doUTF8(self, command: Command) -> None:
@@ -1145,7 +1152,9 @@ class POP3Protocol(LineOnlyReceiver):
     def _updateFailed(self, failure: Failure) -> None:
         # Never left in UPDATE, holding the maildrop until the autologout.
         self._log.failure("Applying the deletions failed", failure)
-        self._releaseBeforeBye()
+        # What was removed is not known: the audit line counts nothing
+        # removed (dele=0), and so everything left.
+        self._releaseBeforeBye(self._transaction.whole() if self._transaction else None)
         self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
         if not self._lost:
             self.transport.loseConnection()

@@ -434,6 +434,27 @@ class TestSTLS:
         assert transport.producerState == "producing"
         assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
 
+    def test_queuedAfterHalfClose(self) -> None:
+        """
+        STLS run from the queue after the client shut its sending side
+        starts no TLS (the client can never send its handshake): every
+        reply reaches the client in clear, and the connection is closed
+        cleanly rather than reset.
+        """
+        checker = SlowChecker()
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport, tls=CERT, checkers=[checker])
+        s.send(b"USER alice\r\nPASS wrong\r\nSTLS\r\n")
+        s.protocol.readConnectionLost()
+        assert not transport.disconnecting
+        checker.release()
+        assert s.take() == (
+            b"+OK Send PASS\r\n-ERR [AUTH] Authentication failed\r\n"
+            b"+OK Begin TLS negotiation\r\n"
+        )
+        assert transport.tlsStartedWith is None
+        assert transport.disconnecting
+
     def test_forgetsUTF8GivenBeforeTLS(self) -> None:
         """
         UTF8 sent in clear (perhaps by a man in the middle) does not survive

@@ -449,8 +449,7 @@ class TestSTLS:
         assert not transport.disconnecting
         checker.release()
         assert s.take() == (
-            b"+OK Send PASS\r\n-ERR [AUTH] Authentication failed\r\n"
-            b"+OK Begin TLS negotiation\r\n"
+            b"+OK Send PASS\r\n-ERR [AUTH] Authentication failed\r\n+OK Begin TLS negotiation\r\n"
         )
         assert transport.tlsStartedWith is None
         assert transport.disconnecting

@@ -144,19 +144,17 @@ def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
     return name, unfolded, name.strip().lower()
 
 
-def _mailboxes(text: bytes) -> list[bytes] | None:
+def _maskQuoted(text: bytes) -> bytes | None:
     """
-    The mailboxes of an address list, split at the commas that separate
-    them (not those in a quoted name or an address); L{None} if it holds a
-    group, a comment, or an unbalanced quote or angle bracket, which
-    L{_addressBody} does not take apart, or an empty element.
+    C{text} with every octet of its quoted strings (quotes and
+    quoted-pairs included) made "q", so that the specials outside them can
+    be found by position; L{None} if a quoted string is not closed.
     """
-    mailboxes = []
-    start = 0
+    masked = bytearray(text)
     quoted = escaped = False
-    angle = 0
     for i, octet in enumerate(text):
         if quoted:
+            masked[i] = 0x71
             if escaped:
                 escaped = False
             elif octet == 0x5C:  # backslash
@@ -165,7 +163,25 @@ def _mailboxes(text: bytes) -> list[bytes] | None:
                 quoted = False
         elif octet == 0x22:
             quoted = True
-        elif octet == 0x3C:  # <
+            masked[i] = 0x71
+    return None if quoted else bytes(masked)
+
+
+def _mailboxes(text: bytes) -> list[bytes] | None:
+    """
+    The mailboxes of an address list, split at the commas that separate
+    them (not those in a quoted name or an address); L{None} if it holds a
+    group, a comment, or an unbalanced quote or angle bracket, which
+    L{_addressBody} does not take apart, or an empty element.
+    """
+    masked = _maskQuoted(text)
+    if masked is None:
+        return None
+    mailboxes = []
+    start = 0
+    angle = 0
+    for i, octet in enumerate(masked):
+        if octet == 0x3C:  # <
             angle += 1
             if angle > 1:
                 return None
@@ -179,7 +195,7 @@ def _mailboxes(text: bytes) -> list[bytes] | None:
             mailboxes.append(text[start:i].strip(b" \t"))
             start = i + 1
     mailboxes.append(text[start:].strip(b" \t"))
-    if quoted or angle or not all(mailboxes):
+    if angle or not all(mailboxes):
         return None
     return mailboxes
 
@@ -279,27 +295,14 @@ def _parameters(text: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
     L{None} if the body has a comment, an unbalanced quote, or a
     parameter that is not "name=value" with a token for a name.
     """
+    masked = _maskQuoted(text)
+    if masked is None or b"(" in masked:  # a comment: not taken apart
+        return None
     pieces = []
     start = 0
-    quoted = escaped = False
-    for i, octet in enumerate(text):
-        if quoted:
-            if escaped:
-                escaped = False
-            elif octet == 0x5C:  # backslash
-                escaped = True
-            elif octet == 0x22:
-                quoted = False
-        elif octet == 0x22:
-            quoted = True
-        elif octet == 0x28:  # a comment: not taken apart
-            return None
-        elif octet == 0x3B:  # ";"
-            pieces.append(text[start:i])
-            start = i + 1
-    if quoted:
-        return None
-    pieces.append(text[start:])
+    for part in masked.split(b";"):  # the same cuts in the text itself
+        pieces.append(text[start : start + len(part)])
+        start += len(part) + 1
     parameters = []
     for piece in pieces[1:]:
         piece = piece.strip(b" \t")

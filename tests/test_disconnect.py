@@ -61,7 +61,13 @@ class HeldReader:
 
 
 class HeldMaildrop(MaildropOver):
-    readers: list[HeldReader]
+    """
+    A maildrop whose readers are L{HeldReader}s, kept in C{readers}.
+    """
+
+    def __init__(self, maildrop: Any, readers: list[HeldReader]) -> None:
+        super().__init__(maildrop)
+        self.readers = readers
 
     def openMessage(self, index: int) -> Any:
         def held(reader: BytesReader) -> HeldReader:
@@ -84,21 +90,19 @@ def clientReads(c: Connection) -> None:
     raise AssertionError("the server never sent what it held")
 
 
-@pytest.mark.parametrize("command", [b"RETR 1", b"TOP 1 100000"])
-def test_nothingRunsAfterCutReply(command: bytes) -> None:
+def midReply(command: bytes) -> tuple[Connection, MemoryStore, HeldReader]:
     """
-    A client that pipelines DELE and QUIT behind a long RETR or TOP and
-    resets the connection in the middle of the reply, while the store is
-    reading the next part, loses nothing: the DELE and the QUIT never run,
-    and the session's audit line says so.
+    A logged-in session on a loopback connection with small buffers that
+    has pipelined C{command} (a long RETR or TOP), DELE 1, DELE 2 and QUIT:
+    the reply's first part has gone out and the client has read it, the
+    store's next read waits (the reader's one pending read).
     """
     store = MemoryStore()
     store.deliver("alice", BIG)
     store.deliver("alice", SMALL)
     readers: list[HeldReader] = []
-    HeldMaildrop.readers = readers
     portal = Portal(
-        MaildropRealm(StoreOver(store, HeldMaildrop)),
+        MaildropRealm(StoreOver(store, lambda maildrop: HeldMaildrop(maildrop, readers))),
         [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")],
     )
     c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
@@ -115,6 +119,28 @@ def test_nothingRunsAfterCutReply(command: bytes) -> None:
         reader.answer()  # the first part goes out; the next read waits
         clientReads(c)
         assert len(reader.reads) == 1
+    except BaseException:
+        c.close()
+        raise
+    return c, store, reader
+
+
+def assertNothingRan(c: Connection, store: MemoryStore) -> None:
+    assert store.messages("alice") == [BIG, SMALL]
+    record = c.protocol.record  # type: ignore[attr-defined]
+    assert (record.reason, record.dele) == ("disconnected", 0)
+
+
+@pytest.mark.parametrize("command", [b"RETR 1", b"TOP 1 100000"])
+def test_nothingRunsAfterCutReply(command: bytes) -> None:
+    """
+    A client that pipelines DELE and QUIT behind a long RETR or TOP and
+    resets the connection in the middle of the reply, while the store is
+    reading the next part, loses nothing: the DELE and the QUIT never run,
+    and the session's audit line says so.
+    """
+    c, store, _ = midReply(command)
+    try:
         resetByClient(c)
         # What the reactor does when a read finds the reset: the transport
         # stops the reply's producer, then tells the protocol.
@@ -124,9 +150,7 @@ def test_nothingRunsAfterCutReply(command: bytes) -> None:
         c.reactor.advance(0)
     finally:
         c.close()
-    assert store.messages("alice") == [BIG, SMALL]
-    record = c.protocol.record
-    assert (record.reason, record.dele) == ("disconnected", 0)
+    assertNothingRan(c, store)
 
 
 @pytest.mark.parametrize("error", [OSError(5, "Input/output error"), MessageUnavailable()])
@@ -137,28 +161,8 @@ def test_nothingRunsAfterAbortedReply(error: Exception) -> None:
     the DELE and QUIT pipelined behind the cut reply never run, though the
     abort reaches the protocol only on the reactor's next turn.
     """
-    store = MemoryStore()
-    store.deliver("alice", BIG)
-    store.deliver("alice", SMALL)
-    readers: list[HeldReader] = []
-    HeldMaildrop.readers = readers
-    portal = Portal(
-        MaildropRealm(StoreOver(store, HeldMaildrop)),
-        [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")],
-    )
-    c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
+    c, store, reader = midReply(b"RETR 1")
     try:
-        smallBuffers(c)
-        c.reactor.advance(0)
-        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
-        c.client.sendall(b"USER alice\r\nPASS secret\r\n")
-        assert read(c, b"+OK Send PASS\r\n+OK Logged in, 2 messages")
-        c.client.sendall(b"RETR 1\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n")
-        select.select([c.transport.socket], [], [], 5)
-        c.transport.doRead()
-        [reader] = readers
-        reader.answer()
-        clientReads(c)
         failed, _ = reader.reads.pop(0)
         with capturedLogs():
             failed.errback(error)
@@ -166,9 +170,7 @@ def test_nothingRunsAfterAbortedReply(error: Exception) -> None:
         assert not c.transport.connected
     finally:
         c.close()
-    assert store.messages("alice") == [BIG, SMALL]
-    record = c.protocol.record
-    assert (record.reason, record.dele) == ("disconnected", 0)
+    assertNothingRan(c, store)
 
 
 @pytest.mark.parametrize("retrieve", [False, True])

@@ -483,12 +483,10 @@ class TestPendingStore:
         )
         assert memory.messages("alice") == [M2]
 
-    def test_nothingQueuedRunsAfterAutologout(self) -> None:
+    def loggedInPending(self) -> tuple[Session, DelayedStore, MemoryStore]:
         """
-        The autologout ends the session at once: a DELE and QUIT queued
-        behind a command the store answers only afterwards never run
-        (RFC 1939 section 3: no UPDATE), though the abort reaches
-        connectionLost later.
+        A session logged in to alice's maildrop of M1, whose store's every
+        later answer waits for the test.
         """
         memory = MemoryStore()
         memory.deliver("alice", M1)
@@ -497,6 +495,16 @@ class TestPendingStore:
         s.send(b"USER alice\r\nPASS secret\r\n")
         store.fireAll()
         s.take()
+        return s, store, memory
+
+    def test_nothingQueuedRunsAfterAutologout(self) -> None:
+        """
+        The autologout ends the session at once: a DELE and QUIT queued
+        behind a command the store answers only afterwards never run
+        (RFC 1939 section 3: no UPDATE), though the abort reaches
+        connectionLost later.
+        """
+        s, store, memory = self.loggedInPending()
         s.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
         s.clock.advance(600)
         assert s.transport.disconnecting
@@ -510,12 +518,7 @@ class TestPendingStore:
         Deletions that outlast the autologout timer are still applied, and
         the session's audit reason stays QUIT, not timeout.
         """
-        memory = MemoryStore()
-        memory.deliver("alice", M1)
-        store = DelayedStore(memory)
-        s = Session(store=store)
-        s.send(b"USER alice\r\nPASS secret\r\n")
-        store.fireAll()
+        s, store, memory = self.loggedInPending()
         s.send(b"DELE 1\r\nQUIT\r\n")
         s.clock.advance(600)
         store.fireAll()

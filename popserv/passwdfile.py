@@ -680,14 +680,12 @@ class PasswdFileChecker:
         return bool(credentials.verify(storedKey, serverKey))
 
     def _checkHashed(self, entry: PasswdEntry | None, credentials: Any) -> bool:
-        from popserv.sasl import CramMD5Credentials
-
         if entry is not None and entry.scheme == "PLAIN":
             return bool(credentials.checkPassword(entry.stored))
         if (
             entry is not None
             and entry.scheme == "CRAM-MD5"
-            and isinstance(credentials, CramMD5Credentials)
+            and ICramMD5Credentials.providedBy(credentials)
         ):
             expected = cramMD5Digest(entry.stored, credentials.challenge)
             return hmac.compare_digest(expected, credentials.digest)

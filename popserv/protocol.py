@@ -295,11 +295,7 @@ class POP3Protocol(LineOnlyReceiver):
             # (In UPDATE the QUIT, or the hang-up, stays the reason.)
             self.record.reason = "stalled" if self._transfer is not None else "timeout"
         self._log.info("Autologout timer expired; closing")
-        # Over now, not at the abort's connectionLost on the next turn: a
-        # QUIT queued behind a command that answers meanwhile must not run.
-        self._queue.clear()
-        self._lost = True
-        self.transport.abortConnection()
+        self._abortNow()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # Answer in turn, after whatever is queued or being sent (a reply in
@@ -496,11 +492,19 @@ class POP3Protocol(LineOnlyReceiver):
     def _abortCut(self) -> None:
         """
         A multi-line response was cut: it cannot be taken back, so the
-        connection goes.  The session is over now: abortConnection reports
-        the loss only on the reactor's next turn, and a DELE and QUIT the
-        client pipelined behind the cut reply must not run before it.
+        connection goes (L{_abortNow}).
         """
         self._transfer = None
+        self._abortNow()
+
+    def _abortNow(self) -> None:
+        """
+        Abort the connection, and end the session now: abortConnection
+        reports the loss only on the reactor's next turn, and a DELE and
+        QUIT queued behind a command that answers meanwhile (the client's
+        pipeline behind a cut reply, or behind the autologout) must not run
+        before it.
+        """
         self._queue.clear()
         if not self._lost:
             self._lost = True
@@ -1186,7 +1190,8 @@ class POP3Protocol(LineOnlyReceiver):
             if not isinstance(e, DeletionFailed):
                 self._updateFailed(failure)
                 return
-            removed = [i for i in indexes if i not in set(e.notDeleted)]
+            notDeleted = set(e.notDeleted)
+            removed = [i for i in indexes if i not in notDeleted]
             self.record.dele = len(removed)
             self._releaseBeforeBye(txn.without(removed))
             self._send(replies.err(e.text, e.code))

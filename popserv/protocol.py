@@ -799,6 +799,11 @@ class POP3Protocol(LineOnlyReceiver):
 
         def checked(result: Any) -> Any:
             release()
+            if isinstance(result, Failure) and mind.user is not None:
+                # The credentials were good but the maildrop did not open
+                # ([IN-USE], [SYS/TEMP]): the audit line names whose it was.
+                self.record.user = mind.user
+                self.record.mechanism = self._attempt[1]
             return result
 
         d: Deferred[Any] = self.factory.portal.login(credentials, mind, IMaildrop)

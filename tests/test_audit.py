@@ -316,3 +316,26 @@ def test_leftAfterPartialDeletion(events: list[dict[str, Any]]) -> None:
     assert len(s.memory.messages("alice")) == 2
     (event,) = [e for e in events if "session" in e]
     assert (event["dele"], event["left"]) == (1, 2)
+
+
+def test_inUseNamesTheUser(events: list[dict[str, Any]]) -> None:
+    """
+    A session refused with [IN-USE] had its credentials accepted: its line
+    names the user and mechanism, so an operator can tell whose maildrop
+    was held.  A wrong password still names nobody in the session line.
+    """
+    first = Session()
+    first.login()
+    second = Session(store=first.store, peer="127.0.0.2")
+    assert second.login().startswith(b"-ERR [IN-USE]")
+    second.protocol.connectionLost(None)
+    wrong = Session(store=first.store, peer="127.0.0.3")
+    wrong.login(password=b"wrong")
+    wrong.protocol.connectionLost(None)
+    lines = [formatEvent(e) for e in events if "session" in e]
+    assert lines == [
+        "popserv session: user=alice ip=127.0.0.2 tls=- mechanism=USER retr=0/0 top=0/0"
+        " dele=0 left=0/0 duration=0.000 reason=in-use",
+        "popserv session: user=- ip=127.0.0.3 tls=- mechanism=- retr=0/0 top=0/0"
+        " dele=0 left=0/0 duration=0.000 reason=disconnected",
+    ]

@@ -269,6 +269,16 @@ class ThreadedChecker:
         return self._run(self._check, credentials)
 
     def _check(self, credentials: Any) -> Any:
+        try:
+            return self._checkNow(credentials)
+        except UnauthorizedLogin:
+            # An unknown user costs what a known one does (SCRAM's PBKDF2).
+            spend = getattr(credentials, "spendCheck", None)
+            if spend is not None:
+                spend()
+            raise
+
+    def _checkNow(self, credentials: Any) -> Any:
         result = self.checker.requestAvatarId(credentials)
         if not isinstance(result, Deferred):
             return result

@@ -302,13 +302,27 @@ class ScramCredentials(_ScramProof):
     #: (L{popserv.credentials.ThreadedChecker}).
     expensive = True
 
+    #: Whether L{checkPassword} has run.
+    checked = False
+
     def checkPassword(self, password: str | bytes) -> bool:
         """
         Whether the proof was made from C{password}, the stored plaintext
         (normalised as RFC 5802 section 2.2 says), compared in constant
         time.  Costs one PBKDF2 run of C{iterations} rounds.
         """
+        self.checked = True
         return self._exchange.verify(*scramKeys(password, self.salt, self.iterations))
+
+    def spendCheck(self) -> None:
+        """
+        Cost what L{checkPassword} costs, if nothing has called it: a
+        checker that refuses a user it does not know at once (Twisted's
+        C{memory:} and C{file:}) would otherwise answer an unknown name a
+        PBKDF2 run sooner than a known one, and so tell which names exist.
+        """
+        if not self.checked:
+            scramKeys(secrets.token_bytes(16), self.salt, self.iterations)
 
 
 @implementer(IScramSHA256Credentials)

@@ -223,3 +223,33 @@ def test_onlyExpensiveInThreads() -> None:
 
     assert outcome(checker.requestAvatarId(Expensive(b"alice", b"secret"))) == b"alice"
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["alice", "mallory"])
+def test_unknownUserCostsAPBKDF2Run(monkeypatch: Any, name: str) -> None:
+    """
+    Twisted's memory: (and file:) checker refuses a name it does not know
+    without looking at the credentials: a SCRAM proof of a known user cost
+    a PBKDF2 run and an unknown one's nothing, so timing told which names
+    exist.  Both now cost one run.
+    """
+    from protocol_helpers import Session
+    from scram_client import ScramClient, authenticate
+
+    from popserv import scram
+
+    runs: list[bytes] = []
+    real = scram.scramKeys
+
+    def counted(password: Any, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        runs.append(salt)
+        return real(password, salt, iterations)
+
+    monkeypatch.setattr(scram, "scramKeys", counted)
+    checker = normalizeChecker(strcred.makeChecker("memory:alice:secret"))
+    assert isinstance(checker, ThreadedChecker)
+    checker._run = syncRun
+    s = Session(checkers=[checker])
+    replies = authenticate(lambda line: s.command(line)[:-2], ScramClient(name, "wrong"))
+    assert replies[-1] == b"-ERR [AUTH] Authentication failed"
+    assert len(runs) == 1

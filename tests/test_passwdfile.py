@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
-from popserv import passwdfile
+from popserv import passwdfile, scram
 from popserv.checkers import passwdFileCheckerFactory
 from popserv.credentials import APOPCredentials, CheckerChain, UsernamePassword
 from popserv.passwdfile import (
@@ -556,6 +556,50 @@ class TestOverPOP3:
         assert fields[b"i"] == b"4096"
         final = b"c=biws,r=" + fields[b"r"] + b",p=" + b64(b"\0" * 32)
         assert s.command(b64(final)) == b"-ERR [AUTH] Authentication failed\r\n"
+
+    @pytest.mark.parametrize(
+        "lines, pbkdf2Runs",
+        [
+            # Mostly stored keys: a known user's check is two HMACs, and an
+            # unknown (or ARGON2ID) user's no PBKDF2 run either.
+            (
+                [
+                    "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
+                    "carol:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
+                ],
+                0,
+            ),
+            # Mostly PLAIN: a known user's check is a PBKDF2 run; so is theirs.
+            (["bob:{PLAIN}test", "carol:{PLAIN}test"], 1),
+        ],
+    )
+    def test_scramUnknownUserCostsAsMost(
+        self, tmp_path: Path, monkeypatch: Any, lines: list[str], pbkdf2Runs: int
+    ) -> None:
+        """
+        A SCRAM login of a user the file cannot check (unknown, or stored
+        in ARGON2ID) costs what one of most of the file's SCRAM users costs:
+        a PBKDF2 run made an unknown name the slow one in a file of stored
+        keys, and timing told which names exist.
+        """
+        s = self.session(tmp_path, "alice:" + DOVECOT_VECTORS["ARGON2ID"], *lines)
+        runs: list[bytes] = []
+        real = scram.scramKeys
+
+        def counted(password: Any, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+            runs.append(salt)
+            return real(password, salt, iterations)
+
+        monkeypatch.setattr(scram, "scramKeys", counted)
+        chain = s.portal.checkers[IUsernamePassword]
+        for name in ["mallory", "alice", "bob"]:
+            del runs[:]
+            # A server of its own each time: no penalty.
+            session = Session(checkers=[chain])
+            client = ScramClient(name, "wrong")
+            replies = authenticate(lambda line, s=session: s.command(line)[:-2], client)
+            assert replies[-1] == b"-ERR [AUTH] Authentication failed"
+            assert len(runs) == pbkdf2Runs, name
 
     def test_apopForPlainUsers(self, tmp_path: Path) -> None:
         """

@@ -366,17 +366,23 @@ class POP3Protocol(LineOnlyReceiver):
         except POP3Error as e:
             self._endSASL()
             self._send(replies.err(e.text, e.code))
-            if isinstance(e, CommandError):
-                self._badCommands += 1
-                if self._badCommands >= self.factory.limits.maxBadCommands:
-                    self._send(replies.err("Too many bad commands"))
-                    self._hangUp("bad-commands")
+            if isinstance(e, CommandError | SASLError):
+                self._badCommand()
             return
         if result is not None:
             # Later lines wait in the queue until this answer is complete.
             self._busy = True
             result.addErrback(self._serverFault)
             result.addBoth(self._commandDone)
+
+    def _badCommand(self) -> None:
+        # Unknown or malformed commands, and malformed or cancelled SASL
+        # exchanges (which are not failed logins): each was answered, and
+        # a client that sends nothing else is closed.
+        self._badCommands += 1
+        if self._badCommands >= self.factory.limits.maxBadCommands and not self._lost:
+            self._send(replies.err("Too many bad commands"))
+            self._hangUp("bad-commands")
 
     def _command(self, line: bytes) -> Deferred[Any] | None:
         keyword, rest = splitKeyword(line)
@@ -732,6 +738,7 @@ class POP3Protocol(LineOnlyReceiver):
             e = failure.value
             assert isinstance(e, SASLError)
             self._send(replies.err(e.text, e.code))
+            self._badCommand()
 
         return d.addCallbacks(stepped, refused)
 

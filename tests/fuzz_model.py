@@ -174,7 +174,7 @@ class Model:
         if self.saslPlain:
             self.saslPlain = False
             if line == b"*":
-                return [_err("Authentication cancelled")]
+                return [self._bad("Authentication cancelled")]
             return self._plain(line)
         keyword, _, rest = line.partition(b" ")
         if not (0 < len(keyword) <= 4 and keyword.isalnum()):
@@ -265,7 +265,7 @@ class Model:
         try:
             decoded = base64.b64decode(response, validate=True)
         except binascii.Error:
-            return [_err("Invalid base64 data")]
+            return [self._bad("Invalid base64 data")]
         if clearUser:
             self.pendingUser = None
         return self._plainDecoded(decoded)
@@ -274,10 +274,10 @@ class Model:
         # RFC 4616: authzid NUL authcid NUL passwd.
         parts = decoded.split(b"\0")
         if len(parts) != 3 or not parts[1] or not parts[2]:
-            return [_err("Malformed SASL response")]
+            return [self._bad("Malformed SASL response")]
         authzid, authcid, password = parts
         if authzid and authzid != authcid:
-            return [_err("Proxy authorization is not supported")]
+            return [self._bad("Proxy authorization is not supported")]
         return self._login(authcid, lambda stored: stored == password)
 
     def _login(self, name: bytes, verify: object) -> list[Segment]:

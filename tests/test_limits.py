@@ -5,6 +5,7 @@ penalty, connection limits, login and stall timeouts, bad commands.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -425,3 +426,32 @@ class TestProtocol:
             assert s.command(b"XYZZY") == b"-ERR Unknown command\r\n"
         assert s.command(b"XYZZY") == b"-ERR Unknown command\r\n-ERR Too many bad commands\r\n"
         assert s.transport.disconnecting
+
+    @pytest.mark.parametrize(
+        "lines, reply",
+        [
+            ([b"AUTH PLAIN !!!"], b"-ERR Invalid base64 data\r\n"),
+            ([b"AUTH PLAIN AGE="], b"-ERR Malformed SASL response\r\n"),
+            ([b"AUTH LOGIN", b"*"], b"-ERR Authentication cancelled\r\n"),
+            (
+                [b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"junk")],
+                b"-ERR Malformed SCRAM message\r\n",
+            ),
+        ],
+    )
+    def test_badSASLExchangesCount(self, lines: list[bytes], reply: bytes) -> None:
+        """
+        Malformed and cancelled SASL exchanges are not failed logins, but
+        they count as bad commands: a client could otherwise send them,
+        each answered, until the login timeout.
+        """
+        s = Session()
+        for n in range(20):
+            for line in lines[:-1]:
+                assert s.command(line).startswith(b"+ ")
+            answer = s.command(lines[-1])
+            if n < 19:
+                assert answer == reply
+        assert answer == reply + b"-ERR Too many bad commands\r\n"
+        assert s.transport.disconnecting
+        assert s.protocol.record.reason == "bad-commands"

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,10 @@ class MemoryHistory:
         return succeed(None)
 
 
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE = os.O_WRONLY | _NOFOLLOW
+
+
 class DirectoryHistory:
     """
     Login and retrieval times in a directory shared by every popserv process
@@ -157,30 +162,43 @@ class DirectoryHistory:
         digest = hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return os.path.join(self.path, f"{digest}.{kind}")
 
+    # Whoever else can write the directory must not make popserv write
+    # through a symbolic link (to a file the server may write, run as root
+    # without --uid), nor read one: files are opened with O_NOFOLLOW, and
+    # made readable by the server only, as they tell when each user
+    # logged in and what they retrieved.
+
     def lastLogin(self, user: str) -> Deferred[float | None]:
         def read() -> float | None:
             try:
-                return os.stat(self._file(user, "login")).st_mtime
+                status = os.stat(self._file(user, "login"), follow_symlinks=False)
             except FileNotFoundError:
                 return None
+            return status.st_mtime if stat.S_ISREG(status.st_mode) else None
 
         return self._run(read)
 
     def recordLogin(self, user: str, when: float) -> Deferred[None]:
         def write() -> None:
-            path = self._file(user, "login")
-            with open(path, "a"):
-                pass
-            os.utime(path, (when, when))
+            fd = os.open(self._file(user, "login"), _WRITE | os.O_CREAT, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # made by an earlier version, 0644
+                os.utime(fd, (when, when))
+            finally:
+                os.close(fd)
 
         return self._run(write)
 
     def retrievals(self, user: str) -> Deferred[dict[str, float]]:
         def read() -> dict[str, float]:
             try:
-                with open(self._file(user, "retrieved"), encoding="utf-8") as f:
+                fd = os.open(self._file(user, "retrieved"), os.O_RDONLY | _NOFOLLOW)
+            except FileNotFoundError:
+                return {}
+            try:
+                with open(fd, encoding="utf-8") as f:
                     data = json.load(f)
-            except (FileNotFoundError, ValueError):
+            except ValueError:
                 return {}
             if not isinstance(data, dict):
                 return {}
@@ -193,7 +211,15 @@ class DirectoryHistory:
         def write() -> None:
             path = self._file(user, "retrieved")
             temporary = path + ".tmp"
-            with open(temporary, "w", encoding="utf-8") as f:
+            # O_EXCL: a leftover (from a crash, or planted) is removed, not
+            # written through.  The maildrop lock keeps other writers out.
+            flags = _WRITE | os.O_CREAT | os.O_EXCL
+            try:
+                fd = os.open(temporary, flags, 0o600)
+            except FileExistsError:
+                os.unlink(temporary)
+                fd = os.open(temporary, flags, 0o600)
+            with open(fd, "w", encoding="utf-8") as f:
                 json.dump(dict(times), f)
                 f.flush()
                 os.fsync(f.fileno())

@@ -5,6 +5,7 @@ EXPIRE (RFC 2449 sections 6.5, 6.7), announced and enforced.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,39 @@ def test_directoryHistory(tmp_path: Path) -> None:
     assert result(again.retrievals("bob")) == {}
     with pytest.raises(PolicyError):
         DirectoryHistory(str(tmp_path / "missing"))
+
+
+def test_directoryHistoryFollowsNoLinks(tmp_path: Path) -> None:
+    """
+    Whoever else can write the state directory cannot make popserv write
+    through a symbolic link (to any file the server may write) or read one;
+    a leftover temporary file is replaced, not written through.  The files
+    are readable by the server only: they tell when a user logged in and
+    what they retrieved.
+    """
+    state = tmp_path / "state"
+    state.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("intact")
+    history = DirectoryHistory(str(state), runInThread=syncRun)
+    result(history.recordLogin("alice", 1234.0))
+    result(history.saveRetrievals("alice", {"uid1": 1e9}))
+    login, retrieved = sorted(state.iterdir())
+    assert [login.suffix, retrieved.suffix] == [".login", ".retrieved"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (login, retrieved)] == [0o600, 0o600]
+    for path in (login, retrieved, Path(str(retrieved) + ".tmp")):
+        path.unlink(missing_ok=True)
+        path.symlink_to(victim)
+    with pytest.raises(OSError):
+        result(history.recordLogin("alice", 5678.0))
+    assert result(history.lastLogin("alice")) is None
+    with pytest.raises(OSError):
+        result(history.retrievals("alice"))
+    result(history.saveRetrievals("alice", {"uid2": 2e9}))
+    assert victim.read_text() == "intact"
+    assert victim.stat().st_mtime != 5678.0
+    assert not retrieved.is_symlink()
+    assert result(history.retrievals("alice")) == {"uid2": 2e9}
 
 
 def test_damagedRetrievalTimesForgotten(tmp_path: Path) -> None:

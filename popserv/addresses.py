@@ -47,3 +47,27 @@ def inNetworks(host: str, networks: Iterable[Network], loopback: bool = False) -
     if loopback and address.is_loopback:
         return True
     return any(address in network for network in networks)
+
+
+#: An IPv6 site gets a /48 (RFC 6177 leaves /48 to /64): the failed-login
+#: penalty counts the site's addresses as one, as Dovecot does, or a client
+#: with a /64 would have 2**64 fresh addresses to guess from.
+PENALTY_IPV6_PREFIX = 48
+
+
+def penaltyKey(host: str) -> str:
+    """
+    Who a failed login from C{host} is held against: an IPv4 address (also
+    when written as an IPv6 one, C{::ffff:192.0.2.7}) itself; an IPv6
+    address, its /48 network (C{2001:db8:1::/48}); anything else (C{unix})
+    as it is.
+    """
+    if ":" not in host:
+        return host  # IPv4, or a name such as "unix": no parsing
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, PENALTY_IPV6_PREFIX), strict=False))

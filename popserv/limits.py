@@ -29,7 +29,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from popserv.addresses import Network, inNetworks
+from popserv.addresses import Network, inNetworks, penaltyKey
 from popserv.clock import reactorTime
 
 #: How the protocol names the source of a connection over a UNIX socket.
@@ -141,7 +141,8 @@ class Limits:
 
 class PenaltyBox:
     """
-    Failed logins per source address, and the delay they earn.
+    Failed logins per source address, and the delay they earn.  IPv6
+    addresses count per /48 site (L{penaltyKey}).
 
     Bounded: at most C{capacity} addresses are remembered, the least
     recently failing forgotten first.
@@ -160,6 +161,7 @@ class PenaltyBox:
         self._succeeded: OrderedDict[str, float] = OrderedDict()
 
     def _count(self, address: str) -> int:
+        address = penaltyKey(address)
         entry = self._failures.get(address)
         if entry is None:
             return 0
@@ -185,6 +187,7 @@ class PenaltyBox:
         Record a failed login from C{address}.
         """
         count = self._count(address) + 1
+        address = penaltyKey(address)
         self._failures[address] = (count, self.clock())
         self._failures.move_to_end(address)
         while len(self._failures) > self.capacity:
@@ -195,6 +198,7 @@ class PenaltyBox:
         A login from C{address} succeeded: its penalty is cleared, and it is
         trusted for L{Limits.trustFor} seconds.
         """
+        address = penaltyKey(address)
         self._failures.pop(address, None)
         self._succeeded[address] = self.clock()
         self._succeeded.move_to_end(address)
@@ -206,7 +210,7 @@ class PenaltyBox:
         Whether C{address} logged in successfully lately and has not failed
         since.
         """
-        since = self._succeeded.get(address)
+        since = self._succeeded.get(penaltyKey(address))
         if since is None or self.clock() - since > self.limits.trustFor:
             return False
         return self._count(address) == 0

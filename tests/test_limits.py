@@ -455,3 +455,24 @@ class TestProtocol:
         assert answer == reply + b"-ERR Too many bad commands\r\n"
         assert s.transport.disconnecting
         assert s.protocol.record.reason == "bad-commands"
+
+
+def test_penaltyPerIPv6Site() -> None:
+    """
+    IPv6 addresses are penalised per /48, as Dovecot does: a client with a
+    /64 (2**64 addresses) cannot start afresh at each guess.  An IPv4
+    address written as IPv6 is the IPv4 address; other sites are not
+    slowed.
+    """
+    box = PenaltyBox(clock=FakeTime(0.0))
+    box.failed("2001:db8:1:2::7")
+    box.failed("2001:db8:1:ffff::1")
+    assert box.delay("2001:db8:1:abcd:1234::9") == 4
+    assert box.delay("2001:db8:2::7") == 0
+    box.failed("::ffff:192.0.2.7")
+    assert box.delay("192.0.2.7") == 2
+    assert box.delay("unix") == 0
+    box.succeeded("2001:db8:1::1")
+    assert box.delay("2001:db8:1:2::7") == 0
+    assert box.trusted("2001:db8:1:9::9")
+    assert not box.trusted("2001:db8:2::1")

@@ -562,6 +562,16 @@ class MaildirTemplate:
         return self.template.format(**values)
 
 
+#: How often a file another program keeps moving is looked for again.
+_ATTEMPTS = 3
+
+
+class _Gone(FileNotFoundError):
+    """
+    No file in new/ or cur/ has a message's base name any more.
+    """
+
+
 class _NotCached(OSError):
     """
     A message read ahead is not in the page cache.
@@ -775,26 +785,45 @@ class MaildirMaildrop:
         located = map(where.__getitem__, map(names.__getitem__, misses))
         files = cast("Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(misses), located))
         knownSize = (lambda i: _knownWireSize(names[i])) if listing.sizesInNames else None
-        for i, sizes in measureEach(files, knownSize):
-            if not isinstance(sizes, OSError):
-                measured.append(i)
-            elif isinstance(sizes, FileNotFoundError):
-                dropped.add(i)  # removed by another program while we looked
-                continue
-            else:
-                directory, name = where[names[i]]
-                path = os.path.join(self.path, listing.subdirectory(directory), name)
-                wireSize = _knownWireSize(names[i])
-                if wireSize is None:
-                    # A directory or an unreadable file where a message
-                    # should be: leave it out (and so never delete it) rather
-                    # than lock the user out of all their other mail.
-                    _log.warn("Skipping {path}: {e}", path=path, e=sizes)
-                    dropped.add(i)
-                    continue
-                # Listed by its name; RETR will say it cannot be read.
-                sizes = (wireSize, wireSize, NO_SIZE)
-            wire[i], downgraded[i], disk[i] = sizes
+        vanished: list[int] = []
+        relistings: list[_Listing] = []
+        try:
+            for attempt in range(_ATTEMPTS):
+                for i, sizes in measureEach(files, knownSize):
+                    if not isinstance(sizes, OSError):
+                        measured.append(i)
+                        wire[i], downgraded[i], disk[i] = sizes
+                    elif isinstance(sizes, FileNotFoundError):
+                        # Removed, or moved or renamed by another program (a
+                        # mail reader moving new/ to cur/) while we looked.
+                        vanished.append(i)
+                    else:
+                        # A directory, a link, a FIFO or an unreadable file
+                        # where a message should be: leave it out (and so
+                        # never delete it) rather than lock the user out of
+                        # their other mail.
+                        directory, name = where[names[i]]
+                        subdir = listing.subdirectory(directory)
+                        path = os.path.join(self.path, subdir, name)
+                        _log.warn("Skipping {path}: {e}", path=path, e=sizes)
+                        dropped.add(i)
+                if not vanished or attempt == _ATTEMPTS - 1:
+                    break
+                # Look for them again, under the names they have now.
+                listing = _Listing(self.path)
+                relistings.append(listing)
+                where = listing.entries({names[i] for i in vanished})
+                found = [i for i in vanished if names[i] in where]
+                dropped.update(i for i in vanished if names[i] not in where)
+                located = map(where.__getitem__, map(names.__getitem__, found))
+                files = cast(
+                    "Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(found), located)
+                )
+                vanished = []
+        finally:
+            for relisting in relistings:
+                relisting.close()
+        dropped.update(vanished)  # moved again and again: next time
         if len(measured) == len(names):
             # All of them (a first login): the snapshot is what was learnt,
             # and the index takes it as it is rather than a copy.
@@ -819,11 +848,6 @@ class MaildirMaildrop:
         without an index the next login just reads the files again.
         """
         try:
-            if NO_SIZE in snapshot.disk:
-                # Files listed by their ,W= name that could not be read.
-                keep = [i for i, size in enumerate(snapshot.disk) if size != NO_SIZE]
-                snapshot = snapshot.pick(keep)
-                stamp = None
             if not index.appendable or not inOrder or index.fragmented:
                 if snapshot.names or not index.missing:
                     index.rewrite(snapshot, stamp)
@@ -849,30 +873,36 @@ class MaildirMaildrop:
                 self._where = where
             return self._where
 
-    def _locate(self, base: str) -> bool:
+    def _locate(self, base: str, missed: str | None) -> bool:
         """
-        Find a message another program moved or renamed; False if it is gone.
+        Find a message another program moved or renamed, not at C{missed}
+        (the path that was not there, or L{None} if none was known); False
+        if it is gone.
+
+        One listing serves every message moved before it: a mail reader
+        that moves the whole of new/ to cur/ costs one listing, not one per
+        message (which made retrieving N moved messages take N listings of
+        N names).
         """
-        for subdir in reversed(_SUBDIRS):
-            try:
-                names = os.listdir(os.path.join(self.path, subdir))
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.split(":", 1)[0] == base:
-                    self._whereMap()[base] = (subdir, name)
-                    return True
-        return False
+        with self._mutex:
+            if self._where is None or self._pathIn(self._where, base) == missed:
+                self._where = None  # list again
+            else:
+                return base in self._where  # an earlier listing found it
+        return base in self._whereMap()
+
+    def _pathIn(self, where: dict[str, tuple[str, str]], base: str) -> str | None:
+        place = where.get(base)
+        return None if place is None else os.path.join(self.path, *place)
 
     def _pathOf(self, base: str) -> str:
         """
         @raise FileNotFoundError: C{base} was not listed.
         """
-        try:
-            subdir, name = self._whereMap()[base]
-        except KeyError:
-            raise FileNotFoundError(errno.ENOENT, "not in new/ or cur/", base) from None
-        return os.path.join(self.path, subdir, name)
+        path = self._pathIn(self._whereMap(), base)
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, "not in new/ or cur/", base)
+        return path
 
     def _open(self, index: int) -> _Opened:
         """
@@ -957,12 +987,7 @@ class MaildirMaildrop:
             cache; else ask the disk for it and raise L{_NotCached}.
         """
         base = self._bases[index]
-        try:
-            fd = os.open(self._pathOf(base), _OPEN_FLAGS)
-        except FileNotFoundError:
-            if not self._locate(base):
-                raise
-            fd = os.open(self._pathOf(base), _OPEN_FLAGS)
+        fd = self._retrying(base, lambda path: os.open(path, _OPEN_FLAGS))
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -1000,6 +1025,26 @@ class MaildirMaildrop:
             return None, head, len(head)
         return os.fdopen(fd, "rb", buffering=0), head, info.st_size
 
+    def _retrying(self, base: str, act: Callable[[str], _T]) -> _T:
+        """
+        C{act} on the path of message C{base}, found again if another
+        program moved or renamed it meanwhile, at most L{_ATTEMPTS} times.
+
+        @raise _Gone: no file has that base name any more.
+        @raise FileNotFoundError: it moved again at every attempt.
+        """
+        for attempt in range(_ATTEMPTS):
+            path = self._pathIn(self._whereMap(), base)
+            if path is not None:
+                try:
+                    return act(path)
+                except FileNotFoundError:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+            if not self._locate(base, path):
+                raise _Gone(errno.ENOENT, "no longer in new/ or cur/", base)
+        raise AssertionError("unreachable")
+
     def _forget(self, bases: list[str]) -> None:
         # Like every index update, never fails what the session is doing.
         try:
@@ -1015,19 +1060,12 @@ class MaildirMaildrop:
         for index in indexes:
             base = self._bases[index]
             try:
-                os.unlink(self._pathOf(base))
-            except FileNotFoundError:
-                if self._locate(base):
-                    try:
-                        os.unlink(self._pathOf(base))
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        _log.error("Cannot delete {path}: {e}", path=self._pathOf(base), e=e)
-                        failed.append(index)
-                        continue
+                self._retrying(base, os.unlink)
+            except _Gone:
+                pass  # removed by another program: as the client wished
             except OSError as e:
-                _log.error("Cannot delete {path}: {e}", path=self._pathOf(base), e=e)
+                # Moved under us at every try, or cannot be removed: kept.
+                _log.error("Cannot delete {base} in {path}: {e}", base=base, path=self.path, e=e)
                 failed.append(index)
                 continue
             removed.append(base)

@@ -239,18 +239,23 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
 
 def test_strayEntriesSkipped(tmp_path: Path) -> None:
     """
-    A directory where a message should be is left out of the listing, and
-    a message that cannot be read gives MessageUnavailable; the user's
-    other mail is served either way.
+    A directory where a message should be is left out of the listing, even
+    under a name with a ,W= size (it was listed with that size, and every
+    QUIT that deleted it failed); a message whose file went after the login
+    gives MessageUnavailable; the user's other mail is served either way.
     """
     deliverToMaildir(tmp_path / "alice", b"good\n", name="2.good")
-    (tmp_path / "alice" / "new" / "1.stray").mkdir()
-    (tmp_path / "alice" / "new" / "3.stray,W=10").mkdir()
+    deliverToMaildir(tmp_path / "alice", b"gone\n", name="4.gone")
+    new = tmp_path / "alice" / "new"
+    (new / "1.stray").mkdir()
+    (new / "3.stray,W=10").mkdir()
     with capturedLogs() as events:
         maildrop = result(store(tmp_path).openMaildrop("alice"))
-    assert [m.uid for m in result(maildrop.listMessages())] == ["2.good", "3.stray,W=10"]
-    stray = os.path.join(tmp_path, "alice", "new", "1.stray")
-    assert [formatEvent(e) for e in events] == [f"Skipping {stray}: [Errno 21] Is a directory"]
+    assert [m.uid for m in result(maildrop.listMessages())] == ["2.good", "4.gone"]
+    assert sorted(formatEvent(e) for e in events) == [
+        f"Skipping {new / name}: [Errno 21] Is a directory" for name in ("1.stray", "3.stray,W=10")
+    ]
+    (new / "4.gone").unlink()
     with pytest.raises(MessageUnavailable):
         result(maildrop.openMessage(1))
     assert result(result(maildrop.openMessage(0)).read(100)) == b"good\n"
@@ -293,6 +298,102 @@ def test_filesFoundWhenFirstNeeded(tmp_path: Path, listings: list[str]) -> None:
         assert result(reader.read(100)) == data
         reader.close()
     assert listings == ["new", "cur"]
+    maildrop.close()
+
+
+def test_movedMessagesFoundWithOneListing(tmp_path: Path, listings: list[str]) -> None:
+    """
+    A mail reader that moves every message to cur/ during a session costs
+    the session one more listing, not one per message: retrieving and
+    deleting 4,000 moved messages took 6.7 and 3.4 s (a listing of all the
+    names for each).
+    """
+    for n in range(50):
+        deliverToMaildir(tmp_path / "alice", b"m%d\n" % n, name=f"{n}.M{n}.host")
+    maildrop, _ = login(store(tmp_path))
+    cur = tmp_path / "alice" / "cur"
+    result(maildrop.openMessage(0)).close()
+    for n in range(50):
+        os.rename(tmp_path / "alice" / "new" / f"{n}.M{n}.host", cur / f"{n}.M{n}.host:2,S")
+    listings.clear()
+    for index in range(50):
+        reader = result(maildrop.openMessage(index))
+        assert result(reader.read(100)) == b"m%d\n" % index
+        reader.close()
+    assert listings == ["new", "cur"]
+    for n in range(50):
+        os.rename(cur / f"{n}.M{n}.host:2,S", cur / f"{n}.M{n}.host:2,RS")
+    result(maildrop.deleteMessages(range(50)))
+    assert listings == ["new", "cur"] * 2
+    assert os.listdir(cur) == []
+    maildrop.close()
+
+
+@pytest.mark.parametrize("moves, deleted", [(2, True), (3, False)])
+def test_deleteFollowsARenamingReader(
+    tmp_path: Path, monkeypatch: Any, moves: int, deleted: bool
+) -> None:
+    """
+    A message that a mail reader renames again while QUIT deletes it is
+    looked for again, a bounded number of times: deleted, or reported as
+    not deleted.  (It was counted as deleted after two misses, and +OK
+    said so, while it stayed to be downloaded again.)
+    """
+    deliverToMaildir(tmp_path / "alice", b"hello\n", name="1.M1.host")
+    maildrop, _ = login(store(tmp_path))
+    cur = tmp_path / "alice" / "cur"
+    flags = iter(["S", "RS", "FS", "RFS"])
+    real = os.unlink
+    renamed = []
+
+    def renameFirst(path: Any) -> None:
+        if len(renamed) < moves:
+            # The reader renames the file just before the unlink.
+            (old,) = [p for d in ("new", "cur") for p in (tmp_path / "alice" / d).iterdir()]
+            os.rename(old, cur / f"1.M1.host:2,{next(flags)}")
+            renamed.append(path)
+        real(path)
+
+    monkeypatch.setattr(os, "unlink", renameFirst)
+    if deleted:
+        result(maildrop.deleteMessages([0]))
+    else:
+        with pytest.raises(DeletionFailed), capturedLogs():
+            result(maildrop.deleteMessages([0]))
+    monkeypatch.undo()
+    assert len(renamed) == moves
+    assert (os.listdir(cur) == []) == deleted
+    maildrop.close()
+
+
+def test_messagesMovedWhileSizedAreListed(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    Messages that a mail reader moves to cur/ while a login reads them to
+    size them are looked for again and listed, with the UIDLs and sizes
+    they had; they were left out of that session.
+    """
+    for n in range(20):
+        deliverToMaildir(tmp_path / "alice", b"Subject: %d\n\nbody\n" % n, name=f"{n}.M{n}.host")
+    real = maildir.measureEach
+    calls = []
+
+    def movingFirst(files: Any, knownSize: Any, *args: Any) -> Any:
+        files = list(files)
+        if not calls:
+            for n in range(20):
+                os.rename(
+                    tmp_path / "alice" / "new" / f"{n}.M{n}.host",
+                    tmp_path / "alice" / "cur" / f"{n}.M{n}.host:2,S",
+                )
+        calls.append(len(files))
+        return real(iter(files), knownSize, *args)
+
+    monkeypatch.setattr(maildir, "measureEach", movingFirst)
+    maildrop, infos = login(store(tmp_path))
+    assert calls == [20, 20]
+    assert [(i.uid, i.size) for i in infos] == [
+        (f"{n}.M{n}.host", len(b"Subject: %d\r\n\r\nbody\r\n" % n)) for n in range(20)
+    ]
     maildrop.close()
 
 
@@ -860,8 +961,7 @@ def test_specialFilesNeverRead(tmp_path: Path) -> None:
     """
     A FIFO or a device where a message should be is left out with a
     warning (the login neither waits on the FIFO nor reads /dev/zero
-    forever); under a ,W= name it is listed and RETR says it cannot be
-    read.
+    forever), under a ,W= name too.
     """
     deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
     new = tmp_path / "alice" / "new"
@@ -870,19 +970,17 @@ def test_specialFilesNeverRead(tmp_path: Path) -> None:
     os.mkfifo(new / "4.fifo,W=10")
     with capturedLogs() as events:
         maildrop, infos = login(store(tmp_path))
-    assert [(i.uid, i.size) for i in infos] == [("1.good", 6), ("4.fifo,W=10", 10)]
-    assert len([e for e in events if e["log_level"].name == "warn"]) == 2
-    with pytest.raises(MessageUnavailable), capturedLogs():
-        result(maildrop.openMessage(1))
+    assert [(i.uid, i.size) for i in infos] == [("1.good", 6)]
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 3
     maildrop.close()
 
 
 def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
     """
     A symbolic link where a message should be is not followed, even to a
-    file the server could read: left out with a warning, or, under a ,W=
-    name, listed and unavailable to RETR.  A popserv.lock that is a link
-    (even a dangling one) fails the login and creates nothing.
+    file the server could read: left out with a warning, under a ,W= name
+    too.  A popserv.lock that is a link (even a dangling one) fails the
+    login and creates nothing.
     """
     secret = tmp_path / "secret"
     secret.write_bytes(b"Subject: not yours\n\nroot's file\n")
@@ -892,10 +990,8 @@ def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
     (new / "3.link,W=33").symlink_to(secret)
     with capturedLogs() as events:
         maildrop, infos = login(store(tmp_path))
-    assert [i.uid for i in infos] == ["1.good", "3.link,W=33"]
-    assert len([e for e in events if e["log_level"].name == "warn"]) == 1
-    with pytest.raises(MessageUnavailable), capturedLogs():
-        result(maildrop.openMessage(1))
+    assert [i.uid for i in infos] == ["1.good"]
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 2
     maildrop.close()
     deliverToMaildir(tmp_path / "bob", b"b\n", name="1.b")
     (tmp_path / "bob" / "popserv.lock").symlink_to(tmp_path / "created-by-the-server")

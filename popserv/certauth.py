@@ -83,8 +83,10 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
         if len(emails) == 1:
             return emails[0]
         names = _dnsNames(certificate)
-        if not emails and len(names) == 1:
-            return names[0]
+        if not emails and len(names) == 1 and "*" not in names[0]:
+            # (A wildcard is a pattern of names, not a user's: logging in
+            # as "*.example.org" would make a Maildir of that name.)
+            return names[0].lower()
         return None
     if "@" in authzid:
         # The certificate's own spelling, so that one mailbox has one name.

@@ -48,3 +48,7 @@ def test_derived(ca: CertificateAuthority) -> None:
     assert userForCertificate(load(ca, ["host.example.org"]), "") == "host.example.org"
     assert userForCertificate(load(ca, ["a@example.org", "b@example.org"]), "") is None
     assert userForCertificate(load(ca, ["a.example.org", "b.example.org", "c.example"]), "") is None
+    # A wildcard names many hosts, no user: it must be asked for by name.
+    wildcard = load(ca, ["*.example.org"])
+    assert userForCertificate(wildcard, "") is None
+    assert userForCertificate(wildcard, "host.example.org") == "host.example.org"

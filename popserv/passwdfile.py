@@ -547,7 +547,13 @@ class PasswdFileChecker:
         self._checkedAt = clock()
         self.dummy = PasswdEntry(b"", DEFAULT_SCHEME, _dummyArgon2(), 0)
         self._dummyPlaintext = secrets.token_hex(16)
-        self._dummyKeys = scramKeys(secrets.token_bytes(16), secrets.token_bytes(16), 1)
+        salt = secrets.token_bytes(16)
+        self._dummyKeys = scramKeys(secrets.token_bytes(16), salt, 1)
+        # What a SCRAM-SHA-256 user's entry holds, parsed as theirs is.
+        self._dummyScram = ",".join(
+            [str(SCRAM_MIN_ITERATIONS)]
+            + [base64.b64encode(v).decode() for v in (salt, *self._dummyKeys)]
+        )
         try:
             self._load()
         except OSError as e:
@@ -677,6 +683,7 @@ class PasswdFileChecker:
 
     def _checkScram(self, entry: PasswdEntry | None, credentials: Any) -> bool:
         if entry is None or entry.scheme != "SCRAM-SHA-256":
+            parseScram(self._dummyScram)  # as a stored user's entry is
             credentials.verify(*self._dummyKeys)
             return False
         iterations, salt, storedKey, serverKey = parseScram(entry.stored)
@@ -697,8 +704,10 @@ class PasswdFileChecker:
             return hmac.compare_digest(expected, credentials.digest)
         # Neither the plaintext nor a matching context: do the work a real
         # check of most of the file's users would, then refuse.
-        if not getattr(credentials, "expensive", False) or self._scramByPBKDF2:
+        if getattr(credentials, "expensive", False) and not self._scramByPBKDF2:
+            # SCRAM in plaintext mode, in a file mostly of stored keys.
+            parseScram(self._dummyScram)
+            credentials.spendCheck(self._dummyKeys)
+        else:
             credentials.checkPassword(self._dummyPlaintext)
-        # else SCRAM in plaintext mode, in a file mostly of stored keys,
-        # whose check is two HMACs: microseconds, nothing worth spending.
         return False

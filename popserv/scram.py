@@ -314,14 +314,21 @@ class ScramCredentials(_ScramProof):
         self.checked = True
         return self._exchange.verify(*scramKeys(password, self.salt, self.iterations))
 
-    def spendCheck(self) -> None:
+    def spendCheck(self, keys: tuple[bytes, bytes] | None = None) -> None:
         """
-        Cost what L{checkPassword} costs, if nothing has called it: a
+        Cost what a check costs, for a user that could not be checked: a
         checker that refuses a user it does not know at once (Twisted's
-        C{memory:} and C{file:}) would otherwise answer an unknown name a
-        PBKDF2 run sooner than a known one, and so tell which names exist.
+        C{memory:} and C{file:}) would otherwise answer an unknown name
+        sooner than a known one, and so tell which names exist.
+
+        @param keys: spend what checking the proof against stored keys
+            costs, with these dummy keys (which no proof matches).  Without
+            them, what L{checkPassword} costs (a PBKDF2 run), if nothing
+            has called it.
         """
-        if not self.checked:
+        if keys is not None:
+            self._exchange.verify(*keys)
+        elif not self.checked:
             scramKeys(secrets.token_bytes(16), self.salt, self.iterations)
 
 

@@ -294,7 +294,10 @@ class POP3Protocol(LineOnlyReceiver):
         if self.state is not State.UPDATE:
             # (In UPDATE the QUIT, or the hang-up, stays the reason.)
             self.record.reason = "stalled" if self._transfer is not None else "timeout"
-        self._log.info("Autologout timer expired; closing")
+        if self._transfer is not None:
+            self._log.info("The client stopped reading the reply for too long; closing")
+        else:
+            self._log.info("Autologout timer expired; closing")
         self._abortNow()
 
     def lineLengthExceeded(self, line: bytes) -> None:

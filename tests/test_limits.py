@@ -14,6 +14,7 @@ from synchronous import FakeTime
 from test_protocol import PausingTransport
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from popserv.limits import ConnectionCounter, Exemptions, Limits, LoginGate, PenaltyBox
 
@@ -369,7 +370,7 @@ class TestProtocol:
     def test_stallTimeout(self) -> None:
         """
         A transfer the client stops reading ends after the stall timeout,
-        with nothing deleted.
+        with nothing deleted, and the log says why (not "autologout").
         """
         s = Session(transport=PausingTransport())
         s.memory.deliver("alice", b"x" * (4 * 1024 * 1024))
@@ -379,9 +380,14 @@ class TestProtocol:
         s.send(b"RETR 1\r\n")
         s.clock.advance(299)
         assert not s.transport.disconnecting
-        s.clock.advance(1)
+        with capturedLogs() as events:
+            s.clock.advance(1)
         assert s.transport.disconnecting
+        assert [formatEvent(e) for e in events] == [
+            "The client stopped reading the reply for too long; closing"
+        ]
         s.protocol.connectionLost(None)
+        assert s.protocol.record.reason == "stalled"
         assert len(s.memory.messages("alice")) == 1
 
     def test_stallTimeoutOnlyWhileWaiting(self) -> None:

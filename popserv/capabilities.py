@@ -68,10 +68,10 @@ def capabilities(facts: Facts) -> list[str]:
             lines.append("SASL " + " ".join(facts.mechanisms))
         if facts.stlsAvailable:
             lines.append("STLS")
-        # RFC 6856 section 2: "USER" says the USER and PASS commands take
-        # UTF-8, so it goes with USER: where passwords may not be sent in
-        # clear, UTF8 alone.
-        lines.append("UTF8 USER" if facts.plaintextAllowed else "UTF8")
+        # RFC 6856 section 2: "USER" says user names and passwords may be
+        # UTF-8, in USER/PASS and in APOP's user name (section 3.2): APOP
+        # is offered where passwords may not be sent in clear too.
+        lines.append("UTF8 USER")
     for tag, policy in (("LOGIN-DELAY", facts.loginDelay), ("EXPIRE", facts.expire)):
         if policy is not None:
             suffix = " USER" if before and policy.perUser else ""

@@ -13,6 +13,7 @@ restarts) share.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -140,8 +141,28 @@ class MemoryHistory:
         return succeed(None)
 
 
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-_WRITE = os.O_WRONLY | _NOFOLLOW
+#: How every state file is opened: never through a symbolic link, and
+#: never waiting on a FIFO (O_NONBLOCK does nothing to a regular file).
+_SAFELY = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _openRegular(path: str, flags: int) -> tuple[int, os.stat_result]:
+    """
+    Open C{path} with C{flags} and L{_SAFELY}: a descriptor of a regular
+    file, and its status.
+
+    @raise OSError: it is a link, a directory, a FIFO or a device (or
+        cannot be opened).
+    """
+    fd = os.open(path, flags | _SAFELY, 0o600)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status
 
 
 class DirectoryHistory:
@@ -164,9 +185,9 @@ class DirectoryHistory:
 
     # Whoever else can write the directory must not make popserv write
     # through a symbolic link (to a file the server may write, run as root
-    # without --uid), nor read one: files are opened with O_NOFOLLOW, and
-    # made readable by the server only, as they tell when each user
-    # logged in and what they retrieved.
+    # without --uid), nor read one, nor hold a thread on a FIFO: files are
+    # opened by _openRegular, and made readable by the server only, as
+    # they tell when each user logged in and what they retrieved.
 
     def lastLogin(self, user: str) -> Deferred[float | None]:
         def read() -> float | None:
@@ -180,9 +201,12 @@ class DirectoryHistory:
 
     def recordLogin(self, user: str, when: float) -> Deferred[None]:
         def write() -> None:
-            fd = os.open(self._file(user, "login"), _WRITE | os.O_CREAT, 0o600)
+            fd, status = _openRegular(self._file(user, "login"), os.O_WRONLY | os.O_CREAT)
             try:
-                os.fchmod(fd, 0o600)  # made by an earlier version, 0644
+                if status.st_nlink == 1 and status.st_uid == os.geteuid():
+                    # Made 0644 by an earlier version.  (Not a file linked
+                    # here from elsewhere: its mode is not ours to change.)
+                    os.fchmod(fd, 0o600)
                 os.utime(fd, (when, when))
             finally:
                 os.close(fd)
@@ -192,7 +216,7 @@ class DirectoryHistory:
     def retrievals(self, user: str) -> Deferred[dict[str, float]]:
         def read() -> dict[str, float]:
             try:
-                fd = os.open(self._file(user, "retrieved"), os.O_RDONLY | _NOFOLLOW)
+                fd, _ = _openRegular(self._file(user, "retrieved"), os.O_RDONLY)
             except FileNotFoundError:
                 return {}
             try:
@@ -213,7 +237,7 @@ class DirectoryHistory:
             temporary = path + ".tmp"
             # O_EXCL: a leftover (from a crash, or planted) is removed, not
             # written through.  The maildrop lock keeps other writers out.
-            flags = _WRITE | os.O_CREAT | os.O_EXCL
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFELY
             try:
                 fd = os.open(temporary, flags, 0o600)
             except FileExistsError:

@@ -5,6 +5,7 @@ EXPIRE (RFC 2449 sections 6.5, 6.7), announced and enforced.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,41 @@ def test_directoryHistoryFollowsNoLinks(tmp_path: Path) -> None:
     assert victim.stat().st_mtime != 5678.0
     assert not retrieved.is_symlink()
     assert result(history.retrievals("alice")) == {"uid2": 2e9}
+
+
+def test_directoryHistoryOpensOnlyRegularFiles(tmp_path: Path) -> None:
+    """
+    A directory or a FIFO in a state file's place is refused at once: a
+    directory leaked a descriptor at every QUIT, and a FIFO held a worker
+    thread for ever.  A file hard-linked there from elsewhere keeps its
+    mode (it is not the server's to change).
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.recordLogin("alice", 1.0))
+    result(history.saveRetrievals("alice", {"u": 1e9}))
+    login, retrieved = sorted(tmp_path.iterdir())
+    login.unlink()
+    retrieved.unlink()
+    retrieved.mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError):
+            result(history.retrievals("alice"))
+    assert len(os.listdir("/proc/self/fd")) == before
+    retrieved.rmdir()
+    for path in (login, retrieved):
+        os.mkfifo(path)
+    with pytest.raises(OSError):
+        result(history.recordLogin("alice", 2.0))  # would block in open()
+    with pytest.raises(OSError):
+        result(history.retrievals("alice"))  # would block in read()
+    login.unlink()
+    shared = tmp_path.parent / f"{tmp_path.name}-shared"
+    shared.write_text("")
+    shared.chmod(0o664)
+    os.link(shared, login)
+    result(history.recordLogin("alice", 3.0))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664
 
 
 def test_damagedRetrievalTimesForgotten(tmp_path: Path) -> None:

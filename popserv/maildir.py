@@ -764,7 +764,9 @@ class MaildirMaildrop:
     ) -> tuple[set[int], Records]:
         """
         Read the messages at the indexes C{misses} of C{known}, which the
-        index does not know, filling in their sizes.
+        index does not know, filling in their sizes.  Messages another
+        program moved or renamed meanwhile (a mail reader moving new/ to
+        cur/) are looked for again, at most L{_ATTEMPTS} times in all.
 
         @return: the indexes of the messages to leave out, and the records
             learnt.
@@ -772,64 +774,96 @@ class MaildirMaildrop:
         dropped: set[int] = set()
         if not misses:
             return dropped, Records.empty()
-        names, wire, downgraded, disk = known
+        names = known.names
         # A cold login measures every message: no need to pick them out.
         wanted = None if len(misses) == len(names) else set(map(names.__getitem__, misses))
         where = listing.entries(wanted)
-        measured = []
-        # In message order (about the order the files were written in),
-        # except that files not in the page cache come after the others,
-        # read while the disk fetches them.  Each file is its key, its
-        # directory and its name, (i,) + where[names[i]]: made in C, as a
-        # generator expression here took a tenth of a cold login.
-        located = map(where.__getitem__, map(names.__getitem__, misses))
-        files = cast("Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(misses), located))
-        knownSize = (lambda i: _knownWireSize(names[i])) if listing.sizesInNames else None
-        vanished: list[int] = []
+        measured: list[int] = []
         relistings: list[_Listing] = []
         try:
             for attempt in range(_ATTEMPTS):
-                for i, sizes in measureEach(files, knownSize):
-                    if not isinstance(sizes, OSError):
-                        measured.append(i)
-                        wire[i], downgraded[i], disk[i] = sizes
-                    elif isinstance(sizes, FileNotFoundError):
-                        # Removed, or moved or renamed by another program (a
-                        # mail reader moving new/ to cur/) while we looked.
-                        vanished.append(i)
-                    else:
-                        # A directory, a link, a FIFO or an unreadable file
-                        # where a message should be: leave it out (and so
-                        # never delete it) rather than lock the user out of
-                        # their other mail.
-                        directory, name = where[names[i]]
-                        subdir = listing.subdirectory(directory)
-                        path = os.path.join(self.path, subdir, name)
-                        _log.warn("Skipping {path}: {e}", path=path, e=sizes)
-                        dropped.add(i)
-                if not vanished or attempt == _ATTEMPTS - 1:
+                vanished = self._sizeFiles(listing, where, known, misses, measured, dropped)
+                if not vanished:
                     break
-                # Look for them again, under the names they have now.
-                listing = _Listing(self.path)
+                bases = {names[i] for i in vanished}
+                relisted = None if attempt == _ATTEMPTS - 1 else self._relocate(bases)
+                if relisted is None:
+                    dropped.update(vanished)  # for the next login to find
+                    break
+                listing, where = relisted
                 relistings.append(listing)
-                where = listing.entries({names[i] for i in vanished})
-                found = [i for i in vanished if names[i] in where]
-                dropped.update(i for i in vanished if names[i] not in where)
-                located = map(where.__getitem__, map(names.__getitem__, found))
-                files = cast(
-                    "Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(found), located)
-                )
-                vanished = []
+                misses = [i for i in vanished if names[i] in where]
+                dropped.update(i for i in vanished if names[i] not in where)  # gone
         finally:
             for relisting in relistings:
                 relisting.close()
-        dropped.update(vanished)  # moved again and again: next time
         if len(measured) == len(names):
             # All of them (a first login): the snapshot is what was learnt,
             # and the index takes it as it is rather than a copy.
             return dropped, known
         measured.sort()  # the records learnt, in message order
         return dropped, known.pick(measured)
+
+    def _relocate(self, bases: set[str]) -> tuple[_Listing, dict[str, tuple[int, str]]] | None:
+        """
+        List new/ and cur/ again, to find the messages C{bases} under the
+        names they have now (L{_Listing.entries}); L{None} if a directory
+        has become unreadable since the login listed it (the messages then
+        wait for the next login).
+        """
+        listing = None
+        try:
+            listing = _Listing(self.path)
+            return listing, listing.entries(bases)
+        except OSError as e:
+            if listing is not None:
+                listing.close()
+            _log.warn("Cannot list {path} again: {e}", path=self.path, e=e)
+            return None
+
+    def _sizeFiles(
+        self,
+        listing: _Listing,
+        where: dict[str, tuple[int, str]],
+        known: Records,
+        indexes: list[int],
+        measured: list[int],
+        dropped: set[int],
+    ) -> list[int]:
+        """
+        Read the messages at C{indexes} of C{known}, found by C{where}, and
+        fill in their sizes: add each to C{measured}, or to C{dropped} if it
+        is no message (logged).
+
+        @return: the indexes of the messages whose files were not there.
+        """
+        names, wire, downgraded, disk = known
+        # In message order (about the order the files were written in),
+        # except that files not in the page cache come after the others,
+        # read while the disk fetches them.  Each file is its key, its
+        # directory and its name, (i,) + where[names[i]]: made in C, as a
+        # generator expression here took a tenth of a cold login.
+        located = map(where.__getitem__, map(names.__getitem__, indexes))
+        files = cast("Iterator[tuple[int, int, str]]", map(tuple.__add__, zip(indexes), located))
+        knownSize = (lambda i: _knownWireSize(names[i])) if listing.sizesInNames else None
+        vanished = []
+        for i, sizes in measureEach(files, knownSize):
+            if not isinstance(sizes, OSError):
+                measured.append(i)
+                wire[i], downgraded[i], disk[i] = sizes
+            elif isinstance(sizes, FileNotFoundError):
+                # Removed, or moved or renamed by another program, while we
+                # looked.
+                vanished.append(i)
+            else:
+                # A directory, a link, a FIFO or an unreadable file where a
+                # message should be: leave it out (and so never delete it)
+                # rather than lock the user out of their other mail.
+                directory, name = where[names[i]]
+                path = os.path.join(self.path, listing.subdirectory(directory), name)
+                _log.warn("Skipping {path}: {e}", path=path, e=sizes)
+                dropped.add(i)
+        return vanished
 
     def _updateIndex(
         self,
@@ -873,23 +907,20 @@ class MaildirMaildrop:
                 self._where = where
             return self._where
 
-    def _locate(self, base: str, missed: str | None) -> bool:
+    def _locate(self, base: str, missed: str) -> None:
         """
-        Find a message another program moved or renamed, not at C{missed}
-        (the path that was not there, or L{None} if none was known); False
-        if it is gone.
+        List new/ and cur/ again to find a message another program moved,
+        renamed or removed, unless a listing made since C{missed} (the
+        path that was not there) was read already.
 
-        One listing serves every message moved before it: a mail reader
-        that moves the whole of new/ to cur/ costs one listing, not one per
-        message (which made retrieving N moved messages take N listings of
-        N names).
+        One listing serves every message moved or removed before it: a
+        mail reader that moves the whole of new/ to cur/ costs one listing,
+        not one per message (which made retrieving N moved messages take N
+        listings of N names).
         """
         with self._mutex:
-            if self._where is None or self._pathIn(self._where, base) == missed:
-                self._where = None  # list again
-            else:
-                return base in self._where  # an earlier listing found it
-        return base in self._whereMap()
+            if self._where is not None and self._pathIn(self._where, base) == missed:
+                self._where = None  # _whereMap lists again
 
     def _pathIn(self, where: dict[str, tuple[str, str]], base: str) -> str | None:
         place = where.get(base)
@@ -1035,14 +1066,17 @@ class MaildirMaildrop:
         """
         for attempt in range(_ATTEMPTS):
             path = self._pathIn(self._whereMap(), base)
-            if path is not None:
-                try:
-                    return act(path)
-                except FileNotFoundError:
-                    if attempt == _ATTEMPTS - 1:
-                        raise
-            if not self._locate(base, path):
+            if path is None:
+                # Not in a listing made since the login: removed (Maildir
+                # names are never used again, and moves are from new/ to
+                # cur/, which the listing reads in that order).
                 raise _Gone(errno.ENOENT, "no longer in new/ or cur/", base)
+            try:
+                return act(path)
+            except FileNotFoundError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+            self._locate(base, path)
         raise AssertionError("unreachable")
 
     def _forget(self, bases: list[str]) -> None:

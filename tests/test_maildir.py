@@ -329,6 +329,31 @@ def test_movedMessagesFoundWithOneListing(tmp_path: Path, listings: list[str]) -
     maildrop.close()
 
 
+def test_removedMessagesCostOneListing(tmp_path: Path, listings: list[str]) -> None:
+    """
+    Messages another program removed during a session cost it one more
+    listing, however many there are; QUIT counts them removed and removes
+    the rest.
+    """
+    for n in range(40):
+        deliverToMaildir(tmp_path / "alice", b"m%d\n" % n, name=f"{n}.M{n}.host")
+    maildrop, _ = login(store(tmp_path))
+    result(maildrop.openMessage(0)).close()
+    for n in range(0, 40, 2):
+        os.unlink(tmp_path / "alice" / "new" / f"{n}.M{n}.host")
+    listings.clear()
+    for index in range(40):
+        if index % 2:
+            result(maildrop.openMessage(index)).close()
+        else:
+            with pytest.raises(MessageUnavailable):
+                result(maildrop.openMessage(index))
+    result(maildrop.deleteMessages(range(40)))
+    assert listings == ["new", "cur"]
+    assert os.listdir(tmp_path / "alice" / "new") == []
+    maildrop.close()
+
+
 @pytest.mark.parametrize("moves, deleted", [(2, True), (3, False)])
 def test_deleteFollowsARenamingReader(
     tmp_path: Path, monkeypatch: Any, moves: int, deleted: bool
@@ -393,6 +418,43 @@ def test_messagesMovedWhileSizedAreListed(tmp_path: Path, monkeypatch: Any) -> N
     assert calls == [20, 20]
     assert [(i.uid, i.size) for i in infos] == [
         (f"{n}.M{n}.host", len(b"Subject: %d\r\n\r\nbody\r\n" % n)) for n in range(20)
+    ]
+    maildrop.close()
+
+
+def test_relistingThatFailsLeavesMessagesOut(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    If new/ and cur/ cannot be listed again to find messages that moved
+    while a login sized them, those are left out of the session (logged),
+    as before: the login itself does not fail.
+    """
+    for n in range(3):
+        deliverToMaildir(tmp_path / "alice", b"m%d\n" % n, name=f"{n}.M{n}.host")
+    real = maildir._Listing
+    made = []
+
+    def failingAgain(path: str) -> Any:
+        made.append(path)
+        if len(made) > 1:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real(path)
+
+    realMeasure = maildir.measureEach
+
+    def movingFirst(files: Any, knownSize: Any, *args: Any) -> Any:
+        os.rename(
+            tmp_path / "alice" / "new" / "1.M1.host", tmp_path / "alice" / "cur" / "1.M1.host:2,S"
+        )
+        return realMeasure(files, knownSize, *args)
+
+    monkeypatch.setattr(maildir, "_Listing", failingAgain)
+    monkeypatch.setattr(maildir, "measureEach", movingFirst)
+    with capturedLogs() as events:
+        maildrop, infos = login(store(tmp_path))
+    assert [i.uid for i in infos] == ["0.M0.host", "2.M2.host"]
+    alice = tmp_path / "alice"
+    assert [formatEvent(e) for e in events] == [
+        f"Cannot list {alice} again: [Errno 13] Permission denied: '{alice}'"
     ]
     maildrop.close()
 

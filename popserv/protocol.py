@@ -369,7 +369,7 @@ class POP3Protocol(LineOnlyReceiver):
         except POP3Error as e:
             self._endSASL()
             self._send(replies.err(e.text, e.code))
-            if isinstance(e, CommandError | SASLError):
+            if isinstance(e, CommandError | SASLError | CleartextRefused):
                 self._badCommand()
             return
         if result is not None:
@@ -379,9 +379,10 @@ class POP3Protocol(LineOnlyReceiver):
             result.addBoth(self._commandDone)
 
     def _badCommand(self) -> None:
-        # Unknown or malformed commands, and malformed or cancelled SASL
-        # exchanges (which are not failed logins): each was answered, and
-        # a client that sends nothing else is closed.
+        # Unknown or malformed commands, malformed or cancelled SASL
+        # exchanges and passwords refused in clear (none of them failed
+        # logins): each was answered, and a client that sends nothing else
+        # is closed.
         self._badCommands += 1
         if self._badCommands >= self.factory.limits.maxBadCommands and not self._lost:
             self._send(replies.err("Too many bad commands"))

@@ -433,6 +433,19 @@ class TestProtocol:
         assert s.command(b"XYZZY") == b"-ERR Unknown command\r\n-ERR Too many bad commands\r\n"
         assert s.transport.disconnecting
 
+    def test_cleartextRefusalsCount(self) -> None:
+        """
+        USER refused on a cleartext connection from another machine counts
+        as a bad command: a client repeating it is closed, not answered
+        until the login timeout.
+        """
+        s = Session(peer="192.0.2.1")
+        refused = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
+        for _ in range(19):
+            assert s.command(b"USER alice") == refused
+        assert s.command(b"USER alice") == refused + b"-ERR Too many bad commands\r\n"
+        assert s.transport.disconnecting
+
     @pytest.mark.parametrize(
         "lines, reply",
         [

@@ -73,6 +73,20 @@ def _sameAddress(a: str, b: str) -> bool:
     return localA == localB and domainA.lower() == domainB.lower()
 
 
+def _isHostName(name: str) -> bool:
+    """
+    Whether C{name} is a host name, one a user may be: not a wildcard
+    pattern (C{*.example.org}), nor an address, nor a name with an empty
+    label (C{.example.org}), each of which would make a Maildir of an odd
+    name, or a second name for one user.
+    """
+    try:
+        DNS_ID(name)
+    except ValueError:
+        return False
+    return "" not in name.split(".")
+
+
 def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | None:
     """
     The user C{certificate} may log in as, given the requested C{authzid}
@@ -83,10 +97,10 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
         if len(emails) == 1:
             return emails[0]
         names = _dnsNames(certificate)
-        if not emails and len(names) == 1 and "*" not in names[0]:
-            # (A wildcard is a pattern of names, not a user's: logging in
-            # as "*.example.org" would make a Maildir of that name.)
+        if not emails and len(names) == 1 and _isHostName(names[0]):
             return names[0].lower()
+        return None
+    if "@" not in authzid and not _isHostName(authzid):
         return None
     if "@" in authzid:
         # The certificate's own spelling, so that one mailbox has one name.

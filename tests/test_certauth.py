@@ -52,3 +52,7 @@ def test_derived(ca: CertificateAuthority) -> None:
     wildcard = load(ca, ["*.example.org"])
     assert userForCertificate(wildcard, "") is None
     assert userForCertificate(wildcard, "host.example.org") == "host.example.org"
+    # Nor is a name that is an address, or has an empty label.
+    for odd in ["alice@example.org", ".example.org", "a..example.org"]:
+        assert userForCertificate(load(ca, [f"DNS:{odd}"]), "") is None, odd
+    assert userForCertificate(load(ca, ["DNS:.example.org"]), ".example.org") is None

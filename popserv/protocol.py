@@ -853,6 +853,8 @@ class POP3Protocol(LineOnlyReceiver):
     def _allowed(self, allowed: bool) -> Deferred[None] | None:
         if not allowed:
             self._release()
+            # Credentials accepted: the audit line names whose login it was.
+            self.record.user, self.record.mechanism = self.user or "", self._attempt[1]
             self.user = None
             self._send(replies.err("Minimum time between logins not yet passed", "LOGIN-DELAY"))
             return None

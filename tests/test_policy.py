@@ -117,6 +117,12 @@ class TestLoginDelay:
         assert second.login() == (
             b"-ERR [LOGIN-DELAY] Minimum time between logins not yet passed\r\n"
         )
+        # The credentials were good: the session's audit line names alice.
+        second.protocol.connectionLost(None)
+        assert (second.protocol.record.user, second.protocol.record.mechanism) == (
+            "alice",
+            "USER",
+        )
         clock.now += 1
         third = Session(store=first.memory, policy=policy)
         assert third.login().startswith(b"+OK Logged in")

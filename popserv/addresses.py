@@ -58,7 +58,8 @@ PENALTY_IPV6_PREFIX = 48
 def penaltyKey(host: str) -> str:
     """
     Who a failed login from C{host} is held against: an IPv4 address (also
-    when written as an IPv6 one, C{::ffff:192.0.2.7}) itself; an IPv6
+    when written as an IPv6 one, C{::ffff:192.0.2.7}, or reached through
+    NAT64's C{64:ff9b::/96}) itself; an IPv6
     address, its /48 network (C{2001:db8:1::/48}); anything else (C{unix})
     as it is.
     """
@@ -70,4 +71,12 @@ def penaltyKey(host: str) -> str:
         return host
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
+    if address in _NAT64:
+        # An IPv4 client through NAT64 (RFC 6052): every one of them is in
+        # this one /96, and each is its own IPv4 address.
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((address, PENALTY_IPV6_PREFIX), strict=False))
+
+
+#: The well-known prefix of RFC 6052, where NAT64 puts IPv4 addresses.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")

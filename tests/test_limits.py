@@ -490,6 +490,10 @@ def test_penaltyPerIPv6Site() -> None:
     assert box.delay("2001:db8:2::7") == 0
     box.failed("::ffff:192.0.2.7")
     assert box.delay("192.0.2.7") == 2
+    # NAT64 (RFC 6052): IPv4 clients, one penalty each.
+    box.failed("64:ff9b::c633:6401")
+    assert box.delay("198.51.100.1") == 2
+    assert box.delay("64:ff9b::c633:6402") == 0
     assert box.delay("unix") == 0
     box.succeeded("2001:db8:1::1")
     assert box.delay("2001:db8:1:2::7") == 0

@@ -644,6 +644,7 @@ class MaildirMaildrop:
         "_mutex",
         "_run",
         "_running",
+        "_wasWhere",
         "_where",
         "path",
     )
@@ -662,6 +663,8 @@ class MaildirMaildrop:
         # is first needed: the login's own listing is not kept, so that an
         # idle session holds no list of names but its messages'.
         self._where: dict[str, tuple[str, str]] | None = None
+        # The listing before it, once one was made again (L{_gone}).
+        self._wasWhere: dict[str, tuple[str, str]] | None = None
         self._index: MaildirIndex | None = None
         self._mutex = threading.Lock()
         self._running = 0
@@ -909,9 +912,9 @@ class MaildirMaildrop:
 
     def _locate(self, base: str, missed: str) -> None:
         """
-        List new/ and cur/ again to find a message another program moved,
-        renamed or removed, unless a listing made since C{missed} (the
-        path that was not there) was read already.
+        Have new/ and cur/ listed again at the next lookup, to find a
+        message another program moved, renamed or removed, unless a listing
+        made since C{missed} (the path that was not there) was read already.
 
         One listing serves every message moved or removed before it: a
         mail reader that moves the whole of new/ to cur/ costs one listing,
@@ -920,7 +923,31 @@ class MaildirMaildrop:
         """
         with self._mutex:
             if self._where is not None and self._pathIn(self._where, base) == missed:
-                self._where = None  # _whereMap lists again
+                self._listAgain()
+
+    def _gone(self, base: str, where: dict[str, tuple[str, str]]) -> bool:
+        """
+        Whether message C{base}, not in the listing C{where}, is gone: it is
+        in neither that listing nor the one before.  Else list again.
+
+        One listing that lacks a name does not prove it gone: a mail reader
+        may move a message back from cur/ to new/ ("mark as new") between
+        the reads of the two, or rename it in cur/ while cur/ is read, which
+        the read may miss.  Two do; and the two serve every message removed
+        before them, so that removed messages cost two listings in all, not
+        one each.
+        """
+        with self._mutex:
+            if where is not self._where:
+                return False  # listed again meanwhile: look there
+            if self._wasWhere is not None and base not in self._wasWhere:
+                return True
+            self._listAgain()
+            return False
+
+    def _listAgain(self) -> None:
+        # (The caller holds the mutex.)  _whereMap lists when next asked.
+        self._wasWhere, self._where = self._where, None
 
     def _pathIn(self, where: dict[str, tuple[str, str]], base: str) -> str | None:
         place = where.get(base)
@@ -1065,19 +1092,19 @@ class MaildirMaildrop:
         @raise FileNotFoundError: it moved again at every attempt.
         """
         for attempt in range(_ATTEMPTS):
-            path = self._pathIn(self._whereMap(), base)
+            where = self._whereMap()
+            path = self._pathIn(where, base)
             if path is None:
-                # Not in a listing made since the login: removed (Maildir
-                # names are never used again, and moves are from new/ to
-                # cur/, which the listing reads in that order).
-                raise _Gone(errno.ENOENT, "no longer in new/ or cur/", base)
+                if self._gone(base, where):
+                    break
+                continue
             try:
                 return act(path)
             except FileNotFoundError:
                 if attempt == _ATTEMPTS - 1:
                     raise
             self._locate(base, path)
-        raise AssertionError("unreachable")
+        raise _Gone(errno.ENOENT, "no longer in new/ or cur/", base)
 
     def _forget(self, bases: list[str]) -> None:
         # Like every index update, never fails what the session is doing.

@@ -331,9 +331,9 @@ def test_movedMessagesFoundWithOneListing(tmp_path: Path, listings: list[str]) -
 
 def test_removedMessagesCostOneListing(tmp_path: Path, listings: list[str]) -> None:
     """
-    Messages another program removed during a session cost it one more
-    listing, however many there are; QUIT counts them removed and removes
-    the rest.
+    Messages another program removed during a session cost it two more
+    listings (one that lacks a name does not prove it gone), however many
+    there are; QUIT counts them removed and removes the rest.
     """
     for n in range(40):
         deliverToMaildir(tmp_path / "alice", b"m%d\n" % n, name=f"{n}.M{n}.host")
@@ -349,7 +349,7 @@ def test_removedMessagesCostOneListing(tmp_path: Path, listings: list[str]) -> N
             with pytest.raises(MessageUnavailable):
                 result(maildrop.openMessage(index))
     result(maildrop.deleteMessages(range(40)))
-    assert listings == ["new", "cur"]
+    assert listings == ["new", "cur"] * 2
     assert os.listdir(tmp_path / "alice" / "new") == []
     maildrop.close()
 
@@ -419,6 +419,36 @@ def test_messagesMovedWhileSizedAreListed(tmp_path: Path, monkeypatch: Any) -> N
     assert [(i.uid, i.size) for i in infos] == [
         (f"{n}.M{n}.host", len(b"Subject: %d\r\n\r\nbody\r\n" % n)) for n in range(20)
     ]
+    maildrop.close()
+
+
+def test_messageMovedBackDuringAListingIsFound(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A message a mail reader moves back from cur/ to new/ ("mark as new")
+    between a listing's reads of new/ and cur/ is in neither: it is looked
+    for again, and RETR and DELE find it.  (Taken for removed, it answered
+    RETR with -ERR, and QUIT said +OK and left it.)
+    """
+    cur = tmp_path / "alice" / "cur"
+    path = deliverToMaildir(tmp_path / "alice", b"hello\n", name="0.M0.host")
+    os.rename(path, cur / "0.M0.host:2,S")
+    maildrop, _ = login(store(tmp_path))
+    real = maildir._listDirectory
+    moved = []
+
+    def movingBack(maildirPath: str, subdir: str) -> Any:
+        if subdir == "cur" and not moved:
+            moved.append(subdir)
+            os.rename(cur / "0.M0.host:2,S", tmp_path / "alice" / "new" / "0.M0.host")
+        return real(maildirPath, subdir)
+
+    monkeypatch.setattr(maildir, "_listDirectory", movingBack)
+    reader = result(maildrop.openMessage(0))
+    assert result(reader.read(100)) == b"hello\n"
+    reader.close()
+    assert moved
+    result(maildrop.deleteMessages([0]))
+    assert os.listdir(tmp_path / "alice" / "new") == []
     maildrop.close()
 
 

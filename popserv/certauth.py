@@ -80,6 +80,11 @@ def _isHostName(name: str) -> bool:
     label (C{.example.org}), each of which would make a Maildir of an odd
     name, or a second name for one user.
     """
+    # DNS_ID strips white space and takes U-labels ("höst"), each a second
+    # spelling of a name (and so a second Maildir): only the ASCII form, as
+    # certificates hold it, and exactly as written.
+    if not name.isascii() or name != "".join(name.split()):
+        return False
     try:
         DNS_ID(name)
     except ValueError:

@@ -56,3 +56,12 @@ def test_derived(ca: CertificateAuthority) -> None:
     for odd in ["alice@example.org", ".example.org", "a..example.org"]:
         assert userForCertificate(load(ca, [f"DNS:{odd}"]), "") is None, odd
     assert userForCertificate(load(ca, ["DNS:.example.org"]), ".example.org") is None
+    assert userForCertificate(load(ca, ["DNS: .example.org"]), "") is None
+    # Only the exact ASCII spelling: padding or a U-label would be a second
+    # name (a second Maildir) for the same user.
+    backup = load(ca, ["backup.example.org"])
+    for other in [" backup.example.org", "backup.example.org\t", "backup.example.org\n"]:
+        assert userForCertificate(backup, other) is None, repr(other)
+    idn = load(ca, ["xn--hst-sna.example.org"])
+    assert userForCertificate(idn, "höst.example.org") is None
+    assert userForCertificate(idn, "xn--hst-sna.example.org") == "xn--hst-sna.example.org"

@@ -976,7 +976,10 @@ class MaildirMaildrop:
         except FileNotFoundError:
             raise MessageUnavailable() from None
         except OSError as e:
-            _log.error("Cannot read {path}: {e}", path=self._pathOf(self._bases[index]), e=e)
+            # (By base name: the error may be that new/ or cur/ cannot be
+            # listed, and then no path is known.)
+            base = self._bases[index]
+            _log.error("Cannot read message {base} in {path}: {e}", base=base, path=self.path, e=e)
             raise MessageUnavailable() from None
 
     def _openReadingAhead(self, index: int) -> tuple[_Opened, dict[int, bytes]]:

@@ -452,6 +452,27 @@ def test_messageMovedBackDuringAListingIsFound(tmp_path: Path, monkeypatch: Any)
     maildrop.close()
 
 
+def test_unlistableMaildirGivesUnavailable(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    If new/ and cur/ cannot be listed when a message is first opened, RETR
+    says the message is unavailable (logged); it was a server fault.
+    """
+    deliverToMaildir(tmp_path / "alice", b"hello\n", name="0.M0.host")
+    maildrop, _ = login(store(tmp_path))
+
+    def refused(maildirPath: str, subdir: str) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", subdir)
+
+    monkeypatch.setattr(maildir, "_listDirectory", refused)
+    with capturedLogs() as events, pytest.raises(MessageUnavailable):
+        result(maildrop.openMessage(0))
+    assert [formatEvent(e) for e in events] == [
+        f"Cannot read message 0.M0.host in {tmp_path / 'alice'}:"
+        " [Errno 13] Permission denied: 'new'"
+    ]
+    maildrop.close()
+
+
 def test_relistingThatFailsLeavesMessagesOut(tmp_path: Path, monkeypatch: Any) -> None:
     """
     If new/ and cur/ cannot be listed again to find messages that moved

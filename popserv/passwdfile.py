@@ -52,6 +52,7 @@ from zope.interface import implementer
 from popserv.credentials import IOfferedCredentials, handles
 from popserv.sasl import ICramMD5Credentials
 from popserv.scram import IScramKeySource, IScramSHA256Credentials, ScramParameters, scramKeys
+from popserv.secretfiles import warnIfReadableByOthers
 from popserv.threads import Runner, deferToThread
 
 #: The scheme of new passwords and of the dummy hash unknown users are
@@ -573,6 +574,7 @@ class PasswdFileChecker:
         with open(self.path, "rb") as f:
             signature = _fileSignature(os.fstat(f.fileno()))
             data = f.read()
+            warnIfReadableByOthers(f.fileno(), self.path, "passwd-file")
         entries, problems = parsePasswdFile(data)
         for number, reason in problems:
             # The reason never quotes the line: it may hold a password.

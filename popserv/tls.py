@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from popserv.secretfiles import warnIfReadableByOthers
 from popserv.threads import Runner, deferToThread
 
 #: TLS 1.2 cipher suites: ECDHE with AES-GCM or ChaCha20-Poly1305 only.
@@ -115,6 +116,8 @@ class TLSFiles:
             try:
                 with open(path, "rb") as f:
                     read[name] = f.read()
+                    if name == "key":
+                        warnIfReadableByOthers(f.fileno(), path, "The TLS private key")
             except OSError as e:
                 raise TLSConfigError(f"{self._named(name)}: cannot read it: {e.strerror}") from None
         try:

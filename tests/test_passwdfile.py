@@ -19,7 +19,7 @@ from synchronous import FakeTime, result, syncRun
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import Logger, capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from popserv import passwdfile, scram
@@ -297,6 +297,23 @@ class TestChecker:
             login(checker, UsernamePassword(b"mallory", b"test"))
         assert calls == [("ARGON2ID", checker.dummy.stored)]
         assert checker.dummy.stored.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+
+    def test_readableByAnyUserWarned(self, tmp_path: Path) -> None:
+        """
+        A passwd-file any user may read is used, with a warning at each
+        read; one readable by its owner and group alone gets none.
+        """
+        path = tmp_path / "users"
+        writeUsers(path, "alice:{PLAIN}test")
+        for mode, warned in [(0o644, True), (0o640, False)]:
+            path.chmod(mode)
+            with capturedLogs() as events:
+                checkerFor(path)
+            assert [formatEvent(e) for e in events if e["log_level"].name == "warn"] == (
+                [f"passwd-file {path} can be read by any user (mode 0644): chmod o-r it"]
+                if warned
+                else []
+            )
 
     def test_checksRunInTheRunner(self, tmp_path: Path) -> None:
         """

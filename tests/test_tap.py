@@ -581,3 +581,27 @@ def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         f"popserv: error: --state-dir: the server's user ({user}) cannot write it"
     )
     assert failed.value.code == 1
+
+
+def test_readableKeyWarned(ca: CertificateAuthority) -> None:
+    """
+    A TLS private key any user may read is used, with a warning at each
+    load; one readable by its owner alone gets none.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popserv.tls import TLSFiles
+
+    server = ca.issue("localhost", ["localhost"])
+    files = TLSFiles(str(server.certificate), str(server.key))
+    for mode, expected in [
+        (
+            0o644,
+            [f"The TLS private key {server.key} can be read by any user (mode 0644): chmod o-r it"],
+        ),
+        (0o600, []),
+    ]:
+        os.chmod(server.key, mode)
+        with capturedLogs() as events:
+            files.load()
+        assert [formatEvent(e) for e in events] == expected

@@ -92,23 +92,15 @@ from twisted.logger import Logger
 
 INDEX_NAME = "popserv.index"
 TEMP_NAME = "popserv.index.tmp"
-#: The current version, 6.
+#: The current version, 6.  The versions before it had the same blocks
+#: (version 1 no stamps), with sizes worked out by older rules, and are
+#: rebuilt unread: version 5 had an older rule for a MIME field that names
+#: an ASCII parameter twice; 4, for a MIME parameter a field also gives in
+#: RFC 2231's form; 3, for MIME parameters, and WIRE taken from a name's
+#: ,W= even for a file read whole; 2, for address fields too.
 VERSION = 6
-MAGIC = b"popserv-maildir-index 6\n"
-#: Version 5: as version 6, with an older rule for a MIME field that names
-#: an ASCII parameter twice.  Rebuilt.
-_MAGIC_5 = b"popserv-maildir-index 5\n"
-#: Version 4: as version 5, with an older rule for a MIME parameter that a
-#: field also gives in RFC 2231's form.  Rebuilt.
-_MAGIC_4 = b"popserv-maildir-index 4\n"
-#: Version 3: the same blocks and stamps; DOWNGRADED was worked out by an
-#: older rule for MIME parameters (popserv.downgrade), and WIRE taken from
-#: a name's ,W= even for a file read whole.  Rebuilt.
-_MAGIC_3 = b"popserv-maildir-index 3\n"
-#: Version 2: as version 3, with an older rule for address fields too.
-_MAGIC_2 = b"popserv-maildir-index 2\n"
-#: Version 1: the same blocks, no stamps.
-_MAGIC_1 = b"popserv-maildir-index 1\n"
+MAGIC = b"popserv-maildir-index %d\n" % VERSION
+_HEADER = re.compile(rb"popserv-maildir-index (\d{1,9})\n")
 
 #: An index may be this large before it is ignored (and rebuilt) unread,
 #: plus L{_BYTES_PER_MESSAGE} for every listed message: a record takes at
@@ -268,19 +260,12 @@ def parse(data: bytes) -> Parsed:
     ends the parse, and the blocks before it are kept.
     """
     records = Records.empty()
-    if data.startswith(MAGIC):
-        version = VERSION
-    elif data.startswith(_MAGIC_5):
-        version = 5
-    elif data.startswith(_MAGIC_4):
-        version = 4
-    elif data.startswith(_MAGIC_3):
-        version = 3
-    elif data.startswith(_MAGIC_2):
-        version = 2
-    elif data.startswith(_MAGIC_1):
-        version = 1
-    else:
+    header = _HEADER.match(data)
+    version = int(header.group(1)) if header else 0
+    if 0 < version < VERSION:
+        # Rebuilt whatever it holds (module docstring): not worth parsing.
+        return Parsed(records, 0, 0, f"an older version ({version})", None, version)
+    if version != VERSION:
         firstLine = data[: len(MAGIC)].split(b"\n", 1)[0]
         if firstLine.startswith(b"popserv-maildir-index "):
             return Parsed(records, 0, 0, f"an unknown version {firstLine[22:32]!r}", None, 0)
@@ -291,7 +276,7 @@ def parse(data: bytes) -> Parsed:
     blocks = 0
     stamp: Stamp | None = None
     while position < len(data):
-        if version > 1 and data.startswith(b"stamp ", position):
+        if data.startswith(b"stamp ", position):
             parsedStamp = _parseStamp(data, position)
             if isinstance(parsedStamp, str):
                 problem = f"{parsedStamp} at offset {position}"
@@ -617,21 +602,16 @@ class MaildirIndex:
         index.missing = False
         index.blocks = parsed.blocks
         index.stamp = parsed.stamp
-        records = parsed.records
-        if 0 < parsed.version < VERSION:
-            # An older version, whole or damaged: rebuilt (module
-            # docstring), by the rewrite that follows the measuring.
-            index.stamp = None
-            records = Records.empty()
-        elif parsed.problem is not None:
+        if parsed.version == VERSION and parsed.problem is None:
+            index._appendAt = parsed.end
+        elif not 0 < parsed.version < VERSION:
+            # (An older version is rebuilt without a word: module docstring.)
             _log.warn(
                 "The index {path} has {problem}; rebuilding it",
                 path=index.path,
                 problem=parsed.problem,
             )
-        else:
-            index._appendAt = parsed.end
-        return index, records
+        return index, parsed.records
 
     @property
     def appendable(self) -> bool:

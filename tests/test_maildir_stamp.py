@@ -309,11 +309,11 @@ def test_olderIndexUpgraded(alice: Path, measured: list[str], version: int) -> N
     truth = snapshot(s)
     _, records = MaildirIndex.load(str(alice), 1 << 20)
     magic = {
-        1: maildirindex._MAGIC_1,
-        2: maildirindex._MAGIC_2,
-        3: maildirindex._MAGIC_3,
-        4: maildirindex._MAGIC_4,
-        5: maildirindex._MAGIC_5,
+        1: b"popserv-maildir-index 1\n",
+        2: b"popserv-maildir-index 2\n",
+        3: b"popserv-maildir-index 3\n",
+        4: b"popserv-maildir-index 4\n",
+        5: b"popserv-maildir-index 5\n",
     }
     stamp = encodeStamp(stampOf(alice)) if version > 1 else b""
     (alice / INDEX_NAME).write_bytes(magic[version] + encodeBlock(records) + stamp)

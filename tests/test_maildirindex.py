@@ -539,11 +539,11 @@ def test_everyDamageToStampDetected() -> None:
 @pytest.mark.parametrize(
     "magic",
     [
-        maildirindex._MAGIC_1,
-        maildirindex._MAGIC_2,
-        maildirindex._MAGIC_3,
-        maildirindex._MAGIC_4,
-        maildirindex._MAGIC_5,
+        b"popserv-maildir-index 1\n",
+        b"popserv-maildir-index 2\n",
+        b"popserv-maildir-index 3\n",
+        b"popserv-maildir-index 4\n",
+        b"popserv-maildir-index 5\n",
     ],
 )
 def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
@@ -554,7 +554,7 @@ def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
     record shows which ones differ), and it is not appended to, so the
     next write rewrites it in the current version.
     """
-    stamp = encodeStamp(STAMP) if magic != maildirindex._MAGIC_1 else b""
+    stamp = encodeStamp(STAMP) if magic != b"popserv-maildir-index 1\n" else b""
     sample = records(*rows(SAMPLE), ("1700000002.M3P2.host,W=50", 50, 50, 48))
     # Whole, or with a damaged tail (a torn append): none of it is kept.
     for tail in (b"", b"block 1 3 0000000g\n"):
@@ -564,7 +564,7 @@ def test_olderVersionsRead(tmp_path: Path, magic: bytes) -> None:
         assert warnings(events) == []
         assert rows(found) == [] and index.stamp is None and not index.missing
     assert not index.appendable and not index.append(SAMPLE)
-    stamped = parse(maildirindex._MAGIC_1 + encodeBlock(SAMPLE) + encodeStamp(STAMP))
+    stamped = parse(b"popserv-maildir-index 1\n" + encodeBlock(SAMPLE) + encodeStamp(STAMP))
     assert stamped.stamp is None and stamped.problem is not None
 
 
@@ -805,7 +805,7 @@ def test_cacheKeepsOnlyWholeSmallFiles(tmp_path: Path, kind: str) -> None:
     if kind == "damaged":
         path.write_bytes(MAGIC + encodeBlock(SAMPLE) + b"garbage")
     elif kind == "version 1":
-        path.write_bytes(maildirindex._MAGIC_1 + encodeBlock(SAMPLE))
+        path.write_bytes(b"popserv-maildir-index 1\n" + encodeBlock(SAMPLE))
     else:
         many = records(*((f"{i:040d}", i, i, i) for i in range(100)))
         MaildirIndex(str(tmp_path)).rewrite(many)

@@ -160,14 +160,15 @@ class PenaltyBox:
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._succeeded: OrderedDict[str, float] = OrderedDict()
 
-    def _count(self, address: str) -> int:
-        address = penaltyKey(address)
-        entry = self._failures.get(address)
+    def _count(self, key: str) -> int:
+        # (By the address's penaltyKey, which each public method works out
+        # once.)
+        entry = self._failures.get(key)
         if entry is None:
             return 0
         count, last = entry
         if self.clock() - last > self.limits.penaltyForget:
-            del self._failures[address]
+            del self._failures[key]
             return 0
         return count
 
@@ -176,7 +177,7 @@ class PenaltyBox:
         Seconds a login attempt from C{address} should wait now, before it
         is checked, given the failures before it.
         """
-        count = self._count(address)
+        count = self._count(penaltyKey(address))
         if count == 0:
             return 0.0
         delay = self.limits.penaltyInitial * float(2 ** (count - 1))
@@ -186,10 +187,9 @@ class PenaltyBox:
         """
         Record a failed login from C{address}.
         """
-        count = self._count(address) + 1
-        address = penaltyKey(address)
-        self._failures[address] = (count, self.clock())
-        self._failures.move_to_end(address)
+        key = penaltyKey(address)
+        self._failures[key] = (self._count(key) + 1, self.clock())
+        self._failures.move_to_end(key)
         while len(self._failures) > self.capacity:
             self._failures.popitem(last=False)
 
@@ -198,10 +198,10 @@ class PenaltyBox:
         A login from C{address} succeeded: its penalty is cleared, and it is
         trusted for L{Limits.trustFor} seconds.
         """
-        address = penaltyKey(address)
-        self._failures.pop(address, None)
-        self._succeeded[address] = self.clock()
-        self._succeeded.move_to_end(address)
+        key = penaltyKey(address)
+        self._failures.pop(key, None)
+        self._succeeded[key] = self.clock()
+        self._succeeded.move_to_end(key)
         while len(self._succeeded) > self.capacity:
             self._succeeded.popitem(last=False)
 
@@ -210,10 +210,11 @@ class PenaltyBox:
         Whether C{address} logged in successfully lately and has not failed
         since.
         """
-        since = self._succeeded.get(penaltyKey(address))
+        key = penaltyKey(address)
+        since = self._succeeded.get(key)
         if since is None or self.clock() - since > self.limits.trustFor:
             return False
-        return self._count(address) == 0
+        return self._count(key) == 0
 
 
 class LoginGate:

@@ -585,12 +585,12 @@ class PasswdFileChecker:
                 reason=reason,
             )
         self._entries = entries
-        self._schemes = frozenset(entry.scheme for entry in entries.values())
+        schemes = [entry.scheme for entry in entries.values()]
+        self._schemes = frozenset(schemes)
         # What a SCRAM login of a user the file cannot check costs: what a
         # SCRAM login of most of its SCRAM users costs.  Stored keys take
         # two HMACs, a PLAIN user a PBKDF2 run; spending a PBKDF2 run where
         # most users take two HMACs made an unknown name the slow one.
-        schemes = [entry.scheme for entry in entries.values()]
         self._scramByPBKDF2 = schemes.count("PLAIN") >= schemes.count("SCRAM-SHA-256")
         self._signature = signature
 
@@ -685,8 +685,7 @@ class PasswdFileChecker:
 
     def _checkScram(self, entry: PasswdEntry | None, credentials: Any) -> bool:
         if entry is None or entry.scheme != "SCRAM-SHA-256":
-            parseScram(self._dummyScram)  # as a stored user's entry is
-            credentials.verify(*self._dummyKeys)
+            self._spendStoredKeyCheck(credentials)
             return False
         iterations, salt, storedKey, serverKey = parseScram(entry.stored)
         if (salt, iterations) != (credentials.salt, credentials.iterations):
@@ -708,8 +707,21 @@ class PasswdFileChecker:
         # check of most of the file's users would, then refuse.
         if getattr(credentials, "expensive", False) and not self._scramByPBKDF2:
             # SCRAM in plaintext mode, in a file mostly of stored keys.
-            parseScram(self._dummyScram)
-            credentials.spendCheck(self._dummyKeys)
+            self._spendStoredKeyCheck(credentials)
         else:
             credentials.checkPassword(self._dummyPlaintext)
         return False
+
+    def _spendStoredKeyCheck(self, credentials: Any) -> None:
+        """
+        Do what checking a SCRAM proof against a stored user's keys does (a
+        dummy entry parsed, the proof checked against dummy keys that no
+        proof matches), for a user the file cannot check: C{credentials}
+        are a proof made with stored keys' parameters, or one in plaintext
+        mode (L{popserv.scram.ScramCredentials.spendCheck}).
+        """
+        parseScram(self._dummyScram)
+        if IScramSHA256Credentials.providedBy(credentials):
+            credentials.verify(*self._dummyKeys)
+        else:
+            credentials.spendCheck(self._dummyKeys)

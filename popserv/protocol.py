@@ -811,10 +811,8 @@ class POP3Protocol(LineOnlyReceiver):
         def checked(result: Any) -> Any:
             release()
             if isinstance(result, Failure) and mind.user is not None:
-                # The credentials were good but the maildrop did not open
-                # ([IN-USE], [SYS/TEMP]): the audit line names whose it was.
-                self.record.user = mind.user
-                self.record.mechanism = self._attempt[1]
+                # The maildrop did not open ([IN-USE], [SYS/TEMP]).
+                self._recordRefused(mind.user)
             return result
 
         d: Deferred[Any] = self.factory.portal.login(credentials, mind, IMaildrop)
@@ -845,6 +843,13 @@ class POP3Protocol(LineOnlyReceiver):
         self._endSASL()
         return self._open()
 
+    def _recordRefused(self, user: str) -> None:
+        """
+        A login whose credentials were accepted was refused all the same
+        ([IN-USE], [LOGIN-DELAY]): the audit line names whose it was.
+        """
+        self.record.user, self.record.mechanism = user, self._attempt[1]
+
     def _open(self) -> Deferred[None]:
         # RFC 2449 section 8.1.2: LOGIN-DELAY is judged only after the
         # credentials were verified, so it tells nothing to a guesser.
@@ -853,8 +858,7 @@ class POP3Protocol(LineOnlyReceiver):
     def _allowed(self, allowed: bool) -> Deferred[None] | None:
         if not allowed:
             self._release()
-            # Credentials accepted: the audit line names whose login it was.
-            self.record.user, self.record.mechanism = self.user or "", self._attempt[1]
+            self._recordRefused(self.user or "")
             self.user = None
             self._send(replies.err("Minimum time between logins not yet passed", "LOGIN-DELAY"))
             return None

@@ -63,3 +63,22 @@ def listings(monkeypatch: Any) -> list[str]:
 
     monkeypatch.setattr(os, "listdir", spy)
     return listed
+
+
+@pytest.fixture
+def scramKeyRuns(monkeypatch: Any) -> list[bytes]:
+    """
+    The salts of the PBKDF2 runs that popserv.scram makes (scramKeys), one
+    per run.
+    """
+    from popserv import scram
+
+    runs: list[bytes] = []
+    real = scram.scramKeys
+
+    def counted(password: Any, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        runs.append(salt)
+        return real(password, salt, iterations)
+
+    monkeypatch.setattr(scram, "scramKeys", counted)
+    return runs

@@ -226,7 +226,7 @@ def test_onlyExpensiveInThreads() -> None:
 
 
 @pytest.mark.parametrize("name", ["alice", "mallory"])
-def test_unknownUserCostsAPBKDF2Run(monkeypatch: Any, name: str) -> None:
+def test_unknownUserCostsAPBKDF2Run(scramKeyRuns: list[bytes], name: str) -> None:
     """
     Twisted's memory: (and file:) checker refuses a name it does not know
     without looking at the credentials: a SCRAM proof of a known user cost
@@ -236,20 +236,10 @@ def test_unknownUserCostsAPBKDF2Run(monkeypatch: Any, name: str) -> None:
     from protocol_helpers import Session
     from scram_client import ScramClient, authenticate
 
-    from popserv import scram
-
-    runs: list[bytes] = []
-    real = scram.scramKeys
-
-    def counted(password: Any, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
-        runs.append(salt)
-        return real(password, salt, iterations)
-
-    monkeypatch.setattr(scram, "scramKeys", counted)
     checker = normalizeChecker(strcred.makeChecker("memory:alice:secret"))
     assert isinstance(checker, ThreadedChecker)
     checker._run = syncRun
     s = Session(checkers=[checker])
     replies = authenticate(lambda line: s.command(line)[:-2], ScramClient(name, "wrong"))
     assert replies[-1] == b"-ERR [AUTH] Authentication failed"
-    assert len(runs) == 1
+    assert len(scramKeyRuns) == 1

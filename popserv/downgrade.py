@@ -144,27 +144,49 @@ def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
     return name, unfolded, name.strip().lower()
 
 
+#: A quoted string (RFC 5322 section 3.2.4): a double quote, then octets
+#: other than a quote or a backslash, or a backslash and any octet (a
+#: quoted-pair), up to the closing quote.
+_QUOTED_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+#: An address in angle brackets, once the quoted strings are masked.
+_ANGLE_ADDRESS = re.compile(rb"<[^<>]*>")
+#: What makes an address list a group (":" and ";") or gives it a comment.
+_GROUP_OR_COMMENT = re.compile(rb"[():;]")
+#: Every octet but the angle brackets, to delete from a masked list.
+_NOT_ANGLES = bytes(octet for octet in range(256) if octet not in b"<>")
+
+
+def _masked(match: re.Match[bytes]) -> bytes:
+    """
+    As many "q" as the match has octets.
+    """
+    return b"q" * len(match.group())
+
+
 def _maskQuoted(text: bytes) -> bytes | None:
     """
     C{text} with every octet of its quoted strings (quotes and
     quoted-pairs included) made "q", so that the specials outside them can
     be found by position; L{None} if a quoted string is not closed.
     """
-    masked = bytearray(text)
-    quoted = escaped = False
-    for i, octet in enumerate(text):
-        if quoted:
-            masked[i] = 0x71
-            if escaped:
-                escaped = False
-            elif octet == 0x5C:  # backslash
-                escaped = True
-            elif octet == 0x22:  # double quote
-                quoted = False
-        elif octet == 0x22:
-            quoted = True
-            masked[i] = 0x71
-    return None if quoted else bytes(masked)
+    if b'"' not in text:
+        return text  # most fields
+    masked = _QUOTED_STRING.sub(_masked, text)
+    # A quote left over opens a string that nothing closes.
+    return None if b'"' in masked else masked
+
+
+def _cut(text: bytes, masked: bytes, separator: bytes) -> list[bytes]:
+    """
+    C{text} cut where C{masked}, the same text with some parts masked, has
+    C{separator}.
+    """
+    pieces = []
+    start = 0
+    for part in masked.split(separator):
+        pieces.append(text[start : start + len(part)])
+        start += len(part) + len(separator)
+    return pieces
 
 
 def _mailboxes(text: bytes) -> list[bytes] | None:
@@ -175,29 +197,17 @@ def _mailboxes(text: bytes) -> list[bytes] | None:
     L{_addressBody} does not take apart, or an empty element.
     """
     masked = _maskQuoted(text)
-    if masked is None:
+    if masked is None or _GROUP_OR_COMMENT.search(masked):
         return None
-    mailboxes = []
-    start = 0
-    angle = 0
-    for i, octet in enumerate(masked):
-        if octet == 0x3C:  # <
-            angle += 1
-            if angle > 1:
-                return None
-        elif octet == 0x3E:  # >
-            angle -= 1
-            if angle < 0:
-                return None
-        elif octet in b"():;":  # a comment or a group
-            return None
-        elif octet == 0x2C and not angle:  # a comma between mailboxes
-            mailboxes.append(text[start:i].strip(b" \t"))
-            start = i + 1
-    mailboxes.append(text[start:].strip(b" \t"))
-    if angle or not all(mailboxes):
+    # Outside quoted strings the angle brackets must pair, one address at a
+    # time: "<>" over and over.
+    angles = masked.translate(None, _NOT_ANGLES)
+    if angles != b"<>" * (len(angles) // 2):
         return None
-    return mailboxes
+    # A comma in an address does not separate mailboxes.
+    masked = _ANGLE_ADDRESS.sub(_masked, masked)
+    mailboxes = [mailbox.strip(b" \t") for mailbox in _cut(text, masked, b",")]
+    return mailboxes if all(mailboxes) else None
 
 
 #: A display name and an address in angle brackets; the name, outside
@@ -298,11 +308,7 @@ def _parameters(text: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
     masked = _maskQuoted(text)
     if masked is None or b"(" in masked:  # a comment: not taken apart
         return None
-    pieces = []
-    start = 0
-    for part in masked.split(b";"):  # the same cuts in the text itself
-        pieces.append(text[start : start + len(part)])
-        start += len(part) + 1
+    pieces = _cut(text, masked, b";")
     parameters = []
     for piece in pieces[1:]:
         piece = piece.strip(b" \t")

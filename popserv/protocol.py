@@ -20,7 +20,7 @@ import base64
 import binascii
 from array import array
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.cred.credentials import ICredentials, IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -1330,7 +1330,15 @@ def _isHex(data: bytes) -> bool:
     return True
 
 
-class POP3ServerFactory(ServerFactory[POP3Protocol]):
+if TYPE_CHECKING:
+    _ServerFactory = ServerFactory[POP3Protocol]
+else:
+    # Twisted's factories are generic (subscriptable at run time) only
+    # from 26.4 on; setup.cfg allows older ones.
+    _ServerFactory = ServerFactory
+
+
+class POP3ServerFactory(_ServerFactory):
     """
     Makes L{POP3Protocol} sessions that log in through C{portal}.
 

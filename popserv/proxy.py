@@ -18,7 +18,7 @@ without a word.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -169,7 +169,14 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             self.factory.unregisterProtocol(self)
 
 
-class ProxyWrappingFactory(WrappingFactory["ProxyHeaderWrapper"]):
+if TYPE_CHECKING:
+    _WrappingFactory = WrappingFactory[ProxyHeaderWrapper]
+else:
+    # Generic only from Twisted 26.4 on, as is ServerFactory (protocol.py).
+    _WrappingFactory = WrappingFactory
+
+
+class ProxyWrappingFactory(_WrappingFactory):
     """
     Puts L{ProxyHeaderWrapper} in front of every connection of a factory.
     """

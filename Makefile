@@ -18,7 +18,7 @@ DEMO_LISTEN ?= tcp:$(DEMO_PORT):interface=127.0.0.1
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 EDITABLE := --config-settings editable_mode=compat -e
 
-.PHONY: demo demo-tls test lint docs bench clean install
+.PHONY: demo demo-tls test test-oldest lint docs bench clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ demo-tls: install
 test: install
 	$(BIN)/python -m pytest
 
+# The unit tests against the oldest dependencies setup.cfg allows (the pins
+# of .ci/oldest.txt), in a virtualenv of their own; .ci/run runs it.
+OLDEST_VENV ?= .venv-oldest
+test-oldest:
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q -c .ci/oldest.txt $(EDITABLE) '.[test]'
+	$(OLDEST_VENV)/bin/python -m pytest -m 'not integration'
+
 lint: install
 	$(BIN)/ruff check popserv tests benchmarks docs twisted
 	$(BIN)/ruff format --check popserv tests benchmarks docs twisted
@@ -69,4 +77,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_maildir.py
 
 clean:
-	rm -rf $(VENV) docs/_build build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(OLDEST_VENV) docs/_build build dist *.egg-info twisted/plugins/dropin.cache

@@ -26,6 +26,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 _NOT_SOURCE = shutil.ignore_patterns(
     ".git",
     ".venv",
+    ".venv-oldest",
     "build",
     "dist",
     "*.egg-info",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,29 @@ def error(*args: str) -> str:
     assert message.startswith("popserv: error: ")
     assert "\n" not in message
     return message
+
+
+@pytest.mark.parametrize("module", ["crypt", "spwd"])
+def test_unixAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    """
+    Where Python lacks the crypt or spwd module (3.13 removed both), --auth
+    unix is a start-up error that says why, not a server that refuses
+    every login.
+    """
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    message = error("--auth", "unix", "--mailstore", "memory")
+    assert "--auth 'unix': needs Python's crypt and spwd modules" in message
+    assert "use passwd-file: instead" in message
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 removed crypt and spwd")
+def test_unixAuth() -> None:
+    """
+    Where Python has crypt and spwd, --auth unix is taken.
+    """
+    options = Options()
+    options.parseOptions(["--auth", "unix", "--mailstore", "memory"])
+    assert len(options["credCheckers"]) == 1
 
 
 def test_defaults(tmp_path: Path) -> None:

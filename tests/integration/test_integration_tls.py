@@ -123,6 +123,9 @@ def test_implicitTLS(tls_server, ca, wait_until):
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+# Offering the old versions is the point; the ssl module warns that they
+# are deprecated (DeprecationWarning, Python 3.10 on).
+@pytest.mark.filterwarnings(r"ignore:ssl\.TLSVersion\.TLSv1(_1)? is deprecated:DeprecationWarning")
 def test_oldTLSRefused(tls_server, ca, version):
     """
     TLS 1.0 and 1.1 handshakes fail: the floor is TLS 1.2.

@@ -26,6 +26,15 @@ def test_controlCharactersNeutralised() -> None:
     assert replies.err("a\r\nb\x00c\u00e9") == b"-ERR a  b c?\r\n"
 
 
+def test_deleteNeutralised() -> None:
+    """
+    DEL (0x7F) is a control character too and becomes a space, like the C0
+    controls; the printable ASCII just below it passes through.
+    """
+    assert replies.err("a\x7fb~c") == b"-ERR a b~c\r\n"
+    assert replies.ok("\x7f") == b"+OK  \r\n"
+
+
 def test_longLinesCapped() -> None:
     """
     No response line exceeds 512 octets including CRLF (RFC 2449 section 4).

@@ -33,6 +33,11 @@ from popserv.commands import SYNTAX, Command, CommandError, parseCommand
         (b"TOP 1 0000000000000", Command("TOP", (1, 0))),
         (b"TOP 1 000000000000012", Command("TOP", (1, 12))),
         (b"UIDL 3", Command("UIDL", (3,))),
+        # Message numbers and line counts of up to ten digits are numbers.
+        (b"RETR 9999999999", Command("RETR", (9999999999,))),
+        (b"TOP 1 9999999999", Command("TOP", (1, 9999999999))),
+        # Names are any printable octets but space: "!" (0x21) and "~" (0x7E).
+        (b"USER !~", Command("USER", (b"!~",))),
         (b"NOOP", Command("NOOP")),
         (b"RSET", Command("RSET")),
         (b"QUIT", Command("QUIT")),
@@ -43,6 +48,8 @@ from popserv.commands import SYNTAX, Command, CommandError, parseCommand
         (b"auth plain", Command("AUTH", (b"PLAIN",))),
         (b"AUTH scram-sha-256 biwsbj11", Command("AUTH", (b"SCRAM-SHA-256", b"biwsbj11"))),
         (b"AUTH PLAIN =", Command("AUTH", (b"PLAIN", b"="))),
+        # RFC 4422 section 3.1: a mechanism name is up to 20 characters.
+        (b"AUTH " + b"X" * 20, Command("AUTH", (b"X" * 20,))),
     ],
 )
 def test_parsesValidLines(line: bytes, expected: Command) -> None:
@@ -62,6 +69,7 @@ def test_parsesValidLines(line: bytes, expected: Command) -> None:
         (b"XTND", "Unknown command"),
         (b"AUTH PLAIN a b", "Syntax: AUTH [mechanism [initial-response]]"),
         (b"AUTH " + b"X" * 21, "Syntax: AUTH [mechanism [initial-response]]"),
+        (b"AUTH PL\x01IN", "Syntax: AUTH [mechanism [initial-response]]"),
         (b"CAPA x", "Syntax: CAPA"),
         (b"\xff\xfe", "Unknown command"),
         (b"RETR", "Syntax: RETR msg"),
@@ -74,11 +82,18 @@ def test_parsesValidLines(line: bytes, expected: Command) -> None:
         (b"RETR 12345678901", "Syntax: RETR msg"),
         (b"TOP 1", "Syntax: TOP msg n"),
         (b"TOP 1 -1", "Syntax: TOP msg n"),
+        (b"TOP 0 1", "Syntax: TOP msg n"),
+        (b"TOP 1 lines-and-lines", "Syntax: TOP msg n"),
+        (b"LIST 0", "Syntax: LIST [msg]"),
+        (b"UIDL 0", "Syntax: UIDL [msg]"),
         (b"LIST 1 2", "Syntax: LIST [msg]"),
         (b"STAT 1", "Syntax: STAT"),
         (b"USER", "Syntax: USER name"),
         (b"USER a b", "Syntax: USER name"),
         (b"USER a\x00b", "Syntax: USER name"),
+        (b"USER a\x01b", "Syntax: USER name"),
+        (b"USER a\x7fb", "Syntax: USER name"),
+        (b"APOP bob c4c9\x7f", "Syntax: APOP name digest"),
         (b"PASS", "Syntax: PASS password"),
         (b"APOP bob", "Syntax: APOP name digest"),
     ],

@@ -155,6 +155,18 @@ def test_topStopsEarly() -> None:
     assert encoder.finish() == b".\r\n"
 
 
+def test_topNoBodyLinesStopsAtTheBlankLine() -> None:
+    """
+    TOP msg 0: the encoder is done as soon as it has seen the blank line
+    after the header, so the rest of the message need not be read.
+    """
+    encoder = MessageEncoder(0)
+    assert encoder.feed(b"H: v\n\nline 1\n") == b"H: v\r\n\r\n"
+    assert encoder.done
+    assert encoder.feed(b"more\n") == b""
+    assert encoder.finish() == b".\r\n"
+
+
 def test_topWithoutBody() -> None:
     """
     A message with no blank line is all header: TOP n 0 sends all of it.

@@ -6,6 +6,7 @@ penalty, connection limits, login and stall timeouts, bad commands.
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 import pytest
@@ -54,6 +55,19 @@ def test_penaltyBounded() -> None:
     assert box.delay("192.0.2.9") == 4
 
 
+def test_penaltyForgetsLeastRecentlyFailing() -> None:
+    """
+    The box holds C{capacity} addresses; past that, the one whose last
+    failure is oldest is forgotten, not one that failed again lately.
+    """
+    box = PenaltyBox(clock=FakeTime(0.0), capacity=3)
+    for address in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.1"):
+        box.failed(address)
+    assert [box.delay(f"192.0.2.{i}") for i in (1, 2, 3)] == [4, 2, 2]
+    box.failed("192.0.2.4")
+    assert [box.delay(f"192.0.2.{i}") for i in (1, 2, 3, 4)] == [4, 0, 2, 2]
+
+
 def test_connectionCounter() -> None:
     """
     Connections are refused past the total and per-address limits, and
@@ -66,6 +80,19 @@ def test_connectionCounter() -> None:
     assert counter.admit("c") == "Too many connections, try again later"
     counter.release("a")
     assert counter.admit("a") is None
+
+
+def test_connectionCounterReleasesOne() -> None:
+    """
+    A release gives back one connection, of the total and of its address's
+    count: the address's other connections still count towards its limit.
+    """
+    counter = ConnectionCounter(Limits(maxConnections=10, maxConnectionsPerAddress=2))
+    assert [counter.admit(address) for address in ("a", "a", "b")] == [None, None, None]
+    counter.release("a")
+    assert counter.total == 2
+    assert counter.admit("a") is None
+    assert counter.admit("a") == "Too many connections from your address"
 
 
 def test_exemptionsLocal() -> None:
@@ -89,6 +116,8 @@ def test_exemptionsLocal() -> None:
         ("10.0.0.0/8", ["10.1.2.3", "::ffff:10.0.0.1"], ["127.0.0.1", "unix"], "10.0.0.0/8"),
         ("local,192.0.2.7", ["unix", "192.0.2.7"], ["192.0.2.8"], "local,192.0.2.7/32"),
         (" 2001:db8::/32 ,local", ["2001:db8::5", "::1"], ["2001:db9::"], "local,2001:db8::/32"),
+        # A network written with host bits set is the network that holds it.
+        ("192.0.2.7/24", ["192.0.2.200"], ["192.0.3.1", "unix"], "192.0.2.0/24"),
     ],
 )
 def test_exemptionsParse(text: str, inside: list[str], outside: list[str], written: str) -> None:
@@ -101,6 +130,19 @@ def test_exemptionsParse(text: str, inside: list[str], outside: list[str], writt
     assert [a for a in outside if a in exempt] == []
     assert str(exempt) == written
     assert Exemptions.parse(written) == exempt
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(None, 2), (1, 2), (2, 2), (8, 8)])
+def test_concurrentLoginsDefault(
+    monkeypatch: pytest.MonkeyPatch, cpus: int | None, expected: int
+) -> None:
+    """
+    By default as many logins are checked at once as there are CPUs, and at
+    least 2 (docs/operating.rst, --concurrent-logins); 2 too when the CPU
+    count is unknown.
+    """
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert Limits().concurrentLogins == expected
 
 
 @pytest.mark.parametrize("text", ["", "local,", "none,local", "10.0.0.0/33", "localhost"])
@@ -148,6 +190,31 @@ def test_trust() -> None:
     assert not box.trusted("192.0.2.1")
 
 
+def test_trustCountsFromTheSuccess() -> None:
+    """
+    The day of trust counts from the successful login, whatever the clock
+    read then.
+    """
+    clock = FakeTime(50_000.0)
+    box = PenaltyBox(clock=clock)
+    box.succeeded("192.0.2.1")
+    clock.now += 86_000
+    assert box.trusted("192.0.2.1")
+    clock.now += 401
+    assert not box.trusted("192.0.2.1")
+
+
+def test_trustForgetsLeastRecentlySucceeding() -> None:
+    """
+    The box trusts at most C{capacity} addresses; past that, the one whose
+    last successful login is oldest is forgotten.
+    """
+    box = PenaltyBox(clock=FakeTime(0.0), capacity=2)
+    for address in ("192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.3"):
+        box.succeeded(address)
+    assert [box.trusted(f"192.0.2.{i}") for i in (1, 2, 3)] == [True, False, True]
+
+
 def _turns(gate: LoginGate, address: str, log: list[str]) -> Deferred[Any]:
     d = gate.enter(address)
     d.addCallback(lambda release: log.append(address) or release)
@@ -179,6 +246,25 @@ def test_gateQueuesTrustedFirst() -> None:
     assert log == ["a", "b", "trusted", "c", "d"]
     waiting[1].result()
     assert gate.active == 0 and gate.waiting == 0
+
+
+def test_gateWaitsAPenaltyUnderASecond() -> None:
+    """
+    A penalty shorter than a second (an embedder's L{Limits.penaltyInitial})
+    is waited too.
+    """
+    clock = Clock()
+    box = PenaltyBox(Limits(penaltyInitial=0.5, concurrentLogins=1), clock=clock.seconds)
+    gate = LoginGate(box, clock)
+    box.failed("guesser")
+    log: list[str] = []
+    waiting = _turns(gate, "guesser", log)
+    clock.advance(0.4)
+    assert log == []
+    clock.advance(0.1)
+    assert log == ["guesser"]
+    waiting.result()
+    assert gate.active == 0
 
 
 def test_gatePenaltyAndCancel() -> None:

@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
+from popserv.sasl import CramMD5Credentials
 
 
 def b64(data: bytes) -> bytes:
@@ -210,6 +211,66 @@ class TestAuth:
         s = Session()
         assert s.command(b"AUTH PLAIN =") == b"-ERR Malformed SASL response\r\n"
         assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
+
+    @pytest.mark.parametrize("response", [b"\0\0secret", b"\0alice\0", b"alice\0\0secret"])
+    def test_plainEmptyUserOrPassword(self, response: bytes) -> None:
+        """
+        PLAIN with an empty user name or an empty password is malformed
+        (RFC 4616 section 2: authcid and passwd are at least one octet), not
+        a failed login.
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN " + b64(response)) == b"-ERR Malformed SASL response\r\n"
+
+    def test_loginWithInitialResponse(self) -> None:
+        """
+        LOGIN with the user name as initial response asks for the password
+        at once.
+        """
+        s = Session()
+        assert s.command(b"AUTH LOGIN " + b64(b"alice")) == b"+ UGFzc3dvcmQ6\r\n"
+        assert s.command(b64(b"secret")).startswith(b"+OK Logged in")
+
+    def test_loginEmptyUser(self) -> None:
+        """
+        An empty user name in answer to LOGIN's prompt is malformed.
+        """
+        s = Session()
+        assert s.command(b"AUTH LOGIN") == b"+ VXNlcm5hbWU6\r\n"
+        assert s.command(b"") == b"-ERR Malformed SASL response\r\n"
+
+    def test_cramMD5NoInitialResponse(self) -> None:
+        """
+        CRAM-MD5 has the server speak first (RFC 2195): an initial response
+        is refused.
+        """
+        s = Session()
+        assert s.command(b"AUTH CRAM-MD5 " + b64(b"alice " + b"0" * 32)) == (
+            b"-ERR CRAM-MD5 takes no initial response\r\n"
+        )
+
+    @pytest.mark.parametrize(
+        "response",
+        [b"alice " + b"0" * 31, b"alice " + b"0" * 33, b" " + b"0" * 32, b"alice " + b"g" * 32],
+    )
+    def test_cramMD5Malformed(self, response: bytes) -> None:
+        """
+        The CRAM-MD5 answer is a user name, a space and 32 hex digits;
+        anything else is malformed, not a failed login.
+        """
+        s = Session()
+        s.command(b"AUTH CRAM-MD5")
+        assert s.command(b64(response)) == b"-ERR Malformed SASL response\r\n"
+
+    def test_cramMD5CredentialsTextPassword(self) -> None:
+        """
+        A checker may give the plaintext as text: it is keyed as UTF-8.
+        """
+        challenge = b"<1.2@popserv>"
+        digest = hmac.new("s\u00e9cret".encode(), challenge, hashlib.md5).hexdigest().encode()
+        credentials = CramMD5Credentials(challenge, b"alice", digest)
+        assert credentials.checkPassword("s\u00e9cret")
+        assert not credentials.checkPassword("secret")
 
     def test_cancel(self) -> None:
         """

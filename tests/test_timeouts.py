@@ -75,6 +75,35 @@ def test_extend() -> None:
     assert not timeout.active and expired == ["a"]
 
 
+def test_extendToTheTimeItIsQueuedFor() -> None:
+    """
+    A wait that ends exactly when the timeout is queued for is not one that
+    ends before it: it is taken.
+    """
+    clock, timeouts, expired = make()
+    timeout = timeouts.start(60, lambda: expired.append("a"))
+    clock.advance(10)
+    assert timeout.extend(50)
+    assert timeout.seconds == 50 and timeout.deadline == 60
+
+
+def test_extendRefusedWhenCancelledOrExpiring() -> None:
+    """
+    A cancelled timeout, or one whose expiry is under way (here another
+    timeout due at the same time tries to extend it), is not extended: the
+    caller must start another.
+    """
+    clock, timeouts, expired = make()
+    cancelled = timeouts.start(10, lambda: expired.append("cancelled"))
+    cancelled.cancel()
+    assert not cancelled.extend(60)
+    extended: list[bool] = []
+    timeouts.start(10, lambda: extended.append(second.extend(60)))
+    second = timeouts.start(10, lambda: expired.append("second"))
+    clock.advance(10)
+    assert extended == [False] and expired == ["second"]
+
+
 def test_cancel() -> None:
     """
     A cancelled timeout never expires; cancelling twice, or after expiry,

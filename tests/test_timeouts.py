@@ -104,6 +104,20 @@ def test_extendRefusedWhenCancelledOrExpiring() -> None:
     assert extended == [False] and expired == ["second"]
 
 
+def test_lastCancelLeavesNothingScheduledAgain() -> None:
+    """
+    Each time the last live timeout is cancelled, the reactor call goes
+    too, not only the first time.
+    """
+    clock, timeouts, expired = make()
+    for name in ("a", "b"):
+        timeout = timeouts.start(10, lambda name=name: expired.append(name))
+        timeout.cancel()
+        assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+    clock.advance(20)
+    assert expired == []
+
+
 def test_cancel() -> None:
     """
     A cancelled timeout never expires; cancelling twice, or after expiry,

@@ -5,6 +5,7 @@ contrib/, and the JSON log observer (popserv.logs).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -67,6 +68,29 @@ def test_authFailureLine(events: list[dict[str, Any]]) -> None:
     for line in lines:
         match = failregex().search("2026-11-22T10:00:00+0000 [popserv.audit#warn] " + line)
         assert match is not None and match.group("host") == "127.0.0.9"
+
+
+@pytest.mark.parametrize(
+    ("exchange", "mechanism"),
+    [
+        ([b"AUTH LOGIN", base64.b64encode(b"alice"), base64.b64encode(b"nope")], "LOGIN"),
+        ([b"AUTH CRAM-MD5", base64.b64encode(b"alice " + b"0" * 32)], "CRAM-MD5"),
+    ],
+)
+def test_authFailureMechanism(
+    events: list[dict[str, Any]], exchange: list[bytes], mechanism: str
+) -> None:
+    """
+    A failed login by a SASL mechanism names it in the line.
+    """
+    s = Session(peer="127.0.0.9")
+    for line in exchange:
+        reply = s.command(line)
+    s.clock.advance(2)
+    assert reply.startswith(b"-ERR [AUTH]")
+    assert [formatEvent(e) for e in events] == [
+        f"popserv auth-failed: user=alice ip=127.0.0.9 mechanism={mechanism}"
+    ]
 
 
 def test_hostileUserNames() -> None:

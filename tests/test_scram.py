@@ -35,6 +35,7 @@ from popserv.sasl import (
     Outcome,
     SASLContext,
     SASLError,
+    defaultMechanisms,
 )
 from popserv.scram import (
     DEFAULT_ITERATIONS,
@@ -563,6 +564,15 @@ class TestClientFirstRefused:
         ):
             mechanism = scramSHA256Factory()(context)
             assert first(mechanism, b"y,,n=user,r=abc") == "Channel binding downgrade refused"
+
+    def test_downgradeRefusedByTheServersMechanisms(self) -> None:
+        """
+        The server's own SCRAM-SHA-256 (L{defaultMechanisms}, which offers
+        -PLUS beside it) refuses the downgrade too.
+        """
+        (factory,) = [f for f in defaultMechanisms() if f.name == "SCRAM-SHA-256"]
+        mechanism = factory(tlsContext(tls_exporter=EXPORTER))
+        assert first(mechanism, b"y,,n=user,r=abc") == "Channel binding downgrade refused"
 
     def test_nWithChannelBinding(self) -> None:
         """

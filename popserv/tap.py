@@ -528,6 +528,7 @@ def makeService(options: Options) -> IService:
     )
     top = MultiService()
     certificates = [options["tls"]] if options["tls"] is not None else []
+    listeners = []
     for description, (endpoint, tls, proxied) in zip(
         options["listen"], options["endpoints"], strict=True
     ):
@@ -541,11 +542,15 @@ def makeService(options: Options) -> IService:
             served = ProxyWrappingFactory(
                 served, options["proxy-trusted"], timeout=options["proxy-timeout"]
             )
-        Listener(description, endpoint, served).setServiceParent(top)
+        listeners.append(Listener(description, endpoint, served))
     # Always: an operator's (or systemd's ExecReload's) SIGHUP must never
-    # kill the server, as the signal's default action would.
+    # kill the server, as the signal's default action would.  First, so
+    # that SIGHUP is caught before a port is bound: the moment a client or
+    # a supervisor can see the server.
     reloader = CertificateReloader(certificates)
     reloader.setServiceParent(top)
+    for listener in listeners:
+        listener.setServiceParent(top)
     # Started once twistd has bound the ports and dropped its privileges
     # (--uid), before the reactor runs, so before anyone is served.
     AccessCheck(_neededAccess(options, reloader.certificates)).setServiceParent(top)
@@ -671,6 +676,7 @@ class CertificateReloader(Service):
     def __init__(self, certificates: list[ReloadableTLS]) -> None:
         self.certificates = list({id(c): c for c in certificates}.values())
         self._previous: Any = None
+        self._catching = False
 
     def reload(self) -> None:
         if not self.certificates:
@@ -682,19 +688,34 @@ class CertificateReloader(Service):
                 lambda failure: self._log.failure("Reloading a TLS certificate failed", failure)
             )
 
+    def privilegedStartService(self) -> None:
+        # twistd binds the ports in the listeners' privilegedStartService,
+        # and runs startService only once the reactor starts: a SIGHUP in
+        # between would end the server.
+        super().privilegedStartService()
+        self._catch()
+
     def startService(self) -> None:
         super().startService()
+        self._catch()  # if started without privilegedStartService
+
+    def _catch(self) -> None:
+        if self._catching:
+            return
         from twisted.internet import reactor
 
         def handler(signum: int, frame: Any) -> None:
+            # Queued until the reactor runs, if it does not yet.
             reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
         self._previous = signal.signal(signal.SIGHUP, handler)
+        self._catching = True
 
     def stopService(self) -> Any:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+        if self._catching:
+            # None: a handler not set from Python, which cannot be restored.
+            signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+            self._catching = False
         return super().stopService()
 
 

@@ -485,7 +485,7 @@ class TestTwistd:
         (checker,) = options["credCheckers"]
         assert isinstance(checker, PasswdFileChecker)
         service = makeService(options)
-        listener, _, access, _ = list(service)  # SIGHUP handler, AccessCheck, HeapFreezer
+        _, listener, access, _ = list(service)  # SIGHUP handler, AccessCheck, HeapFreezer
         (chain,) = set(listener.factory.portal.checkers.values())
         assert isinstance(chain, CheckerChain)
         assert chain.checkers == [checker]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 from certificates import CertificateAuthority
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceCollection
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -33,6 +35,13 @@ def error(*args: str) -> str:
     assert message.startswith("popserv: error: ")
     assert "\n" not in message
     return message
+
+
+def listenerOf(service: IServiceCollection) -> StreamServerEndpointService:
+    """
+    The first listener of a service that makeService made.
+    """
+    return next(c for c in service if isinstance(c, StreamServerEndpointService))
 
 
 @pytest.mark.parametrize("module", ["crypt", "spwd"])
@@ -86,11 +95,12 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         "900",
     )
     service = makeService(options)
-    *children, reloader, access, freezer = list(service)
+    reloader, *children, access, freezer = list(service)
     assert isinstance(freezer, HeapFreezer)
     # Nothing to check as the server's user: no files read or written later.
     assert isinstance(access, AccessCheck) and access.needed == []
-    # SIGHUP is always caught, with or without certificates to reload.
+    # SIGHUP is always caught, with or without certificates to reload, and
+    # from before the listeners bind their ports.
     assert isinstance(reloader, CertificateReloader) and reloader.certificates == []
     assert len(children) == 2
     assert all(isinstance(c, StreamServerEndpointService) for c in children)
@@ -234,6 +244,24 @@ def test_heapFrozenLastAtStart() -> None:
         gc.unfreeze()
 
 
+def test_sighupCaughtBeforeTheReactorRuns() -> None:
+    """
+    The reloader catches SIGHUP from privilegedStartService, where twistd
+    also binds the ports, not only from startService, which twistd runs
+    once the reactor starts: a SIGHUP in between (a supervisor's reload as
+    the server comes up) would end the server.  Stopping it puts back the
+    handler it found.
+    """
+    before = signal.getsignal(signal.SIGHUP)
+    reloader = CertificateReloader([])
+    reloader.privilegedStartService()
+    try:
+        assert signal.getsignal(signal.SIGHUP) not in (before, signal.SIG_DFL)
+    finally:
+        reloader.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
 def test_helpReadsCleanly() -> None:
     """
     Each option's help is a sentence or two that Twisted's usage text
@@ -271,7 +299,7 @@ def test_tlsOptions(ca: CertificateAuthority, tmp_path: Path) -> None:
         "memory",
     )
     service = makeService(options)
-    plain, implicit, own, reloader, access, freezer = list(service)
+    reloader, plain, implicit, own, access, freezer = list(service)
     assert isinstance(freezer, HeapFreezer)
     factory = plain.factory
     assert factory.tls is options["tls"]
@@ -311,7 +339,7 @@ def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
         str(server.key),
     )
     assert options["endpoints"][0][1:] == (options["tls"], True)
-    listener, reloader, _, _ = makeService(options)  # and AccessCheck, HeapFreezer
+    reloader, listener, _, _ = makeService(options)  # and AccessCheck, HeapFreezer
     wrapped = listener.factory.wrappedFactory
     assert isinstance(wrapped, TLSMemoryBIOFactory)
     assert wrapped.wrappedFactory.tls is options["tls"]
@@ -428,8 +456,8 @@ def test_allowCleartext() -> None:
     --allow-cleartext reaches the factory; the default is off.
     """
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
-    assert not next(iter(makeService(parse(*base)))).factory.allowCleartext
-    assert next(iter(makeService(parse(*base, "--allow-cleartext")))).factory.allowCleartext
+    assert not listenerOf(makeService(parse(*base))).factory.allowCleartext
+    assert listenerOf(makeService(parse(*base, "--allow-cleartext"))).factory.allowCleartext
 
 
 def test_policyOptions(tmp_path: Path) -> None:
@@ -453,7 +481,7 @@ def test_policyOptions(tmp_path: Path) -> None:
         "--state-dir",
         str(tmp_path),
     )
-    policy = next(iter(makeService(options))).factory.policy
+    policy = listenerOf(makeService(options)).factory.policy
     assert policy.loginDelay().value == 900
     assert policy.expire("alice").value == "NEVER"
     assert policy.expire("bob").value == 30
@@ -465,7 +493,7 @@ def test_limitOptions() -> None:
     are the safe ones.
     """
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
-    limits = next(iter(makeService(parse(*base)))).factory.limits
+    limits = listenerOf(makeService(parse(*base))).factory.limits
     assert (limits.loginTimeout, limits.maxAuthFailures, limits.maxConnectionsPerAddress) == (
         60,
         3,
@@ -487,7 +515,7 @@ def test_limitOptions() -> None:
         "--concurrent-logins",
         "7",
     )
-    limits = next(iter(makeService(options))).factory.limits
+    limits = listenerOf(makeService(options)).factory.limits
     assert limits.concurrentLogins == 7
     assert (
         limits.loginTimeout,
@@ -505,14 +533,14 @@ def test_perAddressExemptOption() -> None:
     by default, as written; a mistake names the option and the item.
     """
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
-    exempt = next(iter(makeService(parse(*base)))).factory.limits.perAddressExempt
+    exempt = listenerOf(makeService(parse(*base))).factory.limits.perAddressExempt
     assert (str(exempt), "127.0.0.1" in exempt, "192.0.2.1" in exempt) == ("local", True, False)
     options = parse(*base, "--per-address-exempt", "local, 192.0.2.0/24")
-    exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
+    exempt = listenerOf(makeService(options)).factory.limits.perAddressExempt
     assert str(exempt) == "local,192.0.2.0/24"
     assert "192.0.2.1" in exempt and "198.51.100.1" not in exempt
     options = parse(*base, "--per-address-exempt", "none")
-    exempt = next(iter(makeService(options))).factory.limits.perAddressExempt
+    exempt = listenerOf(makeService(options)).factory.limits.perAddressExempt
     assert (str(exempt), "127.0.0.1" in exempt) == ("none", False)
     assert error(*base, "--per-address-exempt", "local,10.0.0.300") == (
         "popserv: error: --per-address-exempt: '10.0.0.300' is not a network, nor 'local' or 'none'"

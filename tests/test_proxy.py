@@ -15,8 +15,10 @@ from certificates import CertificateAuthority
 from loopback import Connection, TLSClient
 from protocol_helpers import Session
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from popserv.proxy import ProxyWrappingFactory, parseNetworks
 from popserv.tls import ReloadableTLS, TLSFiles
@@ -33,6 +35,13 @@ def v2(source: str = "203.0.113.5", port: int = 51000) -> bytes:
         + struct.pack("!H", len(addresses))
         + addresses
     )
+
+
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+#: A v2 LOCAL header: the proxy's own connection (a health check), no
+#: client address.
+V2_LOCAL = SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", 0)
 
 
 def connect(proxy: str = "10.1.2.3", timeout: float = 10.0) -> tuple[Any, StringTransport, Clock]:
@@ -134,6 +143,222 @@ def test_parseNetworks() -> None:
     assert [str(n) for n in parseNetworks("10.0.0.0/8, ::1")] == ["10.0.0.0/8", "::1/128"]
     with pytest.raises(ValueError):
         parseNetworks("not-a-network")
+
+
+@pytest.mark.parametrize("header", [V1, v2()])
+def test_headerOctetByOctet(header: bytes) -> None:
+    """
+    A v1 or v2 header arriving one octet at a time is waited for, not
+    refused as soon as it is incomplete, then starts the session.
+    """
+    protocol, transport, _ = connect()
+    for octet in header[:-1]:
+        protocol.dataReceived(bytes([octet]))
+        assert not transport.disconnecting
+        assert transport.value() == b""
+    protocol.dataReceived(header[-1:])
+    assert not transport.disconnecting
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv4Address("TCP", "203.0.113.5", 51000)
+
+
+@pytest.mark.parametrize("data", [b"USER", b"HELLO THERE", b"CAPA\r\n", b"\r\n\r\nX", b"PROXX"])
+def test_shortNotAHeader(data: bytes) -> None:
+    """
+    A few octets that cannot begin a v1 or v2 header are refused at once,
+    without waiting for more (or for a line end).
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(data)
+    assert transport.disconnecting
+    assert transport.value() == b""
+
+
+def test_headerTooLong() -> None:
+    """
+    A v2 header announcing more than 4,096 octets (L{MAX_HEADER}) is
+    refused once more than that has arrived without it being complete.
+    """
+    protocol, transport, _ = connect()
+    start = SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 60000)
+    protocol.dataReceived(start)
+    protocol.dataReceived(b"\0" * (4096 - len(start)))
+    assert not transport.disconnecting
+    protocol.dataReceived(b"\0")
+    assert transport.disconnecting
+    assert transport.value() == b""
+
+
+@pytest.mark.parametrize("header", [V1, v2()])
+def test_headerGivesServerAddress(header: bytes) -> None:
+    """
+    Before the header the addresses are the proxy connection's own; after
+    it the peer is the client and the host the address the client
+    connected to, both from the header.
+    """
+    protocol, transport, _ = connect()
+    assert protocol.connected
+    assert protocol.getPeer() == IPv4Address("TCP", "10.1.2.3", 40000)
+    assert protocol.getHost() == transport.getHost()
+    protocol.dataReceived(header)
+    assert protocol.getPeer() == IPv4Address("TCP", "203.0.113.5", 51000)
+    assert protocol.getHost() == IPv4Address("TCP", "192.0.2.1", 110)
+
+
+@pytest.mark.parametrize("header", [b"PROXY UNKNOWN 203.0.113.5 192.0.2.1 51000 110\r\n", V2_LOCAL])
+def test_headerWithoutAddresses(header: bytes) -> None:
+    """
+    A v1 UNKNOWN or v2 LOCAL header carries no client address (whatever
+    follows UNKNOWN is ignored): the session starts with the proxy
+    connection's own addresses.
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(header)
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv4Address("TCP", "10.1.2.3", 40000)
+    assert protocol.getHost() == transport.getHost()
+    assert protocol.wrappedProtocol.address == "10.1.2.3"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: Twisted's V1Parser refuses the short form the PROXY spec defines",
+)
+def test_unknownShortForm() -> None:
+    """
+    "PROXY UNKNOWN" followed at once by CRLF is the short form of a v1
+    header without addresses (the PROXY protocol specification, section
+    2.1: the receiver must accept it; HAProxy sends it for a client on a
+    UNIX socket).
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"PROXY UNKNOWN\r\n")
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv4Address("TCP", "10.1.2.3", 40000)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: v1 addresses and ports are not validated (Twisted's V1Parser)",
+)
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY TCP4 203.0.113.5 192.0.2.1 x 110\r\n",
+        b"PROXY TCP4 203.0.113.5 192.0.2.1 99999 110\r\n",
+        b"PROXY TCP4 not-an-ip 192.0.2.1 51000 110\r\n",
+        b"PROXY TCP4 2001:db8::1 192.0.2.1 51000 110\r\n",
+    ],
+)
+def test_malformedAddressInHeader(header: bytes) -> None:
+    """
+    A v1 header whose port is not a number from 0 to 65535, or whose
+    address is not an address of its family, is malformed: the connection
+    is closed without a greeting (and without an exception out of
+    dataReceived), and no such address reaches the session.
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(header)
+    assert transport.disconnecting
+    assert transport.value() == b""
+
+
+def recordLost(protocol: Any) -> list[Failure]:
+    """
+    Record the reasons the wrapped session is told its connection was lost.
+    """
+    lost: list[Failure] = []
+    protocol.wrappedProtocol.connectionLost = lost.append
+    return lost
+
+
+def test_headerCancelsTimeout() -> None:
+    """
+    Once the header has arrived the header timeout is cancelled: the
+    session is not cut off when it would have expired, and when the
+    connection is lost the session is told and the wrapper forgotten.
+    """
+    protocol, transport, clock = connect(timeout=5)
+    assert protocol in protocol.factory.protocols
+    protocol.dataReceived(V1)
+    assert clock.getDelayedCalls() == []
+    clock.advance(10)
+    assert not transport.disconnecting
+    lost = recordLost(protocol)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert len(lost) == 1
+    assert protocol not in protocol.factory.protocols
+
+
+def test_connectionLostBeforeHeader() -> None:
+    """
+    A connection lost before its header cancels the header timeout and is
+    forgotten; there is no session to tell.
+    """
+    protocol, _, clock = connect()
+    protocol.dataReceived(V1[:10])
+    lost = recordLost(protocol)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+    assert lost == []
+    assert protocol not in protocol.factory.protocols
+
+
+def test_connectionLostAfterTimeout() -> None:
+    """
+    A connection cut off by the header timeout is then lost cleanly.
+    """
+    protocol, transport, clock = connect(timeout=5)
+    clock.advance(5)
+    assert transport.disconnecting
+    lost = recordLost(protocol)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert lost == []
+    assert protocol not in protocol.factory.protocols
+
+
+def test_connectionLostAfterRefusal() -> None:
+    """
+    A connection refused for a malformed header never had a session: when
+    it is lost, no session is told, and data arriving after the refusal
+    reaches none.
+    """
+    protocol, transport, clock = connect()
+    protocol.dataReceived(b"PROXY GARBAGE\r\n")
+    assert transport.disconnecting
+    lost = recordLost(protocol)
+    protocol.dataReceived(b"CAPA\r\n")
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert lost == []
+    assert transport.value() == b""
+    assert clock.getDelayedCalls() == []
+    assert protocol not in protocol.factory.protocols
+
+
+def test_untrustedProxyLost() -> None:
+    """
+    An untrusted proxy's connection starts no header timeout, and is then
+    lost cleanly.
+    """
+    protocol, _, clock = connect(proxy="198.51.100.9")
+    assert clock.getDelayedCalls() == []
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert protocol not in protocol.factory.protocols
+
+
+def test_defaultHeaderTimeout() -> None:
+    """
+    By default a proxy has 10 seconds to send the header.
+    """
+    clock = Clock()
+    wrapping = ProxyWrappingFactory(Session().factory, parseNetworks("10.0.0.0/8"), reactor=clock)
+    protocol = wrapping.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+    protocol.makeConnection(transport)
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
 
 
 def serve(c: Connection, write: bool = True) -> None:

@@ -219,11 +219,11 @@ class TestProof:
             4096,
             mechanism._exchange,  # type: ignore[attr-defined]
         )
-        assert not credentials.verify(*keys("pencils", RFC_SALT, 4096))
+        assert credentials.verify(*keys("pencils", RFC_SALT, 4096)) is False
         assert not credentials.verify(*keys("pencil", RFC_SALT[::-1], 4096))
         assert not credentials.verify(*keys("pencil", RFC_SALT, 4095))
         assert mechanism.serverFinal() is None
-        assert credentials.verify(*keys("pencil", RFC_SALT, 4096))
+        assert credentials.verify(*keys("pencil", RFC_SALT, 4096)) is True
         assert mechanism.serverFinal() == RFC_SERVER_FINAL
 
     def test_flippedProofBitRejected(self) -> None:
@@ -268,8 +268,27 @@ class TestProof:
         rejected login.
         """
         _, credentials = self.exchange()
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as info:
             credentials._exchange.verify(b"short", b"\0" * 32)
+        assert str(info.value) == "SCRAM-SHA-256 keys are 32 octets long"
+        stored, server = keys("pencil", RFC_SALT, 4096)
+        for wrong in (server[:31], server + b"\0", b""):
+            with pytest.raises(ValueError):
+                credentials._exchange.verify(stored, wrong)
+
+    def test_repr(self) -> None:
+        """
+        Credentials show their user name in logs, and nothing of the proof.
+        """
+        mechanism, credentials = self.exchange()
+        assert repr(credentials) == "<ScramCredentials username=b'user'>"
+        keyCredentials = ScramKeyCredentials(
+            b"user",
+            RFC_SALT,
+            4096,
+            mechanism._exchange,  # type: ignore[attr-defined]
+        )
+        assert repr(keyCredentials) == "<ScramKeyCredentials username=b'user'>"
 
     def test_firstSignatureKept(self) -> None:
         """
@@ -426,6 +445,27 @@ class TestExchange:
         credentials = run(mechanism, ScramClient("J\u00f6rg", "pw"))
         assert credentials.username == "J\u00f6rg".encode()
 
+    def test_mechanismDefaults(self) -> None:
+        """
+        A mechanism made directly is plain SCRAM-SHA-256 with derived
+        parameters, and refuses a "y" client where the channel could be
+        bound (the server may offer -PLUS there).
+        """
+        mechanism = ScramSHA256Mechanism(SASLContext())
+        assert mechanism.name == "SCRAM-SHA-256"
+        assert run(mechanism, ScramClient("alice", "pw")).checkPassword("pw")
+        mechanism = ScramSHA256Mechanism(tlsContext(tls_exporter=EXPORTER))
+        assert first(mechanism, b"y,,n=user,r=abc") == "Channel binding downgrade refused"
+
+    def test_userNameWithUnassignedCodePoint(self) -> None:
+        """
+        A user name is a query (RFC 5802 section 5.1): a code point Unicode
+        3.2 leaves unassigned is allowed in it.
+        """
+        mechanism = scramSHA256Factory()(SASLContext())
+        credentials = run(mechanism, ScramClient("a\u0221", "pw"))
+        assert credentials.username == "a\u0221".encode()
+
     def test_passwordSASLprepped(self) -> None:
         """
         The stored password is SASLprepped before hashing, so "I<soft
@@ -541,13 +581,46 @@ class TestClientFirstRefused:
         challenge = mechanism.start(b"n,,n=user,r=" + b"a" * 1022)
         assert isinstance(challenge, Challenge)
 
-    def test_unknownExtensionIgnored(self) -> None:
+    def test_longerFieldRefused(self) -> None:
         """
-        An optional extension the RFC does not define is ignored, and is
-        part of the AuthMessage like the rest of the message.
+        A field of 1,025 octets is one too many.
         """
         mechanism = scramSHA256Factory()(SASLContext())
-        client = ScramClient("alice", "pw", nonce="abc,x=ext")
+        assert first(mechanism, b"n,,n=user,r=" + b"a" * 1023) == "SCRAM message too long"
+
+    def test_longestMessageAccepted(self) -> None:
+        """
+        A client-first-message of exactly 4,096 octets is accepted; one of
+        4,097 is refused.
+        """
+        message = b"n,,n=user,r=abc" + (b",x=" + b"y" * 1000) * 4
+        message += b",x=" + b"y" * (4096 - len(message) - 3)
+        assert len(message) == 4096
+        challenge = scramSHA256Factory()(SASLContext()).start(message)
+        assert isinstance(challenge, Challenge)
+        mechanism = scramSHA256Factory()(SASLContext())
+        assert first(mechanism, message + b"y") == "SCRAM message too long"
+
+    def test_nonceOfEveryPrintableCharacter(self) -> None:
+        """
+        A client nonce may hold any printable ASCII but "," (RFC 5802
+        section 7), from "!" to "~"; the server's nonce extends it.
+        """
+        nonce = bytes(c for c in range(0x21, 0x7F) if c != ord(","))
+        mechanism = scramSHA256Factory()(SASLContext())
+        challenge = mechanism.start(b"n,,n=user,r=" + nonce)
+        assert isinstance(challenge, Challenge)
+        assert challenge.data.startswith(b"r=" + nonce)
+
+    @pytest.mark.parametrize("extension", ["x=ext", "X=ext", "x=y"])
+    def test_unknownExtensionIgnored(self, extension: str) -> None:
+        """
+        An optional extension the RFC does not define (its name a letter of
+        either case, its value one octet or more) is ignored, and is part
+        of the AuthMessage like the rest of the message.
+        """
+        mechanism = scramSHA256Factory()(SASLContext())
+        client = ScramClient("alice", "pw", nonce="abc," + extension)
         client.nonce = "abc"
         assert run(mechanism, client).checkPassword("pw")
         assert client.checkServerFinal(mechanism.serverFinal())
@@ -591,6 +664,8 @@ class TestClientFirstRefused:
             (b"p=tls-unique,,n=user,r=abc", "Unsupported channel binding type"),
             (b"p=tls-server-end-point,,n=user,r=abc", "Unsupported channel binding type"),
             (b"p=TLS-EXPORTER,,n=user,r=abc", "Unsupported channel binding type"),
+            (b"p=x,,n=user,r=abc", "Unsupported channel binding type"),
+            (b"p=_tls-exporter,,n=user,r=abc", "Malformed SCRAM message"),
             (b"p=tls-exporter,a=other,n=user,r=abc", "Proxy authorization is not supported"),
         ],
     )
@@ -821,6 +896,37 @@ class TestKeySource:
             result(mechanism.start(RFC_CLIENT_FIRST))
         assert not isinstance(info.value, SASLError)
 
+    def test_oneStoredIteration(self) -> None:
+        """
+        A key source may give an iteration count of 1, the least.
+        """
+        mechanism = scramSHA256Factory(keySource=lambda u: succeed((b"salt", 1)))(SASLContext())
+        challenge = result(mechanism.start(RFC_CLIENT_FIRST))
+        assert isinstance(challenge, Challenge)
+        assert challenge.data.endswith(b",s=" + base64.b64encode(b"salt") + b",i=1")
+
+    @pytest.mark.parametrize("nonce", [b"", b"a,b", b"a b", b"\xc3\xa9"])
+    def test_badServerNonce(self, nonce: bytes) -> None:
+        """
+        A server nonce that is empty or not printable ASCII without "," is
+        the nonce maker's bug: ValueError, not a SASL refusal.
+        """
+        mechanism = scramSHA256Factory(nonce=lambda: nonce)(SASLContext())
+        with pytest.raises(ValueError) as info:
+            mechanism.start(RFC_CLIENT_FIRST)
+        assert not isinstance(info.value, SASLError)
+        assert str(info.value) == "SCRAM server nonce must be printable, without ','"
+
+    def test_serverNonceOfEveryPrintableCharacter(self) -> None:
+        """
+        A server nonce may hold any printable ASCII but ",".
+        """
+        nonce = bytes(c for c in range(0x21, 0x7F) if c != ord(","))
+        mechanism = scramSHA256Factory(nonce=lambda: nonce)(SASLContext())
+        challenge = mechanism.start(RFC_CLIENT_FIRST)
+        assert isinstance(challenge, Challenge)
+        assert challenge.data.startswith(b"r=rOprNGfwEbeRWgbNEkqO" + nonce + b",")
+
     def test_failingKeySource(self) -> None:
         """
         A key source that fails makes the exchange's Deferred fail with its
@@ -873,6 +979,15 @@ class TestDerivedParameters:
             salts.add(challenge.data.split(b",")[1])
         assert len(salts) == 1
 
+    def test_processSecretLength(self) -> None:
+        """
+        The default secret is 32 random octets: no one outside the process
+        can work out the salt of a user.
+        """
+        secret = DerivedParameters().secret
+        assert len(secret) == 32
+        assert secret != DerivedParameters(secret=b"\0" * 32).secret
+
     def test_secretNotInRepr(self) -> None:
         """
         The secret does not appear in the parameters' repr (logs).
@@ -883,8 +998,27 @@ class TestDerivedParameters:
         """
         An iteration count below 1 is refused when the factory is made.
         """
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as info:
             scramSHA256Factory(iterations=0)
+        assert str(info.value) == "SCRAM iteration count must be positive"
+
+    def test_oneIteration(self) -> None:
+        """
+        One iteration, the least, is a valid count (if a weak one).
+        """
+        challenge = scramSHA256Factory(iterations=1)(SASLContext()).start(b"n,,n=u,r=abc")
+        assert isinstance(challenge, Challenge)
+        assert challenge.data.endswith(b",i=1")
+
+    def test_frozen(self) -> None:
+        """
+        The parameters cannot be changed once made.
+        """
+        derived = DerivedParameters(secret=b"k" * 32)
+        with pytest.raises(AttributeError):
+            derived.iterations = 1  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            derived.secret = b""  # type: ignore[misc]
 
     def test_iterationsConfigurable(self) -> None:
         """
@@ -976,6 +1110,7 @@ class TestSASLprep:
             "\u0007",  # RFC 4013 section 3: prohibited control character
             "\u0627\u0031",  # RFC 4013 section 3: bidi, RandALCat not last
             "a\u0627",  # bidi, not first
+            "1\u0627",  # bidi, RandALCat not first (and no LCat)
             "\u0627a\u0628",  # bidi, LCat inside RandALCat text
             "a\ue000",  # private use
             "a\ufffe",  # non-character

@@ -25,6 +25,7 @@ from popserv.policy import (
     UserPolicy,
     parseExpire,
     parsePolicyFile,
+    parseSeconds,
 )
 
 
@@ -70,6 +71,21 @@ def test_parseExpire() -> None:
     assert parseExpire("0") == 0
     with pytest.raises(PolicyError):
         parseExpire("1.5")
+
+
+def test_largestValues() -> None:
+    """
+    EXPIRE takes up to six digits of days, LOGIN-DELAY up to nine digits of
+    seconds; a longer number is refused, saying what was wrong.
+    """
+    assert parseExpire("999999") == 999999
+    with pytest.raises(PolicyError) as caught:
+        parseExpire("1000000")
+    assert str(caught.value) == "expire must be a number of days or NEVER, not '1000000'"
+    assert parseSeconds("999999999") == 999999999
+    with pytest.raises(PolicyError) as caught:
+        parseSeconds("1000000000")
+    assert str(caught.value) == "login-delay must be a number of seconds, not '1000000000'"
 
 
 def test_announcements() -> None:

@@ -17,9 +17,11 @@ without a word.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -33,6 +35,7 @@ from twisted.logger import Logger
 # Twisted's PROXY header parsers: private modules, but the parsing is
 # exactly what is needed and not worth writing again.
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -49,6 +52,64 @@ __all__ = ["MAX_HEADER", "ProxyHeaderWrapper", "ProxyWrappingFactory", "parseNet
 MAX_HEADER = 4096
 
 
+class _V1Parser(V1Parser):
+    """
+    Twisted's v1 header reader, with the header line parsed as the PROXY
+    protocol specification (section 2.1) has it: Twisted's parser refuses
+    the short form "PROXY UNKNOWN", takes any text for an address, and
+    lets a port that is not a number escape as a ValueError.
+    """
+
+    @classmethod
+    def parse(cls, line: bytes) -> ProxyInfo:
+        # "UNKNOWN": the receiver ignores the rest of the line and uses
+        # the connection's own addresses.
+        if line == b"PROXY UNKNOWN" or line.startswith(b"PROXY UNKNOWN "):
+            return ProxyInfo(line, None, None)
+        fields = line.split(b" ")
+        if len(fields) != 6 or fields[0] != b"PROXY" or fields[1] not in (b"TCP4", b"TCP6"):
+            raise InvalidProxyHeader()
+        family, source, destination, sourcePort, destinationPort = fields[1:]
+        if family == b"TCP4":
+            return ProxyInfo(
+                line,
+                IPv4Address("TCP", _address(ipaddress.IPv4Address, source), _port(sourcePort)),
+                IPv4Address(
+                    "TCP", _address(ipaddress.IPv4Address, destination), _port(destinationPort)
+                ),
+            )
+        return ProxyInfo(
+            line,
+            IPv6Address("TCP", _address(ipaddress.IPv6Address, source), _port(sourcePort)),
+            IPv6Address(
+                "TCP", _address(ipaddress.IPv6Address, destination), _port(destinationPort)
+            ),
+        )
+
+
+def _address(kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address], text: bytes) -> str:
+    """
+    C{text} as an address of C{kind}, in its usual form.
+
+    @raise InvalidProxyHeader: it is not one.
+    """
+    try:
+        return str(kind(text.decode("ascii")))
+    except ValueError:  # UnicodeDecodeError is one
+        raise InvalidProxyHeader() from None
+
+
+def _port(text: bytes) -> int:
+    """
+    C{text} as a port: a decimal number from 0 to 65535.
+
+    @raise InvalidProxyHeader: it is not one.
+    """
+    if not (text.isdigit() and len(text) <= 5 and int(text) <= 65535):
+        raise InvalidProxyHeader()
+    return int(text)
+
+
 @implementer(IHandshakeListener)
 class ProxyHeaderWrapper(ProtocolWrapper):
     """
@@ -63,7 +124,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
     def __init__(self, factory: ProxyWrappingFactory, wrappedProtocol: Any) -> None:
         super().__init__(factory, wrappedProtocol)
         self._buffer = b""
-        self._parser: V1Parser | V2Parser | None = None
+        self._parser: _V1Parser | V2Parser | None = None
         self._info: Any = None
         self._started = False
         self._timer: IDelayedCall | None = None
@@ -99,7 +160,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             if len(buffer) >= 16 and buffer[:12] == V2Parser.PREFIX:
                 self._parser = V2Parser()
             elif len(buffer) >= 6 and buffer[:6] == b"PROXY ":
-                self._parser = V1Parser()
+                self._parser = _V1Parser()
             elif len(buffer) >= 16 or not (
                 V2Parser.PREFIX.startswith(buffer[:12]) or b"PROXY ".startswith(buffer[:6])
             ):

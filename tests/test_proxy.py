@@ -205,6 +205,19 @@ def test_headerGivesServerAddress(header: bytes) -> None:
     assert protocol.getHost() == IPv4Address("TCP", "192.0.2.1", 110)
 
 
+def test_v1IPv6Header() -> None:
+    """
+    A v1 TCP6 header gives the session IPv6 addresses, in their usual
+    form.
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"PROXY TCP6 2001:DB8:0::5 2001:db8::1 51000 995\r\nCAPA\r\n")
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv6Address("TCP", "2001:db8::5", 51000)
+    assert protocol.getHost() == IPv6Address("TCP", "2001:db8::1", 995)
+    assert b"+OK Capability list follows" in transport.value()
+
+
 @pytest.mark.parametrize("header", [b"PROXY UNKNOWN 203.0.113.5 192.0.2.1 51000 110\r\n", V2_LOCAL])
 def test_headerWithoutAddresses(header: bytes) -> None:
     """
@@ -220,10 +233,6 @@ def test_headerWithoutAddresses(header: bytes) -> None:
     assert protocol.wrappedProtocol.address == "10.1.2.3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Twisted's V1Parser refuses the short form the PROXY spec defines",
-)
 def test_unknownShortForm() -> None:
     """
     "PROXY UNKNOWN" followed at once by CRLF is the short form of a v1
@@ -237,10 +246,6 @@ def test_unknownShortForm() -> None:
     assert protocol.getPeer() == IPv4Address("TCP", "10.1.2.3", 40000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: v1 addresses and ports are not validated (Twisted's V1Parser)",
-)
 @pytest.mark.parametrize(
     "header",
     [
@@ -248,6 +253,11 @@ def test_unknownShortForm() -> None:
         b"PROXY TCP4 203.0.113.5 192.0.2.1 99999 110\r\n",
         b"PROXY TCP4 not-an-ip 192.0.2.1 51000 110\r\n",
         b"PROXY TCP4 2001:db8::1 192.0.2.1 51000 110\r\n",
+        b"PROXY TCP6 192.0.2.5 2001:db8::1 51000 110\r\n",
+        b"PROXY TCP4 203.0.113.5 192.0.2.1 51000 110 extra\r\n",
+        b"PROXY TCP4 203.0.113.5 192.0.2.1 -1 110\r\n",
+        b"PROXY TCP4 203.0.113.5 192.0.2.1 051000 110\r\n",
+        b"PROXY TCP4 203.0.113.\xc3\xa4 192.0.2.1 51000 110\r\n",
     ],
 )
 def test_malformedAddressInHeader(header: bytes) -> None:

@@ -518,3 +518,206 @@ def test_realmTellsTheUser() -> None:
     )
     assert mind.user == "b\u00f6b"
     logout()
+
+
+def test_stateFileNames(tmp_path: Path) -> None:
+    """
+    A user's state files are named by the first 32 hex digits of the
+    SHA-256 of the name's bytes (as the client sent them, even if not
+    UTF-8): renaming them would forget every user's history at an upgrade,
+    and two names must not share a file.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.recordLogin("alice", 1234.0))
+    result(history.saveRetrievals("alice", {"u": 1e9}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2bd806c97f0e00af1a1fc3328fa763a9.login",
+        "2bd806c97f0e00af1a1fc3328fa763a9.retrieved",
+    ]
+    # b"b\xf6b", Latin-1 and not UTF-8, as the realm decodes it.
+    latin = b"b\xf6b".decode("utf-8", "surrogateescape")
+    result(history.recordLogin(latin, 5678.0))
+    result(history.saveRetrievals(latin, {"v": 2e9}))
+    assert result(history.lastLogin(latin)) == 5678.0
+    assert result(history.retrievals(latin)) == {"v": 2e9}
+    assert result(history.lastLogin("b\u00f6b")) is None
+    assert result(history.lastLogin("alice")) == 1234.0
+
+
+def test_loginFileOfEarlierVersionMadePrivate(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A login file left readable by all (0644, by an earlier version) is made
+    readable by the server only at the next login; one the server does not
+    own is left as it is.  Writing login times does not leak descriptors.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.recordLogin("alice", 1.0))
+    [login] = tmp_path.iterdir()
+    login.chmod(0o644)
+    before = len(os.listdir("/proc/self/fd"))
+    for when in range(2, 22):
+        result(history.recordLogin("alice", float(when)))
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600
+    assert result(history.lastLogin("alice")) == 21.0
+    login.chmod(0o644)
+    euid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: euid + 1)
+    result(history.recordLogin("alice", 30.0))
+    assert stat.S_IMODE(login.stat().st_mode) == 0o644
+    assert result(history.lastLogin("alice")) == 30.0
+
+
+@pytest.mark.parametrize("damage", ['{"uid1": 1000000', "[1000000000]", '"uid1"', ""])
+def test_damagedRetrievalFileForgotten(tmp_path: Path, damage: str) -> None:
+    """
+    A retrieval file that is not a JSON object (cut short, or replaced) is
+    forgotten as a whole: EXPIRE goes on, deleting nothing by it, and the
+    next UPDATE writes a good file again.
+    """
+    clock = FakeTime(1_000_000_000.0)
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    policy = SitePolicy(UserPolicy(expire=1), history=history, clock=clock)
+    assert result(policy.expired("alice", lambda: ["uid1", "uid2"], {0})) == set()
+    [path] = tmp_path.iterdir()
+    path.write_text(damage)
+    assert result(history.retrievals("alice")) == {}
+    clock.now += 86400
+    assert result(policy.expired("alice", lambda: ["uid1", "uid2"], {1})) == set()
+    assert result(history.retrievals("alice")) == {"uid2": 1_000_086_400.0}
+
+
+def test_leftoverTemporaryReplaced(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A leftover temporary retrieval file (a regular one, from a crash) is
+    replaced by one readable by the server only; the times are on disk
+    (flushed and synced) before the file takes the old one's place.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.saveRetrievals("alice", {"u": 1e9}))
+    [retrieved] = tmp_path.iterdir()
+    temporary = Path(str(retrieved) + ".tmp")
+    temporary.write_text("leftover")
+    temporary.chmod(0o644)
+    synced: list[tuple[bool, bytes]] = []
+    realFsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        realFsync(fd)
+        synced.append((retrieved.read_text() == '{"u": 1000000000.0}', temporary.read_bytes()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result(history.saveRetrievals("alice", {"v": 2e9}))
+    assert synced == [(True, b'{"v": 2000000000.0}')]
+    assert not temporary.exists()
+    assert stat.S_IMODE(retrieved.stat().st_mode) == 0o600
+    assert result(history.retrievals("alice")) == {"v": 2e9}
+
+
+def test_retrievalTimeFrom2000Kept(tmp_path: Path) -> None:
+    """
+    A retrieval at the very start of 2000 is one popserv could have
+    recorded: it counts.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    result(history.saveRetrievals("alice", {"first": 946_684_800, "before": 946_684_799.5}))
+    assert result(history.retrievals("alice")) == {"first": 946_684_800.0}
+
+
+def test_announcedWhenOnlySomeUsersHaveAPolicy() -> None:
+    """
+    With no server-wide value but some users with one, the most lenient
+    value is announced before login, with USER: LOGIN-DELAY 0, EXPIRE NEVER.
+    """
+    policy = SitePolicy(UserPolicy(), {"alice": UserPolicy(loginDelay=900, expire=30)})
+    assert (policy.loginDelay().value, policy.loginDelay().perUser) == (0, True)
+    assert (policy.expire().value, policy.expire().perUser) == (NEVER, True)
+    lines = session(policy).command(b"CAPA")
+    assert b"LOGIN-DELAY 0 USER\r\n" in lines and b"EXPIRE NEVER USER\r\n" in lines
+
+
+@pytest.mark.parametrize("delay", [None, 0])
+def test_checkLoginWithoutDelay(tmp_path: Path, delay: int | None) -> None:
+    """
+    A user without a LOGIN-DELAY (none, or 0) may always log in, and their
+    logins are not written to the state directory.
+    """
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    policy = SitePolicy(UserPolicy(loginDelay=delay), history=history, clock=FakeTime())
+    with capturedLogs() as events:
+        assert result(policy.checkLogin("alice")) is True
+        assert result(policy.checkLogin("alice")) is True
+    assert list(tmp_path.iterdir()) == []
+    assert events == []
+
+
+def test_checkLogin(tmp_path: Path) -> None:
+    """
+    checkLogin answers True or False: False within the delay, without
+    recording that refused login; True once it has passed, recorded.
+    """
+    clock = FakeTime(1_000_000.0)
+    history = DirectoryHistory(str(tmp_path), runInThread=syncRun)
+    policy = SitePolicy(UserPolicy(loginDelay=60), history=history, clock=clock)
+    assert result(policy.checkLogin("alice")) is True
+    clock.now += 59
+    assert result(policy.checkLogin("alice")) is False
+    assert result(history.lastLogin("alice")) == 1_000_000.0
+    clock.now += 1
+    assert result(policy.checkLogin("alice")) is True
+    assert result(history.lastLogin("alice")) == 1_000_060.0
+
+
+def test_brokenHistoryLogged() -> None:
+    """
+    The log says whose login history could not be kept, and that their
+    LOGIN-DELAY was not applied.
+    """
+    from twisted.logger import formatEvent
+
+    policy = SitePolicy(UserPolicy(loginDelay=900), history=BrokenHistory())
+    with capturedLogs() as events:
+        assert result(policy.checkLogin("alice")) is True
+    [logged] = [e for e in events if "log_failure" in e]
+    assert formatEvent(logged) == (
+        "Cannot keep the login history of alice: LOGIN-DELAY not applied"
+    )
+
+
+class NoHistory:
+    """
+    A history that must not be used.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"history.{name} used")
+
+
+def noUids() -> list[str]:
+    raise AssertionError("uids asked for")
+
+
+@pytest.mark.parametrize("expire", [None, NEVER])
+def test_expiredNothing(expire: str | None) -> None:
+    """
+    A user whose mail does not expire (EXPIRE NEVER, or none) has nothing
+    removed by EXPIRE, and neither the history nor the message list is
+    read for it; C{expires} says so beforehand.
+    """
+    policy = SitePolicy(
+        UserPolicy(expire=30), {"alice": UserPolicy(expire=expire)}, history=NoHistory()
+    )
+    assert policy.expires("alice") is False
+    assert result(policy.expired("alice", noUids, {0, 1})) == set()
+    assert policy.expires("bob") is True
+    assert SitePolicy(UserPolicy(expire=0)).expires("alice") is True
+
+
+def test_expiredZeroWithoutHistory() -> None:
+    """
+    With EXPIRE 0, what was retrieved in the session is removed, and no
+    more: no history is read or written, no message list made.
+    """
+    policy = SitePolicy(UserPolicy(expire=0), history=NoHistory())
+    assert result(policy.expired("alice", noUids, {0, 2})) == {0, 2}
+    assert result(policy.expired("alice", noUids, set())) == set()

@@ -52,6 +52,14 @@ __all__ = ["MAX_HEADER", "ProxyHeaderWrapper", "ProxyWrappingFactory", "parseNet
 MAX_HEADER = 4096
 
 
+#: A v1 header's protocols: the address each names, as Twisted has it,
+#: and as it is written.
+_V1_FAMILIES: dict[bytes, tuple[type[IPv4Address | IPv6Address], Any]] = {
+    b"TCP4": (IPv4Address, ipaddress.IPv4Address),
+    b"TCP6": (IPv6Address, ipaddress.IPv6Address),
+}
+
+
 class _V1Parser(V1Parser):
     """
     Twisted's v1 header reader, with the header line parsed as the PROXY
@@ -67,47 +75,32 @@ class _V1Parser(V1Parser):
         if line == b"PROXY UNKNOWN" or line.startswith(b"PROXY UNKNOWN "):
             return ProxyInfo(line, None, None)
         fields = line.split(b" ")
-        if len(fields) != 6 or fields[0] != b"PROXY" or fields[1] not in (b"TCP4", b"TCP6"):
+        if len(fields) != 6 or fields[0] != b"PROXY" or fields[1] not in _V1_FAMILIES:
             raise InvalidProxyHeader()
         family, source, destination, sourcePort, destinationPort = fields[1:]
-        if family == b"TCP4":
-            return ProxyInfo(
-                line,
-                IPv4Address("TCP", _address(ipaddress.IPv4Address, source), _port(sourcePort)),
-                IPv4Address(
-                    "TCP", _address(ipaddress.IPv4Address, destination), _port(destinationPort)
-                ),
-            )
         return ProxyInfo(
             line,
-            IPv6Address("TCP", _address(ipaddress.IPv6Address, source), _port(sourcePort)),
-            IPv6Address(
-                "TCP", _address(ipaddress.IPv6Address, destination), _port(destinationPort)
-            ),
+            _endpoint(family, source, sourcePort),
+            _endpoint(family, destination, destinationPort),
         )
 
 
-def _address(kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address], text: bytes) -> str:
+def _endpoint(family: bytes, host: bytes, port: bytes) -> IPv4Address | IPv6Address:
     """
-    C{text} as an address of C{kind}, in its usual form.
+    The address of a v1 header's protocol C{family} at C{host} and C{port},
+    the host in its usual form.
 
-    @raise InvalidProxyHeader: it is not one.
+    @raise InvalidProxyHeader: C{host} is not an address of that family,
+        or C{port} not a decimal number from 0 to 65535.
     """
+    kind, syntax = _V1_FAMILIES[family]
+    if not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        raise InvalidProxyHeader()
     try:
-        return str(kind(text.decode("ascii")))
+        text = str(syntax(host.decode("ascii")))
     except ValueError:  # UnicodeDecodeError is one
         raise InvalidProxyHeader() from None
-
-
-def _port(text: bytes) -> int:
-    """
-    C{text} as a port: a decimal number from 0 to 65535.
-
-    @raise InvalidProxyHeader: it is not one.
-    """
-    if not (text.isdigit() and len(text) <= 5 and int(text) <= 65535):
-        raise InvalidProxyHeader()
-    return int(text)
+    return kind("TCP", text, int(port))
 
 
 @implementer(IHandshakeListener)

@@ -248,17 +248,26 @@ def test_gateQueuesTrustedFirst() -> None:
     assert gate.active == 0 and gate.waiting == 0
 
 
+def _guesserWaiting(limits: Limits) -> tuple[Clock, LoginGate, list[str], Deferred[Any]]:
+    """
+    A gate under C{limits} and an address, "guesser", that has failed once
+    and now waits for its turn: the clock, the gate, the log of turns
+    taken and the wait.
+    """
+    clock = Clock()
+    box = PenaltyBox(limits, clock=clock.seconds)
+    gate = LoginGate(box, clock)
+    box.failed("guesser")
+    log: list[str] = []
+    return clock, gate, log, _turns(gate, "guesser", log)
+
+
 def test_gateWaitsAPenaltyUnderASecond() -> None:
     """
     A penalty shorter than a second (an embedder's L{Limits.penaltyInitial})
     is waited too.
     """
-    clock = Clock()
-    box = PenaltyBox(Limits(penaltyInitial=0.5, concurrentLogins=1), clock=clock.seconds)
-    gate = LoginGate(box, clock)
-    box.failed("guesser")
-    log: list[str] = []
-    waiting = _turns(gate, "guesser", log)
+    clock, gate, log, waiting = _guesserWaiting(Limits(penaltyInitial=0.5, concurrentLogins=1))
     clock.advance(0.4)
     assert log == []
     clock.advance(0.1)
@@ -272,12 +281,7 @@ def test_gatePenaltyAndCancel() -> None:
     An address with failures waits its penalty before it queues; a
     cancelled wait, or a cancelled place in the queue, takes no turn.
     """
-    clock = Clock()
-    box = PenaltyBox(Limits(concurrentLogins=1), clock=clock.seconds)
-    gate = LoginGate(box, clock)
-    box.failed("guesser")
-    log: list[str] = []
-    waiting = _turns(gate, "guesser", log)
+    clock, gate, log, waiting = _guesserWaiting(Limits(concurrentLogins=1))
     clock.advance(1.9)
     assert log == []
     waiting.cancel()

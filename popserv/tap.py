@@ -12,7 +12,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -132,6 +132,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ICertificateCredentials,
         IScramSHA256Credentials,
     )
+
+    def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
+        # What --help-auth lists (strcred's hook for it): not unix where it
+        # cannot work.  opt_auth says why if it is chosen all the same.
+        unix = _unixCheckerWorks()
+        for factory in super()._checkerFactoriesForOptHelpAuth():
+            if unix or factory.authType != "unix":
+                yield factory
 
     optParameters = [
         [

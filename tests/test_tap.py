@@ -5,6 +5,7 @@ Tests for popserv.tap: the twistd popserv options and service.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import signal
 import sys
@@ -55,6 +56,38 @@ def test_unixAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch, module: str) -> N
     message = error("--auth", "unix", "--mailstore", "memory")
     assert "--auth 'unix': needs Python's crypt and spwd modules" in message
     assert "use passwd-file: instead" in message
+
+
+def _helpAuthKinds() -> list[str]:
+    """
+    The kinds of checker C{--help-auth} lists.
+    """
+    options = Options()
+    options.authOutput = io.StringIO()
+    with pytest.raises(SystemExit):
+        options.parseOptions(["--help-auth"])
+    lines = options.authOutput.getvalue().splitlines()
+    table = lines[lines.index(next(line for line in lines if "========" in line)) + 1 :]
+    return [line.split()[0] for line in table if line.strip()]
+
+
+def test_helpAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Where the unix checker cannot work, --help-auth does not offer it; the
+    other kinds are still listed.
+    """
+    monkeypatch.setitem(sys.modules, "crypt", None)
+    kinds = _helpAuthKinds()
+    assert "unix" not in kinds
+    assert {"memory", "passwd-file"} <= set(kinds)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 removed crypt and spwd")
+def test_helpAuthWithCrypt() -> None:
+    """
+    Where Python has crypt and spwd, --help-auth lists unix.
+    """
+    assert "unix" in _helpAuthKinds()
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 removed crypt and spwd")

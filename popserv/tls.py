@@ -206,6 +206,12 @@ class ReloadableTLS:
         """
         self.files = files
         self._options = files.load()
+        # Reloads started, and which of them read the certificate in use
+        # (0: the constructor).  Two reloads close together (two renewal
+        # hooks, each sending SIGHUP) can finish in either order: the one
+        # that read the files last must win.
+        self._started = 0
+        self._inUse = 0
 
     def reload(self, runInThread: Runner = deferToThread) -> Deferred[bool]:
         """
@@ -213,11 +219,21 @@ class ReloadableTLS:
         serving clients meanwhile.
 
         @return: a Deferred firing with whether the new certificate is now
+            in use: not if a reload started later has already put its own
             in use.
         """
+        self._started += 1
+        started = self._started
 
         def loaded(options: ssl.CertificateOptions) -> bool:
+            if started < self._inUse:
+                self._log.info(
+                    "TLS reload from {path} overtaken by a later one; keeping that one's",
+                    path=self.files.certificate,
+                )
+                return False
             self._options = options
+            self._inUse = started
             self._log.info("TLS certificate reloaded from {path}", path=self.files.certificate)
             return True
 

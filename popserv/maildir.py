@@ -236,22 +236,39 @@ class _CollectorPaused:
     tuples) and keeps them: with the collector running, the first login
     took 0.3 s longer, and the next 30 ms (measured when it also made a
     MessageInfo for each; as Mercurial found, whose C{util.nogc} does the
-    same).  The collector is process-wide: it is turned back on only if it
-    was on, so a program that keeps it off is not overruled, and two scans
-    in two threads leave it as they found it.
+    same).
+
+    The collector is process-wide, and scans run in several threads: it is
+    paused from the start of the first of overlapping blocks to the end of
+    the last, and turned back on then only if it was on when the first
+    began, so a program that keeps it off is not overruled.  (One that
+    turns it off from another thread while a scan runs would find it on
+    again afterwards: a pause cannot tell that call from its own.)
 
     A class rather than a generator: L{contextlib.contextmanager} takes
     four times the calls, at every login.
     """
 
+    _lock = threading.Lock()
+    #: Blocks running now, in every thread.
+    _running = 0
+    #: Whether the first of them found the collector on.
+    _resume = False
+
     def __enter__(self) -> None:
-        self._paused = gc.isenabled()
-        if self._paused:
-            gc.disable()
+        with self._lock:
+            cls = _CollectorPaused
+            if not cls._running:
+                cls._resume = gc.isenabled()
+                gc.disable()
+            cls._running += 1
 
     def __exit__(self, *exc: object) -> None:
-        if self._paused:
-            gc.enable()
+        with self._lock:
+            cls = _CollectorPaused
+            cls._running -= 1
+            if not cls._running and cls._resume:
+                gc.enable()
 
 
 def _knownWireSize(base: str) -> int | None:

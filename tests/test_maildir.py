@@ -8,10 +8,12 @@ every message.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1408,3 +1410,54 @@ def test_deletionSyncFailureLogged(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
     assert len(warnings) == 1 and "Input/output error" in warnings[0]
     assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
+
+
+@pytest.fixture
+def collectorRestored() -> Iterator[None]:
+    """
+    The cycle collector left on or off as the test found it.
+    """
+    wasOn = gc.isenabled()
+    try:
+        yield
+    finally:
+        (gc.enable if wasOn else gc.disable)()
+
+
+@pytest.mark.usefixtures("collectorRestored")
+@pytest.mark.parametrize("on", [True, False])
+def test_collectorPausedForTheScan(tmp_path: Path, monkeypatch: Any, on: bool) -> None:
+    """
+    A login's scan runs with the cycle collector off, and leaves it as it
+    found it: on again, or off where the program keeps it off.
+    """
+    during: list[bool] = []
+    scan = maildir.MaildirMaildrop._scan
+
+    def recording(self: Any, indexes: Any) -> None:
+        during.append(gc.isenabled())
+        scan(self, indexes)
+
+    monkeypatch.setattr(maildir.MaildirMaildrop, "_scan", recording)
+    (gc.enable if on else gc.disable)()
+    deliverToMaildir(tmp_path / "alice", b"Subject: x\n\nbody\n")
+    maildrop, infos = login(store(tmp_path))
+    maildrop.close()
+    assert (during, len(infos), gc.isenabled()) == ([False], 1, on)
+
+
+@pytest.mark.usefixtures("collectorRestored")
+def test_collectorPausedUntilTheLastScanEnds() -> None:
+    """
+    Scans in two threads that overlap: the collector stays off until the
+    later of them ends (the first to end does not turn it on under the
+    other), and then is on again, as the first found it.
+    """
+    gc.enable()
+    first, second = maildir._CollectorPaused(), maildir._CollectorPaused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    offAfterFirst = not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert (offAfterFirst, gc.isenabled()) == (True, True)

@@ -27,7 +27,10 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
  - The lock is an C{flock} on C{popserv.lock} in the Maildir: exclusive across
    processes and within one, never waited for, and released by the kernel
    when its holder dies, so a crash cannot lock a user out.
- - All file-system work runs in a thread pool, never on the reactor thread.
+ - All file-system work runs in a thread pool, never on the reactor thread,
+   but for closing a file: a message file once read (L{FileReader}) and
+   the lock file (L{MaildirMaildrop._unlock}).  A close never waits for a
+   local disk; on NFS, releasing the lock is one request to the server.
  - A first login reads the files the page cache holds before the others,
    which the disk fetches meanwhile (L{popserv.prefetch}).
 

@@ -79,6 +79,7 @@ from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
 from popserv.turnend import writeReply
+from popserv.updates import SessionsInUpdate
 
 #: RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
 DEFAULT_TIMEOUT = 600.0
@@ -158,6 +159,8 @@ class POP3Protocol(LineOnlyReceiver):
     #: first RETR.
     _retrieved: set[int] | None
     _deleting: Deferred[None] | None
+    #: Counted in the factory's L{SessionsInUpdate}, until the session ends.
+    _updating: bool
     utf8: bool
     _readingPaused = False
     _tooLong = False
@@ -203,6 +206,7 @@ class POP3Protocol(LineOnlyReceiver):
         self._transfer = None
         self._retrieved = None
         self._deleting = None
+        self._updating = False
         self.utf8 = False
         self._receiving = False
         # LineOnlyReceiver's own, which it sets at the first data received.
@@ -258,10 +262,13 @@ class POP3Protocol(LineOnlyReceiver):
             def over(_: object) -> None:
                 self._release()
                 self.record.end(ended)
+                self._updateOver()
 
             self._deleting.addBoth(over)
         else:
             self._release()
+            # Last: a server stopping may go on from here at once.
+            self._updateOver()
 
     # The inactivity timer
 
@@ -1140,6 +1147,10 @@ class POP3Protocol(LineOnlyReceiver):
             return None
         txn = self._txn()
         self.state = State.UPDATE
+        # Until the session has ended, a server that stops waits for it
+        # (popserv.updates): its reply says what was removed.
+        self._updating = True
+        self.factory.updates.begin()
         self._queue.clear()
         # From here the session is in UPDATE (RFC 1939 section 6): its
         # deletions are applied even if the client hangs up before the
@@ -1165,6 +1176,11 @@ class POP3Protocol(LineOnlyReceiver):
             return result
 
         return d.addBoth(over)
+
+    def _updateOver(self) -> None:
+        if self._updating:
+            self._updating = False
+            self.factory.updates.end()
 
     def _expiryFailed(self, failure: Failure) -> set[int]:
         # The history of retrievals could not be read or written: EXPIRE
@@ -1403,6 +1419,8 @@ class POP3ServerFactory(_ServerFactory):
         self.connections = ConnectionCounter(self.limits)
         #: Every session's inactivity timer, on one reactor timer.
         self.timeouts = Timeouts(clock)
+        #: The sessions in UPDATE, which a server that stops lets end.
+        self.updates = SessionsInUpdate(clock)
 
     def apopEnabled(self) -> bool:
         """

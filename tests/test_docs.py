@@ -207,6 +207,10 @@ def test_embedExampleServesMessage(tmp_path: Path) -> None:
         raw = rawSession(port, b"USER alice\r\nPASS secret\r\nRETR 1\r\nQUIT\r\n")
         stuffed = wire.replace(b"\r\n.", b"\r\n..")
         assert b"+OK %d octets\r\n" % len(wire) + stuffed + b".\r\n" in raw
+    # Stopped with SIGTERM: its shutdown triggers ran without an error.
+    log = (tmp_path / "stderr").read_text()
+    assert "Main loop terminated" in log
+    assert "Traceback" not in log and "Unhandled" not in log
 
 
 def rawSession(port: int, commands: bytes) -> bytes:

@@ -735,8 +735,15 @@ class CertificateReloader(Service):
 
     def stopService(self) -> Any:
         if self._catching:
-            # None: a handler not set from Python, which cannot be restored.
-            signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+            # The handler found, if it was Python's; never the default
+            # action, which ends the process: twistd stops this service
+            # first, and a reload (logrotate's, systemd's) as the server
+            # stops would kill it in the middle of its sessions' deletions.
+            # (None: a handler not set from Python, which cannot be put back.)
+            previous = self._previous
+            if previous in (None, signal.SIG_DFL):
+                previous = signal.SIG_IGN
+            signal.signal(signal.SIGHUP, previous)
             self._catching = False
         return super().stopService()
 

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from certificates import CertificateAuthority
@@ -277,22 +278,40 @@ def test_heapFrozenLastAtStart() -> None:
         gc.unfreeze()
 
 
-def test_sighupCaughtBeforeTheReactorRuns() -> None:
+def _ownHandler(signum: int, frame: Any) -> None:
+    """
+    A program's own SIGHUP handler.
+    """
+
+
+@pytest.mark.parametrize(
+    ("found", "left"),
+    [
+        (signal.SIG_DFL, signal.SIG_IGN),
+        (signal.SIG_IGN, signal.SIG_IGN),
+        (_ownHandler, _ownHandler),
+    ],
+)
+def test_sighupCaughtBeforeTheReactorRuns(found: Any, left: Any) -> None:
     """
     The reloader catches SIGHUP from privilegedStartService, where twistd
     also binds the ports, not only from startService, which twistd runs
     once the reactor starts: a SIGHUP in between (a supervisor's reload as
     the server comes up) would end the server.  Stopping it puts back the
-    handler it found.
+    program's handler it found, but never the default action: a SIGHUP as
+    the server stops would kill it in the middle of its deletions.
     """
-    before = signal.getsignal(signal.SIGHUP)
-    reloader = CertificateReloader([])
-    reloader.privilegedStartService()
+    original = signal.signal(signal.SIGHUP, found)
     try:
-        assert signal.getsignal(signal.SIGHUP) not in (before, signal.SIG_DFL)
+        reloader = CertificateReloader([])
+        reloader.privilegedStartService()
+        try:
+            assert signal.getsignal(signal.SIGHUP) not in (found, signal.SIG_DFL)
+        finally:
+            reloader.stopService()
+        assert signal.getsignal(signal.SIGHUP) == left
     finally:
-        reloader.stopService()
-    assert signal.getsignal(signal.SIGHUP) == before
+        signal.signal(signal.SIGHUP, original)
 
 
 def test_helpReadsCleanly() -> None:

@@ -26,6 +26,38 @@ def _maildirOf(maildir: Path, count: int) -> Path:
     return cur
 
 
+def _quitWithDeletions(start_server, maildir_root, maildir, raw_client, count):
+    """
+    A server, and a client of it that marked all C{count} messages with
+    DELE and sent QUIT; and the Maildir's cur/.
+    """
+    cur = _maildirOf(maildir, count)
+    server = start_server(f"maildir:{maildir_root}/{{user}}")
+    client = raw_client(server.port)
+    assert client.login().startswith(b"+OK Logged in, %d messages" % count)
+    for start in range(1, count + 1, 500):
+        numbers = range(start, min(start + 500, count + 1))
+        client.send(b"".join(b"DELE %d\r\n" % n for n in numbers))
+        for n in numbers:
+            assert client.read_line() == b"+OK Message %d deleted\r\n" % n
+    client.send(b"QUIT\r\n")
+    return server, client, cur
+
+
+def _whenStarted(cur: Path, count: int) -> int:
+    """
+    Wait until the first of C{count} files in C{cur} is gone (at most 10 s).
+
+    @return: the files left then.
+    """
+    left = count
+    deadline = time.monotonic() + 10
+    while left == count and time.monotonic() < deadline:
+        left = len(os.listdir(cur))
+    assert left < count, "the deletions never started"
+    return left
+
+
 def test_sigtermDuringUpdate(start_server, maildir_root, maildir, raw_client) -> None:
     """
     SIGTERM while a session applies its deletions (after QUIT): the server
@@ -33,23 +65,9 @@ def test_sigtermDuringUpdate(start_server, maildir_root, maildir, raw_client) ->
     written, then exits at once (by the signal, as twistd does: systemd
     counts that a clean stop); nothing is left locked.
     """
-    cur = _maildirOf(maildir, COUNT)
-    server = start_server(f"maildir:{maildir_root}/{{user}}")
-    client = raw_client(server.port)
-    assert client.login().startswith(b"+OK Logged in, %d messages" % COUNT)
-    for start in range(1, COUNT + 1, 500):
-        numbers = range(start, min(start + 500, COUNT + 1))
-        client.send(b"".join(b"DELE %d\r\n" % n for n in numbers))
-        for n in numbers:
-            assert client.read_line() == b"+OK Message %d deleted\r\n" % n
-    client.send(b"QUIT\r\n")
-    # The signal as soon as the first file is gone: the deletions run.
-    left = COUNT
-    deadline = time.monotonic() + 10
-    while left == COUNT and time.monotonic() < deadline:
-        left = len(os.listdir(cur))
+    server, client, cur = _quitWithDeletions(start_server, maildir_root, maildir, raw_client, COUNT)
+    left = _whenStarted(cur, COUNT)
     server.process.send_signal(signal.SIGTERM)
-    assert left < COUNT, "the deletions never started"
     assert client.read_line() == b"+OK Bye, %d deleted, 0 left\r\n" % COUNT
     assert client.read_to_close() == b""
     assert server.process.wait(timeout=30) == -signal.SIGTERM
@@ -62,3 +80,22 @@ def test_sigtermDuringUpdate(start_server, maildir_root, maildir, raw_client) ->
     after = start_server(f"maildir:{maildir_root}/{{user}}")
     assert raw_client(after.port).login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
     print(f"\nSIGTERM with {left} of {COUNT} files left")
+
+
+def test_sighupWhileStopping(start_server, maildir_root, maildir, raw_client) -> None:
+    """
+    A SIGHUP (a reload by logrotate or systemd) that comes while the
+    server stops, waiting for a session's deletions, does not kill it: it
+    goes on stopping as it would have.
+    """
+    count = 4 * COUNT
+    server, client, cur = _quitWithDeletions(start_server, maildir_root, maildir, raw_client, count)
+    _whenStarted(cur, count)
+    server.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "Waiting for 1 sessions" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    server.process.send_signal(signal.SIGHUP)
+    assert client.read_line() == b"+OK Bye, %d deleted, 0 left\r\n" % count
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    assert "Main loop terminated" in server.output()

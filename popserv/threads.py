@@ -22,10 +22,12 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 #: Runs a blocking callable with arguments somewhere other than the reactor
@@ -37,7 +39,14 @@ Runner = Callable[..., "Deferred[Any]"]
 #: that waits its turn.
 DEFAULT_MAX_THREADS = 10
 
+#: How long L{ThreadRunner.stop} waits for the work already given, in
+#: seconds: a job that hangs (a file system gone, as an NFS server can)
+#: must not keep a stopping server from exiting.
+STOP_TIMEOUT = 10.0
+
 _STOP = object()
+
+_log = Logger()
 
 
 def disfavourWakeups() -> None:
@@ -166,18 +175,31 @@ class ThreadRunner:
         else:
             self._callFromThread(d.callback, result)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """
         Refuse new work, let the work already given finish, and wait for
-        every worker thread to end.  Called when the reactor shuts down.
+        every worker thread to end, at most C{timeout} seconds in all.
+        Called when the reactor shuts down.
+
+        Threads still working then are left to the process's exit (they
+        are daemon threads): for a job, as if the process had been killed,
+        which the stores are made to survive (docs/maildir.rst).
         """
         if self._stopped:
             return
         self._stopped = True
         for _ in self._threads:
             self._jobs.put(_STOP)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(thread.is_alive() for thread in self._threads)
+        if busy:
+            _log.warn(
+                "{busy} worker threads still busy after {timeout} s; not waiting for them",
+                busy=busy,
+                timeout=timeout,
+            )
         self._threads = []
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 
 from popserv.threads import RunnerStopped, ThreadRunner, disfavourWakeups
 
@@ -174,6 +176,41 @@ def test_stop(fake: FakeReactor) -> None:
     assert not [t for t in threads if t.is_alive()]
     with pytest.raises(RunnerStopped):
         runner(done.append, 5)
+
+
+def test_stopBounded(fake: FakeReactor) -> None:
+    """
+    stop() waits at most its timeout for work that hangs (a file system
+    gone), says so in the log, and returns; the hung thread is a daemon
+    thread, left to the process's exit.
+    """
+    runner = ThreadRunner(fake.callFromThread, maxThreads=2)
+    hung, started = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        started.set()
+        hung.wait(WAIT)
+
+    runner(hang)
+    done: list[int] = []
+    runner(done.append, 1)
+    threads = list(runner._threads)
+    try:
+        assert started.wait(WAIT)
+        before = time.monotonic()
+        with capturedLogs() as events:
+            runner.stop(timeout=0.2)
+        waited = time.monotonic() - before
+        assert 0.2 <= waited < WAIT / 2
+        busy = [thread for thread in threads if thread.is_alive()]
+        assert (done, len(busy), busy[0].daemon) == ([1], 1, True)
+        assert [formatEvent(e) for e in events] == [
+            "1 worker threads still busy after 0.2 s; not waiting for them"
+        ]
+    finally:
+        hung.set()
+        for thread in threads:
+            thread.join(WAIT)
 
 
 def test_maxThreadsChecked(fake: FakeReactor) -> None:

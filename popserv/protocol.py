@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IHandshakeListener,
+    IReactorCore,
     IReactorTime,
     ISSLTransport,
     ITCPTransport,
@@ -244,6 +245,8 @@ class POP3Protocol(LineOnlyReceiver):
             txn = self._transaction
             quitting = self.state is State.UPDATE and self.record.reason == "quit"
             self.record.left, self.record.leftBytes = txn.stat() if quitting else txn.whole()
+        if self.record.reason == "disconnected" and self.factory.stopping:
+            self.record.reason = "shutdown"  # cut by the server, not the client
         ended = self._clock().seconds()
         if self._deleting is None:
             self.record.end(ended)
@@ -1421,6 +1424,21 @@ class POP3ServerFactory(_ServerFactory):
         self.timeouts = Timeouts(clock)
         #: The sessions in UPDATE, which a server that stops lets end.
         self.updates = SessionsInUpdate(clock)
+        #: Whether the reactor is shutting down: the sessions it cuts then
+        #: are logged with reason=shutdown.
+        self.stopping = False
+        self._watchingShutdown = False
+
+    def startFactory(self) -> None:
+        # When a listener starts: the reactor is chosen by then.
+        if not self._watchingShutdown:
+            reactor = reactorTime(self.clock)
+            if IReactorCore.providedBy(reactor):
+                reactor.addSystemEventTrigger("before", "shutdown", self._shuttingDown)
+                self._watchingShutdown = True
+
+    def _shuttingDown(self) -> None:
+        self.stopping = True
 
     def apopEnabled(self) -> bool:
         """

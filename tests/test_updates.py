@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -211,3 +212,29 @@ def test_listenerStopGivesUp() -> None:
     stopped = _outcome(listener.stopService())
     clock.advance(3)
     assert stopped == [False]
+
+
+def test_sessionsCutByShutdown() -> None:
+    """
+    Sessions the reactor cuts as it shuts down are logged with
+    reason=shutdown; those whose clients left before, with
+    reason=disconnected.  The factory watches for the shutdown from when
+    it starts (a listener starts it), once however often it starts.
+    """
+    reactor = MemoryReactorClock()
+    first = Session(clock=reactor)  # type: ignore[arg-type]
+    factory = first.factory
+    factory.doStart()
+    factory.doStop()
+    factory.doStart()
+    assert reactor.triggers["before"]["shutdown"] == [(factory._shuttingDown, (), {})]
+    first.login()
+    with capturedLogs() as events:
+        first.protocol.connectionLost(Failure(ConnectionDone()))
+        second = Session(factory=factory)
+        second.login()
+        for call, args, kwargs in reactor.triggers["before"]["shutdown"]:
+            call(*args, **kwargs)
+        second.protocol.connectionLost(Failure(ConnectionDone()))
+    reasons = [formatEvent(e).rsplit(" reason=", 1)[1] for e in events if "session" in e]
+    assert reasons == ["disconnected", "shutdown"]

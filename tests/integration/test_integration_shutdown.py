@@ -6,6 +6,7 @@ on disk.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -28,11 +29,13 @@ def _maildirOf(maildir: Path, count: int) -> Path:
 
 def _quitWithDeletions(start_server, maildir_root, maildir, raw_client, count):
     """
-    A server, and a client of it that marked all C{count} messages with
-    DELE and sent QUIT; and the Maildir's cur/.
+    A server; a client of it that marked all C{count} messages with DELE
+    and sent QUIT; another, bob, logged in and idle; and the Maildir's cur/.
     """
     cur = _maildirOf(maildir, count)
-    server = start_server(f"maildir:{maildir_root}/{{user}}")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}", auth=("memory:alice:secret:bob:secret",)
+    )
     client = raw_client(server.port)
     assert client.login().startswith(b"+OK Logged in, %d messages" % count)
     for start in range(1, count + 1, 500):
@@ -40,8 +43,10 @@ def _quitWithDeletions(start_server, maildir_root, maildir, raw_client, count):
         client.send(b"".join(b"DELE %d\r\n" % n for n in numbers))
         for n in numbers:
             assert client.read_line() == b"+OK Message %d deleted\r\n" % n
+    idle = raw_client(server.port)
+    assert idle.login("bob", "secret") == b"+OK Logged in, 0 messages (0 octets)\r\n"
     client.send(b"QUIT\r\n")
-    return server, client, cur
+    return server, client, idle, cur
 
 
 def _whenStarted(cur: Path, count: int) -> int:
@@ -63,9 +68,12 @@ def test_sigtermDuringUpdate(start_server, maildir_root, maildir, raw_client) ->
     SIGTERM while a session applies its deletions (after QUIT): the server
     lets it finish, so the client gets its reply and the audit line is
     written, then exits at once (by the signal, as twistd does: systemd
-    counts that a clean stop); nothing is left locked.
+    counts that a clean stop); nothing is left locked.  A session that had
+    not sent QUIT is cut, and logged so.
     """
-    server, client, cur = _quitWithDeletions(start_server, maildir_root, maildir, raw_client, COUNT)
+    server, client, idle, cur = _quitWithDeletions(
+        start_server, maildir_root, maildir, raw_client, COUNT
+    )
     left = _whenStarted(cur, COUNT)
     server.process.send_signal(signal.SIGTERM)
     assert client.read_line() == b"+OK Bye, %d deleted, 0 left\r\n" % COUNT
@@ -73,7 +81,9 @@ def test_sigtermDuringUpdate(start_server, maildir_root, maildir, raw_client) ->
     assert server.process.wait(timeout=30) == -signal.SIGTERM
     log = server.output()
     assert "popserv session: user=alice ip=127.0.0.1 tls=- mechanism=USER" in log
-    assert f" dele={COUNT} left=0/0 " in log
+    assert f" dele={COUNT} left=0/0 duration=" in log
+    assert idle.read_to_close() == b""
+    assert re.search(r"popserv session: user=bob .* reason=shutdown\n", log), log
     assert "Traceback" not in log and "Unhandled" not in log
     assert os.listdir(cur) == []
     # The next server logs in at once: the lock went with the session.
@@ -89,7 +99,9 @@ def test_sighupWhileStopping(start_server, maildir_root, maildir, raw_client) ->
     goes on stopping as it would have.
     """
     count = 4 * COUNT
-    server, client, cur = _quitWithDeletions(start_server, maildir_root, maildir, raw_client, count)
+    server, client, _, cur = _quitWithDeletions(
+        start_server, maildir_root, maildir, raw_client, count
+    )
     _whenStarted(cur, count)
     server.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 10

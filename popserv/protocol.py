@@ -80,7 +80,7 @@ from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
 from popserv.turnend import writeReply
-from popserv.updates import SessionsInUpdate
+from popserv.updates import UPDATE_GRACE, SessionsInUpdate
 
 #: RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
 DEFAULT_TIMEOUT = 600.0
@@ -270,7 +270,6 @@ class POP3Protocol(LineOnlyReceiver):
             self._deleting.addBoth(over)
         else:
             self._release()
-            # Last: a server stopping may go on from here at once.
             self._updateOver()
 
     # The inactivity timer
@@ -1185,6 +1184,24 @@ class POP3Protocol(LineOnlyReceiver):
             self._updating = False
             self.factory.updates.end()
 
+    def _replied(self) -> None:
+        """
+        The reply to QUIT is written, and the connection closing: the session
+        is out of UPDATE once the reply has left the server.  Not only when
+        the connection is gone: over TLS that waits for the client's
+        close_notify, which a client that keeps its socket open never sends.
+        """
+        socket = self._socket
+        if self._lost or socket is None:
+            # Gone (connectionLost ends it), or a transport whose buffer
+            # cannot be read (a test's): at connectionLost.
+            return
+        if not unsent(socket):
+            self._updateOver()
+        else:
+            # A producer (none after QUIT): at connectionLost, as above.
+            whenSent(socket, self._updateOver)
+
     def _expiryFailed(self, failure: Failure) -> set[int]:
         # The history of retrievals could not be read or written: EXPIRE
         # removes nothing this time (it will next time), and what the
@@ -1203,6 +1220,7 @@ class POP3Protocol(LineOnlyReceiver):
         self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
         if not self._lost:
             self.transport.loseConnection()
+        self._replied()
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:
         """
@@ -1216,6 +1234,7 @@ class POP3Protocol(LineOnlyReceiver):
             self._send(replies.ok(f"Bye, {left} messages left"))
             if not self._lost:
                 self.transport.loseConnection()
+            self._replied()
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)
@@ -1241,6 +1260,7 @@ class POP3Protocol(LineOnlyReceiver):
             self._deleting = None
             if not self._lost:
                 self.transport.loseConnection()
+            self._replied()
 
         return d.addCallbacks(deleted, failed).addBoth(close)
 
@@ -1422,23 +1442,40 @@ class POP3ServerFactory(_ServerFactory):
         self.connections = ConnectionCounter(self.limits)
         #: Every session's inactivity timer, on one reactor timer.
         self.timeouts = Timeouts(clock)
-        #: The sessions in UPDATE, which a server that stops lets end.
+        #: The sessions in UPDATE, which the reactor's shutdown waits for
+        #: (L{popserv.updates}), at most C{updateGrace} seconds.
         self.updates = SessionsInUpdate(clock)
-        #: Whether the reactor is shutting down: the sessions it cuts then
-        #: are logged with reason=shutdown.
+        self.updateGrace = UPDATE_GRACE
+        #: Whether the reactor's shutdown has waited for them: the sessions
+        #: it cuts after are logged with reason=shutdown.
         self.stopping = False
-        self._watchingShutdown = False
+        self._shutdownTrigger: Any = None
 
     def startFactory(self) -> None:
-        # When a listener starts: the reactor is chosen by then.
-        if not self._watchingShutdown:
-            reactor = reactorTime(self.clock)
-            if IReactorCore.providedBy(reactor):
-                reactor.addSystemEventTrigger("before", "shutdown", self._shuttingDown)
-                self._watchingShutdown = True
+        # Called when the first listener starts: the reactor is chosen by
+        # then.  (A clock that is not a reactor has no shutdown.)
+        reactor = reactorTime(self.clock)
+        if IReactorCore.providedBy(reactor):
+            self._shutdownTrigger = reactor.addSystemEventTrigger(
+                "before", "shutdown", self._shuttingDown
+            )
 
-    def _shuttingDown(self) -> None:
-        self.stopping = True
+    def stopFactory(self) -> None:
+        # The last listener stopped: no shutdown of the reactor to wait in
+        # (a factory no longer served must not be kept alive by it), unless
+        # it is that shutdown that stopped them, and the trigger has fired.
+        if self._shutdownTrigger is not None:
+            reactor: Any = reactorTime(self.clock)
+            reactor.removeSystemEventTrigger(self._shutdownTrigger)
+            self._shutdownTrigger = None
+
+    def _shuttingDown(self) -> Deferred[None]:
+        self._shutdownTrigger = None
+
+        def waited(_: bool) -> None:
+            self.stopping = True
+
+        return self.updates.drained(self.updateGrace).addCallback(waited)
 
     def apopEnabled(self) -> bool:
         """

@@ -21,7 +21,6 @@ from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -47,7 +46,6 @@ from popserv.proxy import ProxyWrappingFactory
 from popserv.realm import MaildropRealm
 from popserv.scram import IScramSHA256Credentials
 from popserv.tls import ENDPOINT_NAMES, OPTION_NAMES, ReloadableTLS, TLSConfigError, TLSFiles
-from popserv.updates import SessionsInUpdate
 
 DEFAULT_LISTEN = "tcp:110"
 
@@ -134,14 +132,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ICertificateCredentials,
         IScramSHA256Credentials,
     )
-
-    def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
-        # What --help-auth lists (strcred's hook for it): not unix where it
-        # cannot work.  opt_auth says why if it is chosen all the same.
-        unix = _unixCheckerWorks()
-        for factory in super()._checkerFactoriesForOptHelpAuth():
-            if unix or factory.authType != "unix":
-                yield factory
 
     optParameters = [
         [
@@ -325,6 +315,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if cause is None or not str(e).startswith("Unexpected error: "):
                 raise
             raise usage.UsageError(f"--auth {description!r}: {cause}") from None
+
+    def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
+        # What --help-auth lists (strcred's hook for it): not unix where it
+        # cannot work.  opt_auth says why if it is chosen all the same.
+        unix = _unixCheckerWorks()
+        for factory in super()._checkerFactoriesForOptHelpAuth():
+            if unix or factory.authType != "unix":
+                yield factory
 
     def opt_help_mailstores(self) -> None:
         """
@@ -569,18 +567,6 @@ def makeService(options: Options) -> IService:
     return top
 
 
-def _updatesOf(factory: Any) -> SessionsInUpdate | None:
-    """
-    The sessions in UPDATE of the L{POP3ServerFactory} that C{factory} is,
-    or wraps (C{wrappedFactory}, as Twisted's wrapping factories keep it).
-    """
-    for _ in range(8):  # TLS in PROXY is two
-        if isinstance(factory, POP3ServerFactory):
-            return factory.updates
-        factory = getattr(factory, "wrappedFactory", None)
-    return None
-
-
 def _neededAccess(
     options: Options, certificates: list[ReloadableTLS]
 ) -> list[tuple[str, str, int, bool]]:
@@ -736,9 +722,10 @@ class CertificateReloader(Service):
     def stopService(self) -> Any:
         if self._catching:
             # The handler found, if it was Python's; never the default
-            # action, which ends the process: twistd stops this service
-            # first, and a reload (logrotate's, systemd's) as the server
-            # stops would kill it in the middle of its sessions' deletions.
+            # action, which ends the process: twistd stops the services as
+            # the server starts to stop, and a reload (logrotate's,
+            # systemd's) then would kill it in the middle of its sessions'
+            # deletions.
             # (None: a handler not set from Python, which cannot be put back.)
             previous = self._previous
             if previous in (None, signal.SIG_DFL):
@@ -781,40 +768,20 @@ def _startFailed(log: Logger, problem: str) -> StartFailed:
     return StartFailed(message)
 
 
-#: How long a server that stops waits for its sessions in UPDATE to end
-#: (L{popserv.updates}), in seconds.
-UPDATE_GRACE = 10.0
-
-
 class Listener(StreamServerEndpointService):
     """
     Listens on one endpoint; if it cannot (address in use, no permission),
     start-up fails with one line rather than a traceback or, as Twisted's
     own service would by default, a log message and a server with no
     listener.
-
-    When it stops, it stops listening, then waits for the sessions in
-    UPDATE of the L{POP3ServerFactory} it serves (through any wrapping
-    factories: TLS, PROXY) to end, at most C{grace} seconds
-    (L{popserv.updates}).
     """
 
     _log = Logger()
 
-    def __init__(
-        self, description: str, endpoint: Any, factory: Any, grace: float = UPDATE_GRACE
-    ) -> None:
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
         super().__init__(endpoint, factory)
         self.description = description
-        self.grace = grace
         self._raiseSynchronously = True
-
-    def stopService(self) -> Deferred[Any]:
-        stopped: Deferred[Any] = maybeDeferred(super().stopService)
-        updates = _updatesOf(self.factory)
-        if updates is None:
-            return stopped
-        return stopped.addCallback(lambda _: updates.drained(self.grace))
 
     def privilegedStartService(self) -> None:
         try:

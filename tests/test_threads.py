@@ -213,6 +213,26 @@ def test_stopBounded(fake: FakeReactor) -> None:
             thread.join(WAIT)
 
 
+def test_stopDeadlineAcrossTenThreads() -> None:
+    """
+    stop(timeout) bounds the wait for all threads together, not each one:
+    ten hung threads, 0.3 s.
+    """
+    runner = ThreadRunner(lambda f, *a: None, maxThreads=10)
+    release = threading.Event()
+    for _ in range(10):
+        runner(release.wait, WAIT)
+    threads = list(runner._threads)
+    try:
+        start = time.monotonic()
+        runner.stop(timeout=0.3)
+        assert time.monotonic() - start < 1.5
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(WAIT)
+
+
 def test_maxThreadsChecked(fake: FakeReactor) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadRunner(fake.callFromThread, maxThreads=0)

@@ -124,3 +124,20 @@ def test_failedReloadKeepsCertificate() -> None:
     d = tls.reload(lambda f: fail(TLSConfigError("the key does not match")))
     assert _outcome(d) == [False]
     assert _inUse(tls) is files.first.context
+
+
+def test_threeReloadsLaterFailed() -> None:
+    """
+    Three reloads; the first finishes, the third fails, the second finishes
+    last: the second read the files after the first, so its certificate
+    is the one to serve.
+    """
+    tls = ReloadableTLS(_Files())  # type: ignore[arg-type]
+    runner = _Runner()
+    first, second = _Options(), _Options()
+    results = [_outcome(tls.reload(runner)) for _ in range(3)]
+    runner.jobs[0].callback(first)
+    runner.jobs[2].errback(Failure(TLSConfigError("no such file")))
+    runner.jobs[1].callback(second)
+    assert _inUse(tls) is second.context
+    assert results == [[True], [True], [False]]

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol_helpers import DelayedStore, Session
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+import pytest
+from protocol_helpers import DelayedStore, MaildropOver, Session
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from popserv.errors import DeletionFailed
 from popserv.memorystore import MemoryStore
-from popserv.proxy import ProxyWrappingFactory
-from popserv.tap import UPDATE_GRACE, Listener
-from popserv.updates import SessionsInUpdate
+from popserv.policy import MemoryHistory, SitePolicy, UserPolicy
+from popserv.updates import UPDATE_GRACE, SessionsInUpdate
 
 M1 = b"Subject: one\r\n\r\nfirst\r\n"
 M2 = b"Subject: two\r\n\r\nsecond\r\n"
@@ -55,7 +53,31 @@ def test_drainedWhenTheLastEnds() -> None:
     updates.end()
     assert (first, second, updates.count) == ([], [], 1)
     updates.end()
+    # At the reactor's next turn, not inside the session's own callbacks.
+    assert (first, second) == ([], [])
+    clock.advance(0)
     assert (first, second, clock.getDelayedCalls()) == ([True], [True], [])
+
+
+def test_drainedWaitsForOneThatBeganMeanwhile() -> None:
+    """
+    A session that enters UPDATE after the last one ended, before the wait
+    ended (a QUIT in the same turn), is waited for too, until the same
+    deadline.
+    """
+    clock = Clock()
+    updates = SessionsInUpdate(clock)
+    updates.begin()
+    waited = _outcome(updates.drained(10))
+    clock.advance(4)
+    updates.end()
+    updates.begin()
+    clock.advance(0)
+    assert waited == []
+    clock.advance(5.9)
+    assert waited == []
+    clock.advance(0.1)
+    assert (waited, updates.count) == ([False], 1)
 
 
 def test_drainedTimesOut() -> None:
@@ -87,11 +109,18 @@ def _quitPending() -> tuple[Session, DelayedStore, MemoryStore]:
     """
     A session that sent DELE 1 and QUIT, its deletion not yet done.
     """
+    return _quitPendingOn(Clock())
+
+
+def _quitPendingOn(clock: Clock) -> tuple[Session, DelayedStore, MemoryStore]:
+    """
+    L{_quitPending}, its factory on C{clock}.
+    """
     memory = MemoryStore()
     memory.deliver("alice", M1)
     memory.deliver("alice", M2)
     store = DelayedStore(memory)
-    s = Session(store=store)
+    s = Session(store=store, clock=clock)
     s.send(b"USER alice\r\nPASS secret\r\n")
     store.fireAll()
     s.take()
@@ -123,6 +152,8 @@ def test_sessionInUpdateUntilItEnds() -> None:
         store.fireAll()  # the deletion is done: the reply, then the close
         assert s.transport.disconnecting and seen == []
         s.protocol.connectionLost(Failure(ConnectionDone()))
+        assert seen == []  # at the reactor's next turn
+        s.clock.advance(0)
     assert memory.messages("alice") == [M2]
     [(written, released, logged)] = seen
     assert (written, released, updates.count) == (b"+OK Bye, 1 deleted, 1 left\r\n", True, 0)
@@ -156,85 +187,160 @@ def test_onlyQuitInTransactionCounts() -> None:
     assert early.factory.updates.count == 0
 
 
-class _Port:
+class _Reactor(MemoryReactorClock):
+    """
+    A memory reactor whose shutdown triggers can be removed, and fired.
+    """
+
     def __init__(self) -> None:
-        self.listening = True
+        super().__init__()
+        self.shutdownTriggers: dict[int, tuple[str, Any]] = {}
+        self._added = 0
 
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 110)
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any, **kw: Any) -> Any:
+        assert (event, args, kw) == ("shutdown", (), {})
+        self._added += 1
+        self.shutdownTriggers[self._added] = (phase, f)
+        return self._added
 
-    def stopListening(self) -> None:
-        self.listening = False
+    def removeSystemEventTrigger(self, triggerID: Any) -> None:
+        del self.shutdownTriggers[triggerID]
+
+    def shutDown(self) -> list[object]:
+        """
+        Fire the "before" shutdown triggers: what each returned.
+        """
+        befores = [f for phase, f in self.shutdownTriggers.values() if phase == "before"]
+        return [_outcome(f()) for f in befores]
 
 
-class _Endpoint:
-    def __init__(self) -> None:
-        self.port = _Port()
-
-    def listen(self, factory: Any) -> Deferred[_Port]:
-        return succeed(self.port)
-
-
-def test_listenerStopWaitsForUpdates() -> None:
+def test_factoryWatchesShutdownWhileListening() -> None:
     """
-    A listener that stops stops listening, then waits for the sessions in
-    UPDATE of the factory it serves, found through TLS and PROXY wrappers.
+    A factory waits in the reactor's shutdown from when its first listener
+    starts it to when its last stops it: one trigger, however often it
+    starts, and none left once it stops (the reactor would keep it alive).
     """
-    s, store, _ = _quitPending()
-    served = ProxyWrappingFactory(
-        TLSMemoryBIOFactory(CertificateOptions(), False, s.factory), ["127.0.0.1"]
-    )
-    endpoint = _Endpoint()
-    listener = Listener("tcp:110", endpoint, served)
-    assert listener.grace == UPDATE_GRACE
-    listener.privilegedStartService()
-    stopped = _outcome(listener.stopService())
-    assert (endpoint.port.listening, stopped) == (False, [])
-    store.fireAll()
-    s.protocol.connectionLost(Failure(ConnectionDone()))
-    assert stopped == [True]
+    reactor = _Reactor()
+    factory = Session(clock=reactor).factory  # type: ignore[arg-type]
+    assert reactor.shutdownTriggers == {}
+    for _ in range(3):
+        factory.doStart()
+        factory.doStart()  # a second listener
+        assert list(reactor.shutdownTriggers.values()) == [("before", factory._shuttingDown)]
+        factory.doStop()
+        factory.doStop()
+        assert reactor.shutdownTriggers == {}
 
 
-def test_listenerStopGivesUp() -> None:
+def test_shutdownWaitsForUpdates() -> None:
     """
-    The wait is bounded by the listener's grace.
+    The reactor's shutdown waits for the sessions in UPDATE: the sessions it
+    then cuts are logged with reason=shutdown; those that ended before, or
+    while it waited, with reason=disconnected.
     """
-    clock = Clock()
+    reactor = _Reactor()
     memory = MemoryStore()
     memory.deliver("alice", M1)
     store = DelayedStore(memory)
-    s = Session(store=store, clock=clock)
-    s.send(b"USER alice\r\nPASS secret\r\n")
+    quitting = Session(store=store, clock=reactor)  # type: ignore[arg-type]
+    factory = quitting.factory
+    factory.doStart()
+    quitting.send(b"USER alice\r\nPASS secret\r\n")
     store.fireAll()
-    s.send(b"DELE 1\r\nQUIT\r\n")
-    listener = Listener("tcp:110", _Endpoint(), s.factory, grace=3)
-    listener.privilegedStartService()
-    stopped = _outcome(listener.stopService())
-    clock.advance(3)
-    assert stopped == [False]
-
-
-def test_sessionsCutByShutdown() -> None:
-    """
-    Sessions the reactor cuts as it shuts down are logged with
-    reason=shutdown; those whose clients left before, with
-    reason=disconnected.  The factory watches for the shutdown from when
-    it starts (a listener starts it), once however often it starts.
-    """
-    reactor = MemoryReactorClock()
-    first = Session(clock=reactor)  # type: ignore[arg-type]
-    factory = first.factory
-    factory.doStart()
-    factory.doStop()
-    factory.doStart()
-    assert reactor.triggers["before"]["shutdown"] == [(factory._shuttingDown, (), {})]
-    first.login()
+    quitting.send(b"DELE 1\r\nQUIT\r\n")
+    memory.deliver("bob", M2)
+    leaving, staying = Session(factory=factory), Session(factory=factory)
     with capturedLogs() as events:
-        first.protocol.connectionLost(Failure(ConnectionDone()))
-        second = Session(factory=factory)
-        second.login()
-        for call, args, kwargs in reactor.triggers["before"]["shutdown"]:
-            call(*args, **kwargs)
-        second.protocol.connectionLost(Failure(ConnectionDone()))
+        [stopped] = reactor.shutDown()
+        assert (stopped, factory.stopping) == ([], False)
+        leaving.protocol.connectionLost(Failure(ConnectionDone()))  # its client left
+        store.fireAll()
+        quitting.protocol.connectionLost(Failure(ConnectionDone()))
+        reactor.advance(0)
+        assert (stopped, factory.stopping) == ([None], True)
+        # The reactor cuts the rest:
+        staying.protocol.connectionLost(Failure(ConnectionDone()))
     reasons = [formatEvent(e).rsplit(" reason=", 1)[1] for e in events if "session" in e]
-    assert reasons == ["disconnected", "shutdown"]
+    assert reasons == ["disconnected", "quit", "shutdown"]
+    assert (factory.updateGrace, memory.messages("alice")) == (UPDATE_GRACE, [])
+    # The trigger fired: stopping the factory now removes nothing.
+    factory.doStop()
+    assert len(reactor.shutdownTriggers) == 1
+
+
+def test_shutdownWaitBounded() -> None:
+    """
+    The wait in the shutdown ends after the factory's updateGrace.
+    """
+    reactor = _Reactor()
+    s, _, _ = _quitPendingOn(reactor)
+    s.factory.updateGrace = 3
+    s.factory.doStart()
+    [stopped] = reactor.shutDown()
+    reactor.advance(2.9)
+    assert stopped == []
+    reactor.advance(0.1)
+    assert (stopped, s.factory.updates.count) == ([None], 1)
+
+
+class _FailingHistory(MemoryHistory):
+    def retrievals(self, user: str) -> Deferred[dict[str, float]]:
+        return fail(OSError("history gone"))
+
+
+def _deleteRaising(error: Exception, synchronous: bool) -> Any:
+    class Raising(MaildropOver):
+        def deleteMessages(self, indexes: Any) -> Any:
+            if synchronous:
+                raise error
+            return fail(error)
+
+    return Raising
+
+
+#: Every way a session ends: its commands, and what it needs.
+PATHS: dict[str, dict[str, Any]] = {
+    "quit-in-authorization": {"script": [b"QUIT"], "login": False},
+    "hang-up-in-transaction": {"script": []},
+    "quit-no-deletions": {"script": [b"QUIT"]},
+    "quit-deletions": {"script": [b"DELE 1", b"QUIT"]},
+    "deletion-failed": {
+        "script": [b"DELE 1", b"QUIT"],
+        "wrap": _deleteRaising(DeletionFailed([0]), False),
+    },
+    "deletion-fault": {
+        "script": [b"DELE 1", b"QUIT"],
+        "wrap": _deleteRaising(RuntimeError("x"), False),
+    },
+    "deletion-fault-raised": {
+        "script": [b"DELE 1", b"QUIT"],
+        "wrap": _deleteRaising(RuntimeError("x"), True),
+    },
+    "expire-0": {"script": [b"RETR 1", b"QUIT"], "policy": SitePolicy(UserPolicy(None, 0))},
+    "expire-days": {"script": [b"RETR 1", b"QUIT"], "policy": SitePolicy(UserPolicy(None, 1))},
+    "expire-history-fails": {
+        "script": [b"RETR 1", b"QUIT"],
+        "policy": SitePolicy(UserPolicy(None, 1), history=_FailingHistory()),
+    },
+    "bad-commands": {"script": [b"XYZZY"] * 12},
+    "sasl-plain-quit": {"script": [b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"QUIT"], "login": False},
+}
+
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_updateCountPairs(name: str) -> None:
+    """
+    However a session ends, it is out of UPDATE and its maildrop released
+    once its connection is gone: a shutdown never waits for it in vain.
+    """
+    path = PATHS[name]
+    s = Session(**({"policy": path["policy"]} if "policy" in path else {}))
+    if "wrap" in path:
+        s.wrapMaildrops(path["wrap"])
+    s.memory.deliver("alice", b"Subject: x\r\n\r\nbody\r\n")
+    if path.get("login", True):
+        assert s.login().startswith(b"+OK Logged in")
+    for line in path["script"]:
+        s.command(line)
+    s.protocol.connectionLost(Failure(ConnectionDone()))
+    assert (s.factory.updates.count, s.protocol._maildrop) == (0, None)

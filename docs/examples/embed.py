@@ -80,11 +80,9 @@ async def main(reactor: Any, argv: list[str]) -> None:
         where = os.fsdecode(address.name)
     print(f"listening on {where}", flush=True)
 
-    # When the reactor stops (Ctrl-C, SIGTERM): stop listening, and let the
-    # sessions that sent QUIT apply their deletions and reply (for at most
-    # 10 s), as twistd popserv does; the reactor then cuts the others.
+    # When the reactor stops (Ctrl-C, SIGTERM), accept no more clients.  (The
+    # factory lets the sessions that sent QUIT finish first, by itself.)
     reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
-    reactor.addSystemEventTrigger("before", "shutdown", factory.updates.drained, 10)
 
     # Serve until the reactor stops.
     await Deferred()

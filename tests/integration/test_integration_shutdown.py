@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +113,56 @@ def test_sighupWhileStopping(start_server, maildir_root, maildir, raw_client) ->
     assert client.read_line() == b"+OK Bye, %d deleted, 0 left\r\n" % count
     assert server.process.wait(timeout=30) == -signal.SIGTERM
     assert "Main loop terminated" in server.output()
+
+
+def _tlsSession(tls_server, test_pki, implicit: bool) -> tuple[socket.socket, Any]:
+    """
+    A client logged in as alice over implicit TLS, or over STLS on the
+    plain port; its socket, and a reader of its lines.
+    """
+    context = test_pki.client_context()
+    if implicit:
+        sock = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=10),
+            server_hostname="127.0.0.1",
+        )
+        lines = sock.makefile("rb")
+    else:
+        plain = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
+        reader = plain.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        plain.sendall(b"STLS\r\n")
+        assert reader.readline().startswith(b"+OK")
+        sock = context.wrap_socket(plain, server_hostname="127.0.0.1")
+        lines = sock.makefile("rb")
+    if implicit:
+        assert lines.readline().startswith(b"+OK")
+    sock.sendall(b"USER alice\r\nPASS secret\r\n")
+    assert lines.readline().startswith(b"+OK")
+    assert lines.readline().startswith(b"+OK Logged in, 1 messages")
+    return sock, lines
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["ssl", "stls"])
+def test_tlsClientKeepsItsSocketAfterQuit(tls_server, test_pki, maildir, implicit) -> None:
+    """
+    A TLS client that reads its reply to QUIT and keeps its socket open
+    (TLS waits for its close_notify to close) does not hold the server's
+    stop: the session is out of UPDATE once its reply has left.
+    """
+    _maildirOf(maildir, 1)
+    sock, lines = _tlsSession(tls_server, test_pki, implicit)
+    sock.sendall(b"DELE 1\r\nQUIT\r\n")
+    assert lines.readline() == b"+OK Message 1 deleted\r\n"
+    assert lines.readline() == b"+OK Bye, 1 deleted, 0 left\r\n"
+    server = tls_server.server
+    before = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    took = time.monotonic() - before
+    sock.close()
+    log = server.output()
+    assert took < 5, f"the stop took {took:.1f} s"
+    assert "Stopping with" not in log and "Waiting for" not in log
+    assert re.search(r"popserv session: user=alice .* dele=1 .* reason=quit\n", log), log
+    assert os.listdir(maildir / "cur") == []

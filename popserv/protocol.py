@@ -80,6 +80,7 @@ from popserv.tls import ReloadableTLS, channelBinding
 from popserv.transaction import Transaction
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
 from popserv.turnend import writeReply
+from popserv.twistedtcp import plainTCP
 from popserv.updates import UPDATE_GRACE, SessionsInUpdate
 
 #: RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
@@ -1187,14 +1188,18 @@ class POP3Protocol(LineOnlyReceiver):
     def _replied(self) -> None:
         """
         The reply to QUIT is written, and the connection closing: the session
-        is out of UPDATE once the reply has left the server.  Not only when
-        the connection is gone: over TLS that waits for the client's
-        close_notify, which a client that keeps its socket open never sends.
+        is out of UPDATE once the reply has left the server.  On plain TCP
+        the connection closes as soon as it has, and connectionLost says so.
+        Over TLS it closes only once the client's close_notify has come,
+        which a client that keeps its socket open never sends: there, once
+        the socket has taken the reply.
         """
         socket = self._socket
-        if self._lost or socket is None:
-            # Gone (connectionLost ends it), or a transport whose buffer
-            # cannot be read (a test's): at connectionLost.
+        tcp = plainTCP(self.transport)
+        if self._lost or socket is None or (tcp is not None and not tcp.TLS):
+            # Gone, plain TCP (the PROXY header reader's too), or a
+            # transport whose buffer cannot be read (a test's): connectionLost
+            # ends it.
             return
         if not unsent(socket):
             self._updateOver()

@@ -257,3 +257,141 @@ def test_failingExpiryIsLogged() -> None:
     failures = [e for e in events if "log_failure" in e]
     assert len(failures) == 1
     assert isinstance(failures[0]["log_failure"].value, RuntimeError)
+    assert failures[0]["log_format"] == "Timeout handler failed"
+
+
+def test_cancelledStayQueuedUntilDue() -> None:
+    """
+    A cancelled timeout stays queued until the time it was queued for,
+    when the reactor call drops it; a reactor call takes only the timeouts
+    due.  Cancelling the last live one after that still leaves nothing
+    scheduled.
+    """
+    clock, timeouts, expired = make()
+    a = timeouts.start(10, lambda: expired.append("a"))
+    b = timeouts.start(20, lambda: expired.append("b"))
+    c = timeouts.start(30, lambda: expired.append("c"))
+    a.cancel()
+    c.cancel()
+    assert len(timeouts) == 3
+    clock.advance(10)
+    assert len(timeouts) == 2
+    b.cancel()
+    assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+    clock.advance(30)
+    assert expired == []
+
+
+def test_expiryCancelsOthersDueWithIt() -> None:
+    """
+    An expiry that cancels timeouts taken by the same (late) reactor call,
+    one of them restarted since it was queued, stops them: neither expires,
+    nothing fails, and nothing stays scheduled.
+    """
+    clock, timeouts, expired = make()
+    events: list[LogEvent] = []
+
+    def first() -> None:
+        expired.append("first")
+        restarted.cancel()
+        due.cancel()
+
+    timeouts.start(9, first)
+    restarted = timeouts.start(10, lambda: expired.append("restarted"))
+    due = timeouts.start(10, lambda: expired.append("due"))
+    clock.advance(5)
+    restarted.restart()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock.advance(5)  # the call for 9 runs at 10, and takes all three
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert expired == ["first"]
+    assert [e for e in events if "log_failure" in e] == []
+    assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+
+
+def test_subSecondTimeoutBringsTheCallForward() -> None:
+    """
+    A timeout of less than a second, started while a longer one waits,
+    brings the reactor call forward to its own deadline.
+    """
+    clock, timeouts, expired = make()
+    timeouts.start(600, lambda: expired.append("long"))
+    timeouts.start(0.5, lambda: expired.append("short"))
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [0.5]
+    clock.advance(0.5)
+    assert expired == ["short"]
+
+
+def test_rebuiltPastSixtyFourCancelled() -> None:
+    """
+    Cancelled timeouts stay queued until more than 64 of them are, and
+    more than half the queue: then they all leave it at once.  Cancelling
+    the last live one afterwards leaves nothing scheduled.
+    """
+    clock, timeouts, expired = make()
+    live = timeouts.start(600, lambda: expired.append("live"))
+    gone = [timeouts.start(600, lambda: expired.append("gone")) for _ in range(65)]
+    for timeout in gone[:64]:
+        timeout.cancel()
+    assert len(timeouts) == 66
+    gone[64].cancel()
+    assert len(timeouts) == 1
+    live.cancel()
+    assert clock.getDelayedCalls() == [] and len(timeouts) == 0
+    clock.advance(600)
+    assert expired == []
+
+
+def test_rebuiltWhenMoreThanHalfCancelled() -> None:
+    """
+    Cancelled timeouts that are half the queue stay in it; one more, and
+    they leave it.
+    """
+    clock, timeouts, expired = make()
+    live = [timeouts.start(600, lambda: expired.append("live")) for _ in range(100)]
+    for _ in range(100):
+        timeouts.start(600, lambda: expired.append("gone")).cancel()
+    assert len(timeouts) == 200
+    timeouts.start(600, lambda: expired.append("gone")).cancel()
+    assert len(timeouts) == len(live)
+    clock.advance(600)
+    assert expired == ["live"] * 100
+
+
+def test_rebuiltQueueKeepsDeadlines() -> None:
+    """
+    Once cancelled timeouts have left the queue, the live ones still
+    expire each exactly at its deadline.
+    """
+    rng = random.Random(7)
+    clock, timeouts, expired = make()
+    deadlines = {}
+    cancelled = []
+    for i in range(300):
+        name = f"t{i}"
+        timeout = timeouts.start(rng.randrange(1, 600), lambda name=name: expired.append(name))
+        if rng.random() < 0.7:
+            cancelled.append(timeout)
+        else:
+            deadlines[name] = timeout.deadline
+    for timeout in cancelled:
+        timeout.cancel()
+    assert len(timeouts) < 300
+    for deadline in sorted(set(deadlines.values())):
+        before = len(expired)
+        clock.advance(deadline - clock.seconds())
+        due = {name for name, d in deadlines.items() if d == deadline}
+        assert set(expired[before:]) == due
+    assert sorted(expired) == sorted(deadlines)
+
+
+def test_timeoutHasNoInstanceDict() -> None:
+    """
+    A Timeout keeps its attributes in slots, not a dict: every idle
+    session holds one.
+    """
+    _, timeouts, expired = make()
+    timeout = timeouts.start(10, lambda: expired.append("a"))
+    assert not hasattr(timeout, "__dict__")

@@ -6,6 +6,7 @@ schemes, and the C{passwd-file:} checker.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -20,6 +21,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger, capturedLogs, formatEvent
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from popserv import passwdfile
@@ -39,7 +41,7 @@ from popserv.passwdfile import (
     verifyPassword,
 )
 from popserv.sasl import CramMD5Credentials
-from popserv.scram import IScramKeySource
+from popserv.scram import IScramKeySource, IScramSHA256Credentials
 from popserv.tap import Options, makeService
 
 # Known answers for the password "test", from Dovecot's own test suite
@@ -67,6 +69,10 @@ SHA_CRYPT_VECTORS = {
 }
 
 
+# Base64 of keys of 31, 32 and 33 octets: a SCRAM-SHA-256 key has 32.
+KEY31, KEY32, KEY33 = (base64.b64encode(bytes(n)).decode() for n in (31, 32, 33))
+
+
 def writeUsers(path: Path, *lines: str) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
@@ -77,6 +83,21 @@ def checkerFor(path: Path, clock: FakeTime | None = None) -> PasswdFileChecker:
 
 def login(checker: PasswdFileChecker, credentials: Any) -> Any:
     return result(checker.requestAvatarId(credentials))
+
+
+def scramEntriesParsed(monkeypatch: Any) -> list[str]:
+    """
+    The SCRAM-SHA-256 values passwdfile parses (parseScram), one per call.
+    """
+    parsed: list[str] = []
+    real = passwdfile.parseScram
+
+    def spy(stored: str) -> Any:
+        parsed.append(stored)
+        return real(stored)
+
+    monkeypatch.setattr(passwdfile, "parseScram", spy)
+    return parsed
 
 
 class TestSchemes:
@@ -137,6 +158,53 @@ class TestSchemes:
         assert splitScheme(stored) == ("BLF-CRYPT", stored)
         assert verifyPassword("BLF-CRYPT", stored, "x")
 
+    def test_blfCryptReadsSeventyTwoOctets(self) -> None:
+        """
+        BLF-CRYPT reads the first 72 octets of a password, as crypt does,
+        when it hashes and when it verifies: what follows them does not
+        count, and one octet fewer is another password.
+        """
+        import bcrypt
+
+        stored = bcrypt.hashpw(b"x" * 72, bcrypt.gensalt(4)).decode()
+        assert verifyPassword("BLF-CRYPT", stored, b"x" * 72 + b"tail")
+        assert not verifyPassword("BLF-CRYPT", stored, b"x" * 71)
+        scheme, stored = splitScheme(hashPassword(b"y" * 80, "BLF-CRYPT"))
+        assert verifyPassword(scheme, stored, b"y" * 72)
+        assert not verifyPassword(scheme, stored, b"y" * 71)
+
+    def test_scramAsPopservMakesIt(self) -> None:
+        """
+        New SCRAM-SHA-256 entries have 4096 iterations and 16 octets of
+        salt, as Dovecot's.
+        """
+        iterations, salt, _, _ = passwdfile.parseScram(
+            splitScheme(hashPassword("x", "SCRAM-SHA-256"))[1]
+        )
+        assert (iterations, len(salt)) == (4096, 16)
+
+    def test_scramSASLprep(self) -> None:
+        """
+        A SCRAM-SHA-256 entry popserv made from a password that SASLprep
+        changes (a no-break space becomes a space, RFC 4013 section 2.1)
+        verifies that password sent in clear; so does one Dovecot made
+        from the password as it is.
+        """
+        from popserv.scram import scramKeys
+
+        password = "I\u00a0X"
+        scheme, stored = splitScheme(hashPassword(password, "SCRAM-SHA-256"))
+        assert verifyPassword(scheme, stored, password)
+        assert not verifyPassword(scheme, stored, "I\u00a0Y")
+        salt = b"0123456789abcdef"
+        asIs = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 4096)
+        storedKey = hashlib.sha256(hmac.new(asIs, b"Client Key", "sha256").digest()).digest()
+        dovecot = ",".join(
+            ["4096"] + [base64.b64encode(v).decode() for v in (salt, storedKey, bytes(32))]
+        )
+        assert storedKey != scramKeys(password, salt, 4096)[0]
+        assert verifyPassword("SCRAM-SHA-256", dovecot, password)
+
     def test_ssha512Layout(self) -> None:
         """
         SSHA512 is base64(SHA-512(password + salt) + salt), checked here
@@ -181,6 +249,12 @@ class TestSchemes:
             ("{SSHA512}!!!", "malformed SSHA512 hash"),
             ("{SCRAM-SHA-256}1000,c2FsdA==,AA==,AA==", "iteration count below 4096"),
             ("{SCRAM-SHA-256}4096,c2FsdA==", "needs four fields"),
+            (f"{{SCRAM-SHA-256}}many,c2FsdA==,{KEY32},{KEY32}", "malformed SCRAM-SHA-256 entry"),
+            (f"{{SCRAM-SHA-256}}4095,c2FsdA==,{KEY32},{KEY32}", "iteration count below 4096"),
+            (f"{{SCRAM-SHA-256}}4096,,{KEY32},{KEY32}", "wrong key or salt length"),
+            (f"{{SCRAM-SHA-256}}4096,c2FsdA==,{KEY31},{KEY32}", "wrong key or salt length"),
+            (f"{{SCRAM-SHA-256}}4096,c2FsdA==,{KEY32},{KEY33}", "wrong key or salt length"),
+            ("{SSHA512}" + base64.b64encode(bytes(64)).decode(), "SSHA512 hash without salt"),
             ("{CRAM-MD5}abcd", "needs 64 hex digits"),
             ("//EsnG9FLTKjo", "unsupported CRYPT hash"),
             ("{PLAIN", "unterminated {SCHEME}"),
@@ -205,12 +279,32 @@ class TestSchemes:
         stored = DOVECOT_VECTORS["BLF-CRYPT"].removeprefix("{BLF-CRYPT}")
         assert splitScheme("{BCRYPT}" + stored) == ("BLF-CRYPT", stored)
 
+    def test_bareArgon2id(self) -> None:
+        """
+        A bare $argon2id$ string is a CRYPT password holding an ARGON2ID
+        hash.
+        """
+        stored = DOVECOT_VECTORS["ARGON2ID"].removeprefix("{ARGON2ID}")
+        assert splitScheme(stored) == ("ARGON2ID", stored)
+        assert verifyPassword("ARGON2ID", stored, "test")
+
+    def test_hashPasswordTakesAliases(self) -> None:
+        """
+        hashPassword takes the same other names, in any case, and writes
+        the canonical one.
+        """
+        assert hashPassword("x", "clear") == "{PLAIN}x"
+        assert hashPassword("x", "Cleartext") == "{PLAIN}x"
+        assert hashPassword("x", "plain") == "{PLAIN}x"
+        assert hashPassword("x", "bcrypt").startswith("{BLF-CRYPT}$2y$12$")
+
     def test_plainRefusesSeparators(self) -> None:
         """
         A PLAIN password with ':' or a line end cannot be stored.
         """
-        with pytest.raises(ValueError, match="cannot contain"):
-            hashPassword("a:b", "PLAIN")
+        for password in ("a:b", "a\nb", "a\rb"):
+            with pytest.raises(ValueError, match="cannot contain"):
+                hashPassword(password, "PLAIN")
 
 
 class TestParsing:
@@ -241,8 +335,39 @@ class TestParsing:
         entries, problems = parsePasswdFile(data)
         assert sorted(entries) == [b"alice"]
         assert entries[b"alice"].stored == "a"
-        assert [n for n, _ in problems] == [2, 3, 4, 5, 6]
-        assert "line 1" in problems[-1][1]
+        assert problems == [
+            (2, "no user name"),
+            (3, "no password field"),
+            (4, "empty password field"),
+            (5, "unsupported scheme MD5"),
+            (6, "user already on line 1, this one ignored"),
+        ]
+
+    def test_noUserName(self) -> None:
+        """
+        A line with a usable password and no user name is refused: no user
+        logs in with an empty name.
+        """
+        assert parsePasswdFile(b":{PLAIN}pw\n") == ({}, [(1, "no user name")])
+
+    def test_passwordNotUTF8(self) -> None:
+        """
+        A password field that is not UTF-8 is a broken line, reported and
+        skipped; the next line is read.
+        """
+        assert parsePasswdFile(b"alice:{PLAIN}\xff\nbob:{PLAIN}pw\n") == (
+            {b"bob": passwdfile.PasswdEntry(b"bob", "PLAIN", "pw", 2)},
+            [(1, "password field is not UTF-8")],
+        )
+
+    def test_entriesAreFrozen(self) -> None:
+        """
+        An entry cannot be changed once read.
+        """
+        entry = parseLine(b"alice:{PLAIN}pw", 1)
+        assert entry is not None
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            entry.stored = "other"  # type: ignore[misc]
 
     def test_reprHidesHash(self) -> None:
         """
@@ -360,6 +485,109 @@ class TestChecker:
         with pytest.raises(UnauthorizedLogin):
             login(checker, Spy(challenge, b"mallory", b"0" * 32))
         assert len(checked) == 1
+
+    def test_scramProofCheckedOnceWhateverTheUser(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """
+        A SCRAM proof of a user the file cannot check (unknown, or stored
+        in ARGON2ID) costs what a SCRAM-SHA-256 user's does: an entry
+        parsed and the proof checked once (against dummy keys); then the
+        login fails.
+        """
+        writeUsers(
+            tmp_path / "users",
+            "alice:" + DOVECOT_VECTORS["ARGON2ID"],
+            "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
+        )
+        checker = checkerFor(tmp_path / "users")
+        parsed = scramEntriesParsed(monkeypatch)
+
+        @implementer(IScramSHA256Credentials)
+        class Proof:
+            salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+            iterations = 4096
+
+            def __init__(self, username: bytes) -> None:
+                self.username = username
+                self.checked: list[tuple[bytes, bytes]] = []
+
+            def verify(self, storedKey: bytes, serverKey: bytes) -> bool:
+                self.checked.append((storedKey, serverKey))
+                return False
+
+        for name in [b"bob", b"alice", b"mallory"]:
+            del parsed[:]
+            proof = Proof(name)
+            with pytest.raises(UnauthorizedLogin):
+                login(checker, proof)
+            assert (len(parsed), len(proof.checked)) == (1, 1), name
+            assert [len(key) for key in proof.checked[0]] == [32, 32]
+
+    def test_scramProofWithOtherParametersRefused(self, tmp_path: Path) -> None:
+        """
+        A SCRAM proof made with another salt or iteration count than the
+        user's entry holds (the file changed between the key lookup and
+        the proof) is refused without being checked against the keys.
+        """
+        writeUsers(tmp_path / "users", "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"])
+        checker = checkerFor(tmp_path / "users")
+        salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+
+        @implementer(IScramSHA256Credentials)
+        class Proof:
+            username = b"bob"
+
+            def __init__(self, salt: bytes, iterations: int) -> None:
+                self.salt, self.iterations = salt, iterations
+                self.checked = 0
+
+            def verify(self, storedKey: bytes, serverKey: bytes) -> bool:
+                self.checked += 1
+                return True
+
+        assert login(checker, Proof(salt, 4096)) == b"bob"
+        for proof in [Proof(salt[:-1] + b"?", 4096), Proof(salt, 4097)]:
+            with pytest.raises(UnauthorizedLogin):
+                login(checker, proof)
+            assert proof.checked == 0
+
+    def test_plaintextScramSpendsAStoredKeyCheck(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """
+        In a file mostly of SCRAM-SHA-256 users, a SCRAM proof in plaintext
+        mode of a user the file cannot check costs what a check against
+        stored keys does: an entry parsed and the proof checked once
+        against dummy keys, with no PBKDF2 run (checkPassword).
+        """
+        writeUsers(
+            tmp_path / "users",
+            "alice:" + DOVECOT_VECTORS["ARGON2ID"],
+            "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
+        )
+        checker = checkerFor(tmp_path / "users")
+        parsed = scramEntriesParsed(monkeypatch)
+
+        @implementer(IUsernameHashedPassword)
+        class PlaintextProof:
+            expensive = True
+
+            def __init__(self, username: bytes) -> None:
+                self.username = username
+                self.checked: list[Any] = []
+                self.spent: list[Any] = []
+
+            def checkPassword(self, password: Any) -> bool:
+                self.checked.append(password)
+                return False
+
+            def spendCheck(self, keys: Any = None) -> None:
+                self.spent.append(keys)
+
+        for name in [b"alice", b"mallory"]:
+            del parsed[:]
+            proof = PlaintextProof(name)
+            with pytest.raises(UnauthorizedLogin):
+                login(checker, proof)
+            assert (len(parsed), proof.checked) == (1, []), name
+            assert [[len(key) for key in keys] for keys in proof.spent] == [[32, 32]]
 
     def test_cramMD5FromContext(self, tmp_path: Path) -> None:
         """
@@ -610,6 +838,24 @@ class TestOverPOP3:
             replies = authenticate(lambda line, s=session: s.command(line)[:-2], client)
             assert replies[-1] == b"-ERR [AUTH] Authentication failed"
             assert len(runs) == pbkdf2Runs, name
+
+    def test_scramUnknownUserCostsAPBKDF2RunOnATie(
+        self, tmp_path: Path, scramKeyRuns: list[bytes]
+    ) -> None:
+        """
+        With as many users stored in PLAIN as in SCRAM-SHA-256, a SCRAM
+        login of an unknown user costs a PBKDF2 run, as a PLAIN user's
+        does (two HMACs only when more users are stored in SCRAM-SHA-256).
+        """
+        s = self.session(tmp_path, "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"], "carol:{PLAIN}test")
+        chain = s.portal.checkers[IUsernamePassword]
+        for name in ["mallory", "carol"]:
+            del scramKeyRuns[:]
+            session = Session(checkers=[chain])
+            client = ScramClient(name, "wrong")
+            replies = authenticate(lambda line, s=session: s.command(line)[:-2], client)
+            assert replies[-1] == b"-ERR [AUTH] Authentication failed"
+            assert len(scramKeyRuns) == 1, name
 
     def test_apopForPlainUsers(self, tmp_path: Path) -> None:
         """

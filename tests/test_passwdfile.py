@@ -244,6 +244,7 @@ class TestSchemes:
         [
             ("{MD5}abc", "unsupported scheme MD5"),
             ("{SHA512-CRYPT}$6$broken", "malformed SHA512-CRYPT hash"),
+            ("{SHA512-CRYPT}" + SHA_CRYPT_VECTORS["SHA256-CRYPT"], "malformed SHA512-CRYPT hash"),
             ("{ARGON2ID}$argon2id$nope", "malformed ARGON2ID hash"),
             ("{BLF-CRYPT}$2y$05$short", "malformed BLF-CRYPT hash"),
             ("{SSHA512}!!!", "malformed SSHA512 hash"),
@@ -592,9 +593,13 @@ class TestChecker:
     def test_cramMD5FromContext(self, tmp_path: Path) -> None:
         """
         A user stored as a CRAM-MD5 context logs in with CRAM-MD5, and not
-        with APOP.
+        with APOP; a user stored in another hash scheme fails CRAM-MD5.
         """
-        writeUsers(tmp_path / "users", "alice:" + DOVECOT_VECTORS["CRAM-MD5"])
+        writeUsers(
+            tmp_path / "users",
+            "alice:" + DOVECOT_VECTORS["CRAM-MD5"],
+            "bob:" + DOVECOT_VECTORS["BLF-CRYPT"],
+        )
         checker = checkerFor(tmp_path / "users")
         challenge = b"<5.6@popserv>"
         digest = hmac.new(b"test", challenge, "md5").hexdigest().encode()
@@ -604,6 +609,8 @@ class TestChecker:
         apop = hashlib.md5(challenge + b"test").hexdigest().encode()
         with pytest.raises(UnauthorizedLogin):
             login(checker, APOPCredentials(challenge, b"alice", apop))
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, CramMD5Credentials(challenge, b"bob", digest))
 
     def test_scramParameters(self, tmp_path: Path) -> None:
         """
@@ -633,13 +640,18 @@ class TestChecker:
         assert list(checker.users) == [b"alice"]
         (event,) = events
         assert event["line"] == 2
+        assert formatEvent(event) == (
+            f"passwd-file {tmp_path / 'users'}, line 2: malformed SSHA512 hash; skipped"
+        )
         assert "s3cr3t" not in repr(event)
 
-    def test_reloadsOnChange(self, tmp_path: Path) -> None:
+    def test_reloadsOnChange(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
         A changed file is read again once a second has passed since the
-        last look, not before.
+        last look, not before, and the number of users read is logged.
         """
+        events: list[dict[str, Any]] = []
+        monkeypatch.setattr(PasswdFileChecker, "_log", Logger(observer=events.append))
         path = tmp_path / "users"
         writeUsers(path, "alice:{PLAIN}test")
         clock = FakeTime(1000.0)
@@ -650,6 +662,9 @@ class TestChecker:
             login(checker, UsernamePassword(b"bob", b"new"))
         clock.now += 0.5
         assert login(checker, UsernamePassword(b"bob", b"new")) == b"bob"
+        assert [(e["log_level"].name, formatEvent(e)) for e in events] == [
+            ("info", f"passwd-file {path}: read 2 users")
+        ]
 
     def test_unchangedFileNotReread(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
@@ -688,7 +703,10 @@ class TestChecker:
         assert login(checker, UsernamePassword(b"alice", b"test")) == b"alice"
         (event,) = events
         assert event["log_level"].name == "error"
-        assert "cannot read" in event["log_format"]
+        assert formatEvent(event) == (
+            f"passwd-file {path}: cannot read it (No such file or directory);"
+            " keeping the users read before"
+        )
 
     def test_missingAtStart(self, tmp_path: Path) -> None:
         """

@@ -628,6 +628,20 @@ class TestChecker:
         assert result(checker.scramParameters(b"bob")) is None
         assert result(checker.scramParameters(b"mallory")) is None
 
+    def test_scramParametersSeeChanges(self, tmp_path: Path) -> None:
+        """
+        The SCRAM parameters come from the file as it is now: a user added
+        since it was read gets the salt and iterations of the new entry.
+        """
+        path = tmp_path / "users"
+        writeUsers(path, "bob:{PLAIN}test")
+        clock = FakeTime(1000.0)
+        checker = checkerFor(path, clock)
+        writeUsers(path, "bob:{PLAIN}test", "alice:" + DOVECOT_VECTORS["SCRAM-SHA-256"])
+        clock.now += 1
+        salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+        assert result(checker.scramParameters(b"alice")) == (salt, 4096)
+
     def test_brokenLinesLogged(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
         A broken line is logged with its number, never its hash, and

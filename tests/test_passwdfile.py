@@ -379,6 +379,33 @@ class TestParsing:
         assert "sekrit" not in repr(entry)
 
 
+#: The salt of the SCRAM-SHA-256 entry of DOVECOT_VECTORS.
+_VECTOR_SALT = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+
+
+@implementer(IScramSHA256Credentials)
+class _RecordingProof:
+    """
+    A client's SCRAM-SHA-256 proof, made with C{salt} and C{iterations}:
+    it records the keys it is checked against, and answers C{accept}.
+    """
+
+    def __init__(
+        self,
+        username: bytes,
+        salt: bytes = _VECTOR_SALT,
+        iterations: int = 4096,
+        accept: bool = False,
+    ) -> None:
+        self.username = username
+        self.salt, self.iterations, self.accept = salt, iterations, accept
+        self.checked: list[tuple[bytes, bytes]] = []
+
+    def verify(self, storedKey: bytes, serverKey: bytes) -> bool:
+        self.checked.append((storedKey, serverKey))
+        return self.accept
+
+
 class TestChecker:
     def test_interfaces(self, tmp_path: Path) -> None:
         """
@@ -501,23 +528,9 @@ class TestChecker:
         )
         checker = checkerFor(tmp_path / "users")
         parsed = scramEntriesParsed(monkeypatch)
-
-        @implementer(IScramSHA256Credentials)
-        class Proof:
-            salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
-            iterations = 4096
-
-            def __init__(self, username: bytes) -> None:
-                self.username = username
-                self.checked: list[tuple[bytes, bytes]] = []
-
-            def verify(self, storedKey: bytes, serverKey: bytes) -> bool:
-                self.checked.append((storedKey, serverKey))
-                return False
-
         for name in [b"bob", b"alice", b"mallory"]:
             del parsed[:]
-            proof = Proof(name)
+            proof = _RecordingProof(name)
             with pytest.raises(UnauthorizedLogin):
                 login(checker, proof)
             assert (len(parsed), len(proof.checked)) == (1, 1), name
@@ -531,25 +544,15 @@ class TestChecker:
         """
         writeUsers(tmp_path / "users", "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"])
         checker = checkerFor(tmp_path / "users")
-        salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
-
-        @implementer(IScramSHA256Credentials)
-        class Proof:
-            username = b"bob"
-
-            def __init__(self, salt: bytes, iterations: int) -> None:
-                self.salt, self.iterations = salt, iterations
-                self.checked = 0
-
-            def verify(self, storedKey: bytes, serverKey: bytes) -> bool:
-                self.checked += 1
-                return True
-
-        assert login(checker, Proof(salt, 4096)) == b"bob"
-        for proof in [Proof(salt[:-1] + b"?", 4096), Proof(salt, 4097)]:
+        salt = _VECTOR_SALT
+        assert login(checker, _RecordingProof(b"bob", accept=True)) == b"bob"
+        for proof in [
+            _RecordingProof(b"bob", salt[:-1] + b"?", accept=True),
+            _RecordingProof(b"bob", iterations=4097, accept=True),
+        ]:
             with pytest.raises(UnauthorizedLogin):
                 login(checker, proof)
-            assert proof.checked == 0
+            assert proof.checked == []
 
     def test_plaintextScramSpendsAStoredKeyCheck(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
@@ -623,7 +626,7 @@ class TestChecker:
             "bob:{PLAIN}test",
         )
         checker = checkerFor(tmp_path / "users")
-        salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+        salt = _VECTOR_SALT
         assert result(checker.scramParameters(b"alice")) == (salt, 4096)
         assert result(checker.scramParameters(b"bob")) is None
         assert result(checker.scramParameters(b"mallory")) is None
@@ -639,7 +642,7 @@ class TestChecker:
         checker = checkerFor(path, clock)
         writeUsers(path, "bob:{PLAIN}test", "alice:" + DOVECOT_VECTORS["SCRAM-SHA-256"])
         clock.now += 1
-        salt = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
+        salt = _VECTOR_SALT
         assert result(checker.scramParameters(b"alice")) == (salt, 4096)
 
     def test_brokenLinesLogged(self, tmp_path: Path, monkeypatch: Any) -> None:
@@ -816,7 +819,7 @@ class TestOverPOP3:
         client = ScramClient("alice", "test")
         replies = authenticate(lambda line: s.command(line)[:-2], client)
         assert (client.salt, client.iterations) == (
-            base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ=="),
+            _VECTOR_SALT,
             4096,
         )
         assert len(replies) == 3 and replies[2].startswith(b"+OK Logged in")

@@ -161,7 +161,8 @@ class POP3Protocol(LineOnlyReceiver):
     #: first RETR.
     _retrieved: set[int] | None
     _deleting: Deferred[None] | None
-    #: Counted in the factory's L{SessionsInUpdate}, until the session ends.
+    #: Counted in the factory's L{SessionsInUpdate}: from QUIT until the
+    #: reply has left (L{_replied}) or the connection is gone.
     _updating: bool
     utf8: bool
     _readingPaused = False
@@ -1150,8 +1151,8 @@ class POP3Protocol(LineOnlyReceiver):
             return None
         txn = self._txn()
         self.state = State.UPDATE
-        # Until the session has ended, a server that stops waits for it
-        # (popserv.updates): its reply says what was removed.
+        # Until its reply has left, a server that stops waits for it
+        # (popserv.updates): the reply says what was removed.
         self._updating = True
         self.factory.updates.begin()
         self._queue.clear()

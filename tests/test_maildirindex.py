@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from popserv.maildirindex import (
     numbers,
     parse,
     removeLeftover,
+    sizeLimit,
 )
 
 LIMIT = 1 << 20
@@ -407,15 +410,16 @@ def test_appendRefusedWhenFileChanged(tmp_path: Path) -> None:
 
 def test_fragmented(tmp_path: Path) -> None:
     """
-    An index with many blocks is worth rewriting.
+    An index with many blocks is worth rewriting: 32 blocks and stamps, and
+    not 31.
     """
     index, _ = load(tmp_path)
     index.rewrite(SAMPLE)
-    for _ in range(maildirindex._MAX_BLOCKS - 2):
+    for _ in range(30):
         index.append(records(("9.z", 1, 1, 1)))
-    assert not index.fragmented
+    assert index.blocks == 31 and not index.fragmented
     index.append(records(("9.z", 1, 1, 1)))
-    assert index.fragmented
+    assert index.blocks == 32 and index.fragmented
 
 
 def test_lookupInOrder() -> None:
@@ -850,3 +854,100 @@ def test_cacheBounded(tmp_path: Path) -> None:
     assert list(cache._entries) == [
         str(m / INDEX_NAME) for m in (maildirs[2], maildirs[0], maildirs[3])
     ]
+
+
+def test_fileFormat(tmp_path: Path) -> None:
+    """
+    The index is the file popserv.index in the Maildir, octet for octet as
+    the module docstring describes it: the header line, a block (its
+    count, the length of its names and the CRC-32 of names and numbers;
+    the names NUL-separated; the three columns of little-endian 64-bit
+    numbers) and a stamp line.  Any change would make every index written
+    before an upgrade unreadable, and every message be read again.
+    """
+    index = MaildirIndex(str(tmp_path))
+    assert index.rewrite(records(("1.a", 1, 2, 3), ("2.bc", 2**64 - 2, 0, 7)), (5, -1))
+    names = b"1.a\x002.bc"
+    columns = struct.pack("<6Q", 1, 2**64 - 2, 2, 0, 3, 7)
+    crc = zlib.crc32(names + columns)
+    stamp = b"stamp 5 -1"
+    assert os.listdir(tmp_path) == ["popserv.index"]
+    assert (tmp_path / "popserv.index").read_bytes() == (
+        b"popserv-maildir-index 6\n"
+        + b"block 2 8 %08x\n" % crc
+        + names
+        + columns
+        + stamp
+        + b" %08x\n" % zlib.crc32(stamp)
+    )
+
+
+def test_temporaryFileName(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A rewrite writes popserv.index.tmp in the Maildir and renames it: a
+    file of that name is what L{removeLeftover} removes, and nothing else.
+    """
+    renamed: list[tuple[str, str]] = []
+    realRename = os.rename
+
+    def rename(source: str, destination: str) -> None:
+        renamed.append((source, destination))
+        realRename(source, destination)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "rename", rename)
+        assert MaildirIndex(str(tmp_path)).rewrite(SAMPLE)
+    assert renamed == [
+        (str(tmp_path / "popserv.index.tmp"), str(tmp_path / "popserv.index")),
+    ]
+    (tmp_path / "popserv.index.tmp").write_bytes(b"leftover")
+    (tmp_path / "popserv.index.tm").write_bytes(b"someone else's")
+    removeLeftover(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["popserv.index", "popserv.index.tm"]
+
+
+def test_sizeLimit() -> None:
+    """
+    An index is read when it is at most 4 MiB, plus 1 KiB for each message
+    listed.
+    """
+    assert sizeLimit(0) == 4 * 1024 * 1024
+    assert sizeLimit(3) == 4 * 1024 * 1024 + 3 * 1024
+
+
+def test_headerLineWithoutEnd() -> None:
+    """
+    A block header that does not end within 64 octets is damaged, even
+    when what follows it would read as a header: the parse ends where that
+    block starts, with the blocks before it.
+    """
+    start = len(MAGIC) + len(encodeBlock(SAMPLE))
+    parsed = parse(MAGIC + encodeBlock(SAMPLE) + b"block 0 0 00000000 ")
+    assert parsed.problem == f"a damaged block header at offset {start}"
+    assert (parsed.end, parsed.blocks) == (start, 1)
+    assert rows(parsed.records) == rows(SAMPLE)
+
+
+@pytest.mark.parametrize(("count", "names"), [(1, b"1.a\0" + b"2.b"), (2, b"1.a"), (0, b"1.a")])
+def test_wrongNumberOfNames(count: int, names: bytes) -> None:
+    """
+    A block whose names are not as many as its header says (a file someone
+    else wrote, with a good checksum) is not used: its names would be
+    paired with other names' numbers.
+    """
+    columns = struct.pack(f"<{3 * count}Q", *range(1, 3 * count + 1))
+    crc = zlib.crc32(names + columns)
+    block = b"block %d %d %08x\n" % (count, len(names), crc) + names + columns
+    start = len(MAGIC) + len(encodeBlock(SAMPLE))
+    parsed = parse(MAGIC + encodeBlock(SAMPLE) + block)
+    assert parsed.problem == f"a block with the wrong number of names at offset {start}"
+    assert rows(parsed.records) == rows(SAMPLE)
+
+
+def test_indexHasNoDictionary(tmp_path: Path) -> None:
+    """
+    An index keeps its few attributes in slots, not in a dictionary of its
+    own: every logged-in session holds one.
+    """
+    index, _ = load(tmp_path)
+    assert not hasattr(index, "__dict__")

@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -951,3 +952,45 @@ def test_indexHasNoDictionary(tmp_path: Path) -> None:
     """
     index, _ = load(tmp_path)
     assert not hasattr(index, "__dict__")
+
+
+def test_forgettingRecordFormat(tmp_path: Path) -> None:
+    """
+    A record that forgets a name has a disk size of all ones (2**64 - 1),
+    as indexes written before an upgrade have it; one less is a size.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2**64 - 2)))
+    before = (tmp_path / INDEX_NAME).read_bytes()
+    index.forget(["1.a"])
+    names = b"1.a"
+    columns = struct.pack("<3Q", 0, 0, 2**64 - 1)
+    forgetting = b"block 1 3 %08x\n" % zlib.crc32(names + columns) + names + columns
+    assert (tmp_path / INDEX_NAME).read_bytes() == before + forgetting
+    known, missing, _ = lookup(load(tmp_path)[1], ["1.a", "2.b"])
+    assert missing == [0]
+    assert rows(known) == [("1.a", 0, 0, 2**64 - 1), ("2.b", 2, 2, 2**64 - 2)]
+
+
+def test_appendToFIFODoesNotWait(tmp_path: Path) -> None:
+    """
+    An index replaced by a FIFO since it was loaded is not appended to,
+    and appending does not wait for a reader of the FIFO (the Maildir's
+    lock is held meanwhile).
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    path = tmp_path / INDEX_NAME
+    path.unlink()
+    os.mkfifo(path)
+    appended: list[bool] = []
+    writer = threading.Thread(target=lambda: appended.append(index.append(SAMPLE)))
+    with capturedLogs():
+        writer.start()
+        writer.join(10)
+        waited = writer.is_alive()
+        if waited:  # let it go
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            writer.join()
+    assert not waited and appended == [False]
+    assert not index.appendable

@@ -100,6 +100,7 @@ def test_rewriteThenLoad(tmp_path: Path) -> None:
     """
     index, found = load(tmp_path)
     assert index.missing and not index.appendable and found.names == []
+    assert (index.blocks, index.stamp) == (0, None)
     assert index.rewrite(SAMPLE)
     index, found = load(tmp_path)
     assert not index.missing and index.appendable
@@ -994,3 +995,28 @@ def test_appendToFIFODoesNotWait(tmp_path: Path) -> None:
             writer.join()
     assert not waited and appended == [False]
     assert not index.appendable
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"block 0 -1 00000000\n",
+        b"block 0 +0 00000000\n",
+        b"block +0 0 00000000\n",
+        b"block 0 0 000000000\n",
+        b"block 0 0 0000000\n",
+        b"block 0 0 \n",
+        b"blocks 0 0 00000000\n",
+        b"block 0 0 00000000 0\n",
+    ],
+)
+def test_blockHeaderChecked(header: bytes) -> None:
+    """
+    A block header of other than "block", two unsigned decimals and eight
+    hex digits is damaged, even when the numbers in it would make a good
+    empty block (a sign, a CRC of nine digits or seven): the parse ends
+    there, and does not raise.
+    """
+    parsed = parse(MAGIC + header + encodeBlock(SAMPLE))
+    assert parsed.problem == f"a damaged block header at offset {len(MAGIC)}"
+    assert (parsed.end, parsed.blocks, parsed.records.names) == (len(MAGIC), 0, [])

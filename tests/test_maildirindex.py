@@ -448,6 +448,7 @@ def test_stampRoundTrip(tmp_path: Path) -> None:
     """
     index, _ = load(tmp_path)
     assert index.rewrite(SAMPLE, STAMP)
+    assert (index.stamp, index.blocks) == (STAMP, 2)
     index, found = load(tmp_path)
     assert index.stamp == STAMP and rows(found) == rows(SAMPLE)
     assert (len(found.names), index.blocks) == (4, 2) and index.appendable
@@ -1020,3 +1021,28 @@ def test_blockHeaderChecked(header: bytes) -> None:
     parsed = parse(MAGIC + header + encodeBlock(SAMPLE))
     assert parsed.problem == f"a damaged block header at offset {len(MAGIC)}"
     assert (parsed.end, parsed.blocks, parsed.records.names) == (len(MAGIC), 0, [])
+
+
+def test_nothingToForget(tmp_path: Path) -> None:
+    """
+    Forgetting no names writes nothing: a stamp at the end of the file
+    still counts.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE, STAMP)
+    before = (tmp_path / INDEX_NAME).read_bytes()
+    index.forget([])
+    assert (tmp_path / INDEX_NAME).read_bytes() == before
+    assert index.stamp == STAMP and load(tmp_path)[0].stamp == STAMP
+
+
+def test_appendToMissingIndex(tmp_path: Path) -> None:
+    """
+    An index that was missing when loaded is not appended to: the append
+    fails quietly (the caller rewrites), and makes no file.
+    """
+    index, _ = load(tmp_path)
+    with capturedLogs() as events:
+        assert not index.append(SAMPLE)
+    assert events == []
+    assert os.listdir(tmp_path) == []

@@ -1115,3 +1115,55 @@ def test_noDescriptorLeft(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         os.mkfifo(tmp_path / INDEX_NAME)
         load(tmp_path)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_appendDoesNotFollowSymbolicLink(tmp_path: Path) -> None:
+    """
+    An index replaced by a symbolic link since it was loaded is not
+    appended to, even when the link's target is a file of the size the
+    index had: the target is left as it was.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    path = tmp_path / INDEX_NAME
+    target = tmp_path / "target"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    with capturedLogs():
+        assert not index.append(records(("9.z", 1, 1, 1)))
+    assert target.read_bytes() == MAGIC + encodeBlock(SAMPLE)
+    assert path.is_symlink() and not index.appendable
+
+
+def test_forgetWhenIndexRemoved(tmp_path: Path) -> None:
+    """
+    Forgetting names when someone else has removed the index since it was
+    loaded logs the failed append but not the removal that finds no file:
+    the index is then missing.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    (tmp_path / INDEX_NAME).unlink()
+    with capturedLogs() as events:
+        index.forget([SAMPLE.names[0]])
+    assert [e["log_format"] for e in warnings(events)] == ["Cannot write the index {path}: {e}"]
+    assert index.missing and os.listdir(tmp_path) == []
+
+
+def test_forgetWhenIndexCannotBeRemoved(tmp_path: Path) -> None:
+    """
+    When the index can neither be appended to nor removed (a directory took
+    its place), forgetting says so in the log and does not raise.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    (tmp_path / INDEX_NAME).unlink()
+    (tmp_path / INDEX_NAME).mkdir()
+    with capturedLogs() as events:
+        index.forget([SAMPLE.names[0]])
+    assert [e["log_format"] for e in warnings(events)] == [
+        "Cannot write the index {path}: {e}",
+        "Cannot remove the index {path}: {e}",
+    ]
+    assert (tmp_path / INDEX_NAME).is_dir() and not index.missing

@@ -1167,3 +1167,23 @@ def test_forgetWhenIndexCannotBeRemoved(tmp_path: Path) -> None:
         "Cannot remove the index {path}: {e}",
     ]
     assert (tmp_path / INDEX_NAME).is_dir() and not index.missing
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        (b"block 1 3 00000000\nabc", "a truncated block"),
+        (b"block 0 0 00000001\n", "a block that fails its checksum"),
+        (b"stamp 1 2\n", "a damaged stamp"),
+        (b"stamp 1 2 00000000\n", "a stamp that fails its checksum"),
+    ],
+)
+def test_problemTexts(tail: bytes, problem: str) -> None:
+    """
+    What is wrong with a file, as the warning about it says, and where:
+    the offset of the damaged block or stamp.
+    """
+    start = len(MAGIC) + len(encodeBlock(SAMPLE))
+    parsed = parse(MAGIC + encodeBlock(SAMPLE) + tail)
+    assert parsed.problem == f"{problem} at offset {start}"
+    assert (parsed.end, parsed.blocks, rows(parsed.records)) == (start, 1, rows(SAMPLE))

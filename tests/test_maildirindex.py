@@ -1187,3 +1187,43 @@ def test_problemTexts(tail: bytes, problem: str) -> None:
     parsed = parse(MAGIC + encodeBlock(SAMPLE) + tail)
     assert parsed.problem == f"{problem} at offset {start}"
     assert (parsed.end, parsed.blocks, rows(parsed.records)) == (start, 1, rows(SAMPLE))
+
+
+def test_indexShrinksWhileRead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An index cut short between its C{fstat} and its reading (by a program
+    that does not take the lock) is read up to where it now ends, once:
+    its intact blocks are used.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    assert index.append(records(("9.z", 9, 9, 9)))
+    path = tmp_path / INDEX_NAME
+    whole = MAGIC + encodeBlock(SAMPLE)
+    realFstat, realRead = os.fstat, os.read
+    reads: list[int] = []
+
+    def fstat(fd: int) -> os.stat_result:
+        info = realFstat(fd)
+        os.truncate(path, len(whole))
+        return info
+
+    def read(fd: int, length: int) -> bytes:
+        reads.append(length)
+        assert len(reads) < 10, "read again and again"
+        return realRead(fd, length)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    monkeypatch.setattr(os, "read", read)
+    index, found = load(tmp_path)
+    monkeypatch.undo()
+    assert rows(found) == rows(SAMPLE) and index.appendable
+    assert len(reads) == 2
+
+
+def test_cacheDefaults() -> None:
+    """
+    By default the cache keeps files of up to 8 KiB, up to 2 MiB of them.
+    """
+    cache = IndexCache()
+    assert (cache.maxFileOctets, cache.maxOctets) == (8 * 1024, 2 * 1024 * 1024)

@@ -364,9 +364,10 @@ def test_unwritableMaildir(tmp_path: Path, monkeypatch: Any) -> None:
 
     monkeypatch.setattr(os, "open", readOnly)
     with capturedLogs() as events:
-        assert not index.rewrite(SAMPLE)
-        assert not index.append(SAMPLE)
+        assert index.rewrite(SAMPLE) is False
+        assert index.append(SAMPLE) is False
     assert len(warnings(events)) == 2
+    assert not index.appendable
     monkeypatch.undo()
     assert (tmp_path / INDEX_NAME).read_bytes() == before
     assert not (tmp_path / TEMP_NAME).exists()
@@ -1227,3 +1228,20 @@ def test_cacheDefaults() -> None:
     """
     cache = IndexCache()
     assert (cache.maxFileOctets, cache.maxOctets) == (8 * 1024, 2 * 1024 * 1024)
+
+
+def test_cachePutReplaces(tmp_path: Path) -> None:
+    """
+    Keeping a file the cache already keeps replaces its entry: it is
+    counted once.
+    """
+    MaildirIndex(str(tmp_path)).rewrite(SAMPLE)
+    path = str(tmp_path / INDEX_NAME)
+    info = os.stat(path)
+    parsed = parse((tmp_path / INDEX_NAME).read_bytes())
+    cache = IndexCache()
+    cache.put(path, info, parsed)
+    cache.put(path, info, parsed)
+    assert (len(cache), cache.octets) == (1, info.st_size)
+    cache.drop(path)
+    assert (len(cache), cache.octets) == (0, 0)

@@ -1245,3 +1245,34 @@ def test_cachePutReplaces(tmp_path: Path) -> None:
     assert (len(cache), cache.octets) == (1, info.st_size)
     cache.drop(path)
     assert (len(cache), cache.octets) == (0, 0)
+
+
+def test_indexGrowsWhileRead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Of an index that grows between its C{fstat} and its reading (a writer
+    that does not take the lock), only the size C{fstat} gave is read, in
+    one read: what was appended is not used, and not appended after.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    path = tmp_path / INDEX_NAME
+    realFstat, realRead = os.fstat, os.read
+    reads: list[int] = []
+
+    def fstat(fd: int) -> os.stat_result:
+        info = realFstat(fd)
+        with open(path, "ab") as f:
+            f.write(encodeBlock(records(("9.z", 9, 9, 9))))
+        return info
+
+    def read(fd: int, length: int) -> bytes:
+        reads.append(length)
+        return realRead(fd, length)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    monkeypatch.setattr(os, "read", read)
+    index, found = load(tmp_path)
+    monkeypatch.undo()
+    assert rows(found) == rows(SAMPLE)
+    assert reads == [len(MAGIC + encodeBlock(SAMPLE))]
+    assert not index.append(records(("9.y", 1, 1, 1)))

@@ -224,7 +224,8 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
     [
         (b"", "nothing in it"),
         (b"garbage\n", "no popserv index header"),
-        (b"popserv-maildir-index 7\nwhatever", "an unknown version"),
+        (b"popserv-maildir-index 7\nwhatever", "an unknown version b'7'"),
+        (b"x", "no popserv index header"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),
         (MAGIC + b"block -1 3 00000000\n", "damaged block header"),
@@ -429,7 +430,7 @@ def test_appendRefusedWhenFileChanged(tmp_path: Path) -> None:
     index, _ = load(tmp_path)
     index.rewrite(SAMPLE)
     (tmp_path / INDEX_NAME).write_bytes(MAGIC)
-    assert not index.append(SAMPLE)
+    assert index.append(SAMPLE) is False
     assert not index.appendable
     assert (tmp_path / INDEX_NAME).read_bytes() == MAGIC
 
@@ -1276,3 +1277,17 @@ def test_indexGrowsWhileRead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert rows(found) == rows(SAMPLE)
     assert reads == [len(MAGIC + encodeBlock(SAMPLE))]
     assert not index.append(records(("9.y", 1, 1, 1)))
+
+
+def test_writesCutShort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Writes that each take only part of what they are given, down to one
+    octet, are continued: the rewrite and the append write everything.
+    """
+    realWrite = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: realWrite(fd, bytes(data[:1])))
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE)
+    assert index.append(records(("9.z", 9, 9, 9)))
+    monkeypatch.undo()
+    assert rows(load(tmp_path)[1]) == [*rows(SAMPLE), ("9.z", 9, 9, 9)]

@@ -430,3 +430,31 @@ def test_cachedWithRealKernel(tmp_path: Path) -> None:
         finally:
             os.close(fd)
     pytest.skip("this file system keeps files cached (tmpfs), or the kernel kept the page")
+
+
+def test_defaultWindow(files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    By default 256 files are asked of the disk before the first of them is
+    read.
+    """
+    directory, _ = files
+    names = [f"f{i}" for i in range(257)]
+    for name in names:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory))
+    advised = 0
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        nonlocal advised
+        advised += 1
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    buffer = bytearray(BUFFER)
+    reads = readEach(
+        ((n, directory, n) for n in names),
+        buffer,
+        lambda key, fd, length: advised,
+        nowait=NOWAIT,
+        preadv=FakeKernel(directory, uncached=names),
+    )
+    assert next(reads) == ("f0", 256)
+    reads.close()

@@ -6,6 +6,7 @@ the cache of parsed files.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -1291,3 +1292,37 @@ def test_writesCutShort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert index.append(records(("9.z", 9, 9, 9)))
     monkeypatch.undo()
     assert rows(load(tmp_path)[1]) == [*rows(SAMPLE), ("9.z", 9, 9, 9)]
+
+
+@pytest.mark.parametrize(
+    ("content", "version", "problem"),
+    [
+        (b"popserv-maildir-index 7\n" + encodeBlock(SAMPLE), 0, "an unknown version b'7'"),
+        (b"popserv-maildir-index 5\n" + encodeBlock(SAMPLE), 5, "an older version (5)"),
+        (b"popserv-maildir-index\n" + encodeBlock(SAMPLE), 0, "no popserv index header"),
+        (b"", 0, "nothing in it"),
+    ],
+)
+def test_headerProblems(content: bytes, version: int, problem: str) -> None:
+    """
+    A file without the header of this version parses to nothing at all:
+    no records, no blocks, nothing parsed, no stamp; its version if it is
+    an older one, else 0.
+    """
+    assert parse(content) == (Records.empty(), 0, 0, problem, None, version)
+
+
+def test_symbolicLinkNotFollowed(tmp_path: Path) -> None:
+    """
+    An index that is a symbolic link to a whole index (another Maildir's)
+    is not read through the link: none of the target's records are used.
+    """
+    other = tmp_path / "other"
+    other.mkdir()
+    assert MaildirIndex(str(other)).rewrite(SAMPLE, STAMP)
+    (tmp_path / INDEX_NAME).symlink_to(other / INDEX_NAME)
+    with capturedLogs() as events:
+        index, found = load(tmp_path)
+    assert found.names == [] and index.stamp is None and not index.appendable
+    [warning] = warnings(events)
+    assert isinstance(warning["e"], OSError) and warning["e"].errno == errno.ELOOP

@@ -294,7 +294,7 @@ def test_tooLargeIgnored(tmp_path: Path) -> None:
     size = (tmp_path / INDEX_NAME).stat().st_size
     with capturedLogs() as events:
         index, found = load(tmp_path, limit=size - 1)
-    assert found.names == [] and not index.appendable
+    assert found.names == [] and not index.appendable and not index.missing
     assert "more than" in str(warnings(events)[0]["e"])
     assert load(tmp_path, limit=size)[1].names == SAMPLE.names
 
@@ -415,8 +415,10 @@ def test_partialAppendTakenBack(tmp_path: Path, monkeypatch: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "write", fullDisk)
-    with capturedLogs():
-        assert not index.append(records(("9.z", 9, 9, 9)))
+    with capturedLogs() as events:
+        assert index.append(records(("9.z", 9, 9, 9))) is False
+    [warning] = warnings(events)
+    assert warning["log_format"] == "Cannot write the index {path}: {e}"
     monkeypatch.undo()
     assert (tmp_path / INDEX_NAME).read_bytes() == before
     assert index.append(records(("9.z", 9, 9, 9)))
@@ -1326,3 +1328,18 @@ def test_symbolicLinkNotFollowed(tmp_path: Path) -> None:
     assert found.names == [] and index.stamp is None and not index.appendable
     [warning] = warnings(events)
     assert isinstance(warning["e"], OSError) and warning["e"].errno == errno.ELOOP
+
+
+def test_loadWithinReportsUnreadableIndex(tmp_path: Path) -> None:
+    """
+    loadWithin() is quiet only about an index over its limit: one that
+    cannot be read (here a FIFO) is reported and given as an empty index
+    that is there, as load() gives it.
+    """
+    os.mkfifo(tmp_path / INDEX_NAME)
+    with capturedLogs() as events:
+        loaded = MaildirIndex.loadWithin(str(tmp_path), LIMIT)
+    assert loaded is not None
+    index, found = loaded
+    assert found.names == [] and not index.missing and not index.appendable
+    assert len(warnings(events)) == 1

@@ -458,3 +458,22 @@ def test_defaultWindow(files: tuple[int, list[str]], monkeypatch: pytest.MonkeyP
     )
     assert next(reads) == ("f0", 256)
     reads.close()
+
+
+def test_withoutNowait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Where a read cannot be asked not to wait, every file counts as cached
+    and nothing is asked of the disk: neither call touches the file.
+    """
+    path = tmp_path / "message"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(prefetch, "NOWAIT", None)
+            for name in ("preadv", "open", "posix_fadvise"):
+                patched.setattr(os, name, lambda *args, **kwargs: pytest.fail("called"))
+            assert prefetch.cached(fd) is True
+            assert prefetch.advise(str(path), BUFFER, os.O_RDONLY) is None
+    finally:
+        os.close(fd)

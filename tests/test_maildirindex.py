@@ -458,7 +458,9 @@ def test_lookupInOrder() -> None:
     order and none forgotten: then new records can be appended.
     """
     found = records(("1.a", 1, 1, 1), ("2.b", 2, 2, 2))
-    assert lookup(found, ["1.a", "2.b", "3.c"])[2]
+    known, missing, inOrder = lookup(found, ["1.a", "2.b", "3.c"])
+    assert inOrder and missing == [2]
+    assert rows(known) == [("1.a", 1, 1, 1), ("2.b", 2, 2, 2), ("3.c", 0, 0, NO_SIZE)]
     assert lookup(found, ["1.a", "2.b"])[2]
     assert not lookup(found, ["2.b", "3.c"])[2]
     assert not lookup(found, ["1.a", "1.b", "2.b"])[2]
@@ -1343,3 +1345,22 @@ def test_loadWithinReportsUnreadableIndex(tmp_path: Path) -> None:
     index, found = loaded
     assert found.names == [] and not index.missing and not index.appendable
     assert len(warnings(events)) == 1
+
+
+def test_appendNotTakenBack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    When a partial append cannot be cut off again either, the append fails
+    without raising and the index is no longer appended to: the next
+    write rewrites it.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+
+    def fails(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", fails)
+    monkeypatch.setattr(os, "ftruncate", fails)
+    with capturedLogs():
+        assert index.append(records(("9.z", 9, 9, 9))) is False
+    assert not index.appendable

@@ -383,6 +383,21 @@ class TestParsing:
 _VECTOR_SALT = base64.b64decode("LfNGSFqiFykEZ1xDAYlnKQ==")
 
 
+def _aliceInArgon2BobInScram(
+    tmp_path: Path, monkeypatch: Any
+) -> tuple[PasswdFileChecker, list[str]]:
+    """
+    A checker of alice in ARGON2ID and bob in SCRAM-SHA-256, and the SCRAM
+    entries it parses from then on (L{scramEntriesParsed}).
+    """
+    writeUsers(
+        tmp_path / "users",
+        "alice:" + DOVECOT_VECTORS["ARGON2ID"],
+        "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
+    )
+    return checkerFor(tmp_path / "users"), scramEntriesParsed(monkeypatch)
+
+
 @implementer(IScramSHA256Credentials)
 class _RecordingProof:
     """
@@ -521,13 +536,7 @@ class TestChecker:
         parsed and the proof checked once (against dummy keys); then the
         login fails.
         """
-        writeUsers(
-            tmp_path / "users",
-            "alice:" + DOVECOT_VECTORS["ARGON2ID"],
-            "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
-        )
-        checker = checkerFor(tmp_path / "users")
-        parsed = scramEntriesParsed(monkeypatch)
+        checker, parsed = _aliceInArgon2BobInScram(tmp_path, monkeypatch)
         for name in [b"bob", b"alice", b"mallory"]:
             del parsed[:]
             proof = _RecordingProof(name)
@@ -561,13 +570,7 @@ class TestChecker:
         stored keys does: an entry parsed and the proof checked once
         against dummy keys, with no PBKDF2 run (checkPassword).
         """
-        writeUsers(
-            tmp_path / "users",
-            "alice:" + DOVECOT_VECTORS["ARGON2ID"],
-            "bob:" + DOVECOT_VECTORS["SCRAM-SHA-256"],
-        )
-        checker = checkerFor(tmp_path / "users")
-        parsed = scramEntriesParsed(monkeypatch)
+        checker, parsed = _aliceInArgon2BobInScram(tmp_path, monkeypatch)
 
         @implementer(IUsernameHashedPassword)
         class PlaintextProof:

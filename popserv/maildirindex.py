@@ -266,7 +266,8 @@ def parse(data: bytes) -> Parsed:
         # Rebuilt whatever it holds (module docstring): not worth parsing.
         return Parsed(records, 0, 0, f"an older version ({version})", None, version)
     if version != VERSION:
-        firstLine = data[: len(MAGIC)].split(b"\n", 1)[0]
+        # (Its version may have more digits than this one's header holds.)
+        firstLine = data[:_MAX_HEADER_LINE].split(b"\n", 1)[0]
         if firstLine.startswith(b"popserv-maildir-index "):
             return Parsed(records, 0, 0, f"an unknown version {firstLine[22:32]!r}", None, 0)
         # Each problem completes "The index PATH has ...".

@@ -226,6 +226,8 @@ def test_lookupAgreesWithDictionary(entries: list[tuple[str, int, bool]], names:
         (b"", "nothing in it"),
         (b"garbage\n", "no popserv index header"),
         (b"popserv-maildir-index 7\nwhatever", "an unknown version b'7'"),
+        (b"popserv-maildir-index 123\nwhatever", "an unknown version b'123'"),
+        (b"popserv-maildir-index 1000000\n", "an unknown version b'1000000'"),
         (b"x", "no popserv index header"),
         (MAGIC + b"block 1 3\nabc", "damaged block header"),
         (MAGIC + b"block 1 3 0000000g\n", "damaged block header"),

@@ -162,7 +162,7 @@ class POP3Protocol(LineOnlyReceiver):
     _retrieved: set[int] | None
     _deleting: Deferred[None] | None
     #: Counted in the factory's L{SessionsInUpdate}: from QUIT until the
-    #: reply has left (L{_replied}) or the connection is gone.
+    #: reply has left (L{_bye}) or the connection is gone.
     _updating: bool
     utf8: bool
     _readingPaused = False
@@ -1186,15 +1186,17 @@ class POP3Protocol(LineOnlyReceiver):
             self._updating = False
             self.factory.updates.end()
 
-    def _replied(self) -> None:
+    def _bye(self) -> None:
         """
-        The reply to QUIT is written, and the connection closing: the session
-        is out of UPDATE once the reply has left the server.  On plain TCP
-        the connection closes as soon as it has, and connectionLost says so.
-        Over TLS it closes only once the client's close_notify has come,
-        which a client that keeps its socket open never sends: there, once
-        the socket has taken the reply.
+        Close the connection once the reply to QUIT, written, has gone (RFC
+        1939 section 6), and leave UPDATE once it has left the server.  On
+        plain TCP the connection closes as soon as it has, and connectionLost
+        says so.  Over TLS it closes only once the client's close_notify has
+        come, which a client that keeps its socket open never sends: there,
+        once the socket has taken the reply.
         """
+        if not self._lost:
+            self.transport.loseConnection()
         socket = self._socket
         tcp = plainTCP(self.transport)
         if self._lost or socket is None or (tcp is not None and not tcp.TLS):
@@ -1224,9 +1226,7 @@ class POP3Protocol(LineOnlyReceiver):
         # removed (dele=0), and so everything left.
         self._releaseBeforeBye(self._transaction.whole() if self._transaction else None)
         self._send(replies.err("Some deleted messages not removed", "SYS/TEMP"))
-        if not self._lost:
-            self.transport.loseConnection()
-        self._replied()
+        self._bye()
 
     def _update(self, expired: set[int], txn: Transaction) -> Deferred[None] | None:
         """
@@ -1238,9 +1238,7 @@ class POP3Protocol(LineOnlyReceiver):
         if not indexes:
             self._releaseBeforeBye()
             self._send(replies.ok(f"Bye, {left} messages left"))
-            if not self._lost:
-                self.transport.loseConnection()
-            self._replied()
+            self._bye()
             return None
         assert self._maildrop is not None
         d: Deferred[None] = maybeDeferred(self._maildrop.deleteMessages, indexes)
@@ -1264,9 +1262,7 @@ class POP3Protocol(LineOnlyReceiver):
 
         def close(_: None) -> None:
             self._deleting = None
-            if not self._lost:
-                self.transport.loseConnection()
-            self._replied()
+            self._bye()
 
         return d.addCallbacks(deleted, failed).addBoth(close)
 

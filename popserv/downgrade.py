@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections import Counter
 
 #: RFC 5322 section 3.6 address fields, and their Resent- forms.
 ADDRESS_FIELDS = frozenset(
@@ -383,13 +384,15 @@ def _parametersBody(text: bytes) -> bytes | None:
     value = text.split(b";", 1)[0].strip(b" \t")
     if parameters is None or not value.isascii():
         return None
-    names = [name.lower() for _, name, _ in parameters]
-    extended = {name.split(b"*", 1)[0] for name in names if b"*" in name}
+    # Counted once: a count per parameter made a field of many UTF-8
+    # parameters, which anyone can mail, cost their number squared.
+    named = Counter(name.lower() for _, name, _ in parameters)
+    extended = {name.split(b"*", 1)[0] for name in named if b"*" in name}
     lines = [value]
     for piece, name, unquoted in parameters:
         if piece.isascii():
             lines.append(piece)
-        elif b"*" in name or names.count(name.lower()) > 1:
+        elif b"*" in name or named[name.lower()] > 1:
             return None
         elif name.lower() in extended:
             continue

@@ -306,6 +306,32 @@ def test_unclosedQuotesCostLittle(field: bytes) -> None:
     )
 
 
+def test_manyParametersCostLittle() -> None:
+    """
+    A MIME field of many UTF-8 parameters (26,000 in 249 KB, within
+    L{MAX_HEADER}) is downgraded in time that grows with their number, not
+    with its square: counting each parameter's name among all the others
+    took 9 s, on the reactor thread.  The bound guards against that; it is
+    not a speed target.
+    """
+    message = (
+        b"Content-Type: text/plain"
+        + b"".join(b";a%d=\xc3\xa9" % i for i in range(26000))
+        + b"\r\n\r\nbody\r\n"
+    )
+    assert len(message) < MAX_HEADER
+    assert cpuSeconds(downgradeDelta, message) < 2.0
+    assert cpuSeconds(encodeMessage, message, None, True) < 2.0
+    head = encodeMessage(message, None, True).split(b"\r\n\r\n")[0]
+    lines = head.split(b"\r\n")
+    assert lines[:3] == [
+        b"Content-Type: text/plain;",
+        b" a0*=utf-8''%C3%A9;",
+        b" a1*=utf-8''%C3%A9;",
+    ]
+    assert len(lines) == 26001
+
+
 def test_bodyUntouched() -> None:
     """
     Only the header is downgraded; the body stays UTF-8.

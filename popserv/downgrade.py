@@ -470,16 +470,19 @@ def downgradeHeader(header: bytes) -> bytes:
     if header.isascii():
         return header
     out = []
-    field = b""
+    # The lines of the field being gathered, joined when it is whole:
+    # adding each folded line to the field's bytes would copy it once per
+    # line, a cost that grows with the square of a hostile field's length.
+    field: list[bytes] = []
     for line in header.split(b"\r\n")[:-1]:
         if line[:1] in (b" ", b"\t") and field:
-            field += line + b"\r\n"
+            field.append(line)
             continue
         if field:
-            out.append(_downgradeField(field))
-        field = line + b"\r\n"
+            out.append(_downgradeField(b"\r\n".join(field) + b"\r\n"))
+        field = [line]
     if field:
-        out.append(_downgradeField(field))
+        out.append(_downgradeField(b"\r\n".join(field) + b"\r\n"))
     tail = b"" if header.endswith(b"\r\n") else header.rsplit(b"\r\n", 1)[-1]
     return b"".join(out) + tail
 

@@ -128,21 +128,29 @@ _GROUP_END = b" :;"
 
 def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
     """
-    The name, the unfolded UTF-8 body and the lower-case name of one
-    header field that is to be downgraded; L{None} if it is sent as it is
-    (ASCII, no colon, or 8-bit but not UTF-8).
+    What goes before the downgraded text (the name, a colon and a space),
+    the unfolded UTF-8 text, and the lower-case name, of one header field
+    that is to be downgraded; L{None} if it is sent as it is (ASCII, or
+    8-bit but not UTF-8).
+
+    A line that is not a field, having no colon or a name that is not
+    ASCII (RFC 5322 section 2.2), is encoded whole, with nothing before
+    it: it stays a line that is not a field, as a mail reader saw it, and
+    no raw UTF-8 reaches the client (RFC 6856 section 2).
     """
     if field.isascii():
         return None
     name, colon, body = field.partition(b":")
-    if not colon:
-        return None
-    unfolded = body.replace(b"\r\n", b"").strip(b" \t\r\n")
+    if colon and name.isascii():
+        before, text, kind = name + b": ", body, name.strip().lower()
+    else:
+        before, text, kind = b"", field, b""
+    unfolded = text.replace(b"\r\n", b"").strip(b" \t\r\n")
     try:
         unfolded.decode()  # UTF-8
     except UnicodeDecodeError:
         return None  # legacy 8-bit, not UTF-8: RFC 6856 is not about it
-    return name, unfolded, name.strip().lower()
+    return before, unfolded, kind
 
 
 #: A quoted string (RFC 5322 section 3.2.4): a double quote, then octets
@@ -408,18 +416,18 @@ def _downgradeField(field: bytes) -> bytes:
     parts = _fieldText(field)
     if parts is None:
         return field
-    name, text, kind = parts
-    used = len(name) + 2
+    before, text, kind = parts
+    used = len(before)
     if kind in ADDRESS_FIELDS:
         body = _addressBody(text, used)
         if body is not None:
-            return name + b": " + body + b"\r\n"
-        return name + b": " + _encodedWords(text, used) + _GROUP_END + b"\r\n"
+            return before + body + b"\r\n"
+        return before + _encodedWords(text, used) + _GROUP_END + b"\r\n"
     if kind in PARAMETER_FIELDS:
         body = _parametersBody(text)
         if body is not None:
-            return name + b": " + body + b"\r\n"
-    return name + b": " + _encodedWords(text, used) + b"\r\n"
+            return before + body + b"\r\n"
+    return before + _encodedWords(text, used) + b"\r\n"
 
 
 def _fieldGrowth(field: bytes) -> int:
@@ -430,8 +438,8 @@ def _fieldGrowth(field: bytes) -> int:
     parts = _fieldText(field)
     if parts is None:
         return 0
-    name, text, kind = parts
-    used = len(name) + 2
+    before, text, kind = parts
+    used = len(before)
     if kind in PARAMETER_FIELDS:
         return len(_downgradeField(field)) - len(field)
     if kind in ADDRESS_FIELDS:

@@ -332,6 +332,33 @@ def test_manyParametersCostLittle() -> None:
     assert len(lines) == 26001
 
 
+@pytest.mark.parametrize(
+    "before, line",
+    [
+        (b"Subject: ok\r\n", b"S\xc3\xbcbject: hi"),
+        (b"Subject: ok\r\n", b"Caf\xc3\xa9 without a colon"),
+        (b"", b" Caf\xc3\xa9 on the first line, indented"),
+    ],
+)
+def test_lineNotAField(before: bytes, line: bytes) -> None:
+    """
+    A UTF-8 line in the header that is not a field, with a name that is not
+    ASCII or no colon (RFC 5322 section 2.2), reaches a client without
+    UTF8 as encoded-words of the whole line and its continuation (RFC 6856
+    section 2: no raw UTF-8), with nothing added before it: it stays a
+    line that is not a field.  Its size is counted as it is sent.
+    """
+    after = b"To: a@b.example\r\n"
+    header = before + line + b"\r\n folded \xc3\xa9\r\n" + after
+    out = downgradeHeader(header)
+    assert out.isascii()
+    assert out.startswith(before + b"=?UTF-8?B?")
+    assert out.endswith(b"?=\r\n" + after)
+    encoded = out[len(before) : -len(after)]
+    assert decoded(encoded.replace(b"\r\n", b"")) == (line.strip() + b" folded \xc3\xa9").decode()
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 def test_bodyUntouched() -> None:
     """
     Only the header is downgraded; the body stays UTF-8.

@@ -121,9 +121,22 @@ def _encodedLength(data: bytes, used: int) -> int:
     )
 
 
-#: What an address field's encoded body is followed by when it becomes an
-#: empty group.
-_GROUP_END = b" :;"
+def _endColumn(words: bytes, column: int) -> int:
+    """
+    The column where encoded-words made by L{_encodedWords} end, their
+    first line starting at C{column}.
+    """
+    last = words.rsplit(b"\r\n ", 1)
+    return (column if len(last) == 1 else 1) + len(last[-1])
+
+
+def _groupEnd(end: int) -> bytes:
+    """
+    What ends an empty group whose encoded display name ends at column
+    C{end}: the colon and semicolon, after a fold if they would take the
+    line past 76 characters (RFC 2047 section 2).
+    """
+    return b" :;" if end + 3 <= _LINE else b"\r\n :;"
 
 
 def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -263,14 +276,15 @@ def _displayName(phrase: bytes) -> bytes | None:
     return phrase
 
 
-def _beforeAddress(end: int, address: bytes) -> bytes:
+def _beforeAddress(end: int, address: bytes, comma: bool = False) -> bytes:
     """
     What separates an encoded display name that ends at column C{end} from
-    its C{address}: a space, or a fold if the address would take the line
-    past 76 characters (RFC 2047 section 2: a line with encoded-words is at
-    most that).
+    its C{address}: a space, or a fold if the address, and the C{comma}
+    after it if another mailbox follows, would take the line past 76
+    characters (RFC 2047 section 2: a line with encoded-words is at most
+    that).
     """
-    return b" " if end + 1 + len(address) <= _LINE else b"\r\n "
+    return b" " if end + 1 + len(address) + comma <= _LINE else b"\r\n "
 
 
 def _addressBody(text: bytes, used: int) -> bytes | None:
@@ -286,7 +300,7 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
         return None
     pieces = []
     column = used
-    for mailbox in mailboxes:
+    for n, mailbox in enumerate(mailboxes, 1):
         if mailbox.isascii():
             pieces.append(mailbox)
         else:
@@ -298,9 +312,9 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
             if not address.isascii() or not name:
                 return None
             words = _encodedWords(name, column)
-            last = words.rsplit(b"\r\n ", 1)
-            end = (column if len(last) == 1 else 1) + len(last[-1])
-            pieces.append(words + _beforeAddress(end, address) + address)
+            end = _endColumn(words, column)
+            comma = n < len(mailboxes)
+            pieces.append(words + _beforeAddress(end, address, comma) + address)
         column = 1  # the next mailbox starts a line
     return b",\r\n ".join(pieces)
 
@@ -422,7 +436,8 @@ def _downgradeField(field: bytes) -> bytes:
         body = _addressBody(text, used)
         if body is not None:
             return before + body + b"\r\n"
-        return before + _encodedWords(text, used) + _GROUP_END + b"\r\n"
+        words = _encodedWords(text, used)
+        return before + words + _groupEnd(_endColumn(words, used)) + b"\r\n"
     if kind in PARAMETER_FIELDS:
         body = _parametersBody(text)
         if body is not None:
@@ -448,9 +463,9 @@ def _fieldGrowth(field: bytes) -> int:
         simple = (_QUOTED_MAILBOX if text[:1] == b'"' else _ATOMS_MAILBOX).fullmatch(text)
         if simple is not None:
             display, address = simple.groups()
-            if not address.isascii():  # the empty group
-                return used + _encodedLength(text, used) + len(_GROUP_END) + 2 - len(field)
-            if 4 <= len(display) <= _capacity(used):  # a name of one encoded-word
+            # A name of one encoded-word; an address that is not ASCII
+            # makes the field an empty group, built below.
+            if address.isascii() and 4 <= len(display) <= _capacity(used):
                 end = used + (len(display) + 2) // 3 * 4 + _WORD_OVERHEAD
                 space = len(_beforeAddress(end, address))
                 return end + space + len(address) + 2 - len(field)

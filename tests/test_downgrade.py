@@ -565,6 +565,34 @@ def test_encodedWordsFillLines(nameLength: int) -> None:
         assert len(line) > 76 - 4
 
 
+@pytest.mark.parametrize("length", range(1, 40))
+def test_encodedLinesEndWithin76(length: int) -> None:
+    """
+    A line that holds encoded-words is at most 76 characters (RFC 2047
+    section 2) with what follows the last word too: the comma after an
+    address that another mailbox follows, and the C{:;} that ends an
+    empty group, which go to the next line when they would not fit.  The
+    fields still read as they did, and their sizes are counted as sent.
+    """
+    name = ("a" + "\u00e9" * length).encode()
+    for header in (
+        b"To: " + name + b" <j@example.org>, b@example.org\r\n",
+        b"To: " + name + b" <j@ex\xc3\xa4mple.org>\r\n",
+    ):
+        out = downgradeHeader(header)
+        lines = out.split(b"\r\n")
+        assert max(len(line) for line in lines if b"=?UTF-8?" in line) <= 76, lines
+        assert downgradeGrowth(header) == len(out) - len(header)
+        parsed = addresses(out)
+        if b"\xc3\xa4mple" in header:  # the empty group
+            assert out.endswith(b":;\r\n")
+            assert decoded(out[4:].replace(b"\r\n", b"").removesuffix(b" :;")) == (
+                header[4:-2].decode()
+            )
+        else:
+            assert parsed == [(name.decode(), "j@example.org"), ("", "b@example.org")]
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b":", b" ", b"\n", b"\r", b"\xc3\xa9"]), max_size=30))
 def test_headerEnd(parts: list[bytes]) -> None:

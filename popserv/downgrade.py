@@ -287,6 +287,45 @@ def _beforeAddress(end: int, address: bytes, comma: bool = False) -> bytes:
     return b" " if end + 1 + len(address) + comma <= _LINE else b"\r\n "
 
 
+#: RFC 5322 section 2.1.1: a line SHOULD be at most 78 characters.
+_ASCII_LINE = 78
+#: Where an ASCII part may be folded: before white space that follows
+#: something else, but not a backslash, whose quoted-pair it would split.
+_FOLD_POINT = re.compile(rb"(?<![ \t\\])[ \t]")
+
+
+def _folded(text: bytes, column: int, after: int = 0) -> bytes:
+    """
+    ASCII C{text}, which a downgraded field keeps as it is, folded before
+    white space so that its lines stay within 78 characters where its
+    white space allows (RFC 5322 section 2.1.1).  The downgrade unfolds a
+    field to take it apart: without this, a part once folded over many
+    lines came back as one line, past even the 998 characters the RFC
+    allows.  It starts at C{column}; C{after} characters follow it.
+    """
+    if column + len(text) + after <= _ASCII_LINE:
+        return text  # nearly always
+    lines = []
+    start = 0
+    fits = -1  # the last fold point that keeps the line within bounds
+    for point in _FOLD_POINT.finditer(text, 1):
+        at = point.start()
+        if column + at - start > _ASCII_LINE:
+            if fits > start:  # fold at the last point that fits
+                lines.append(text[start:fits])
+                start, column = fits, 0
+            if column + at - start > _ASCII_LINE:  # no point fits: fold here
+                lines.append(text[start:at])
+                start, column = at, 0
+                continue
+        fits = at
+    if column + len(text) - start + after > _ASCII_LINE and fits > start:
+        lines.append(text[start:fits])
+        start = fits
+    lines.append(text[start:])
+    return b"\r\n".join(lines)
+
+
 def _addressBody(text: bytes, used: int) -> bytes | None:
     """
     An address field's UTF-8 body, downgraded keeping every address: a
@@ -301,8 +340,9 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
     pieces = []
     column = used
     for n, mailbox in enumerate(mailboxes, 1):
+        comma = n < len(mailboxes)
         if mailbox.isascii():
-            pieces.append(mailbox)
+            pieces.append(_folded(mailbox, column, comma))
         else:
             less = mailbox.rfind(b"<")
             if less < 0 or not mailbox.endswith(b">"):
@@ -313,7 +353,6 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
                 return None
             words = _encodedWords(name, column)
             end = _endColumn(words, column)
-            comma = n < len(mailboxes)
             pieces.append(words + _beforeAddress(end, address, comma) + address)
         column = 1  # the next mailbox starts a line
     return b",\r\n ".join(pieces)
@@ -389,17 +428,17 @@ def _extended(name: bytes, value: bytes) -> list[bytes]:
     ]
 
 
-def _parametersBody(text: bytes) -> bytes | None:
+def _parametersBody(text: bytes, used: int) -> bytes | None:
     """
     A MIME field's UTF-8 body downgraded: its value as it is, each ASCII
     parameter as it is, each UTF-8 one in RFC 2231's form; a parameter a
     line.  A UTF-8 parameter that the field also gives in RFC 2231's form
     (C{filename="..."; filename*=...}, as mailers write both for readers
     that do not know RFC 2231, which cannot read UTF-8 either) is left
-    out: readers take the other, and some would take this one first.
-    L{None} if
-    the value is not ASCII, a UTF-8 parameter is named twice or is of RFC
-    2231's form already (its value should then be ASCII), or the body is
+    out: readers take the other, and some would take this one first.  The
+    first line already has C{used} characters.  L{None} if the value is
+    not ASCII, a UTF-8 parameter is named twice or is of RFC 2231's form
+    already (its value should then be ASCII), or the body is
     not taken apart (L{_parameters}): the field is then encoded whole.
     """
     parameters = _parameters(text)
@@ -420,7 +459,10 @@ def _parametersBody(text: bytes) -> bytes | None:
             continue
         else:
             lines += _extended(name, unquoted)
-    return b";\r\n ".join(lines)
+    last = len(lines) - 1
+    return b";\r\n ".join(
+        _folded(line, used if n == 0 else 1, n < last) for n, line in enumerate(lines)
+    )
 
 
 def _downgradeField(field: bytes) -> bytes:
@@ -439,7 +481,7 @@ def _downgradeField(field: bytes) -> bytes:
         words = _encodedWords(text, used)
         return before + words + _groupEnd(_endColumn(words, used)) + b"\r\n"
     if kind in PARAMETER_FIELDS:
-        body = _parametersBody(text)
+        body = _parametersBody(text, used)
         if body is not None:
             return before + body + b"\r\n"
     return before + _encodedWords(text, used) + b"\r\n"

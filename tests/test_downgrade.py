@@ -24,6 +24,7 @@ from popserv.downgrade import (
     HeaderDowngrade,
     _encodedLength,
     _encodedWords,
+    _folded,
     downgradeGrowth,
     downgradeHeader,
     headerEnd,
@@ -563,6 +564,67 @@ def test_encodedWordsFillLines(nameLength: int) -> None:
         assert len(line) <= 76 and len(word) <= 75
     for line in lines[-len(words) : -1]:
         assert len(line) > 76 - 4
+
+
+def test_foldedPartsKeepShortLines() -> None:
+    """
+    An ASCII mailbox or MIME parameter that the stored header folds over
+    many lines is written back folded, its lines within 78 characters
+    (RFC 5322 section 2.1.1; the downgrade unfolds a field to take it
+    apart, and gave it back as one line of 2,462 characters, past the 998
+    the RFC allows).  The fields read as they did, and are sized as sent.
+    """
+    name = b"\r\n ".join([b"word" * 15] * 40)
+    charset = b"\r\n ".join([b"w" * 60] * 40)
+    for header in (
+        b'To: "' + name + b'"\r\n <a@example.org>, J\xc3\xb6rg <j@example.org>\r\n',
+        b'Content-Type: text/plain;\r\n charset="' + charset + b'";\r\n name="M\xc3\xa4rz.pdf"\r\n',
+    ):
+        assert max(map(len, header.split(b"\r\n"))) <= 78
+        out = downgradeHeader(header)
+        assert max(map(len, out.split(b"\r\n"))) <= 78
+        assert downgradeGrowth(header) == len(out) - len(header)
+        message = email.message_from_bytes(out + b"\r\n", policy=email.policy.compat32)
+        if header.startswith(b"To:"):
+            assert addresses(out) == [
+                (name.replace(b"\r\n", b"").decode(), "a@example.org"),
+                ("J\u00f6rg", "j@example.org"),
+            ]
+        else:
+            unfolded = message.get_param("charset").replace("\r\n", "")  # type: ignore[union-attr]
+            assert unfolded == charset.replace(b"\r\n", b"").decode()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b"x" * 30, b" ", b"\t", b"\\", b'"', b"<b@c>"]), max_size=40),
+    st.integers(0, 80),
+    st.integers(0, 1),
+)
+def test_foldedOnlyAtWhiteSpace(pieces: list[bytes], column: int, after: int) -> None:
+    """
+    An ASCII part is folded only by putting a line break before white space
+    that follows something other than white space or a backslash (a
+    quoted-pair stays whole): unfolding gives it back, and no line is only
+    white space (RFC 5322 section 3.2.2).  A line goes past 78 characters
+    only where no such white space lets it be cut sooner.
+    """
+    text = b"".join(pieces).strip(b" \t")
+    out = _folded(text, column, after)
+    assert out.replace(b"\r\n", b"") == text
+    lines = out.split(b"\r\n")
+    for n, line in enumerate(lines):
+        if n:
+            assert line[:1] in (b" ", b"\t") and line.strip(b" \t")
+        start = column if n == 0 else 0
+        end = after if n == len(lines) - 1 else 0
+        if start + len(line) + end > 78:
+            # No fold point in the line after its first 78 - start octets
+            # would have made a shorter line.
+            points = [
+                i for i in range(1, len(line)) if line[i] in b" \t" and line[i - 1] not in b" \t\\"
+            ]
+            assert not [i for i in points if start + i <= 78]
 
 
 @pytest.mark.parametrize("length", range(1, 40))

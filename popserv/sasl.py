@@ -261,8 +261,10 @@ class CramMD5Mechanism:
         )
 
     def start(self, initial: bytes | None) -> Step:
-        if initial:
-            # RFC 2195 has the server speak first: no initial response.
+        if initial is not None:
+            # RFC 2195 has the server speak first, and RFC 5034 section 4:
+            # the server "MUST reject" an initial response to such a
+            # mechanism, the empty one ("=") too.
             raise SASLError("CRAM-MD5 takes no initial response")
         return Challenge(self._challenge)
 

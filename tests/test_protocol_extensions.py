@@ -239,15 +239,18 @@ class TestAuth:
         assert s.command(b"AUTH LOGIN") == b"+ VXNlcm5hbWU6\r\n"
         assert s.command(b"") == b"-ERR Malformed SASL response\r\n"
 
-    def test_cramMD5NoInitialResponse(self) -> None:
+    @pytest.mark.parametrize("initial", [b64(b"alice " + b"0" * 32), b"="])
+    def test_cramMD5NoInitialResponse(self, initial: bytes) -> None:
         """
         CRAM-MD5 has the server speak first (RFC 2195): an initial response
-        is refused.
+        is refused, the empty one ("=") too (RFC 5034 section 4: "the server
+        MUST reject the AUTH command"), and the session can go on.
         """
         s = Session()
-        assert s.command(b"AUTH CRAM-MD5 " + b64(b"alice " + b"0" * 32)) == (
+        assert s.command(b"AUTH CRAM-MD5 " + initial) == (
             b"-ERR CRAM-MD5 takes no initial response\r\n"
         )
+        assert s.command(b"AUTH CRAM-MD5").startswith(b"+ ")
 
     @pytest.mark.parametrize(
         "response",

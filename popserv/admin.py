@@ -279,7 +279,13 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
     lines.append(f"timeout: {options['timeout']:g} s")
     lines.append(
         "cleartext on insecure connections: "
-        + ("allowed" if options["allow-cleartext"] else "refused")
+        + (
+            "allowed"
+            if options["allow-cleartext"]
+            else "refused, from this machine too"
+            if options["no-local-cleartext"]
+            else "refused"
+        )
     )
     return lines
 

@@ -576,9 +576,15 @@ class POP3Protocol(LineOnlyReceiver):
     def plaintextAllowed(self) -> bool:
         """
         Whether a password may be sent in clear: over TLS, from this
-        machine, or anywhere if the operator allowed it.
+        machine unless the operator refused it there too, or anywhere if
+        the operator allowed it.
         """
-        return self.factory.allowCleartext or self.isEncrypted() or self.isLocal()
+        factory = self.factory
+        return (
+            factory.allowCleartext
+            or self.isEncrypted()
+            or (factory.localCleartext and self.isLocal())
+        )
 
     def _tlsConnection(self) -> Any:
         return self.transport.getHandle() if self.isEncrypted() else None
@@ -1399,6 +1405,7 @@ class POP3ServerFactory(_ServerFactory):
         *,
         tls: ReloadableTLS | None = None,
         allowCleartext: bool = False,
+        localCleartext: bool = True,
         mechanisms: Sequence[IMechanismFactory] | None = None,
         implementation: str = f"popserv {__version__}",
         policy: SitePolicy | None = None,
@@ -1415,6 +1422,12 @@ class POP3ServerFactory(_ServerFactory):
         @param allowCleartext: allow passwords in clear (USER/PASS, PLAIN,
             LOGIN) on unencrypted connections from other machines.  Off by
             default: there they are refused and not advertised.
+        @param localCleartext: allow them from this machine (loopback and
+            UNIX sockets), where they cross no network.  On by default;
+            turn it off behind a port forwarder on the same host, where
+            every client looks local (RFC 2595 section 2.3: the server
+            "MUST be configurable to refuse all clear-text login commands"
+            without TLS).
         @param mechanisms: the SASL mechanisms to offer, strongest first;
             each is offered only where it can work.  Default: all built in.
         @param implementation: the IMPLEMENTATION capability's text.
@@ -1427,7 +1440,13 @@ class POP3ServerFactory(_ServerFactory):
         self.timeout = timeout
         self.clock = clock
         self.tls = tls
+        if allowCleartext and not localCleartext:
+            raise ValueError(
+                "allowCleartext allows passwords in clear from everywhere, "
+                "localCleartext=False refuses them from this machine: choose one"
+            )
         self.allowCleartext = allowCleartext
+        self.localCleartext = localCleartext
         if mechanisms is None:
             from popserv.scram import keySourceFromCheckers
 

@@ -267,6 +267,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "connections from other machines; by default only over TLS or "
             "from this machine.",
         ],
+        [
+            "no-local-cleartext",
+            None,
+            "Refuse passwords in clear from this machine too (loopback and "
+            "UNIX sockets), as from any other, unless TLS is on: for a server "
+            "behind a port forwarder on the same host, where every client "
+            "looks local.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -363,6 +371,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if not self["mailstore"]:
             raise usage.UsageError(
                 "--mailstore is required, e.g. --mailstore maildir:/srv/mail/{user}"
+            )
+        if self["allow-cleartext"] and self["no-local-cleartext"]:
+            raise usage.UsageError(
+                "--allow-cleartext and --no-local-cleartext contradict each other: choose one"
             )
         if self["timeout"] < DEFAULT_TIMEOUT:
             raise usage.UsageError(
@@ -523,6 +535,7 @@ def makeService(options: Options) -> IService:
         timeout=options["timeout"],
         tls=options["tls"],
         allowCleartext=bool(options["allow-cleartext"]),
+        localCleartext=not options["no-local-cleartext"],
         policy=options["policy"],
         limits=Limits(
             loginTimeout=options["login-timeout"],

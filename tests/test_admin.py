@@ -205,6 +205,27 @@ class TestCheck:
         assert code == 0
         assert f"auth: passwd-file: {kinds}\n" in out
 
+    @pytest.mark.parametrize(
+        ("flag", "said"),
+        [
+            ((), "refused"),
+            (("--no-local-cleartext",), "refused, from this machine too"),
+            (("--allow-cleartext",), "allowed"),
+        ],
+    )
+    def test_describesCleartextPolicy(
+        self, monkeypatch: Any, capsys: Any, flag: tuple[str, ...], said: str
+    ) -> None:
+        """
+        check says where passwords in clear are refused.
+        """
+        code, out, _ = run(
+            monkeypatch, capsys, "check", "--", "--auth", "memory:a:b", "--mailstore", "memory",
+            *flag,
+        )  # fmt: skip
+        assert code == 0
+        assert f"\ncleartext on insecure connections: {said}\n" in out
+
     def test_error(self, monkeypatch: Any, capsys: Any) -> None:
         """
         A configuration error is one line and exit code 1.

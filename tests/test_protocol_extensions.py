@@ -17,7 +17,7 @@ from protocol_helpers import Session, SlowChecker
 from scram_client import ScramClient, authenticate
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
@@ -110,6 +110,46 @@ class TestCapa:
         s = Session(peer="192.0.2.1", allowCleartext=True)
         lines = capa(s)
         assert b"USER" in lines and b"SASL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN" in lines
+
+    @pytest.mark.parametrize(
+        "peer",
+        [IPv4Address("TCP", "127.0.0.1", 1), IPv6Address("TCP", "::1", 1), UNIXAddress(b"/s")],
+    )
+    def test_noLocalCleartext(self, peer: Any) -> None:
+        """
+        With localCleartext=False, a client on this machine is treated as
+        one on any other (RFC 2595 section 2.3: "MUST be configurable to
+        refuse all clear-text login commands"): plaintext logins are
+        neither advertised nor accepted until TLS is on.
+        """
+        transport = TLSCapableTransport()
+        transport.peerAddress = peer
+        s = Session(transport=transport, tls=CERT, localCleartext=False)
+        lines = capa(s)
+        assert b"USER" not in lines and b"SASL SCRAM-SHA-256 CRAM-MD5" in lines
+        refused = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
+        assert s.command(b"USER alice") == refused
+        assert s.command(b"AUTH PLAIN " + b64(b"\0alice\0secret")) == refused
+        s.command(b"STLS")
+        assert b"USER" in capa(s)
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_localCleartextByDefault(self) -> None:
+        """
+        By default a client on this machine may log in in clear: the
+        password crosses no network.
+        """
+        s = Session(peer="127.0.0.1")
+        assert b"USER" in capa(s)
+        assert s.login().startswith(b"+OK Logged in")
+
+    def test_cleartextEverywhereAndNowhere(self) -> None:
+        """
+        Allowing passwords in clear everywhere and refusing them from this
+        machine contradict each other: the factory refuses the pair.
+        """
+        with pytest.raises(ValueError, match="choose one"):
+            Session(allowCleartext=True, localCleartext=False)
 
     def test_noSaslWithoutCheckers(self) -> None:
         """

@@ -512,6 +512,22 @@ def test_allowCleartext() -> None:
     assert listenerOf(makeService(parse(*base, "--allow-cleartext"))).factory.allowCleartext
 
 
+def test_noLocalCleartext() -> None:
+    """
+    --no-local-cleartext reaches the factory, whose default is to allow
+    passwords in clear from this machine; with --allow-cleartext it is an
+    error that names both.
+    """
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    assert listenerOf(makeService(parse(*base))).factory.localCleartext
+    factory = listenerOf(makeService(parse(*base, "--no-local-cleartext"))).factory
+    assert not factory.localCleartext and not factory.allowCleartext
+    assert error(*base, "--allow-cleartext", "--no-local-cleartext") == (
+        "popserv: error: --allow-cleartext and --no-local-cleartext contradict each other: "
+        "choose one"
+    )
+
+
 def test_policyOptions(tmp_path: Path) -> None:
     """
     --login-delay, --expire, --policy-file and --state-dir make the factory's

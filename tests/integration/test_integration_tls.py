@@ -103,6 +103,42 @@ def test_stls(tls_server, ca):
         client.close()
 
 
+def test_noLocalCleartext(start_server, maildir_root, maildir, deliver, ca):
+    """
+    With --no-local-cleartext, a client on this machine must start TLS
+    before it may send its password, as one on any other must (RFC 2595
+    section 2.3): USER is neither advertised nor accepted in clear.
+    """
+    deliver(maildir, b"Subject: over TLS\r\n\r\nsecret body\r\n")
+    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
+    server = start_server(
+        f"maildir:{maildir_root}/{{user}}",
+        extra=[
+            "--tls-cert",
+            str(cert.certificate),
+            "--tls-key",
+            str(cert.key),
+            "--no-local-cleartext",
+        ],
+    )
+    client = poplib.POP3(HOST, server.port, timeout=10)
+    try:
+        assert "USER" not in client.capa()
+        with pytest.raises(poplib.error_proto) as refused:
+            client.user("alice")
+        assert refused.value.args == (
+            b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections",
+        )
+        client.stls(context=context(ca))
+        assert "USER" in client.capa()
+        client.user("alice")
+        client.pass_("secret")
+        assert client.retr(1)[1] == [b"Subject: over TLS", b"", b"secret body"]
+        client.quit()
+    finally:
+        client.close()
+
+
 def test_implicitTLS(tls_server, ca, wait_until):
     """
     The ssl: listener speaks TLS from the first octet (port 995 style); the

@@ -1,7 +1,7 @@
 """
 SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (RFC 5802, RFC 7677) as I/O-free
 server-side SASL mechanisms, with channel binding by C{tls-exporter}
-(RFC 9266) or C{tls-server-end-point} (RFC 5929).
+(RFC 9266), C{tls-unique} or C{tls-server-end-point} (RFC 5929).
 
 A checker author sees C{twisted.cred} credentials, never SCRAM messages.
 There are two kinds, depending on what the checker knows:
@@ -63,9 +63,10 @@ SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
 DEFAULT_ITERATIONS = 4096
 
 #: The channel-binding types -PLUS accepts, preferred first: RFC 9266
-#: makes tls-exporter the default for TLS 1.3; tls-server-end-point
-#: (RFC 5929 section 4) works with any TLS version.
-CHANNEL_BINDING_TYPES = ("tls-exporter", "tls-server-end-point")
+#: makes tls-exporter the default for TLS 1.3; tls-unique is the type RFC
+#: 5802 section 6 says servers MUST implement, and the default on TLS 1.2;
+#: tls-server-end-point (RFC 5929 section 4) works with any TLS version.
+CHANNEL_BINDING_TYPES = ("tls-exporter", "tls-unique", "tls-server-end-point")
 
 #: The longest attribute (name, "=" and value) a client may send, in octets.
 MAX_FIELD = 1024
@@ -705,7 +706,7 @@ def scramSHA256PlusFactory(
 ) -> IMechanismFactory:
     """
     SCRAM-SHA-256-PLUS (RFC 7677, RFC 5802 section 6), available where the
-    connection has C{tls-exporter} or C{tls-server-end-point} binding data.
+    connection has binding data of a type in L{CHANNEL_BINDING_TYPES}.
     The parameters are those of L{scramSHA256Factory}.
     """
     return _mechanismFactory(True, keySource, iterations, plaintextParameters, nonce, True)

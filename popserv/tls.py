@@ -256,6 +256,12 @@ def channelBinding(connection: SSL.Connection | None, kind: str) -> bytes | None
 
      - C{tls-exporter} (RFC 9266): 32 octets of exported keying material;
        only on TLS 1.3, where the handshake makes it unique.
+     - C{tls-unique} (RFC 5929 section 3): the first Finished message of
+       the latest handshake; only on TLS 1.2, since TLS 1.3 has none
+       (RFC 9266).  That is the client's: every handshake is a full one,
+       as these contexts resume no sessions (Twisted's CertificateOptions
+       keeps no session cache and sends no tickets); the triple handshake
+       attack on this type needs a resumed one (RFC 7627 section 3).
      - C{tls-server-end-point} (RFC 5929 section 4.1): the hash of the
        server's certificate with the certificate's own signature hash,
        SHA-256 where that is MD5 or SHA-1.
@@ -267,6 +273,10 @@ def channelBinding(connection: SSL.Connection | None, kind: str) -> bytes | None
             if connection.get_protocol_version_name() != "TLSv1.3":
                 return None
             return bytes(connection.export_keying_material(EXPORTER_LABEL, 32))
+        if kind == "tls-unique":
+            if connection.get_protocol_version_name() != "TLSv1.2":
+                return None
+            return connection.get_peer_finished()
         if kind == "tls-server-end-point":
             certificate = connection.get_certificate()
             if certificate is None:

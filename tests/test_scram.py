@@ -67,6 +67,7 @@ RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 EXPORTER = b"\x01" * 32
 END_POINT = b"\x02" * 32
+UNIQUE = b"\x04" * 12  # a TLS 1.2 Finished message's verify_data
 
 # Every text the mechanism may refuse a message with: none carries client data.
 ERROR_TEXTS = {
@@ -347,14 +348,20 @@ class TestExchange:
             nonces.add(nonce)
         assert len(nonces) == 20
 
-    @pytest.mark.parametrize("kind", ["tls-exporter", "tls-server-end-point"])
+    @pytest.mark.parametrize("kind", ["tls-exporter", "tls-unique", "tls-server-end-point"])
     def test_plus(self, kind: str) -> None:
         """
-        SCRAM-SHA-256-PLUS binds to the TLS channel with either supported
-        type; the c= attribute carries the gs2 header and the binding data.
+        SCRAM-SHA-256-PLUS binds to the TLS channel with any supported type
+        the channel has; the c= attribute carries the gs2 header and the
+        binding data.
         """
-        context = tlsContext(tls_exporter=EXPORTER, tls_server_end_point=END_POINT)
-        data = EXPORTER if kind == "tls-exporter" else END_POINT
+        bindings = {
+            "tls-exporter": EXPORTER,
+            "tls-unique": UNIQUE,
+            "tls-server-end-point": END_POINT,
+        }
+        context = tlsContext(**{kind.replace("-", "_"): bindings[kind]})
+        data = bindings[kind]
         mechanism = scramSHA256PlusFactory()(context)
         assert mechanism.name == "SCRAM-SHA-256-PLUS"
         client = ScramClient("alice", "s3cret", flag="p=" + kind, channelBinding=data)
@@ -1055,14 +1062,16 @@ class TestFactories:
     def test_availability(self) -> None:
         """
         SCRAM-SHA-256 is available everywhere; -PLUS only where the
-        connection has tls-exporter or tls-server-end-point data.
+        connection has tls-exporter, tls-unique or tls-server-end-point
+        data.
         """
         plain, plus = scramSHA256Factory(), scramSHA256PlusFactory()
-        for context in (SASLContext(), SASLContext(secure=True), tlsContext(tls_unique=b"x")):
+        for context in (SASLContext(), SASLContext(secure=True), tlsContext(tls_other=b"x")):
             assert plain.available(context)
             assert not plus.available(context)
         for context in (
             tlsContext(tls_exporter=EXPORTER),
+            tlsContext(tls_unique=UNIQUE),
             tlsContext(tls_server_end_point=END_POINT),
         ):
             assert plain.available(context)

@@ -322,18 +322,22 @@ class Line:
         return self.read()
 
 
-def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None):
+def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None, resume=None):
     """
     A TLS client through pyOpenSSL, which (unlike the ssl module) can
-    export keying material for tls-exporter.
+    export keying material for tls-exporter; with C{resume}, an earlier
+    such client, one that offers to resume its session.
     """
     from OpenSSL import SSL
 
-    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    ctx.load_verify_locations(str(ca.files.certificate))
-    ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
-    if maxVersion is not None:
-        ctx.set_max_proto_version(maxVersion)
+    if resume is not None:
+        ctx = resume.get_context()
+    else:
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.load_verify_locations(str(ca.files.certificate))
+        ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
+        if maxVersion is not None:
+            ctx.set_max_proto_version(maxVersion)
     sock = socket.create_connection((HOST, port), timeout=10)
     # pyOpenSSL wants a blocking socket; the kernel's receive and send
     # timeouts keep every wait bounded.
@@ -343,6 +347,8 @@ def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
     connection = SSL.Connection(ctx, sock)
     connection.set_tlsext_host_name(b"localhost")
+    if resume is not None:
+        connection.set_session(resume.get_session())
     connection.set_connect_state()
     connection.do_handshake()
     return connection
@@ -351,8 +357,8 @@ def pyopensslClient(port: int, ca: CertificateAuthority, maxVersion=None):
 def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) -> list[bytes]:
     """
     A SCRAM-SHA-256-PLUS login with channel-binding data the client derives
-    itself (RFC 9266 tls-exporter, RFC 5929 tls-server-end-point); returns
-    the server's replies, greeting first.
+    itself (RFC 9266 tls-exporter, RFC 5929 tls-unique and
+    tls-server-end-point); returns the server's replies, greeting first.
     """
     import hashlib
 
@@ -360,6 +366,15 @@ def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) 
 
     if kind == "tls-exporter":
         cbdata = bytes(connection.export_keying_material(b"EXPORTER-Channel-Binding", 32))
+    elif kind == "tls-unique":
+        # RFC 5929 section 3.1: the first Finished message of the handshake:
+        # the client's own in a full one, the server's in one that resumed
+        # a session.  (pyOpenSSL does not say which this was but through
+        # its bindings of OpenSSL's own functions.)
+        from OpenSSL.SSL import _lib
+
+        resumed = _lib.SSL_session_reused(connection._ssl)
+        cbdata = (connection.get_peer_finished() if resumed else connection.get_finished()) or b""
     else:
         cert = connection.get_peer_certificate().to_cryptography()
         cbdata = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
@@ -375,13 +390,19 @@ def scramPlus(connection, kind: str, password: bytes = b"secret", tamper=False) 
 
 @pytest.mark.parametrize(
     ("kind", "maxVersion"),
-    [("tls-exporter", None), ("tls-server-end-point", None), ("tls-server-end-point", "1.2")],
+    [
+        ("tls-exporter", None),
+        ("tls-server-end-point", None),
+        ("tls-server-end-point", "1.2"),
+        ("tls-unique", "1.2"),
+    ],
 )
 def test_scramPlus(tls_server, ca, kind, maxVersion):
     """
     SCRAM-SHA-256-PLUS logs in over real TLS with each channel-binding
-    type the connection has (tls-exporter on TLS 1.3, tls-server-end-point
-    on either), and the server proves it knows the password.
+    type the connection has (tls-exporter on TLS 1.3, tls-unique on TLS
+    1.2, tls-server-end-point on either), and the server proves it knows
+    the password.
     """
     from OpenSSL import SSL
 
@@ -391,6 +412,43 @@ def test_scramPlus(tls_server, ca, kind, maxVersion):
         replies = scramPlus(connection, kind)
         assert replies[0].startswith(b"+OK")
         assert replies[-1].startswith(b"+OK Logged in, 1 messages")
+    finally:
+        connection.close()
+
+
+def test_tlsUniqueWhenResumptionOffered(tls_server, ca):
+    """
+    A client that offers to resume its last TLS 1.2 session gets a full
+    handshake, so that its -PLUS login with tls-unique works: the
+    server's tls-unique, its peer's Finished message, counts on never
+    resuming (where the first Finished message is the server's).
+    """
+    from OpenSSL import SSL
+
+    first = pyopensslClient(tls_server.tlsPort, ca, SSL.TLS1_2_VERSION)
+    try:
+        assert scramPlus(first, "tls-unique")[-1].startswith(b"+OK Logged in")
+        Line(first).command(b"QUIT")
+        first.shutdown()  # a session cut without close_notify is not resumed
+    finally:
+        first.close()
+    second = pyopensslClient(tls_server.tlsPort, ca, SSL.TLS1_2_VERSION, first)
+    try:
+        assert scramPlus(second, "tls-unique")[-1].startswith(b"+OK Logged in")
+    finally:
+        second.close()
+
+
+def test_tlsUniqueOnlyOnTLS12(tls_server, ca):
+    """
+    TLS 1.3 has no tls-unique (RFC 9266): a client that binds to its
+    Finished message there is told the type is not supported.
+    """
+    connection = pyopensslClient(tls_server.tlsPort, ca)
+    try:
+        assert connection.get_protocol_version_name() == "TLSv1.3"
+        replies = scramPlus(connection, "tls-unique")
+        assert replies[-1] == b"-ERR Unsupported channel binding type"
     finally:
         connection.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import runpy
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,37 @@ def test_withoutNowait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             assert prefetch.advise(str(path), BUFFER, os.O_RDONLY) is None
     finally:
         os.close(fd)
+
+
+def loadedWithout(monkeypatch: pytest.MonkeyPatch, names: Iterable[str]) -> dict[str, Any]:
+    """
+    What L{popserv.prefetch} finds when it is loaded on a system whose
+    C{os} module lacks C{names}: its globals, from a fresh run of its file
+    (the module itself is left alone).
+    """
+    with monkeypatch.context() as patched:
+        for name in names:
+            patched.delattr(os, name)
+        return runpy.run_path(prefetch.__file__)
+
+
+@pytest.mark.skipif(
+    not all(hasattr(os, n) for n in ("RWF_NOWAIT", "preadv", "posix_fadvise", "O_NOATIME")),
+    reason="this system lacks some of what the module looks for",
+)
+@pytest.mark.parametrize(
+    "missing", [(), ("RWF_NOWAIT",), ("preadv",), ("posix_fadvise",), ("O_NOATIME",)]
+)
+def test_whatTheSystemHas(monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...]) -> None:
+    """
+    Reads are asked not to wait (L{prefetch.NOWAIT}) only where the system
+    has C{RWF_NOWAIT}, C{preadv} to pass it to and C{posix_fadvise} to ask
+    the disk for what would wait; elsewhere every file is read in turn.
+    Files are opened without changing their access time where the system
+    has C{O_NOATIME}; elsewhere L{prefetch.NOATIME} adds nothing to the
+    flags.
+    """
+    found = loadedWithout(monkeypatch, missing)
+    nowait = set(missing).isdisjoint({"RWF_NOWAIT", "preadv", "posix_fadvise"})
+    assert found["NOWAIT"] == (os.RWF_NOWAIT if nowait else None)
+    assert found["NOATIME"] == (0 if "O_NOATIME" in missing else os.O_NOATIME)

@@ -512,3 +512,103 @@ def test_whatTheSystemHas(monkeypatch: pytest.MonkeyPatch, missing: tuple[str, .
     nowait = set(missing).isdisjoint({"RWF_NOWAIT", "preadv", "posix_fadvise"})
     assert found["NOWAIT"] == (os.RWF_NOWAIT if nowait else None)
     assert found["NOATIME"] == (0 if "O_NOATIME" in missing else os.O_NOATIME)
+
+
+def test_windowOfOne(files: tuple[int, list[str]]) -> None:
+    """
+    With a window of one file, a file whose read would wait is read at
+    once, waiting: every file comes in the order given.
+    """
+    directory, names = files
+    fake = FakeKernel(directory, uncached=names[::2])
+    assert run(directory, names, nowait=NOWAIT, preadv=fake, window=1) == list(CONTENTS.items())
+    assert len(fake.calls) == len(names)
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_bufferOfPartPages(files: tuple[int, list[str]], nowait: int | None) -> None:
+    """
+    A buffer that is not a whole number of pages, filled by the first read:
+    C{then} finds the descriptor after it all the same, and reads the rest
+    of the file from there.
+    """
+    directory, names = files
+    buffer = bytearray(PAGE + 100)
+    got = readEach(
+        ((n, directory, n) for n in names),
+        buffer,
+        whole(buffer),
+        nowait=nowait,
+        preadv=FakeKernel(directory),
+    )
+    assert list(got) == list(CONTENTS.items())
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_otherErrorsRaised(files: tuple[int, list[str]], nowait: int | None) -> None:
+    """
+    Only an L{OSError} is a file's answer: anything else that opening or
+    reading raises (a name with a NUL, which no directory lists; a
+    C{preadv} that fails otherwise) is a bug, and is raised.
+    """
+    directory, _ = files
+    with pytest.raises(ValueError, match="null"):
+        run(directory, ["small", "nul\0"], nowait=nowait, preadv=FakeKernel(directory))
+
+    def broken(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run(directory, ["small"], nowait=NOWAIT, preadv=broken)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_readThatCannotWaitRefused(files: tuple[int, list[str]]) -> None:
+    """
+    A file that cannot be read at an offset (here a directory) is read in
+    turn, and no descriptor is left open; the files after it are still
+    read without waiting, those whose read would wait coming later.
+    """
+    directory, _ = files
+    os.mkdir("dir", dir_fd=directory)
+    before = openDescriptors()
+    fake = FakeKernel(directory, uncached=["small"])
+    got = run(directory, ["dir", "small", "page"], nowait=NOWAIT, preadv=fake)
+    assert [key for key, _ in got] == ["dir", "page", "small"]
+    assert isinstance(got[0][1], OSError) and got[0][1].errno == errno.EISDIR
+    assert got[1:] == [("page", CONTENTS["page"]), ("small", CONTENTS["small"])]
+    assert openDescriptors() == before
+
+
+def test_withoutPreadv(files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    On a system without C{preadv}, a caller that asks for reads that do
+    not wait gets every file read in turn.
+    """
+    directory, names = files
+    monkeypatch.delattr(os, "preadv")
+    assert run(directory, names, nowait=NOWAIT) == list(CONTENTS.items())
+
+
+@pytest.mark.parametrize("nowait", [NOWAIT, None])
+def test_refusedWithoutNoAccessTime(
+    files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch, nowait: int | None
+) -> None:
+    """
+    A file the system refuses with C{EPERM} when it is opened without
+    L{prefetch.NOATIME} comes with that error, asked once: there is nothing
+    to take away and ask again without.
+    """
+    directory, names = files
+    opened: list[str] = []
+
+    def fakeOpen(name: str, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(name)
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), name)
+
+    monkeypatch.setattr(prefetch, "NOATIME", NOATIME_FLAG)
+    monkeypatch.setattr(os, "open", fakeOpen)
+    got = run(directory, names, nowait=nowait, flags=os.O_RDONLY)
+    assert [key for key, _ in got] == names
+    assert all(isinstance(e, PermissionError) for _, e in got)
+    assert opened == names

@@ -612,3 +612,71 @@ def test_refusedWithoutNoAccessTime(
     assert [key for key, _ in got] == names
     assert all(isinstance(e, PermissionError) for _, e in got)
     assert opened == names
+
+
+class FakeProbe:
+    """
+    An C{os.preadv} for L{prefetch.cached}: C{EAGAIN} for a file not in the
+    page cache, but as Linux does, only when asked for at least one octet;
+    or another error, for a file system that refuses C{RWF_NOWAIT}.
+    """
+
+    def __init__(self, error: int | None = None) -> None:
+        self.error = error
+
+    def __call__(self, fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        assert flags == prefetch.NOWAIT
+        if self.error is not None:
+            raise OSError(self.error, os.strerror(self.error))
+        if sum(len(b) for b in buffers) == 0:
+            return 0
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+
+@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+def test_cachedAsksForAnOctet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    C{cached} says no for a file whose first octet would wait for the disk;
+    yes where the file system refuses to say (C{EOPNOTSUPP}): then the read
+    just waits, as it always did.
+    """
+    path = tmp_path / "message"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        monkeypatch.setattr(os, "preadv", FakeProbe())
+        assert prefetch.cached(fd) is False
+        monkeypatch.setattr(os, "preadv", FakeProbe(errno.EOPNOTSUPP))
+        assert prefetch.cached(fd) is True
+    finally:
+        os.close(fd)
+
+
+def test_adviseGoneFile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Asking the disk for a file that cannot be opened (a message another
+    session has deleted) does nothing, and does not raise.
+    """
+    monkeypatch.setattr(prefetch, "NOWAIT", NOWAIT)
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: pytest.fail("advised"))
+    assert prefetch.advise(str(tmp_path / "gone"), BUFFER, os.O_RDONLY) is None
+
+
+@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_adviseLeavesNoDescriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Asking the disk for a file opens it, and closes it again, whether the
+    advice could be given or not.
+    """
+    path = tmp_path / "message"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    before = openDescriptors()
+    prefetch.advise(str(path), BUFFER, os.O_RDONLY)
+
+    def refuse(*args: Any) -> None:
+        raise OSError(errno.ESPIPE, "Illegal seek")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    prefetch.advise(str(path), BUFFER, os.O_RDONLY)
+    assert openDescriptors() == before

@@ -1324,6 +1324,22 @@ def test_writesCutShort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert rows(load(tmp_path)[1]) == [*rows(SAMPLE), ("9.z", 9, 9, 9)]
 
 
+def test_readsCutShort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Reads that each give only part of what they are asked for, down to one
+    octet (as some file systems do), are continued: the index loads whole,
+    its stamp included.
+    """
+    index, _ = load(tmp_path)
+    assert index.rewrite(SAMPLE, STAMP)
+    realRead = os.read
+    monkeypatch.setattr(os, "read", lambda fd, length: realRead(fd, min(length, 1)))
+    index, found = load(tmp_path)
+    monkeypatch.undo()
+    assert rows(found) == rows(SAMPLE)
+    assert index.stamp == STAMP and index.appendable
+
+
 @pytest.mark.parametrize(
     ("content", "version", "problem"),
     [

@@ -583,11 +583,21 @@ def test_readThatCannotWaitRefused(files: tuple[int, list[str]]) -> None:
 def test_withoutPreadv(files: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """
     On a system without C{preadv}, a caller that asks for reads that do
-    not wait gets every file read in turn.
+    not wait gets every file read in turn, as where the file system
+    refuses them: after the first file, each is opened once.
     """
     directory, names = files
+    realOpen = os.open
+    opened: list[str] = []
+
+    def countingOpen(name: str, *args: Any, **kwargs: Any) -> int:
+        opened.append(name)
+        return realOpen(name, *args, **kwargs)
+
     monkeypatch.delattr(os, "preadv")
+    monkeypatch.setattr(os, "open", countingOpen)
     assert run(directory, names, nowait=NOWAIT) == list(CONTENTS.items())
+    assert opened == [names[0], *names]
 
 
 @pytest.mark.parametrize("nowait", [NOWAIT, None])

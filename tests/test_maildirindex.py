@@ -469,6 +469,21 @@ def test_fragmented(tmp_path: Path) -> None:
     assert index.blocks == 32 and index.fragmented
 
 
+def test_fragmentedByStamps(tmp_path: Path) -> None:
+    """
+    Stamps count as blocks towards a rewrite, in the index that appended
+    them as in one loaded from the file: an append of records and a stamp
+    adds two, of a stamp alone one.
+    """
+    index, _ = load(tmp_path)
+    index.rewrite(SAMPLE)
+    for i in range(15):
+        assert index.append(records(("9.z", i, i, i)), STAMP)
+    assert index.blocks == load(tmp_path)[0].blocks == 31 and not index.fragmented
+    assert index.append(Records.empty(), STAMP)
+    assert index.blocks == load(tmp_path)[0].blocks == 32 and index.fragmented
+
+
 def test_lookupInOrder() -> None:
     """
     lookup() says whether the records are those of the first names, in

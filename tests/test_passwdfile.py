@@ -105,12 +105,12 @@ class TestSchemes:
     def test_dovecotVectors(self, scheme: str) -> None:
         """
         Hashes Dovecot made verify the password they were made from and no
-        other.
+        other: verifyPassword says True or False.
         """
         found, stored = splitScheme(DOVECOT_VECTORS[scheme])
         assert found == scheme
-        assert verifyPassword(scheme, stored, "test")
-        assert not verifyPassword(scheme, stored, "Test")
+        assert verifyPassword(scheme, stored, "test") is True
+        assert verifyPassword(scheme, stored, "Test") is False
 
     @pytest.mark.parametrize("scheme", sorted(SHA_CRYPT_VECTORS))
     def test_shaCryptVectors(self, scheme: str) -> None:

@@ -344,6 +344,18 @@ class TestParsing:
             (6, "user already on line 1, this one ignored"),
         ]
 
+    def test_linesAfterARepeatedUserRead(self) -> None:
+        """
+        The lines after a repeated user are read as the others are.
+        """
+        assert parsePasswdFile(b"alice:{PLAIN}a\nalice:{PLAIN}b\nbob:{PLAIN}c\n") == (
+            {
+                b"alice": passwdfile.PasswdEntry(b"alice", "PLAIN", "a", 1),
+                b"bob": passwdfile.PasswdEntry(b"bob", "PLAIN", "c", 3),
+            },
+            [(2, "user already on line 1, this one ignored")],
+        )
+
     def test_noUserName(self) -> None:
         """
         A line with a usable password and no user name is refused: no user

@@ -226,6 +226,18 @@ class TestSchemes:
             expected = hmac.new(password, challenge, "md5").hexdigest().encode()
             assert cramMD5Digest(cramMD5Context(password), challenge) == expected
 
+    def test_cramMD5AtTheBlockEdges(self) -> None:
+        """
+        CRAM-MD5 is HMAC-MD5 (RFC 2104 section 2) at the edges of MD5's
+        64-octet block too: a password of up to 64 octets is the key as it
+        is, a longer one is hashed first; and a challenge that takes MD5
+        more than one block (over 55 octets) gives the client's digest.
+        """
+        for password in (b"k" * 63, b"k" * 64, b"k" * 65):
+            for challenge in (b"c" * 55, b"c" * 56, b"c" * 64, b"<%s@popserv>" % (b"9" * 120)):
+                expected = hmac.new(password, challenge, "md5").hexdigest().encode()
+                assert cramMD5Digest(cramMD5Context(password), challenge) == expected
+
     def test_scramVectorHasDovecotLayout(self) -> None:
         """
         Dovecot's SCRAM-SHA-256 value is iterations, then salt, StoredKey

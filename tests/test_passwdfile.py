@@ -339,6 +339,18 @@ class TestParsing:
         alice = entries[b"alice@example.org"]
         assert (alice.scheme, alice.stored, alice.lineNumber) == ("PLAIN", "pw", 3)
 
+    def test_crlfEndsThePassword(self) -> None:
+        """
+        A CRLF line end is not part of a password that ends its line: a
+        file written with CRLF line ends has the same users.
+        """
+        entries, problems = parsePasswdFile(
+            b"alice:{PLAIN}pw\r\nbob:" + DOVECOT_VECTORS["CRAM-MD5"].encode() + b"\r\n"
+        )
+        assert problems == []
+        assert entries[b"alice"] == passwdfile.PasswdEntry(b"alice", "PLAIN", "pw", 1)
+        assert entries[b"bob"].scheme == "CRAM-MD5"
+
     def test_brokenLines(self) -> None:
         """
         Broken lines are reported by line number and skipped; the others

@@ -215,6 +215,17 @@ class TestSchemes:
         assert verifyPassword("SSHA512", stored, "test")
         assert not verifyPassword("SSHA512", stored, "tesT")
 
+    def test_ssha512AsPopservMakesIt(self) -> None:
+        """
+        New SSHA512 values are the 64-octet digest followed by 16 octets of
+        salt, a new salt each time.
+        """
+        values = [splitScheme(hashPassword("x", "SSHA512"))[1] for _ in range(2)]
+        raw = [base64.b64decode(value) for value in values]
+        assert [len(r) for r in raw] == [80, 80]
+        assert raw[0][:64] == hashlib.sha512(b"x" + raw[0][64:]).digest()
+        assert raw[0][64:] != raw[1][64:]
+
     def test_cramMD5ContextIsDovecots(self) -> None:
         """
         The CRAM-MD5 context of a password is Dovecot's value for it, and

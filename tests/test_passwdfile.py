@@ -322,6 +322,18 @@ class TestSchemes:
         assert hashPassword("x", "plain") == "{PLAIN}x"
         assert hashPassword("x", "bcrypt").startswith("{BLF-CRYPT}$2y$12$")
 
+    def test_hashPasswordRefusesUnknownSchemes(self) -> None:
+        """
+        hashPassword refuses a scheme it cannot make, naming it and the
+        ones it can.
+        """
+        with pytest.raises(ValueError) as caught:
+            hashPassword("x", "md5-crypt")
+        assert str(caught.value) == (
+            "unknown scheme MD5-CRYPT; known: ARGON2ID, BLF-CRYPT, SHA512-CRYPT,"
+            " SHA256-CRYPT, SSHA512, SCRAM-SHA-256, CRAM-MD5, PLAIN"
+        )
+
     def test_plainRefusesSeparators(self) -> None:
         """
         A PLAIN password with ':' or a line end cannot be stored.

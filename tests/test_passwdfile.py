@@ -492,6 +492,16 @@ class TestChecker:
         assert verifyObject(IScramKeySource, checker)
         assert IUsernameHashedPassword in checker.credentialInterfaces
 
+    def test_reprNamesTheFile(self, tmp_path: Path) -> None:
+        """
+        A checker's repr, which a checker chain logs when a check fails,
+        names its file and nothing of its users.
+        """
+        writeUsers(tmp_path / "users", "alice:{PLAIN}sekrit")
+        assert repr(checkerFor(tmp_path / "users")) == (
+            f"<PasswdFileChecker {str(tmp_path / 'users')!r}>"
+        )
+
     @pytest.mark.parametrize("scheme", sorted(DOVECOT_VECTORS))
     def test_userPass(self, tmp_path: Path, scheme: str) -> None:
         """

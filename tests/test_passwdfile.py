@@ -536,6 +536,24 @@ class TestChecker:
         assert calls == [("ARGON2ID", checker.dummy.stored)]
         assert checker.dummy.stored.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
 
+    def test_otherCredentialsRefused(self, tmp_path: Path) -> None:
+        """
+        Credentials of none of the interfaces the checker handles are
+        refused, even for a user of the file.
+        """
+        writeUsers(tmp_path / "users", "alice:{PLAIN}test")
+        checker = checkerFor(tmp_path / "users")
+
+        class Other:
+            username = b"alice"
+            password = b"test"
+
+            def checkPassword(self, password: Any) -> bool:
+                return True
+
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, Other())
+
     def test_readableByAnyUserWarned(self, tmp_path: Path) -> None:
         """
         A passwd-file any user may read is used, with a warning at each

@@ -651,6 +651,38 @@ class TestChecker:
                 login(checker, proof)
             assert proof.checked == []
 
+    def test_hashedPasswordInAScramFileChecksTheDummy(
+        self, tmp_path: Path, monkeypatch: Any
+    ) -> None:
+        """
+        In a file mostly of SCRAM-SHA-256 users too, an APOP or CRAM-MD5
+        login of a user the file cannot check is checked once against the
+        dummy plaintext, and refused: only SCRAM in plaintext mode spends
+        a stored-key check instead.
+        """
+        checker, parsed = _aliceInArgon2BobInScram(tmp_path, monkeypatch)
+        checked: list[Any] = []
+
+        class APOPSpy(APOPCredentials):
+            def checkPassword(self, password: str | bytes) -> bool:
+                checked.append(password)
+                return super().checkPassword(password)
+
+        class CramMD5Spy(CramMD5Credentials):
+            def checkPassword(self, password: str | bytes) -> bool:
+                checked.append(password)
+                return super().checkPassword(password)
+
+        for credentials in [
+            APOPSpy(b"<1.2@x>", b"mallory", b"0" * 32),
+            APOPSpy(b"<1.2@x>", b"alice", b"0" * 32),
+            CramMD5Spy(b"<1.2@x>", b"mallory", b"0" * 32),
+        ]:
+            del checked[:], parsed[:]
+            with pytest.raises(UnauthorizedLogin):
+                login(checker, credentials)
+            assert (len(checked), parsed) == (1, []), credentials.username
+
     def test_plaintextScramSpendsAStoredKeyCheck(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
         In a file mostly of SCRAM-SHA-256 users, a SCRAM proof in plaintext

@@ -268,6 +268,7 @@ class TestSchemes:
             ("{MD5}abc", "unsupported scheme MD5"),
             ("{SHA512-CRYPT}$6$broken", "malformed SHA512-CRYPT hash"),
             ("{SHA512-CRYPT}" + SHA_CRYPT_VECTORS["SHA256-CRYPT"], "malformed SHA512-CRYPT hash"),
+            ("{SHA256-CRYPT}" + SHA_CRYPT_VECTORS["SHA512-CRYPT"], "malformed SHA256-CRYPT hash"),
             ("{ARGON2ID}$argon2id$nope", "malformed ARGON2ID hash"),
             ("{BLF-CRYPT}$2y$05$short", "malformed BLF-CRYPT hash"),
             ("{SSHA512}!!!", "malformed SSHA512 hash"),

@@ -44,15 +44,16 @@ def context(ca: CertificateAuthority, client: Issued | None = None) -> ssl.SSLCo
     return ctx
 
 
-def startTLSServer(start_server, maildir_root, ca, auth=None, clientCA: bool = False):
+def startTLSServer(start_server, maildir_root, ca, auth=None, clientCA: bool = False, more=()):
     """
     A server for C{maildir:ROOT/{user}} with STLS on its tcp: listener and
     implicit TLS on a second, ssl: one, both with a certificate from C{ca}
     for 127.0.0.1 (C{server.cert}; the ssl: port is C{server.tlsPort});
-    with C{clientCA}, accepting client certificates from C{ca}.
+    with C{clientCA}, accepting client certificates from C{ca}; with the
+    options C{more}.
     """
     cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    extra = ["--tls-cert", str(cert.certificate), "--tls-key", str(cert.key)]
+    extra = ["--tls-cert", str(cert.certificate), "--tls-key", str(cert.key), *more]
     if clientCA:
         extra += ["--tls-client-ca", str(ca.files.certificate)]
     extra += ["--listen", f"ssl:0:interface={HOST}"]
@@ -95,12 +96,19 @@ def test_stls(tls_server, ca):
         client.stls(context=context(ca))
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
         assert "STLS" not in client.capa()
-        client.user("alice")
-        client.pass_("secret")
-        assert client.retr(1)[1] == [b"Subject: over TLS", b"", b"secret body"]
-        client.quit()
+        retrieveOne(client)
     finally:
         client.close()
+
+
+def retrieveOne(client: poplib.POP3) -> None:
+    """
+    Log in as alice, check that message 1 comes byte-exactly, and quit.
+    """
+    client.user("alice")
+    client.pass_("secret")
+    assert client.retr(1)[1] == [b"Subject: over TLS", b"", b"secret body"]
+    client.quit()
 
 
 def test_noLocalCleartext(start_server, maildir_root, maildir, deliver, ca):
@@ -110,17 +118,7 @@ def test_noLocalCleartext(start_server, maildir_root, maildir, deliver, ca):
     section 2.3): USER is neither advertised nor accepted in clear.
     """
     deliver(maildir, b"Subject: over TLS\r\n\r\nsecret body\r\n")
-    cert = ca.issue("localhost", ["localhost", HOST], filename="server")
-    server = start_server(
-        f"maildir:{maildir_root}/{{user}}",
-        extra=[
-            "--tls-cert",
-            str(cert.certificate),
-            "--tls-key",
-            str(cert.key),
-            "--no-local-cleartext",
-        ],
-    )
+    server = startTLSServer(start_server, maildir_root, ca, more=["--no-local-cleartext"])
     client = poplib.POP3(HOST, server.port, timeout=10)
     try:
         assert "USER" not in client.capa()
@@ -131,10 +129,7 @@ def test_noLocalCleartext(start_server, maildir_root, maildir, deliver, ca):
         )
         client.stls(context=context(ca))
         assert "USER" in client.capa()
-        client.user("alice")
-        client.pass_("secret")
-        assert client.retr(1)[1] == [b"Subject: over TLS", b"", b"secret body"]
-        client.quit()
+        retrieveOne(client)
     finally:
         client.close()
 

@@ -5,12 +5,20 @@ once, and what one login sees.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from synchronous import result, syncRun
 
 from popserv.maildir import MaildirStore
+
+#: Whether this system can read without waiting (what L{popserv.prefetch}
+#: needs for it), and open files without changing their access time: from
+#: the system, not from what the module found, so that a test of a feature
+#: the module failed to find fails rather than skips.
+SYSTEM_HAS_NOWAIT = all(hasattr(os, name) for name in ("RWF_NOWAIT", "preadv", "posix_fadvise"))
+SYSTEM_HAS_NOATIME = hasattr(os, "O_NOATIME")
 
 
 def store(tmp_path: Path, template: str = "{user}") -> MaildirStore:

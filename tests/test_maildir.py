@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from maildir_helpers import login, snapshot, store
+from maildir_helpers import SYSTEM_HAS_NOWAIT, login, snapshot, store
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
@@ -40,7 +40,6 @@ from popserv.errors import (
 )
 from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
-from popserv.prefetch import NOWAIT
 
 
 class TestTemplate:
@@ -710,7 +709,7 @@ def test_emptyMaildirHasNoIndex(tmp_path: Path) -> None:
     assert not (tmp_path / "alice" / INDEX_NAME).exists()
 
 
-@pytest.mark.skipif(maildir.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
 def test_uncachedFilesReadLast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A first login reads the files the page cache holds first and the others
@@ -1325,7 +1324,7 @@ def test_readAheadStopsAfterChangedMessage(tmp_path: Path, trips: list[str]) -> 
     assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
 
 
-@pytest.mark.skipif(NOWAIT is None, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
 def test_readAheadStopsAtUncachedMessage(
     tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from maildir_helpers import SYSTEM_HAS_NOATIME, SYSTEM_HAS_NOWAIT
 
 from popserv import prefetch
 from popserv.prefetch import readEach
@@ -241,7 +242,7 @@ def accessTimeKept(path: Path, read: Any) -> bool:
     return os.stat(path).st_atime_ns == 1_000_000_000
 
 
-@pytest.mark.skipif(not prefetch.NOATIME, reason="no O_NOATIME on this system")
+@pytest.mark.skipif(not SYSTEM_HAS_NOATIME, reason="no O_NOATIME on this system")
 @pytest.mark.parametrize("nowait", [NOWAIT, None])
 def test_accessTimeKept(files: tuple[int, list[str]], tmp_path: Path, nowait: int | None) -> None:
     """
@@ -371,7 +372,7 @@ def droppedFromCache(path: Path) -> bool:
     return False
 
 
-@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
 def test_realPageCache(
     files: tuple[int, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,7 +410,7 @@ def test_realPageCache(
     ]
 
 
-@pytest.mark.skipif(prefetch.NOWAIT is None, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
 def test_cachedWithRealKernel(tmp_path: Path) -> None:
     """
     With the real kernel: C{cached} says no for a file dropped from the page

@@ -353,7 +353,11 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
                 return None
             words = _encodedWords(name, column)
             end = _endColumn(words, column)
-            pieces.append(words + _beforeAddress(end, address, comma) + address)
+            before = _beforeAddress(end, address, comma)
+            # An address may hold white space (RFC 5322's obsolete syntax),
+            # and so have been folded in the stored header.
+            at = end + 1 if before == b" " else 1
+            pieces.append(words + before + _folded(address, at, comma))
         column = 1  # the next mailbox starts a line
     return b",\r\n ".join(pieces)
 

@@ -602,6 +602,24 @@ def test_foldedPartsKeepShortLines() -> None:
             assert unfolded == charset.replace(b"\r\n", b"").decode()
 
 
+@pytest.mark.parametrize("more", [b"", b", b@example.org"])
+def test_foldedAddressAfterEncodedName(more: bytes) -> None:
+    """
+    An address that holds white space (RFC 5322's obsolete syntax), folded
+    over many lines in the stored header, is folded again after an encoded
+    display name too, within 78 characters (it came back as one line of
+    1,222), and reads as it did.
+    """
+    address = b"<" + b"\r\n ".join([b"a" * 60] * 20) + b">"
+    header = b"To: J\xc3\xb6rg " + address + more + b"\r\n"
+    out = downgradeHeader(header)
+    assert max(map(len, out.split(b"\r\n"))) <= 78
+    assert downgradeGrowth(header) == len(out) - len(header)
+    # The address, too long for the name's line, starts the next one.
+    assert out.startswith(b"To: =?UTF-8?B?SsO2cmc=?=\r\n <" + b"a" * 60 + b"\r\n ")
+    assert out.replace(b"\r\n", b"").endswith(address.replace(b"\r\n", b"") + more)
+
+
 @settings(max_examples=2000, deadline=None)
 @given(
     st.lists(st.sampled_from([b"a", b"x" * 30, b" ", b"\t", b"\\", b'"', b"<b@c>"]), max_size=40),

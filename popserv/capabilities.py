@@ -8,12 +8,14 @@ Everything advertised must be true and everything true advertised:
    not over an unencrypted link unless the operator allowed it);
  - SASL with the mechanisms that can run on this connection and that some
    checker can verify;
- - STLS only in AUTHORIZATION, when a certificate is configured and TLS is
-   not on yet (RFC 2595 section 4);
+ - STLS when a certificate is configured and TLS is not on yet (RFC 2595
+   section 4);
  - IMPLEMENTATION only after login, so that the version is not shown to
-   anyone who connects;
- - commands valid only before login (USER, SASL, STLS, UTF8) only in the
-   AUTHORIZATION state.
+   anyone who connects (RFC 2449 section 6.9 allows it);
+ - the capabilities of commands valid only before login (USER, SASL,
+   STLS, UTF8) after login too: RFC 2449 section 5, "Capabilities
+   available in the AUTHORIZATION state MUST be announced in both
+   states", though their commands are then refused.
 """
 
 from __future__ import annotations
@@ -61,17 +63,16 @@ def capabilities(facts: Facts) -> list[str]:
     """
     before = facts.state is State.AUTHORIZATION
     lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-    if before:
-        if facts.plaintextAllowed:
-            lines.append("USER")
-        if facts.mechanisms:
-            lines.append("SASL " + " ".join(facts.mechanisms))
-        if facts.stlsAvailable:
-            lines.append("STLS")
-        # RFC 6856 section 2: "USER" says user names and passwords may be
-        # UTF-8, in USER/PASS and in APOP's user name (section 3.2): APOP
-        # is offered where passwords may not be sent in clear too.
-        lines.append("UTF8 USER")
+    if facts.plaintextAllowed:
+        lines.append("USER")
+    if facts.mechanisms:
+        lines.append("SASL " + " ".join(facts.mechanisms))
+    if facts.stlsAvailable:
+        lines.append("STLS")
+    # RFC 6856 section 2: "USER" says user names and passwords may be
+    # UTF-8, in USER/PASS and in APOP's user name (section 3.2): APOP is
+    # offered where passwords may not be sent in clear too.
+    lines.append("UTF8 USER")
     for tag, policy in (("LOGIN-DELAY", facts.loginDelay), ("EXPIRE", facts.expire)):
         if policy is not None:
             suffix = " USER" if before and policy.perUser else ""

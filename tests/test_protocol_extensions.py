@@ -78,7 +78,9 @@ class TestCapa:
 
     def test_afterLogin(self) -> None:
         """
-        After login CAPA drops the login-only capabilities and names the
+        After login CAPA still announces the capabilities of the
+        AUTHORIZATION state (RFC 2449 section 5: "MUST be announced in both
+        states"), though their commands are now refused, and names the
         implementation.
         """
         s = Session()
@@ -89,8 +91,24 @@ class TestCapa:
             b"RESP-CODES",
             b"AUTH-RESP-CODE",
             b"PIPELINING",
+            b"USER",
+            b"SASL SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN",
+            b"UTF8 USER",
             b"IMPLEMENTATION popserv " + __version__.encode(),
         ]
+        assert s.command(b"USER alice").startswith(b"-ERR")
+        assert s.command(b"UTF8").startswith(b"-ERR")
+
+    def test_stlsAfterLogin(self) -> None:
+        """
+        STLS is announced after login on a connection without TLS too, as
+        before it, and refused there.
+        """
+        s = Session(transport=TLSCapableTransport(peer="127.0.0.1"), tls=CERT)
+        assert b"STLS" in capa(s)
+        s.login()
+        assert b"STLS" in capa(s)
+        assert s.command(b"STLS").startswith(b"-ERR")
 
     def test_remoteCleartextHidesPlaintext(self) -> None:
         """

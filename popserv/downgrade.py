@@ -130,13 +130,14 @@ def _endColumn(words: bytes, column: int) -> int:
     return (column if len(last) == 1 else 1) + len(last[-1])
 
 
-def _groupEnd(end: int) -> bytes:
+def _separator(end: int, following: int) -> bytes:
     """
-    What ends an empty group whose encoded display name ends at column
-    C{end}: the colon and semicolon, after a fold if they would take the
-    line past 76 characters (RFC 2047 section 2).
+    What separates encoded-words that end at column C{end} from the
+    C{following} characters: a space, or a fold if they would take the line
+    past 76 characters (RFC 2047 section 2: a line with encoded-words is at
+    most that).
     """
-    return b" :;" if end + 3 <= _LINE else b"\r\n :;"
+    return b" " if end + 1 + following <= _LINE else b"\r\n "
 
 
 def _fieldText(field: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -276,17 +277,6 @@ def _displayName(phrase: bytes) -> bytes | None:
     return phrase
 
 
-def _beforeAddress(end: int, address: bytes, comma: bool = False) -> bytes:
-    """
-    What separates an encoded display name that ends at column C{end} from
-    its C{address}: a space, or a fold if the address, and the C{comma}
-    after it if another mailbox follows, would take the line past 76
-    characters (RFC 2047 section 2: a line with encoded-words is at most
-    that).
-    """
-    return b" " if end + 1 + len(address) + comma <= _LINE else b"\r\n "
-
-
 #: RFC 5322 section 2.1.1: a line SHOULD be at most 78 characters.
 _ASCII_LINE = 78
 #: Where an ASCII part may be folded: before white space that follows
@@ -353,7 +343,8 @@ def _addressBody(text: bytes, used: int) -> bytes | None:
                 return None
             words = _encodedWords(name, column)
             end = _endColumn(words, column)
-            before = _beforeAddress(end, address, comma)
+            # The address, and the comma after it if another mailbox follows.
+            before = _separator(end, len(address) + comma)
             # An address may hold white space (RFC 5322's obsolete syntax),
             # and so have been folded in the stored header.
             at = end + 1 if before == b" " else 1
@@ -492,7 +483,8 @@ def _downgradeField(field: bytes) -> bytes:
         if body is not None:
             return before + body + b"\r\n"
         words = _encodedWords(text, used)
-        return before + words + _groupEnd(_endColumn(words, used)) + b"\r\n"
+        # The empty group's ":;" after the encoded original.
+        return before + words + _separator(_endColumn(words, used), 2) + b":;\r\n"
     if kind in PARAMETER_FIELDS:
         body = _parametersBody(text, used)
         if body is not None:
@@ -522,7 +514,7 @@ def _fieldGrowth(field: bytes) -> int:
             # makes the field an empty group, built below.
             if address.isascii() and 4 <= len(display) <= _capacity(used):
                 end = used + (len(display) + 2) // 3 * 4 + _WORD_OVERHEAD
-                space = len(_beforeAddress(end, address))
+                space = len(_separator(end, len(address)))
                 return end + space + len(address) + 2 - len(field)
         return len(_downgradeField(field)) - len(field)
     length = used + _encodedLength(text, used) + 2

@@ -246,7 +246,9 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
         ICertificateCredentials: "client certificates (EXTERNAL)",
     }
     lines = []
-    for description, (_, tls, proxied) in zip(options["listen"], options["endpoints"], strict=True):
+    for description, (endpoint, tls, proxied) in zip(
+        options["listen"], options["endpoints"], strict=True
+    ):
         if tls is not None:
             how = "implicit TLS"
         elif options["tls"] is not None:
@@ -255,6 +257,8 @@ def describe(options: Any, authDescriptions: Sequence[str]) -> list[str]:
             how = "no TLS"
         if proxied:
             how += ", PROXY protocol"
+        if endpoint is None:
+            how += "; the socket systemd passes, not checked here"
         lines.append(f"listen: {description} ({how})")
     for description, checker in zip(authDescriptions, options["credCheckers"], strict=False):
         accepted = [
@@ -296,7 +300,7 @@ def check(arguments: Sequence[str]) -> list[str]:
 
     @raise AdminError: the options are wrong (the one-line error).
     """
-    from popserv.tap import Options
+    from popserv.tap import NoSuchSocket, Options
 
     authDescriptions: list[str] = []
 
@@ -304,6 +308,17 @@ def check(arguments: Sequence[str]) -> list[str]:
         def opt_auth(self, description: str) -> None:
             super().opt_auth(description)
             authDescriptions.append(description)
+
+        def _serverEndpoint(self, description: str) -> Any:
+            # A systemd: socket exists only in the service systemd starts:
+            # checking its unit's command line from a shell must not fail
+            # for want of it (a malformed one is still an error).
+            try:
+                return super()._serverEndpoint(description)
+            except NoSuchSocket:
+                if "LISTEN_FDS" in os.environ:
+                    raise
+                return None
 
     options = CheckOptions()
     try:

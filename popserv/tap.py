@@ -457,13 +457,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # the ones ssl: cannot name: systemd:, unix:, a plugin's.
             if self["tls"] is None:
                 raise usage.UsageError(f"--listen {description!r}: needs --tls-cert and --tls-key")
-            return _endpoint(description.removeprefix("tls:")), self["tls"]
+            return self._serverEndpoint(description.removeprefix("tls:")), self["tls"]
         try:
             implicit = parseImplicitTLS(description)
         except ValueError as e:
             raise usage.UsageError(f"--listen {description!r}: {e}") from None
         if implicit is None:
-            return _endpoint(description), None
+            return self._serverEndpoint(description), None
         if implicit.key is None:
             if self["tls"] is None:
                 raise usage.UsageError(
@@ -485,7 +485,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 names=names,
             )
             tls = _loadTLS(files, f"--listen {description!r}")
-        return _endpoint(implicit.tcp), tls
+        return self._serverEndpoint(implicit.tcp), tls
+
+    def _serverEndpoint(self, description: str) -> Any:
+        """
+        The endpoint of one listen description, without the prefixes
+        popserv handles itself (C{proxy:}, C{tls:}, C{ssl:}'s files).
+        """
+        return _endpoint(description)
+
+
+class NoSuchSocket(usage.UsageError):
+    """
+    A C{systemd:} listen description names a socket the process was not
+    given.
+    """
 
 
 def _loadTLS(files: TLSFiles, where: str | None) -> ReloadableTLS:
@@ -506,7 +520,7 @@ def _endpoint(description: str) -> Any:
     except (IndexError, KeyError):
         if description.startswith("systemd:"):
             # Twisted finds the sockets by LISTEN_FDS and LISTEN_FDNAMES.
-            raise usage.UsageError(
+            raise NoSuchSocket(
                 f"--listen {description!r}: no such socket was passed"
                 " (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)"
             ) from None

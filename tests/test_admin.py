@@ -226,6 +226,31 @@ class TestCheck:
         assert code == 0
         assert f"\ncleartext on insecure connections: {said}\n" in out
 
+    def test_systemdSockets(self, monkeypatch: Any, capsys: Any) -> None:
+        """
+        The command line of the shipped systemd unit can be checked from a
+        shell, as contrib/systemd/popserv.service says: the sockets systemd
+        would pass are not there, and are not an error; a malformed systemd:
+        description still is.
+        """
+        monkeypatch.delenv("LISTEN_FDS", raising=False)
+        monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+        code, out, err = run(
+            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=0",
+            "--auth", "memory:a:b", "--mailstore", "memory",
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+        assert (
+            "listen: systemd:domain=INET6:index=0 (no TLS; the socket systemd passes,"
+            " not checked here)\n"
+        ) in out
+        code, out, err = run(
+            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=x",
+            "--auth", "memory:a:b", "--mailstore", "memory",
+        )  # fmt: skip
+        assert code == 1
+        assert "a port or number that is not a number" in err
+
     def test_error(self, monkeypatch: Any, capsys: Any) -> None:
         """
         A configuration error is one line and exit code 1.

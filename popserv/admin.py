@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import getpass
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from popserv._version import __version__
@@ -140,6 +141,31 @@ def writeAtomically(path: str, data: bytes) -> None:
         os.close(dirfd)
 
 
+@contextlib.contextmanager
+def _editing(path: str) -> Iterator[None]:
+    """
+    Hold the lock for an edit of C{path}: an C{flock} on its directory,
+    since every edit replaces the file itself.  Without it two edits at
+    once (a provisioning script's) each read the file before the other
+    wrote it, and the change of the one that wrote first was lost.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        _fail(f"{path}: {e.strerror}")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            # A file system without locks: edit as before.
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
 def _find(lines: list[bytes], name: bytes) -> int | None:
     for index, line in enumerate(lines):
         if _userOf(line) == name:
@@ -155,13 +181,14 @@ def passwdAdd(path: str, user: str, field: str) -> None:
     @raise AdminError: the user is already there.
     """
     name = _checkUsername(user)
-    data = _read(path) or b""
-    lines = _lines(data)
-    if _find(lines, name) is not None:
-        _fail(f"{path}: user {user} already exists (use 'popserv passwd change')")
-    if data and not data.endswith(b"\n"):
-        data += b"\n"
-    writeAtomically(path, data + name + b":" + field.encode("utf-8") + b"\n")
+    with _editing(path):
+        data = _read(path) or b""
+        lines = _lines(data)
+        if _find(lines, name) is not None:
+            _fail(f"{path}: user {user} already exists (use 'popserv passwd change')")
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        writeAtomically(path, data + name + b":" + field.encode("utf-8") + b"\n")
 
 
 def _existingUser(path: str, user: str) -> tuple[bytes, list[bytes], int]:
@@ -187,14 +214,15 @@ def passwdChange(path: str, user: str, field: str) -> None:
 
     @raise AdminError: the file or the user does not exist.
     """
-    name, lines, index = _existingUser(path, user)
-    line = lines[index]
-    body = line.rstrip(b"\r\n")
-    end = line[len(body) :]
-    _, _, rest = body.partition(b":")
-    _, colon, extra = rest.partition(b":")
-    lines[index] = name + b":" + field.encode("utf-8") + colon + extra + end
-    writeAtomically(path, b"".join(lines))
+    with _editing(path):
+        name, lines, index = _existingUser(path, user)
+        line = lines[index]
+        body = line.rstrip(b"\r\n")
+        end = line[len(body) :]
+        _, _, rest = body.partition(b":")
+        _, colon, extra = rest.partition(b":")
+        lines[index] = name + b":" + field.encode("utf-8") + colon + extra + end
+        writeAtomically(path, b"".join(lines))
 
 
 def passwdRemove(path: str, user: str) -> None:
@@ -203,9 +231,10 @@ def passwdRemove(path: str, user: str) -> None:
 
     @raise AdminError: the file or the user does not exist.
     """
-    _, lines, index = _existingUser(path, user)
-    del lines[index]
-    writeAtomically(path, b"".join(lines))
+    with _editing(path):
+        _, lines, index = _existingUser(path, user)
+        del lines[index]
+        writeAtomically(path, b"".join(lines))
 
 
 def passwdList(path: str) -> list[tuple[str, str]]:

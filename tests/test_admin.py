@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,37 @@ class TestPasswd:
             assert err.startswith("popserv: error: ") and text in err, err
             assert err.count("\n") == 1
         assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
+    def test_concurrentEditsAllKept(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """
+        An edit made while another is between reading and writing the file
+        waits for it, rather than being overwritten by it: every user two
+        'passwd add' at once added is in the file.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"alice:{PLAIN}a\n")
+        read = admin._read
+        other: list[threading.Thread] = []
+
+        def readThenRace(name: str) -> bytes | None:
+            data = read(name)
+            if not other:
+                # The second edit starts once the first has read the file.
+                other.append(
+                    threading.Thread(target=admin.passwdAdd, args=(name, "carol", "{PLAIN}c"))
+                )
+                other[0].start()
+                other[0].join(0.5)
+            return data
+
+        monkeypatch.setattr(admin, "_read", readThenRace)
+        admin.passwdAdd(str(path), "bob", "{PLAIN}b")
+        other[0].join(10)
+        assert sorted(path.read_bytes().splitlines()) == [
+            b"alice:{PLAIN}a",
+            b"bob:{PLAIN}b",
+            b"carol:{PLAIN}c",
+        ]
 
     def test_promptsTwice(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """

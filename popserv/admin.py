@@ -110,9 +110,11 @@ def writeAtomically(path: str, data: bytes) -> None:
     """
     Replace C{path} with C{data}: a temporary file in the same directory is
     written, flushed to disk, given the old file's mode and owner (0600 and
-    the current user for a new file), then renamed over it.
+    the current user for a new file), then renamed over it.  A symbolic
+    link is followed: the file it leads to is replaced, not the link.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
     try:
         old: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -149,7 +151,7 @@ def _editing(path: str) -> Iterator[None]:
     once (a provisioning script's) each read the file before the other
     wrote it, and the change of the one that wrote first was lost.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(os.path.realpath(path))
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:

@@ -94,6 +94,25 @@ class TestPasswd:
             assert err.count("\n") == 1
         assert path.read_bytes() == b"bob:{PLAIN}x\n"
 
+    def test_editsFollowSymbolicLink(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        A password file that is a symbolic link (to a file another server
+        shares) is edited where it leads: the link stays a link.
+        """
+        (tmp_path / "real").mkdir()
+        target = tmp_path / "real" / "users"
+        target.write_bytes(b"alice:{PLAIN}a\n")
+        target.chmod(0o640)
+        link = tmp_path / "users"
+        link.symlink_to(target)
+        assert run(monkeypatch, capsys, "passwd", "add", str(link), "bob", "--scheme", "PLAIN",
+                   "--password-stdin", stdin="b\n")[0] == 0  # fmt: skip
+        assert run(monkeypatch, capsys, "passwd", "remove", str(link), "alice")[0] == 0
+        assert link.is_symlink()
+        assert target.read_bytes() == b"bob:{PLAIN}b\n"
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["real", "users", "users"]
+
     def test_concurrentEditsAllKept(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
         An edit made while another is between reading and writing the file

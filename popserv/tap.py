@@ -376,6 +376,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(
                 "--allow-cleartext and --no-local-cleartext contradict each other: choose one"
             )
+        for name in ("tls-cert", "tls-key", "tls-chain", "tls-client-ca", "policy-file"):
+            if self[name] == "":
+                # An empty value (an unset variable in a unit file) must not
+                # mean "none" without a word: a server without its TLS.
+                raise usage.UsageError(f"--{name}: needs a file")
         if self["timeout"] < DEFAULT_TIMEOUT:
             raise usage.UsageError(
                 f"--timeout must be at least {DEFAULT_TIMEOUT:.0f} seconds (RFC 1939 section 3)"

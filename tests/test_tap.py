@@ -245,6 +245,19 @@ def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None
     assert text in error(*args)
 
 
+@pytest.mark.parametrize(
+    "option", ["tls-cert", "tls-key", "tls-chain", "tls-client-ca", "policy-file"]
+)
+def test_emptyFileOptions(option: str) -> None:
+    """
+    An empty file option (an unset variable in a unit file) is an error,
+    not a server started without it: with --tls-cert= --tls-key= one
+    without TLS.
+    """
+    args = ("--auth", "memory:a:b", "--mailstore", "memory", f"--{option}=")
+    assert error(*args) == f"popserv: error: --{option}: needs a file"
+
+
 def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
     """
     --help-mailstores lists the installed store kinds.

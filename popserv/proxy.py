@@ -96,6 +96,11 @@ def _endpoint(family: bytes, host: bytes, port: bytes) -> IPv4Address | IPv6Addr
     kind, syntax = _V1_FAMILIES[family]
     if not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
         raise InvalidProxyHeader()
+    if b"%" in host:
+        # An IPv6 scope ("fe80::1%eth0") names an interface of the proxy's,
+        # not an address, and ipaddress takes any text for it, control
+        # characters too, which would reach the logs as the client's ip=.
+        raise InvalidProxyHeader()
     try:
         text = str(syntax(host.decode("ascii")))
     except ValueError:  # UnicodeDecodeError is one

@@ -258,12 +258,15 @@ def test_unknownShortForm() -> None:
         b"PROXY TCP4 203.0.113.5 192.0.2.1 -1 110\r\n",
         b"PROXY TCP4 203.0.113.5 192.0.2.1 051000 110\r\n",
         b"PROXY TCP4 203.0.113.\xc3\xa4 192.0.2.1 51000 110\r\n",
+        b"PROXY TCP6 fe80::1%\x1b[31m\tip=198.51.100.7 ::1 51000 110\r\n",
+        b"PROXY TCP6 2001:db8::5 fe80::1%eth0 51000 110\r\n",
     ],
 )
 def test_malformedAddressInHeader(header: bytes) -> None:
     """
     A v1 header whose port is not a number from 0 to 65535, or whose
-    address is not an address of its family, is malformed: the connection
+    address is not an address of its family (an IPv6 scope, with the text
+    after its "%" that would reach the logs, is not), is malformed: the connection
     is closed without a greeting (and without an exception out of
     dataReceived), and no such address reaches the session.
     """

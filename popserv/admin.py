@@ -90,7 +90,11 @@ def _userOf(line: bytes) -> bytes | None:
 
 
 def _checkUsername(user: str) -> bytes:
-    name = user.encode("utf-8")
+    try:
+        name = user.encode("utf-8")
+    except UnicodeEncodeError:
+        # Octets the command line had that are not UTF-8 (surrogateescape).
+        _fail(f"invalid user name {user!r}: it is not UTF-8")
     if not name or re.search(rb"[:\r\n]", name) or name.lstrip().startswith(b"#"):
         _fail(f"invalid user name {user!r}: it cannot be empty, hold ':' or start with '#'")
     return name

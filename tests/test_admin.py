@@ -85,6 +85,8 @@ class TestPasswd:
             (["passwd", "remove", str(path), "eve"], "no user eve"),
             (["passwd", "list", str(tmp_path / "nope")], "no such file"),
             (["passwd", "add", str(path), "a:b", "--password-stdin"], "invalid user name"),
+            (["passwd", "add", str(path), "b\udcffd", "--password-stdin"], "is not UTF-8"),
+            (["passwd", "remove", str(path), "b\udcffd"], "is not UTF-8"),
             (["passwd", "add", str(path), "new", "--password-stdin"], "empty password"),
         ]
         for argv, text in cases:

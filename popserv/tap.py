@@ -96,7 +96,8 @@ def _count(option: str) -> Callable[[str], int]:
     """
 
     def coerce(value: str) -> int:
-        if not (value.isdigit() and 0 < int(value) < 10**7):
+        # isdecimal, not isdigit: int() refuses digits such as "²".
+        if not (value.isdecimal() and 0 < int(value) < 10**7):
             raise ValueError(f"--{option} takes a whole number from 1, not {value!r}")
         return int(value)
 

@@ -606,6 +606,9 @@ def test_limitOptions() -> None:
         limits.maxAuthFailures,
     ) == (30, 120, 50, 5, 2)
     assert "--max-connections" in error(*base, "--max-connections", "0")
+    assert error(*base, "--max-auth-failures", "\u00b2") == (
+        "popserv: error: --max-auth-failures takes a whole number from 1, not '\u00b2'"
+    )
 
 
 def test_perAddressExemptOption() -> None:

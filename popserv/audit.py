@@ -40,6 +40,10 @@ def safe(value: str) -> str:
     """
     if not value:
         return "-"
+    if value == "-":
+        # What an empty value is written as: "user=-" must mean no user,
+        # not a client that sent "USER -".
+        return "%2D"
     if value.isascii() and value.isprintable() and " " not in value and "%" not in value:
         return value[:256]  # nothing to quote: most names
     out = []

@@ -96,12 +96,14 @@ def test_authFailureMechanism(
 def test_hostileUserNames() -> None:
     """
     User names are logged as one token: spaces, controls, '%' and
-    non-ASCII become %XX, so a name cannot forge another field or line.
+    non-ASCII become %XX, so a name cannot forge another field or line;
+    nor can the name "-" pass for the absence of one.
     """
     assert safe("a b") == "a%20b"
     assert safe("x ip=1.2.3.4\nfake") == "x%20ip=1.2.3.4%0Afake"
     assert safe("j\u00fcrgen") == "j%C3%BCrgen"
     assert safe("") == "-"
+    assert safe("-") == "%2D"  # not the "-" of no user at all
     assert safe("100%") == "100%25"
     assert safe("a\x7fb\tc") == "a%7Fb%09c"
     assert safe("\udcff") == "%FF"  # an undecodable octet, as surrogateescape keeps it

@@ -136,12 +136,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     optParameters = [
         [
-            "mailstore",
-            "m",
-            None,
-            "Where mail is stored, as KIND:ARGS (see --help-mailstores).",
-        ],
-        [
             "tls-cert",
             None,
             None,
@@ -281,6 +275,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["mailstore"] = None
+
+    def opt_mailstore(self, description: str) -> None:
+        """Where mail is stored, as KIND:ARGS (see --help-mailstores)."""
+        # Not the last one silently: "--mailstore memory" added to a unit's
+        # command line would serve every user an empty maildrop.
+        if self["mailstore"] is not None:
+            raise usage.UsageError(
+                f"--mailstore given twice ({self['mailstore']!r} and {description!r}): give one"
+            )
+        self["mailstore"] = description
+
+    opt_m = opt_mailstore
 
     def opt_listen(self, description: str) -> None:
         """Endpoint: tcp:, ssl:, unix:, systemd:, proxy:...; repeatable. Default: tcp:110."""

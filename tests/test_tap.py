@@ -245,6 +245,19 @@ def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None
     assert text in error(*args)
 
 
+def test_mailstoreTwice() -> None:
+    """
+    A second --mailstore is an error, not the one served: the mail of
+    "-m maildir:... -m memory" would seem gone.
+    """
+    args = ("--auth", "memory:a:b", "--mailstore", "maildir:/srv/mail/{user}", "-m", "memory")
+    assert error(*args) == (
+        "popserv: error: --mailstore given twice ('maildir:/srv/mail/{user}' and 'memory'):"
+        " give one"
+    )
+    assert parse("--auth", "memory:a:b", "-m", "memory")["mailstore"] == "memory"
+
+
 @pytest.mark.parametrize(
     "option", ["tls-cert", "tls-key", "tls-chain", "tls-client-ca", "policy-file"]
 )

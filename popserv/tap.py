@@ -429,6 +429,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                         text = f.read()
                 except OSError as e:
                     raise PolicyError(f"cannot read it: {e.strerror}") from None
+                except UnicodeDecodeError as e:
+                    line = e.object[: e.start].count(b"\n") + 1
+                    raise PolicyError(f"line {line}: not UTF-8") from None
                 users = parsePolicyFile(text, defaults)
             option = "--state-dir"
             if self["state-dir"] == "":

@@ -527,6 +527,10 @@ def test_policyErrorsNameTheOption(tmp_path: Path) -> None:
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
     assert f"--policy-file {policy}: line 1" in error(*base, "--policy-file", str(policy))
     assert "--login-delay: " in error(*base, "--login-delay", "15m")
+    policy.write_bytes(b"alice login-delay=60\nb\xf6b expire=3\n")
+    assert error(*base, "--policy-file", str(policy)) == (
+        f"popserv: error: --policy-file {policy}: line 2: not UTF-8"
+    )
 
 
 def test_allowCleartext() -> None:

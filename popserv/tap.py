@@ -323,6 +323,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # a bad argument) as "Unexpected error: ..."; it is the
             # operator's mistake, so say which --auth it was instead.
             cause = e.__context__
+            if str(e).startswith("Auth plugin not supported"):
+                # A checker of logins POP3 has no way to make (anonymous,
+                # sshkey): strcred names only the interface.
+                raise usage.UsageError(
+                    f"--auth {description!r}: popserv cannot use a {kind!r} checker:"
+                    " its logins are not POP3's (see --help-auth)"
+                ) from None
             if str(e).startswith("Auth plugin not recognized"):
                 kinds = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
                 raise usage.UsageError(

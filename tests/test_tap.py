@@ -245,6 +245,18 @@ def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None
     assert text in error(*args)
 
 
+@pytest.mark.parametrize("kind", ["anonymous", "sshkey"])
+def test_authKindOfNoPOP3Logins(kind: str) -> None:
+    """
+    A checker plugin whose logins POP3 cannot make is an error that names
+    the --auth, not strcred's bare "Auth plugin not supported: <interface>".
+    """
+    assert error("--auth", kind, "--mailstore", "memory") == (
+        f"popserv: error: --auth '{kind}': popserv cannot use a '{kind}' checker:"
+        " its logins are not POP3's (see --help-auth)"
+    )
+
+
 def test_mailstoreTwice() -> None:
     """
     A second --mailstore is an error, not the one served: the mail of

@@ -884,7 +884,11 @@ class MaildirMaildrop:
                 # rather than lock the user out of their other mail.
                 directory, name = where[names[i]]
                 path = os.path.join(self.path, listing.subdirectory(directory), name)
-                _log.warn("Skipping {path}: {e}", path=path, e=sizes)
+                # File names are quoted in the log (here and below): whoever
+                # delivers names the file, and a line break in the name
+                # would start a line of its own, an auth-failed line that
+                # the fail2ban filter takes as one.
+                _log.warn("Skipping {path!r}: {e}", path=path, e=sizes)
                 dropped.add(i)
         return vanished
 
@@ -999,7 +1003,9 @@ class MaildirMaildrop:
             # (By base name: the error may be that new/ or cur/ cannot be
             # listed, and then no path is known.)
             base = self._bases[index]
-            _log.error("Cannot read message {base} in {path}: {e}", base=base, path=self.path, e=e)
+            _log.error(
+                "Cannot read message {base!r} in {path}: {e}", base=base, path=self.path, e=e
+            )
             raise MessageUnavailable() from None
 
     def _openReadingAhead(self, index: int) -> tuple[_Opened, dict[int, bytes]]:
@@ -1081,7 +1087,7 @@ class MaildirMaildrop:
             # Maildir files do not change, but this one did: its listed
             # sizes were for other content.  Let the next login read it.
             _log.warn(
-                "{path} is {size} octets, not the {recorded} it was sized at;"
+                "{path!r} is {size} octets, not the {recorded} it was sized at;"
                 " it will be sized again at the next login",
                 path=self._pathOf(base),
                 size=info.st_size,
@@ -1149,7 +1155,7 @@ class MaildirMaildrop:
                 pass  # removed by another program: as the client wished
             except OSError as e:
                 # Moved under us at every try, or cannot be removed: kept.
-                _log.error("Cannot delete {base} in {path}: {e}", base=base, path=self.path, e=e)
+                _log.error("Cannot delete {base!r} in {path}: {e}", base=base, path=self.path, e=e)
                 failed.append(index)
                 continue
             removed.append(base)

@@ -254,7 +254,8 @@ def test_strayEntriesSkipped(tmp_path: Path) -> None:
         maildrop = result(store(tmp_path).openMaildrop("alice"))
     assert [m.uid for m in result(maildrop.listMessages())] == ["2.good", "4.gone"]
     assert sorted(formatEvent(e) for e in events) == [
-        f"Skipping {new / name}: [Errno 21] Is a directory" for name in ("1.stray", "3.stray,W=10")
+        f"Skipping '{new / name}': [Errno 21] Is a directory"
+        for name in ("1.stray", "3.stray,W=10")
     ]
     (new / "4.gone").unlink()
     with pytest.raises(MessageUnavailable):
@@ -453,6 +454,25 @@ def test_messageMovedBackDuringAListingIsFound(tmp_path: Path, monkeypatch: Any)
     maildrop.close()
 
 
+def test_fileNamesQuotedInTheLog(tmp_path: Path) -> None:
+    """
+    A file name is quoted in the log: whoever delivers names the file, and
+    a line break in it would otherwise start a log line of its own, such as
+    an auth-failed line that the fail2ban filter takes for a real one.
+    """
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="2.good")
+    forged = "1.x\n2026-11-25T15:00:00+0000 [popserv.audit#warn] popserv auth-failed: ip=1.2.3.4"
+    new = tmp_path / "alice" / "new"
+    (new / forged).mkdir()
+    with capturedLogs() as events:
+        maildrop = result(store(tmp_path).openMaildrop("alice"))
+    assert [formatEvent(e) for e in events] == [
+        f"Skipping {str(new / forged)!r}: [Errno 21] Is a directory"
+    ]
+    assert "\n" not in formatEvent(events[0])
+    maildrop.close()
+
+
 def test_unlistableMaildirGivesUnavailable(tmp_path: Path, monkeypatch: Any) -> None:
     """
     If new/ and cur/ cannot be listed when a message is first opened, RETR
@@ -468,7 +488,7 @@ def test_unlistableMaildirGivesUnavailable(tmp_path: Path, monkeypatch: Any) -> 
     with capturedLogs() as events, pytest.raises(MessageUnavailable):
         result(maildrop.openMessage(0))
     assert [formatEvent(e) for e in events] == [
-        f"Cannot read message 0.M0.host in {tmp_path / 'alice'}:"
+        f"Cannot read message '0.M0.host' in {tmp_path / 'alice'}:"
         " [Errno 13] Permission denied: 'new'"
     ]
     maildrop.close()

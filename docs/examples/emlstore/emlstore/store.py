@@ -132,7 +132,7 @@ def _unlink(paths: Sequence[tuple[int, str]]) -> None:
         except FileNotFoundError:
             pass  # another program removed it: it is gone, as asked
         except OSError as e:
-            _log.error("Cannot delete {path}: {e}", path=path, e=e)
+            _log.error("Cannot delete {path!r}: {e}", path=path, e=e)  # quoted: any name
             failed.append(index)
     if failed:
         raise DeletionFailed(failed)

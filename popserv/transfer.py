@@ -136,11 +136,20 @@ class MessageTransfer:
         if self._finished:
             return
         encoder = self._encoder
-        out = encoder.feedParts(data) if data else ()
-        if not data or encoder.done:
-            self._finish(*out)
+        try:
+            out = encoder.feedParts(data) if data else ()
+            if not data or encoder.done:
+                self._finish(*out)
+                return
+            self._write(*out)
+        except Exception:
+            # A chunk that cannot be encoded or sent (a reader that gave
+            # something other than bytes) fails the transfer as a failed
+            # read does.  Raised out of here, it went unhandled, and the
+            # loop in _pump, no longer reading, read again: forever, for a
+            # reader whose reads fire at once, and the reactor with it.
+            self._end(Failure())
             return
-        self._write(*out)
         self._onProgress()
         self._pump()
 

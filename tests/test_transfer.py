@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
@@ -178,3 +179,35 @@ def test_viewsHandedOnUnjoined(monkeypatch: pytest.MonkeyPatch) -> None:
     [parts] = sent
     assert [type(part) for part in parts] == [bytes, memoryview, bytes, memoryview, bytes]
     assert b"".join(parts) == b"+OK\r\n" + encodeMessage(message)  # type: ignore[arg-type]
+
+
+class StrReader(ChunkReader):
+    """
+    A reader that breaks the contract: its read fires at once with L{str}.
+    It counts its reads, and raises at the sixth so that a transfer that
+    keeps reading ends.
+    """
+
+    reads = 0
+
+    def read(self, size: int) -> Deferred[bytes]:
+        self.reads += 1
+        if self.reads > 5:
+            raise RuntimeError("read again after a chunk that could not be sent")
+        return succeed("not bytes")  # type: ignore[arg-type]
+
+
+def test_chunkThatCannotBeSentEndsTheTransfer() -> None:
+    """
+    A chunk that cannot be encoded (a reader whose read fired at once with
+    a L{str}) fails the transfer with that error, and nothing more is read:
+    the read loop used to go on reading the same broken chunk forever,
+    holding up the reactor and logging an unhandled error for each.
+    """
+    reader = StrReader(MESSAGE)
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    MessageTransfer(transport, reader, MessageEncoder()).start().addErrback(errors.append)
+    assert reader.reads == 1
+    assert len(errors) == 1 and errors[0].check(TypeError)
+    assert transport.producer is None

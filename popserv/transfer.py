@@ -13,12 +13,15 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import MessageEncoder, Part
 from popserv.interfaces import IMessageReader, IWholeMessageReader
 from popserv.sendnow import sendNow
+
+_log = Logger()
 
 #: Octets asked of the store per read.  Large enough that per-chunk costs
 #: (a Deferred, a thread hop for files, a write) vanish next to copying.
@@ -185,7 +188,15 @@ class MessageTransfer:
             return
         self._finished = True
         self._transport.unregisterProducer()
-        self._reader.close()
+        try:
+            self._reader.close()
+        except Exception:
+            # A store's bug: logged, and the transfer still ends.  Raised
+            # from here it left the session waiting for the transfer forever
+            # or, when the transport stopped it as the connection went, cut
+            # the transport's connectionLost short: the connection and the
+            # maildrop's lock were then never released.
+            _log.failure("Closing the message reader failed")
         if result is None:
             self.deferred.callback(None)
         else:

@@ -11,6 +11,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from popserv.encoder import MessageEncoder, encodeMessage
@@ -211,3 +212,36 @@ def test_chunkThatCannotBeSentEndsTheTransfer() -> None:
     assert reader.reads == 1
     assert len(errors) == 1 and errors[0].check(TypeError)
     assert transport.producer is None
+
+
+class RaisingCloseReader(BytesReader):
+    """
+    A reader whose close raises (a store's bug).
+    """
+
+    def close(self) -> None:
+        raise RuntimeError("close failed")
+
+
+def test_readerCloseRaising() -> None:
+    """
+    A reader whose close raises does not stop the transfer from ending: it
+    still fires its Deferred and unregisters from the transport, and the
+    error is logged.  (It used to escape from the end of the transfer: the
+    session then waited forever, and from the transport's connectionLost
+    it left the connection and the maildrop's lock held.)
+    """
+    transport = RecordingTransport()
+    observed: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(observed.append)
+    try:
+        done: list[object] = []
+        transfer = MessageTransfer(transport, RaisingCloseReader(MESSAGE), MessageEncoder())
+        transfer.start().addCallback(done.append)
+    finally:
+        globalLogPublisher.removeObserver(observed.append)
+    assert done == [None]
+    assert transport.producer is None
+    assert [e["log_failure"].check(RuntimeError) for e in observed if "log_failure" in e] == [
+        RuntimeError
+    ]

@@ -91,13 +91,22 @@ class MessageTransfer:
         """
         self._transport.registerProducer(self, True)
         reader = self._reader
-        whole = reader.whole(self._chunkSize) if IWholeMessageReader.providedBy(reader) else None
-        if whole is None:
-            self._pump()
-        else:
-            # The store holds the whole message (as a Maildir store does
-            # for most): one write, status line to terminator, no reads.
-            self._finish(*self._encoder.feedParts(whole) if whole else ())
+        try:
+            whole = (
+                reader.whole(self._chunkSize) if IWholeMessageReader.providedBy(reader) else None
+            )
+            if whole is None:
+                self._pump()
+            else:
+                # The store holds the whole message (as a Maildir store does
+                # for most): one write, status line to terminator, no reads.
+                self._finish(*self._encoder.feedParts(whole) if whole else ())
+        except Exception:
+            # A store's bug (no reader at all, a whole() that raises): the
+            # transfer fails, and is no longer the transport's producer.
+            # Raised from here, it stayed registered, and the transport,
+            # stopping it when the connection went, failed in its turn.
+            self._end(Failure())
         return self.deferred
 
     # IPushProducer

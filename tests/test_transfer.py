@@ -245,3 +245,19 @@ def test_readerCloseRaising() -> None:
     assert [e["log_failure"].check(RuntimeError) for e in observed if "log_failure" in e] == [
         RuntimeError
     ]
+
+
+def test_notAReader() -> None:
+    """
+    What a store gave as a reader that is none (L{None}, from a broken
+    C{openMessage}) fails the transfer, which unregisters from the
+    transport: it used to raise out of C{start} and stay registered, and
+    the transport, stopping it when the connection was lost, then raised
+    in its turn and never closed the connection.
+    """
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    transfer = MessageTransfer(transport, None, MessageEncoder())  # type: ignore[arg-type]
+    transfer.start().addErrback(errors.append)
+    assert len(errors) == 1 and errors[0].check(AttributeError)
+    assert transport.producer is None

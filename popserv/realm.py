@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.portal import IRealm
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from zope.interface import Interface, implementer
 
 from popserv.interfaces import IMaildrop, IMailStore
@@ -64,6 +64,17 @@ class MaildropRealm:
     ) -> Deferred[tuple[type[Interface], object, Callable[[], None]]]:
         if IMaildrop not in interfaces:
             raise NotImplementedError("MaildropRealm only provides IMaildrop")
+        if not isinstance(avatarId, bytes | str):
+            # A checker's bug, most often a callback that falls off its end
+            # (None) where it should fail with UnauthorizedLogin: handed to
+            # the store as a user name, it logged in any password.
+            return fail(
+                TypeError(
+                    f"the checker gave {avatarId!r} as the avatar ID, not a user name "
+                    "(bytes or str); a checker refuses a login by failing with "
+                    "UnauthorizedLogin"
+                )
+            )
         user = avatarName(avatarId)
         if isinstance(mind, LoginMind):
             # Tell the protocol who logged in: per-user policy needs it.

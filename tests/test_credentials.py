@@ -121,6 +121,28 @@ def test_avatarName() -> None:
     assert avatarName("bob") == "bob"
 
 
+@pytest.mark.parametrize("avatarId", [None, (), 42])
+def test_realmRefusesWhatIsNoUserName(avatarId: object) -> None:
+    """
+    An avatar ID that is no user name (L{None} from a checker whose callback
+    fell off its end instead of failing with L{UnauthorizedLogin}, cred's
+    C{ANONYMOUS}, a number) fails the login with a L{TypeError} that says
+    so, and the store is never asked: it used to be handed to the store as
+    the user name, and a wrong password logged in.
+    """
+    asked: list[object] = []
+
+    class Store(MemoryStore):
+        def openMaildrop(self, user: str) -> Any:
+            asked.append(user)
+            return super().openMaildrop(user)
+
+    failure = outcome(MaildropRealm(Store()).requestAvatar(avatarId, None, IMaildrop))
+    assert failure.check(TypeError)
+    assert "not a user name" in str(failure.value)
+    assert asked == []
+
+
 def test_checkerChainTriesInOrder() -> None:
     """
     A chain accepts a login that any of its checkers accepts, asks only the

@@ -952,7 +952,11 @@ class POP3Protocol(LineOnlyReceiver):
     def _ready(self, messages: Sequence[MessageInfo], sizes: Sequence[int] | None = None) -> None:
         if self._lost:
             return
-        self._transaction = Transaction(messages, sizes)
+        # Before the state changes: a listing the session cannot take in (a
+        # store's bug) then fails the login, in the AUTHORIZATION state.
+        transaction = Transaction(messages, sizes)
+        count, octets = transaction.stat()
+        self._transaction = transaction
         self.state = State.TRANSACTION
         self.record.user = self.user or ""
         self.record.mechanism = self._attempt[1]
@@ -962,7 +966,6 @@ class POP3Protocol(LineOnlyReceiver):
         self.challenge = None
         self.setTimeout(self.factory.timeout)
         self.factory.penalties.succeeded(self.address)
-        count, octets = self._transaction.stat()
         self._send(replies.ok(f"Logged in, {count} messages ({octets} octets)"))
 
     def _loginFailed(self, failure: Failure) -> Any:

@@ -414,6 +414,29 @@ class TestRobustness:
         assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
         assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
 
+    def test_listingThatFailsLateLeavesAuthorization(self) -> None:
+        """
+        A listing that fails only once the session takes it in (an iterator
+        rather than a sequence: it has no length) is a server fault like a
+        failed listMessages: the session stays in the AUTHORIZATION state,
+        with the maildrop released.  It used to be left in TRANSACTION
+        without a transaction, and its next command raised an
+        AssertionError that dropped the connection.
+        """
+
+        class IteratorMaildrop(MaildropOver):
+            def listMessages(self) -> Deferred[Any]:
+                return self._maildrop.listMessages().addCallback(iter)
+
+        s = session()
+        s.wrapMaildrops(IteratorMaildrop)
+        with capturedLogs() as events:
+            assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
+        assert [e["log_failure"].type for e in events if "log_failure" in e] == [TypeError]
+        assert s.command(b"STAT") == b"-ERR Command not valid in this state\r\n"
+        assert not s.transport.disconnecting
+        s.memory.openMaildrop("alice").addCallback(lambda maildrop: maildrop.close())
+
     def test_linesAfterQuitIgnored(self) -> None:
         """
         Nothing sent after QUIT is executed.

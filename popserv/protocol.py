@@ -383,6 +383,13 @@ class POP3Protocol(LineOnlyReceiver):
             if isinstance(e, CommandError | SASLError | CleartextRefused):
                 self._badCommand()
             return
+        except Exception:
+            # As from a command that answers later: raised into the
+            # transport, it dropped the connection without a reply.  The
+            # -ERR ends an AUTH exchange too.
+            self._endSASL()
+            self._serverFault(Failure())
+            return
         if result is not None:
             # Later lines wait in the queue until this answer is complete.
             self._busy = True

@@ -437,6 +437,30 @@ class TestRobustness:
         assert not s.transport.disconnecting
         s.memory.openMaildrop("alice").addCallback(lambda maildrop: maildrop.close())
 
+    def test_commandRaisingIsAServerFault(self) -> None:
+        """
+        A command that raises at once (UIDL over a store's unique id that is
+        not ASCII, against its contract) is a server fault: logged, and
+        answered with the generic -ERR [SYS/TEMP]; the session goes on.  The
+        exception used to escape into the transport, which logged an
+        Unhandled Error and dropped the connection without a reply.
+        """
+
+        class NonASCIIMaildrop(MaildropOver):
+            def listMessages(self) -> Deferred[Any]:
+                return self._maildrop.listMessages().addCallback(
+                    lambda infos: [info._replace(uid="\u00fc") for info in infos]
+                )
+
+        s = session()
+        s.wrapMaildrops(NonASCIIMaildrop)
+        assert s.login().startswith(b"+OK Logged in")
+        with capturedLogs() as events:
+            assert s.command(b"UIDL") == b"-ERR [SYS/TEMP] Internal server error\r\n"
+        assert [e["log_failure"].type for e in events if "log_failure" in e] == [UnicodeEncodeError]
+        assert s.command(b"NOOP") == b"+OK\r\n"
+        assert not s.transport.disconnecting
+
     def test_linesAfterQuitIgnored(self) -> None:
         """
         Nothing sent after QUIT is executed.

@@ -980,6 +980,10 @@ class POP3Protocol(LineOnlyReceiver):
             return None  # the session ended while the attempt waited
         self._release()
         self._endSASL()
+        if self.user is not None:
+            # Logged in, but the listing failed: name whose, as for a
+            # maildrop that did not open.
+            self._recordRefused(self.user)
         self.user = None
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             return self._authFailed()

@@ -365,3 +365,27 @@ def test_inUseNamesTheUser(events: list[dict[str, Any]]) -> None:
         "popserv session: user=- ip=127.0.0.3 tls=- mechanism=- retr=0/0 top=0/0"
         " dele=0 left=0/0 duration=0.000 reason=disconnected",
     ]
+
+
+def test_failedListingNamesTheUser(events: list[dict[str, Any]]) -> None:
+    """
+    A login whose credentials were accepted and whose maildrop opened, but
+    whose listing then failed (-ERR [SYS/TEMP]), names the user and
+    mechanism in its line, as one whose maildrop did not open does: the
+    operator can tell whose maildrop the store fails on.  It used to say
+    user=-.
+    """
+
+    class FailingListing(MaildropOver):
+        def listMessages(self) -> Any:
+            return fail(RuntimeError("the store's bug"))
+
+    s = Session()
+    s.wrapMaildrops(FailingListing)
+    assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
+    s.protocol.connectionLost(None)
+    lines = [formatEvent(e) for e in events if "session" in e]
+    assert lines == [
+        "popserv session: user=alice ip=127.0.0.1 tls=- mechanism=USER retr=0/0 top=0/0"
+        " dele=0 left=0/0 duration=0.000 reason=disconnected",
+    ]

@@ -86,6 +86,7 @@ from popserv.maildirindex import (
 )
 from popserv.prefetch import NOATIME, NOWAIT, advise, cached, readEach, willNeed
 from popserv.threads import Runner, deferToThread
+from popserv.transaction import trustListings
 
 LOCK_NAME = "popserv.lock"
 _SUBDIRS = ("new", "cur")
@@ -642,6 +643,7 @@ class _ReadAhead:
 _Opened = tuple[BinaryIO | None, bytes, int]
 
 
+@trustListings
 @implementer(IMaildrop)
 class MaildirMaildrop:
     """

@@ -21,6 +21,7 @@ from popserv.interfaces import (
     IWholeMessageReader,
     MessageInfo,
 )
+from popserv.transaction import trustListings
 
 
 @implementer(IWholeMessageReader)
@@ -56,6 +57,7 @@ class _Message:
         self.info = MessageInfo(wireSize(data), uid, wireSize(data, downgrade=True))
 
 
+@trustListings
 @implementer(IMaildrop)
 class MemoryMaildrop:
     """

@@ -77,7 +77,7 @@ from popserv.sasl import (
 from popserv.states import LEGAL, State
 from popserv.timeouts import Timeout, Timeouts
 from popserv.tls import ReloadableTLS, channelBinding
-from popserv.transaction import Transaction
+from popserv.transaction import Transaction, checkListing, needsCheck
 from popserv.transfer import CHUNK_SIZE, MessageTransfer, TransferAborted
 from popserv.turnend import writeReply
 from popserv.twistedtcp import plainTCP
@@ -894,6 +894,10 @@ class POP3Protocol(LineOnlyReceiver):
     def _listed(self, messages: Sequence[MessageInfo]) -> Deferred[None] | None:
         if self._lost:
             return None
+        if needsCheck(self._maildrop):
+            # Another store's bug must not reach the wire (a unique-id with
+            # CRLF in a UIDL listing): the login fails as a server fault.
+            checkListing(messages)
         if self.utf8:
             self._ready(messages)
             return None

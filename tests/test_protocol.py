@@ -22,8 +22,10 @@ from zope.interface import implementer
 
 from popserv.encoder import encodeMessage
 from popserv.errors import DeletionFailed, MessageUnavailable
+from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
 from popserv.protocol import MAX_QUEUED_LINES
+from popserv.transaction import BrokenListing, Transaction
 
 M1 = b"Subject: one\r\n\r\nfirst\r\n"
 M2 = b"Subject: two\n\n.dotted\nlast line"
@@ -432,34 +434,92 @@ class TestRobustness:
         s.wrapMaildrops(IteratorMaildrop)
         with capturedLogs() as events:
             assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
-        assert [e["log_failure"].type for e in events if "log_failure" in e] == [TypeError]
+        assert [e["log_failure"].type for e in events if "log_failure" in e] == [BrokenListing]
         assert s.command(b"STAT") == b"-ERR Command not valid in this state\r\n"
         assert not s.transport.disconnecting
         s.memory.openMaildrop("alice").addCallback(lambda maildrop: maildrop.close())
 
-    def test_commandRaisingIsAServerFault(self) -> None:
+    def test_commandRaisingIsAServerFault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """
-        A command that raises at once (UIDL over a store's unique id that is
-        not ASCII, against its contract) is a server fault: logged, and
-        answered with the generic -ERR [SYS/TEMP]; the session goes on.  The
-        exception used to escape into the transport, which logged an
-        Unhandled Error and dropped the connection without a reply.
+        A command that raises at once (a bug: here UIDL, over a listing it
+        cannot read) is a server fault: logged, and answered with the
+        generic -ERR [SYS/TEMP]; the session goes on.  The exception used
+        to escape into the transport, which logged an Unhandled Error and
+        dropped the connection without a reply.
         """
 
-        class NonASCIIMaildrop(MaildropOver):
-            def listMessages(self) -> Deferred[Any]:
-                return self._maildrop.listMessages().addCallback(
-                    lambda infos: [info._replace(uid="\u00fc") for info in infos]
-                )
+        def broken(self: Transaction) -> Any:
+            raise UnicodeEncodeError("ascii", "\u00fc", 0, 1, "a bug")
 
         s = session()
-        s.wrapMaildrops(NonASCIIMaildrop)
         assert s.login().startswith(b"+OK Logged in")
+        monkeypatch.setattr(Transaction, "uids", broken)
         with capturedLogs() as events:
             assert s.command(b"UIDL") == b"-ERR [SYS/TEMP] Internal server error\r\n"
         assert [e["log_failure"].type for e in events if "log_failure" in e] == [UnicodeEncodeError]
         assert s.command(b"NOOP") == b"+OK\r\n"
         assert not s.transport.disconnecting
+
+    @pytest.mark.parametrize(
+        ("listing", "why"),
+        [
+            (
+                [MessageInfo(5, "a"), MessageInfo(5, "b\r\n+OK forged")],
+                "message 2 with unique-id 'b\\r\\n+OK forged': not 1 to 70 characters"
+                " from 0x21 to 0x7E",
+            ),
+            (
+                [MessageInfo(5, "a"), MessageInfo(5, "b"), MessageInfo(5, "a")],
+                "message 3 with unique-id 'a': given to an earlier message too",
+            ),
+            ([MessageInfo(5, "")], "message 1 with unique-id '': not 1 to 70 characters"),
+            ([MessageInfo(5, "x" * 71)], f"message 1 with unique-id {'x' * 71!r}: not 1 to 70"),
+            ([MessageInfo(5, "j\u00f6rg")], "message 1 with unique-id 'j\u00f6rg': not 1 to 70"),
+            ([MessageInfo(-3, "a")], "message 1 with size -3, downgraded size None: not whole"),
+            ([MessageInfo(2.5, "a")], "message 1 with size 2.5, downgraded size None: not whole"),
+            ([MessageInfo(5, "a", -1)], "message 1 with size 5, downgraded size -1: not whole"),
+        ],
+    )
+    def test_brokenListingFailsLogin(self, listing: list[MessageInfo], why: str) -> None:
+        """
+        A store's listing that breaks the IMaildrop contract fails the login
+        as a server fault, naming the message and what is wrong with it,
+        rather than reaching the wire: a unique-id holding CRLF would add
+        lines of its own to a UIDL listing; one given twice makes a client
+        that leaves mail on the server skip a message for good.
+        """
+
+        class BrokenMaildrop(MaildropOver):
+            def listMessages(self) -> Deferred[Any]:
+                return succeed(listing)
+
+        s = session()
+        s.wrapMaildrops(BrokenMaildrop)
+        with capturedLogs() as events:
+            assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
+        [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert failure.check(BrokenListing)
+        assert str(failure.value).startswith(f"the store listed {why}")
+        assert s.command(b"STAT") == b"-ERR Command not valid in this state\r\n"
+
+    def test_goodListingOfAnotherStore(self) -> None:
+        """
+        Another store's listing that keeps the contract is taken as it is:
+        the longest unique-id, every octet it may hold, a size of 0.
+        """
+        longest = bytes(range(0x21, 0x67)).decode("ascii")
+        listing = [MessageInfo(0, longest, 0), MessageInfo(7, "~!", 9)]
+
+        class GoodMaildrop(MaildropOver):
+            def listMessages(self) -> Deferred[Any]:
+                return succeed(listing)
+
+        s = session()
+        s.wrapMaildrops(GoodMaildrop)
+        assert s.login() == b"+OK Logged in, 2 messages (9 octets)\r\n"
+        assert s.command(b"UIDL") == (
+            b"+OK Unique-ID listing follows\r\n1 " + longest.encode("ascii") + b"\r\n2 ~!\r\n.\r\n"
+        )
 
     def test_linesAfterQuitIgnored(self) -> None:
         """

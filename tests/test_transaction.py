@@ -6,11 +6,19 @@ sizes this client sees.
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 import pytest
 
 from popserv.interfaces import MessageInfo, MessageList, column
-from popserv.transaction import MessageDeleted, NoSuchMessage, Transaction
+from popserv.transaction import (
+    BrokenListing,
+    MessageDeleted,
+    NoSuchMessage,
+    Transaction,
+    checkListing,
+    needsCheck,
+)
 
 MESSAGES = [MessageInfo(100, "a", 120), MessageInfo(200, "b", 200), MessageInfo(300, "c", 310)]
 
@@ -148,3 +156,35 @@ def test_columns() -> None:
         assert txn.info(2) == MessageInfo(200, "b", 200)
         txn.delete(1)
         assert txn.stat() == (2, 500)
+
+
+def test_checkListingColumns() -> None:
+    """
+    A L{MessageList} is checked by its columns: arrays of sizes, downgraded
+    sizes with L{None} among them; a unique-id given twice is found.
+    """
+    good = MessageList(array("Q", [3, 0]), ["a", "b"], [None, 4])
+    checkListing(good)
+    checkListing([])
+    twice = MessageList(array("Q", [3, 0]), ["a", "a"], [None, 4])
+    with pytest.raises(BrokenListing, match="message 2 with unique-id 'a': given to an earlier"):
+        checkListing(twice)
+    with pytest.raises(BrokenListing, match="listMessages gave a generator, not a sequence"):
+        checkListing(i for i in good)  # type: ignore[arg-type]
+
+
+def test_ownStoresTrusted(tmp_path: Any) -> None:
+    """
+    popserv's own maildrops are taken without the check; any other,
+    a wrapper of theirs too, is checked.
+    """
+    from popserv.maildir import MaildirMaildrop
+    from popserv.memorystore import MemoryStore
+
+    store = MemoryStore()
+    store.deliver("alice", b"hi\n")
+    maildrop = store.openMaildrop("alice").result
+    assert not needsCheck(maildrop)
+    assert not needsCheck(MaildirMaildrop.__new__(MaildirMaildrop))
+    assert needsCheck(object())
+    maildrop.close()

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, alsoProvides, implementer
 
+from popserv.errors import CredentialsUnchecked
 from popserv.threads import Runner, deferToThread
 
 
@@ -171,9 +172,38 @@ def normalizeChecker(checker: ICredentialsChecker) -> ICredentialsChecker:
         return ThreadedChecker(checker, onlyExpensive=True)
     from twisted.plugins.cred_unix import UNIXChecker
 
-    if isinstance(checker, FilePasswordDB | UNIXChecker):
+    if isinstance(checker, FilePasswordDB):
+        return ThreadedChecker(_FileReadOrRaise(checker))
+    if isinstance(checker, UNIXChecker):
         return ThreadedChecker(checker)
     return checker
+
+
+@implementer(ICredentialsChecker)
+class _FileReadOrRaise:
+    """
+    Twisted's C{file:} checker, whose refusals are told apart from a file it
+    could not read.  It reads its file at every login, and when it cannot,
+    logs that and refuses the login as if the password were wrong: a user
+    with the right one was then logged as a failed login, which the
+    fail2ban filter counts.  After a refusal this opens the file: if that
+    fails, the L{OSError} is the login's answer, a checker's failure, which
+    L{CheckerChain} does not count as wrong credentials.  Blocks: run in a
+    L{ThreadedChecker}.
+    """
+
+    def __init__(self, checker: FilePasswordDB) -> None:
+        self.checker = checker
+        self.credentialInterfaces = checker.credentialInterfaces
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        return maybeDeferred(self.checker.requestAvatarId, credentials).addErrback(self._refused)
+
+    def _refused(self, failure: Failure) -> Failure:
+        failure.trap(UnauthorizedLogin)
+        with open(self.checker.filename, "rb"):
+            pass  # readable after all: the refusal stands
+        return failure
 
 
 @implementer(ICredentialsChecker, IOfferedCredentials)
@@ -184,7 +214,9 @@ class CheckerChain:
 
     A L{Portal} keeps only one checker per credentials interface, so without
     this a second C{--auth} would silently replace the first.  A checker
-    that fails with anything but L{UnauthorizedLogin} is logged and skipped.
+    that fails with anything but L{UnauthorizedLogin} is logged and skipped;
+    if no other accepts, the login fails with L{CredentialsUnchecked}, not
+    as wrong credentials: the one that failed might have accepted them.
     """
 
     _log = Logger()
@@ -215,18 +247,21 @@ class CheckerChain:
             for c in self.checkers
             if any(i.providedBy(credentials) for i in c.credentialInterfaces)
         ]
-        return self._next(credentials, iter(candidates))
+        return self._next(credentials, iter(candidates), False)
 
-    def _next(self, credentials: Any, candidates: Iterator[ICredentialsChecker]) -> Deferred[Any]:
+    def _next(
+        self, credentials: Any, candidates: Iterator[ICredentialsChecker], failed: bool
+    ) -> Deferred[Any]:
         checker = next(candidates, None)
         if checker is None:
-            return fail(UnauthorizedLogin())
+            return fail(CredentialsUnchecked() if failed else UnauthorizedLogin())
         d: Deferred[Any] = maybeDeferred(checker.requestAvatarId, credentials)
 
         def rejected(failure: Failure) -> Deferred[Any]:
-            if not failure.check(UnauthorizedLogin, UnhandledCredentials):
-                self._log.failure("Checker {checker!r} failed", failure, checker=checker)
-            return self._next(credentials, candidates)
+            if failure.check(UnauthorizedLogin, UnhandledCredentials):
+                return self._next(credentials, candidates, failed)
+            self._log.failure("Checker {checker!r} failed", failure, checker=checker)
+            return self._next(credentials, candidates, True)
 
         return d.addErrback(rejected)
 

@@ -52,6 +52,18 @@ class MaildropUnavailable(POP3Error):
     text = "Maildrop temporarily unavailable"
 
 
+class CredentialsUnchecked(POP3Error):
+    """
+    No checker accepted a login's credentials, and one could not check them
+    (its password file could not be read, its database did not answer): the
+    credentials may well be right, so the login is not counted as a failed
+    guess (RFC 3206 section 4, SYS/TEMP).
+    """
+
+    code = "SYS/TEMP"
+    text = "Cannot check credentials now, try again later"
+
+
 class MaildropRefused(POP3Error):
     """
     The maildrop cannot be opened and retrying will not help: for example

@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 from protocol_helpers import DelayedStore, MaildropOver, Session
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import fail
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from popserv.audit import safe
+from popserv.credentials import CheckerChain
 from popserv.errors import DeletionFailed
 from popserv.memorystore import MemoryStore
 from popserv.policy import SitePolicy, UserPolicy
@@ -68,6 +72,28 @@ def test_authFailureLine(events: list[dict[str, Any]]) -> None:
     for line in lines:
         match = failregex().search("2026-11-22T10:00:00+0000 [popserv.audit#warn] " + line)
         assert match is not None and match.group("host") == "127.0.0.9"
+
+
+def test_uncheckedCredentialsAreNoFailure(events: list[dict[str, Any]]) -> None:
+    """
+    A login that no checker could check (its password file unreadable)
+    gets -ERR [SYS/TEMP] at once and logs no auth-failed line, which
+    fail2ban would count against a user who gave the right password.
+    """
+
+    @implementer(ICredentialsChecker)
+    class Broken:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            raise OSError("cannot read the password file")
+
+    s = Session(peer="127.0.0.9", checkers=[CheckerChain([Broken()])])
+    with capturedLogs():
+        assert s.login() == b"-ERR [SYS/TEMP] Cannot check credentials now, try again later\r\n"
+    assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
+    s.clock.advance(2)
+    assert [formatEvent(e) for e in events] == []
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordD
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from twisted.logger import capturedLogs
 from zope.interface import implementer
 
 from popserv.credentials import (
@@ -27,6 +28,7 @@ from popserv.credentials import (
     makeChallenge,
     normalizeChecker,
 )
+from popserv.errors import CredentialsUnchecked
 from popserv.interfaces import IMaildrop
 from popserv.memorystore import MemoryStore
 from popserv.realm import MaildropRealm, avatarName
@@ -178,6 +180,57 @@ def test_checkerChainSkipsBrokenChecker() -> None:
     chain = CheckerChain([Broken(), good])
     assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
     assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
+
+
+def test_checkerChainFailedCheckerIsNoRefusal() -> None:
+    """
+    When no checker accepts and one of them failed, the login fails with
+    CredentialsUnchecked (-ERR [SYS/TEMP]), not UnauthorizedLogin: the one
+    that failed might have accepted the credentials, and a failed login is
+    what fail2ban counts.  Refusals alone still give UnauthorizedLogin.
+    """
+
+    @implementer(ICredentialsChecker)
+    class Broken:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            raise OSError("database down")
+
+    other = InMemoryUsernamePasswordDatabaseDontUse()
+    other.addUser(b"bob", b"two")
+    for checkers in ([Broken()], [Broken(), other], [other, Broken()]):
+        with capturedLogs() as events:
+            failure = outcome(CheckerChain(checkers).requestAvatarId(UsernamePassword(b"a", b"b")))
+        assert failure.check(CredentialsUnchecked)
+        assert [e["log_failure"].type for e in events] == [OSError]
+    refused = outcome(CheckerChain([other, other]).requestAvatarId(UsernamePassword(b"a", b"b")))
+    assert refused.check(UnauthorizedLogin)
+
+
+def test_fileCheckerThatCannotReadItsFile(tmp_path: Any) -> None:
+    """
+    Twisted's file: checker refuses every login, logging an error, while it
+    cannot read its file; after normalizeChecker such a refusal is the
+    OSError, which a chain answers with CredentialsUnchecked, so that a user
+    with the right password is not logged as a failed login.  A refusal
+    while the file is there stands.
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\n")
+    checker = normalizeChecker(strcred.makeChecker(f"file:{passwd}"))
+    assert isinstance(checker, ThreadedChecker)
+    checker = ThreadedChecker(checker.checker, runInThread=syncRun)
+    chain = CheckerChain([checker])
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"secret"))) == b"alice"
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"nope"))).check(
+        UnauthorizedLogin
+    )
+    passwd.rename(tmp_path / "passwd.gone")
+    with capturedLogs() as events:
+        failure = outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"secret")))
+    assert failure.check(CredentialsUnchecked)
+    assert FileNotFoundError in [e["log_failure"].type for e in events if "log_failure" in e]
 
 
 def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:

@@ -118,6 +118,24 @@ def test_file_checker(start_server, maildir_root, maildir, deliver, tmp_path):
     finally:
         client.close()
 
+    # While the file cannot be read, the right password is not a failed
+    # login: no auth-failed line for fail2ban to count against alice.
+    passwords.rename(tmp_path / "passwd.gone")
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        with pytest.raises(poplib.error_proto) as unchecked:
+            client.pass_("secret")
+        assert unchecked.value.args[0] == (
+            b"-ERR [SYS/TEMP] Cannot check credentials now, try again later"
+        )
+        client.quit()
+    finally:
+        client.close()
+    output = server.output()
+    assert output.count("popserv auth-failed: user=alice") == 1  # hunter2's, above
+    assert "Unable to load credentials db" in output
+
 
 def _second_login(port: int, raw_client) -> bytes:
     client = raw_client(port)

@@ -302,6 +302,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         kind, _, argument = description.partition(":")
         if kind == "file" and not os.path.isfile(argument):
             raise usage.UsageError(f"--auth {description!r}: no such file")
+        if kind == "unix" and argument:
+            # Twisted's unix checker takes no argument, and ignores one
+            # without a word: "unix:/etc/shadow.other" would read the
+            # system's accounts all the same.
+            raise usage.UsageError(f"--auth {description!r}: unix takes no argument (--auth unix)")
         if kind == "unix" and not _unixCheckerWorks():
             # Twisted's unix checker needs crypt (and spwd for /etc/shadow);
             # without them it refuses every login without a word.

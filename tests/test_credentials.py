@@ -17,6 +17,7 @@ from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordD
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from twisted.internet.defer import succeed
 from twisted.logger import capturedLogs
 from zope.interface import implementer
 
@@ -318,3 +319,20 @@ def test_unknownUserCostsAPBKDF2Run(scramKeyRuns: list[bytes], name: str) -> Non
     replies = authenticate(lambda line: s.command(line)[:-2], ScramClient(name, "wrong"))
     assert replies[-1] == b"-ERR [AUTH] Authentication failed"
     assert len(scramKeyRuns) == 1
+
+
+@pytest.mark.parametrize("given", [None, b"mail", object()])
+def test_realmRefusesWhatIsNoMaildrop(given: object) -> None:
+    """
+    A store whose openMaildrop gives something without the IMaildrop
+    methods (None, most often) fails the login with a TypeError that names
+    it, rather than an AttributeError from the realm.
+    """
+
+    class Store(MemoryStore):
+        def openMaildrop(self, user: str) -> Any:
+            return succeed(given)
+
+    failure = outcome(MaildropRealm(Store()).requestAvatar(b"alice", None, IMaildrop))
+    assert failure.check(TypeError)
+    assert str(failure.value) == f"openMaildrop gave {given!r}, not an IMaildrop"

@@ -59,6 +59,15 @@ def test_unixAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch, module: str) -> N
     assert "use passwd-file: instead" in message
 
 
+def test_unixAuthTakesNoArgument() -> None:
+    """
+    --auth unix with an argument is a start-up error: Twisted's checker
+    would ignore it and read the system's accounts all the same.
+    """
+    message = error("--auth", "unix:/etc/shadow.other", "--mailstore", "memory")
+    assert "--auth 'unix:/etc/shadow.other': unix takes no argument (--auth unix)" in message
+
+
 def _helpAuthKinds() -> list[str]:
     """
     The kinds of checker C{--help-auth} lists.

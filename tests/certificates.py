@@ -87,18 +87,22 @@ class CertificateAuthority:
         )
         self.files = _write(directory / "ca", self.cert, self.key)
 
-    def issue(self, name: str, sans: list[str], filename: str | None = None) -> Issued:
+    def issue(self, name: str, sans: list[str] | None, filename: str | None = None) -> Issued:
         """
         A certificate for C{name} with the given DNS names, IP addresses and
         e-mail addresses (those with "@"); "DNS:" makes what follows a DNS
-        name, whatever it is.
+        name, whatever it is, and "email:" an e-mail address.  With C{sans}
+        L{None}, a certificate without the subjectAltName extension.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alternatives: list[x509.GeneralName] = []
-        for san in sans:
+        for san in sans or []:
             if san.startswith("DNS:"):  # any text, as a DNS name
                 alternatives.append(x509.DNSName(san[4:]))
+                continue
+            if san.startswith("email:"):  # what cryptography takes as one
+                alternatives.append(x509.RFC822Name(san[6:]))
                 continue
             if "@" in san:
                 alternatives.append(x509.RFC822Name(san))
@@ -107,7 +111,7 @@ class CertificateAuthority:
                 alternatives.append(x509.IPAddress(ipaddress.ip_address(san)))
             except ValueError:
                 alternatives.append(x509.DNSName(san))
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
             .issuer_name(self.cert.subject)
@@ -115,12 +119,15 @@ class CertificateAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
             # ...and the certificates it signs to name it by that identifier.
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
         )
+        if sans is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(alternatives), critical=False
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
         return _write(self.directory / (filename or name), cert, key)

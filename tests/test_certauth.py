@@ -8,11 +8,11 @@ from __future__ import annotations
 from certificates import CertificateAuthority
 from cryptography import x509
 
-from popserv.certauth import userForCertificate
+from popserv.certauth import CertificateCredentials, ClientCertificateChecker, userForCertificate
 
 
-def load(ca: CertificateAuthority, sans: list[str]) -> x509.Certificate:
-    issued = ca.issue("client", sans, filename="client-" + str(len(sans)))
+def load(ca: CertificateAuthority, sans: list[str] | None) -> x509.Certificate:
+    issued = ca.issue("client", sans, filename="client-" + str(len(sans or [])))
     return x509.load_pem_x509_certificate(issued.certificate.read_bytes())
 
 
@@ -65,3 +65,75 @@ def test_derived(ca: CertificateAuthority) -> None:
     idn = load(ca, ["xn--hst-sna.example.org"])
     assert userForCertificate(idn, "höst.example.org") is None
     assert userForCertificate(idn, "xn--hst-sna.example.org") == "xn--hst-sna.example.org"
+
+
+def test_emailSpelling(ca: CertificateAuthority) -> None:
+    """
+    The certificate's address is the user as it spells it, upper case and
+    all; its local part is compared exactly, to the last "@" (one quoted
+    in the local part is not the separator).
+    """
+    cert = load(ca, ["Alice@Example.ORG"])
+    assert userForCertificate(cert, "") == "Alice@Example.ORG"
+    assert userForCertificate(cert, "Alice@example.org") == "Alice@Example.ORG"
+    assert userForCertificate(cert, "alice@Example.ORG") is None
+    quoted = load(ca, ['"a@b"@example.org'])
+    assert userForCertificate(quoted, '"a@b"@EXAMPLE.org') == '"a@b"@example.org'
+    assert userForCertificate(quoted, '"a@B"@example.org') is None
+
+
+def test_derivedDNSName(ca: CertificateAuthority) -> None:
+    """
+    A derived DNS name is the user in lower case, as an asked-for one is;
+    a certificate with e-mail addresses (here two, so none is derived)
+    does not fall back to its DNS name.
+    """
+    assert userForCertificate(load(ca, ["Host.Example.ORG"]), "") == "host.example.org"
+    both = load(ca, ["a@example.org", "b@example.org", "host.example.org"])
+    assert userForCertificate(both, "") is None
+    assert userForCertificate(both, "host.example.org") == "host.example.org"
+
+
+def test_noAlternativeNames(ca: CertificateAuthority) -> None:
+    """
+    A certificate without subject alternative names names no user: its
+    subject's common name is never used.
+    """
+    cert = load(ca, None)
+    assert userForCertificate(cert, "") is None
+    assert userForCertificate(cert, "client@example.org") is None
+
+
+def test_dnsNameNeedsDNSNames(ca: CertificateAuthority) -> None:
+    """
+    A host name must be one of the certificate's DNS names: one with an
+    address and an e-mail address, but no DNS name, names no host.
+    """
+    cert = load(ca, ["alice@example.org", "192.0.2.1"])
+    assert userForCertificate(cert, "host.example.org") is None
+    assert userForCertificate(cert, "alice@example.org") == "alice@example.org"
+
+
+def checked(credentials: CertificateCredentials) -> object:
+    outcome: list[object] = []
+    ClientCertificateChecker().requestAvatarId(credentials).addBoth(outcome.append)
+    (result,) = outcome
+    return result
+
+
+def test_checker(ca: CertificateAuthority) -> None:
+    """
+    The checker answers with the user as UTF-8 bytes, and refuses a name
+    the certificate does not give, or one that is not UTF-8, with
+    UnauthorizedLogin (a failed login, not a broken checker).
+    """
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.python.failure import Failure
+
+    cert = load(ca, ["alice@example.org"])
+    assert checked(CertificateCredentials(cert, b"")) == b"alice@example.org"
+    assert checked(CertificateCredentials(cert, b"alice@EXAMPLE.org")) == b"alice@example.org"
+    for authzid in [b"bob@example.org", b"alice@example.org\xff"]:
+        result = checked(CertificateCredentials(cert, authzid))
+        assert isinstance(result, Failure), authzid
+        assert result.check(UnauthorizedLogin), authzid

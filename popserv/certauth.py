@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography import x509
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, verify_service_identity
 from twisted.cred.checkers import ICredentialsChecker
@@ -114,7 +114,10 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
         verify_service_identity(
             extract_patterns(certificate), obligatory_ids=[DNS_ID(authzid)], optional_ids=[]
         )
-    except (VerificationError, ValueError):
+    except (VerificationError, CertificateError, ValueError):
+        # CertificateError: no subjectAltName service-identity can compare
+        # (only e-mail addresses, say), or one it cannot read (an IP address
+        # as a DNS name).
         return None
     # DNS names compare without regard to case (RFC 4343).
     return authzid.lower()

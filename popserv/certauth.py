@@ -12,7 +12,8 @@ decides which user a verified certificate may log in as:
  - any other user name must be one of its DNS names, checked with
    service-identity's DNS-ID rules;
  - with no authorization identity, the certificate must name exactly one
-   e-mail address, or else exactly one DNS name, and that is the user.
+   e-mail address, or else exactly one DNS name, and that is the user
+   (if it is an address, or a host name, as one asked for must be).
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def _sameAddress(a: str, b: str) -> bool:
     return localA == localB and domainA.lower() == domainB.lower()
 
 
+def _isAddress(name: str) -> bool:
+    """
+    Whether C{name} is an e-mail address, one a user may be: ASCII (an
+    rfc822Name is an IA5String), with a local part, "@" and a domain.  Not
+    "example.org" or "@example.org" (name-constraint forms, no mailbox),
+    nor "" (a user without a name), nor a non-ASCII name that C{lower()}
+    makes match one (KELVIN SIGN for "k").
+    """
+    localpart, _, domain = name.rpartition("@")
+    return name.isascii() and bool(localpart) and bool(domain)
+
+
 def _isHostName(name: str) -> bool:
     """
     Whether C{name} is a host name, one a user may be: not a wildcard
@@ -100,7 +113,7 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
     if not authzid:
         emails = _emails(certificate)
         if len(emails) == 1:
-            return emails[0]
+            return emails[0] if _isAddress(emails[0]) else None
         names = _dnsNames(certificate)
         if not emails and len(names) == 1 and _isHostName(names[0]):
             return names[0].lower()
@@ -108,6 +121,8 @@ def userForCertificate(certificate: x509.Certificate, authzid: str) -> str | Non
     if "@" not in authzid and not _isHostName(authzid):
         return None
     if "@" in authzid:
+        if not _isAddress(authzid):
+            return None
         # The certificate's own spelling, so that one mailbox has one name.
         return next((e for e in _emails(certificate) if _sameAddress(authzid, e)), None)
     try:

@@ -84,6 +84,22 @@ def test_emailSpelling(ca: CertificateAuthority) -> None:
     assert userForCertificate(quoted, '"a@B"@example.org') is None
 
 
+def test_notAnAddress(ca: CertificateAuthority) -> None:
+    """
+    An e-mail address without a local part, or without "@" (the forms of a
+    name constraint, not of a mailbox), is no user: derived, the one
+    without "@" was the name of the host user of that name.  Nor does a
+    non-ASCII name match an address by Unicode case mapping.
+    """
+    for odd in ["backup.example.org", "@example.org"]:
+        cert = load(ca, [f"email:{odd}"])
+        assert userForCertificate(cert, "") is None, odd
+        assert userForCertificate(cert, odd) is None, odd
+    cert = load(ca, ["alice@example.ork"])
+    assert userForCertificate(cert, "alice@example.or\N{KELVIN SIGN}") is None
+    assert userForCertificate(cert, "alice@EXAMPLE.ORK") == "alice@example.ork"
+
+
 def test_derivedDNSName(ca: CertificateAuthority) -> None:
     """
     A derived DNS name is the user in lower case, as an asked-for one is;

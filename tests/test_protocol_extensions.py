@@ -595,6 +595,105 @@ class TestSTLS:
         assert s.command(b"STLS") == b"-ERR Command not valid in this state\r\n"
 
 
+class CertificateTransport(TLSCapableTransport):
+    """
+    A L{TLSCapableTransport} whose client presents C{certificate} (a
+    cryptography certificate, given as Twisted's TLS transport gives it:
+    pyOpenSSL's X509).
+    """
+
+    def __init__(self, certificate: Any, peer: str = "192.0.2.7") -> None:
+        super().__init__(peer)
+        from OpenSSL import crypto
+
+        self.certificate = (
+            crypto.X509.from_cryptography(certificate) if certificate is not None else None
+        )
+
+    def getPeerCertificate(self) -> Any:
+        return self.certificate
+
+
+class TestExternal:
+    """
+    SASL EXTERNAL (RFC 4422 appendix A) with a client certificate.
+    """
+
+    def session(self, ca: Any, presented: bool = True) -> tuple[Session, CertificateTransport]:
+        """
+        A session from another machine whose client holds a certificate
+        for alice@example.org (unless not C{presented}), who has one
+        message, with --auth cert.
+        """
+        from cryptography import x509
+
+        from popserv.certauth import ClientCertificateChecker
+
+        issued = ca.issue("alice", ["alice@example.org"], filename="alice")
+        certificate = x509.load_pem_x509_certificate(issued.certificate.read_bytes())
+        transport = CertificateTransport(certificate if presented else None)
+        s = Session(transport=transport, tls=CERT, checkers=[ClientCertificateChecker()])
+        s.memory.deliver("alice@example.org", b"Subject: a\r\n\r\nbody\r\n")
+        return s, transport
+
+    def test_notBeforeTLS(self, ca: Any) -> None:
+        """
+        A certificate counts only once TLS protects the connection: before
+        STLS, EXTERNAL is neither listed nor accepted, and the client is
+        told why, as for any mechanism this connection cannot use yet.
+        """
+        s, _ = self.session(ca)
+        assert not any(line.startswith(b"SASL") for line in capa(s))
+        assert s.command(b"AUTH") == b"+OK Methods supported\r\n.\r\n"
+        assert s.command(b"AUTH EXTERNAL =") == (
+            b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
+        )
+
+    def test_afterSTLS(self, ca: Any) -> None:
+        """
+        After STLS, EXTERNAL is offered and logs in as the user the
+        certificate names: with an empty response (here to the server's
+        empty challenge), or that user's name, but not another's; the
+        session records the mechanism as EXTERNAL.
+        """
+        s, _ = self.session(ca)
+        assert s.command(b"STLS") == b"+OK Begin TLS negotiation\r\n"
+        assert b"SASL EXTERNAL" in capa(s)
+        assert s.command(b"AUTH") == b"+OK Methods supported\r\nEXTERNAL\r\n.\r\n"
+        assert s.command(b"AUTH EXTERNAL " + b64(b"bob@example.org")) == (
+            b"-ERR [AUTH] Authentication failed\r\n"
+        )
+        assert s.command(b"AUTH EXTERNAL") == b"+ \r\n"
+        s.send(b"\r\n")
+        s.clock.advance(2)  # the failure's penalty
+        assert s.take() == b"+OK Logged in, 1 messages (20 octets)\r\n"
+        assert (s.protocol.record.user, s.protocol.record.mechanism) == (
+            "alice@example.org",
+            "EXTERNAL",
+        )
+
+    @pytest.mark.parametrize("response", [b"=", b64(b"alice@EXAMPLE.org")])
+    def test_initialResponse(self, ca: Any, response: bytes) -> None:
+        """
+        An empty initial response ("=", RFC 5034 section 4: no name, the
+        certificate's), or the user's name, logs in at once.
+        """
+        s, _ = self.session(ca)
+        s.command(b"STLS")
+        assert s.command(b"AUTH EXTERNAL " + response) == (
+            b"+OK Logged in, 1 messages (20 octets)\r\n"
+        )
+
+    def test_noCertificate(self, ca: Any) -> None:
+        """
+        Over TLS without a client certificate EXTERNAL is not offered.
+        """
+        s, _ = self.session(ca, presented=False)
+        s.command(b"STLS")
+        assert not any(line.startswith(b"SASL") for line in capa(s))
+        assert s.command(b"AUTH EXTERNAL =") == b"-ERR Unsupported authentication mechanism\r\n"
+
+
 def test_utf8() -> None:
     """
     UTF8 is accepted before login and UTF-8 user names then log in.

@@ -89,7 +89,7 @@ def test_helpAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "crypt", None)
     kinds = _helpAuthKinds()
     assert "unix" not in kinds
-    assert {"memory", "passwd-file"} <= set(kinds)
+    assert {"memory", "passwd-file", "cert"} <= set(kinds)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 removed crypt and spwd")
@@ -498,10 +498,14 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
         "popserv: error: --listen 'ssl:0:privateKey=/nokey.pem': "
         "privateKey=/nokey.pem: cannot read it: No such file or directory"
     )
-    # A client CA is for logins by certificate, and they need one.
+    # A client CA is for logins by certificate, and they need one; and a
+    # certificate comes only over TLS.
     assert error(*base, *good, "--tls-client-ca", str(ca.files.certificate)) == (
         "popserv: error: --tls-client-ca needs --auth cert"
     )
+    assert error(
+        "--auth", "cert", "--mailstore", "memory", "--tls-client-ca", str(ca.files.certificate)
+    ) == ("popserv: error: --tls-client-ca needs --tls-cert or an ssl: listener")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     assert "no certificate" in error(*base, "--tls-cert", str(junk), "--tls-key", str(server.key))

@@ -55,8 +55,10 @@ def test_derived(ca: CertificateAuthority) -> None:
     assert userForCertificate(wildcard, "") is None
     assert userForCertificate(wildcard, "host.example.org") == "host.example.org"
     # Nor is a name that is an address, or has an empty label.
-    for odd in ["alice@example.org", ".example.org", "a..example.org"]:
+    for odd in ["alice@example.org", ".example.org", "a..example.org", "example.org."]:
         assert userForCertificate(load(ca, [f"DNS:{odd}"]), "") is None, odd
+    # The absolute form is a second spelling of the name, asked for too.
+    assert userForCertificate(load(ca, ["example.org"]), "example.org.") is None
     assert userForCertificate(load(ca, ["DNS:.example.org"]), ".example.org") is None
     assert userForCertificate(load(ca, ["DNS: .example.org"]), "") is None
     # Only the exact ASCII spelling: padding or a U-label would be a second

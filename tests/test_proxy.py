@@ -260,13 +260,20 @@ def test_unknownShortForm() -> None:
         b"PROXY TCP4 203.0.113.\xc3\xa4 192.0.2.1 51000 110\r\n",
         b"PROXY TCP6 fe80::1%\x1b[31m\tip=198.51.100.7 ::1 51000 110\r\n",
         b"PROXY TCP6 2001:db8::5 fe80::1%eth0 51000 110\r\n",
+        # Single spaces only, a known protocol, UNKNOWN as a word of its own.
+        b"PROXY TCP4 203.0.113.5  192.0.2.1 51000 110\r\n",
+        b"PROXY TCP4 203.0.113.5\t192.0.2.1 51000 110\r\n",
+        b"PROXY UDP4 203.0.113.5 192.0.2.1 51000 110\r\n",
+        b"PROXY UNKNOWNX\r\n",
     ],
 )
 def test_malformedAddressInHeader(header: bytes) -> None:
     """
-    A v1 header whose port is not a number from 0 to 65535, or whose
-    address is not an address of its family (an IPv6 scope, with the text
-    after its "%" that would reach the logs, is not), is malformed: the connection
+    A v1 header whose port is not a number from 0 to 65535, whose address
+    is not an address of its family (an IPv6 scope, with the text after its
+    "%" that would reach the logs, is not), whose protocol is neither TCP4
+    nor TCP6 (nor UNKNOWN, a word of its own), or whose fields are not
+    separated by single spaces (section 2.1), is malformed: the connection
     is closed without a greeting (and without an exception out of
     dataReceived), and no such address reaches the session.
     """
@@ -274,6 +281,18 @@ def test_malformedAddressInHeader(header: bytes) -> None:
     protocol.dataReceived(header)
     assert transport.disconnecting
     assert transport.value() == b""
+
+
+@pytest.mark.parametrize("port", [0, 65535])
+def test_portRange(port: int) -> None:
+    """
+    A v1 header's ports run from 0 to 65535, both ends included.
+    """
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"PROXY TCP4 203.0.113.5 192.0.2.1 %d %d\r\n" % (port, port))
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    assert protocol.getPeer() == IPv4Address("TCP", "203.0.113.5", port)
+    assert protocol.getHost() == IPv4Address("TCP", "192.0.2.1", port)
 
 
 def recordLost(protocol: Any) -> list[Failure]:

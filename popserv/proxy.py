@@ -178,6 +178,13 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             if self._parser is not None and len(getattr(self._parser, "buffer", b"")) > MAX_HEADER:
                 self._refuse("PROXY header too long")
             return
+        if not isinstance(info.source, IPv4Address | IPv6Address):
+            # A v2 header's AF_UNIX addresses name a socket on the proxy's
+            # machine, not on this one, where the session would take the
+            # client for local (cleartext, --per-address-exempt local): as
+            # for v1's UNKNOWN, which HAProxy sends for the same client,
+            # the proxy connection's own addresses stand.
+            info = ProxyInfo(info.header, None, None)
         self._info = info
         self._started = True
         if self._timer is not None:

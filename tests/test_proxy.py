@@ -43,6 +43,11 @@ SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 #: client address.
 V2_LOCAL = SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", 0)
 
+#: A v2 header for a client on a UNIX socket of the proxy's machine: the
+#: proxy's socket's path as source and destination (108 octets each).
+_PATHS = b"/run/haproxy/pop3.sock".ljust(108, b"\0") * 2
+V2_UNIX = SIGNATURE + bytes([0x21, 0x31]) + struct.pack("!H", len(_PATHS)) + _PATHS
+
 
 def connect(proxy: str = "10.1.2.3", timeout: float = 10.0) -> tuple[Any, StringTransport, Clock]:
     session = Session(allowCleartext=False)
@@ -218,12 +223,17 @@ def test_v1IPv6Header() -> None:
     assert b"+OK Capability list follows" in transport.value()
 
 
-@pytest.mark.parametrize("header", [b"PROXY UNKNOWN 203.0.113.5 192.0.2.1 51000 110\r\n", V2_LOCAL])
+@pytest.mark.parametrize(
+    "header", [b"PROXY UNKNOWN 203.0.113.5 192.0.2.1 51000 110\r\n", V2_LOCAL, V2_UNIX]
+)
 def test_headerWithoutAddresses(header: bytes) -> None:
     """
     A v1 UNKNOWN or v2 LOCAL header carries no client address (whatever
-    follows UNKNOWN is ignored): the session starts with the proxy
-    connection's own addresses.
+    follows UNKNOWN is ignored), and a v2 header's AF_UNIX addresses name
+    a socket on the proxy's machine: the session starts with the proxy
+    connection's own addresses, and a client from another machine is not
+    taken for a local one: USER in clear is refused (with v2's AF_UNIX
+    source the session saw a UNIX socket, and took the client for local).
     """
     protocol, transport, _ = connect()
     protocol.dataReceived(header)
@@ -231,6 +241,9 @@ def test_headerWithoutAddresses(header: bytes) -> None:
     assert protocol.getPeer() == IPv4Address("TCP", "10.1.2.3", 40000)
     assert protocol.getHost() == transport.getHost()
     assert protocol.wrappedProtocol.address == "10.1.2.3"
+    transport.clear()
+    protocol.dataReceived(b"USER alice\r\n")
+    assert transport.value().startswith(b"-ERR [AUTH] Plaintext")
 
 
 def test_unknownShortForm() -> None:

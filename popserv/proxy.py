@@ -70,6 +70,10 @@ class _V1Parser(V1Parser):
 
     @classmethod
     def parse(cls, line: bytes) -> ProxyInfo:
+        # At most 107 octets with the CRLF (section 2.1).  Twisted's feed
+        # refuses only a line that grows past that before its CRLF.
+        if len(line) > 105:
+            raise InvalidProxyHeader()
         # "UNKNOWN": the receiver ignores the rest of the line and uses
         # the connection's own addresses.
         if line == b"PROXY UNKNOWN" or line.startswith(b"PROXY UNKNOWN "):

@@ -246,6 +246,26 @@ def test_headerWithoutAddresses(header: bytes) -> None:
     assert transport.value().startswith(b"-ERR [AUTH] Plaintext")
 
 
+def test_v1LineLength() -> None:
+    """
+    A v1 header is at most 107 octets with its CRLF (section 2.1): one of
+    108 is refused, whether its CRLF comes with the rest or in a read of
+    its own (Twisted's parser refuses only a line that grows past 107
+    octets before its CRLF).
+    """
+    longest = b"PROXY UNKNOWN " + b"x" * (107 - 16) + b"\r\n"
+    assert len(longest) == 107
+    for chunks in ([longest[:-2] + b"x\r\n"], [longest[:-2] + b"x", b"\r\n"]):
+        protocol, transport, _ = connect()
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+        assert transport.disconnecting
+        assert transport.value() == b""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(longest)
+    assert transport.value().startswith(b"+OK POP3 server ready")
+
+
 def test_unknownShortForm() -> None:
     """
     "PROXY UNKNOWN" followed at once by CRLF is the short form of a v1

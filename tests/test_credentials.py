@@ -163,22 +163,27 @@ def test_checkerChainTriesInOrder() -> None:
     assert outcome(chain.requestAvatarId(UsernamePassword(b"bob", b"one"))).check(UnauthorizedLogin)
 
 
+@implementer(ICredentialsChecker)
+class BrokenChecker:
+    """
+    A checker whose database is down.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        raise OSError("database down")
+
+
 def test_checkerChainSkipsBrokenChecker() -> None:
     """
     A checker that fails with an unexpected error is skipped (and logged);
     the next one still decides.
     """
 
-    @implementer(ICredentialsChecker)
-    class Broken:
-        credentialInterfaces = (IUsernamePassword,)
-
-        def requestAvatarId(self, credentials: Any) -> Any:
-            raise OSError("database down")
-
     good = InMemoryUsernamePasswordDatabaseDontUse()
     good.addUser(b"alice", b"one")
-    chain = CheckerChain([Broken(), good])
+    chain = CheckerChain([BrokenChecker(), good])
     assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
     assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
 
@@ -191,16 +196,9 @@ def test_checkerChainFailedCheckerIsNoRefusal() -> None:
     what fail2ban counts.  Refusals alone still give UnauthorizedLogin.
     """
 
-    @implementer(ICredentialsChecker)
-    class Broken:
-        credentialInterfaces = (IUsernamePassword,)
-
-        def requestAvatarId(self, credentials: Any) -> Any:
-            raise OSError("database down")
-
     other = InMemoryUsernamePasswordDatabaseDontUse()
     other.addUser(b"bob", b"two")
-    for checkers in ([Broken()], [Broken(), other], [other, Broken()]):
+    for checkers in ([BrokenChecker()], [BrokenChecker(), other], [other, BrokenChecker()]):
         with capturedLogs() as events:
             failure = outcome(CheckerChain(checkers).requestAvatarId(UsernamePassword(b"a", b"b")))
         assert failure.check(CredentialsUnchecked)

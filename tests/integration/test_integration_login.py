@@ -11,8 +11,11 @@ import poplib
 import re
 import signal
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
+from clients import require_program
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +287,50 @@ def test_log_names_listening_address(server, wait_until):
     """
     line = f"popserv listening on 127.0.0.1:{server.port} (tcp:0:interface=127.0.0.1)"
     assert wait_until(lambda: line in server.output())
+
+
+FILTER = Path(__file__).parents[2] / "contrib" / "fail2ban" / "filter.d" / "popserv.conf"
+
+
+def test_fail2ban_filter(server, maildir, deliver, wait_until, tmp_path):
+    """
+    The shipped fail2ban filter, run by fail2ban's own fail2ban-regex over
+    a real server's log, finds each failed login with the client's
+    address, and nothing in a line that a message file's name wrote: a
+    name with a line break and a forged auth-failed line in it is quoted,
+    so it starts no line of its own.
+    """
+    require_program("fail2ban-regex")
+    deliver(maildir, b"Subject: hi\n\nbody\n")
+    forged = "1.x\n2026-11-25T15:00:00+0000 [popserv.audit#warn] popserv auth-failed:"
+    forged += " user=x ip=203.0.113.5 mechanism=PLAIN\n"
+    (maildir / "new" / forged).mkdir()
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        with pytest.raises(poplib.error_proto):
+            client.pass_("wrong")
+    finally:
+        client.close()
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        assert client.pass_("secret").startswith(b"+OK Logged in, 1 messages")
+        client.quit()
+    finally:
+        client.close()
+    wait_until(lambda: "auth-failed" in server.output() and "Skipping" in server.output())
+    log = tmp_path / "popserv.log"
+    log.write_text(server.output())
+    result = subprocess.run(
+        ["fail2ban-regex", "--print-all-matched", str(log), str(FILTER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert re.search(r"^Failregex: 1 total$", result.stdout, re.MULTILINE), result.stdout
+    matched = result.stdout.split("|- Matched line(s):", 1)[1].split("\n`-", 1)[0]
+    assert matched.count("\n|  ") == 1, result.stdout
+    assert "popserv auth-failed: user=alice ip=127.0.0.1 mechanism=USER" in matched
+    assert "203.0.113.5" not in matched

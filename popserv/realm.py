@@ -89,9 +89,11 @@ _MAILDROP_METHODS = tuple(IMaildrop.names())
 
 
 def _avatar(maildrop: IMaildrop) -> tuple[type[Interface], object, Callable[[], None]]:
-    if not all(hasattr(maildrop, name) for name in _MAILDROP_METHODS):
+    if not IMaildrop.providedBy(maildrop) and not all(
+        hasattr(maildrop, name) for name in _MAILDROP_METHODS
+    ):
         # A store's bug (often None): say so, rather than an AttributeError
-        # further on.  By its methods, not providedBy: a store that forgot
-        # its @implementer still works.
+        # further on.  By its methods when it does not declare IMaildrop: a
+        # store that forgot its @implementer still works.
         raise TypeError(f"openMaildrop gave {maildrop!r}, not an IMaildrop")
     return (IMaildrop, maildrop, maildrop.close)

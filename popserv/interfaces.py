@@ -25,6 +25,7 @@ Conventions that hold for every method below:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import attrgetter, eq
@@ -32,6 +33,12 @@ from typing import Any, NamedTuple, overload
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+#: A unique-id (RFC 1939 section 7, L{MessageInfo.uid}): 1 to 70
+#: characters from 0x21 to 0x7E.
+UID = re.compile(r"[\x21-\x7e]{1,70}\Z")
+#: The octets a unique-id is made of.
+UID_OCTETS = bytes(range(0x21, 0x7F))
 
 
 class MessageInfo(NamedTuple):

@@ -72,7 +72,15 @@ from popserv.errors import (
     StoreConfigError,
 )
 from popserv.filereader import FileReader
-from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, MessageInfo, MessageList
+from popserv.interfaces import (
+    UID,
+    UID_OCTETS,
+    IMaildrop,
+    IMailStore,
+    IMessageReader,
+    MessageInfo,
+    MessageList,
+)
 from popserv.maildirindex import (
     NO_SIZE,
     IndexCache,
@@ -110,8 +118,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NO
 #: L{popserv.prefetch}).  RETR and TOP read as a client reading mail does.
 _SIZING_FLAGS = _OPEN_FLAGS | NOATIME
 _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
-#: RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
-_UID_OK = re.compile(r"[\x21-\x7e]{1,70}\Z")
 #: What L{uidFor} makes of a name that is not a valid unique-id.
 _DIGEST_UID = re.compile(r"x[0-9a-f]{40}\Z")
 #: A name of that form among "/"-joined names.
@@ -147,7 +153,7 @@ def uidFor(base: str) -> str:
     the message it is the digest of (RFC 1939 section 7: unique in the
     maildrop).
     """
-    if _UID_OK.match(base) and not _DIGEST_UID.match(base):
+    if UID.match(base) and not _DIGEST_UID.match(base):
         return base
     return "x" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
@@ -160,17 +166,13 @@ def _sortKey(name: str) -> tuple[int, str]:
     return (int(head) if head.isdecimal() and len(head) < 20 else 0, name)
 
 
-#: The octets of a unique-id (RFC 1939 section 7).
-_UID_OCTETS = bytes(range(0x21, 0x7F))
-
-
 def _allUIDs(joined: list[str], names: list[str]) -> bool:
     """
     Whether each of C{names}, also given as "/"-joined strings, is its own
     UIDL (L{uidFor}'s rule, checked for all names at once in C).
     """
     for part in joined:
-        if not part.isascii() or part.encode("ascii").translate(None, _UID_OCTETS):
+        if not part.isascii() or part.encode("ascii").translate(None, UID_OCTETS):
             return False
         # (Maildir names start with a digit: the search nearly never runs.)
         if (part.startswith("x") or "/x" in part) and _DIGEST_NAME.search(part):

@@ -20,7 +20,6 @@ they will run.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,13 @@ from zope.interface.verify import verifyObject
 
 from popserv.encoder import wireSize
 from popserv.errors import MaildropInUse
-from popserv.interfaces import IMaildrop, IMailStore, IMessageReader, IWholeMessageReader
-
-_UID = re.compile(r"[\x21-\x7e]{1,70}\Z")
+from popserv.interfaces import (
+    UID,
+    IMaildrop,
+    IMailStore,
+    IMessageReader,
+    IWholeMessageReader,
+)
 
 #: Messages with every kind of line ending and the awkward cases.
 SAMPLES = [
@@ -199,7 +202,7 @@ class StoreContract:
         maildrop = await self._open(store)
         first = [i.uid for i in await maildrop.listMessages()]
         maildrop.close()
-        assert all(_UID.match(uid) for uid in first)
+        assert all(UID.match(uid) for uid in first)
         assert len(set(first)) == len(first)
         maildrop = await self._open(store)
         try:

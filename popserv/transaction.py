@@ -7,7 +7,6 @@ Pure bookkeeping over the L{MessageInfo} snapshot; no I/O.
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Sequence
 from functools import partial
@@ -15,7 +14,7 @@ from operator import is_not
 from typing import TypeVar
 
 from popserv.errors import POP3Error
-from popserv.interfaces import MessageInfo, column
+from popserv.interfaces import UID, UID_OCTETS, MessageInfo, column
 
 
 class NoSuchMessage(POP3Error):
@@ -37,10 +36,6 @@ class MessageDeleted(POP3Error):
 _NOTHING: frozenset[int] = frozenset()
 
 _T = TypeVar("_T", bound=type)
-
-#: The octets of a unique-id (RFC 1939 section 7).
-_UID_OCTETS = bytes(range(0x21, 0x7F))
-_UID = re.compile("[\x21-\x7e]{1,70}")
 
 
 #: The maildrop classes whose listings are right by construction: see
@@ -104,7 +99,7 @@ def checkListing(messages: Sequence[MessageInfo]) -> None:
     except (TypeError, UnicodeEncodeError):
         raise _culprit(messages) from None
     if (
-        joined.translate(None, _UID_OCTETS) != b" " * (len(uids) - 1)
+        joined.translate(None, UID_OCTETS) != b" " * (len(uids) - 1)
         or min(map(len, uids)) < 1
         or max(map(len, uids)) > 70
         or len(set(uids)) != len(uids)
@@ -121,7 +116,7 @@ def _culprit(messages: Sequence[MessageInfo]) -> BrokenListing:
         size, uid, downgraded = info.size, info.uid, info.downgradedSize
         if not all(_isSize(n) for n in (size, 0 if downgraded is None else downgraded)):
             why = f"size {size!r}, downgraded size {downgraded!r}: not whole numbers from 0"
-        elif not (isinstance(uid, str) and _UID.fullmatch(uid)):
+        elif not (isinstance(uid, str) and UID.match(uid)):
             why = f"unique-id {uid!r}: not 1 to 70 characters from 0x21 to 0x7E"
         elif uid in seen:
             why = f"unique-id {uid!r}: given to an earlier message too"

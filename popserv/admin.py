@@ -365,6 +365,14 @@ def check(arguments: Sequence[str]) -> list[str]:
     return describe(options, authDescriptions)
 
 
+def _fileName(text: str) -> str:
+    # An empty name would be taken for the working directory by realpath(),
+    # and the error would name a temporary file beside it.
+    if not text:
+        raise argparse.ArgumentTypeError("a file name cannot be empty")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popserv", description="Administer popserv.")
     parser.add_argument("--version", action="version", version=f"popserv {__version__}")
@@ -387,13 +395,13 @@ def _parser() -> argparse.ArgumentParser:
     actions = passwd.add_subparsers(dest="action", required=True)
     for action, text in (("add", "add a user"), ("change", "change a user's password")):
         sub = actions.add_parser(action, help=text, parents=[schemes])
-        sub.add_argument("file")
+        sub.add_argument("file", type=_fileName)
         sub.add_argument("user")
     remove = actions.add_parser("remove", help="remove a user")
-    remove.add_argument("file")
+    remove.add_argument("file", type=_fileName)
     remove.add_argument("user")
     listing = actions.add_parser("list", help="list users and their schemes")
-    listing.add_argument("file")
+    listing.add_argument("file", type=_fileName)
 
     commands.add_parser("hash", help="print a {SCHEME} password field", parents=[schemes])
 

@@ -96,6 +96,20 @@ class TestPasswd:
             assert err.count("\n") == 1
         assert path.read_bytes() == b"bob:{PLAIN}x\n"
 
+    @pytest.mark.parametrize("action", ["add", "change", "remove", "list"])
+    def test_emptyFileName(self, action: str, monkeypatch: Any, capsys: Any) -> None:
+        """
+        An empty file name is a usage error that says so, not an error about
+        a temporary file in the working directory.
+        """
+        argv = ["passwd", action, ""] + ([] if action == "list" else ["bob"])
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == 2
+        err = capsys.readouterr().err
+        assert err.endswith("argument file: a file name cannot be empty\n"), err
+        assert ".popserv-passwd." not in err
+
     def test_editsFollowSymbolicLink(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """
         A password file that is a symbolic link (to a file another server

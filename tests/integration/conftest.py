@@ -240,20 +240,24 @@ class ServerFactory:
         listen: str = f"tcp:0:interface={HOST}",
         twistd_options: Sequence[str] = (),
         prefix: Sequence[str] = (),
+        logfile: Path | None = None,
     ) -> Server:
         """
         Start C{twistd -n popserv} (by default on an ephemeral port of
         127.0.0.1) and wait until it says which port it listens on.
         C{twistd_options} go to twistd itself, before C{popserv};
         C{prefix} is a command that runs twistd (it must exec it, keeping
-        the process id).
+        the process id); with C{logfile}, twistd logs there
+        (C{--logfile}) rather than to standard output.
         """
-        log = self.tmp_path / f"twistd-{len(self.servers)}.log"
+        output = self.tmp_path / f"twistd-{len(self.servers)}.log"
+        log = output if logfile is None else logfile
         argv = [
             *prefix,
             *twistd_command(python),
             "-n",
             "--pidfile=",
+            *([] if logfile is None else [f"--logfile={logfile}"]),
             *twistd_options,
             "popserv",
             "--listen",
@@ -263,7 +267,7 @@ class ServerFactory:
             mailstore,
             *extra,
         ]
-        with open(log, "wb") as out:
+        with open(output, "wb") as out:
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -276,17 +280,19 @@ class ServerFactory:
         self.servers.append(server)
         deadline = time.monotonic() + START_DEADLINE
         while True:
-            match = _STARTED.search(log.read_bytes())
+            text = log.read_bytes() if log.exists() else b""
+            match = _STARTED.search(text)
             if match:
                 server.port = int(match.group(1))
                 return server
+            shown = text.decode("utf-8", "replace")
+            if log != output:
+                shown += output.read_bytes().decode("utf-8", "replace")
             if process.poll() is not None:
-                pytest.fail(
-                    f"twistd exited with {process.returncode} before listening:\n" + server.output()
-                )
+                pytest.fail(f"twistd exited with {process.returncode} before listening:\n" + shown)
             if time.monotonic() > deadline:
                 server.stop()
-                pytest.fail(f"twistd did not listen within {START_DEADLINE} s:\n" + server.output())
+                pytest.fail(f"twistd did not listen within {START_DEADLINE} s:\n" + shown)
             time.sleep(0.05)
 
     def stopAll(self) -> None:

@@ -1,8 +1,8 @@
 """
 popserv deployed the way an operator deploys it: started as root and
 dropping privileges with C{twistd --uid/--gid} after binding a privileged
-port, and started by systemd socket activation from the units shipped in
-C{contrib/systemd}.
+port, started by systemd socket activation from the units shipped in
+C{contrib/systemd}, and logging to a file that twistd rotates.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from conftest import (
     HOST,
     PASSWORD,
     USER,
+    RawClient,
     Server,
     ServerFactory,
     deliver,
@@ -517,3 +518,58 @@ def test_workersShareSockets(
             s.close()
         for worker, log in zip(workers, logs, strict=False):
             Server(worker, log).stop()
+
+
+def test_logFile(
+    start_server: ServerFactory,
+    maildir_root: Path,
+    maildir: Path,
+    raw_client: Callable[..., RawClient],
+    wait_until: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    """
+    What docs/operating.rst ("Log files") tells operators of C{twistd
+    --logfile}: C{kill -USR1} moves the file to C{PATH.1} and starts a new
+    one; a file moved away (logrotate's default) goes on receiving the
+    lines under its new name, even after C{USR1}, and no new file appears;
+    a file truncated in place (logrotate's C{copytruncate}) is written at
+    the old offset, after NUL octets.
+    """
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "popserv.log"
+    server = start_server(f"maildir:{maildir_root}/{{user}}", logfile=log)
+
+    def session() -> None:
+        client = raw_client(server.port)
+        assert client.login().startswith(b"+OK ")
+        assert client.command(b"QUIT").startswith(b"+OK ")
+
+    def sessions(path: Path) -> int:
+        return path.read_bytes().count(b" popserv session: user=alice ") if path.exists() else 0
+
+    session()
+    wait_until(lambda: sessions(log) == 1)
+
+    server.process.send_signal(signal.SIGUSR1)
+    wait_until((logs / "popserv.log.1").exists)
+    session()
+    wait_until(lambda: sessions(log) == 1)
+    assert sessions(logs / "popserv.log.1") == 1
+
+    moved = logs / "popserv.log.moved"
+    log.rename(moved)
+    server.process.send_signal(signal.SIGUSR1)
+    session()
+    wait_until(lambda: sessions(moved) == 2)
+    assert not log.exists()
+    assert sorted(p.name for p in logs.iterdir()) == ["popserv.log.1", "popserv.log.moved"]
+
+    size = moved.stat().st_size
+    os.truncate(moved, 0)
+    session()
+    wait_until(lambda: sessions(moved) == 1)
+    data = moved.read_bytes()
+    assert data[:size] == b"\0" * size
+    assert data[size:].count(b"\n") >= 1 and b"\0" not in data[size:]

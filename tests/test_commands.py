@@ -96,6 +96,18 @@ def test_parsesValidLines(line: bytes, expected: Command) -> None:
         (b"APOP bob c4c9\x7f", "Syntax: APOP name digest"),
         (b"PASS", "Syntax: PASS password"),
         (b"APOP bob", "Syntax: APOP name digest"),
+        # Arguments are separated by spaces (RFC 1939 section 3); other
+        # white space is not a separator, and such a line is malformed, as
+        # it already is between the keyword and the first argument.
+        (b"TOP 1\t1", "Syntax: TOP msg n"),
+        (b"RETR 1\t", "Syntax: RETR msg"),
+        (b"LIST \x0b1", "Syntax: LIST [msg]"),
+        (b"DELE 1\x0c", "Syntax: DELE msg"),
+        (b"UIDL 1\r", "Syntax: UIDL [msg]"),
+        (b"STAT \t", "Syntax: STAT"),
+        (b"USER alice\t", "Syntax: USER name"),
+        (b"APOP bob\tc4c9334bac560ecc979e58001b3e22fb", "Syntax: APOP name digest"),
+        (b"AUTH PLAIN\tAGFsaWNlAHNlY3JldA==", "Syntax: AUTH [mechanism [initial-response]]"),
     ],
 )
 def test_rejectsBadLines(line: bytes, text: str) -> None:

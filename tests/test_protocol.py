@@ -356,6 +356,10 @@ class TestRobustness:
             (b"RETR 99999999999999999999", b"-ERR Syntax: RETR msg\r\n"),
             (b"DELE 3", b"-ERR No such message\r\n"),
             (b"TOP 1", b"-ERR Syntax: TOP msg n\r\n"),
+            # A tab is not an argument separator (RFC 1939 section 3): such
+            # a line is malformed, and never runs as the command it resembles.
+            (b"TOP 1\t0", b"-ERR Syntax: TOP msg n\r\n"),
+            (b"DELE 1\t", b"-ERR Syntax: DELE msg\r\n"),
         ],
     )
     def test_badCommandsKeepSession(self, line: bytes, reply: bytes) -> None:

@@ -137,8 +137,10 @@ def parseArguments(keyword: str, rest: bytes) -> Command:
             raise CommandError(f"Syntax: {usage}")
         return Command(keyword, (rest,))
     # RFC 1939 section 3 separates arguments by a single space; tolerate
-    # runs of spaces and trailing spaces, which real clients send.
-    tokens = rest.split()
+    # runs of spaces and trailing spaces, which real clients send.  Only
+    # spaces: a tab (or VT, FF, CR) is no separator, as it is none after the
+    # keyword, and the token holding it is malformed.
+    tokens = [token for token in rest.split(b" ") if token]
     if shape is Args.NONE:
         if tokens:
             raise CommandError(f"Syntax: {usage}")

@@ -194,7 +194,7 @@ class Model:
     # Argument shapes
 
     def _tokens(self, rest: bytes, count: int | tuple[int, int]) -> list[bytes]:
-        tokens = rest.split()
+        tokens = [token for token in rest.split(b" ") if token]
         low, high = (count, count) if isinstance(count, int) else count
         if not low <= len(tokens) <= high:
             raise SyntaxProblem()

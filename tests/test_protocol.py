@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from protocol_helpers import DelayedStore, MaildropOver, Session
+from protocol_helpers import DelayedStore, MaildropOver, Session, SlowChecker
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address
@@ -533,6 +533,21 @@ class TestRobustness:
         s.send(b"QUIT\r\nDELE 1\r\n")
         assert s.take() == b"+OK Bye, 2 messages left\r\n"
         assert s.memory.messages("alice") == [M1, M2]
+
+    def test_linesAfterQuitBeforeLoginIgnored(self) -> None:
+        """
+        QUIT in AUTHORIZATION ends the session too (RFC 1939 section 6): a
+        login pipelined behind it, queued while a failed one was checked,
+        is neither answered nor tried.
+        """
+        checker = SlowChecker()
+        s = session(checkers=[checker])
+        s.send(b"USER alice\r\nPASS wrong\r\nQUIT\r\nUSER alice\r\nPASS secret\r\n")
+        assert s.take() == b"+OK Send PASS\r\n"
+        checker.release()
+        s.clock.advance(60)  # past any penalty a next attempt would wait
+        assert s.take() == b"-ERR [AUTH] Authentication failed\r\n+OK Bye\r\n"
+        assert (checker.pending, s.transport.disconnecting) == ([], True)
 
 
 class TestTimeout:

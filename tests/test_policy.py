@@ -211,6 +211,25 @@ class TestExpire:
         s.protocol.connectionLost(None)
         assert s.memory.messages("alice") == [b"one\r\n"]
 
+    def test_userExpiresByTheirOwnValue(self) -> None:
+        """
+        At UPDATE a user's own EXPIRE decides what goes, not the site's
+        default: 0 for alice removes what she retrieved where the default
+        keeps it, NEVER for alice keeps it where the default removes it.
+        """
+        for defaults, alices, reply, left in (
+            (NEVER, 0, b"+OK Bye, 1 deleted, 0 left\r\n", []),
+            (0, NEVER, b"+OK Bye, 1 messages left\r\n", [b"one\r\n"]),
+        ):
+            s = session(
+                SitePolicy(UserPolicy(expire=defaults), {"alice": UserPolicy(expire=alices)})
+            )
+            s.memory.deliver("alice", b"one\r\n")
+            s.login()
+            assert s.command(b"RETR 1") == b"+OK 5 octets\r\none\r\n.\r\n"
+            assert s.command(b"QUIT") == reply
+            assert s.memory.messages("alice") == left
+
     def test_never(self) -> None:
         """
         EXPIRE NEVER is announced and deletes nothing.

@@ -344,3 +344,60 @@ def test_updateCountPairs(name: str) -> None:
         s.command(line)
     s.protocol.connectionLost(Failure(ConnectionDone()))
     assert (s.factory.updates.count, s.protocol._maildrop) == (0, None)
+
+
+def test_outOfUpdateOnceTheReplyLeftOverTLS(ca: Any) -> None:
+    """
+    Over TLS the connection closes only once the client's close_notify has
+    come: a session that sent QUIT is out of UPDATE once its socket has
+    taken the reply (L{POP3Protocol._bye}), and its connection's end later
+    does not count it out a second time (a count below zero would make the
+    next shutdown wait its whole grace for no session).
+    """
+    import select
+
+    from loopback import Connection, TLSClient
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+
+    from popserv.protocol import POP3ServerFactory
+    from popserv.realm import MaildropRealm
+    from popserv.tls import ReloadableTLS, TLSFiles
+
+    memory = MemoryStore()
+    memory.deliver("alice", M1)
+    memory.deliver("alice", M2)
+    issued = ca.issue("localhost", ["localhost"])
+    portal = Portal(
+        MaildropRealm(memory), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")]
+    )
+    tls = ReloadableTLS(TLSFiles(str(issued.certificate), str(issued.key)))
+    factory = POP3ServerFactory(portal, clock=Clock(), tls=tls)
+    c = Connection(factory.buildProtocol(None))
+    try:
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"STLS\r\n")
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        c.reactor.advance(0)
+        if c.waiting():
+            c.transport.doWrite()
+        assert c.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
+        client = TLSClient(c)
+        client.tls.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nQUIT\r\n")
+        c.client.sendall(client.outgoing.read())
+        assert select.select([c.transport.socket], [], [], 5)[0]
+        c.transport.doRead()
+        assert (factory.updates.count, c.protocol._updating) == (1, True)  # the reply is unsent
+        _, clear = client.receive()
+        assert clear == (
+            b"+OK Send PASS\r\n+OK Logged in, 2 messages (47 octets)\r\n"
+            b"+OK Message 1 deleted\r\n+OK Bye, 1 deleted, 1 left\r\n"
+        )
+        assert (factory.updates.count, c.protocol._updating) == (0, False)
+        c.protocol.connectionLost(Failure(ConnectionDone()))
+        assert factory.updates.count == 0
+    finally:
+        c.close()
+    assert memory.messages("alice") == [M2]

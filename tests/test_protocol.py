@@ -299,6 +299,34 @@ class TestTransaction:
         # And the maildrop is free for the client's next try at once.
         assert Session(store=s.memory).login().startswith(b"+OK Logged in, 1 messages")
 
+    @pytest.mark.parametrize("raised", [False, True])
+    def test_deletionFault(self, raised: bool) -> None:
+        """
+        A store that fails the deletions with anything but DeletionFailed (a
+        bug, returned or raised) gets the same -ERR for QUIT (RFC 1939
+        section 6), logged as a fault, and the session ends with every
+        message still there and the maildrop free.
+        """
+
+        class BrokenMaildrop(MaildropOver):
+            def deleteMessages(self, indexes: Any) -> Deferred[None]:
+                if raised:
+                    raise RuntimeError("a bug")
+                return fail(RuntimeError("a bug"))
+
+        s = Session()
+        s.wrapMaildrops(BrokenMaildrop)
+        s.memory.deliver("alice", M1)
+        s.login()
+        s.command(b"DELE 1")
+        with capturedLogs() as events:
+            assert s.command(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed\r\n"
+        assert s.transport.disconnecting
+        [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert logged.getErrorMessage() == "a bug"
+        assert s.memory.messages("alice") == [M1]
+        assert Session(store=s.memory).login().startswith(b"+OK Logged in, 1 messages")
+
 
 def test_messageGoneWhileSent() -> None:
     """

@@ -367,7 +367,8 @@ def test_leftAfterPartialDeletion(events: list[dict[str, Any]]) -> None:
     s.protocol.connectionLost(None)
     assert len(s.memory.messages("alice")) == 2
     (event,) = [e for e in events if "session" in e]
-    assert (event["dele"], event["left"]) == (1, 2)
+    # The second and third are left (19 and 21 octets), not the first two.
+    assert (event["dele"], event["left"], event["leftBytes"]) == (1, 2, 40)
 
 
 def test_inUseNamesTheUser(events: list[dict[str, Any]]) -> None:

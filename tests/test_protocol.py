@@ -327,6 +327,57 @@ class TestTransaction:
         assert s.memory.messages("alice") == [M1]
         assert Session(store=s.memory).login().startswith(b"+OK Logged in, 1 messages")
 
+    def test_openMessageFault(self) -> None:
+        """
+        A store whose openMessage fails with a bug, not a POP3Error, gets
+        RETR a generic -ERR [SYS/TEMP]; the bug itself is what is logged,
+        and the session goes on.
+        """
+
+        class BrokenOpen(MaildropOver):
+            def openMessage(self, index: int) -> Deferred[Any]:
+                return fail(RuntimeError("a bug"))
+
+        s = Session()
+        s.wrapMaildrops(BrokenOpen)
+        s.memory.deliver("alice", M1)
+        s.login()
+        with capturedLogs() as events:
+            assert s.command(b"RETR 1") == b"-ERR [SYS/TEMP] Internal server error\r\n"
+        [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert logged.type is RuntimeError and logged.getErrorMessage() == "a bug"
+        assert s.command(b"NOOP") == b"+OK\r\n"
+
+    def test_messageOpenedAfterTheClientLeft(self) -> None:
+        """
+        A message whose reader comes only after the connection is gone is
+        not sent, and its reader is closed at once, not left open.
+        """
+        opening: list[Deferred[Any]] = []
+        closed: list[bool] = []
+
+        class Reader:
+            def read(self, size: int) -> Deferred[bytes]:
+                return succeed(M1)
+
+            def close(self) -> None:
+                closed.append(True)
+
+        class SlowOpen(MaildropOver):
+            def openMessage(self, index: int) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                opening.append(d)
+                return d
+
+        s = Session()
+        s.wrapMaildrops(SlowOpen)
+        s.memory.deliver("alice", M1)
+        s.login()
+        assert s.command(b"RETR 1") == b""
+        s.protocol.connectionLost(None)
+        opening[0].callback(Reader())
+        assert (s.take(), closed) == (b"", [True])
+
 
 def test_messageGoneWhileSent() -> None:
     """

@@ -348,6 +348,25 @@ class TestTransaction:
         assert logged.type is RuntimeError and logged.getErrorMessage() == "a bug"
         assert s.command(b"NOOP") == b"+OK\r\n"
 
+    def test_messageGoneBeforeRetrieval(self) -> None:
+        """
+        A message another program removed since the listing is -ERR
+        [SYS/TEMP] for RETR and TOP (its reader did not open), and the
+        session goes on.
+        """
+
+        class Vanished(MaildropOver):
+            def openMessage(self, index: int) -> Deferred[Any]:
+                return fail(MessageUnavailable())
+
+        s = Session()
+        s.wrapMaildrops(Vanished)
+        s.memory.deliver("alice", M1)
+        s.login()
+        for line in (b"RETR 1", b"TOP 1 0"):
+            assert s.command(line) == b"-ERR [SYS/TEMP] Message no longer available\r\n"
+        assert s.command(b"NOOP") == b"+OK\r\n"
+
     def test_messageOpenedAfterTheClientLeft(self) -> None:
         """
         A message whose reader comes only after the connection is gone is
@@ -357,8 +376,11 @@ class TestTransaction:
         closed: list[bool] = []
 
         class Reader:
+            sent = False
+
             def read(self, size: int) -> Deferred[bytes]:
-                return succeed(M1)
+                data, self.sent = (b"" if self.sent else M1), True
+                return succeed(data)
 
             def close(self) -> None:
                 closed.append(True)

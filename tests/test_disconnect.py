@@ -19,7 +19,7 @@ from protocol_helpers import DelayedStore, MaildropOver, StoreOver
 from test_backlog import read, smallBuffers
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -227,3 +227,53 @@ def test_halfCloseAnswersEverything(retrieve: bool) -> None:
     assert received.endswith(b"+OK Message 1 deleted\r\n+OK Bye, 1 deleted, 1 left\r\n")
     assert b"+OK Logged in, 2 messages" in received
     assert memory.messages("alice") == [SMALL]
+
+
+def test_nothingRunsInTheSameReadAfterAbort() -> None:
+    """
+    A store read that fails at once in the middle of a message aborts the
+    connection while the read that brought the RETR is still being split
+    into lines; Twisted's TCP transport, aborting, is not "disconnecting",
+    so it is the session that must run none of the DELE and QUIT that came
+    in that same read.
+    """
+
+    class FailingReader:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, size: int) -> Deferred[bytes]:
+            self.reads += 1
+            if self.reads > 1:
+                return fail(MessageUnavailable())
+            return succeed(b"Subject: big\r\n\r\nthe start\r\n")
+
+        def close(self) -> None:
+            pass
+
+    class FailingMaildrop(MaildropOver):
+        def openMessage(self, index: int) -> Any:
+            return succeed(FailingReader())
+
+    store = MemoryStore()
+    store.deliver("alice", BIG)
+    store.deliver("alice", SMALL)
+    portal = Portal(
+        MaildropRealm(StoreOver(store, FailingMaildrop)),
+        [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")],
+    )
+    c = Connection(POP3ServerFactory(portal, clock=Clock()).buildProtocol(None))
+    try:
+        c.reactor.advance(0)
+        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+        c.client.sendall(b"USER alice\r\nPASS secret\r\n")
+        assert read(c, b"+OK Send PASS\r\n+OK Logged in, 2 messages")
+        c.client.sendall(b"RETR 1\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n")
+        select.select([c.transport.socket], [], [], 5)
+        with capturedLogs():
+            c.transport.doRead()
+        c.reactor.advance(0)  # the abort's connectionLost
+        assert not c.transport.connected
+    finally:
+        c.close()
+    assertNothingRan(c, store)

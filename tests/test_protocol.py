@@ -794,7 +794,11 @@ class TestPendingStore:
         store = DelayedStore(MemoryStore())
         s = Session(store=store)
         s.send(b"USER alice\r\nPASS secret\r\n")
-        s.send(b"NOOP\r\n" * MAX_QUEUED_LINES)
+        # The lines wait behind PASS: one short of the bound, reading goes
+        # on; at it, it stops.
+        s.send(b"NOOP\r\n" * (MAX_QUEUED_LINES - 1))
+        assert s.transport.producerState == "producing"
+        s.send(b"NOOP\r\n")
         assert s.transport.producerState == "paused"
         store.fireAll()
         assert s.transport.producerState == "producing"

@@ -85,9 +85,15 @@ def checkListing(messages: Sequence[MessageInfo]) -> None:
     if not isinstance(messages, Sequence):
         raise BrokenListing(f"listMessages gave a {type(messages).__name__}, not a sequence")
     uids = column(messages, "uid")
+    sizeColumn = column(messages, "size")
+    downgradedColumn = column(messages, "downgradedSize")
+    # array() takes a bool (and anything with __index__) as a number, but
+    # LIST would send it as it formats: "1 True".
+    if not (_intsOnly(sizeColumn) and _intsOnly(downgradedColumn, type(None))):
+        raise _culprit(messages)
     try:
-        sizes = array("q", column(messages, "size"))
-        downgraded = array("q", filter(partial(is_not, None), column(messages, "downgradedSize")))
+        sizes = array("q", sizeColumn)
+        downgraded = array("q", filter(partial(is_not, None), downgradedColumn))
     except (TypeError, OverflowError):
         raise _culprit(messages) from None
     if (sizes and min(sizes) < 0) or (downgraded and min(downgraded) < 0):
@@ -125,6 +131,19 @@ def _culprit(messages: Sequence[MessageInfo]) -> BrokenListing:
             continue
         return BrokenListing(f"the store listed message {number} with {why} (IMaildrop)")
     return BrokenListing("the store's listing is not one of MessageInfo (IMaildrop)")
+
+
+def _intsOnly(values: Sequence[object], *others: type) -> bool:
+    """
+    Whether every one of C{values} is an L{int} but a L{bool}, as
+    L{_isSize} asks, or of one of the types C{others}; by the types found,
+    so in C.
+    """
+    if isinstance(values, array) and values.typecode in "bBhHiIlLqQ":
+        return True
+    return all(
+        t in others or (issubclass(t, int) and t is not bool) for t in set(map(type, values))
+    )
 
 
 def _isSize(value: object) -> bool:

@@ -583,6 +583,13 @@ class TestRobustness:
             ([MessageInfo(-3, "a")], "message 1 with size -3, downgraded size None: not whole"),
             ([MessageInfo(2.5, "a")], "message 1 with size 2.5, downgraded size None: not whole"),
             ([MessageInfo(5, "a", -1)], "message 1 with size 5, downgraded size -1: not whole"),
+            ([MessageInfo(-1, "a")], "message 1 with size -1, downgraded size None: not whole"),
+            # A bool is no size: LIST would have said "1 True".
+            ([MessageInfo(True, "a")], "message 1 with size True, downgraded size None: not whole"),
+            (
+                [MessageInfo(5, "a"), MessageInfo(5, "b", False)],
+                "message 2 with size 5, downgraded size False: not whole",
+            ),
         ],
     )
     def test_brokenListingFailsLogin(self, listing: list[MessageInfo], why: str) -> None:
@@ -591,7 +598,9 @@ class TestRobustness:
         as a server fault, naming the message and what is wrong with it,
         rather than reaching the wire: a unique-id holding CRLF would add
         lines of its own to a UIDL listing; one given twice makes a client
-        that leaves mail on the server skip a message for good.
+        that leaves mail on the server skip a message for good; a bool for
+        a size (which the check used to take as the number it converts to)
+        would have gone out in LIST as "1 True" or "2 False".
         """
 
         class BrokenMaildrop(MaildropOver):

@@ -173,6 +173,34 @@ def test_checkListingColumns() -> None:
         checkListing(i for i in good)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("listing", "why"),
+    [
+        ([MessageInfo(-1, "a")], "size -1, downgraded size None: not whole numbers from 0"),
+        ([MessageInfo(2**63, "a")], f"size {2**63}, downgraded size None: not whole numbers"),
+        ([MessageInfo(5, "a", 2**63)], f"size 5, downgraded size {2**63}: not whole numbers"),
+        ([MessageInfo(5, 7)], "unique-id 7: not 1 to 70 characters"),  # type: ignore[arg-type]
+        ([MessageInfo(5, b"a")], "unique-id b'a': not 1 to 70"),  # type: ignore[arg-type]
+        (
+            [MessageInfo(2**63 - 1, "a", 2**63 - 1), MessageInfo(0, "a", 0)],
+            "message 2 with unique-id 'a': given to an earlier message too",
+        ),
+    ],
+)
+def test_checkListingBounds(listing: list[MessageInfo], why: str) -> None:
+    """
+    Sizes are whole numbers from 0 to 2**63 - 1, the largest the columns
+    hold; -1 and 2**63 are refused, and the largest is no culprit when
+    something else is wrong.  A unique-id that is not a L{str} is named as
+    the culprit, not raised over.
+    """
+    with pytest.raises(BrokenListing) as caught:
+        checkListing(listing)
+    assert str(caught.value).startswith("the store listed message")
+    assert why in str(caught.value)
+    checkListing([MessageInfo(2**63 - 1, "a", 2**63 - 1), MessageInfo(0, "b", 0)])
+
+
 def test_ownStoresTrusted(tmp_path: Any) -> None:
     """
     popserv's own maildrops are taken without the check; any other,

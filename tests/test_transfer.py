@@ -5,6 +5,7 @@ write, and still waits for a client that does not read.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -110,6 +111,46 @@ class PlainReader:
         pass
 
 
+def _depth() -> int:
+    frame, depth = sys._getframe(1), 0
+    while frame is not None and depth < 10_000:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+class DepthReader(PlainReader):
+    """
+    A reader whose reads return at once, noting how deep the stack is at
+    each.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.depths: list[int] = []
+
+    def read(self, size: int) -> bytes:
+        self.depths.append(_depth())
+        return super().read(size)
+
+
+def test_readsThatFireAtOnceDoNotNest() -> None:
+    """
+    A reader whose reads fire at once is read in a loop, every read at the
+    same depth of the stack: nested one call per chunk, a large message
+    would exceed the recursion limit.
+    """
+    reader = DepthReader(MESSAGE)
+    transport = RecordingTransport()
+    done: list[object] = []
+    MessageTransfer(transport, reader, MessageEncoder(), chunkSize=1).start().addCallback(
+        done.append
+    )
+    assert transport.value() == encodeMessage(MESSAGE)
+    assert done == [None]
+    assert len(reader.depths) == len(MESSAGE) + 1
+    assert set(reader.depths) == {reader.depths[0]}
+
+
 def test_plainValuesFromTheReader() -> None:
     """
     A reader's plain bytes are taken as a fired Deferred, and an exception
@@ -153,6 +194,44 @@ def test_wholeMessageAbortedWhileWaiting() -> None:
     transfer.start().addErrback(failures.append)
     transfer.stopProducing()
     assert len(failures) == 1 and failures[0].check(TransferAborted)  # type: ignore[attr-defined]
+
+
+class SlowReader(ChunkReader):
+    """
+    A reader whose reads fire only when the test says so.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[Deferred[bytes]] = []
+
+    def read(self, size: int) -> Deferred[bytes]:
+        self.reads.append(Deferred())
+        return self.reads[-1]
+
+
+def test_chunkAfterAbortIsDropped() -> None:
+    """
+    A read that completes after the transport stopped the transfer (the
+    connection went while the store was reading) writes nothing, does not
+    count as progress, and reads no more.
+    """
+    reader = SlowReader(MESSAGE)
+    transport = RecordingTransport()
+    progress: list[None] = []
+    transfer = MessageTransfer(
+        transport, reader, MessageEncoder(), b"+OK\r\n", lambda: progress.append(None)
+    )
+    failures: list[Failure] = []
+    transfer.start().addErrback(failures.append)
+    transfer.stopProducing()
+    assert len(failures) == 1 and failures[0].check(TransferAborted)
+    [read] = reader.reads
+    read.callback(b"Subject: x\n")
+    assert transport.writes == []
+    assert transfer.sent == 0
+    assert progress == []
+    assert len(reader.reads) == 1
 
 
 def test_emptyMessage() -> None:

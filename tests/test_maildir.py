@@ -563,16 +563,18 @@ def test_deletionFailureKeepsMail(tmp_path: Path) -> None:
     maildrop.close()
 
 
-def test_deletionFailureFromUnlink(tmp_path: Path, monkeypatch: Any) -> None:
+def test_deletionFailureFromUnlink(tmp_path: Path, monkeypatch: Any, measured: list[str]) -> None:
     """
     An unlink error other than "already gone" (here EROFS) fails the
-    deletion of that message only; the others are removed and nothing else
-    is touched.
+    deletion of that message only, and is logged with its name; the others
+    are removed and nothing else is touched.  The index still vouches for
+    the message kept: the next login does not read it again.
     """
     a = deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
     b = deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
     c = deliverToMaildir(tmp_path / "alice", b"c\n", name="3.c")
-    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    s = store(tmp_path)
+    maildrop = result(s.openMaildrop("alice"))
     realUnlink = os.unlink
 
     def unlink(path: Any) -> None:
@@ -581,11 +583,17 @@ def test_deletionFailureFromUnlink(tmp_path: Path, monkeypatch: Any) -> None:
         realUnlink(path)
 
     monkeypatch.setattr(os, "unlink", unlink)
-    with pytest.raises(DeletionFailed) as caught:
+    with capturedLogs() as events, pytest.raises(DeletionFailed) as caught:
         result(maildrop.deleteMessages([0, 1]))
     assert caught.value.notDeleted == (0,)
     assert a.exists() and not b.exists() and c.exists()
     maildrop.close()
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1
+    assert errors[0].startswith("Cannot delete '1.a' in ") and "Read-only file system" in errors[0]
+    measured.clear()
+    assert snapshot(s) == [("1.a", 3, 3), ("3.c", 3, 3)]
+    assert measured == []
 
 
 LOCKER = """
@@ -849,6 +857,29 @@ def test_deletedMessagesForgotten(tmp_path: Path, measured: list[str]) -> None:
     measured.clear()
     assert snapshot(s) == [("1.same", 15, 15)]
     assert measured == ["1.same"]
+
+
+def test_indexThatCannotForgetFailsNoDeletion(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    An index that fails to forget the deleted messages (a bug: its forget
+    raises) is logged, and fails nothing: the messages are removed and the
+    deletion succeeds, so that QUIT still answers +OK.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+    maildrop, _ = login(store(tmp_path))
+
+    def forget(self: MaildirIndex, names: Any) -> None:
+        raise RuntimeError("index bug")
+
+    monkeypatch.setattr(MaildirIndex, "forget", forget)
+    with capturedLogs() as events:
+        assert result(maildrop.deleteMessages([0])) is None
+    maildrop.close()
+    [failure] = [e for e in events if "log_failure" in e]
+    assert failure["log_failure"].check(RuntimeError)
+    assert formatEvent(failure).startswith("Cannot update the index of ")
+    assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
 
 
 def test_changedFileNotTrusted(tmp_path: Path) -> None:

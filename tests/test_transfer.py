@@ -91,6 +91,53 @@ def test_largerThanAChunkIsRead() -> None:
     assert transport.value() == encodeMessage(MESSAGE)
 
 
+def test_progressAfterEachChunk() -> None:
+    """
+    Each chunk written but the last is progress (the session resets its
+    idle timer), so a large message that the client reads slowly is not
+    taken for an idle session.
+    """
+    progress: list[None] = []
+    transport = RecordingTransport()
+    MessageTransfer(
+        transport,
+        ChunkReader(MESSAGE),
+        MessageEncoder(),
+        chunkSize=4,
+        onProgress=lambda: progress.append(None),
+    ).start()
+    assert transport.value() == encodeMessage(MESSAGE)
+    assert len(progress) == len(transport.writes) - 1 > 1
+
+
+class CountingReader(ChunkReader):
+    """
+    Counts its reads.
+    """
+
+    reads = 0
+
+    def read(self, size: int) -> Deferred[bytes]:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_topStopsReading() -> None:
+    """
+    TOP (an encoder with a line limit) ends the transfer once the limit is
+    reached: the rest of the message is not read.
+    """
+    message = b"Subject: x\n\none\n" + b"more\n" * 100
+    reader = CountingReader(message)
+    transport = RecordingTransport()
+    done: list[object] = []
+    transfer = MessageTransfer(transport, reader, MessageEncoder(1), chunkSize=8)
+    transfer.start().addCallback(done.append)
+    assert transport.value() == encodeMessage(message, 1) == b"Subject: x\r\n\r\none\r\n.\r\n"
+    assert done == [None]
+    assert reader.reads <= 3
+
+
 class PlainReader:
     """
     A store's reader that returns bytes rather than a Deferred, and raises

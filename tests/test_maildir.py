@@ -1078,6 +1078,51 @@ def test_lockHeldWhileIndexWorkRuns(tmp_path: Path) -> None:
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
+def test_lockHeldUntilClosedAndTheLastWorkEnds(tmp_path: Path) -> None:
+    """
+    File work that ends while the maildrop is open leaves the lock held;
+    closed with two pieces of work running, it keeps the lock until the
+    second has ended.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+    pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def later(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((d, f, args))
+        return d
+
+    def runOne() -> None:
+        d, f, args = pending.pop(0)
+        d.callback(f(*args))
+
+    def inUse() -> bool:
+        try:
+            result(store(tmp_path).openMaildrop("alice")).close()
+        except MaildropInUse:
+            return True
+        return False
+
+    opened = MaildirStore(str(tmp_path / "{user}"), runInThread=later).openMaildrop("alice")
+    runOne()
+    maildrop = result(opened)
+    reading = maildrop.openMessage(0)
+    runOne()
+    result(reading).close()
+    assert inUse()
+    reading = maildrop.openMessage(1)
+    deleting = maildrop.deleteMessages([0])
+    maildrop.close()
+    runOne()
+    result(reading).close()
+    assert inUse()
+    runOne()
+    assert result(deleting) is None
+    assert not pending
+    assert not inUse()
+
+
 def test_lockReleasedWhenTheRunnerRefuses(tmp_path: Path) -> None:
     """
     Work the thread runner refuses at once (stopped, or no thread to be

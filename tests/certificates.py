@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -30,7 +30,9 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
+def _write(
+    path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+) -> Issued:
     certificate = path.with_suffix(".crt")
     keyfile = path.with_suffix(".key")
     certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -87,14 +89,22 @@ class CertificateAuthority:
         )
         self.files = _write(directory / "ca", self.cert, self.key)
 
-    def issue(self, name: str, sans: list[str] | None, filename: str | None = None) -> Issued:
+    def issue(
+        self, name: str, sans: list[str] | None, filename: str | None = None, rsaKey: bool = False
+    ) -> Issued:
         """
         A certificate for C{name} with the given DNS names, IP addresses and
         e-mail addresses (those with "@"); "DNS:" makes what follows a DNS
         name, whatever it is, and "email:" an e-mail address.  With C{sans}
-        L{None}, a certificate without the subjectAltName extension.
+        L{None}, a certificate without the subjectAltName extension.  With
+        C{rsaKey}, for an RSA key rather than an ECDSA one: what TLS 1.2
+        cipher suites a server can negotiate depends on its key's type.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        if rsaKey:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alternatives: list[x509.GeneralName] = []
         for san in sans or []:

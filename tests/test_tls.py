@@ -1,17 +1,21 @@
 """
-Tests for L{popserv.tls.ReloadableTLS}'s reloads (the files themselves are
-tested through the server in the integration tests).
+Tests for L{popserv.tls.ReloadableTLS}'s reloads and, through in-memory
+handshakes, the TLS policy of L{popserv.tls.TLSFiles} (the files themselves
+are tested through the server in the integration tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import pytest
+from certificates import CertificateAuthority
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from popserv.tls import ReloadableTLS, TLSConfigError
+from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
 
 
 class _Options:
@@ -141,3 +145,60 @@ def test_threeReloadsLaterFailed() -> None:
     runner.jobs[1].callback(second)
     assert _inUse(tls) is second.context
     assert results == [[True], [True], [False]]
+
+
+def _handshake(server: SSL.Connection, client: SSL.Connection) -> bool:
+    """
+    Run a TLS handshake between two connections in memory; whether it
+    succeeded.  Bounded: a handshake takes a few round trips.
+    """
+    server.set_accept_state()
+    client.set_connect_state()
+    done = {id(server): False, id(client): False}
+    for _ in range(20):
+        for this, other in ((client, server), (server, client)):
+            if not done[id(this)]:
+                try:
+                    this.do_handshake()
+                    done[id(this)] = True
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error:
+                    return False
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(this.bio_read(65536))
+        if all(done.values()):
+            return True
+    raise AssertionError("the handshake neither finished nor failed")
+
+
+@pytest.mark.parametrize(
+    ("cipher", "accepted"),
+    [
+        ("AES128-GCM-SHA256", False),  # RSA key exchange: no forward secrecy
+        ("AES256-GCM-SHA384", False),
+        ("DHE-RSA-AES128-GCM-SHA256", False),  # finite-field DHE
+        ("ECDHE-RSA-AES128-SHA", False),  # CBC
+        ("ECDHE-RSA-AES128-GCM-SHA256", True),
+        ("ECDHE-RSA-AES256-GCM-SHA384", True),
+        ("ECDHE-RSA-CHACHA20-POLY1305", True),
+    ],
+)
+def test_tls12CiphersWithRSAKey(ca: CertificateAuthority, cipher: str, accepted: bool) -> None:
+    """
+    With an RSA key, which could do RSA key exchange (no forward secrecy)
+    and finite-field DHE, TLS 1.2 still takes only ECDHE with an AEAD
+    cipher (the policy in L{popserv.tls}'s docstring).  The integration
+    tests' certificates are ECDSA, which cannot do those at all.
+    """
+    issued = ca.issue("localhost", ["localhost"], rsaKey=True)
+    options = TLSFiles(str(issued.certificate), str(issued.key)).load()
+    clientContext = SSL.Context(SSL.TLS_METHOD)
+    clientContext.set_max_proto_version(SSL.TLS1_2_VERSION)
+    clientContext.set_cipher_list(cipher.encode("ascii"))
+    server = SSL.Connection(options.getContext(), None)
+    client = SSL.Connection(clientContext, None)
+    assert _handshake(server, client) == accepted
+    if accepted:
+        assert client.get_cipher_name() == cipher
+        assert client.get_protocol_version_name() == "TLSv1.2"

@@ -202,3 +202,27 @@ def test_tls12CiphersWithRSAKey(ca: CertificateAuthority, cipher: str, accepted:
     if accepted:
         assert client.get_cipher_name() == cipher
         assert client.get_protocol_version_name() == "TLSv1.2"
+
+
+def test_chainSent(ca: CertificateAuthority) -> None:
+    """
+    The certificates of the chain file (--tls-chain), and those after the
+    server's own in the certificate file, are sent after it in the
+    handshake, in order: a client that knows only the root needs them.
+    """
+    issued = ca.issue("localhost", ["localhost"])
+    other = ca.issue("other", ["other"])
+    withChain = TLSFiles(str(issued.certificate), str(issued.key), chain=str(ca.files.certificate))
+    bundle = issued.certificate.with_name("bundle.pem")
+    bundle.write_bytes(issued.certificate.read_bytes() + other.certificate.read_bytes())
+    both = TLSFiles(str(bundle), str(issued.key), chain=str(ca.files.certificate))
+    for files, expected in [
+        (withChain, ["localhost", "popserv test CA"]),
+        (both, ["localhost", "other", "popserv test CA"]),
+    ]:
+        server = SSL.Connection(files.load().getContext(), None)
+        client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        assert _handshake(server, client)
+        chain = client.get_peer_cert_chain()
+        assert chain is not None
+        assert [c.get_subject().commonName for c in chain] == expected

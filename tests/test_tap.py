@@ -525,6 +525,10 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     )
     message = error(*base, "--tls-cert", str(server.certificate), "--tls-key", str(encrypted))
     assert "encrypted" in message
+    # A key file that holds no key, but a certificate.
+    assert error(
+        *base, "--tls-cert", str(server.certificate), "--tls-key", str(server.certificate)
+    ).startswith(f"popserv: error: --tls-key {server.certificate}: not a PEM private key (")
 
 
 def test_clientCAsNamed(ca: CertificateAuthority) -> None:

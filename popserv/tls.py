@@ -126,10 +126,14 @@ class TLSFiles:
                 if name in read and not blocks[name]:
                     raise TLSConfigError(f"{self._named(name)}: no certificate in it")
             certificates = [
-                ssl.Certificate.loadPEM(block) for block in blocks["certificate"] + blocks["chain"]
+                _loadCertificate(block, self._named(name))
+                for name in ("certificate", "chain")
+                for block in blocks[name]
             ]
             key = _loadKey(read["key"], self._named("key"))
-            authorities = [ssl.Certificate.loadPEM(b).original for b in blocks["clientCA"]]
+            authorities = [
+                _loadCertificate(b, self._named("clientCA")).original for b in blocks["clientCA"]
+            ]
         except TLSConfigError:
             raise
         except Exception as e:
@@ -158,6 +162,16 @@ class TLSFiles:
         for authority in authorities:
             context.add_client_ca(authority.to_cryptography())
         return options
+
+
+def _loadCertificate(pem: bytes, path: str) -> ssl.Certificate:
+    """
+    One PEM certificate block of the file C{path} names.
+    """
+    try:
+        return ssl.Certificate.loadPEM(pem)
+    except crypto.Error as e:
+        raise TLSConfigError(f"{path}: not a PEM certificate ({e})") from None
 
 
 def _loadKey(pem: bytes, path: str) -> crypto.PKey:

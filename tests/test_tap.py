@@ -531,6 +531,29 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     ).startswith(f"popserv: error: --tls-key {server.certificate}: not a PEM private key (")
 
 
+def test_tlsBrokenCertificateNamed(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """
+    A certificate block that does not hold a certificate is a one-line
+    start-up error that names the file it is in (as L{TLSFiles.load} says
+    its errors do), whichever of the certificate files it is in.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
+    base = ("--auth", "cert", "--mailstore", "memory")
+    cert, key = ("--tls-cert", str(server.certificate)), ("--tls-key", str(server.key))
+    for option, args in [
+        ("--tls-cert", ("--tls-cert", str(broken), *key)),
+        ("--tls-chain", (*cert, *key, "--tls-chain", str(broken))),
+        ("--tls-client-ca", (*cert, *key, "--tls-client-ca", str(broken))),
+    ]:
+        assert error(*base, *args).startswith(
+            f"popserv: error: {option} {broken}: not a PEM certificate ("
+        )
+
+
 def test_clientCAsNamed(ca: CertificateAuthority) -> None:
     """
     With --tls-client-ca the certificate request names the acceptable CAs.

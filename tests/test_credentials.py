@@ -24,10 +24,12 @@ from zope.interface import implementer
 from popserv.credentials import (
     APOPCredentials,
     CheckerChain,
+    IOfferedCredentials,
     ThreadedChecker,
     UsernamePassword,
     makeChallenge,
     normalizeChecker,
+    portalCanVerify,
 )
 from popserv.errors import CredentialsUnchecked
 from popserv.interfaces import IMaildrop
@@ -334,3 +336,77 @@ def test_realmRefusesWhatIsNoMaildrop(given: object) -> None:
     failure = outcome(MaildropRealm(Store()).requestAvatar(b"alice", None, IMaildrop))
     assert failure.check(TypeError)
     assert str(failure.value) == f"openMaildrop gave {given!r}, not an IMaildrop"
+
+
+@implementer(ICredentialsChecker, IOfferedCredentials)
+class OnlyPasswords:
+    """
+    A checker that lists APOP's credentials but can verify, now, only
+    passwords (a password file whose every password is hashed).
+    """
+
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    def canVerify(self, credentialInterface: Any) -> bool:
+        return credentialInterface is IUsernamePassword
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        raise UnauthorizedLogin()
+
+
+def test_portalCanVerify() -> None:
+    """
+    A portal can verify a kind of credentials if its checker of that
+    interface, or of one it extends (CRAM-MD5's response is an
+    IUsernameHashedPassword), can now; a portal that does not show its
+    checkers, if it lists such an interface.  What popserv offers (USER,
+    APOP, each SASL mechanism) is decided by this.
+    """
+    from popserv.certauth import ICertificateCredentials
+    from popserv.sasl import ICramMD5Credentials
+
+    realm = MaildropRealm(MemoryStore())
+    portal = Portal(realm, [InMemoryUsernamePasswordDatabaseDontUse()])
+    assert portalCanVerify(portal, IUsernamePassword)
+    assert portalCanVerify(portal, ICramMD5Credentials)
+    assert not portalCanVerify(portal, ICertificateCredentials)
+    hashed = Portal(realm, [OnlyPasswords()])
+    assert portalCanVerify(hashed, IUsernamePassword)
+    assert not portalCanVerify(hashed, IUsernameHashedPassword)
+    assert not portalCanVerify(hashed, ICramMD5Credentials)
+
+    class Opaque:
+        def listCredentialsInterfaces(self) -> list[Any]:
+            return [IUsernameHashedPassword]
+
+    assert portalCanVerify(Opaque(), IUsernameHashedPassword)
+    assert portalCanVerify(Opaque(), ICramMD5Credentials)
+    assert not portalCanVerify(Opaque(), IUsernamePassword)
+
+
+def test_wrappersTellWhatTheyCanVerify() -> None:
+    """
+    A chain can verify what any of its checkers can (asking those that
+    provide L{IOfferedCredentials}); a threaded checker, what the one it
+    wraps can.
+    """
+    from popserv.credentials import canVerify
+    from popserv.sasl import ICramMD5Credentials
+
+    threaded = ThreadedChecker(OnlyPasswords(), runInThread=syncRun)
+    assert IOfferedCredentials.providedBy(threaded)
+    assert canVerify(threaded, IUsernamePassword)
+    assert not canVerify(threaded, IUsernameHashedPassword)
+    plain = ThreadedChecker(InMemoryUsernamePasswordDatabaseDontUse(), runInThread=syncRun)
+    assert not IOfferedCredentials.providedBy(plain)
+    assert canVerify(plain, IUsernameHashedPassword)
+    chain = CheckerChain([threaded])
+    assert chain.credentialInterfaces == (IUsernamePassword, IUsernameHashedPassword)
+    assert canVerify(chain, IUsernamePassword)
+    assert not canVerify(chain, IUsernameHashedPassword)
+    assert not canVerify(chain, ICramMD5Credentials)
+    chain = CheckerChain([threaded, plain])
+    assert canVerify(chain, IUsernameHashedPassword)
+    assert canVerify(chain, ICramMD5Credentials)
+    chain = CheckerChain([plain, threaded])
+    assert canVerify(chain, ICramMD5Credentials)

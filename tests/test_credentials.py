@@ -205,6 +205,7 @@ def test_checkerChainFailedCheckerIsNoRefusal() -> None:
             failure = outcome(CheckerChain(checkers).requestAvatarId(UsernamePassword(b"a", b"b")))
         assert failure.check(CredentialsUnchecked)
         assert [e["log_failure"].type for e in events] == [OSError]
+        assert isinstance(events[0]["checker"], BrokenChecker)
     refused = outcome(CheckerChain([other, other]).requestAvatarId(UsernamePassword(b"a", b"b")))
     assert refused.check(UnauthorizedLogin)
 
@@ -410,3 +411,31 @@ def test_wrappersTellWhatTheyCanVerify() -> None:
     assert canVerify(chain, ICramMD5Credentials)
     chain = CheckerChain([plain, threaded])
     assert canVerify(chain, ICramMD5Credentials)
+
+
+def test_checkerChainAsksOnlyWhoHandlesTheCredentials() -> None:
+    """
+    A chain does not ask a checker for credentials it does not take: a
+    checker of client certificates is not asked about a password, and, if
+    it were, its failure would make a wrong password a server fault.
+    """
+    from popserv.certauth import ICertificateCredentials
+
+    asked: list[object] = []
+
+    @implementer(ICredentialsChecker)
+    class Certificates:
+        credentialInterfaces = (ICertificateCredentials,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            asked.append(credentials)
+            raise TypeError("not a certificate")
+
+    memory = InMemoryUsernamePasswordDatabaseDontUse()
+    memory.addUser(b"alice", b"one")
+    chain = CheckerChain([Certificates(), memory])
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"one"))) == b"alice"
+    assert outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"two"))).check(
+        UnauthorizedLogin
+    )
+    assert asked == []

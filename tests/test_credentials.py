@@ -251,6 +251,16 @@ def test_blockingCheckersRunInThreads(tmp_path: Any) -> None:
     assert isinstance(memory, ThreadedChecker)
     assert isinstance(memory.checker, InMemoryUsernamePasswordDatabaseDontUse)
     assert file.credentialInterfaces == file.checker.credentialInterfaces
+    # Every login, not only expensive ones, reads the file in a thread.
+    ran: list[Any] = []
+
+    def runner(f: Any, *args: Any) -> Any:
+        ran.append(f)
+        return syncRun(f, *args)
+
+    file._run = runner
+    assert outcome(file.requestAvatarId(UsernamePassword(b"alice", b"secret"))) == b"alice"
+    assert len(ran) == 1
 
 
 def test_threadedCheckerAnswers(tmp_path: Any) -> None:

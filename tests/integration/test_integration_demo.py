@@ -46,8 +46,8 @@ def freePort() -> int:
 def make(target: str, directory: Path, **variables: object) -> Iterator[Path]:
     """
     Run C{make TARGET} in the checkout, with this virtualenv and C{variables},
-    until twistd listens; yield the file its output goes to, and stop make
-    and everything it started afterwards.
+    until twistd listens on every C{*_PORT} among them; yield the file its
+    output goes to, and stop make and everything it started afterwards.
     """
     require_program("make")
     if not (Path(sys.prefix) / ".installed").exists():
@@ -62,6 +62,11 @@ def make(target: str, directory: Path, **variables: object) -> Iterator[Path]:
             argv, cwd=CHECKOUT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
+        # Each port on its own: demo-tls's second one may start listening a
+        # moment after the first says so.
+        for name, value in variables.items():
+            if name.endswith("_PORT"):
+                waitForOutput(output, b"popserv listening on 127.0.0.1:%d " % value, process)
         waitForOutput(output, rb"POP3ServerFactory starting on", process)
         yield output
     finally:

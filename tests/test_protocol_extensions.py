@@ -18,12 +18,14 @@ from scram_client import ScramClient, authenticate
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
 from popserv.sasl import CramMD5Credentials
+from popserv.scram import scramSHA256Factory
 
 
 def b64(data: bytes) -> bytes:
@@ -468,6 +470,30 @@ class TestAuth:
         s.command(b"AUTH PLAIN")
         assert s.command(b64(b"\0alice\0" + b"x" * 400)) == b"-ERR [AUTH] Authentication failed\r\n"
         assert s.command(b"USER " + b"a" * 300) == b"-ERR Line too long\r\n"
+
+    def test_longLineQueuedInSaslExchange(self) -> None:
+        """
+        A line read while the SASL exchange allowed long responses, but
+        answered once it is over (queued behind a SCRAM step whose key
+        lookup answers later, and behind the client's "*"), is a command:
+        over 255 octets it gets the command limit's -ERR and close, and
+        nothing else.
+        """
+        pending: Deferred[tuple[bytes, int] | None] = Deferred()
+        s = Session(mechanisms=[scramSHA256Factory(keySource=lambda u: pending)])
+        s.send(
+            b"AUTH SCRAM-SHA-256 "
+            + b64(b"n,,n=alice,r=abcdefgh")
+            + b"\r\n*\r\nNOOP "
+            + b"x" * 300
+            + b"\r\n"
+        )
+        assert s.take() == b""
+        pending.callback((b"salt", 4096))
+        challenge, rest = s.take().split(b"\r\n", 1)
+        assert challenge.startswith(b"+ ")
+        assert rest == b"-ERR Authentication cancelled\r\n-ERR Line too long\r\n"
+        assert s.transport.disconnecting and s.protocol.record.reason == "line-too-long"
 
 
 class TestSTLS:

@@ -760,13 +760,17 @@ class POP3Protocol(LineOnlyReceiver):
             assert mechanism is not None
             return self._login(step.credentials, mechanism, mechanism.name)
 
-        def refused(failure: Failure) -> None:
-            failure.trap(SASLError)
+        def refused(failure: Failure) -> Failure | None:
+            # Refused or faulty, the step's -ERR ends the exchange (RFC 5034
+            # section 4): the client's next line is a command.
             self._endSASL()
+            if not failure.check(SASLError):
+                return failure  # a fault: _execute's errback answers it
             e = failure.value
             assert isinstance(e, SASLError)
             self._send(replies.err(e.text, e.code))
             self._badCommand()
+            return None
 
         return d.addCallbacks(stepped, refused)
 

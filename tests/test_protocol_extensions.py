@@ -21,10 +21,11 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
-from popserv.sasl import CramMD5Credentials
+from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory
 from popserv.scram import scramSHA256Factory
 
 
@@ -494,6 +495,57 @@ class TestAuth:
         assert challenge.startswith(b"+ ")
         assert rest == b"-ERR Authentication cancelled\r\n-ERR Line too long\r\n"
         assert s.transport.disconnecting and s.protocol.record.reason == "line-too-long"
+
+    @pytest.mark.parametrize("when", ["start", "respond"])
+    def test_mechanismFaultEndsTheExchange(self, when: str) -> None:
+        """
+        A mechanism that fails with a bug, in its first step or a later one,
+        gets the client a generic -ERR [SYS/TEMP], which ends the exchange
+        (RFC 5034 section 4: the -ERR is the server's last word on the
+        AUTH): the client's next line is a command again, not a response.
+        """
+
+        @implementer(IMechanism)
+        class Buggy:
+            name = "X-BUGGY"
+
+            def __init__(self, context: Any) -> None:
+                pass
+
+            def start(self, initial: bytes | None) -> Any:
+                if when == "start":
+                    raise RuntimeError("a bug")
+                return Challenge(b"")
+
+            def respond(self, data: bytes) -> Any:
+                raise RuntimeError("a bug")
+
+            def serverFinal(self) -> None:
+                return None
+
+        @implementer(IMechanismFactory)
+        class BuggyFactory:
+            name = "X-BUGGY"
+            plaintext = False
+            credentialInterfaces = (IUsernamePassword,)
+
+            def available(self, context: Any) -> bool:
+                return True
+
+            def __call__(self, context: Any) -> Buggy:
+                return Buggy(context)
+
+        s = Session(mechanisms=[BuggyFactory()])
+        with capturedLogs() as events:
+            if when == "respond":
+                assert s.command(b"AUTH X-BUGGY") == b"+ \r\n"
+                reply = s.command(b64(b"anything"))
+            else:
+                reply = s.command(b"AUTH X-BUGGY " + b64(b"anything"))
+        assert reply == b"-ERR [SYS/TEMP] Internal server error\r\n"
+        [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert logged.getErrorMessage() == "a bug"
+        assert s.login().startswith(b"+OK Logged in")
 
 
 class TestSTLS:

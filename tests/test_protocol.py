@@ -813,6 +813,34 @@ class TestPendingStore:
         assert s.transport.producerState == "producing"
         assert s.take().count(b"+OK\r\n") == MAX_QUEUED_LINES
 
+    def test_readingResumesAtHalfTheBound(self) -> None:
+        """
+        Reading resumes once the queue is below half its bound, not before,
+        and a second flood pauses it again.  (Each RETR waits on the store,
+        so the queue shrinks one line at a time.)
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", M1)
+        store = DelayedStore(memory)
+        s = Session(store=store)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        store.fireAll()
+        s.take()
+        for flood in range(2):
+            s.send(b"RETR 1\r\n" * (MAX_QUEUED_LINES + 1))
+            assert s.transport.producerState == "paused"
+            for _ in range(10_000):
+                if len(s.protocol._queue) <= MAX_QUEUED_LINES // 2 or not store.fireOne():
+                    break
+            assert len(s.protocol._queue) == MAX_QUEUED_LINES // 2
+            assert s.transport.producerState == "paused", flood
+            for _ in range(10_000):
+                if len(s.protocol._queue) < MAX_QUEUED_LINES // 2 or not store.fireOne():
+                    break
+            assert s.transport.producerState == "producing", flood
+            store.fireAll()
+            assert s.take() == (b"+OK 23 octets\r\n" + encodeMessage(M1)) * (MAX_QUEUED_LINES + 1)
+
 
 class PausingTransport(StringTransport):
     """

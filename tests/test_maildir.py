@@ -219,6 +219,29 @@ def test_sizeFromFileName(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_sizeFromFileNameSparesReading(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A large message whose name gives its wire size (,W=) is not read
+    through at login: only its start, for its header.
+    """
+    large = b"Subject: x\n\n" + b"line\n" * 200_000
+    deliverToMaildir(tmp_path / "alice", large, name=f"1.M1.host,W={wireSize(large)}")
+    octets: list[int] = []
+    realRead = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        data = realRead(fd, n)
+        octets.append(len(data))
+        return data
+
+    # (The first read of each file is a readv or a preadv, not counted.)
+    monkeypatch.setattr(os, "read", read)
+    assert snapshot(store(tmp_path)) == [
+        ("1.M1.host,W=" + str(wireSize(large)), wireSize(large), wireSize(large))
+    ]
+    assert sum(octets) < len(large) // 2
+
+
 def test_orderByDeliveryTime(tmp_path: Path) -> None:
     """
     Messages are numbered by the delivery time at the start of their name,

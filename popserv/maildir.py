@@ -362,16 +362,20 @@ def _measureRead(
         known = None  # no file of this size has that wire size: count it
     counter = WireSize() if known is None else None
     prefix = b""
+    needed = True
     disk = 0
     chunk = bytes(buffer[:length])
     while chunk:
         disk += len(chunk)
-        if prefixNeeded(prefix):
+        if needed:
             prefix += chunk
-        elif counter is None:
-            break
+            # Asked after the chunk is in: a name that gives the size then
+            # costs no read past the one that ended the header.
+            needed = prefixNeeded(prefix)
         if counter is not None:
             counter.feed(chunk)
+        elif not needed:
+            break
         chunk = os.read(fd, _READ_SIZE)
     if counter is None:
         assert known is not None

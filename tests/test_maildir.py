@@ -224,12 +224,15 @@ def test_sizeFromFileNameSparesReading(tmp_path: Path, monkeypatch: Any) -> None
     A large message whose name gives its wire size (,W=) is not read
     through at login: only its start, for its header, and nothing after the
     read that ended the header (there was one 256 KB read more).  So is one
-    stored with CRLF line endings, whose wire size is its size on disk.
+    stored with CRLF line endings, whose wire size is its size on disk, and
+    one of blank lines only, whose wire size is twice that.
     """
     large = b"Subject: x\n\n" + b"line\n" * 200_000
     crlf = large.replace(b"\n", b"\r\n")
     deliverToMaildir(tmp_path / "alice", large, name=f"1.M1.host,W={wireSize(large)}")
     deliverToMaildir(tmp_path / "alice", crlf, name=f"2.M2.host,W={len(crlf)}")
+    # Blank lines only: twice its size on disk, the most a name may give.
+    deliverToMaildir(tmp_path / "alice", b"\n" * 100_000, name="3.M3.host,W=200000")
     octets: list[int] = []
     realRead = os.read
 
@@ -244,6 +247,7 @@ def test_sizeFromFileNameSparesReading(tmp_path: Path, monkeypatch: Any) -> None
     assert snapshot(store(tmp_path)) == [
         ("1.M1.host,W=" + str(wireSize(large)), wireSize(large), wireSize(large)),
         ("2.M2.host,W=" + str(len(crlf)), len(crlf), len(crlf)),
+        ("3.M3.host,W=200000", 200_000, 200_000),
     ]
     assert octets == []
 

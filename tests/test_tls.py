@@ -13,6 +13,7 @@ import pytest
 from certificates import CertificateAuthority
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
@@ -145,6 +146,47 @@ def test_threeReloadsLaterFailed() -> None:
     runner.jobs[1].callback(second)
     assert _inUse(tls) is second.context
     assert results == [[True], [True], [False]]
+
+
+def test_reloadsLogged() -> None:
+    """
+    Each reload logs what became of it, as docs/tls.rst shows: put in use,
+    overtaken by a later one, or failed with the reason.
+    """
+    tls = ReloadableTLS(_Files())  # type: ignore[arg-type]
+    runner = _Runner()
+    with capturedLogs() as events:
+        tls.reload(runner)
+        tls.reload(runner)
+        tls.reload(runner)
+        runner.jobs[1].callback(_Options())
+        runner.jobs[0].callback(_Options())
+        runner.jobs[2].errback(Failure(TLSConfigError("--tls-cert cert.pem: no certificate in it")))
+    assert [(e["log_level"].name, formatEvent(e)) for e in events] == [
+        ("info", "TLS certificate reloaded from cert.pem"),
+        ("info", "TLS reload from cert.pem overtaken by a later one; keeping that one's"),
+        (
+            "error",
+            "TLS reload failed, keeping the old certificate: "
+            "--tls-cert cert.pem: no certificate in it",
+        ),
+    ]
+
+
+def test_reloadBugNotTakenForBadFiles() -> None:
+    """
+    Only L{TLSConfigError}, bad files, is a reload that failed and keeps
+    the old certificate; anything else (a bug) is not disguised as one.
+    """
+    files = _Files()
+    tls = ReloadableTLS(files)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        result = _outcome(tls.reload(lambda f: fail(ZeroDivisionError())))
+    assert len(result) == 1
+    assert isinstance(result[0], Failure)
+    assert result[0].check(ZeroDivisionError)
+    assert events == []
+    assert _inUse(tls) is files.first.context
 
 
 def _handshake(server: SSL.Connection, client: SSL.Connection) -> bool:

@@ -449,3 +449,23 @@ def test_checkerChainAsksOnlyWhoHandlesTheCredentials() -> None:
         UnauthorizedLogin
     )
     assert asked == []
+
+
+def test_threadedCheckerNeedsSynchronousAnswer() -> None:
+    """
+    A checker run in a thread must answer synchronously: a Deferred that
+    has not fired is a plain error that says so, not a login.
+    """
+    from twisted.internet.defer import Deferred
+
+    @implementer(ICredentialsChecker)
+    class Later:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            return Deferred()
+
+    checker = ThreadedChecker(Later(), runInThread=syncRun)
+    failure = outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"x")))
+    assert failure.check(RuntimeError)
+    assert "did not answer synchronously" in str(failure.value)

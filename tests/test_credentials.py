@@ -110,6 +110,17 @@ def test_realmLogoutReleasesLock() -> None:
     outcome(store.openMaildrop("alice")).close()
 
 
+def test_realmTakesTextAvatarIDs() -> None:
+    """
+    The unix: checker gives the avatar ID as text, not bytes: it is a user
+    name all the same, and opens that user's maildrop.
+    """
+    store = MemoryStore()
+    _, _, logout = outcome(MaildropRealm(store).requestAvatar("alice", None, IMaildrop))
+    assert outcome(store.openMaildrop("alice")).check(Exception)  # locked: it is alice's
+    logout()
+
+
 def test_realmOnlyGivesMaildrops() -> None:
     """
     Asking the realm for another interface is an error.
@@ -124,6 +135,9 @@ def test_avatarName() -> None:
     """
     assert avatarName(b"b\xc3\xb6b") == "b\u00f6b"
     assert avatarName("bob") == "bob"
+    # A name that is not UTF-8 (a legacy file: checker) still names a
+    # maildrop, its octets kept as surrogates.
+    assert avatarName(b"b\xf6b") == "b\udcf6b"
 
 
 @pytest.mark.parametrize("avatarId", [None, (), 42])

@@ -34,7 +34,7 @@ from popserv.credentials import (
 from popserv.errors import CredentialsUnchecked
 from popserv.interfaces import IMaildrop
 from popserv.memorystore import MemoryStore
-from popserv.realm import MaildropRealm, avatarName
+from popserv.realm import LoginMind, MaildropRealm, avatarName
 
 
 def outcome(d: Any) -> Any:
@@ -118,6 +118,26 @@ def test_realmTakesTextAvatarIDs() -> None:
     store = MemoryStore()
     _, _, logout = outcome(MaildropRealm(store).requestAvatar("alice", None, IMaildrop))
     assert outcome(store.openMaildrop("alice")).check(Exception)  # locked: it is alice's
+    logout()
+
+
+def test_realmTellsTheMind() -> None:
+    """
+    Given a L{LoginMind}, the realm says who logged in and that the
+    credentials were checked before it opens the maildrop (which may take
+    a while), so that the login's turn at the gate ends then.
+    """
+    events: list[str] = []
+
+    class Store(MemoryStore):
+        def openMaildrop(self, user: str) -> Any:
+            events.append(f"open {user}")
+            return super().openMaildrop(user)
+
+    mind = LoginMind(lambda: events.append("checked"))
+    _, _, logout = outcome(MaildropRealm(Store()).requestAvatar(b"alice", mind, IMaildrop))
+    assert mind.user == "alice"
+    assert events == ["checked", "open alice"]
     logout()
 
 

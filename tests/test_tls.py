@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from popserv.tls import ReloadableTLS, TLSConfigError, TLSFiles
+from popserv.tls import EXPORTER_LABEL, ReloadableTLS, TLSConfigError, TLSFiles, channelBinding
 
 
 class _Options:
@@ -268,3 +268,103 @@ def test_chainSent(ca: CertificateAuthority) -> None:
         chain = client.get_peer_cert_chain()
         assert chain is not None
         assert [c.get_subject().commonName for c in chain] == expected
+
+
+def _selfSigned(tmp_path: Any, algorithm: Any) -> TLSFiles:
+    """
+    The files of a self-signed ECDSA certificate signed with C{algorithm};
+    with L{None}, an Ed25519 one (whose signature names no hash).
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.x509.oid import NameOID
+
+    key: Any = (
+        ed25519.Ed25519PrivateKey.generate()
+        if algorithm is None
+        else (ec.generate_private_key(ec.SECP256R1()))
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, algorithm)
+    )
+    certificate, keyFile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyFile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keyFile.chmod(0o600)
+    return TLSFiles(str(certificate), str(keyFile))
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    # (SHA-1, which RFC 5929 maps to SHA-256, cannot be tested: cryptography
+    # no longer signs with it.)
+    [("SHA256", "sha256"), ("SHA384", "sha384"), ("SHA512", "sha512"), (None, "sha256")],
+)
+def test_tlsServerEndPoint(tmp_path: Any, algorithm: str | None, expected: str) -> None:
+    """
+    tls-server-end-point is the hash of the server's certificate with the
+    hash of its signature (RFC 5929 section 4.1); SHA-256 for a signature
+    without one (Ed25519).  A connection without a certificate of its own
+    (the client's side here) has none.
+    """
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    files = _selfSigned(tmp_path, algorithm and getattr(hashes, algorithm)())
+    server = SSL.Connection(files.load().getContext(), None)
+    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    assert _handshake(server, client)
+    peer = client.get_peer_certificate()
+    assert peer is not None
+    der = peer.to_cryptography().public_bytes(Encoding.DER)
+    assert channelBinding(server, "tls-server-end-point") == hashlib.new(expected, der).digest()
+    assert channelBinding(client, "tls-server-end-point") is None
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+def test_channelBindingByVersion(ca: CertificateAuthority, version: int) -> None:
+    """
+    tls-unique is the client's Finished message, on TLS 1.2 only;
+    tls-exporter the keying material exported with RFC 9266's label, on
+    TLS 1.3 only; without a connection, or of a kind not known, none.
+    """
+    issued = ca.issue("localhost", ["localhost"])
+    server = SSL.Connection(TLSFiles(str(issued.certificate), str(issued.key)).load().getContext())
+    clientContext = SSL.Context(SSL.TLS_METHOD)
+    clientContext.set_min_proto_version(version)
+    clientContext.set_max_proto_version(version)
+    client = SSL.Connection(clientContext, None)
+    assert _handshake(server, client)
+    unique = channelBinding(server, "tls-unique")
+    exporter = channelBinding(server, "tls-exporter")
+    if version == SSL.TLS1_2_VERSION:
+        assert unique is not None
+        assert unique == client.get_finished()
+        assert exporter is None
+    else:
+        assert unique is None
+        assert exporter == client.export_keying_material(EXPORTER_LABEL, 32)
+        assert exporter is not None
+        assert len(exporter) == 32
+    assert channelBinding(server, "tls-other") is None
+    assert channelBinding(None, "tls-unique") is None

@@ -503,3 +503,28 @@ def test_threadedCheckerNeedsSynchronousAnswer() -> None:
     failure = outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"x")))
     assert failure.check(RuntimeError)
     assert "did not answer synchronously" in str(failure.value)
+
+
+def test_realmTakesUndeclaredMaildrop() -> None:
+    """
+    A store whose maildrops have the IMaildrop methods but do not declare
+    the interface (a forgotten @implementer) still works: the realm checks
+    the methods, not the declaration.
+    """
+
+    class Undeclared:
+        def __init__(self, maildrop: Any) -> None:
+            for name in IMaildrop.names():
+                setattr(self, name, getattr(maildrop, name))
+
+    class Store(MemoryStore):
+        def openMaildrop(self, user: str) -> Any:
+            return super().openMaildrop(user).addCallback(Undeclared)
+
+    iface, maildrop, logout = outcome(
+        MaildropRealm(Store()).requestAvatar(b"alice", None, IMaildrop)
+    )
+    assert iface is IMaildrop
+    assert isinstance(maildrop, Undeclared)
+    assert not IMaildrop.providedBy(maildrop)
+    logout()

@@ -147,7 +147,9 @@ def test_createsMaildirOnFirstLogin(tmp_path: Path) -> None:
     assert result(maildrop.listMessages()) == []
     for subdir in ("cur", "new", "tmp"):
         assert (tmp_path / "newbie" / subdir).is_dir()
+        assert (tmp_path / "newbie" / subdir).stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "newbie").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "newbie" / LOCK_NAME).stat().st_mode & 0o777 == 0o600
     maildrop.close()
 
 

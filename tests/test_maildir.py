@@ -1552,6 +1552,25 @@ def test_deletionSyncFailureLogged(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
 
 
+def test_deletionSyncOfMissingDirectoryLogged(tmp_path: Path) -> None:
+    """
+    A subdirectory that cannot be opened to sync the deletions (cur/,
+    removed by another program during the session) is logged, and fails
+    nothing: the message in new/ is removed all the same.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+    maildrop, _ = login(store(tmp_path))
+    (tmp_path / "alice" / "cur").rmdir()
+    with capturedLogs() as events:
+        assert result(maildrop.deleteMessages([0])) is None
+    maildrop.close()
+    warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("Cannot open ") and "/cur to sync its deletions" in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
+
+
 @pytest.fixture
 def collectorRestored() -> Iterator[None]:
     """

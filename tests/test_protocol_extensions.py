@@ -214,6 +214,9 @@ class TestCleartextPolicy:
         reply = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
         assert s.command(b"USER alice") == reply
         assert s.command(b"AUTH PLAIN " + b64(b"\0alice\0secret")) == reply
+        # A mechanism popserv does not have is unsupported there too, not
+        # refused as plaintext.
+        assert s.command(b"AUTH GSSAPI") == b"-ERR Unsupported authentication mechanism\r\n"
         digest = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
         assert s.command(b"APOP alice " + digest).startswith(b"+OK Logged in")
 
@@ -363,6 +366,18 @@ class TestAuth:
         assert s.command(b"AUTH PLAIN " + b64(b"\0alice\0nope")) == (
             b"-ERR [AUTH] Authentication failed\r\n"
         )
+
+    def test_authForgetsUser(self) -> None:
+        """
+        AUTH starts a login of its own: a USER sent before it is forgotten,
+        so a PASS after a failed AUTH does not log in as that user.
+        """
+        s = Session()
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+        assert s.command(b"AUTH PLAIN " + b64(b"\0bob\0wrong")) == (
+            b"-ERR [AUTH] Authentication failed\r\n"
+        )
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
 
     def test_unknownMechanism(self) -> None:
         """

@@ -428,6 +428,8 @@ class TestAuth:
         # server-first and the server's signature as challenges, then +OK
         assert [r[:2] for r in replies[:2]] == [b"+ ", b"+ "]
         assert len(replies) == 3 and replies[2].startswith(b"+OK Logged in")
+        # The exchange is over: the next line is a command.
+        assert s.command(b"STAT") == b"+OK 0 0\r\n"
 
     def test_scramWrongPassword(self) -> None:
         """

@@ -585,6 +585,13 @@ class TestSTLS:
         assert s.take() == b"+OK Begin TLS negotiation\r\n"
         assert transport.tlsStartedWith is CERT
         assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+        # A partial line behind it in the same read goes too: it does not
+        # begin the first line read under TLS.
+        transport = TLSCapableTransport()
+        s = Session(transport=transport, tls=CERT)
+        s.send(b"STLS\r\nUSER evil\r\nPASS x")
+        assert s.take() == b"+OK Begin TLS negotiation\r\n"
+        assert s.command(b"NOOP") == b"-ERR Command not valid in this state\r\n"
 
     def test_afterTLS(self) -> None:
         """

@@ -485,6 +485,28 @@ def test_checkerChainAsksOnlyWhoHandlesTheCredentials() -> None:
     assert asked == []
 
 
+def test_threadedCheckerPlainAnswers() -> None:
+    """
+    A wrapped checker may answer with a plain value, not a Deferred: that
+    is the avatar ID, and an exception it raises the refusal.
+    """
+
+    @implementer(ICredentialsChecker)
+    class Plain:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            if credentials.checkPassword(b"secret"):
+                return credentials.username
+            raise UnauthorizedLogin()
+
+    checker = ThreadedChecker(Plain(), runInThread=syncRun)
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"secret"))) == b"alice"
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"nope"))).check(
+        UnauthorizedLogin
+    )
+
+
 def test_threadedCheckerNeedsSynchronousAnswer() -> None:
     """
     A checker run in a thread must answer synchronously: a Deferred that

@@ -225,6 +225,24 @@ def startServerTLS(connection: Connection, directory: Path) -> None:
     connection.transport.startTLS(TLSFiles(str(issued.certificate), str(issued.key)).load())
 
 
+def afterSTLS(connection: Connection) -> TLSClient:
+    """
+    Take the greeting of the POP3 session on C{connection}, send C{STLS}
+    and take its reply; then the client's end of the handshake that
+    follows.  (The session's factory needs its C{tls=}.)
+    """
+    connection.reactor.advance(0)
+    assert connection.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
+    connection.client.sendall(b"STLS\r\n")
+    assert select.select([connection.transport.socket], [], [], 5)[0]
+    connection.transport.doRead()
+    connection.reactor.advance(0)
+    if connection.waiting():
+        connection.transport.doWrite()
+    assert connection.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
+    return TLSClient(connection)
+
+
 class TLSClient:
     """
     The client's end of TLS over a L{Connection} whose server end has

@@ -264,7 +264,7 @@ def test_tlsWithoutLogin(events: list[dict[str, Any]], ca: Any) -> None:
     """
     import select
 
-    from loopback import Connection, TLSClient
+    from loopback import Connection, afterSTLS
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
     from twisted.cred.portal import Portal
     from twisted.internet import reactor
@@ -283,16 +283,7 @@ def test_tlsWithoutLogin(events: list[dict[str, Any]], ca: Any) -> None:
     factory = POP3ServerFactory(portal, clock=Clock(), tls=tls)
     c = Connection(factory.buildProtocol(None))
     try:
-        c.reactor.advance(0)
-        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
-        c.client.sendall(b"STLS\r\n")
-        assert select.select([c.transport.socket], [], [], 5)[0]
-        c.transport.doRead()
-        c.reactor.advance(0)
-        if c.waiting():
-            c.transport.doWrite()
-        assert c.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
-        client = TLSClient(c)
+        client = afterSTLS(c)
         client.tls.write(b"QUIT\r\n")
         c.client.sendall(client.outgoing.read())
         assert select.select([c.transport.socket], [], [], 5)[0]

@@ -356,7 +356,7 @@ def test_outOfUpdateOnceTheReplyLeftOverTLS(ca: Any) -> None:
     """
     import select
 
-    from loopback import Connection, TLSClient
+    from loopback import Connection, afterSTLS
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
     from twisted.cred.portal import Portal
 
@@ -375,16 +375,7 @@ def test_outOfUpdateOnceTheReplyLeftOverTLS(ca: Any) -> None:
     factory = POP3ServerFactory(portal, clock=Clock(), tls=tls)
     c = Connection(factory.buildProtocol(None))
     try:
-        c.reactor.advance(0)
-        assert c.receivedNow(wait=5).startswith(b"+OK POP3 server ready")
-        c.client.sendall(b"STLS\r\n")
-        assert select.select([c.transport.socket], [], [], 5)[0]
-        c.transport.doRead()
-        c.reactor.advance(0)
-        if c.waiting():
-            c.transport.doWrite()
-        assert c.receivedNow(wait=5) == b"+OK Begin TLS negotiation\r\n"
-        client = TLSClient(c)
+        client = afterSTLS(c)
         client.tls.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nQUIT\r\n")
         c.client.sendall(client.outgoing.read())
         assert select.select([c.transport.socket], [], [], 5)[0]

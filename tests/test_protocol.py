@@ -819,13 +819,7 @@ class TestPendingStore:
         and a second flood pauses it again.  (Each RETR waits on the store,
         so the queue shrinks one line at a time.)
         """
-        memory = MemoryStore()
-        memory.deliver("alice", M1)
-        store = DelayedStore(memory)
-        s = Session(store=store)
-        s.send(b"USER alice\r\nPASS secret\r\n")
-        store.fireAll()
-        s.take()
+        s, store, _ = self.loggedInPending()
         for flood in range(2):
             s.send(b"RETR 1\r\n" * (MAX_QUEUED_LINES + 1))
             assert s.transport.producerState == "paused"

@@ -421,6 +421,24 @@ def test_chunkingNeverMatters(lines: list[bytes], ending: bytes, cuts: list[int]
     assert wireSize(message) + downgradeDelta(message) == len(unstuffed)
 
 
+def test_unendedHeaderHeldBackOnlyToTheBound() -> None:
+    """
+    A header section that has not ended within the bound is held back no
+    longer: the chunk that takes it past L{MAX_HEADER} (and 2, for a CRLF
+    that could still end it) lets all of it through, unchanged, and what
+    follows goes straight through.  Memory stays bounded for a hostile
+    message with no blank line, on a session that reads it in chunks.
+    """
+    first = b"Subject: \xc3\xa4\r\nX: "
+    filler = b"a" * (MAX_HEADER + 2 - len(first))
+    f = HeaderDowngrade()
+    assert f.feed(first) == b""
+    assert f.feed(filler) == b""  # exactly at the bound: an end could still come
+    assert f.feed(b"b") == first + filler + b"b"
+    assert f.feed(b"\xc3\xa4\r\n\r\nbody\r\n") == b"\xc3\xa4\r\n\r\nbody\r\n"
+    assert f.finish() == b""
+
+
 def test_hugeHeaderPassesThrough() -> None:
     """
     A header section ending beyond the bound is sent as it is, whatever the

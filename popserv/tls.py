@@ -121,10 +121,18 @@ class TLSFiles:
             except OSError as e:
                 raise TLSConfigError(f"{self._named(name)}: cannot read it: {e.strerror}") from None
         try:
-            blocks = {name: _pemBlocks(read.get(name, b"")) for name in _CERTIFICATE_FILES}
+            blocks: dict[str, list[bytes]] = {}
             for name in _CERTIFICATE_FILES:
-                if name in read and not blocks[name]:
+                found = _pemBlocks(read.get(name, b""))
+                if found is None:
+                    # A copy cut short: loading the blocks before it would
+                    # serve a chain that clients cannot verify.
+                    raise TLSConfigError(
+                        f"{self._named(name)}: its last certificate has no END line (cut off?)"
+                    )
+                if name in read and not found:
                     raise TLSConfigError(f"{self._named(name)}: no certificate in it")
+                blocks[name] = found
             certificates = [
                 _loadCertificate(block, self._named(name))
                 for name in ("certificate", "chain")
@@ -192,11 +200,19 @@ def _loadKey(pem: bytes, path: str) -> crypto.PKey:
     return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
 
 
-def _pemBlocks(data: bytes) -> list[bytes]:
-    end = b"-----END CERTIFICATE-----"
+def _pemBlocks(data: bytes) -> list[bytes] | None:
+    """
+    The PEM certificate blocks in C{data}, in order (other blocks, such as
+    a key, are left out); L{None} if a certificate begins after the last
+    one that ends.
+    """
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    *parts, rest = data.split(end)
+    if begin in rest:
+        return None
     blocks = []
-    for part in data.split(end)[:-1]:
-        start = part.find(b"-----BEGIN CERTIFICATE-----")
+    for part in parts:
+        start = part.find(begin)
         if start >= 0:
             blocks.append(part[start:] + end + b"\n")
     return blocks

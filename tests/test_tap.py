@@ -556,6 +556,38 @@ def test_tlsBrokenCertificateNamed(ca: CertificateAuthority, tmp_path: Path) -> 
         )
 
 
+def test_tlsCutOffCertificate(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """
+    A certificate file cut short (a copy that stopped, a paste that lost
+    its end) is a start-up error that names it, whichever certificate file
+    it is, rather than a server that sends the certificates before the cut:
+    a chain cut after its first certificate would load, and clients would
+    fail to verify it.  A key in the same file as the certificate is still
+    taken.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    whole = server.certificate.read_bytes() + ca.files.certificate.read_bytes()
+    cut = tmp_path / "cut.pem"
+    cut.write_bytes(whole[: len(whole) - 100])
+    base = ("--auth", "cert", "--mailstore", "memory")
+    cert, key = ("--tls-cert", str(server.certificate)), ("--tls-key", str(server.key))
+    for option, args in [
+        ("--tls-cert", ("--tls-cert", str(cut), *key)),
+        ("--tls-chain", (*cert, *key, "--tls-chain", str(cut))),
+        ("--tls-client-ca", (*cert, *key, "--tls-client-ca", str(cut))),
+    ]:
+        assert error(*base, *args) == (
+            f"popserv: error: {option} {cut}: its last certificate has no END line (cut off?)"
+        )
+    combined = tmp_path / "combined.pem"
+    combined.write_bytes(server.certificate.read_bytes() + server.key.read_bytes())
+    options = parse(
+        *("--auth", "memory:a:b", "--mailstore", "memory"),
+        *("--tls-cert", str(combined), "--tls-key", str(combined)),
+    )
+    assert options["tls"] is not None
+
+
 def test_clientCAsNamed(ca: CertificateAuthority) -> None:
     """
     With --tls-client-ca the certificate request names the acceptable CAs.

@@ -140,7 +140,11 @@ def parseArguments(keyword: str, rest: bytes) -> Command:
     # runs of spaces and trailing spaces, which real clients send.  Only
     # spaces: a tab (or VT, FF, CR) is no separator, as it is none after the
     # keyword, and the token holding it is malformed.
-    tokens = [token for token in rest.split(b" ") if token]
+    # (Filtered only when there is something to filter: a list
+    # comprehension at every command was 0.5 % of a login session's work.)
+    tokens = rest.split(b" ") if rest else []
+    if b"" in tokens:
+        tokens = list(filter(None, tokens))
     if shape is Args.NONE:
         if tokens:
             raise CommandError(f"Syntax: {usage}")

@@ -385,9 +385,7 @@ class POP3Protocol(LineOnlyReceiver):
             return
         except Exception:
             # As from a command that answers later: raised into the
-            # transport, it dropped the connection without a reply.  The
-            # -ERR ends an AUTH exchange too.
-            self._endSASL()
+            # transport, it dropped the connection without a reply.
             self._serverFault(Failure())
             return
         if result is not None:
@@ -515,6 +513,9 @@ class POP3Protocol(LineOnlyReceiver):
         if self._transfer is not None or self._lost:
             self._abortCut()
             return
+        # In an AUTH exchange (a mechanism's fault), the -ERR ends it (RFC
+        # 5034 section 4): the client's next line is a command.
+        self._endSASL()
         self._send(replies.err("Internal server error", "SYS/TEMP"))
 
     def _abortCut(self) -> None:
@@ -760,17 +761,13 @@ class POP3Protocol(LineOnlyReceiver):
             assert mechanism is not None
             return self._login(step.credentials, mechanism, mechanism.name)
 
-        def refused(failure: Failure) -> Failure | None:
-            # Refused or faulty, the step's -ERR ends the exchange (RFC 5034
-            # section 4): the client's next line is a command.
+        def refused(failure: Failure) -> None:
+            failure.trap(SASLError)  # a fault: _serverFault answers it
             self._endSASL()
-            if not failure.check(SASLError):
-                return failure  # a fault: _execute's errback answers it
             e = failure.value
             assert isinstance(e, SASLError)
             self._send(replies.err(e.text, e.code))
             self._badCommand()
-            return None
 
         return d.addCallbacks(stepped, refused)
 

@@ -121,27 +121,21 @@ class TLSFiles:
             except OSError as e:
                 raise TLSConfigError(f"{self._named(name)}: cannot read it: {e.strerror}") from None
         try:
-            blocks: dict[str, list[bytes]] = {}
+            loaded: dict[str, list[ssl.Certificate]] = {}
             for name in _CERTIFICATE_FILES:
-                found = _pemBlocks(read.get(name, b""))
-                if found is None:
+                blocks = _pemBlocks(read.get(name, b""))
+                if blocks is None:
                     # A copy cut short: loading the blocks before it would
                     # serve a chain that clients cannot verify.
                     raise TLSConfigError(
                         f"{self._named(name)}: its last certificate has no END line (cut off?)"
                     )
-                if name in read and not found:
+                if name in read and not blocks:
                     raise TLSConfigError(f"{self._named(name)}: no certificate in it")
-                blocks[name] = found
-            certificates = [
-                _loadCertificate(block, self._named(name))
-                for name in ("certificate", "chain")
-                for block in blocks[name]
-            ]
+                loaded[name] = [_loadCertificate(b, self._named(name)) for b in blocks]
+            certificates = loaded["certificate"] + loaded["chain"]
             key = _loadKey(read["key"], self._named("key"))
-            authorities = [
-                _loadCertificate(b, self._named("clientCA")).original for b in blocks["clientCA"]
-            ]
+            authorities = [c.original for c in loaded["clientCA"]]
         except TLSConfigError:
             raise
         except Exception as e:

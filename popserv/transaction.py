@@ -94,7 +94,7 @@ def checkListing(messages: Sequence[MessageInfo]) -> None:
     try:
         sizes = array("q", sizeColumn)
         downgraded = array("q", filter(partial(is_not, None), downgradedColumn))
-    except (TypeError, OverflowError):
+    except OverflowError:  # 2**63 or more; the types were checked above
         raise _culprit(messages) from None
     if (sizes and min(sizes) < 0) or (downgraded and min(downgraded) < 0):
         raise _culprit(messages)

@@ -13,11 +13,12 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from popserv.errors import MessageUnavailable
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3Protocol, POP3ServerFactory
@@ -96,6 +97,27 @@ class MaildropOver:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._maildrop, name)
+
+
+class VanishingReader:
+    """
+    A message reader whose first read gives C{first(size)} and whose later
+    reads fail at once with L{MessageUnavailable}, as a store's do when
+    another program removed the file while it was being sent.
+    """
+
+    def __init__(self, first: Callable[[int], bytes]) -> None:
+        self._first = first
+        self.reads = 0
+
+    def read(self, size: int) -> Deferred[bytes]:
+        self.reads += 1
+        if self.reads > 1:
+            return fail(MessageUnavailable())
+        return succeed(self._first(size))
+
+    def close(self) -> None:
+        pass
 
 
 class StoreOver:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from loopback import Connection, resetByClient
-from protocol_helpers import DelayedStore, MaildropOver, StoreOver
+from protocol_helpers import DelayedStore, MaildropOver, StoreOver, VanishingReader
 from test_backlog import read, smallBuffers
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -238,22 +238,9 @@ def test_nothingRunsInTheSameReadAfterAbort() -> None:
     in that same read.
     """
 
-    class FailingReader:
-        def __init__(self) -> None:
-            self.reads = 0
-
-        def read(self, size: int) -> Deferred[bytes]:
-            self.reads += 1
-            if self.reads > 1:
-                return fail(MessageUnavailable())
-            return succeed(b"Subject: big\r\n\r\nthe start\r\n")
-
-        def close(self) -> None:
-            pass
-
     class FailingMaildrop(MaildropOver):
         def openMessage(self, index: int) -> Any:
-            return succeed(FailingReader())
+            return succeed(VanishingReader(lambda size: b"Subject: big\r\n\r\nthe start\r\n"))
 
     store = MemoryStore()
     store.deliver("alice", BIG)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from protocol_helpers import DelayedStore, MaildropOver, Session, SlowChecker
+from protocol_helpers import DelayedStore, MaildropOver, Session, SlowChecker, VanishingReader
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address
@@ -409,22 +409,11 @@ def test_messageGoneWhileSent() -> None:
     deleted, and the log has a warning, not a server fault.
     """
 
-    class VanishingReader:
-        def __init__(self) -> None:
-            self.reads = 0
-
-        def read(self, size: int) -> Deferred[bytes]:
-            self.reads += 1
-            if self.reads > 1:
-                return fail(MessageUnavailable())
-            return succeed(b"Subject: x\r\n\r\n" + b"line\r\n" * (size // 6 - 3))
-
-        def close(self) -> None:
-            pass
-
     class VanishingMaildrop(MaildropOver):
         def openMessage(self, index: int) -> Deferred[Any]:
-            return succeed(VanishingReader())
+            return succeed(
+                VanishingReader(lambda size: b"Subject: x\r\n\r\n" + b"line\r\n" * (size // 6 - 3))
+            )
 
     s = Session()
     s.wrapMaildrops(VanishingMaildrop)

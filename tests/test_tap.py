@@ -533,27 +533,37 @@ def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     ).startswith(f"popserv: error: --tls-key {server.certificate}: not a PEM private key (")
 
 
+def _certificateFileErrors(ca: CertificateAuthority, bad: Path) -> list[tuple[str, str]]:
+    """
+    The start-up error with C{bad} given as each certificate file in turn
+    (--tls-cert, --tls-chain, --tls-client-ca), the others good, with the
+    option it was given as.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    base = ("--auth", "cert", "--mailstore", "memory")
+    cert, key = ("--tls-cert", str(server.certificate)), ("--tls-key", str(server.key))
+    return [
+        (option, error(*base, *args))
+        for option, args in [
+            ("--tls-cert", ("--tls-cert", str(bad), *key)),
+            ("--tls-chain", (*cert, *key, "--tls-chain", str(bad))),
+            ("--tls-client-ca", (*cert, *key, "--tls-client-ca", str(bad))),
+        ]
+    ]
+
+
 def test_tlsBrokenCertificateNamed(ca: CertificateAuthority, tmp_path: Path) -> None:
     """
     A certificate block that does not hold a certificate is a one-line
     start-up error that names the file it is in (as L{TLSFiles.load} says
     its errors do), whichever of the certificate files it is in.
     """
-    server = ca.issue("localhost", ["localhost"])
     broken = tmp_path / "broken.pem"
     broken.write_bytes(
         b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
     )
-    base = ("--auth", "cert", "--mailstore", "memory")
-    cert, key = ("--tls-cert", str(server.certificate)), ("--tls-key", str(server.key))
-    for option, args in [
-        ("--tls-cert", ("--tls-cert", str(broken), *key)),
-        ("--tls-chain", (*cert, *key, "--tls-chain", str(broken))),
-        ("--tls-client-ca", (*cert, *key, "--tls-client-ca", str(broken))),
-    ]:
-        assert error(*base, *args).startswith(
-            f"popserv: error: {option} {broken}: not a PEM certificate ("
-        )
+    for option, text in _certificateFileErrors(ca, broken):
+        assert text.startswith(f"popserv: error: {option} {broken}: not a PEM certificate (")
 
 
 def test_tlsCutOffCertificate(ca: CertificateAuthority, tmp_path: Path) -> None:
@@ -569,14 +579,8 @@ def test_tlsCutOffCertificate(ca: CertificateAuthority, tmp_path: Path) -> None:
     whole = server.certificate.read_bytes() + ca.files.certificate.read_bytes()
     cut = tmp_path / "cut.pem"
     cut.write_bytes(whole[: len(whole) - 100])
-    base = ("--auth", "cert", "--mailstore", "memory")
-    cert, key = ("--tls-cert", str(server.certificate)), ("--tls-key", str(server.key))
-    for option, args in [
-        ("--tls-cert", ("--tls-cert", str(cut), *key)),
-        ("--tls-chain", (*cert, *key, "--tls-chain", str(cut))),
-        ("--tls-client-ca", (*cert, *key, "--tls-client-ca", str(cut))),
-    ]:
-        assert error(*base, *args) == (
+    for option, text in _certificateFileErrors(ca, cut):
+        assert text == (
             f"popserv: error: {option} {cut}: its last certificate has no END line (cut off?)"
         )
     combined = tmp_path / "combined.pem"

@@ -25,6 +25,7 @@ from twisted.logger import capturedLogs
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
+from popserv.policy import SitePolicy, UserPolicy
 from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory
 from popserv.scram import scramSHA256Factory
 
@@ -471,6 +472,26 @@ class TestAuth:
         s.command(b64(client.final(base64.b64decode(first[2:-2]))))
         assert s.command(b"eA==") == b"-ERR Unexpected data after authentication\r\n"
         assert s.login().startswith(b"+OK Logged in")
+
+    @pytest.mark.parametrize(
+        ("answer", "reply"),
+        [(b"*", b"Authentication cancelled"), (b"eA==", b"Unexpected data after authentication")],
+    )
+    def test_notLoggedInAfterServerFinal(self, answer: bytes, reply: bytes) -> None:
+        """
+        A client that answers the server's signature with anything but an
+        empty line is not logged in, so CAPA gives the site's values, not
+        that user's (RFC 2449 section 6.5: per-user values only once the
+        user is known).
+        """
+        policy = SitePolicy(UserPolicy(loginDelay=900), {"alice": UserPolicy(loginDelay=0)})
+        s = Session(policy=policy)
+        client = ScramClient("alice", "secret")
+        first = s.command(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        s.command(b64(client.final(base64.b64decode(first[2:-2]))))
+        assert s.command(answer) == b"-ERR " + reply + b"\r\n"
+        lines = s.command(b"CAPA")
+        assert b"LOGIN-DELAY 900 USER\r\n" in lines, lines
 
     def test_pipelinedAuth(self) -> None:
         """

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from protocol_helpers import DelayedStore, MaildropOver, Session, SlowChecker, VanishingReader
-from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -24,7 +26,8 @@ from popserv.encoder import encodeMessage
 from popserv.errors import DeletionFailed, MessageUnavailable
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
-from popserv.protocol import MAX_QUEUED_LINES
+from popserv.protocol import MAX_QUEUED_LINES, POP3ServerFactory
+from popserv.realm import MaildropRealm
 from popserv.transaction import BrokenListing, Transaction
 
 M1 = b"Subject: one\r\n\r\nfirst\r\n"
@@ -478,6 +481,33 @@ class TestRobustness:
         s.send(b"USER alice\nPASS secret\nSTAT\n")
         assert s.take() == b"+OK Send PASS\r\n+OK Logged in, 2 messages (59 octets)\r\n+OK 2 59\r\n"
 
+    def test_emptyLfOnlyLine(self) -> None:
+        """
+        An empty line ended by a bare LF (the empty octet string, which
+        Python makes one shared object) is an unknown command, as an empty
+        CRLF line is: not taken for the queue's stand-in for an over-long
+        line, which would close the session.
+        """
+        s = loggedIn()
+        s.send(b"\n")
+        assert s.take() == b"-ERR Unknown command\r\n"
+        assert not s.transport.disconnecting
+        assert s.command(b"NOOP") == b"+OK\r\n"
+
+    def test_halfCloseWithNothingPending(self) -> None:
+        """
+        A client that shuts its sending side when every command it sent is
+        answered gets the connection closed at once, with nothing more
+        written, rather than left open until the autologout.
+        """
+        s = loggedIn()
+        assert s.command(b"STAT") == b"+OK 2 59\r\n"
+        s.protocol.readConnectionLost()
+        assert s.transport.disconnecting
+        assert s.take() == b""
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.memory.messages("alice") == [M1, M2]
+
     def test_lineTooLong(self) -> None:
         """
         A command line over 255 octets gets -ERR and the connection closes.
@@ -668,6 +698,23 @@ class TestTimeout:
         s.protocol.connectionLost(Failure(ConnectionError()))
         assert s.memory.messages("alice") == [M1, M2]
 
+    def test_defaultIsTenMinutes(self) -> None:
+        """
+        A factory made without a timeout (the embedding API's default)
+        logs out after exactly the RFC 1939 section 3 ten minutes: the
+        minimum the RFC allows, and no longer.
+        """
+        portal = Portal(
+            MaildropRealm(MemoryStore()), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")]
+        )
+        s = Session(factory=POP3ServerFactory(portal, clock=Clock()))
+        assert s.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
+        s.clock.advance(599.9)
+        assert not s.transport.disconnecting
+        s.clock.advance(0.1)
+        assert s.transport.disconnecting
+        assert s.take() == b""
+
     def test_configurable(self) -> None:
         """
         The autologout timer after login is the factory's timeout.
@@ -792,6 +839,9 @@ class TestPendingStore:
         store = DelayedStore(MemoryStore())
         s = Session(store=store)
         s.send(b"USER alice\r\nPASS secret\r\n")
+        # docs/capabilities.rst promises the bound: "with 64 lines queued,
+        # popserv stops reading".
+        assert MAX_QUEUED_LINES == 64
         # The lines wait behind PASS: one short of the bound, reading goes
         # on; at it, it stops.
         s.send(b"NOOP\r\n" * (MAX_QUEUED_LINES - 1))

@@ -510,6 +510,21 @@ class TestAuth:
         assert s.command(b64(b"\0alice\0" + b"x" * 400)) == b"-ERR [AUTH] Authentication failed\r\n"
         assert s.command(b"USER " + b"a" * 300) == b"-ERR Line too long\r\n"
 
+    def test_longestSaslResponse(self) -> None:
+        """
+        The SASL response limit is 8192 octets as the command limit is
+        counted (docs/protocol.rst "Limits"): with the CR, without the LF.
+        A line of that length is an answer to the challenge (here, not
+        base64); one octet more is too long, and closes the connection.
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN") == b"+ \r\n"
+        assert s.command(b"A" * 8191) == b"-ERR Invalid base64 data\r\n"
+        assert not s.transport.disconnecting
+        assert s.command(b"AUTH PLAIN") == b"+ \r\n"
+        assert s.command(b"A" * 8192) == b"-ERR Line too long\r\n"
+        assert s.transport.disconnecting
+
     def test_longLineQueuedInSaslExchange(self) -> None:
         """
         A line read while the SASL exchange allowed long responses, but

@@ -508,6 +508,22 @@ class TestRobustness:
         s.protocol.connectionLost(Failure(ConnectionError()))
         assert s.memory.messages("alice") == [M1, M2]
 
+    def test_halfCloseWaitsForThePendingAnswer(self) -> None:
+        """
+        A client that shuts its sending side while its last command (here
+        PASS, with nothing queued behind it) is still pending gets its
+        answer before the connection closes.
+        """
+        checker = SlowChecker()
+        s = session(checkers=[checker])
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        s.protocol.readConnectionLost()
+        assert s.take() == b"+OK Send PASS\r\n"
+        assert not s.transport.disconnecting
+        checker.release()
+        assert s.take() == b"+OK Logged in, 2 messages (59 octets)\r\n"
+        assert s.transport.disconnecting
+
     def test_lineTooLong(self) -> None:
         """
         A command line over 255 octets gets -ERR and the connection closes.
@@ -944,6 +960,26 @@ class TestStreaming:
                 break
             transport.producer.resumeProducing()
         assert received == wire * 40
+
+    def test_clientGoneMidTransferIsNoFault(self) -> None:
+        """
+        A client that drops the connection in the middle of a RETR is
+        routine, not a server fault: nothing is logged as an error, and the
+        DELE and QUIT it pipelined behind the RETR never run.  (The
+        transport stops its producer before it calls connectionLost.)
+        """
+        big = b"x" * (2 * 1024 * 1024)
+        s = Session(transport=PausingTransport())
+        s.memory.deliver("alice", big)
+        s.login()
+        s.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+        producer = s.transport.producer
+        assert producer is not None
+        with capturedLogs() as events:
+            producer.stopProducing()
+            s.protocol.connectionLost(Failure(ConnectionError()))
+        assert [formatEvent(e) for e in events if e["log_level"] is not LogLevel.info] == []
+        assert s.memory.messages("alice") == [big]
 
     def test_dropDuringTransfer(self) -> None:
         """

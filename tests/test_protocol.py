@@ -134,6 +134,22 @@ class TestGreetingAndLogin:
         s.clock.advance(2)
         assert s.take() == b"+OK Logged in, 2 messages (59 octets)\r\n"
 
+    @pytest.mark.parametrize(
+        "digest",
+        [b"0" * 31 + b"g", b"0" * 30, b"0" * 34, b"0" * 31, b"0" * 33],
+        ids=["not-hex", "30-digits", "34-digits", "31-digits", "33-digits"],
+    )
+    def test_apopDigestMustBe32HexDigits(self, digest: bytes) -> None:
+        """
+        An APOP digest that is not exactly 32 hex digits (RFC 1939 section
+        7: the MD5 digest "in hexadecimal") is a syntax error, not a failed
+        login: no [AUTH] reply, no penalty for the address's next attempt.
+        """
+        s = session()
+        reply = s.command(b"APOP alice " + digest)
+        assert reply == b"-ERR Syntax: APOP name digest (32 hex digits)\r\n"
+        assert s.login() == b"+OK Logged in, 2 messages (59 octets)\r\n"
+
     def test_secondLoginRefused(self) -> None:
         """
         USER, PASS and APOP after login are -ERR and change nothing.

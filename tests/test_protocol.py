@@ -267,6 +267,19 @@ class TestTransaction:
         assert s.command(b"RSET") == b"+OK 2 messages (59 octets)\r\n"
         assert s.command(b"LIST 1") == b"+OK 1 23\r\n"
 
+    def test_listingsAfterDeletionsKeepEachMessageItsValue(self) -> None:
+        """
+        With messages 1 and 3 of four deleted, LIST and UIDL give 2 and 4
+        each its own size and unique-id (RFC 1939 section 5: deleted
+        messages are not listed, the others keep their numbers), not
+        another message's.
+        """
+        s = loggedIn(b"a\r\n", b"bb\r\n", b"ccc\r\n", b"dddd\r\n")
+        assert s.command(b"DELE 1") == b"+OK Message 1 deleted\r\n"
+        assert s.command(b"DELE 3") == b"+OK Message 3 deleted\r\n"
+        assert s.command(b"LIST") == b"+OK 2 messages (10 octets)\r\n2 4\r\n4 6\r\n.\r\n"
+        assert s.command(b"UIDL") == b"+OK Unique-ID listing follows\r\n2 2\r\n4 4\r\n.\r\n"
+
     def test_quitAppliesDeletions(self) -> None:
         """
         QUIT in TRANSACTION removes the deleted messages, says so, closes.

@@ -6,6 +6,7 @@ threads grows with the work up to a bound.
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import threading
@@ -174,7 +175,7 @@ def test_stop(fake: FakeReactor) -> None:
     runner.stop()
     assert sorted(done) == [0, 1, 2, 3]
     assert not [t for t in threads if t.is_alive()]
-    with pytest.raises(RunnerStopped):
+    with pytest.raises(RunnerStopped, match=r"^the thread runner is stopped$"):
         runner(done.append, 5)
 
 
@@ -234,8 +235,30 @@ def test_stopDeadlineAcrossTenThreads() -> None:
 
 
 def test_maxThreadsChecked(fake: FakeReactor) -> None:
+    """
+    At least one thread: none is refused, and one does the work.
+    """
     with pytest.raises(ValueError, match="at least 1"):
         ThreadRunner(fake.callFromThread, maxThreads=0)
+    runner = ThreadRunner(fake.callFromThread, maxThreads=1)
+    try:
+        results: list[int] = []
+        for n in range(2):
+            runner(int, n).addCallback(results.append)
+        fake.deliver(2)
+        assert (results, len(runner._threads)) == ([0, 1], 1)
+    finally:
+        runner.stop()
+
+
+def test_documentedDefaults(fake: FakeReactor) -> None:
+    """
+    As docs/operating.rst tells the operator: at most ten worker threads,
+    and a stopping server waits at most 10 seconds for their work.
+    """
+    runner = ThreadRunner(fake.callFromThread)
+    assert runner.maxThreads == 10
+    assert inspect.signature(runner.stop).parameters["timeout"].default == 10.0
 
 
 def _batchAllowed() -> bool:
@@ -320,3 +343,48 @@ def test_noThreadToBeHad(
         alone(lambda: None)
     assert alone._threads == []
     alone.stop()
+
+
+def _eventually(condition: Callable[[], bool]) -> bool:
+    """
+    Whether C{condition} holds within L{WAIT} seconds (asked every 10 ms).
+    """
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_jobWaitingForARefusedThreadIsClaimed(
+    fake: FakeReactor, runner: ThreadRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A job whose thread the system refused is taken by the next thread that
+    comes free, which is then busy, not idle: a job given while it runs
+    starts a thread of its own rather than waiting behind it.  Once all is
+    done, each thread counts as idle once.
+    """
+    release, started, gate = threading.Event(), threading.Event(), threading.Event()
+    results: list[Any] = []
+    runner(release.wait, WAIT).addCallback(results.append)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    def second() -> bool:
+        started.set()
+        return gate.wait(WAIT)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refused)
+        runner(second).addCallback(results.append)
+    release.set()
+    assert started.wait(WAIT)  # the first thread took it: it is busy again
+    runner(gate.set).addCallback(results.append)
+    fake.deliver(3)
+    assert sorted(results, key=repr) == [None, True, True]
+    assert len(runner._threads) == 2
+    assert _eventually(lambda: runner._idle == 2)
+    assert runner._unclaimed == 0

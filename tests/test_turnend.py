@@ -138,11 +138,22 @@ def test_loseConnectionAfter(connection: Connection) -> None:
 def test_abortedBefore(connection: Connection) -> None:
     """
     A connection aborted in the turn (the inactivity timer) sends nothing:
-    abortConnection() drops what is buffered.
+    abortConnection() drops what is buffered, and the turn's end does not
+    ask the reactor to write it again (it is still connected until its
+    connectionLost, which runs after the turn's end).
     """
+    waitingWhenLost: list[bool] = []
+    lost = connection.transport.connectionLost
+
+    def connectionLost(reason: Failure) -> None:
+        waitingWhenLost.append(connection.waiting())
+        lost(reason)
+
+    connection.transport.connectionLost = connectionLost  # type: ignore[method-assign]
     writeReply(connection.transport, REPLY)
     connection.transport.abortConnection()
     connection.reactor.advance(0)  # the turn's end, then connectionLost
+    assert waitingWhenLost == [False]
     assert not connection.waiting()
     assert connection.transport.disconnected
     # An abort resets the connection: the client reads no reply.
@@ -398,7 +409,9 @@ def test_oneFailureLeavesTheOthers() -> None:
         writeReply(second.transport, b"+OK two\r\n")
         with capturedLogs() as events:
             first.reactor.advance(0)
-        assert [e["log_failure"].type for e in events] == [RuntimeError]
+        assert [(e["log_format"], e["log_failure"].type) for e in events] == [
+            ("Sending replies at the end of the turn failed", RuntimeError)
+        ]
         assert first.transport in first.reactor.getWriters()
         assert second.receivedNow(wait=5) == b"+OK two\r\n"
     finally:

@@ -6,11 +6,13 @@ threads grows with the work up to a bound.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,11 +164,14 @@ def test_atMostMaxThreads(fake: FakeReactor, runner: ThreadRunner) -> None:
     assert len(runner._threads) == 3
 
 
-def test_stop(fake: FakeReactor) -> None:
+def test_stop(fake: FakeReactor, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    stop() lets queued work finish, ends every thread, and refuses new
-    work.
+    stop() lets queued work finish, ends every thread, each by returning
+    (not by an exception, which would put a traceback on a stopping
+    server's standard error), and refuses new work.
     """
+    uncaught: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
     runner = ThreadRunner(fake.callFromThread, maxThreads=2)
     done = []
     for n in range(4):
@@ -175,6 +180,7 @@ def test_stop(fake: FakeReactor) -> None:
     runner.stop()
     assert sorted(done) == [0, 1, 2, 3]
     assert not [t for t in threads if t.is_alive()]
+    assert uncaught == []
     with pytest.raises(RunnerStopped, match=r"^the thread runner is stopped$"):
         runner(done.append, 5)
 
@@ -388,3 +394,25 @@ def test_jobWaitingForARefusedThreadIsClaimed(
     assert len(runner._threads) == 2
     assert _eventually(lambda: runner._idle == 2)
     assert runner._unclaimed == 0
+
+
+def test_finishedJobNotKept(fake: FakeReactor, runner: ThreadRunner) -> None:
+    """
+    A worker waiting for its next job keeps nothing of the last one: its
+    arguments and its result (here the same object; a message's octets,
+    say) can be freed.
+    """
+
+    class Big:
+        pass
+
+    argument = Big()
+    results: list[Any] = []
+    runner(lambda a: a, argument).addCallback(results.append)
+    fake.deliver()
+    assert results == [argument]
+    assert _eventually(lambda: runner._idle == 1)
+    gone = weakref.ref(argument)
+    del argument, results
+    gc.collect()
+    assert gone() is None

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
 
 from popserv.threads import RunnerStopped, ThreadRunner, disfavourWakeups
 
@@ -168,7 +170,8 @@ def test_stop(fake: FakeReactor, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     stop() lets queued work finish, ends every thread, each by returning
     (not by an exception, which would put a traceback on a stopping
-    server's standard error), and refuses new work.
+    server's standard error), logs nothing when none is left busy, and
+    refuses new work.
     """
     uncaught: list[Any] = []
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
@@ -177,10 +180,11 @@ def test_stop(fake: FakeReactor, monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(4):
         runner(done.append, n)
     threads = list(runner._threads)
-    runner.stop()
+    with capturedLogs() as events:
+        runner.stop()
     assert sorted(done) == [0, 1, 2, 3]
     assert not [t for t in threads if t.is_alive()]
-    assert uncaught == []
+    assert (uncaught, events) == ([], [])
     with pytest.raises(RunnerStopped, match=r"^the thread runner is stopped$"):
         runner(done.append, 5)
 
@@ -416,3 +420,49 @@ def test_finishedJobNotKept(fake: FakeReactor, runner: ThreadRunner) -> None:
     del argument, results
     gc.collect()
     assert gone() is None
+
+
+@implementer(IReactorCore, IReactorThreads)
+class FakeGlobalReactor(FakeReactor):
+    """
+    The global reactor as L{defaultRunner} sees it: it takes system event
+    triggers and calls from threads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[tuple[str, str, Callable[..., Any]]] = []
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, callable: Callable[..., Any], *args: Any
+    ) -> None:
+        self.triggers.append((phase, eventType, callable))
+
+
+def test_defaultRunner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    deferToThread runs work in the process's one ThreadRunner, made on
+    first use with the global reactor's callFromThread and stopped during
+    that reactor's shutdown.
+    """
+    import twisted.internet
+
+    from popserv import threads
+
+    fake = FakeGlobalReactor()
+    monkeypatch.setattr(twisted.internet, "reactor", fake, raising=False)
+    monkeypatch.setattr(threads, "_default", None)
+    runner = threads.defaultRunner()
+    try:
+        assert threads.defaultRunner() is runner
+        assert isinstance(runner, ThreadRunner)
+        assert fake.triggers == [("during", "shutdown", runner.stop)]
+        results: list[Any] = []
+        threads.deferToThread(lambda a, b: (a, b, threading.current_thread()), 1, 2).addCallback(
+            results.append
+        )
+        fake.deliver()
+        [(a, b, thread)] = results
+        assert (a, b, thread in runner._threads) == (1, 2, True)
+    finally:
+        runner.stop()

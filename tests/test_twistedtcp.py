@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from loopback import Connection, connectionFixture  # noqa: F401 (a fixture)
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 
 from popserv import twistedtcp
 from popserv.sendnow import sendNow
@@ -73,6 +73,20 @@ def test_missingAttribute(connection: Connection, monkeypatch: pytest.MonkeyPatc
     assert written == [REPLY, b"+OK 2 octets\r\n", b"+OK bye\r\n"]
     assert connection.reactor.getDelayedCalls() == []
     assert connection.receivedNow(wait=0.1) == b""
-    assert len(events) == 1
-    assert events[0]["missing"] == "_tempDataBuffer"
-    assert "write()" in events[0]["log_format"]
+    assert [formatEvent(event) for event in events] == [
+        "Twisted's TCP transport has no _tempDataBuffer: replies and messages"
+        " go through its write(), which is slower, and a client that"
+        " does not read its replies is not held back"
+    ]
+
+
+def test_missingAttributesNamed(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The log names every attribute missing, in the order of L{ATTRIBUTES}.
+    """
+    monkeypatch.setattr(twistedtcp, "_understood", None)
+    monkeypatch.delattr(connection.transport, "_tempDataLen")
+    monkeypatch.delattr(connection.transport, "_tempDataBuffer")
+    with capturedLogs() as events:
+        assert not twistedtcp.understood(connection.transport)
+    assert [event["missing"] for event in events] == ["_tempDataBuffer, _tempDataLen"]

@@ -8,6 +8,7 @@ every message.
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import os
 import stat
@@ -674,6 +675,21 @@ def test_lockAcrossProcesses(tmp_path: Path) -> None:
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
+def test_lockFileOpenForWritingAndNotInherited(tmp_path: Path) -> None:
+    """
+    The lock file is open for reading and writing (flock over NFS needs
+    it: docs/maildir.rst), at the first login that creates it and at the
+    next, and close-on-exec: a program the server starts must not inherit
+    it, or the maildrop would stay locked after the session ended.
+    """
+    for _ in range(2):
+        maildrop = result(store(tmp_path).openMaildrop("alice"))
+        fd = maildrop._lockFD
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        maildrop.close()
+
+
 def test_lockWithinProcess(tmp_path: Path) -> None:
     """
     Two stores in one process over the same Maildir exclude each other too.
@@ -1250,9 +1266,24 @@ def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
     maildrop.close()
     deliverToMaildir(tmp_path / "bob", b"b\n", name="1.b")
     (tmp_path / "bob" / "popserv.lock").symlink_to(tmp_path / "created-by-the-server")
-    with pytest.raises(MaildropUnavailable), capturedLogs():
+    with pytest.raises(MaildropUnavailable), capturedLogs() as events:
         result(store(tmp_path).openMaildrop("bob"))
     assert not (tmp_path / "created-by-the-server").exists()
+    # The operator is told whose maildrop failed, and why.
+    assert [formatEvent(e) for e in events if e["log_level"].name == "error"] == [
+        f"Maildrop of 'bob' unavailable: [Errno {errno.ELOOP}] {os.strerror(errno.ELOOP)}:"
+        f" '{tmp_path / 'bob' / LOCK_NAME}'"
+    ]
+    # A link to a file that exists is not followed either: the server
+    # neither opens nor locks a file elsewhere.
+    deliverToMaildir(tmp_path / "carol", b"c\n", name="1.c")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    (tmp_path / "carol" / LOCK_NAME).symlink_to(elsewhere)
+    with pytest.raises(MaildropUnavailable), capturedLogs():
+        result(store(tmp_path).openMaildrop("carol"))
+    with open(elsewhere, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # not held by the store
 
 
 def test_oddNamesSortedAndNamed(tmp_path: Path) -> None:
@@ -1434,6 +1465,19 @@ def test_readAheadInOrder(tmp_path: Path, trips: list[str]) -> None:
     ]
 
 
+def test_readAheadFillsTheBudget(tmp_path: Path, trips: list[str]) -> None:
+    """
+    Messages that add up to exactly the read-ahead budget are all read
+    ahead: the budget is a bound the run may reach.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [5000] * 4)
+    del trips[:]
+    for i, message in enumerate(messages):
+        assert readAll(result(maildrop.openMessage(i))) == message
+    maildrop.close()
+    assert trips == ["_open", "_openReadingAhead"]  # 1 read 2 and 3 ahead
+
+
 def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
     """
     A client that leaves the order gets its messages read as they are
@@ -1507,6 +1551,25 @@ def test_readAheadStopsAtUncachedMessage(
     assert len(advised) == 2
 
 
+def test_readAheadStopsAtGrownMessage(tmp_path: Path, trips: list[str]) -> None:
+    """
+    A message read ahead whose file grew past one read since it was sized
+    is left to its own RETR, which sends the whole of it: what one read
+    ahead got is only its start, never served as the message.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 4)
+    messages[2] = b"2\n" + b"y" * (maildir._READ_SIZE + 1000) + b"\n"
+    (tmp_path / "alice" / "new" / "1002.M2.host").write_bytes(messages[2])
+    del trips[:]
+    with capturedLogs():
+        for i, message in enumerate(messages):
+            assert readAll(result(maildrop.openMessage(i))) == message
+    maildrop.close()
+    # 1 opened 2 ahead, found it too large and left it; 2 read 3 ahead,
+    # and the rest of 2 took a trip of its own.
+    assert trips == ["_open", "_openReadingAhead", "_openReadingAhead", "read"]
+
+
 def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str]) -> None:
     """
     A message another program removed ends the read-ahead without a word;
@@ -1548,8 +1611,27 @@ def test_deletionSyncFailureLogged(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         result(maildrop.deleteMessages([0]))
     maildrop.close()
     warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
-    assert len(warnings) == 1 and "Input/output error" in warnings[0]
+    assert warnings == [
+        f"Cannot sync the deletions in {tmp_path / 'alice' / 'new'}: [Errno 5] Input/output error"
+    ]
     assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_deletionLeavesNoDescriptorOpen(tmp_path: Path) -> None:
+    """
+    Deleting messages and closing the maildrop leaves open no descriptor
+    it made: not the directories synced after the unlinks, whether the
+    sync succeeds or fails, nor the lock.
+    """
+    for i in range(3):
+        deliverToMaildir(tmp_path / "alice", b"%d\n" % i, name=f"{i}.m")
+    before = len(os.listdir("/proc/self/fd"))
+    maildrop, _ = login(store(tmp_path))
+    result(maildrop.deleteMessages([0, 2]))
+    maildrop.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["1.m"]
 
 
 def test_deletionSyncOfMissingDirectoryLogged(tmp_path: Path) -> None:

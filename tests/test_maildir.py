@@ -1570,6 +1570,48 @@ def test_readAheadStopsAtGrownMessage(tmp_path: Path, trips: list[str]) -> None:
     assert trips == ["_open", "_openReadingAhead", "_openReadingAhead", "read"]
 
 
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
+def test_uncachedMessageReadAndMissingOneNotAdvised(
+    tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A message the client asks for is read even if it is not in the page
+    cache (only reading ahead waits for the disk).  A message missing from
+    new/ and cur/ in the run after an uncached one ends the request to the
+    disk quietly: the RETR that read ahead still succeeds.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
+    new = tmp_path / "alice" / "new"
+    inodes = {(new / f"{1000 + i}.M{i}.host").stat().st_ino: i for i in range(6)}
+    (new / "1004.M4.host").unlink()
+    uncached = {0, 3}
+    realPreadv = os.preadv
+    advised: list[tuple[int, int]] = []
+
+    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        if flags and inodes.get(os.fstat(fd).st_ino) in uncached:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return realPreadv(fd, buffers, offset, flags)
+
+    def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((inodes[os.fstat(fd).st_ino], length))
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
+    del trips[:]
+    with capturedLogs() as events:
+        for i in range(4):
+            assert readAll(result(maildrop.openMessage(i))) == messages[i]
+        with pytest.raises(MessageUnavailable):
+            result(maildrop.openMessage(4))
+        assert readAll(result(maildrop.openMessage(5))) == messages[5]
+    maildrop.close()
+    assert events == []
+    # 1 read 2 ahead; 3 was not cached and asked of the disk; 4 is gone.
+    assert advised == [(3, 3000)]
+    assert trips[:3] == ["_open", "_openReadingAhead", "_openReadingAhead"]
+
+
 def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str]) -> None:
     """
     A message another program removed ends the read-ahead without a word;

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import platform
 import signal
 import sys
 from pathlib import Path
@@ -55,8 +56,24 @@ def test_unixAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch, module: str) -> N
     """
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     message = error("--auth", "unix", "--mailstore", "memory")
-    assert "--auth 'unix': needs Python's crypt and spwd modules" in message
-    assert "use passwd-file: instead" in message
+    assert message == (
+        "popserv: error: --auth 'unix': needs Python's crypt and spwd modules, which"
+        f" Python 3.13 removed (this is {platform.python_version()}); use passwd-file: instead"
+    )
+    # Only unix needs them: the other kinds are taken as before.
+    options = parse("--auth", "memory:alice:secret", "--mailstore", "memory")
+    assert len(options["credCheckers"]) == 1
+
+
+def test_authFileExists(tmp_path: Path) -> None:
+    """
+    --auth file: with a file that exists is taken (only a missing one is
+    refused at start).
+    """
+    users = tmp_path / "users"
+    users.write_text("alice:secret\n")
+    options = parse("--auth", f"file:{users}", "--mailstore", "memory")
+    assert len(options["credCheckers"]) == 1
 
 
 def test_unixAuthTakesNoArgument() -> None:
@@ -118,6 +135,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert options["listen"] == ["tcp:110"]
     assert options["timeout"] == 600
     assert isinstance(options["store"], MaildirStore)
+
+
+def test_listenShortOption() -> None:
+    """
+    -l is --listen, repeatable like it; the default is then not added.
+    """
+    options = parse(
+        "-l", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0:interface=127.0.0.2", "-l", "tcp:0",
+        "--auth", "memory:a:b", "--mailstore", "memory",
+    )  # fmt: skip
+    assert options["listen"] == ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2", "tcp:0"]
 
 
 def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
@@ -266,6 +294,23 @@ def test_authKindOfNoPOP3Logins(kind: str) -> None:
     )
 
 
+def test_requiredOptionsNamed() -> None:
+    """
+    A missing --auth or --mailstore, or a --proxy-trusted no listener uses,
+    is an error that says what to write.
+    """
+    assert error("--mailstore", "memory") == (
+        "popserv: error: --auth is required, e.g. --auth memory:alice:secret (see --help-auth)"
+    )
+    assert error("--auth", "memory:a:b") == (
+        "popserv: error: --mailstore is required, e.g. --mailstore maildir:/srv/mail/{user}"
+    )
+    assert error("--auth", "memory:a:b", "-m", "memory", "--proxy-trusted", "10.0.0.0/8") == (
+        "popserv: error: --proxy-trusted: no --listen takes the PROXY header"
+        " (write proxy: before one)"
+    )
+
+
 def test_mailstoreTwice() -> None:
     """
     A second --mailstore is an error, not the one served: the mail of
@@ -302,6 +347,31 @@ def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "maildir:TEMPLATE" in out
     assert "memory:" in out
+    # A kind only one plugin claims is shown without a warning.
+    assert "claimed by" not in out
+
+
+def test_helpMailstoresSorted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    --help-mailstores lists the kinds in order of name, whatever order the
+    plugins are found in: one entry of KIND:ARGS and its help each.
+    """
+    import twisted.plugin
+
+    from popserv.mailstores import maildirStoreFactory, memoryStoreFactory
+
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, maildirStoreFactory]
+    )
+    with pytest.raises(SystemExit) as caught:
+        parse("--help-mailstores")
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == (
+        f"maildir:{maildirStoreFactory.argStringFormat}\n    {maildirStoreFactory.storeHelp}\n\n"
+        f"memory:{memoryStoreFactory.argStringFormat}\n    {memoryStoreFactory.storeHelp}\n\n"
+    )
 
 
 def test_heapFrozenLastAtStart() -> None:
@@ -446,6 +516,25 @@ def test_tlsPrefix(ca: CertificateAuthority, tmp_path: Path) -> None:
     assert error(*base, "--listen", "tls:tcp:0") == (
         "popserv: error: --listen 'tls:tcp:0': needs --tls-cert and --tls-key"
     )
+
+
+def test_authByCertificate(ca: CertificateAuthority) -> None:
+    """
+    --auth cert with --tls-client-ca is taken, over an ssl: listener with
+    its own key as well as with --tls-cert; --auth cert alone is an error.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    base = ("--auth", "cert", "--mailstore", "memory")
+    clientCA = ("--tls-client-ca", str(ca.files.certificate))
+    options = parse(
+        *base, *clientCA, "--listen", f"ssl:0:privateKey={server.key}:certKey={server.certificate}"
+    )
+    assert options["tls"] is None and options["endpoints"][0][1] is not None
+    options = parse(
+        *base, *clientCA, "--tls-cert", str(server.certificate), "--tls-key", str(server.key)
+    )
+    assert options["tls"] is not None
+    assert error(*base) == "popserv: error: --auth cert needs --tls-client-ca"
 
 
 def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
@@ -713,6 +802,14 @@ def test_limitOptions() -> None:
         limits.maxAuthFailures,
     ) == (30, 120, 50, 5, 2)
     assert "--max-connections" in error(*base, "--max-connections", "0")
+    # Seconds: any positive finite number, fractions too; not 0, not inf.
+    options = parse(*base, "--login-timeout", "0.5", "--proxy-timeout", "1")
+    assert listenerOf(makeService(options)).factory.limits.loginTimeout == 0.5
+    assert options["proxy-timeout"] == 1
+    for value in ["0", "-1", "inf", "nan"]:
+        assert error(*base, "--login-timeout", value) == (
+            f"popserv: error: --login-timeout takes a number of seconds, not '{value}'"
+        )
     assert error(*base, "--max-auth-failures", "\u00b2") == (
         "popserv: error: --max-auth-failures takes a whole number from 1, not '\u00b2'"
     )
@@ -760,7 +857,7 @@ def test_storePluginMistakes(
 
     impostor = Impostor()
     monkeypatch.setattr(
-        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, impostor]
+        twisted.plugin, "getPlugins", lambda interface: [impostor, memoryStoreFactory]
     )
     assert error("--auth", "memory:a:b", "--mailstore", "memory") == (
         "popserv: error: --mailstore: mail store kind 'memory' is claimed by both"

@@ -493,6 +493,20 @@ class TestAuth:
         lines = s.command(b"CAPA")
         assert b"LOGIN-DELAY 900 USER\r\n" in lines, lines
 
+    def test_longLineAfterServerFinal(self) -> None:
+        """
+        Once the server has sent its signature the client's SASL responses
+        are over: the answer expected is empty, and a line over the
+        255-octet command limit (RFC 2449 section 4) gets that limit's
+        -ERR and close, not the longer limit of SASL responses.
+        """
+        s = Session()
+        client = ScramClient("alice", "secret")
+        first = s.command(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        assert s.command(b64(client.final(base64.b64decode(first[2:-2])))).startswith(b"+ ")
+        assert s.command(b"A" * 300) == b"-ERR Line too long\r\n"
+        assert s.transport.disconnecting
+
     def test_pipelinedAuth(self) -> None:
         """
         A response pipelined right behind AUTH is taken as the response.
@@ -523,6 +537,20 @@ class TestAuth:
         assert not s.transport.disconnecting
         assert s.command(b"AUTH PLAIN") == b"+ \r\n"
         assert s.command(b"A" * 8192) == b"-ERR Line too long\r\n"
+        assert s.transport.disconnecting
+
+    def test_commandLimitBackAfterCancel(self) -> None:
+        """
+        Once an AUTH exchange is cancelled the client's lines are commands
+        again, bounded by the 255-octet limit (RFC 2449 section 4) as they
+        arrive: 300 octets with no line end yet get the -ERR and close at
+        once, not held until the longer limit of SASL responses.
+        """
+        s = Session()
+        assert s.command(b"AUTH PLAIN") == b"+ \r\n"
+        assert s.command(b"*") == b"-ERR Authentication cancelled\r\n"
+        s.send(b"A" * 300)
+        assert s.take() == b"-ERR Line too long\r\n"
         assert s.transport.disconnecting
 
     def test_longLineQueuedInSaslExchange(self) -> None:

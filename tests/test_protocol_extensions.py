@@ -860,6 +860,24 @@ class TestExternal:
         assert s.command(b"AUTH EXTERNAL =") == b"-ERR Unsupported authentication mechanism\r\n"
 
 
+def test_noDelayThroughLayers() -> None:
+    """
+    Nagle's algorithm is turned off on the TCP connection under layers
+    that are no TCP transport themselves (as a TLS or PROXY layer need not
+    be): the session's transport's C{transport}, and that one's, in turn.
+    Left on, the short write that ends each message waits for the
+    client's delayed ACK.
+    """
+    tcp = TLSCapableTransport()
+    proxyLayer = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proxyLayer.transport = tcp  # type: ignore[attr-defined]
+    tlsLayer = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    tlsLayer.transport = proxyLayer  # type: ignore[attr-defined]
+    s = Session(transport=tlsLayer)
+    assert s.greeting.startswith(b"+OK POP3 server ready")
+    assert tcp.noDelay is True
+
+
 def test_utf8() -> None:
     """
     UTF8 is accepted before login and UTF-8 user names then log in.

@@ -6,6 +6,7 @@ contrib/, and the JSON log observer (popserv.logs).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -117,6 +118,24 @@ def test_authFailureMechanism(
     assert [formatEvent(e) for e in events] == [
         f"popserv auth-failed: user=alice ip=127.0.0.9 mechanism={mechanism}"
     ]
+
+
+def test_apopMechanism(events: list[dict[str, Any]]) -> None:
+    """
+    A failed APOP login names APOP as its mechanism in the auth-failed
+    line, and a session logged in by APOP records APOP.
+    """
+    s = Session(peer="127.0.0.9")
+    digest = hashlib.md5(s.challenge() + b"wrong").hexdigest().encode()
+    assert s.command(b"APOP alice " + digest) == b"-ERR [AUTH] Authentication failed\r\n"
+    assert [formatEvent(e) for e in events] == [
+        "popserv auth-failed: user=alice ip=127.0.0.9 mechanism=APOP"
+    ]
+    digest = hashlib.md5(s.challenge() + b"secret").hexdigest().encode()
+    s.command(b"APOP alice " + digest)
+    s.clock.advance(2)  # the failure's penalty
+    assert s.take() == b"+OK Logged in, 0 messages (0 octets)\r\n"
+    assert (s.protocol.record.user, s.protocol.record.mechanism) == ("alice", "APOP")
 
 
 def test_hostileUserNames() -> None:

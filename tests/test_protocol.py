@@ -150,6 +150,16 @@ class TestGreetingAndLogin:
         assert reply == b"-ERR Syntax: APOP name digest (32 hex digits)\r\n"
         assert s.login() == b"+OK Logged in, 2 messages (59 octets)\r\n"
 
+    def test_apopForgetsUser(self) -> None:
+        """
+        APOP forgets a USER sent before it: a PASS after a failed APOP is
+        "Send USER first", not a login as the user USER named.
+        """
+        s = session()
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
+        assert s.command(b"APOP alice " + b"0" * 32) == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.command(b"PASS secret") == b"-ERR Send USER first\r\n"
+
     def test_secondLoginRefused(self) -> None:
         """
         USER, PASS and APOP after login are -ERR and change nothing.

@@ -143,6 +143,36 @@ class TestLoginDelay:
         third = Session(store=first.memory, policy=policy)
         assert third.login().startswith(b"+OK Logged in")
 
+    def test_refusedSessionStartsAfresh(self) -> None:
+        """
+        A session refused with [LOGIN-DELAY] is back where it was before
+        the login: the maildrop given back (another session can take it),
+        CAPA announcing the server-wide values again, not the refused
+        user's own, and a login after the delay works in the same session.
+        """
+        clock = FakeTime(1_000_000.0)
+        policy = SitePolicy(
+            UserPolicy(loginDelay=900), {"bob": UserPolicy(loginDelay=60)}, clock=clock
+        )
+        users = {b"alice": b"secret", b"bob": b"hunter2"}
+        first = Session(users=users, policy=policy)
+        assert first.login(b"bob", b"hunter2").startswith(b"+OK Logged in")
+        first.command(b"QUIT")
+        first.protocol.connectionLost(None)
+        clock.now += 59
+        refused = Session(users=users, store=first.memory, policy=policy)
+        assert refused.login(b"bob", b"hunter2") == (
+            b"-ERR [LOGIN-DELAY] Minimum time between logins not yet passed\r\n"
+        )
+        assert b"LOGIN-DELAY 900 USER\r\n" in refused.command(b"CAPA")
+        clock.now += 1
+        other = Session(users=users, store=first.memory, policy=policy)
+        assert other.login(b"bob", b"hunter2").startswith(b"+OK Logged in")
+        other.command(b"QUIT")
+        other.protocol.connectionLost(None)
+        clock.now += 60
+        assert refused.login(b"bob", b"hunter2").startswith(b"+OK Logged in")
+
     def test_onlyAfterPasswordVerified(self) -> None:
         """
         A wrong password within the delay is an [AUTH] failure, never

@@ -173,6 +173,34 @@ class TestLoginDelay:
         clock.now += 60
         assert refused.login(b"bob", b"hunter2").startswith(b"+OK Logged in")
 
+    def test_droppedWhileHistoryRead(self) -> None:
+        """
+        A session that ends while its user's last login is being read (a
+        DirectoryHistory answers from a thread) ends quietly when the
+        answer comes: no server fault logged, the maildrop given back.
+        """
+
+        class SlowLastLogin(MemoryHistory):
+            def __init__(self) -> None:
+                super().__init__()
+                self.pending: list[Deferred[float | None]] = []
+
+            def lastLogin(self, user: str) -> Deferred[float | None]:
+                d: Deferred[float | None] = Deferred()
+                self.pending.append(d)
+                return d
+
+        history = SlowLastLogin()
+        policy = SitePolicy(UserPolicy(loginDelay=900), history=history)
+        s = session(policy)
+        assert s.login() == b""
+        s.protocol.connectionLost(None)
+        with capturedLogs() as events:
+            history.pending.pop().callback(None)
+        assert events == []
+        other = Session(store=s.memory, policy=SitePolicy())
+        assert other.login().startswith(b"+OK Logged in")
+
     def test_onlyAfterPasswordVerified(self) -> None:
         """
         A wrong password within the delay is an [AUTH] failure, never

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_helpers import Session, SizesUnknownMaildrop, SizesUnknownStore
+from protocol_helpers import DelayedStore, Session, SizesUnknownMaildrop, SizesUnknownStore
 
 from popserv.downgrade import (
     MAX_HEADER,
@@ -511,6 +511,23 @@ class TestProtocol:
         sizes = [wireSize(UTF8_MESSAGE, downgrade=True), wireSize(b"Subject: ascii\r\n\r\nx\r\n")]
         assert s.command(b"LIST") == (
             b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (sum(sizes), *sizes)
+        )
+
+    def test_commandsWaitForHeaderSizes(self) -> None:
+        """
+        Where the headers are read at login for their sizes and the reads
+        answer later, a command pipelined behind PASS waits for the login
+        to complete: STAT is answered in TRANSACTION, with the sizes.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", UTF8_MESSAGE)
+        store = DelayedStore(memory)
+        s = Session(store=SizesUnknownStore(store))  # type: ignore[arg-type]
+        s.send(b"USER alice\r\nPASS secret\r\nSTAT\r\n")
+        store.fireAll()
+        size = wireSize(UTF8_MESSAGE, downgrade=True)
+        assert s.take() == (
+            b"+OK Send PASS\r\n+OK Logged in, 1 messages (%d octets)\r\n+OK 1 %d\r\n" % (size, size)
         )
 
     @pytest.mark.parametrize("known", [True, False])

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_helpers import DelayedStore, Session, SizesUnknownMaildrop, SizesUnknownStore
+from protocol_helpers import (
+    DelayedStore,
+    Session,
+    SizesUnknownMaildrop,
+    SizesUnknownStore,
+    StoreOver,
+)
+from twisted.internet.defer import succeed
+from twisted.logger import capturedLogs
 
 from popserv.downgrade import (
     MAX_HEADER,
@@ -529,6 +537,75 @@ class TestProtocol:
         assert s.take() == (
             b"+OK Send PASS\r\n+OK Logged in, 1 messages (%d octets)\r\n+OK 1 %d\r\n" % (size, size)
         )
+
+    def test_headerSizedAcrossShortReads(self) -> None:
+        """
+        A store's reader may give fewer octets than asked (IMessageReader:
+        1 to size): the header is read on until its end to size it, and
+        every reader opened for that is closed.
+        """
+        closed: list[int] = []
+
+        class ShortReader:
+            def __init__(self, reader: Any) -> None:
+                self._reader = reader
+                self._left = b""
+                self._end = False
+
+            def read(self, size: int) -> Any:
+                if self._left or self._end:
+                    part, self._left = self._left[:7], self._left[7:]
+                    return succeed(part)
+                return self._reader.read(size).addCallback(self._cut)
+
+            def _cut(self, data: bytes) -> bytes:
+                self._end = not data
+                self._left = data[7:]
+                return data[:7]
+
+            def close(self) -> None:
+                closed.append(1)
+                self._reader.close()
+
+        class ShortReadsMaildrop(SizesUnknownMaildrop):
+            def openMessage(self, index: int) -> Any:
+                return self._maildrop.openMessage(index).addCallback(ShortReader)
+
+        memory = MemoryStore()
+        memory.deliver("alice", UTF8_MESSAGE)
+        s = Session(store=StoreOver(memory, ShortReadsMaildrop))
+        assert s.login().startswith(b"+OK Logged in")
+        size = wireSize(UTF8_MESSAGE, downgrade=True)
+        assert s.command(b"LIST 1") == b"+OK 1 %d\r\n" % size
+        assert closed == [1]
+
+    def test_droppedWhileSizingHeaders(self) -> None:
+        """
+        A session that ends while the headers are read for their sizes
+        stops reading them, quietly: no server fault logged.
+        """
+        memory = MemoryStore()
+        memory.deliver("alice", UTF8_MESSAGE)
+        memory.deliver("alice", UTF8_MESSAGE)
+        store = DelayedStore(memory)
+        opened: list[int] = []
+
+        class Recording(SizesUnknownMaildrop):
+            def openMessage(self, index: int) -> Any:
+                opened.append(index)
+                return self._maildrop.openMessage(index)
+
+        s = Session(store=StoreOver(store, Recording))  # type: ignore[arg-type]
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        for _ in range(100):
+            if opened:
+                break
+            assert store.fireOne()
+        assert opened == [0]
+        s.protocol.connectionLost(None)
+        with capturedLogs() as events:
+            store.fireAll()
+        assert [e for e in events if e.get("log_failure")] == []
 
     @pytest.mark.parametrize("known", [True, False])
     def test_storeListingColumns(self, known: bool) -> None:

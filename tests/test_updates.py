@@ -263,6 +263,8 @@ def test_shutdownWaitsForUpdates() -> None:
     reasons = [formatEvent(e).rsplit(" reason=", 1)[1] for e in events if "session" in e]
     assert reasons == ["disconnected", "quit", "shutdown"]
     assert (factory.updateGrace, memory.messages("alice")) == (UPDATE_GRACE, [])
+    # As docs/operating.rst tells the operator: "for at most 10 seconds".
+    assert UPDATE_GRACE == 10.0
     # The trigger fired: stopping the factory now removes nothing.
     factory.doStop()
     assert len(reactor.shutdownTriggers) == 1

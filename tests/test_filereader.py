@@ -159,3 +159,59 @@ def test_fileShorterThanItsSize() -> None:
         if runner.calls:
             runner.runOne()
     assert got == [b"ab", b"cdef", b""]
+
+
+def test_grownFileNotReadPastItsSize() -> None:
+    """
+    Once the size given is read, a file that grew since is not read
+    again, not even for nothing: the end comes without a trip to a thread.
+    Up to that size, every octet is read, the last one too.  And should the
+    head already hold more than that size (the file grew between the
+    store's fstat and its read of the head), nothing of the file after the
+    head is read.  Closed after its reads, the reader closes its file.
+    """
+    runner = ManualRunner()
+    f = io.BytesIO(b"cdefgGROWN")
+    grown = FileReader(f, runner, head=b"ab", size=7)
+    got: list[bytes] = []
+    grown.read(2).addCallback(got.append)
+    grown.read(4).addCallback(got.append)
+    runner.runOne()
+    grown.read(8).addCallback(got.append)
+    runner.runOne()
+    grown.read(8).addCallback(got.append)
+    assert (got, runner.calls) == ([b"ab", b"cdef", b"g", b""], [])
+    grown.close()
+    assert f.closed
+    pastHead = FileReader(io.BytesIO(b"GROWN"), runner, head=b"abcdef", size=4)
+    got = []
+    pastHead.read(8).addCallback(got.append)
+    pastHead.read(8).addCallback(got.append)
+    assert (got, runner.calls) == ([b"abcdef", b""], [])
+    pastHead.close()
+
+
+def test_readErrorWithSizeKept() -> None:
+    """
+    A read that fails fails the reader's read with that error, size given
+    or not.
+    """
+    runner = ManualRunner()
+
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    reader = FileReader(Failing(), runner, head=b"ab", size=10)
+    got: list[Any] = []
+    reader.read(2).addBoth(got.append)
+    reader.read(2).addBoth(got.append)
+    d, f, args = runner.calls.pop(0)
+    try:
+        f(*args)
+    except OSError:
+        d.errback()
+    assert got[0] == b"ab"
+    assert isinstance(got[1], Failure) and got[1].check(OSError)
+    assert got[1].value.errno == 5
+    reader.close()

@@ -66,6 +66,7 @@ def test_drainedWaitsForOneThatBeganMeanwhile() -> None:
     deadline.
     """
     clock = Clock()
+    clock.advance(1000)  # a reactor's clock does not start at 0
     updates = SessionsInUpdate(clock)
     updates.begin()
     waited = _outcome(updates.drained(10))
@@ -78,6 +79,30 @@ def test_drainedWaitsForOneThatBeganMeanwhile() -> None:
     assert waited == []
     clock.advance(0.1)
     assert (waited, updates.count) == ([False], 1)
+
+
+def test_globalReactorByDefault() -> None:
+    """
+    Without a clock given, the wait runs on the global reactor (here its
+    due calls are run by hand): a session that began meanwhile is waited
+    for too, and the last one's end ends the wait.
+    """
+    from twisted.internet import reactor
+
+    updates = SessionsInUpdate()
+    updates.begin()
+    with capturedLogs() as events:
+        waited = _outcome(updates.drained(10))
+        updates.end()
+        updates.begin()
+        reactor.runUntilCurrent()  # type: ignore[attr-defined]
+        assert waited == []
+        updates.end()
+        reactor.runUntilCurrent()  # type: ignore[attr-defined]
+    assert (waited, updates._timer) == ([True], None)
+    assert [formatEvent(e) for e in events] == [
+        "Waiting for 1 sessions to apply their deletions (at most 10 s)"
+    ]
 
 
 def test_drainedTimesOut() -> None:

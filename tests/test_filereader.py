@@ -140,14 +140,24 @@ def test_fileShorterThanItsSize() -> None:
     """
     With the file's size when it was opened, a file that ends sooner (cut
     while it is sent) fails the read with MessageUnavailable, so that the
-    reply is cut rather than ended as if whole; one that grew gives no
-    more than that size.
+    reply is cut rather than ended as if whole, be it by a single octet;
+    one that grew gives no more than that size.
     """
     runner = ManualRunner()
     reader = FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=10)
     got: list[Any] = []
     for _ in range(3):
         reader.read(4).addBoth(got.append)
+        if runner.calls:
+            runner.runOne()
+    assert got[:2] == [b"ab", b"cdef"]
+    assert isinstance(got[2], Failure) and got[2].check(MessageUnavailable)
+    # What the operator's log says of the cut reply:
+    assert got[2].getErrorMessage() == "Message changed while it was being sent"
+    oneShort = FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=7)
+    got = []
+    for _ in range(3):
+        oneShort.read(4).addBoth(got.append)
         if runner.calls:
             runner.runOne()
     assert got[:2] == [b"ab", b"cdef"]

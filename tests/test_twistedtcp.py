@@ -13,6 +13,7 @@ from loopback import Connection, connectionFixture  # noqa: F401 (a fixture)
 from twisted.logger import capturedLogs, formatEvent
 
 from popserv import twistedtcp
+from popserv.backlog import socketOf
 from popserv.sendnow import sendNow
 from popserv.turnend import writeReply
 
@@ -60,7 +61,8 @@ def test_thisTwistedUnderstood(connection: Connection, monkeypatch: pytest.Monke
 def test_missingAttribute(connection: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A transport without one of them (as a future Twisted might be) gets
-    C{write()} from both paths, and the log says so once.
+    C{write()} from both paths, is not measured for a backlog, and the log
+    says so once.
     """
     monkeypatch.setattr(twistedtcp, "_understood", None)
     monkeypatch.delattr(connection.transport, "_tempDataBuffer")
@@ -71,6 +73,8 @@ def test_missingAttribute(connection: Connection, monkeypatch: pytest.MonkeyPatc
         sendNow(connection.transport, b"+OK 2 octets\r\n")
         writeReply(connection.transport, b"+OK bye\r\n")
     assert written == [REPLY, b"+OK 2 octets\r\n", b"+OK bye\r\n"]
+    # Nor is a session held back by what it cannot measure (popserv.backlog):
+    assert socketOf(connection.transport) is None
     assert connection.reactor.getDelayedCalls() == []
     assert connection.receivedNow(wait=0.1) == b""
     assert [formatEvent(event) for event in events] == [

@@ -282,6 +282,14 @@ def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None
     assert text in error(*args)
 
 
+def test_memoryStoreArgumentsRefused() -> None:
+    """
+    The whole line an operator gets for arguments to the memory store.
+    """
+    message = error("--auth", "memory:a:b", "--mailstore", "memory:x")
+    assert message == "popserv: error: --mailstore: memory: takes no arguments"
+
+
 @pytest.mark.parametrize("kind", ["anonymous", "sshkey"])
 def test_authKindOfNoPOP3Logins(kind: str) -> None:
     """

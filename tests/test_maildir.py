@@ -1246,6 +1246,27 @@ def test_specialFilesNeverRead(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_fileReplacedBySpecialFileNotRead(tmp_path: Path) -> None:
+    """
+    A message whose file another program replaced after the login with a
+    FIFO is unavailable (logged), not sent as an empty message: a FIFO is
+    opened without blocking, and reads as empty when no one writes to it.
+    """
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
+    maildrop, infos = login(store(tmp_path))
+    assert [(i.uid, i.size) for i in infos] == [("1.good", 6)]
+    path = tmp_path / "alice" / "new" / "1.good"
+    path.unlink()
+    os.mkfifo(path)
+    with capturedLogs() as events, pytest.raises(MessageUnavailable):
+        result(maildrop.openMessage(0))
+    maildrop.close()
+    assert [formatEvent(e) for e in events] == [
+        f"Cannot read message '1.good' in {tmp_path / 'alice'}:"
+        f" [Errno {errno.EISDIR}] not a regular file"
+    ]
+
+
 def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
     """
     A symbolic link where a message should be is not followed, even to a

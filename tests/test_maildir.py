@@ -675,6 +675,41 @@ def test_lockAcrossProcesses(tmp_path: Path) -> None:
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_lockRefusedLeavesNoDescriptorOpen(tmp_path: Path) -> None:
+    """
+    A login refused because the maildrop is in use leaves no descriptor of
+    its own open: a client retrying against a busy maildrop must not use
+    up the server's descriptors.
+    """
+    first = result(store(tmp_path).openMaildrop("alice"))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(MaildropInUse):
+            result(store(tmp_path).openMaildrop("alice"))
+    assert len(os.listdir("/proc/self/fd")) == before
+    first.close()
+
+
+def test_lockFailureIsNotInUse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A lock that fails for another reason than being held (ENOLCK: the NFS
+    lock service is down) makes the maildrop unavailable (logged), not "in
+    use": the client is not told that another session holds it.
+    """
+    (tmp_path / "alice").mkdir()
+
+    def flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with capturedLogs() as events, pytest.raises(MaildropUnavailable):
+        result(store(tmp_path).openMaildrop("alice"))
+    assert [formatEvent(e) for e in events] == [
+        f"Maildrop of 'alice' unavailable: [Errno {errno.ENOLCK}] No locks available"
+    ]
+
+
 def test_lockFileOpenForWritingAndNotInherited(tmp_path: Path) -> None:
     """
     The lock file is open for reading and writing (flock over NFS needs

@@ -1281,11 +1281,13 @@ def test_specialFilesNeverRead(tmp_path: Path) -> None:
     maildrop.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
 def test_fileReplacedBySpecialFileNotRead(tmp_path: Path) -> None:
     """
     A message whose file another program replaced after the login with a
     FIFO is unavailable (logged), not sent as an empty message: a FIFO is
     opened without blocking, and reads as empty when no one writes to it.
+    It is closed again.
     """
     deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
     maildrop, infos = login(store(tmp_path))
@@ -1293,8 +1295,10 @@ def test_fileReplacedBySpecialFileNotRead(tmp_path: Path) -> None:
     path = tmp_path / "alice" / "new" / "1.good"
     path.unlink()
     os.mkfifo(path)
+    before = len(os.listdir("/proc/self/fd"))
     with capturedLogs() as events, pytest.raises(MessageUnavailable):
         result(maildrop.openMessage(0))
+    assert len(os.listdir("/proc/self/fd")) == before  # the FIFO was closed
     maildrop.close()
     assert [formatEvent(e) for e in events] == [
         f"Cannot read message '1.good' in {tmp_path / 'alice'}:"

@@ -540,6 +540,27 @@ def test_unlistableMaildirGivesUnavailable(tmp_path: Path, monkeypatch: Any) -> 
     maildrop.close()
 
 
+def test_failedScanReleasesTheLock(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A login whose scan fails (new/ cannot be listed) is unavailable, and
+    releases the lock it took: once the Maildir can be listed, the next
+    login gets in rather than finding the maildrop in use until a restart.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    s = store(tmp_path)
+
+    def refused(maildirPath: str, subdir: str) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", subdir)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(maildir, "_listDirectory", refused)
+        with capturedLogs(), pytest.raises(MaildropUnavailable):
+            result(s.openMaildrop("alice"))
+    maildrop, infos = login(s)
+    assert [i.uid for i in infos] == ["1.a"]
+    maildrop.close()
+
+
 def test_relistingThatFailsLeavesMessagesOut(tmp_path: Path, monkeypatch: Any) -> None:
     """
     If new/ and cur/ cannot be listed again to find messages that moved

@@ -469,10 +469,55 @@ def test_messageGoneWhileSent() -> None:
     assert not sent.endswith(b".\r\n")
     assert s.transport.disconnecting
     [warning] = [e for e in events if e["log_level"] is LogLevel.warn]
-    assert "Message unavailable in the middle of sending it" in formatEvent(warning)
+    assert formatEvent(warning) == (
+        "Message unavailable in the middle of sending it: Message no longer available; closing"
+    )
     assert not [e for e in events if "log_failure" in e]
     s.protocol.connectionLost(None)
     assert s.memory.messages("alice") == [b"y" * 1_000_000]
+
+
+def test_readErrorWhileSentIsAFault() -> None:
+    """
+    A reader that fails in the middle of a message with anything but a
+    POP3Error (an I/O error) cuts the response off as a vanished message
+    does, but the operator is told of a fault: the error itself is
+    logged, not the warning about a message another program removed.
+    """
+
+    class FailingReader:
+        reads = 0
+
+        def read(self, size: int) -> Deferred[bytes]:
+            self.reads += 1
+            if self.reads > 1:
+                return fail(OSError(5, "Input/output error"))
+            return succeed(b"Subject: x\r\n\r\n" + b"line\r\n" * (size // 6 - 3))
+
+        def close(self) -> None:
+            pass
+
+    class FailingMaildrop(MaildropOver):
+        def openMessage(self, index: int) -> Deferred[Any]:
+            return succeed(FailingReader())
+
+    s = Session()
+    s.wrapMaildrops(FailingMaildrop)
+    s.memory.deliver("alice", b"y" * 1_000_000)
+    s.memory.deliver("alice", M1)
+    s.login()
+    s.command(b"DELE 2")
+    with capturedLogs() as events:
+        s.send(b"RETR 1\r\nQUIT\r\n")
+    sent = s.take()
+    assert sent.startswith(b"+OK 1000002 octets\r\nSubject: x\r\n\r\nline\r\n")
+    assert not sent.endswith(b".\r\n")
+    assert s.transport.disconnecting
+    [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert logged.type is OSError
+    assert not [e for e in events if e["log_level"] is LogLevel.warn]
+    s.protocol.connectionLost(None)
+    assert s.memory.messages("alice") == [b"y" * 1_000_000, M1]
 
 
 class TestRobustness:
@@ -580,6 +625,9 @@ class TestRobustness:
         line = b"USER " + b"a" * 248
         assert len(line + b"\r\n") == 255
         assert s.command(line) == b"+OK Send PASS\r\n"
+        # One octet more is too long.
+        assert s.command(line + b"a") == b"-ERR Line too long\r\n"
+        assert s.transport.disconnecting
 
     def test_serverFaultLeaksNothing(self) -> None:
         """
@@ -769,6 +817,20 @@ class TestTimeout:
         s.clock.advance(0.1)
         assert s.transport.disconnecting
         assert s.take() == b""
+
+    def test_noTimerAfterTheConnectionIsGone(self) -> None:
+        """
+        A session whose client left holds no timer: nothing fires for it
+        later (the audit reason stays the client's leaving), and the
+        server's timers do not keep it in memory until the autologout.
+        """
+        s = loggedIn()
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        assert s.protocol._timeout is None
+        with capturedLogs() as events:
+            s.clock.advance(3600)
+        assert [formatEvent(e) for e in events] == []
+        assert s.protocol.record.reason == "disconnected"
 
     def test_configurable(self) -> None:
         """

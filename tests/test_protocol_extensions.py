@@ -17,7 +17,7 @@ from protocol_helpers import Session, SlowChecker
 from scram_client import ScramClient, authenticate
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
@@ -25,6 +25,7 @@ from twisted.logger import capturedLogs
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
+from popserv.errors import POP3Error
 from popserv.policy import SitePolicy, UserPolicy
 from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory
 from popserv.scram import scramSHA256Factory
@@ -155,6 +156,38 @@ class TestCapa:
         s.command(b"STLS")
         assert b"USER" in capa(s)
         assert s.login().startswith(b"+OK Logged in")
+
+    @pytest.mark.parametrize(
+        ("peer", "local"),
+        [
+            (IPv4Address("TCP", "127.0.0.1", 1), True),
+            (IPv4Address("TCP", "127.1.2.3", 1), True),
+            (IPv4Address("TCP", "10.127.0.1", 1), False),
+            (IPv4Address("TCP", "192.0.2.1", 1), False),
+            (IPv6Address("TCP", "::1", 1), True),
+            (IPv6Address("TCP", "0:0:0:0:0:0:0:1", 1), True),
+            # An IPv4 client of a dual-stack listener.
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 1), True),
+            (IPv6Address("TCP", "::ffff:192.0.2.1", 1), False),
+            (IPv6Address("TCP", "2001:db8::1", 1), False),
+            (UNIXAddress(b"/s"), True),
+            (HostnameAddress(b"localhost", 1), False),
+        ],
+    )
+    def test_whoIsLocal(self, peer: Any, local: bool) -> None:
+        """
+        Passwords in clear are accepted by default from this machine only:
+        loopback (127.0.0.0/8, ::1 however written, and IPv4 loopback
+        mapped into IPv6) and UNIX sockets; from anywhere else, and from an
+        address the server cannot place, they are refused (RFC 2595
+        section 2.4).
+        """
+        s = Session(transport=StringTransport(peerAddress=peer))
+        assert s.command(b"USER alice") == (
+            b"+OK Send PASS\r\n"
+            if local
+            else b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"
+        )
 
     def test_localCleartextByDefault(self) -> None:
         """
@@ -577,13 +610,17 @@ class TestAuth:
         assert rest == b"-ERR Authentication cancelled\r\n-ERR Line too long\r\n"
         assert s.transport.disconnecting and s.protocol.record.reason == "line-too-long"
 
+    @pytest.mark.parametrize("error", [RuntimeError, POP3Error])
     @pytest.mark.parametrize("when", ["start", "respond"])
-    def test_mechanismFaultEndsTheExchange(self, when: str) -> None:
+    def test_mechanismFaultEndsTheExchange(self, when: str, error: type[Exception]) -> None:
         """
         A mechanism that fails with a bug, in its first step or a later one,
         gets the client a generic -ERR [SYS/TEMP], which ends the exchange
         (RFC 5034 section 4: the -ERR is the server's last word on the
         AUTH): the client's next line is a command again, not a response.
+        A POP3Error that is no SASLError is a bug there too (no message is
+        being sent, so it is not one cut off): answered, not a dropped
+        connection.
         """
 
         @implementer(IMechanism)
@@ -595,11 +632,11 @@ class TestAuth:
 
             def start(self, initial: bytes | None) -> Any:
                 if when == "start":
-                    raise RuntimeError("a bug")
+                    raise error("a bug")
                 return Challenge(b"")
 
             def respond(self, data: bytes) -> Any:
-                raise RuntimeError("a bug")
+                raise error("a bug")
 
             def serverFinal(self) -> None:
                 return None

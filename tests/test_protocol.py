@@ -26,6 +26,7 @@ from popserv.encoder import encodeMessage
 from popserv.errors import DeletionFailed, MessageUnavailable
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
+from popserv.policy import SitePolicy, UserPolicy
 from popserv.protocol import MAX_QUEUED_LINES, POP3ServerFactory
 from popserv.realm import MaildropRealm
 from popserv.transaction import BrokenListing, Transaction
@@ -947,6 +948,23 @@ class TestPendingStore:
         s.protocol.connectionLost(Failure(ConnectionError()))
         store.fireAll()
         assert Session(store=memory).login().startswith(b"+OK Logged in")
+
+    def test_dropWhileLoggingInIsNoLogin(self) -> None:
+        """
+        A connection lost while its maildrop was being opened is no login
+        for LOGIN-DELAY (RFC 2449 section 8.1.2): it records none, and the
+        user's next login is not refused with [LOGIN-DELAY].
+        """
+        memory = MemoryStore()
+        store = DelayedStore(memory)
+        policy = SitePolicy(UserPolicy(loginDelay=900), clock=lambda: 1000.0)
+        s = Session(store=store, policy=policy)
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        s.protocol.connectionLost(Failure(ConnectionError()))
+        store.fireAll()
+        assert s.transport.value() == b"+OK Send PASS\r\n"
+        again = Session(store=memory, policy=policy)
+        assert again.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
 
     def test_floodPausesReading(self) -> None:
         """

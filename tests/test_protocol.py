@@ -966,6 +966,25 @@ class TestPendingStore:
         again = Session(store=memory, policy=policy)
         assert again.login() == b"+OK Logged in, 0 messages (0 octets)\r\n"
 
+    def test_autologoutWhileWaitingPenaltyChecksNothing(self) -> None:
+        """
+        A login waiting out the failed-login penalty when the login timeout
+        ends the session is never checked: the session is over (aborted,
+        its loss not yet reported), and no checker is asked for it.
+        """
+        checker = SlowChecker()
+        s = Session(checkers=[checker])
+        s.clock.advance(59)  # the login timeout is 60 seconds
+        s.send(b"USER alice\r\nPASS wrong\r\n")
+        checker.release()
+        assert s.take() == b"+OK Send PASS\r\n-ERR [AUTH] Authentication failed\r\n"
+        s.send(b"USER alice\r\nPASS secret\r\n")  # waits 2 seconds: the penalty
+        s.clock.advance(1)
+        assert s.transport.disconnecting  # aborted at 60 seconds
+        s.clock.advance(1)
+        assert checker.pending == []
+        assert s.take() == b"+OK Send PASS\r\n"
+
     def test_floodPausesReading(self) -> None:
         """
         While a command is pending, a client that keeps sending is held back:

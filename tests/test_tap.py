@@ -353,8 +353,23 @@ def test_helpMailstores(capsys: pytest.CaptureFixture[str]) -> None:
         parse("--help-mailstores")
     assert caught.value.code == 0
     out = capsys.readouterr().out
-    assert "maildir:TEMPLATE" in out
-    assert "memory:" in out
+    # The built-in kinds, each with its whole paragraph (other installed
+    # plugins may add theirs, in order of kind).
+    assert (
+        "maildir:TEMPLATE\n"
+        "    Maildir directories. TEMPLATE is the path of a user's Maildir with"
+        " {user} standing for the login name, or {localpart} and {domain} for"
+        " the parts of a user@domain login, e.g. maildir:/srv/mail/{user}."
+        " The directory before the first field must exist; a user's Maildir"
+        " is created on first login.\n\n"
+    ) in out
+    assert (
+        "memory:(no arguments)\n"
+        "    Empty maildrops held in memory and lost at exit: for trying out"
+        " authentication. Embedding applications deliver into a"
+        " popserv.MemoryStore themselves.\n\n"
+    ) in out
+    assert out.index("maildir:") < out.index("memory:")
     # A kind only one plugin claims is shown without a warning.
     assert "claimed by" not in out
 

@@ -394,6 +394,11 @@ class TestProtocol:
         assert second.greeting == (b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
         assert second.transport.disconnecting
         second.protocol.connectionLost(None)
+        # The refused connection's end frees no slot: the first still holds
+        # its address's one.
+        third = Session(peer="192.0.2.1", factory=first.factory)
+        assert third.greeting == second.greeting
+        third.protocol.connectionLost(None)
         other = Session(peer="192.0.2.2", factory=first.factory)
         assert other.greeting.startswith(b"+OK")
         first.protocol.connectionLost(None)

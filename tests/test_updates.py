@@ -261,7 +261,8 @@ def test_shutdownWaitsForUpdates() -> None:
     """
     The reactor's shutdown waits for the sessions in UPDATE: the sessions it
     then cuts are logged with reason=shutdown; those that ended before, or
-    while it waited, with reason=disconnected.
+    while it waited, with reason=disconnected; one that ends of itself
+    after the wait (QUIT) with its own reason.
     """
     reactor = _Reactor()
     memory = MemoryStore()
@@ -275,6 +276,7 @@ def test_shutdownWaitsForUpdates() -> None:
     quitting.send(b"DELE 1\r\nQUIT\r\n")
     memory.deliver("bob", M2)
     leaving, staying = Session(factory=factory), Session(factory=factory)
+    late = Session(factory=factory)
     with capturedLogs() as events:
         [stopped] = reactor.shutDown()
         assert (stopped, factory.stopping) == ([], False)
@@ -283,10 +285,13 @@ def test_shutdownWaitsForUpdates() -> None:
         quitting.protocol.connectionLost(Failure(ConnectionDone()))
         reactor.advance(0)
         assert (stopped, factory.stopping) == ([None], True)
+        # A session that ends of itself meanwhile keeps its own reason:
+        assert late.command(b"QUIT") == b"+OK Bye\r\n"
+        late.protocol.connectionLost(Failure(ConnectionDone()))
         # The reactor cuts the rest:
         staying.protocol.connectionLost(Failure(ConnectionDone()))
     reasons = [formatEvent(e).rsplit(" reason=", 1)[1] for e in events if "session" in e]
-    assert reasons == ["disconnected", "quit", "shutdown"]
+    assert reasons == ["disconnected", "quit", "quit", "shutdown"]
     assert (factory.updateGrace, memory.messages("alice")) == (UPDATE_GRACE, [])
     # As docs/operating.rst tells the operator: "for at most 10 seconds".
     assert UPDATE_GRACE == 10.0

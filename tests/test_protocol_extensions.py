@@ -669,10 +669,18 @@ class TestAuth:
 class TestSTLS:
     def test_notConfigured(self) -> None:
         """
-        Without a certificate STLS is refused.
+        Without a certificate STLS is neither advertised nor accepted, on a
+        transport that could start TLS (as TCP's can) as on one that
+        cannot.
         """
         s = Session()
         assert s.command(b"STLS") == b"-ERR STLS is not available on this server\r\n"
+        transport = TLSCapableTransport(peer="127.0.0.1")
+        s = Session(transport=transport)
+        assert b"STLS" not in capa(s)
+        assert s.command(b"STLS") == b"-ERR STLS is not available on this server\r\n"
+        assert transport.tlsStartedWith is None
+        assert s.login().startswith(b"+OK Logged in")
 
     def test_startsTLSAndDropsInjectedCommands(self) -> None:
         """

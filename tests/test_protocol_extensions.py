@@ -21,7 +21,7 @@ from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address, 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import alsoProvides, implementer
 
 from popserv._version import __version__
@@ -882,6 +882,21 @@ class TestExternal:
             "alice@example.org",
             "EXTERNAL",
         )
+
+    def test_failureAuditLine(self, ca: Any) -> None:
+        """
+        A failed EXTERNAL login, whose credentials carry a certificate and
+        no user name, logs its auth-failed line with user=- (no name) and
+        mechanism=EXTERNAL.
+        """
+        s, _ = self.session(ca)
+        s.command(b"STLS")
+        with capturedLogs() as events:
+            assert s.command(b"AUTH EXTERNAL " + b64(b"bob@example.org")) == (
+                b"-ERR [AUTH] Authentication failed\r\n"
+            )
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "popserv.audit"]
+        assert lines == ["popserv auth-failed: user=- ip=192.0.2.7 mechanism=EXTERNAL"]
 
     @pytest.mark.parametrize("response", [b"=", b64(b"alice@EXAMPLE.org")])
     def test_initialResponse(self, ca: Any, response: bytes) -> None:

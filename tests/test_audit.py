@@ -138,6 +138,18 @@ def test_apopMechanism(events: list[dict[str, Any]]) -> None:
     assert (s.protocol.record.user, s.protocol.record.mechanism) == ("alice", "APOP")
 
 
+def test_undecodableUserName(events: list[dict[str, Any]]) -> None:
+    """
+    A user name that is not UTF-8 fails its login as any wrong password
+    does, and is logged octet for octet (%XX), not a server fault.
+    """
+    s = Session(peer="127.0.0.9")
+    assert s.login(user=b"\xff\xfeme", password=b"x") == b"-ERR [AUTH] Authentication failed\r\n"
+    assert [formatEvent(e) for e in events] == [
+        "popserv auth-failed: user=%FF%FEme ip=127.0.0.9 mechanism=USER"
+    ]
+
+
 def test_hostileUserNames() -> None:
     """
     User names are logged as one token: spaces, controls, '%' and

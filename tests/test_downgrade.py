@@ -579,6 +579,37 @@ class TestProtocol:
         assert s.command(b"LIST 1") == b"+OK 1 %d\r\n" % size
         assert closed == [1]
 
+    def test_headerThatNeverEndsSized(self) -> None:
+        """
+        A message that is all header, with no blank line to end it, is
+        sized at login from what there is: reading stops at the message's
+        end (here at most 100 reads).
+        """
+        message = "Subject: caf\u00e9\r\n".encode()
+        reads: list[int] = []
+
+        class Counting(SizesUnknownMaildrop):
+            def openMessage(self, index: int) -> Any:
+                def counted(reader: Any) -> Any:
+                    read = reader.read
+
+                    def limited(size: int) -> Any:
+                        reads.append(size)
+                        assert len(reads) <= 100, "read on past the message's end"
+                        return read(size)
+
+                    reader.read = limited
+                    return reader
+
+                return self._maildrop.openMessage(index).addCallback(counted)
+
+        memory = MemoryStore()
+        memory.deliver("alice", message)
+        s = Session(store=StoreOver(memory, Counting))
+        assert s.login().startswith(b"+OK Logged in")
+        size = wireSize(message, downgrade=True)
+        assert s.command(b"LIST 1") == b"+OK 1 %d\r\n" % size
+
     def test_droppedWhileSizingHeaders(self) -> None:
         """
         A session that ends while the headers are read for their sizes

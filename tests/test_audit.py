@@ -18,7 +18,9 @@ import pytest
 from protocol_helpers import DelayedStore, MaildropOver, Session
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import fail
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -147,6 +149,19 @@ def test_undecodableUserName(events: list[dict[str, Any]]) -> None:
     assert s.login(user=b"\xff\xfeme", password=b"x") == b"-ERR [AUTH] Authentication failed\r\n"
     assert [formatEvent(e) for e in events] == [
         "popserv auth-failed: user=%FF%FEme ip=127.0.0.9 mechanism=USER"
+    ]
+
+
+def test_unixSocketClient(events: list[dict[str, Any]]) -> None:
+    """
+    A client on a UNIX socket, which has no IP address, is logged (and
+    counted by the limits) as ip=unix.
+    """
+    transport = StringTransport(peerAddress=UNIXAddress(b"/run/popserv.sock"))
+    s = Session(transport=transport)
+    assert s.login(password=b"wrong") == b"-ERR [AUTH] Authentication failed\r\n"
+    assert [formatEvent(e) for e in events] == [
+        "popserv auth-failed: user=alice ip=unix mechanism=USER"
     ]
 
 

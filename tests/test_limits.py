@@ -13,11 +13,15 @@ import pytest
 from protocol_helpers import Session, SlowChecker
 from synchronous import FakeTime
 from test_protocol import PausingTransport
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from popserv.limits import ConnectionCounter, Exemptions, Limits, LoginGate, PenaltyBox
+from popserv.memorystore import MemoryStore
+from popserv.protocol import POP3ServerFactory
+from popserv.realm import MaildropRealm
 
 FAILED = b"-ERR [AUTH] Authentication failed\r\n"
 
@@ -323,6 +327,35 @@ class TestProtocol:
         assert checker.pending == []
         assert s.factory.gate.active == 0
 
+    def test_hangUpDuringPenaltyLogsNothing(self) -> None:
+        """
+        A client that hangs up while its login waits out the penalty ends
+        quietly: the cancelled wait is no server fault in the log.
+        """
+        s = Session(peer="127.0.0.7")
+        assert s.login(password=b"x") == FAILED
+        s.send(b"USER alice\r\nPASS secret\r\n")
+        with capturedLogs() as events:
+            s.protocol.connectionLost(None)
+            s.clock.advance(2)
+        assert [formatEvent(e) for e in events] == [
+            "popserv session: user=- ip=127.0.0.7 tls=- mechanism=- retr=0/0 top=0/0"
+            " dele=0 left=0/0 duration=0.000 reason=disconnected"
+        ]
+        assert s.take() == b"+OK Send PASS\r\n"
+
+    def test_penaltyOnTheFactoryClock(self) -> None:
+        """
+        The failed-login penalty counts time on the server's clock (the
+        reactor's, here the test's): an hour after a failure the address
+        is forgotten, and its next login is checked at once.
+        """
+        s = Session(peer="127.0.0.7")
+        assert s.login(password=b"x") == FAILED
+        s.clock.advance(3601)
+        later = Session(factory=s.factory, peer="127.0.0.7")
+        assert later.login().startswith(b"+OK Logged in")
+
     def test_floodDoesNotDelayTrustedUser(self) -> None:
         """
         While guesses from many new addresses fill the checks in flight, a
@@ -574,6 +607,16 @@ class TestProtocol:
         assert answer == reply + b"-ERR Too many bad commands\r\n"
         assert s.transport.disconnecting
         assert s.protocol.record.reason == "bad-commands"
+
+
+def test_factoryWithoutClock() -> None:
+    """
+    A factory given no clock (as twistd's is) keeps its penalties on the
+    real time: a failure makes the address's next attempt wait.
+    """
+    factory = POP3ServerFactory(Portal(MaildropRealm(MemoryStore())))
+    factory.penalties.failed("192.0.2.7")
+    assert factory.penalties.delay("192.0.2.7") == Limits().penaltyInitial
 
 
 def test_penaltyPerIPv6Site() -> None:

@@ -667,6 +667,25 @@ class TestRobustness:
         assert not s.transport.disconnecting
         s.memory.openMaildrop("alice").addCallback(lambda maildrop: maildrop.close())
 
+    def test_listingFailureStartsAfresh(self) -> None:
+        """
+        A login whose listing failed leaves the session as it was before
+        it: the maildrop given back (another session logs in), and CAPA
+        announcing the server-wide EXPIRE again, not that user's own.
+        """
+
+        class IteratorMaildrop(MaildropOver):
+            def listMessages(self) -> Deferred[Any]:
+                return self._maildrop.listMessages().addCallback(iter)
+
+        policy = SitePolicy(UserPolicy(expire=30), {"alice": UserPolicy(expire=7)})
+        s = session(policy=policy)
+        s.wrapMaildrops(IteratorMaildrop)
+        with capturedLogs():
+            assert s.login() == b"-ERR [SYS/TEMP] Login failed, try again later\r\n"
+        assert b"EXPIRE 30 USER\r\n" in s.command(b"CAPA")
+        assert Session(store=s.memory).login().startswith(b"+OK Logged in")
+
     def test_commandRaisingIsAServerFault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """
         A command that raises at once (a bug: here UIDL, over a listing it

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from protocol_helpers import DelayedStore, MaildropOver, Session
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -19,6 +20,8 @@ from twisted.python.failure import Failure
 from popserv.errors import DeletionFailed
 from popserv.memorystore import MemoryStore
 from popserv.policy import MemoryHistory, SitePolicy, UserPolicy
+from popserv.protocol import POP3ServerFactory
+from popserv.realm import MaildropRealm
 from popserv.updates import UPDATE_GRACE, SessionsInUpdate
 
 M1 = b"Subject: one\r\n\r\nfirst\r\n"
@@ -255,6 +258,31 @@ def test_factoryWatchesShutdownWhileListening() -> None:
         factory.doStop()
         factory.doStop()
         assert reactor.shutdownTriggers == {}
+
+
+def test_factoryOnAClockThatIsNoReactor() -> None:
+    """
+    A factory whose clock is no reactor (a test's Clock) has no shutdown
+    to wait in: it starts and stops without one.
+    """
+    factory = Session(clock=Clock()).factory
+    factory.doStart()
+    factory.doStop()
+    assert factory._shutdownTrigger is None
+
+
+def test_factoryWithoutClockWatchesTheGlobalReactor() -> None:
+    """
+    A factory given no clock (as twistd's is) waits in the global
+    reactor's shutdown while it listens, and leaves it when it stops.
+    """
+    factory = POP3ServerFactory(Portal(MaildropRealm(MemoryStore())))
+    factory.doStart()
+    try:
+        assert factory._shutdownTrigger is not None
+    finally:
+        factory.doStop()
+    assert factory._shutdownTrigger is None
 
 
 def test_shutdownWaitsForUpdates() -> None:

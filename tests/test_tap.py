@@ -282,6 +282,16 @@ def test_configurationErrorsAreOneLine(args: tuple[str, ...], text: str) -> None
     assert text in error(*args)
 
 
+def test_findStoreFactories() -> None:
+    """
+    The installed store kinds by name, the built-in ones among them.
+    """
+    from popserv.mailstores import findStoreFactories, maildirStoreFactory, memoryStoreFactory
+
+    found = findStoreFactories()
+    assert (found["maildir"], found["memory"]) == (maildirStoreFactory, memoryStoreFactory)
+
+
 def test_memoryStoreArgumentsRefused() -> None:
     """
     The whole line an operator gets for arguments to the memory store.
@@ -872,7 +882,7 @@ def test_storePluginMistakes(
     """
     import twisted.plugin
 
-    from popserv.mailstores import MemoryStoreFactory, memoryStoreFactory
+    from popserv.mailstores import MemoryStoreFactory, findStoreFactories, memoryStoreFactory
 
     class Impostor(MemoryStoreFactory):
         def makeStore(self, argstring: str) -> object:  # type: ignore[override]
@@ -887,6 +897,8 @@ def test_storePluginMistakes(
         " popserv.mailstores.MemoryStoreFactory and"
         " test_tap.test_storePluginMistakes.<locals>.Impostor"
     )
+    # findStoreFactories (for plugin authors' tests) gives the first found:
+    assert findStoreFactories()["memory"] is memoryStoreFactory
     # --help-mailstores says so too, rather than show one as the only one.
     with pytest.raises(SystemExit):
         parse("--help-mailstores")

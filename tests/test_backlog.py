@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loopback import Connection, TLSClient, behindProxyHeader, startServerTLS
+from loopback import Connection, Producer, TLSClient, behindProxyHeader, startServerTLS
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import reactor
@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-from popserv.backlog import socketOf, unsent
+from popserv.backlog import socketOf, unsent, whenSent
 from popserv.memorystore import MemoryStore
 from popserv.protocol import MAX_QUEUED_LINES, POP3ServerFactory
 from popserv.realm import MaildropRealm
@@ -227,3 +227,38 @@ def test_socketOf() -> None:
     finally:
         c.close()
     assert socketOf(StringTransport()) is None
+
+
+def test_unsent() -> None:
+    """
+    What the transport holds unsent: the part of its first buffer not yet
+    sent (from its offset on) and all of the second.
+    """
+    c = Connection()
+    try:
+        transport: Any = c.transport
+        assert unsent(transport) == 0
+        transport.dataBuffer, transport.offset = b"x" * 100, 30
+        transport._tempDataLen = 7
+        assert unsent(transport) == 77
+    finally:
+        transport.dataBuffer, transport.offset, transport._tempDataLen = b"", 0, 0
+        c.close()
+
+
+def test_whenSentLeavesAProducerAlone() -> None:
+    """
+    A transport that already has a producer (a message transfer) keeps it:
+    whenSent says False and will never call back.
+    """
+    c = Connection()
+    try:
+        producer = Producer()
+        c.transport.registerProducer(producer, True)
+        called: list[None] = []
+        assert whenSent(c.transport, lambda: called.append(None)) is False
+        assert c.transport.producer is producer
+        c.transport.unregisterProducer()
+        assert called == []
+    finally:
+        c.close()

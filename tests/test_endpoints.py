@@ -34,6 +34,14 @@ def test_split() -> None:
         tcp="tcp:995", key="k", certificate="c", chain=None
     )
     assert parseImplicitTLS("ssl:995") == ImplicitTLS("tcp:995", None, None, None)
+    # A backslash, escaped, stays one backslash, escaped, in the tcp: part;
+    # the file names are unescaped, as Twisted's parser gives them.
+    assert parseImplicitTLS(r"ssl:995:interface=a\\b\:c:privateKey=C\:\\k.pem") == ImplicitTLS(
+        tcp=r"tcp:995:interface=a\\b\:c",
+        key="C:\\k.pem",
+        certificate="C:\\k.pem",
+        chain=None,
+    )
 
 
 @pytest.mark.parametrize("parameter", ["sslmethod=TLSv1_METHOD", "dhParameters=dh.pem"])

@@ -34,6 +34,11 @@ def test_split() -> None:
         tcp="tcp:995", key="k", certificate="c", chain=None
     )
     assert parseImplicitTLS("ssl:995") == ImplicitTLS("tcp:995", None, None, None)
+    # A TLS parameter's name without "=" is no TLS parameter: it stays in
+    # the tcp: part, where Twisted's parser judges it.
+    assert parseImplicitTLS("ssl:995:privateKey") == ImplicitTLS(
+        "tcp:995:privateKey", None, None, None
+    )
     # A backslash, escaped, stays one backslash, escaped, in the tcp: part;
     # the file names are unescaped, as Twisted's parser gives them.
     assert parseImplicitTLS(r"ssl:995:interface=a\\b\:c:privateKey=C\:\\k.pem") == ImplicitTLS(

@@ -102,6 +102,40 @@ class TestTemplate:
         with pytest.raises(MaildropRefused):
             t.pathFor(user)
 
+    @pytest.mark.parametrize(
+        ("template", "user"),
+        [
+            ("{user}", "."),
+            ("{user}", ".."),
+            ("{user}", ""),
+            ("{user}", "a/b"),
+            ("{user}", "a\0b"),
+            ("{localpart}", ".."),
+            ("{localpart}", "..@example.org"),
+            ("{localpart}", ".@example.org"),
+            ("{domain}/{localpart}", "bob@.."),
+            ("{domain}/{localpart}", "bob@."),
+            ("{domain}/{localpart}", "bob@a/b"),
+        ],
+    )
+    def test_unsafeFieldValuesRefused(self, tmp_path: Path, template: str, user: str) -> None:
+        """
+        Each field a template uses is checked on its own, whatever the
+        others: "." and ".." would name the template's directory or its
+        parent, "/" and NUL another path.
+        """
+        t = MaildirTemplate(f"{tmp_path}/{template}")
+        with pytest.raises(MaildropRefused):
+            t.pathFor(user)
+
+    def test_localpartOfABareName(self, tmp_path: Path) -> None:
+        """
+        A login name without "@" is all local part, with no domain.
+        """
+        t = MaildirTemplate(f"{tmp_path}/{{localpart}}/Maildir")
+        assert t.pathFor("bob") == f"{tmp_path}/bob/Maildir"
+        assert t.pathFor("bob@example.org") == f"{tmp_path}/bob/Maildir"
+
     def test_domainRequired(self, tmp_path: Path) -> None:
         """
         A template with {domain} refuses a login without a domain.

@@ -141,8 +141,10 @@ class TestTemplate:
         A template with {domain} refuses a login without a domain.
         """
         t = MaildirTemplate(f"{tmp_path}/{{domain}}/{{localpart}}")
-        with pytest.raises(MaildropRefused):
+        with pytest.raises(MaildropRefused) as caught:
             t.pathFor("bob")
+        # The text of the -ERR line says why.
+        assert caught.value.text == "Maildrop not available: user name has no domain"
 
 
 def test_uidFor() -> None:
@@ -1362,6 +1364,23 @@ def test_fileReplacedBySpecialFileNotRead(tmp_path: Path) -> None:
     assert [formatEvent(e) for e in events] == [
         f"Cannot read message '1.good' in {tmp_path / 'alice'}:"
         f" [Errno {errno.EISDIR}] not a regular file"
+    ]
+
+
+def test_specialFileInCurLoggedWithItsPath(tmp_path: Path) -> None:
+    """
+    The warning for a file left out names the directory it is in: cur/
+    for one there, although new/ was opened first.
+    """
+    deliverToMaildir(tmp_path / "alice", b"good\n", name="1.good")
+    os.mkfifo(tmp_path / "alice" / "cur" / "2.fifo:2,S")
+    with capturedLogs() as events:
+        maildrop, infos = login(store(tmp_path))
+    maildrop.close()
+    assert [i.uid for i in infos] == ["1.good"]
+    assert [formatEvent(e) for e in events] == [
+        f"Skipping '{tmp_path / 'alice' / 'cur' / '2.fifo:2,S'}':"
+        f" [Errno {errno.EINVAL}] not a regular file"
     ]
 
 

@@ -22,6 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
 from popserv.maildir import MaildirStore
+from popserv.policy import MemoryHistory
 from popserv.tap import AccessCheck, CertificateReloader, HeapFreezer, Options, makeService
 
 
@@ -570,6 +571,25 @@ def test_authByCertificate(ca: CertificateAuthority) -> None:
     assert error(*base) == "popserv: error: --auth cert needs --tls-client-ca"
 
 
+def test_tlsHalfGiven(ca: CertificateAuthority) -> None:
+    """
+    --tls-cert without --tls-key, either way round, or --tls-chain without
+    both, is an error rather than a server silently without TLS; so is a
+    proxy: listener without --proxy-trusted.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    together = "popserv: error: --tls-cert and --tls-key go together"
+    assert error(*base, "--tls-key", str(server.key)) == together
+    assert error(*base, "--tls-cert", str(server.certificate)) == together
+    assert error(*base, "--tls-chain", str(server.certificate)) == (
+        "popserv: error: --tls-chain needs --tls-cert and --tls-key"
+    )
+    assert error(*base, "--listen", "proxy:tcp:0") == (
+        "popserv: error: --listen 'proxy:tcp:0': needs --proxy-trusted with the proxies' networks"
+    )
+
+
 def test_tlsErrors(ca: CertificateAuthority, tmp_path: Path) -> None:
     """
     TLS mistakes are one-line start-up errors: a lone --tls-cert, a missing
@@ -739,6 +759,9 @@ def test_policyErrorsNameTheOption(tmp_path: Path) -> None:
     base = ("--auth", "memory:a:b", "--mailstore", "memory")
     assert f"--policy-file {policy}: line 1" in error(*base, "--policy-file", str(policy))
     assert "--login-delay: " in error(*base, "--login-delay", "15m")
+    assert error(*base, "--login-delay", "900", "--expire", "soon") == (
+        "popserv: error: --expire: expire must be a number of days or NEVER, not 'soon'"
+    )
     policy.write_bytes(b"alice login-delay=60\nb\xf6b expire=3\n")
     assert error(*base, "--policy-file", str(policy)) == (
         f"popserv: error: --policy-file {policy}: line 2: not UTF-8"
@@ -795,6 +818,16 @@ def test_policyOptions(tmp_path: Path) -> None:
     assert policy.loginDelay().value == 900
     assert policy.expire("alice").value == "NEVER"
     assert policy.expire("bob").value == 30
+    # Without them nothing is announced or enforced: above all, retrieved
+    # mail is not deleted (EXPIRE 0) unless the operator says so.
+    policy = listenerOf(makeService(parse("--auth", "memory:a:b", "--mailstore", "memory")))
+    policy = policy.factory.policy
+    assert (policy.loginDelay(), policy.expire(), policy.expire("bob")) == (None, None, None)
+    assert not policy.expires("bob")
+    assert isinstance(policy.history, MemoryHistory)
+    assert error("--auth", "memory:a:b", "--mailstore", "memory", "--state-dir", "") == (
+        "popserv: error: --state-dir: needs a directory"
+    )
 
 
 def test_limitOptions() -> None:

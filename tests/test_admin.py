@@ -4,11 +4,13 @@ Tests for popserv.admin: the popserv administration command.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -167,15 +169,22 @@ class TestPasswd:
         """
         path = tmp_path / "users"
         answers = iter(["one", "two", "same", "same"])
-        monkeypatch.setattr(admin.getpass, "getpass", lambda prompt: next(answers))
+        prompts = []
+
+        def getpass(prompt: str) -> str:
+            prompts.append(prompt)
+            return next(answers)
+
+        monkeypatch.setattr(admin.getpass, "getpass", getpass)
         tty = io.StringIO()
         tty.isatty = lambda: True  # type: ignore[method-assign]
         monkeypatch.setattr(sys, "stdin", tty)
         assert main(["passwd", "add", str(path), "bob"]) == 1
-        assert "differ" in capsys.readouterr().err
+        assert capsys.readouterr().err == "popserv: error: the passwords differ\n"
         assert not path.exists()
         assert main(["passwd", "add", str(path), "bob", "--scheme", "PLAIN"]) == 0
         assert path.read_bytes() == b"bob:{PLAIN}same\n"
+        assert prompts == ["New password: ", "Retype new password: "] * 2
 
     def test_noTerminal(self, monkeypatch: Any, capsys: Any) -> None:
         """
@@ -183,7 +192,118 @@ class TestPasswd:
         """
         code, _, err = run(monkeypatch, capsys, "hash")
         assert code == 1
-        assert "--password-stdin" in err
+        assert err == (
+            "popserv: error: no terminal to ask for the password on; use --password-stdin\n"
+        )
+
+    def test_passwordLineEnd(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        --password-stdin takes one line without its end, CRLF as well as LF;
+        a line with nothing else is an empty password, refused.
+        """
+        path = tmp_path / "users"
+        for stdin in ["s3cret\r\n", "s3cret\n", "s3cret"]:
+            path.unlink(missing_ok=True)
+            assert run(monkeypatch, capsys, "passwd", "add", str(path), "bob", "--scheme",
+                       "PLAIN", "--password-stdin", stdin=stdin)[0] == 0  # fmt: skip
+            assert path.read_bytes() == b"bob:{PLAIN}s3cret\n", stdin
+        for stdin in ["\r\n", "\n", ""]:
+            assert run(monkeypatch, capsys, "hash", "--password-stdin", stdin=stdin) == (
+                1,
+                "",
+                "popserv: error: empty password\n",
+            )
+
+    def test_editIsDurable(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        The new file is written out and synced to disk, in the file's own
+        directory (a rename across file systems fails), before it replaces
+        the old one; the old file's mode is kept exactly.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"bob:{PLAIN}x\n")
+        path.chmod(0o641)
+        synced = []
+        fsync = os.fsync
+
+        def recordingFsync(fd: int) -> None:
+            # The temporary file's size as it is synced, then the directory.
+            info = os.fstat(fd)
+            synced.append(info.st_size if stat.S_ISREG(info.st_mode) else "directory")
+            fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recordingFsync)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "nonexistent"))
+        descriptors = len(os.listdir("/proc/self/fd"))
+        assert run(monkeypatch, capsys, "passwd", "add", str(path), "dave", "--scheme",
+                   "PLAIN", "--password-stdin", stdin="d\n") == (0, "", "")  # fmt: skip
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        assert path.read_bytes() == b"bob:{PLAIN}x\ndave:{PLAIN}d\n"
+        assert synced == [len(path.read_bytes()), "directory"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o641
+        assert [p.name for p in tmp_path.iterdir()] == ["users"]
+
+    def test_failedEditLeavesNothing(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        An edit that fails as the file is replaced leaves the old file and
+        no temporary file, and is one line; a directory that does not exist
+        is named as the file given.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"bob:{PLAIN}x\n")
+
+        def replace(source: str, target: str) -> None:
+            raise OSError(errno.EIO, "Input/output error", target)
+
+        monkeypatch.setattr(os, "replace", replace)
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
+            1, "", f"popserv: error: {path}: Input/output error\n"
+        )  # fmt: skip
+        assert [p.name for p in tmp_path.iterdir()] == ["users"]
+        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+        missing = tmp_path / "nonexistent" / "users"
+        assert run(monkeypatch, capsys, "passwd", "add", str(missing), "bob", "--scheme",
+                   "PLAIN", "--password-stdin", stdin="x\n") == (
+            1, "", f"popserv: error: {missing}: No such file or directory\n"
+        )  # fmt: skip
+
+    def test_withoutLocks(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        On a file system without locks an edit goes ahead unlocked; another
+        failure of the lock is an error.
+        """
+        path = tmp_path / "users"
+
+        def failing(number: int) -> Any:
+            def flock(fd: int, operation: int) -> None:
+                raise OSError(number, os.strerror(number))
+
+            return flock
+
+        for number in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            monkeypatch.setattr(admin.fcntl, "flock", failing(number))
+            path.unlink(missing_ok=True)
+            assert run(monkeypatch, capsys, "passwd", "add", str(path), "bob", "--scheme",
+                       "PLAIN", "--password-stdin", stdin="x\n") == (0, "", "")  # fmt: skip
+            assert path.read_bytes() == b"bob:{PLAIN}x\n"
+        monkeypatch.setattr(admin.fcntl, "flock", failing(errno.EBADF))
+        code, _, err = run(monkeypatch, capsys, "passwd", "remove", str(path), "bob")
+        assert code == 1 and err.startswith("popserv: error: ") and err.count("\n") == 1
+        assert os.strerror(errno.EBADF) in err
+        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+    def test_editKeepsOwner(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        Run as root, an edit keeps the file's owner and group (the server's
+        user must still be able to read it).
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"bob:{PLAIN}x\n")
+        os.chown(path, 65534, 65533)
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (0, "", "")
+        assert path.read_bytes() == b""
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65533)
 
     def test_list(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """

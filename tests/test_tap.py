@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import ipaddress
 import os
 import platform
 import signal
@@ -21,6 +22,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
+from popserv.endpoints import DEFAULT_BACKLOG
 from popserv.maildir import MaildirStore
 from popserv.policy import MemoryHistory
 from popserv.tap import AccessCheck, CertificateReloader, HeapFreezer, Options, makeService
@@ -569,6 +571,38 @@ def test_authByCertificate(ca: CertificateAuthority) -> None:
     )
     assert options["tls"] is not None
     assert error(*base) == "popserv: error: --auth cert needs --tls-client-ca"
+
+
+def test_listenDescriptions() -> None:
+    """
+    A tcp: listener gets popserv's default backlog; --proxy-trusted is
+    parsed into networks; a mistake in either is one line that names the
+    option, whatever Twisted raised.
+    """
+    base = ("--auth", "memory:a:b", "--mailstore", "memory")
+    options = parse(
+        *base, "--listen", "tcp:0", "--listen", "proxy:tcp:0",
+        "--proxy-trusted", "10.0.0.0/8, 127.0.0.1",
+    )  # fmt: skip
+    assert options["endpoints"][0][0]._backlog == DEFAULT_BACKLOG
+    assert options["proxy-trusted"] == [
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    ]
+    assert error(*base, "--listen", "proxy:tcp:0", "--proxy-trusted", "10.0.0.300/8") == (
+        "popserv: error: --proxy-trusted: '10.0.0.300/8' does not appear to be an IPv4 or"
+        " IPv6 network"
+    )
+    # A TypeError of Twisted's parser, and a ValueError that is not about
+    # a number.
+    assert error(*base, "--listen", "tcp:0:bogus=1") == (
+        "popserv: error: --listen 'tcp:0:bogus=1': _parseTCP() got an unexpected keyword"
+        " argument 'bogus'"
+    )
+    assert error(*base, "--listen", "systemd:domain=INET") == (
+        "popserv: error: --listen 'systemd:domain=INET': Specify exactly one of descriptor"
+        " index or name"
+    )
 
 
 def test_tlsHalfGiven(ca: CertificateAuthority) -> None:

@@ -86,6 +86,11 @@ class TestPasswd:
             (["passwd", "change", str(path), "eve", "--password-stdin"], "no user eve"),
             (["passwd", "remove", str(path), "eve"], "no user eve"),
             (["passwd", "list", str(tmp_path / "nope")], "no such file"),
+            (["passwd", "remove", str(tmp_path / "nope"), "bob"], f"{tmp_path}/nope: no such file"),
+            (
+                ["passwd", "change", str(tmp_path / "nope"), "bob", "--password-stdin"],
+                f"{tmp_path}/nope: no such file",
+            ),
             (["passwd", "add", str(path), "a:b", "--password-stdin"], "invalid user name"),
             (["passwd", "add", str(path), "b\udcffd", "--password-stdin"], "is not UTF-8"),
             (["passwd", "remove", str(path), "b\udcffd"], "is not UTF-8"),

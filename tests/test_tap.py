@@ -25,6 +25,7 @@ from popserv.credentials import CheckerChain
 from popserv.endpoints import DEFAULT_BACKLOG
 from popserv.maildir import MaildirStore
 from popserv.policy import MemoryHistory
+from popserv.realm import MaildropRealm
 from popserv.tap import AccessCheck, CertificateReloader, HeapFreezer, Options, makeService
 
 
@@ -185,6 +186,8 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
     (checker,) = options["credCheckers"]
     assert isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse)
     assert checker.users == {b"alice": b"secret"}
+    assert isinstance(factory.portal.realm, MaildropRealm)
+    assert factory.portal.realm.store is options["store"]
     (chain,) = set(factory.portal.checkers.values())
     assert isinstance(chain, CheckerChain)
     (wrapped,) = chain.checkers
@@ -909,6 +912,13 @@ def test_limitOptions() -> None:
     for value in ["0", "-1", "inf", "nan"]:
         assert error(*base, "--login-timeout", value) == (
             f"popserv: error: --login-timeout takes a number of seconds, not '{value}'"
+        )
+    # Whole numbers from 1 to 9,999,999.
+    options = parse(*base, "--max-auth-failures", "1", "--max-connections", "9999999")
+    assert (options["max-auth-failures"], options["max-connections"]) == (1, 9999999)
+    for value in ["0", "10000000", "-1", "1.5"]:
+        assert error(*base, "--concurrent-logins", value) == (
+            f"popserv: error: --concurrent-logins takes a whole number from 1, not '{value}'"
         )
     assert error(*base, "--max-auth-failures", "\u00b2") == (
         "popserv: error: --max-auth-failures takes a whole number from 1, not '\u00b2'"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -66,8 +67,16 @@ class TestPasswd:
         assert run(monkeypatch, capsys, "passwd", "change", str(path), "bob", "--scheme",
                    "SCRAM-SHA-256", "--password-stdin", stdin="new\n")[0] == 0  # fmt: skip
         lines = path.read_bytes().split(b"\n")
-        assert lines[1].startswith(b"bob:{SCRAM-SHA-256}4096,")
-        assert lines[1].endswith(b":1000:1000::/home/bob::userdb_quota=1G")
+        assert re.fullmatch(
+            rb"bob:\{SCRAM-SHA-256\}4096,[^:\r\n]+:1000:1000::/home/bob::userdb_quota=1G", lines[1]
+        )
+        assert [lines[0], *lines[2:]] == [
+            b"# users\r",
+            b"",
+            b"carol:{PLAIN}y",
+            b"dave:{PLAIN}d",
+            b"",
+        ]
         assert verifies(path, b"bob", "new")
         assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob")[0] == 0
         assert path.read_bytes() == b"# users\r\n\ncarol:{PLAIN}y\ndave:{PLAIN}d\n"

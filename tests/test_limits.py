@@ -417,6 +417,31 @@ class TestProtocol:
         s.clock.advance(2)
         assert s.take() == FAILED + b"-ERR Command not valid in this state\r\n"
 
+    def test_goneClientGivesUpItsTurn(self) -> None:
+        """
+        A client that leaves while its login waits for a turn (all the
+        concurrent logins taken) gives up its place in the queue, and one
+        that leaves while serving a penalty leaves no timer behind.
+        """
+        checker = SlowChecker()
+        first = Session(checkers=[checker], limits=Limits(concurrentLogins=1))
+        gate = first.factory.gate
+        first.send(b"USER alice\r\nPASS secret\r\n")
+        second = Session(factory=first.factory)
+        second.send(b"USER alice\r\nPASS secret\r\n")
+        assert (len(checker.pending), gate.waiting) == (1, 1)
+        second.protocol.connectionLost(None)
+        assert gate.waiting == 0
+        checker.release()
+        assert first.take() == b"+OK Send PASS\r\n+OK Logged in, 0 messages (0 octets)\r\n"
+        first.protocol.connectionLost(None)
+        # A penalty's wait:
+        s = Session()
+        assert s.login(password=b"wrong") == b"-ERR [AUTH] Authentication failed\r\n"
+        assert s.login() == b""
+        s.protocol.connectionLost(None)
+        assert s.clock.getDelayedCalls() == []
+
     def test_connectionsPerAddress(self) -> None:
         """
         A connection over the per-address limit gets -ERR [SYS/TEMP] and is

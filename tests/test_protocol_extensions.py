@@ -559,9 +559,10 @@ class TestAuth:
 
     def test_longestSaslResponse(self) -> None:
         """
-        The SASL response limit is 8192 octets as the command limit is
-        counted (docs/protocol.rst "Limits"): with the CR, without the LF.
-        A line of that length is an answer to the challenge (here, not
+        The SASL response limit, MAX_SASL_LINE = 8192, counts a line as the
+        line receiver counts the command limit: with its CR, without its LF
+        (8193 octets with CRLF; docs/protocol.rst "Limits" says 8192).  A
+        line of that length is an answer to the challenge (here, not
         base64); one octet more is too long, and closes the connection.
         """
         s = Session()

@@ -14,8 +14,10 @@ from protocol_helpers import Session, SlowChecker
 from synchronous import FakeTime
 from test_protocol import PausingTransport
 from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from popserv.limits import ConnectionCounter, Exemptions, Limits, LoginGate, PenaltyBox
@@ -591,6 +593,36 @@ class TestProtocol:
         assert s.command(b"XYZZY") == b"-ERR Unknown command\r\n-ERR Too many bad commands\r\n"
         assert s.transport.disconnecting
 
+    def test_closedForBadCommandsStaysSo(self) -> None:
+        """
+        A session closed for too many bad commands, whose client then
+        reads nothing (the close waits for the replies to be sent) until
+        the login timeout aborts it, is logged with reason=bad-commands,
+        not timeout; nothing behind the closing command is answered.
+        """
+        s = Session()
+        s.send(b"XYZZY\r\n" * 20 + b"CAPA\r\nQUIT\r\n")
+        assert s.take() == b"-ERR Unknown command\r\n" * 20 + b"-ERR Too many bad commands\r\n"
+        assert s.transport.disconnecting
+        s.clock.advance(60)
+        s.protocol.connectionLost(None)
+        assert s.protocol.record.reason == "bad-commands"
+
+    def test_tooManyAuthFailures(self) -> None:
+        """
+        The third failed login closes the session, logged with
+        reason=auth-failures.
+        """
+        s = Session(peer="127.0.0.7")
+        assert s.login(password=b"x") == FAILED
+        for password in (b"y", b"z"):
+            s.send(b"USER alice\r\nPASS " + password + b"\r\n")
+            s.clock.advance(15)  # the penalty, at most
+            assert s.take() == b"+OK Send PASS\r\n" + FAILED
+        assert s.transport.disconnecting
+        s.protocol.connectionLost(None)
+        assert s.protocol.record.reason == "auth-failures"
+
     def test_cleartextRefusalsCount(self) -> None:
         """
         USER refused on a cleartext connection from another machine counts
@@ -642,6 +674,22 @@ def test_factoryWithoutClock() -> None:
     factory = POP3ServerFactory(Portal(MaildropRealm(MemoryStore())))
     factory.penalties.failed("192.0.2.7")
     assert factory.penalties.delay("192.0.2.7") == Limits().penaltyInitial
+
+
+def test_sessionOnFactoryWithoutClock() -> None:
+    """
+    A session of a factory given no clock (as twistd's is) is timed on
+    the reactor's: it greets, and its audit line has a duration.
+    """
+    factory = POP3ServerFactory(Portal(MaildropRealm(MemoryStore())))
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(transport)
+    assert transport.value().startswith(b"+OK POP3 server ready")
+    with capturedLogs() as events:
+        protocol.connectionLost(None)
+    [line] = [formatEvent(e) for e in events]
+    assert line.startswith("popserv session: user=- ip=127.0.0.1 ") and " duration=" in line
 
 
 def test_penaltyPerIPv6Site() -> None:

@@ -686,6 +686,24 @@ class TestRobustness:
         assert b"EXPIRE 30 USER\r\n" in s.command(b"CAPA")
         assert Session(store=s.memory).login().startswith(b"+OK Logged in")
 
+    def test_releaseFailureLoggedAndQuitAnswered(self) -> None:
+        """
+        A maildrop whose release (close) fails is logged, and the session
+        goes on: QUIT is answered and the connection closed.
+        """
+
+        class CloseFails(MaildropOver):
+            def close(self) -> None:
+                raise OSError("the lock file's directory is gone")
+
+        s = session()
+        s.wrapMaildrops(CloseFails)
+        assert s.login().startswith(b"+OK Logged in")
+        with capturedLogs() as events:
+            assert s.command(b"QUIT") == b"+OK Bye, 2 messages left\r\n"
+        assert [formatEvent(e) for e in events] == ["Releasing the maildrop failed"]
+        assert s.transport.disconnecting
+
     def test_commandRaisingIsAServerFault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """
         A command that raises at once (a bug: here UIDL, over a listing it

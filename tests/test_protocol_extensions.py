@@ -683,6 +683,17 @@ class TestSTLS:
         assert transport.tlsStartedWith is None
         assert s.login().startswith(b"+OK Logged in")
 
+    def test_notConfiguredOnTLSCapableTransport(self) -> None:
+        """
+        Without a certificate STLS is neither announced nor started, even
+        on a transport that could start TLS (as every TCP connection can).
+        """
+        transport = TLSCapableTransport()
+        s = Session(transport=transport)
+        assert b"STLS\r\n" not in s.command(b"CAPA")
+        assert s.command(b"STLS") == b"-ERR STLS is not available on this server\r\n"
+        assert transport.tlsStartedWith is None
+
     def test_startsTLSAndDropsInjectedCommands(self) -> None:
         """
         STLS answers +OK, starts TLS, and discards what the client sent in

@@ -27,7 +27,7 @@ from zope.interface import alsoProvides, implementer
 from popserv._version import __version__
 from popserv.errors import POP3Error
 from popserv.policy import SitePolicy, UserPolicy
-from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory
+from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory, Outcome
 from popserv.scram import scramSHA256Factory
 
 
@@ -665,6 +665,54 @@ class TestAuth:
         [logged] = [e["log_failure"] for e in events if "log_failure" in e]
         assert logged.getErrorMessage() == "a bug"
         assert s.login().startswith(b"+OK Logged in")
+
+
+def test_textUserNameOfAnotherMechanism() -> None:
+    """
+    A mechanism of the embedder's own whose credentials carry the user
+    name as text (not bytes): its failed login is logged with that name.
+    """
+
+    @implementer(IUsernamePassword)
+    class TextCredentials:
+        username = "b\u00f6b"
+
+        def checkPassword(self, password: bytes) -> bool:
+            return False
+
+    @implementer(IMechanism)
+    class TextName:
+        name = "X-TEXT"
+
+        def __init__(self, context: Any) -> None:
+            pass
+
+        def start(self, initial: bytes | None) -> Any:
+            return Outcome(TextCredentials())
+
+        def respond(self, data: bytes) -> Any:
+            raise AssertionError("no challenge was sent")
+
+        def serverFinal(self) -> None:
+            return None
+
+    @implementer(IMechanismFactory)
+    class TextNameFactory:
+        name = "X-TEXT"
+        plaintext = False
+        credentialInterfaces = (IUsernamePassword,)
+
+        def available(self, context: Any) -> bool:
+            return True
+
+        def __call__(self, context: Any) -> TextName:
+            return TextName(context)
+
+    s = Session(mechanisms=[TextNameFactory()], peer="127.0.0.9")
+    with capturedLogs() as events:
+        assert s.command(b"AUTH X-TEXT =") == b"-ERR [AUTH] Authentication failed\r\n"
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "popserv.audit"]
+    assert lines == ["popserv auth-failed: user=b%C3%B6b ip=127.0.0.9 mechanism=X-TEXT"]
 
 
 class TestSTLS:

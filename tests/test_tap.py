@@ -298,6 +298,38 @@ def test_findStoreFactories() -> None:
     assert (found["maildir"], found["memory"]) == (maildirStoreFactory, memoryStoreFactory)
 
 
+def test_unknownStoreKindNamesTheInstalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An unknown kind's error names the kinds installed, sorted, or says
+    there are none; two plugins claiming a kind are named sorted too.
+    """
+    import twisted.plugin
+
+    from popserv.mailstores import MemoryStoreFactory, maildirStoreFactory, memoryStoreFactory
+
+    class Other(MemoryStoreFactory):
+        pass
+
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, maildirStoreFactory]
+    )
+    assert error("--auth", "memory:a:b", "--mailstore", "nosuch:x") == (
+        "popserv: error: --mailstore: unknown mail store kind 'nosuch' (installed: maildir, memory)"
+    )
+    monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [])
+    assert error("--auth", "memory:a:b", "--mailstore", "nosuch:x") == (
+        "popserv: error: --mailstore: unknown mail store kind 'nosuch' (installed: none)"
+    )
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [Other(), memoryStoreFactory]
+    )
+    assert error("--auth", "memory:a:b", "--mailstore", "memory") == (
+        "popserv: error: --mailstore: mail store kind 'memory' is claimed by both"
+        " popserv.mailstores.MemoryStoreFactory and"
+        " test_tap.test_unknownStoreKindNamesTheInstalled.<locals>.Other"
+    )
+
+
 def test_memoryStoreArgumentsRefused() -> None:
     """
     The whole line an operator gets for arguments to the memory store.

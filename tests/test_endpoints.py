@@ -75,9 +75,12 @@ def test_certificateWithoutKey() -> None:
         ("tcp:110:interface=127.0.0.1", "tcp:110:interface=127.0.0.1:backlog=1024"),
         (r"tcp6:110:interface=\:\:1", r"tcp6:110:interface=\:\:1:backlog=1024"),
         ("tcp:port=110", "tcp:port=110:backlog=1024"),
+        # The interface by position is not a backlog.
+        ("tcp:110:127.0.0.1", "tcp:110:127.0.0.1:backlog=1024"),
         # The operator's own backlog, by keyword or by position, stays.
         ("tcp:110:backlog=10", "tcp:110:backlog=10"),
         ("tcp:110:127.0.0.1:10", "tcp:110:127.0.0.1:10"),
+        ("tcp:backlog=10:port=110", "tcp:backlog=10:port=110"),
         # Not TCP: nothing to add.
         ("unix:/run/pop.sock", "unix:/run/pop.sock"),
         ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),

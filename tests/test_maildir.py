@@ -1709,6 +1709,7 @@ def test_readAheadStopsAtGrownMessage(tmp_path: Path, trips: list[str]) -> None:
 
 
 @pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
 def test_uncachedMessageReadAndMissingOneNotAdvised(
     tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1737,6 +1738,7 @@ def test_uncachedMessageReadAndMissingOneNotAdvised(
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
     del trips[:]
+    descriptors = len(os.listdir("/proc/self/fd"))
     with capturedLogs() as events:
         for i in range(4):
             assert readAll(result(maildrop.openMessage(i))) == messages[i]
@@ -1745,6 +1747,9 @@ def test_uncachedMessageReadAndMissingOneNotAdvised(
         assert readAll(result(maildrop.openMessage(5))) == messages[5]
     maildrop.close()
     assert events == []
+    # The uncached file found while reading ahead was closed again, and
+    # so was the lock.
+    assert len(os.listdir("/proc/self/fd")) == descriptors - 1
     # 1 read 2 ahead; 3 was not cached and asked of the disk; 4 is gone.
     assert advised == [(3, 3000)]
     assert trips[:3] == ["_open", "_openReadingAhead", "_openReadingAhead"]

@@ -624,6 +624,11 @@ def test_listenDescriptions() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("127.0.0.1/32"),
     ]
+    options = parse(
+        *base, "--listen", "proxy:tcp:0", "--proxy-trusted", "10.0.0.0/8", "--proxy-timeout", "3"
+    )
+    (_, listener, _, _) = makeService(options)  # with the reloader, AccessCheck, HeapFreezer
+    assert listener.factory.timeout == 3
     assert error(*base, "--listen", "proxy:tcp:0", "--proxy-trusted", "10.0.0.300/8") == (
         "popserv: error: --proxy-trusted: '10.0.0.300/8' does not appear to be an IPv4 or"
         " IPv6 network"
@@ -1065,6 +1070,25 @@ def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         f"popserv: error: --state-dir: the server's user ({user}) cannot write it"
     )
     assert failed.value.code == 1
+
+
+def test_accessNeeded(tmp_path: Path) -> None:
+    """
+    What the AccessCheck is given: to enter a Maildir root (fatal) and to
+    write it (a warning), to read a file: password database (fatal).
+    """
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    users = tmp_path / "users"
+    users.write_text("alice:secret\n")
+    store = f"maildir:{mail}/{{user}}"
+    options = parse("--auth", f"file:{users}", "--mailstore", store)
+    (*_, access, _) = makeService(options)
+    assert access.needed == [
+        (f"--mailstore {store}: its directory {mail}", str(mail), os.X_OK, True),
+        (f"--mailstore {store}: its directory {mail} (new Maildirs)", str(mail), os.W_OK, False),
+        (f"--auth file:{users}", str(users), os.R_OK, True),
+    ]
 
 
 def test_readableKeyWarned(ca: CertificateAuthority) -> None:

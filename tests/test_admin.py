@@ -330,6 +330,11 @@ class TestPasswd:
         assert out == "bob PLAIN\nann@x CRAM-MD5\n"
         assert "line 3" in err
         assert "hunter2" not in out + err
+        # CRLF line ends (a file edited on Windows), a name not in UTF-8.
+        path.write_bytes(b"ann:{CRAM-MD5}" + b"0" * 64 + b"\r\nb\xf6b:{PLAIN}x\r\n")
+        assert run(monkeypatch, capsys, "passwd", "list", str(path)) == (
+            0, "ann CRAM-MD5\nb\ufffdb PLAIN\n", ""
+        )  # fmt: skip
 
 
 class TestHash:

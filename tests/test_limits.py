@@ -454,6 +454,7 @@ class TestProtocol:
         assert second.greeting == (b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
         assert second.transport.disconnecting
         second.protocol.connectionLost(None)
+        assert second.protocol.record.reason == "too-many-connections"
         # The refused connection's end frees no slot: the first still holds
         # its address's one.
         third = Session(peer="192.0.2.1", factory=first.factory)

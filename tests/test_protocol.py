@@ -1007,7 +1007,8 @@ class TestPendingStore:
         """
         A login waiting out the failed-login penalty when the login timeout
         ends the session is never checked: the session is over (aborted,
-        its loss not yet reported), and no checker is asked for it.
+        its loss not yet reported), no checker is asked for it, and its turn
+        at the login gate is given back.
         """
         checker = SlowChecker()
         s = Session(checkers=[checker])
@@ -1020,6 +1021,7 @@ class TestPendingStore:
         assert s.transport.disconnecting  # aborted at 60 seconds
         s.clock.advance(1)
         assert checker.pending == []
+        assert s.factory.gate.active == 0  # its turn given back to the gate
         assert s.take() == b"+OK Send PASS\r\n"
 
     def test_floodPausesReading(self) -> None:

@@ -346,6 +346,23 @@ class TestProtocol:
         ]
         assert s.take() == b"+OK Send PASS\r\n"
 
+    def test_guessCheckedAfterHangUpStillCounts(self) -> None:
+        """
+        A guess whose check had begun when the client hung up counts when
+        it fails: the auth-failed line is logged (for fail2ban) and the
+        address's next attempt waits its penalty.
+        """
+        checker = SlowChecker()
+        s = Session(checkers=[checker], peer="127.0.0.7")
+        s.send(b"USER alice\r\nPASS wrong\r\n")
+        s.protocol.connectionLost(None)
+        with capturedLogs() as events:
+            checker.release()
+        assert [formatEvent(e) for e in events] == [
+            "popserv auth-failed: user=alice ip=127.0.0.7 mechanism=USER"
+        ]
+        assert s.factory.penalties.delay("127.0.0.7") == Limits().penaltyInitial
+
     def test_penaltyOnTheFactoryClock(self) -> None:
         """
         The failed-login penalty counts time on the server's clock (the

@@ -1077,18 +1077,27 @@ def test_accessNeeded(tmp_path: Path) -> None:
     What the AccessCheck is given: to enter a Maildir root (fatal) and to
     write it (a warning), to read a file: password database (fatal).
     """
+    from twisted.logger import capturedLogs
+
     mail = tmp_path / "mail"
     mail.mkdir()
     users = tmp_path / "users"
     users.write_text("alice:secret\n")
     store = f"maildir:{mail}/{{user}}"
-    options = parse("--auth", f"file:{users}", "--mailstore", store)
+    state = str(tmp_path)
+    options = parse("--auth", f"file:{users}", "--mailstore", store, "--state-dir", state)
     (*_, access, _) = makeService(options)
     assert access.needed == [
         (f"--mailstore {store}: its directory {mail}", str(mail), os.X_OK, True),
         (f"--mailstore {store}: its directory {mail} (new Maildirs)", str(mail), os.W_OK, False),
+        ("--state-dir", state, os.W_OK | os.X_OK, True),
         (f"--auth file:{users}", str(users), os.R_OK, True),
     ]
+    # All of it allowed (as here, for the user running the tests): it starts.
+    with capturedLogs() as events:
+        access.startService()
+    assert access.running
+    assert [e for e in events if e["log_level"].name in ("warn", "critical")] == []
 
 
 def test_readableKeyWarned(ca: CertificateAuthority) -> None:

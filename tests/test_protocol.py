@@ -833,9 +833,13 @@ class TestTimeout:
         s.command(b"NOOP")
         s.clock.advance(599)
         assert not s.transport.disconnecting
-        s.clock.advance(1)
+        with capturedLogs() as events:
+            s.clock.advance(1)
         assert s.transport.disconnecting
         assert s.take() == b""
+        # The operator is told which timer it was.
+        assert [formatEvent(e) for e in events] == ["Autologout timer expired; closing"]
+        assert s.protocol.record.reason == "timeout"
         s.protocol.connectionLost(Failure(ConnectionError()))
         assert s.memory.messages("alice") == [M1, M2]
 

@@ -146,8 +146,9 @@ class TestCapa:
         neither advertised nor accepted until TLS is on.
         """
         transport = TLSCapableTransport()
-        transport.peerAddress = peer
+        transport.peerAddr = peer
         s = Session(transport=transport, tls=CERT, localCleartext=False)
+        assert s.protocol.isLocal()
         lines = capa(s)
         assert b"USER" not in lines and b"SASL SCRAM-SHA-256 CRAM-MD5" in lines
         refused = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections\r\n"

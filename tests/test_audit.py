@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from popserv.audit import safe
+from popserv.audit import authFailed, safe
 from popserv.credentials import CheckerChain
 from popserv.errors import DeletionFailed
 from popserv.memorystore import MemoryStore
@@ -179,6 +179,21 @@ def test_hostileUserNames() -> None:
     assert safe("100%") == "100%25"
     assert safe("a\x7fb\tc") == "a%7Fb%09c"
     assert safe("\udcff") == "%FF"  # an undecodable octet, as surrogateescape keeps it
+    # Quoting one character quotes no other: the first and last printable
+    # ones ("!" and "~") stay as they are.
+    assert safe("!a b~") == "!a%20b~"
+
+
+def test_authFailedQuotesTheName() -> None:
+    """
+    The auth-failed line, which fail2ban matches, quotes the name the
+    client chose: it cannot forge the ip= field or a second line.
+    """
+    with capturedLogs() as events:
+        authFailed("x ip=192.0.2.1\nfake", "192.0.2.7", "PLAIN")
+    assert [formatEvent(e) for e in events] == [
+        "popserv auth-failed: user=x%20ip=192.0.2.1%0Afake ip=192.0.2.7 mechanism=PLAIN"
+    ]
 
 
 def test_plainUserNamesUnchanged() -> None:

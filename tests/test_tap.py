@@ -950,6 +950,15 @@ def test_limitOptions() -> None:
         assert error(*base, "--login-timeout", value) == (
             f"popserv: error: --login-timeout takes a number of seconds, not '{value}'"
         )
+    # Each option's own name in its message.
+    for option in ["stall-timeout", "proxy-timeout", "timeout"]:
+        assert error(*base, f"--{option}", "0") == (
+            f"popserv: error: --{option} takes a number of seconds, not '0'"
+        )
+    for option in ["max-connections", "max-connections-per-address", "max-auth-failures"]:
+        assert error(*base, f"--{option}", "0") == (
+            f"popserv: error: --{option} takes a whole number from 1, not '0'"
+        )
     # Whole numbers from 1 to 9,999,999.
     options = parse(*base, "--max-auth-failures", "1", "--max-connections", "9999999")
     assert (options["max-auth-failures"], options["max-connections"]) == (1, 9999999)
@@ -1070,6 +1079,19 @@ def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         f"popserv: error: --state-dir: the server's user ({user}) cannot write it"
     )
     assert failed.value.code == 1
+    # A directory to enter (a Maildir root) is said so, not "read".
+    check = AccessCheck([("--mailstore maildir", state, os.X_OK, True)])
+    with pytest.raises(StartFailed) as failed, capturedLogs():
+        check.startService()
+    assert str(failed.value) == (
+        f"popserv: error: --mailstore maildir: the server's user ({user}) cannot enter it"
+    )
+    check = AccessCheck([("TLS file", state, os.R_OK, True)])
+    with pytest.raises(StartFailed) as failed, capturedLogs():
+        check.startService()
+    assert (
+        str(failed.value) == f"popserv: error: TLS file: the server's user ({user}) cannot read it"
+    )
 
 
 def test_accessNeeded(tmp_path: Path) -> None:

@@ -101,6 +101,12 @@ class TestPasswd:
                 f"{tmp_path}/nope: no such file",
             ),
             (["passwd", "add", str(path), "a:b", "--password-stdin"], "invalid user name"),
+            (["passwd", "add", str(path), "", "--password-stdin"], "invalid user name ''"),
+            (["passwd", "add", str(path), "#bob", "--password-stdin"], "invalid user name '#bob'"),
+            (
+                ["passwd", "add", str(path), " #bob", "--password-stdin"],
+                "invalid user name ' #bob'",
+            ),
             (["passwd", "add", str(path), "b\udcffd", "--password-stdin"], "is not UTF-8"),
             (["passwd", "remove", str(path), "b\udcffd"], "is not UTF-8"),
             (["passwd", "add", str(path), "new", "--password-stdin"], "empty password"),

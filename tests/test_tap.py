@@ -645,6 +645,20 @@ def test_listenDescriptions() -> None:
     )
 
 
+def test_stlsCertificateReloaded(ca: CertificateAuthority) -> None:
+    """
+    The --tls-cert of STLS alone (no implicit-TLS listener) is reloaded on
+    SIGHUP too.
+    """
+    server = ca.issue("localhost", ["localhost"])
+    options = parse(
+        "--auth", "memory:a:b", "--mailstore", "memory", "--listen", "tcp:0",
+        "--tls-cert", str(server.certificate), "--tls-key", str(server.key),
+    )  # fmt: skip
+    reloader, *_ = makeService(options)
+    assert reloader.certificates == [options["tls"]]
+
+
 def test_tlsHalfGiven(ca: CertificateAuthority) -> None:
     """
     --tls-cert without --tls-key, either way round, or --tls-chain without

@@ -119,32 +119,48 @@ def writeAtomically(path: str, data: bytes) -> None:
     """
     path = os.path.realpath(path)
     directory = os.path.dirname(path)
+    with _naming(path):
+        try:
+            old: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            old = None
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".popserv-passwd.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), old.st_mode & 0o7777 if old else 0o600)
+                if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    try:
+                        os.fchown(f.fileno(), old.st_uid, old.st_gid)
+                    except PermissionError:
+                        _fail(f"{path}: cannot keep its owner (run as its owner or root)")
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        dirfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """
+    Name C{path} in an C{OSError} that names no file: those of calls on a
+    descriptor (C{write}, C{fsync}, C{fchmod}), such as a full disk's
+    C{ENOSPC}, which would otherwise leave the operator to guess the file.
+    """
     try:
-        old: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        old = None
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".popserv-passwd.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), old.st_mode & 0o7777 if old else 0o600)
-            if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
-                except PermissionError:
-                    _fail(f"{path}: cannot keep its owner (run as its owner or root)")
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    dirfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
 
 
 @contextlib.contextmanager
@@ -166,7 +182,7 @@ def _editing(path: str) -> Iterator[None]:
         except OSError as e:
             # A file system without locks: edit as before.
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
+                _fail(f"{path}: cannot lock its directory for the edit: {e.strerror}")
         yield
     finally:
         os.close(fd)
@@ -456,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if e.errno == errno.EPIPE:
             return 1
-        print(f"popserv: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        # Not every OSError names a file (fsync's, say): no empty name then.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"popserv: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1

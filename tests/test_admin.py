@@ -287,6 +287,25 @@ class TestPasswd:
             1, "", f"popserv: error: {missing}: No such file or directory\n"
         )  # fmt: skip
 
+    def test_fullDisk(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        An error of a call on a descriptor, which names no file (a full
+        disk's ENOSPC at fsync), is told with the file's name, and the file
+        is left as it was, with no temporary file beside it.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b"bob:{PLAIN}x\n")
+
+        def fsync(fd: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
+            1, "", f"popserv: error: {path}: {os.strerror(errno.ENOSPC)}\n"
+        )  # fmt: skip
+        assert [p.name for p in tmp_path.iterdir()] == ["users"]
+        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
     def test_withoutLocks(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """
         On a file system without locks an edit goes ahead unlocked; another
@@ -307,9 +326,10 @@ class TestPasswd:
                        "PLAIN", "--password-stdin", stdin="x\n") == (0, "", "")  # fmt: skip
             assert path.read_bytes() == b"bob:{PLAIN}x\n"
         monkeypatch.setattr(admin.fcntl, "flock", failing(errno.EBADF))
-        code, _, err = run(monkeypatch, capsys, "passwd", "remove", str(path), "bob")
-        assert code == 1 and err.startswith("popserv: error: ") and err.count("\n") == 1
-        assert os.strerror(errno.EBADF) in err
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
+            1, "", f"popserv: error: {path}: cannot lock its directory for the edit:"
+            f" {os.strerror(errno.EBADF)}\n"
+        )  # fmt: skip
         assert path.read_bytes() == b"bob:{PLAIN}x\n"
 
     @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")

@@ -95,8 +95,10 @@ MAX_QUEUED_LINES = 64
 _LINE_TOO_LONG = b"\0line too long"
 
 #: SASL responses may be longer than command lines (RFC 5034 section 4
-#: limits only the AUTH command itself); bounded all the same.
-MAX_SASL_LINE = 8192
+#: limits only the AUTH command itself); bounded all the same, at 8192
+#: octets including CRLF, counted as MAX_LENGTH counts (with the CR,
+#: without the LF).
+MAX_SASL_LINE = 8191
 
 
 class CleartextRefused(POP3Error):

@@ -23,8 +23,8 @@ from popserv.encoder import encodeMessage, wireSize
 #: RFC 2449 section 4: 255 octets per command line including CRLF; the line
 #: receiver counts a line with its CR and without its LF.
 MAX_LINE = 254
-#: SASL responses may be longer (RFC 5034 section 4).
-MAX_SASL_LINE = 8192
+#: SASL responses may be longer (RFC 5034 section 4): 8192 with CRLF.
+MAX_SASL_LINE = 8191
 MAX_RESPONSE_LINE = 512
 #: popserv.limits.Limits defaults: the session closes after these.
 MAX_BAD_COMMANDS = 20

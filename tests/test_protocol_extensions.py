@@ -560,18 +560,18 @@ class TestAuth:
 
     def test_longestSaslResponse(self) -> None:
         """
-        The SASL response limit, MAX_SASL_LINE = 8192, counts a line as the
-        line receiver counts the command limit: with its CR, without its LF
-        (8193 octets with CRLF; docs/protocol.rst "Limits" says 8192).  A
-        line of that length is an answer to the challenge (here, not
-        base64); one octet more is too long, and closes the connection.
+        A line answering an AUTH challenge may be 8192 octets including its
+        CRLF, as docs/protocol.rst "Limits" says, counted as the command
+        limit is.  A line of that length is an answer to the challenge
+        (here, not base64); one octet more is too long, and closes the
+        connection.
         """
         s = Session()
         assert s.command(b"AUTH PLAIN") == b"+ \r\n"
-        assert s.command(b"A" * 8191) == b"-ERR Invalid base64 data\r\n"
+        assert s.command(b"A" * 8190) == b"-ERR Invalid base64 data\r\n"
         assert not s.transport.disconnecting
         assert s.command(b"AUTH PLAIN") == b"+ \r\n"
-        assert s.command(b"A" * 8192) == b"-ERR Line too long\r\n"
+        assert s.command(b"A" * 8191) == b"-ERR Line too long\r\n"
         assert s.transport.disconnecting
 
     def test_commandLimitBackAfterCancel(self) -> None:

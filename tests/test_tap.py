@@ -1035,7 +1035,7 @@ def test_storePluginMistakes(
         " test_tap.test_storePluginMistakes.<locals>.Impostor"
     )
     # findStoreFactories (for plugin authors' tests) gives the first found:
-    assert findStoreFactories()["memory"] is memoryStoreFactory
+    assert findStoreFactories()["memory"] is impostor
     # --help-mailstores says so too, rather than show one as the only one.
     with pytest.raises(SystemExit):
         parse("--help-mailstores")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -559,6 +560,17 @@ def _endpoint(description: str) -> Any:
                 f"--listen {description!r}: a port or number that is not a number"
             ) from None
         raise usage.UsageError(f"--listen {description!r}: {e}") from None
+    except TypeError as e:
+        # A parameter the endpoint's parser does not take: Twisted's own
+        # words are about its private function ("_parseTCP() got an
+        # unexpected keyword argument 'interfase'").
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(e))
+        if unknown is None:
+            raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        kind = description.split(":", 1)[0]
+        raise usage.UsageError(
+            f"--listen {description!r}: {kind}: takes no parameter {unknown.group(1)!r}"
+        ) from None
     except Exception as e:
         raise usage.UsageError(f"--listen {description!r}: {e}") from None
 

@@ -633,11 +633,13 @@ def test_listenDescriptions() -> None:
         "popserv: error: --proxy-trusted: '10.0.0.300/8' does not appear to be an IPv4 or"
         " IPv6 network"
     )
-    # A TypeError of Twisted's parser, and a ValueError that is not about
-    # a number.
-    assert error(*base, "--listen", "tcp:0:bogus=1") == (
-        "popserv: error: --listen 'tcp:0:bogus=1': _parseTCP() got an unexpected keyword"
-        " argument 'bogus'"
+    # A parameter Twisted's parser does not take (its TypeError names a
+    # private function), and a ValueError that is not about a number.
+    assert error(*base, "--listen", "tcp:0:interfase=127.0.0.1") == (
+        "popserv: error: --listen 'tcp:0:interfase=127.0.0.1': tcp: takes no parameter 'interfase'"
+    )
+    assert error(*base, "--listen", "unix:/run/pop3.sock:mod=0660") == (
+        "popserv: error: --listen 'unix:/run/pop3.sock:mod=0660': unix: takes no parameter 'mod'"
     )
     assert error(*base, "--listen", "systemd:domain=INET") == (
         "popserv: error: --listen 'systemd:domain=INET': Specify exactly one of descriptor"

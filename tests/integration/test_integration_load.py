@@ -32,8 +32,12 @@ ADDRESSES, CONNECTIONS = 200, 2
 GOOD_LOGINS = 8
 #: The longest a good login may take during the flood.  Alone one takes
 #: about 0.2 s here (an Argon2id check); before the LoginGate it took more
-#: than 30 s, queued behind every guess.
+#: than 30 s, queued behind every guess.  On a machine busy with other
+#: work, where a login alone takes longer, the limit is that many times
+#: longer (ALONE_FACTOR): the test is about a login queued behind the
+#: guesses, not about the machine's speed.
 GOOD_LOGIN_LIMIT = 2.0
+ALONE_FACTOR = 10
 
 
 def _login_seconds(port: int) -> float:
@@ -60,7 +64,8 @@ def test_guessing_flood(start_server, maildir_root, maildir, tmp_path):
     """
     While 400 connections from 200 addresses guess alice's password (stored
     as Argon2id, the default), alice logs in from her usual address within
-    GOOD_LOGIN_LIMIT seconds each time: the flood is held back by the
+    GOOD_LOGIN_LIMIT seconds each time (or ALONE_FACTOR times a login
+    before the flood, if that is longer): the flood is held back by the
     per-address penalty and queued behind her (LoginGate), and every guess
     gets -ERR [AUTH].
     """
@@ -99,11 +104,14 @@ def test_guessing_flood(start_server, maildir_root, maildir, tmp_path):
         bot.kill()
         bot.wait()
     stats = json.loads(out)
-    report = f"alone {alone}, during the flood {during}, bots {ready} then {stats}"
+    limit = max(GOOD_LOGIN_LIMIT, ALONE_FACTOR * statistics.median(alone))
+    report = (
+        f"alone {alone}, during the flood {during} (limit {limit:.2f} s), bots {ready} then {stats}"
+    )
     # Nearly every connection was guessing before alice's first login.
     assert ready["guessing"] >= 0.9 * ADDRESSES * CONNECTIONS, report
-    assert max(during) < GOOD_LOGIN_LIMIT, report
-    assert statistics.median(during) < GOOD_LOGIN_LIMIT / 2, report
+    assert max(during) < limit, report
+    assert statistics.median(during) < limit / 2, report
     assert stats["connections"] >= ADDRESSES * CONNECTIONS, report
     failed = "+OK Send PASS / -ERR [AUTH] Authentication failed"
     assert stats.get(failed, 0) > 0, report

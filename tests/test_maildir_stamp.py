@@ -270,6 +270,24 @@ def test_impossibleIndexListed(alice: Path, listings: list[str], names: list[str
 
 
 @pytest.mark.usefixtures("settled")
+def test_unsizedIndexRecordListed(alice: Path, listings: list[str]) -> None:
+    """
+    A stamped index whose record for a message has no size (a record that
+    forgets the name, NO_SIZE) is not taken as the messages: the login
+    lists and measures that file rather than give it the record's sizes.
+    """
+    s = store(alice.parent)
+    truth = snapshot(s)
+    index, records = MaildirIndex.load(str(alice), 1 << 20)
+    assert index.stamp is not None and len(records.names) == 3
+    records.disk[1] = maildirindex.NO_SIZE
+    index.rewrite(records, index.stamp)
+    listings.clear()
+    assert snapshot(s) == truth
+    assert listings[:2] == ["new", "cur"]
+
+
+@pytest.mark.usefixtures("settled")
 def test_editedIndexCannotServeOtherFiles(alice: Path) -> None:
     """
     An index edited to name a message that is not there, with its stamp

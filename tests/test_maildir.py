@@ -1401,6 +1401,14 @@ def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
         maildrop, infos = login(store(tmp_path))
     assert [i.uid for i in infos] == ["1.good"]
     assert len([e for e in events if e["log_level"].name == "warn"]) == 2
+    # A message replaced by a link after the login listed it is not
+    # followed either when retrieved: unavailable, not the link's target.
+    good = new / "1.good"
+    good.unlink()
+    good.symlink_to(secret)
+    with capturedLogs() as events, pytest.raises(MessageUnavailable):
+        result(maildrop.openMessage(0))
+    assert "Cannot read message '1.good'" in formatEvent(events[-1])
     maildrop.close()
     deliverToMaildir(tmp_path / "bob", b"b\n", name="1.b")
     (tmp_path / "bob" / "popserv.lock").symlink_to(tmp_path / "created-by-the-server")

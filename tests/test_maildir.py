@@ -506,6 +506,78 @@ def test_messagesMovedWhileSizedAreListed(tmp_path: Path, monkeypatch: Any) -> N
     maildrop.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_messagesMovedAgainWhileSizedAreFollowed(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    While a login sizes the messages, a mail reader moves one to cur/ and
+    then renames it there, and removes another: each new listing looks
+    only for the messages that vanished and are still there, the moved one
+    is listed with its size, the removed one is left out (not listed with
+    no size), and no listing is left open.
+    """
+    alice = tmp_path / "alice"
+    for n in range(6):
+        deliverToMaildir(alice, b"message %d\n" % n, name=f"{n}.M{n}.host")
+    real = maildir.measureEach
+    calls = []
+
+    def moving(files: Any, knownSize: Any, *args: Any) -> Any:
+        files = list(files)
+        if not calls:
+            os.rename(alice / "new" / "1.M1.host", alice / "cur" / "1.M1.host:2,")
+            os.unlink(alice / "new" / "3.M3.host")
+        elif len(calls) == 1:
+            os.rename(alice / "cur" / "1.M1.host:2,", alice / "cur" / "1.M1.host:2,S")
+        calls.append(sorted(name for _, _, name in files))
+        return real(iter(files), knownSize, *args)
+
+    monkeypatch.setattr(maildir, "measureEach", moving)
+    before = len(os.listdir("/proc/self/fd"))
+    maildrop, infos = login(store(tmp_path))
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the lock alone
+    assert calls == [
+        [f"{n}.M{n}.host" for n in range(6)],
+        ["1.M1.host:2,"],
+        ["1.M1.host:2,S"],
+    ]
+    assert [(i.uid, i.size) for i in infos] == [
+        (f"{n}.M{n}.host", len(b"message %d\r\n" % n)) for n in (0, 1, 2, 4, 5)
+    ]
+    maildrop.close()
+
+
+def test_messageMovedAtEveryAttemptLeftOut(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A message that another program renames at each of the three attempts
+    to size it is left out of the session (not listed unsized); the next
+    login, when it stays put, lists it.
+    """
+    alice = tmp_path / "alice"
+    deliverToMaildir(alice, b"stays\n", name="0.M0.host")
+    deliverToMaildir(alice, b"moves\n", name="1.M1.host")
+    os.rename(alice / "new" / "1.M1.host", alice / "cur" / "1.M1.host:2,0")
+    real = maildir.measureEach
+    calls = []
+
+    def renaming(files: Any, knownSize: Any, *args: Any) -> Any:
+        files = list(files)
+        calls.append(len(files))
+        n = len(calls)
+        os.rename(alice / "cur" / f"1.M1.host:2,{n - 1}", alice / "cur" / f"1.M1.host:2,{n}")
+        return real(iter(files), knownSize, *args)
+
+    monkeypatch.setattr(maildir, "measureEach", renaming)
+    maildrop, infos = login(store(tmp_path))
+    assert calls == [2, 1, 1]
+    assert [(i.uid, i.size) for i in infos] == [("0.M0.host", 7)]
+    maildrop.close()
+    monkeypatch.setattr(maildir, "measureEach", real)
+    assert [(uid, size) for uid, size, _ in snapshot(store(tmp_path))] == [
+        ("0.M0.host", 7),
+        ("1.M1.host", 7),
+    ]
+
+
 def test_messageMovedBackDuringAListingIsFound(tmp_path: Path, monkeypatch: Any) -> None:
     """
     A message a mail reader moves back from cur/ to new/ ("mark as new")

@@ -706,6 +706,54 @@ def test_relistingThatFailsLeavesMessagesOut(tmp_path: Path, monkeypatch: Any) -
     maildrop.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_relistingWhoseDirectoryCannotBeOpenedIsClosed(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A listing made again to find a moved message, one of whose
+    directories then cannot be opened, is closed (the other directory's
+    descriptor is not left open) and the moved message is left out.
+    """
+    alice = tmp_path / "alice"
+    for n in range(3):
+        deliverToMaildir(alice, b"m%d\n" % n, name=f"{n}.M{n}.host")
+    os.rename(alice / "new" / "2.M2.host", alice / "cur" / "2.M2.host:2,")
+    real = maildir._Listing
+    made = []
+
+    def failingCur(path: str) -> Any:
+        listing = real(path)
+        made.append(listing)
+        if len(made) > 1:
+            opener = listing._directory
+
+            def directory(subdir: str) -> int:
+                if subdir == "cur":
+                    raise PermissionError(errno.EACCES, "Permission denied", subdir)
+                return opener(subdir)
+
+            listing._directory = directory  # type: ignore[method-assign]
+        return listing
+
+    realMeasure = maildir.measureEach
+
+    def movingFirst(files: Any, knownSize: Any, *args: Any) -> Any:
+        os.rename(alice / "new" / "1.M1.host", alice / "cur" / "1.M1.host:2,S")
+        return realMeasure(files, knownSize, *args)
+
+    monkeypatch.setattr(maildir, "_Listing", failingCur)
+    monkeypatch.setattr(maildir, "measureEach", movingFirst)
+    before = len(os.listdir("/proc/self/fd"))
+    with capturedLogs() as events:
+        maildrop, infos = login(store(tmp_path))
+    assert len(made) == 2 and made[1]._directories == {}
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the lock alone
+    assert [i.uid for i in infos] == ["0.M0.host", "2.M2.host"]
+    assert [formatEvent(e) for e in events] == [
+        f"Cannot list {alice} again: [Errno 13] Permission denied: 'cur'"
+    ]
+    maildrop.close()
+
+
 def test_vanishedMessage(tmp_path: Path) -> None:
     """
     A message removed by another program cannot be opened (a clear error),

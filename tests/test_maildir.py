@@ -1074,12 +1074,13 @@ def test_indexUpdatedIncrementally(tmp_path: Path, measured: list[str]) -> None:
     assert measured == []
 
 
-@pytest.mark.parametrize("change", ["removed", "delivered out of order"])
+@pytest.mark.parametrize("change", ["removed", "all removed", "delivered out of order"])
 def test_indexRewrittenInOrder(tmp_path: Path, measured: list[str], change: str) -> None:
     """
     When the index no longer matches the listing in order (a message was
     removed by another program, or new mail sorts before old), the login
-    rewrites it, so that the next login finds it in order.
+    rewrites it, so that the next login finds it in order; when every
+    message was removed, it keeps no record of them.
     """
     messages = {f"{1700000000 + i}.M{i}.host": b"x\n" * (i + 1) for i in range(4)}
     for name, data in messages.items():
@@ -1089,12 +1090,16 @@ def test_indexRewrittenInOrder(tmp_path: Path, measured: list[str], change: str)
     if change == "removed":
         os.unlink(tmp_path / "alice" / "new" / "1700000001.M1.host")
         del messages["1700000001.M1.host"]
+    elif change == "all removed":
+        for name in messages:
+            os.unlink(tmp_path / "alice" / "new" / name)
+        messages.clear()
     else:
         messages["1699999999.M9.host"] = UTF8
         deliverToMaildir(tmp_path / "alice", UTF8, name="1699999999.M9.host")
     measured.clear()
     assert snapshot(s) == expected(messages)
-    assert measured == ([] if change == "removed" else ["1699999999.M9.host"])
+    assert measured == ([] if "removed" in change else ["1699999999.M9.host"])
     index, records = MaildirIndex.load(str(tmp_path / "alice"), 1 << 20)
     assert index.blocks == 1
     assert records.names == sorted(messages)

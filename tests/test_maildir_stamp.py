@@ -189,7 +189,9 @@ def _replace(path: Path) -> None:
 def test_everyChangeSeen(alice: Path, listings: list[str], change: Any) -> None:
     """
     Any change to the files of new/ or cur/ after a stamp makes the next
-    login list them, and it sees the change.
+    login list them, and it sees the change; that login stamps the index
+    anew (also when it learnt no message, for a move or a flag), so the
+    login after it lists nothing.
     """
     s = store(alice.parent)
     snapshot(s)
@@ -200,6 +202,9 @@ def test_everyChangeSeen(alice: Path, listings: list[str], change: Any) -> None:
     listings.clear()
     assert snapshot(s) == expected(alice)
     assert listings[:2] == ["new", "cur"]
+    listings.clear()
+    assert snapshot(s) == expected(alice)
+    assert listings == []
 
 
 def test_recentChangeEarnsNoStamp(alice: Path, listings: list[str]) -> None:

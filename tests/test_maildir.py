@@ -1283,6 +1283,34 @@ def test_unwritableIndexStillLogsIn(tmp_path: Path, monkeypatch: Any, measured: 
     assert any("Read-only" in str(e.get("e")) for e in events)
 
 
+@pytest.mark.parametrize("method", ["rewrite", "append"])
+def test_indexUpdateThatRaisesStillLogsIn(tmp_path: Path, monkeypatch: Any, method: str) -> None:
+    """
+    Whatever goes wrong while the index is updated (here an unexpected
+    exception from the index code, at a rewrite or at an append), the login
+    succeeds with exact sizes and the failure is logged with the Maildir's
+    path.
+    """
+    deliverToMaildir(tmp_path / "alice", UTF8, name="1.a")
+    s = store(tmp_path)
+    if method == "append":
+        snapshot(s)  # an index the next login can append to
+        deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("index code broken")
+
+    monkeypatch.setattr(MaildirIndex, method, broken)
+    with capturedLogs() as events:
+        maildrop, infos = login(s)
+    maildrop.close()
+    wanted = {"1.a": UTF8, **({"2.b": b"b\n"} if method == "append" else {})}
+    assert [(i.uid, i.size, i.downgradedSize) for i in infos] == expected(wanted)
+    [event] = [e for e in events if "log_failure" in e]
+    assert formatEvent(event) == f"Cannot update the index of {tmp_path / 'alice'}"
+    assert event["log_failure"].check(RuntimeError)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_readOnlyMaildirStillLogsIn(tmp_path: Path) -> None:
     """

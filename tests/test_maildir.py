@@ -413,6 +413,59 @@ def test_movedMessagesFoundWithOneListing(tmp_path: Path, listings: list[str]) -
     maildrop.close()
 
 
+def test_missesFromAnOlderListingListNoMore(tmp_path: Path, listings: list[str]) -> None:
+    """
+    Threads that open messages at paths from one listing and find them
+    moved: the first miss has new/ and cur/ listed again at the next
+    lookup; a miss reported while that listing is due, or after it was
+    made (the path came from the one before), lists nothing more.
+    """
+    alice = tmp_path / "alice"
+    bases = ["0.M0.host", "1.M1.host"]
+    for base in bases:
+        deliverToMaildir(alice, b"m\n", name=base)
+    maildrop, _ = login(store(tmp_path))
+    before = maildrop._whereMap()
+    old = [maildrop._pathIn(before, base) for base in bases]
+    for base in bases:
+        os.rename(alice / "new" / base, alice / "cur" / f"{base}:2,S")
+    listings.clear()
+    maildrop._locate(bases[0], old[0])
+    maildrop._locate(bases[1], old[1])  # a listing is due already
+    assert listings == []
+    moved = str(alice / "cur" / f"{bases[1]}:2,S")
+    assert maildrop._pathIn(maildrop._whereMap(), bases[1]) == moved
+    assert listings == ["new", "cur"]
+    maildrop._locate(bases[1], old[1])  # from the listing before
+    maildrop._locate(bases[0], old[0])
+    reader = result(maildrop.openMessage(1))
+    assert result(reader.read(100)) == b"m\n"
+    reader.close()
+    assert listings == ["new", "cur"]
+    maildrop.close()
+
+
+def test_messageMissingFromAnOlderListingIsNotGone(tmp_path: Path) -> None:
+    """
+    A message missing from a listing that has been made again since (by
+    another thread) is not taken for gone: it is looked for in the newer
+    listing, and RETR finds it.
+    """
+    alice = tmp_path / "alice"
+    deliverToMaildir(alice, b"m\n", name="0.M0.host")
+    maildrop, _ = login(store(tmp_path))
+    full = maildrop._whereMap()
+    # A listing that missed it (moved back and forth while it was read).
+    maildrop._where = missed = {k: v for k, v in full.items() if k != "0.M0.host"}
+    assert maildrop._gone("0.M0.host", missed) is False  # once proves nothing
+    assert "0.M0.host" in maildrop._whereMap()  # listed again, by one thread
+    assert maildrop._gone("0.M0.host", missed) is False  # another, from the older one
+    reader = result(maildrop.openMessage(0))
+    assert result(reader.read(100)) == b"m\n"
+    reader.close()
+    maildrop.close()
+
+
 def test_removedMessagesCostOneListing(tmp_path: Path, listings: list[str]) -> None:
     """
     Messages another program removed during a session cost it two more

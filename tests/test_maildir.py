@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import hashlib
 import os
 import stat
 import subprocess
@@ -1649,6 +1650,29 @@ def test_oddNamesSortedAndNamed(tmp_path: Path) -> None:
         deliverToMaildir(tmp_path / "alice", b"m\n", name=name)
     uids = [uid for uid, _, _ in snapshot(store(tmp_path))]
     assert uids == [uidFor(n) for n in sorted(names, key=maildir._sortKey)]
+
+
+def test_nameNotUTF8GetsADigest(tmp_path: Path) -> None:
+    """
+    A file whose name is not UTF-8 (listed with surrogate escapes) is
+    listed with a digest UIDL, the same at every login, and retrieved and
+    deleted like any other message.
+    """
+    deliverToMaildir(tmp_path / "alice", b"plain\n", name="1700000000.M0.host")
+    new = os.fsencode(tmp_path / "alice" / "new")
+    with open(os.path.join(new, b"1700000001.M1.h\xffst"), "wb") as f:
+        f.write(b"latin-1 name\n")
+    digest = "x" + hashlib.sha256(b"1700000001.M1.h\xffst").hexdigest()[:40]
+    s = store(tmp_path)
+    assert [uid for uid, _, _ in snapshot(s)] == ["1700000000.M0.host", digest]
+    maildrop, infos = login(s)
+    assert [(i.uid, i.size) for i in infos] == [("1700000000.M0.host", 7), (digest, 14)]
+    reader = result(maildrop.openMessage(1))
+    assert result(reader.read(100)) == b"latin-1 name\n"
+    reader.close()
+    result(maildrop.deleteMessages([1]))
+    maildrop.close()
+    assert os.listdir(new) == [b"1700000000.M0.host"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -321,6 +321,27 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_headTooLongForATimeCountsAsNone(tmp_path: Path) -> None:
+    """
+    Digits at the start of a name that are too many for a delivery time
+    (20 or more) count as no time, time 0: such a name comes first, with
+    the names that start with no digits and those of time 0, ordered by
+    name; 19 digits are a time.
+    """
+    names = ["1700000000.c", "5.b", "9" * 20 + ".a", "1" * 19 + ".e", "x.d", "0.f", "1.g"]
+    for name in names:
+        deliverToMaildir(tmp_path / "alice", b"m\n", name=name)
+    assert [uid for uid, _, _ in snapshot(store(tmp_path))] == [
+        "0.f",
+        "9" * 20 + ".a",
+        "x.d",
+        "1.g",
+        "5.b",
+        "1700000000.c",
+        "1" * 19 + ".e",
+    ]
+
+
 def test_strayEntriesSkipped(tmp_path: Path) -> None:
     """
     A directory where a message should be is left out of the listing, even

@@ -175,6 +175,14 @@ def test_digestNamesHaveTheirOwnUIDs(tmp_path: Path) -> None:
         uids = [m.uid for m in result(maildrop.listMessages())]
         maildrop.close()
         assert len(set(uids)) == 3 and uidFor(long) in uids and "1800000000.plain" in uids
+    # Once the other file is gone, the one named like its digest keeps the
+    # UIDL it had: it does not take over the UIDL of the message removed.
+    os.unlink(tmp_path / "alice" / "new" / long)
+    for _ in range(2):
+        assert [uid for uid, _, _ in snapshot(store(tmp_path))] == [
+            uidFor(uidFor(long)),
+            "1800000000.plain",
+        ]
 
 
 def test_createsMaildirOnFirstLogin(tmp_path: Path) -> None:

@@ -109,6 +109,45 @@ def test_addressField() -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        prefix + base
+        for prefix in ("", "Resent-", "RESENT-")
+        for base in ("From", "Sender", "Reply-To", "To", "Cc", "bcc")
+    ],
+)
+def test_everyAddressFieldKeepsItsAddress(name: str) -> None:
+    """
+    Every address field of RFC 5322 section 3.6, and its Resent- form, in
+    any case, keeps its ASCII address after a UTF-8 display name, so that
+    a reply still reaches it; it is not encoded whole as an unstructured
+    field would be.
+    """
+    out = downgradeHeader(f"{name}: Bj\u00f6rn <bjorn@example.org>\r\n".encode())
+    assert out == name.encode() + b": =?UTF-8?B?QmrDtnJu?= <bjorn@example.org>\r\n"
+
+
+def test_lastAddressFillsTheLine() -> None:
+    """
+    An address after an encoded display name stays on the name's line when
+    it fits within 76 characters (RFC 2047 section 2) with what follows it:
+    the last mailbox's address up to the 76th character, another mailbox's
+    only with the comma after it, else it starts the next line.  Its size
+    is counted as sent.
+    """
+    address = b"<" + b"a" * 35 + b"@example.org>"  # 49: the name's line ends at 76
+    field = b"From: J\xc3\xb6rg " + address + b"\r\n"
+    out = downgradeHeader(field)
+    assert out == b"From: =?UTF-8?B?SsO2cmc=?= " + address + b"\r\n"
+    assert len(out) - 2 == 76
+    assert downgradeGrowth(field) == len(out) - len(field)
+    field = b"From: J\xc3\xb6rg " + address + b", b@example.org\r\n"
+    out = downgradeHeader(field)
+    assert out == b"From: =?UTF-8?B?SsO2cmc=?=\r\n " + address + b",\r\n b@example.org\r\n"
+    assert downgradeGrowth(field) == len(out) - len(field)
+
+
+@pytest.mark.parametrize(
     "body",
     [
         "J\u00fcrgen <j\u00fcrgen@b\u00fccher.de>",  # an address that is not ASCII

@@ -156,6 +156,7 @@ def test_lastAddressFillsTheLine() -> None:
         '"J\u00fcrgen" "M" <j@example.de>',  # two quoted strings
         "J\u00fcrgen",  # no address at all
         "J\u00fcrgen <j@example.de",  # unbalanced
+        "J\u00fcrgen <j@example.de> x",  # text after the address
     ],
 )
 def test_addressFieldAsGroup(body: str) -> None:
@@ -413,6 +414,22 @@ def test_lineNotAField(before: bytes, line: bytes) -> None:
     encoded = out[len(before) : -len(after)]
     assert decoded(encoded.replace(b"\r\n", b"")) == (line.strip() + b" folded \xc3\xa9").decode()
     assert downgradeGrowth(header) == len(out) - len(header)
+
+
+def test_lineNotAFieldWordsWithin75() -> None:
+    """
+    A long UTF-8 line that is not a field, encoded whole from its first
+    column, is cut into encoded-words of at most 75 characters (RFC 2047
+    section 2), each on its own line of at most 76.
+    """
+    line = ("\u00e9" * 60).encode()
+    out = downgradeHeader(line + b"\r\n")
+    lines = out.split(b"\r\n")
+    assert lines[-1] == b""
+    words = [lines[0]] + [folded[1:] for folded in lines[1:-1]]
+    assert [len(word) for word in words] == [72, 72, 56]
+    assert b"".join(base64.b64decode(word[10:-2]) for word in words) == line
+    assert downgradeGrowth(line + b"\r\n") == len(out) - len(line) - 2
 
 
 def test_bodyUntouched() -> None:

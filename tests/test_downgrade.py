@@ -847,6 +847,27 @@ def test_foldedAddressAfterEncodedName(more: bytes) -> None:
     assert out.replace(b"\r\n", b"").endswith(address.replace(b"\r\n", b"") + more)
 
 
+@pytest.mark.parametrize("length", [77, 78])
+def test_addressOnItsOwnLine(length: int) -> None:
+    """
+    An address that starts the line after an encoded display name starts
+    in its second column, after the space that folds it: it is folded again
+    only if that line would pass 78 characters (RFC 5322 section 2.1.1).
+    """
+    address = b"<" + b"a" * 40 + b" " + b"b" * (length - 43) + b">"
+    assert len(address) == length
+    header = b"To: J\xc3\xb6rg " + address + b"\r\n"
+    out = downgradeHeader(header)
+    if length == 77:  # a line of 78
+        assert out == b"To: =?UTF-8?B?SsO2cmc=?=\r\n " + address + b"\r\n"
+    else:
+        assert out == (
+            b"To: =?UTF-8?B?SsO2cmc=?=\r\n <" + b"a" * 40 + b"\r\n " + b"b" * 35 + b">\r\n"
+        )
+    assert max(map(len, out.split(b"\r\n"))) <= 78
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 @settings(max_examples=2000, deadline=None)
 @given(
     st.lists(st.sampled_from([b"a", b"x" * 30, b" ", b"\t", b"\\", b'"', b"<b@c>"]), max_size=40),

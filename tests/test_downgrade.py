@@ -847,6 +847,25 @@ def test_foldedAddressAfterEncodedName(more: bytes) -> None:
     assert out.replace(b"\r\n", b"").endswith(address.replace(b"\r\n", b"") + more)
 
 
+@pytest.mark.parametrize("length", [54, 55])
+def test_laterMailboxStartsItsLine(length: int) -> None:
+    """
+    A mailbox after the first starts its own line, in its second column,
+    however long the field name: its address stays on its encoded display
+    name's line if that line is then at most 76 characters (RFC 2047
+    section 2), as on any continuation line.
+    """
+    address = b"<" + b"a" * (length - 14) + b"@example.org>"
+    name = "J\u00f6rg".encode()
+    header = b"Resent-Reply-To: a@example.org, " + name + b" " + address + b"\r\n"
+    out = downgradeHeader(header)
+    word = b"=?UTF-8?B?" + base64.b64encode(name) + b"?="
+    assert 1 + len(word) + 1 + 54 == 76
+    fold = b" " if length == 54 else b"\r\n "
+    assert out == b"Resent-Reply-To: a@example.org,\r\n " + word + fold + address + b"\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 @pytest.mark.parametrize("length", [77, 78])
 def test_addressOnItsOwnLine(length: int) -> None:
     """

@@ -517,6 +517,26 @@ def test_hugeHeaderPassesThrough() -> None:
     assert wireSize(message, downgrade=True) == wireSize(message)
 
 
+@pytest.mark.parametrize("over", [0, 1])
+def test_headerBoundIsDocumented(over: int) -> None:
+    """
+    docs/capabilities.rst: "A header section that ends more than 256 KiB
+    into a message is sent as it is"; one that ends at 256 KiB is
+    downgraded, and sized as sent.
+    """
+    first = b"Subject: \xc3\xa4\r\n"
+    filler = 256 * 1024 + over - len(first) - len(b"X: \r\n")
+    message = first + b"X: " + b"a" * filler + b"\r\n\r\nbody\r\n"
+    out = encodeMessage(message, downgrade=True)
+    if over:
+        assert out == message + b".\r\n"
+    else:
+        assert out.startswith(b"Subject: =?UTF-8?B?w6Q=?=\r\nX: aaa")
+        assert out.endswith(b"\r\n\r\nbody\r\n.\r\n")
+    assert wireSize(message, downgrade=True) == len(out) - 3
+    assert wireSize(message) + downgradeDelta(message) == len(out) - 3
+
+
 @pytest.mark.parametrize("over", [-1, 0, 1])
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
 def test_deltaAtHeaderBound(over: int, ending: bytes) -> None:

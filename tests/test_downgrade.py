@@ -820,6 +820,31 @@ def test_encodedWordsFillLines(nameLength: int) -> None:
         assert len(line) > 76 - 4
 
 
+@pytest.mark.parametrize("nameLength", [54, 55, 58])
+def test_firstWordHoldsAnyCharacter(nameLength: int) -> None:
+    """
+    The first line carries an encoded-word only if it has room for any
+    character, of up to four UTF-8 octets; after a longer field name the
+    text starts on the next line, whatever its first character.
+    """
+    name = b"X" * nameLength
+    out = downgradeHeader(name + b": \xc3\xa9abc\r\n")
+    fold = b" " if nameLength == 54 else b" \r\n "
+    assert out == name + b":" + fold + b"=?UTF-8?B?w6lhYmM=?=\r\n"
+
+
+def test_tabFoldedField() -> None:
+    """
+    A field folded before a tab is one field, as one folded before a
+    space: downgraded whole, its text unfolded (RFC 5322 section 2.2.3),
+    and sized as sent.
+    """
+    header = "Subject: Gr\u00fc\u00dfe\r\n\taus Z\u00fcrich\r\nTo: a@b.example\r\n".encode()
+    out = downgradeHeader(header)
+    assert out == b"Subject: =?UTF-8?B?R3LDvMOfZQlhdXMgWsO8cmljaA==?=\r\nTo: a@b.example\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 def test_foldedPartsKeepShortLines() -> None:
     """
     An ASCII mailbox or MIME parameter that the stored header folds over

@@ -843,6 +843,11 @@ def test_tabFoldedField() -> None:
     out = downgradeHeader(header)
     assert out == b"Subject: =?UTF-8?B?R3LDvMOfZQlhdXMgWsO8cmljaA==?=\r\nTo: a@b.example\r\n"
     assert downgradeGrowth(header) == len(out) - len(header)
+    # Only the line after the tab is UTF-8: sizing finds the field's start.
+    header = "To: a@b.example\r\nSubject: G\r\n\taus Z\u00fcrich\r\n".encode()
+    out = downgradeHeader(header)
+    assert out == b"To: a@b.example\r\nSubject: =?UTF-8?B?RwlhdXMgWsO8cmljaA==?=\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
 
 
 def test_foldedPartsKeepShortLines() -> None:

@@ -314,10 +314,32 @@ def test_mimeParameterKept(name: str, field: str) -> None:
 
 def test_leftAlone() -> None:
     """
-    ASCII fields, and 8-bit fields that are not UTF-8, are not changed.
+    ASCII fields, and 8-bit fields that are not UTF-8, are not changed, nor
+    are their folds, also in a header with UTF-8 fields; their sizes are
+    unchanged.
     """
     header = b"Subject: plain\r\nX-Legacy: caf\xe9\r\nX-Folded: a\r\n b\r\n"
     assert downgradeHeader(header) == header
+    kept = b"X-Folded: a\r\n b\r\nX-Legacy: caf\xe9\r\n\tmore\r\n"
+    header = b"Subject: \xc3\xa4\r\n" + kept + b"To: c@d.example\r\n"
+    out = downgradeHeader(header)
+    assert out == b"Subject: =?UTF-8?B?w6Q=?=\r\n" + kept + b"To: c@d.example\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+@pytest.mark.parametrize("nameLength", range(1, 13))
+def test_wordsHoldWholeCharacters(nameLength: int) -> None:
+    """
+    Each encoded-word holds whole characters (RFC 2047 section 5: "a
+    multi-octet character may not be split across adjacent
+    'encoded-word's"), so each decodes as UTF-8 on its own, whatever the
+    field name's length puts where.
+    """
+    text = "a\u00e4\u20ac\U0001f600" * 12
+    out = downgradeHeader(b"X" * nameLength + b": " + text.encode() + b"\r\n")
+    words = out[nameLength + 2 :].split()
+    assert len(words) > 2
+    assert "".join(base64.b64decode(word[10:-2]).decode("utf-8") for word in words) == text
 
 
 def cpuSeconds(function: Any, *args: Any) -> float:

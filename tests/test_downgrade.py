@@ -335,7 +335,7 @@ def test_wordsHoldWholeCharacters(nameLength: int) -> None:
     'encoded-word's"), so each decodes as UTF-8 on its own, whatever the
     field name's length puts where.
     """
-    text = "a\u00e4\u20ac\U0001f600" * 12
+    text = "a\u00e4\u20ac\U0001f600\u00c0\u00bf\u07ff" * 8
     out = downgradeHeader(b"X" * nameLength + b": " + text.encode() + b"\r\n")
     words = out[nameLength + 2 :].split()
     assert len(words) > 2

@@ -508,6 +508,31 @@ def test_chunkingNeverMatters(lines: list[bytes], ending: bytes, cuts: list[int]
     assert wireSize(message) + downgradeDelta(message) == len(unstuffed)
 
 
+@pytest.mark.parametrize(
+    "message, header",
+    [
+        (b"Subject: \xc3\xa4\r\nTo: a@b\r\n", b"Subject: =?UTF-8?B?w6Q=?=\r\nTo: a@b\r\n"),
+        (b"To: a@b\nSubject: \xc3\xa4", b"To: a@b\r\nSubject: =?UTF-8?B?w6Q=?=\r\n"),
+        (b"Subject: \xc3\xa4", b"Subject: =?UTF-8?B?w6Q=?=\r\n"),
+    ],
+)
+def test_headerOnlyMessage(message: bytes, header: bytes) -> None:
+    """
+    A message that ends inside its header section (no blank line, no body;
+    its last line terminated or not) is held back to its end, then sent
+    downgraded, and sized as sent; the filter then has nothing more.
+    """
+    assert encodeMessage(message, downgrade=True) == header + b".\r\n"
+    assert wireSize(message, downgrade=True) == len(header)
+    assert wireSize(message) + downgradeDelta(message) == len(header)
+    f = HeaderDowngrade()
+    crlf = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert f.feed(crlf) == b""
+    assert f.finish() + (b"" if crlf.endswith(b"\r\n") else b"\r\n") == header
+    assert f.finish() == b""
+    assert f.feed(b"late") == b"late"
+
+
 def test_unendedHeaderHeldBackOnlyToTheBound() -> None:
     """
     A header section that has not ended within the bound is held back no

@@ -716,6 +716,31 @@ def test_textUserNameOfAnotherMechanism() -> None:
     assert lines == ["popserv auth-failed: user=b%C3%B6b ip=127.0.0.9 mechanism=X-TEXT"]
 
 
+def test_mechanismSeesWhetherTheConnectionIsEncrypted() -> None:
+    """
+    An embedder's mechanism that needs TLS (its C{available} reads
+    L{SASLContext.secure}, as C{popserv.sasl.MechanismFactory}'s C{needs}
+    may) is not in CAPA's SASL line before STLS, and is after it.
+    """
+
+    @implementer(IMechanismFactory)
+    class EncryptedOnlyFactory:
+        name = "X-ENCRYPTED"
+        plaintext = False
+        credentialInterfaces = (IUsernamePassword,)
+
+        def available(self, context: Any) -> bool:
+            return context.secure is True
+
+        def __call__(self, context: Any) -> Any:
+            raise AssertionError("not used")
+
+    s = Session(transport=TLSCapableTransport(), tls=CERT, mechanisms=[EncryptedOnlyFactory()])
+    assert [line for line in capa(s) if line.startswith(b"SASL")] == []
+    assert s.command(b"STLS") == b"+OK Begin TLS negotiation\r\n"
+    assert [line for line in capa(s) if line.startswith(b"SASL")] == [b"SASL X-ENCRYPTED"]
+
+
 class TestSTLS:
     def test_notConfigured(self) -> None:
         """

@@ -458,6 +458,77 @@ class TestCheck:
         assert code == 0
         assert f"\ncleartext on insecure connections: {said}\n" in out
 
+    def test_describesEverything(
+        self, tmp_path: Path, monkeypatch: Any, capsys: Any, ca: Any
+    ) -> None:
+        """
+        check's whole report, line by line, for listeners of each kind
+        (STLS, implicit TLS, behind a PROXY), client certificates, SCRAM
+        keys, a policy file, a state directory and a timeout with a
+        fraction: what an operator reads before starting the server.
+        """
+        server = ca.issue("localhost", ["localhost"])
+        users = tmp_path / "users"
+        run(monkeypatch, capsys, "passwd", "add", str(users), "bob", "--scheme",
+            "SCRAM-SHA-256", "--password-stdin", stdin="pw\n")  # fmt: skip
+        policy = tmp_path / "policy"
+        policy.write_text("bob login-delay=5 expire=3\nann expire=NEVER\n")
+        state = tmp_path / "state"
+        state.mkdir()
+        code, out, err = run(
+            monkeypatch, capsys, "check", "--",
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--listen", "ssl:0:interface=127.0.0.1",
+            "--listen", "proxy:tls:tcp:0:interface=127.0.0.1",
+            "--listen", "proxy:tcp:0:interface=127.0.0.2",
+            "--proxy-trusted", "127.0.0.1",
+            "--tls-cert", str(server.certificate), "--tls-key", str(server.key),
+            "--tls-client-ca", str(ca.files.certificate),
+            "--auth", "cert", "--auth", f"passwd-file:{users}",
+            "--mailstore", "memory", "--expire", "7", "--policy-file", str(policy),
+            "--state-dir", str(state), "--timeout", "900.5",
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            "listen: tcp:0:interface=127.0.0.1 (STLS available)",
+            "listen: ssl:0:interface=127.0.0.1 (implicit TLS)",
+            "listen: proxy:tls:tcp:0:interface=127.0.0.1 (implicit TLS, PROXY protocol)",
+            "listen: proxy:tcp:0:interface=127.0.0.2 (STLS available, PROXY protocol)",
+            "auth: cert: client certificates (EXTERNAL)",
+            "auth: passwd-file: passwords in clear (USER/PASS, PLAIN, LOGIN),"
+            " SCRAM keys (SCRAM-SHA-256)",
+            "mailstore: memory",
+            f"policy: login-delay none, expire 7, 2 per-user entries, state in {state}",
+            "timeout: 900.5 s",
+            "cleartext on insecure connections: refused",
+        ]
+
+    @pytest.mark.parametrize(
+        ("flags", "said"),
+        [
+            ((), "login-delay none, expire not announced, 0 per-user entries"),
+            (
+                ("--login-delay", "0", "--expire", "0"),
+                "login-delay 0 s, expire 0, 0 per-user entries",
+            ),
+            (("--expire", "NEVER"), "login-delay none, expire NEVER, 0 per-user entries"),
+        ],
+    )
+    def test_describesPolicy(
+        self, monkeypatch: Any, capsys: Any, flags: tuple[str, ...], said: str
+    ) -> None:
+        """
+        check tells a login delay or expiry of 0 (announced, and enforced)
+        from none, and says where logins are remembered only in memory by
+        saying nothing of a state directory.
+        """
+        code, out, _ = run(
+            monkeypatch, capsys, "check", "--", "--auth", "memory:a:b", "--mailstore", "memory",
+            *flags,
+        )  # fmt: skip
+        assert code == 0
+        assert f"\npolicy: {said}\ntimeout: 600 s\n" in out
+
     def test_systemdSockets(self, monkeypatch: Any, capsys: Any) -> None:
         """
         The command line of the shipped systemd unit can be checked from a

@@ -1005,6 +1005,28 @@ class TestExternal:
         assert not any(line.startswith(b"SASL") for line in capa(s))
         assert s.command(b"AUTH EXTERNAL =") == b"-ERR Unsupported authentication mechanism\r\n"
 
+    def test_certificateUnreadable(self) -> None:
+        """
+        Over TLS whose client certificate cannot be read (the TLS layer
+        raises, as Twisted's does once its connection is gone), EXTERNAL
+        is not offered and not accepted: no certificate, not a server
+        fault.
+        """
+        from popserv.certauth import ClientCertificateChecker
+
+        class UnreadableCertificateTransport(TLSCapableTransport):
+            def getPeerCertificate(self) -> Any:
+                raise AttributeError("'NoneType' object has no attribute 'get_peer_certificate'")
+
+        s = Session(
+            transport=UnreadableCertificateTransport(),
+            tls=CERT,
+            checkers=[ClientCertificateChecker()],
+        )
+        assert s.command(b"STLS") == b"+OK Begin TLS negotiation\r\n"
+        assert not any(line.startswith(b"SASL") for line in capa(s))
+        assert s.command(b"AUTH EXTERNAL =") == b"-ERR Unsupported authentication mechanism\r\n"
+
 
 def test_noDelayThroughLayers() -> None:
     """

@@ -484,7 +484,7 @@ class TestCheck:
             "--proxy-trusted", "127.0.0.1",
             "--tls-cert", str(server.certificate), "--tls-key", str(server.key),
             "--tls-client-ca", str(ca.files.certificate),
-            "--auth", "cert", "--auth", f"passwd-file:{users}",
+            "--auth", "cert", "--auth", f"passwd-file:{users}", "--auth", "memory:a:b",
             "--mailstore", "memory", "--expire", "7", "--policy-file", str(policy),
             "--state-dir", str(state), "--timeout", "900.5",
         )  # fmt: skip
@@ -497,6 +497,8 @@ class TestCheck:
             "auth: cert: client certificates (EXTERNAL)",
             "auth: passwd-file: passwords in clear (USER/PASS, PLAIN, LOGIN),"
             " SCRAM keys (SCRAM-SHA-256)",
+            "auth: memory: passwords in clear (USER/PASS, PLAIN, LOGIN),"
+            " plaintext-knowing (APOP, CRAM-MD5, SCRAM)",
             "mailstore: memory",
             f"policy: login-delay none, expire 7, 2 per-user entries, state in {state}",
             "timeout: 900.5 s",

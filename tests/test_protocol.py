@@ -23,7 +23,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import encodeMessage
-from popserv.errors import DeletionFailed, MessageUnavailable
+from popserv.errors import (
+    DeletionFailed,
+    MaildropRefused,
+    MaildropUnavailable,
+    MessageUnavailable,
+)
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
 from popserv.policy import SitePolicy, UserPolicy
@@ -186,6 +191,30 @@ class TestGreetingAndLogin:
         first.command(b"QUIT")
         first.protocol.connectionLost(Failure(ConnectionError()))
         assert Session(store=first.store).login().startswith(b"+OK Logged in")
+
+    @pytest.mark.parametrize(
+        ("error", "reply"),
+        [
+            (MaildropUnavailable, b"-ERR [SYS/TEMP] Maildrop temporarily unavailable\r\n"),
+            (MaildropRefused, b"-ERR [SYS/PERM] Maildrop not available for this user\r\n"),
+        ],
+    )
+    def test_maildropNotOpened(self, error: type[Exception], reply: bytes) -> None:
+        """
+        A store that cannot open the maildrop, for now (SYS/TEMP) or for
+        good (SYS/PERM, RFC 3206 section 4), has its error's reply sent,
+        code and text; the session stays in AUTHORIZATION, where the
+        client may log in again.
+        """
+
+        class FailingStore:
+            def openMaildrop(self, user: str) -> Deferred[Any]:
+                return fail(error())
+
+        s = Session(store=FailingStore())
+        assert s.login() == reply
+        assert not s.transport.disconnecting
+        assert s.command(b"USER alice") == b"+OK Send PASS\r\n"
 
     def test_freeOnceQuitAnswered(self) -> None:
         """

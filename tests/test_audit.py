@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from popserv.audit import authFailed, safe
+from popserv.audit import SessionRecord, authFailed, safe
 from popserv.credentials import CheckerChain
 from popserv.errors import DeletionFailed
 from popserv.memorystore import MemoryStore
@@ -233,6 +233,24 @@ def test_sessionEnd(events: list[dict[str, Any]]) -> None:
     assert formatEvent(event).startswith(
         "popserv session: user=alice ip=127.0.0.1 tls=- mechanism=USER retr=1/20 top=1/"
     )
+
+
+def test_sessionEndLoggedOnce(events: list[dict[str, Any]]) -> None:
+    """
+    A session's end is logged once, however often it is ended (a
+    connection lost twice, say), with the time from its start; a clock
+    that went back (the wall clock set back during the session) gives a
+    duration of 0, not a negative one.
+    """
+    record = SessionRecord(ip="192.0.2.7", started=100.0, user="alice")
+    record.end(103.25)
+    record.end(200.0)
+    assert [formatEvent(e) for e in events if "session" in e] == [
+        "popserv session: user=alice ip=192.0.2.7 tls=- mechanism=- retr=0/0 top=0/0"
+        " dele=0 left=0/0 duration=3.250 reason=disconnected"
+    ]
+    SessionRecord(ip="192.0.2.7", started=100.0).end(99.5)
+    assert [e["duration"] for e in events if "session" in e] == [3.25, 0.0]
 
 
 def test_leftWithoutQuit(events: list[dict[str, Any]]) -> None:

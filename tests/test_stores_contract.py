@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
 from popserv.maildir import MaildirStore
-from popserv.memorystore import MemoryStore
+from popserv.memorystore import BytesReader, MemoryMaildrop, MemoryStore
 from popserv.testing import StoreContract
 
 
@@ -54,3 +60,124 @@ class TestMaildirStore(StoreContract):
 
     def deliver(self, store, user: str, message: bytes) -> None:
         deliverToMaildir(Path(store.template.pathFor(user)), message)
+
+
+# The contract must catch a store that breaks it: each store below breaks
+# one rule, and the contract test that states the rule fails for it.  Its
+# Deferreds fire at once (a MemoryStore's), so the tests run here without
+# the reactor.
+
+
+class _WholeIgnoresSize(BytesReader):
+    def whole(self, size: int) -> bytes | None:
+        return super().whole(10**9)
+
+
+class _WholeNotAtEnd(BytesReader):
+    def whole(self, size: int) -> bytes | None:
+        data = super().whole(size)
+        self._offset = 0
+        return data
+
+
+class _OversizedChunks(BytesReader):
+    def read(self, size: int) -> Deferred[bytes]:
+        return super().read(size + 1)
+
+
+class _ReaderMaildrop(MemoryMaildrop):
+    reader: type[BytesReader] = BytesReader
+
+    def openMessage(self, index: int) -> Deferred[IMessageReader]:
+        return succeed(self.reader(self._messages[index].data))
+
+
+class _BrokenStore(MemoryStore):
+    maildrop: type[MemoryMaildrop] = MemoryMaildrop
+
+    def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
+        d = super().openMaildrop(user)
+        return d.addCallback(lambda _: self.maildrop(self, user))
+
+
+def _readerStore(reader: type[BytesReader]) -> type[_BrokenStore]:
+    maildrop = type("Maildrop", (_ReaderMaildrop,), {"reader": reader})
+    return type("Store", (_BrokenStore,), {"maildrop": maildrop})
+
+
+class _NoLock(MemoryStore):
+    def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
+        self._locked.discard(user)
+        return super().openMaildrop(user)
+
+
+class _DeletesOneMore(MemoryMaildrop):
+    def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
+        return super().deleteMessages([*indexes, len(self._messages) - 1])
+
+
+class _LiveListing(MemoryMaildrop):
+    def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
+        self._messages = list(self._store._mailboxes.get(self._user, []))
+        return super().listMessages()
+
+
+class _SizesWithoutDotStuffing(MemoryMaildrop):
+    def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
+        return succeed(
+            [MessageInfo(len(m.data), m.info.uid, m.info.downgradedSize) for m in self._messages]
+        )
+
+
+class _UnstableUids(MemoryMaildrop):
+    def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
+        infos = [
+            MessageInfo(m.info.size, f"{m.info.uid}-{id(self)}", m.info.downgradedSize)
+            for m in self._messages
+        ]
+        return succeed(infos)
+
+
+class _RepeatedUids(MemoryMaildrop):
+    def listMessages(self) -> Deferred[Sequence[MessageInfo]]:
+        return succeed([MessageInfo(m.info.size, "same", None) for m in self._messages])
+
+
+def _maildropStore(maildrop: type[MemoryMaildrop]) -> type[_BrokenStore]:
+    return type("Store", (_BrokenStore,), {"maildrop": maildrop})
+
+
+@pytest.mark.parametrize(
+    ("store", "rule"),
+    [
+        (_readerStore(_WholeIgnoresSize), "test_wholeIsTheMessage"),
+        (_readerStore(_WholeNotAtEnd), "test_wholeIsTheMessage"),
+        (_readerStore(_OversizedChunks), "test_readsInSmallChunks"),
+        (_NoLock, "test_lockIsExclusive"),
+        (_maildropStore(_DeletesOneMore), "test_deleteRemovesOnlyNamed"),
+        (_maildropStore(_LiveListing), "test_snapshotExcludesLaterDeliveries"),
+        (_maildropStore(_SizesWithoutDotStuffing), "test_listsInDeliveryOrderWithWireSizes"),
+        (_maildropStore(_UnstableUids), "test_uidsValidUniqueAndStable"),
+        (_maildropStore(_RepeatedUids), "test_uidsValidUniqueAndStable"),
+    ],
+)
+def test_contractCatchesBrokenStores(store: type[MemoryStore], rule: str) -> None:
+    """
+    popserv.testing is what a plugin author trusts to say that a store
+    works: each of its tests fails for a store that breaks its rule, while
+    a correct MemoryStore passes it (TestMemoryStore).
+    """
+
+    class Contract(TestMemoryStore):
+        def makeStore(self, tmp_path: Path) -> MemoryStore:
+            return store()
+
+    def run(contract: TestMemoryStore) -> list[Failure]:
+        result = Deferred.fromCoroutine(getattr(contract, rule)(contract.makeStore(Path("."))))
+        failures: list[Failure] = []
+        result.addErrback(failures.append)
+        return failures
+
+    assert run(TestMemoryStore()) == []
+    [failure] = run(Contract())
+    assert failure.check(AssertionError, pytest.fail.Exception) is not None

@@ -8,11 +8,13 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from popserv.errors import MaildropInUse
 from popserv.interfaces import IMaildrop, IMessageReader, MessageInfo
 from popserv.maildir import MaildirStore
 from popserv.memorystore import BytesReader, MemoryMaildrop, MemoryStore
@@ -29,6 +31,27 @@ class TestMemoryStore(StoreContract):
 
     def deliver(self, store, user: str, message: bytes) -> None:
         store.deliver(user, message)
+
+    def test_secondCloseKeepsTheNextSessionsLock(self) -> None:
+        """
+        A maildrop closed twice (the contract says once; an embedder's
+        mistake) does not release the lock that a later session holds.
+        """
+        store = MemoryStore()
+        opened: list[Any] = []
+        store.openMaildrop("alice").addCallback(opened.append)
+        first = opened.pop()
+        first.close()
+        store.openMaildrop("alice").addCallback(opened.append)
+        second = opened.pop()
+        first.close()
+        failures: list[Failure] = []
+        store.openMaildrop("alice").addErrback(failures.append)
+        [failure] = failures
+        assert failure.check(MaildropInUse)
+        second.close()
+        store.openMaildrop("alice").addCallback(opened.append)
+        assert len(opened) == 1
 
 
 _counter = iter(range(10**9))

@@ -32,6 +32,23 @@ class TestMemoryStore(StoreContract):
     def deliver(self, store, user: str, message: bytes) -> None:
         store.deliver(user, message)
 
+    def test_deliverReturnsTheUid(self) -> None:
+        """
+        deliver returns the new message's unique id, the one its listing
+        gives: "1" for the store's first message, as its docstring shows.
+        """
+        store = MemoryStore()
+        uids = [store.deliver("alice", b"a\r\n"), store.deliver("bob", b"b\r\n")]
+        assert uids[0] == "1"
+        listed: list[str] = []
+        for user in ("alice", "bob"):
+            store.openMaildrop(user).addCallback(
+                lambda maildrop: maildrop.listMessages().addCallback(
+                    lambda infos: listed.extend(i.uid for i in infos)
+                )
+            )
+        assert listed == uids
+
     def test_secondCloseKeepsTheNextSessionsLock(self) -> None:
         """
         A maildrop closed twice (the contract says once; an embedder's

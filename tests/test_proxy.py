@@ -143,11 +143,19 @@ def test_trustedProxyOnDualStackListener() -> None:
 
 def test_parseNetworks() -> None:
     """
-    Networks are comma-separated CIDRs or single addresses.
+    Networks are comma-separated CIDRs or single addresses; an address
+    with host bits set stands for its network, empty items (a trailing
+    comma) are skipped, and nothing at all is an error.
     """
     assert [str(n) for n in parseNetworks("10.0.0.0/8, ::1")] == ["10.0.0.0/8", "::1/128"]
+    assert [str(n) for n in parseNetworks(",192.0.2.77/24, ,fd00::1/8,")] == [
+        "192.0.2.0/24",
+        "fd00::/8",
+    ]
     with pytest.raises(ValueError):
         parseNetworks("not-a-network")
+    with pytest.raises(ValueError, match="no networks given"):
+        parseNetworks(" , ")
 
 
 @pytest.mark.parametrize("header", [V1, v2()])

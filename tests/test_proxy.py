@@ -141,6 +141,18 @@ def test_trustedProxyOnDualStackListener() -> None:
     assert not wrapping.trusts(UNIXAddress(b"/run/popserv.sock"))
 
 
+def test_loopbackNotTrustedUnlessListed() -> None:
+    """
+    This machine is no more trusted to send a PROXY header than any other
+    address: a client on loopback (any local user) outside
+    --proxy-trusted may not claim another client's address.
+    """
+    wrapping = ProxyWrappingFactory(Session().factory, parseNetworks("10.0.0.0/8"), reactor=Clock())
+    assert not wrapping.trusts(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert not wrapping.trusts(IPv6Address("TCP", "::1", 40000))
+    assert not wrapping.trusts(IPv6Address("TCP", "::ffff:127.0.0.1", 40000))
+
+
 def test_parseNetworks() -> None:
     """
     Networks are comma-separated CIDRs or single addresses; an address

@@ -160,6 +160,39 @@ def test_uidFor() -> None:
     assert uidFor("x" * 71) != uidFor("x" * 72)
 
 
+def test_allUIDsAgreesWithUidFor() -> None:
+    """
+    The check of all of a listing's names at once (each "/"-joined
+    directory and the names) says they are their own UIDLs exactly when
+    uidFor leaves each as it is: a name of the digest form is caught first
+    in a directory or after another name, and names of 70 octets pass
+    where one of 71 or an empty one does not.
+    """
+    digest = uidFor("1700000000." + "n" * 70)
+    cases = [
+        [],
+        ["1.a"],
+        ["1.a", "2.b"],
+        [digest],
+        ["1.a", digest],
+        [digest, "1.a"],
+        ["1.a", "x" + digest[1:-1]],
+        ["1." + "a" * 68],
+        ["1." + "a" * 69],
+        ["9.b", "1." + "a" * 69],
+        ["1." + "a" * 69, "9.b"],
+        [""],
+        ["9.b", ""],
+        ["1.a", "2 b"],
+        ["1.\u00e9"],
+    ]
+    for names in cases:
+        valid = all(uidFor(name) == name for name in names)
+        assert maildir._allUIDs(["/".join(names)], names) is valid, names
+        split = [names[:1], names[1:]]
+        assert maildir._allUIDs(["/".join(part) for part in split], names) is valid, names
+
+
 def test_digestNamesHaveTheirOwnUIDs(tmp_path: Path) -> None:
     """
     A file named like the digest UIDL of another file's name gets a digest

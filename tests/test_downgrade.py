@@ -564,22 +564,24 @@ def test_hugeHeaderPassesThrough() -> None:
     assert wireSize(message, downgrade=True) == wireSize(message)
 
 
+@pytest.mark.parametrize("body", [b"\r\nbody\r\n", b""])
 @pytest.mark.parametrize("over", [0, 1])
-def test_headerBoundIsDocumented(over: int) -> None:
+def test_headerBoundIsDocumented(over: int, body: bytes) -> None:
     """
     docs/capabilities.rst: "A header section that ends more than 256 KiB
     into a message is sent as it is"; one that ends at 256 KiB is
-    downgraded, and sized as sent.
+    downgraded, and sized as sent.  So too for a message that is all
+    header.
     """
     first = b"Subject: \xc3\xa4\r\n"
     filler = 256 * 1024 + over - len(first) - len(b"X: \r\n")
-    message = first + b"X: " + b"a" * filler + b"\r\n\r\nbody\r\n"
+    message = first + b"X: " + b"a" * filler + b"\r\n" + body
     out = encodeMessage(message, downgrade=True)
     if over:
         assert out == message + b".\r\n"
     else:
         assert out.startswith(b"Subject: =?UTF-8?B?w6Q=?=\r\nX: aaa")
-        assert out.endswith(b"\r\n\r\nbody\r\n.\r\n")
+        assert out.endswith(b"a\r\n" + body + b".\r\n")
     assert wireSize(message, downgrade=True) == len(out) - 3
     assert wireSize(message) + downgradeDelta(message) == len(out) - 3
 

@@ -880,6 +880,11 @@ def test_firstWordHoldsAnyCharacter(nameLength: int) -> None:
     out = downgradeHeader(name + b": \xc3\xa9abc\r\n")
     fold = b" " if nameLength == 54 else b" \r\n "
     assert out == name + b":" + fold + b"=?UTF-8?B?w6lhYmM=?=\r\n"
+    # One character of three octets: counted, as sent, on the next line.
+    header = name + b": \xe2\x82\xac\r\n"
+    out = downgradeHeader(header)
+    assert out == name + b":" + fold + b"=?UTF-8?B?4oKs?=\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
 
 
 def test_tabFoldedField() -> None:

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
+from popserv.addresses import penaltyKey
 from popserv.limits import ConnectionCounter, Exemptions, Limits, LoginGate, PenaltyBox
 from popserv.memorystore import MemoryStore
 from popserv.protocol import POP3ServerFactory
@@ -708,6 +709,30 @@ def test_sessionOnFactoryWithoutClock() -> None:
         protocol.connectionLost(None)
     [line] = [formatEvent(e) for e in events]
     assert line.startswith("popserv session: user=- ip=127.0.0.1 ") and " duration=" in line
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("unix", "unix"),
+        # Each /48 its own key, also neighbours that share a /47; an
+        # address written without "::" (no zero group) is parsed too.
+        ("2001:db8:1:2::7", "2001:db8:1::/48"),
+        ("2001:db8::7", "2001:db8::/48"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1::/48"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("64:ff9b::c633:6401", "198.51.100.1"),
+        # Not an address at all: itself, not an error.
+        ("not:an:address", "not:an:address"),
+    ],
+)
+def test_penaltyKey(host: str, key: str) -> None:
+    """
+    Who a failed login is held against: an IPv4 address, an IPv6 /48, or
+    the host as it is when it is no IP address.
+    """
+    assert penaltyKey(host) == key
 
 
 def test_penaltyPerIPv6Site() -> None:

@@ -556,6 +556,24 @@ class TestCheck:
         assert code == 1
         assert "a port or number that is not a number" in err
 
+    def test_systemdSocketMissingInTheService(self, monkeypatch: Any, capsys: Any) -> None:
+        """
+        Where systemd did pass sockets (LISTEN_FDS is set: check run by the
+        service itself), one the command line names but that was not
+        passed is an error, as it is to twistd popserv.
+        """
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+        code, out, err = run(
+            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=3",
+            "--auth", "memory:a:b", "--mailstore", "memory",
+        )  # fmt: skip
+        assert (code, out) == (1, "")
+        assert err == (
+            "popserv: error: --listen 'systemd:domain=INET6:index=3': no such socket was"
+            " passed (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)\n"
+        )
+
     def test_error(self, monkeypatch: Any, capsys: Any) -> None:
         """
         A configuration error is one line and exit code 1.

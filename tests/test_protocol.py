@@ -6,7 +6,7 @@ exact bytes on the wire for every RFC 1939 command, state and failure.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from popserv.errors import (
     MaildropRefused,
     MaildropUnavailable,
     MessageUnavailable,
+    POP3Error,
 )
 from popserv.interfaces import MessageInfo
 from popserv.memorystore import MemoryStore
@@ -197,13 +198,19 @@ class TestGreetingAndLogin:
         [
             (MaildropUnavailable, b"-ERR [SYS/TEMP] Maildrop temporarily unavailable\r\n"),
             (MaildropRefused, b"-ERR [SYS/PERM] Maildrop not available for this user\r\n"),
+            (
+                lambda: MaildropRefused("Maildrop not available: no domain"),
+                b"-ERR [SYS/PERM] Maildrop not available: no domain\r\n",
+            ),
+            (POP3Error, b"-ERR Error\r\n"),
         ],
     )
-    def test_maildropNotOpened(self, error: type[Exception], reply: bytes) -> None:
+    def test_maildropNotOpened(self, error: Callable[[], Exception], reply: bytes) -> None:
         """
         A store that cannot open the maildrop, for now (SYS/TEMP) or for
         good (SYS/PERM, RFC 3206 section 4), has its error's reply sent,
-        code and text; the session stays in AUTHORIZATION, where the
+        code and text (its own text when it gives one; a bare POP3Error
+        has no code); the session stays in AUTHORIZATION, where the
         client may log in again.
         """
 
@@ -1207,3 +1214,14 @@ class TestStreaming:
         s.protocol.connectionLost(Failure(ConnectionError()))
         assert s.memory.messages("alice") == [big]
         assert Session(store=s.memory).login().startswith(b"+OK Logged in")
+
+
+def test_deletionFailedFields() -> None:
+    """
+    DeletionFailed keeps the indexes left, as a tuple even when given an
+    iterator, and its own text when given one, else the RFC 1939 one.
+    """
+    error = DeletionFailed(iter([0, 2]), "Disk full")
+    assert (error.notDeleted, error.text, error.code) == ((0, 2), "Disk full", "SYS/TEMP")
+    assert str(error) == "Disk full"
+    assert DeletionFailed([1]).text == "Some deleted messages not removed"

@@ -574,6 +574,18 @@ class TestCheck:
             " passed (LISTEN_FDS and LISTEN_FDNAMES, as systemd sets them)\n"
         )
 
+    def test_help(self, monkeypatch: Any, capsys: Any) -> None:
+        """
+        check -- --help shows twistd popserv's options and exits 0, as
+        twistd popserv --help does: it is no configuration error.
+        """
+        with pytest.raises(SystemExit) as caught:
+            run(monkeypatch, capsys, "check", "--", "--help")
+        assert caught.value.code in (0, None)
+        out, err = capsys.readouterr()
+        assert "--allow-cleartext" in out
+        assert err == ""
+
     def test_error(self, monkeypatch: Any, capsys: Any) -> None:
         """
         A configuration error is one line and exit code 1.

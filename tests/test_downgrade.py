@@ -327,6 +327,19 @@ def test_leftAlone() -> None:
     assert downgradeGrowth(header) == len(out) - len(header)
 
 
+@pytest.mark.parametrize("fold", [b" more", b"\tmore \xc3\xa9"])
+def test_unterminatedFoldSentAsItIs(fold: bytes) -> None:
+    """
+    An unterminated last line belongs to no field, even one that looks like
+    a continuation: it is sent as it is, the field before it downgraded
+    alone, and sized so.
+    """
+    header = b"Subject: \xc3\xa9\r\n" + fold
+    out = downgradeHeader(header)
+    assert out == b"Subject: =?UTF-8?B?w6k=?=\r\n" + fold
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 @pytest.mark.parametrize("nameLength", range(1, 13))
 def test_wordsHoldWholeCharacters(nameLength: int) -> None:
     """

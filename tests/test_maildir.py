@@ -1947,19 +1947,17 @@ def test_readAheadStopsAfterChangedMessage(tmp_path: Path, trips: list[str]) -> 
     assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
 
 
-@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
-def test_readAheadStopsAtUncachedMessage(
-    tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _pageCache(
+    monkeypatch: pytest.MonkeyPatch, root: Path, count: int, uncached: set[int]
+) -> list[tuple[int, int]]:
     """
-    A message read ahead that is not in the page cache ends the run: it and
-    the rest of the run are asked of the disk, not read, and the next trip
-    reads them.  The message asked for is read all the same.
+    Make the files of messages C{uncached} (indexes into the C{count} that
+    C{fetchInOrder} delivered) seem absent from the page cache to reads that
+    must not wait (C{RWF_NOWAIT}); the list returned gets (index, length)
+    for each C{POSIX_FADV_WILLNEED} asked of the disk.
     """
-    maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
-    new = tmp_path / "alice" / "new"
-    inodes = {(new / f"{1000 + i}.M{i}.host").stat().st_ino: i for i in range(6)}
-    uncached = {3}
+    new = root / "alice" / "new"
+    inodes = {(new / f"{1000 + i}.M{i}.host").stat().st_ino: i for i in range(count)}
     realPreadv = os.preadv
     advised: list[tuple[int, int]] = []
 
@@ -1974,6 +1972,21 @@ def test_readAheadStopsAtUncachedMessage(
 
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
+    return advised
+
+
+@pytest.mark.skipif(not SYSTEM_HAS_NOWAIT, reason="no RWF_NOWAIT on this system")
+def test_readAheadStopsAtUncachedMessage(
+    tmp_path: Path, trips: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A message read ahead that is not in the page cache ends the run: it and
+    the rest of the run are asked of the disk, not read, and the next trip
+    reads them.  The message asked for is read all the same.
+    """
+    maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
+    uncached = {3}
+    advised = _pageCache(monkeypatch, tmp_path, 6, uncached)
     del trips[:]
     for i in range(3):
         assert readAll(result(maildrop.openMessage(i))) == messages[i]
@@ -2020,23 +2033,8 @@ def test_uncachedMessageReadAndMissingOneNotAdvised(
     disk quietly: the RETR that read ahead still succeeds.
     """
     maildrop, messages = fetchInOrder(tmp_path, [3000] * 6)
-    new = tmp_path / "alice" / "new"
-    inodes = {(new / f"{1000 + i}.M{i}.host").stat().st_ino: i for i in range(6)}
-    (new / "1004.M4.host").unlink()
-    uncached = {0, 3}
-    realPreadv = os.preadv
-    advised: list[tuple[int, int]] = []
-
-    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
-        if flags and inodes.get(os.fstat(fd).st_ino) in uncached:
-            raise BlockingIOError(errno.EAGAIN, "would block")
-        return realPreadv(fd, buffers, offset, flags)
-
-    def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
-        advised.append((inodes[os.fstat(fd).st_ino], length))
-
-    monkeypatch.setattr(os, "preadv", preadv)
-    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
+    advised = _pageCache(monkeypatch, tmp_path, 6, {0, 3})
+    (tmp_path / "alice" / "new" / "1004.M4.host").unlink()
     del trips[:]
     descriptors = len(os.listdir("/proc/self/fd"))
     with capturedLogs() as events:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -30,9 +30,10 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write(
-    path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-) -> Issued:
+_PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def _write(path: Path, cert: x509.Certificate, key: _PrivateKey) -> Issued:
     certificate = path.with_suffix(".crt")
     keyfile = path.with_suffix(".key")
     certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -141,3 +142,30 @@ class CertificateAuthority:
             )
         cert = builder.sign(self.key, hashes.SHA256())
         return _write(self.directory / (filename or name), cert, key)
+
+
+def selfSigned(
+    path: Path, algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None
+) -> Issued:
+    """
+    A self-signed certificate for "localhost": ECDSA signed with
+    C{algorithm}, or with L{None} an Ed25519 one (whose signature names no
+    hash).
+    """
+    key: _PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if algorithm is None
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(_name("localhost"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, algorithm)
+    )
+    return _write(path, cert, key)

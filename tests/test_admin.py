@@ -35,6 +35,24 @@ def verifies(path: Path, user: bytes, password: str) -> bool:
     return verifyPassword(entry.scheme, entry.stored, password)
 
 
+def _failedRemoval(
+    tmp_path: Path, monkeypatch: Any, capsys: Any, call: str, failing: Any, error: str
+) -> None:
+    """
+    A passwd remove whose C{os} function C{call} is replaced by C{failing}
+    ends with one line naming the file and C{error}, and leaves the file as
+    it was, with no temporary file beside it.
+    """
+    path = tmp_path / "users"
+    path.write_bytes(b"bob:{PLAIN}x\n")
+    monkeypatch.setattr(os, call, failing)
+    assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
+        1, "", f"popserv: error: {path}: {error}\n"
+    )  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["users"]
+    assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
+
 class TestPasswd:
     def test_addCreatesPrivateFile(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """
@@ -269,18 +287,11 @@ class TestPasswd:
         no temporary file, and is one line; a directory that does not exist
         is named as the file given.
         """
-        path = tmp_path / "users"
-        path.write_bytes(b"bob:{PLAIN}x\n")
 
         def replace(source: str, target: str) -> None:
             raise OSError(errno.EIO, "Input/output error", target)
 
-        monkeypatch.setattr(os, "replace", replace)
-        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
-            1, "", f"popserv: error: {path}: Input/output error\n"
-        )  # fmt: skip
-        assert [p.name for p in tmp_path.iterdir()] == ["users"]
-        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+        _failedRemoval(tmp_path, monkeypatch, capsys, "replace", replace, "Input/output error")
         missing = tmp_path / "nonexistent" / "users"
         assert run(monkeypatch, capsys, "passwd", "add", str(missing), "bob", "--scheme",
                    "PLAIN", "--password-stdin", stdin="x\n") == (
@@ -293,18 +304,11 @@ class TestPasswd:
         disk's ENOSPC at fsync), is told with the file's name, and the file
         is left as it was, with no temporary file beside it.
         """
-        path = tmp_path / "users"
-        path.write_bytes(b"bob:{PLAIN}x\n")
 
         def fsync(fd: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(os, "fsync", fsync)
-        assert run(monkeypatch, capsys, "passwd", "remove", str(path), "bob") == (
-            1, "", f"popserv: error: {path}: {os.strerror(errno.ENOSPC)}\n"
-        )  # fmt: skip
-        assert [p.name for p in tmp_path.iterdir()] == ["users"]
-        assert path.read_bytes() == b"bob:{PLAIN}x\n"
+        _failedRemoval(tmp_path, monkeypatch, capsys, "fsync", fsync, os.strerror(errno.ENOSPC))
 
     def test_withoutLocks(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
         """

@@ -136,6 +136,19 @@ def test_wholeDeclines() -> None:
     assert got[-2:] == [b"ab", b"cdef"]
 
 
+def _threeReads(reader: FileReader, runner: ManualRunner) -> list[Any]:
+    """
+    The outcomes of three reads of 4 octets, each run to its end: data or
+    a Failure.
+    """
+    got: list[Any] = []
+    for _ in range(3):
+        reader.read(4).addBoth(got.append)
+        if runner.calls:
+            runner.runOne()
+    return got
+
+
 def test_fileShorterThanItsSize() -> None:
     """
     With the file's size when it was opened, a file that ends sooner (cut
@@ -144,31 +157,16 @@ def test_fileShorterThanItsSize() -> None:
     one that grew gives no more than that size.
     """
     runner = ManualRunner()
-    reader = FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=10)
-    got: list[Any] = []
-    for _ in range(3):
-        reader.read(4).addBoth(got.append)
-        if runner.calls:
-            runner.runOne()
+    got = _threeReads(FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=10), runner)
     assert got[:2] == [b"ab", b"cdef"]
     assert isinstance(got[2], Failure) and got[2].check(MessageUnavailable)
     # What the operator's log says of the cut reply:
     assert got[2].getErrorMessage() == "Message changed while it was being sent"
-    oneShort = FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=7)
-    got = []
-    for _ in range(3):
-        oneShort.read(4).addBoth(got.append)
-        if runner.calls:
-            runner.runOne()
+    got = _threeReads(FileReader(io.BytesIO(b"cdef"), runner, head=b"ab", size=7), runner)
     assert got[:2] == [b"ab", b"cdef"]
     assert isinstance(got[2], Failure) and got[2].check(MessageUnavailable)
-    grown = FileReader(io.BytesIO(b"cdefGROWN"), runner, head=b"ab", size=6)
-    got = []
-    for _ in range(3):
-        grown.read(4).addCallback(got.append)
-        if runner.calls:
-            runner.runOne()
-    assert got == [b"ab", b"cdef", b""]
+    grown = _threeReads(FileReader(io.BytesIO(b"cdefGROWN"), runner, head=b"ab", size=6), runner)
+    assert grown == [b"ab", b"cdef", b""]
 
 
 def test_grownFileNotReadPastItsSize() -> None:

@@ -10,7 +10,7 @@ import contextlib
 from typing import Any
 
 import pytest
-from certificates import CertificateAuthority
+from certificates import CertificateAuthority, selfSigned
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import capturedLogs, formatEvent
@@ -270,48 +270,6 @@ def test_chainSent(ca: CertificateAuthority) -> None:
         assert [c.get_subject().commonName for c in chain] == expected
 
 
-def _selfSigned(tmp_path: Any, algorithm: Any) -> TLSFiles:
-    """
-    The files of a self-signed ECDSA certificate signed with C{algorithm};
-    with L{None}, an Ed25519 one (whose signature names no hash).
-    """
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.x509.oid import NameOID
-
-    key: Any = (
-        ed25519.Ed25519PrivateKey.generate()
-        if algorithm is None
-        else (ec.generate_private_key(ec.SECP256R1()))
-    )
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, algorithm)
-    )
-    certificate, keyFile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyFile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    keyFile.chmod(0o600)
-    return TLSFiles(str(certificate), str(keyFile))
-
-
 @pytest.mark.parametrize(
     ("algorithm", "expected"),
     # (SHA-1, which RFC 5929 maps to SHA-256, cannot be tested: cryptography
@@ -330,7 +288,8 @@ def test_tlsServerEndPoint(tmp_path: Any, algorithm: str | None, expected: str) 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    files = _selfSigned(tmp_path, algorithm and getattr(hashes, algorithm)())
+    issued = selfSigned(tmp_path / "cert", getattr(hashes, algorithm)() if algorithm else None)
+    files = TLSFiles(str(issued.certificate), str(issued.key))
     server = SSL.Connection(files.load().getContext(), None)
     client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
     assert _handshake(server, client)

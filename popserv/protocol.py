@@ -814,7 +814,7 @@ class POP3Protocol(LineOnlyReceiver):
         mechanism: IMechanism | None = None,
         mechanismName: str = "-",
     ) -> Deferred[Any]:
-        self._attempt = (_bytesName(getattr(credentials, "username", b"")), mechanismName)
+        self._attempt = (_attemptedName(credentials), mechanismName)
         # The penalty and the queue come before the check (LoginGate).
         self._turn = turn = self.factory.gate.enter(self.address)
         turn.addCallback(self._check, credentials, mechanism)
@@ -1366,6 +1366,18 @@ def _setNoDelay(transport: Any) -> None:
             candidate.setTcpNoDelay(True)
             return
         candidate = getattr(candidate, "transport", None)
+
+
+def _attemptedName(credentials: ICredentials) -> str:
+    """
+    The user name a login attempt gives, for its audit line if it fails:
+    the name it authenticates as, or, for EXTERNAL, the authorization
+    identity it asks for (empty when it lets the certificate say).
+    """
+    name = getattr(credentials, "username", None)
+    if name is None:
+        name = getattr(credentials, "authzid", b"")
+    return _bytesName(name)
 
 
 def _bytesName(name: object) -> str:

@@ -971,18 +971,25 @@ class TestExternal:
 
     def test_failureAuditLine(self, ca: Any) -> None:
         """
-        A failed EXTERNAL login, whose credentials carry a certificate and
-        no user name, logs its auth-failed line with user=- (no name) and
-        mechanism=EXTERNAL.
+        A failed EXTERNAL login logs its auth-failed line with
+        mechanism=EXTERNAL and, as user, the name it asked to log in as,
+        written safely like any other (here with a space, then an octet
+        that is not UTF-8).
         """
         s, _ = self.session(ca)
         s.command(b"STLS")
         with capturedLogs() as events:
-            assert s.command(b"AUTH EXTERNAL " + b64(b"bob@example.org")) == (
+            assert s.command(b"AUTH EXTERNAL " + b64(b"bob smith@example.org")) == (
                 b"-ERR [AUTH] Authentication failed\r\n"
             )
+            s.send(b"AUTH EXTERNAL " + b64(b"\xff") + b"\r\n")
+            s.clock.advance(2)  # the first failure's penalty
+            assert s.take() == b"-ERR [AUTH] Authentication failed\r\n"
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "popserv.audit"]
-        assert lines == ["popserv auth-failed: user=- ip=192.0.2.7 mechanism=EXTERNAL"]
+        assert lines == [
+            "popserv auth-failed: user=bob%20smith@example.org ip=192.0.2.7 mechanism=EXTERNAL",
+            "popserv auth-failed: user=%FF ip=192.0.2.7 mechanism=EXTERNAL",
+        ]
 
     @pytest.mark.parametrize("response", [b"=", b64(b"alice@EXAMPLE.org")])
     def test_initialResponse(self, ca: Any, response: bytes) -> None:

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -97,6 +98,23 @@ def _checkUsername(user: str) -> bytes:
         _fail(f"invalid user name {user!r}: it is not UTF-8")
     if not name or re.search(rb"[:\r\n]", name) or name.lstrip().startswith(b"#"):
         _fail(f"invalid user name {user!r}: it cannot be empty, hold ':' or start with '#'")
+    return name
+
+
+def _checkNewUsername(user: str) -> bytes:
+    """
+    The name of a user to add: as L{_checkUsername} asks, and neither
+    starting nor ending with white space nor holding a control character,
+    which no client sends (the POP3 command line splits at spaces, and SASL
+    PLAIN at NUL) and which is most likely the shell's or a script's
+    mistake.  Names already in a file are changed and removed as they are.
+    """
+    name = _checkUsername(user)
+    if user != user.strip() or any(unicodedata.category(c) == "Cc" for c in user):
+        _fail(
+            f"invalid user name {user!r}: it cannot start or end with white space"
+            " or hold a control character"
+        )
     return name
 
 
@@ -202,7 +220,7 @@ def passwdAdd(path: str, user: str, field: str) -> None:
 
     @raise AdminError: the user is already there.
     """
-    name = _checkUsername(user)
+    name = _checkNewUsername(user)
     with _editing(path):
         data = _read(path) or b""
         lines = _lines(data)
@@ -443,7 +461,7 @@ def _run(arguments: argparse.Namespace) -> None:
     elif arguments.action == "remove":
         passwdRemove(arguments.file, arguments.user)
     else:
-        _checkUsername(arguments.user)
+        (_checkNewUsername if arguments.action == "add" else _checkUsername)(arguments.user)
         if arguments.action == "change" and _read(arguments.file) is None:
             _fail(f"{arguments.file}: no such file")
         field = _hash(readPassword(arguments.password_stdin), arguments.scheme)

@@ -125,6 +125,11 @@ class TestPasswd:
                 ["passwd", "add", str(path), " #bob", "--password-stdin"],
                 "invalid user name ' #bob'",
             ),
+            (["passwd", "add", str(path), "   ", "--password-stdin"], "cannot start or end"),
+            (["passwd", "add", str(path), " bob", "--password-stdin"], "invalid user name ' bob'"),
+            (["passwd", "add", str(path), "eve\u00a0", "--password-stdin"], "with white space"),
+            (["passwd", "add", str(path), "e\tve", "--password-stdin"], "control character"),
+            (["passwd", "add", str(path), "e\x00ve", "--password-stdin"], "control character"),
             (["passwd", "add", str(path), "b\udcffd", "--password-stdin"], "is not UTF-8"),
             (["passwd", "remove", str(path), "b\udcffd"], "is not UTF-8"),
             (["passwd", "add", str(path), "new", "--password-stdin"], "empty password"),
@@ -135,6 +140,19 @@ class TestPasswd:
             assert err.startswith("popserv: error: ") and text in err, err
             assert err.count("\n") == 1
         assert path.read_bytes() == b"bob:{PLAIN}x\n"
+
+    def test_oddNamesAlreadyThere(self, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+        """
+        A name that add refuses (here with a leading space), written into the
+        file by other means, can still be changed and removed.
+        """
+        path = tmp_path / "users"
+        path.write_bytes(b" bob:{PLAIN}x\nalice:{PLAIN}y\n")
+        argv = ["passwd", "change", str(path), " bob", "--password-stdin", "--scheme", "PLAIN"]
+        assert run(monkeypatch, capsys, *argv, stdin="z\n")[0] == 0
+        assert path.read_bytes() == b" bob:{PLAIN}z\nalice:{PLAIN}y\n"
+        assert run(monkeypatch, capsys, "passwd", "remove", str(path), " bob")[0] == 0
+        assert path.read_bytes() == b"alice:{PLAIN}y\n"
 
     @pytest.mark.parametrize("action", ["add", "change", "remove", "list"])
     def test_emptyFileName(self, action: str, monkeypatch: Any, capsys: Any) -> None:

@@ -545,7 +545,7 @@ def _endpoint(description: str) -> Any:
     from twisted.internet import endpoints, reactor
 
     try:
-        return endpoints.serverFromString(reactor, withDefaultBacklog(description))
+        endpoint = endpoints.serverFromString(reactor, withDefaultBacklog(description))
     except (IndexError, KeyError):
         if description.startswith("systemd:"):
             # Twisted finds the sockets by LISTEN_FDS and LISTEN_FDNAMES.
@@ -573,6 +573,16 @@ def _endpoint(description: str) -> Any:
         ) from None
     except Exception as e:
         raise usage.UsageError(f"--listen {description!r}: {e}") from None
+    # Twisted's parsers take any integer as a port (and haproxy: wraps
+    # one); bind() would refuse it only at start-up, after "popserv check"
+    # had passed it.
+    inner = endpoint
+    while hasattr(inner, "_wrappedEndpoint"):
+        inner = inner._wrappedEndpoint
+    port = getattr(inner, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise usage.UsageError(f"--listen {description!r}: port {port} is not 0 to 65535")
+    return endpoint
 
 
 def makeService(options: Options) -> IService:

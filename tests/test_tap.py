@@ -641,6 +641,14 @@ def test_listenDescriptions() -> None:
     assert error(*base, "--listen", "unix:/run/pop3.sock:mod=0660") == (
         "popserv: error: --listen 'unix:/run/pop3.sock:mod=0660': unix: takes no parameter 'mod'"
     )
+    # A port out of range, which Twisted's parsers take and bind() refuses
+    # at start-up, here wrapped in Twisted's own haproxy: too.
+    for listen in ["tcp:-1", "tcp6:65536:interface=\\:\\:1", "haproxy:tcp:70000"]:
+        port = listen.split(":")[-1 if listen.startswith("haproxy") else 1]
+        assert error(*base, "--listen", listen) == (
+            f"popserv: error: --listen {listen!r}: port {port} is not 0 to 65535"
+        )
+    assert parse(*base, "--listen", "tcp:65535:interface=127.0.0.1")["endpoints"]
     assert error(*base, "--listen", "systemd:domain=INET") == (
         "popserv: error: --listen 'systemd:domain=INET': Specify exactly one of descriptor"
         " index or name"

@@ -128,6 +128,10 @@ def count(
     out = os.path.join(root, "callgrind.out")
     server: ServerAdapter = SERVERS[name](os.path.join(root, "server"), options)
     server.wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    # Python and Twisted start in about 20 s under callgrind on an idle
+    # machine; on a loaded one (a CI runner, a test suite beside it), 60 s
+    # was seen to be too short.
+    server.startupTimeout = 300.0
     server.start(mailroot, [(u, PASSWORD) for u in users], None)
     try:
         asyncio.run(_sessions(server.port, users, sessions, retr[0]))

@@ -77,6 +77,9 @@ class ServerAdapter:
         self._family: dict[int, int | None] = {}
         #: A command the server's own runs under (valgrind, say), or empty.
         self.wrapper: list[str] = []
+        #: How long start() waits for a greeting: longer under a wrapper
+        #: such as valgrind, which runs the server tens of times slower.
+        self.startupTimeout = STARTUP_TIMEOUT
 
     # What a subclass provides.
 
@@ -126,7 +129,7 @@ class ServerAdapter:
                 start_new_session=True,
                 env=self.environment(),
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
+        deadline = time.monotonic() + self.startupTimeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break

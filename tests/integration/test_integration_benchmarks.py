@@ -33,7 +33,7 @@ def run(script: str, *args: str) -> str:
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     output = result.stdout + result.stderr

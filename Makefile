@@ -77,4 +77,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_maildir.py
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) docs/_build build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(OLDEST_VENV) .venv-oldest-* docs/_build build dist *.egg-info twisted/plugins/dropin.cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -219,6 +220,74 @@ def test_recentChangeEarnsNoStamp(alice: Path, listings: list[str]) -> None:
     listings.clear()
     assert snapshot(s) == expected(alice)
     assert listings == ["new", "cur"]
+
+
+def test_timeSetBackEarnsNoStamp(alice: Path) -> None:
+    """
+    Directories changed within the last second earn no stamp even if their
+    modification times were then set back (as a restore that keeps the
+    times does): their change times, which no program can set, say when.
+    """
+    hourAgo = time.time() - 3600
+    for subdir in ("new", "cur"):
+        os.utime(alice / subdir, (hourAgo, hourAgo))
+    assert snapshot(store(alice.parent)) == expected(alice)
+    assert stampOf(alice) is None
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("subdir", ["new", "cur"])
+def test_timeAheadEarnsNoStamp(alice: Path, subdir: str) -> None:
+    """
+    A directory whose modification time is ahead of the clock (a file
+    server's clock ahead of this one's) earns no stamp: a change in the
+    same tick of that clock could go unseen.
+    """
+    ahead = time.time() + 3600
+    os.utime(alice / subdir, (ahead, ahead))
+    assert snapshot(store(alice.parent)) == expected(alice)
+    assert stampOf(alice) is None
+
+
+def test_directoriesMeasured(alice: Path) -> None:
+    """
+    The stamp holds the device, inode and modification and change times of
+    new/ then cur/; the octets are their two sizes together, which bound
+    the index read before listing them.
+    """
+    directories = maildir._directories(str(alice))
+    assert directories is not None
+    new, cur = (os.stat(alice / subdir) for subdir in ("new", "cur"))
+    assert directories.stamp == tuple(
+        value
+        for info in (new, cur)
+        for value in (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+    )
+    assert directories.octets == new.st_size + cur.st_size
+
+
+@pytest.mark.parametrize("subdir", ["new", "cur"])
+@pytest.mark.parametrize("field", ["st_mtime_ns", "st_ctime_ns"])
+def test_newestOfTheFourTimes(alice: Path, monkeypatch: Any, subdir: str, field: str) -> None:
+    """
+    The newest time, which decides whether the listing earns a stamp, is
+    the latest of both times of both directories, whichever it is.
+    """
+    real = os.stat
+
+    def stat(path: Any) -> Any:
+        info = real(path)
+        times = {"st_mtime_ns": 10**18, "st_ctime_ns": 10**18}
+        if os.path.basename(path) == subdir:
+            times[field] += 1
+        return SimpleNamespace(
+            **{name: getattr(info, name) for name in ("st_mode", "st_dev", "st_ino", "st_size")},
+            **times,
+        )
+
+    monkeypatch.setattr(os, "stat", stat)
+    directories = maildir._directories(str(alice))
+    assert directories is not None and directories.newest == 10**18 + 1
 
 
 @pytest.mark.usefixtures("settled")

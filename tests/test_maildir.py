@@ -248,18 +248,19 @@ def test_completesMaildirAtFirstLogin(tmp_path: Path) -> None:
     maildrop.close()
 
 
-def test_subdirectoryRemovedLater(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("removed", "kept"), [("cur", "new"), ("new", "cur")])
+def test_subdirectoryRemovedLater(tmp_path: Path, removed: str, kept: str) -> None:
     """
     At later logins a missing new/ or cur/ is an empty one: the messages
     in the other are served, and nothing is re-created behind the back of
     whoever removed it.
     """
     result(store(tmp_path).openMaildrop("alice")).close()
-    os.rmdir(tmp_path / "alice" / "cur")
-    (tmp_path / "alice" / "new" / "1.M1.host").write_bytes(b"hello\n")
+    os.rmdir(tmp_path / "alice" / removed)
+    (tmp_path / "alice" / kept / "1.M1.host").write_bytes(b"hello\n")
     maildrop = result(store(tmp_path).openMaildrop("alice"))
     assert [m.size for m in result(maildrop.listMessages())] == [7]
-    assert not (tmp_path / "alice" / "cur").exists()
+    assert not (tmp_path / "alice" / removed).exists()
     maildrop.close()
 
 
@@ -306,12 +307,14 @@ def test_sizeFromFileNameSparesReading(tmp_path: Path, monkeypatch: Any) -> None
     through at login: only its start, for its header, and nothing after the
     read that ended the header (there was one 256 KB read more).  So is one
     stored with CRLF line endings, whose wire size is its size on disk, and
-    one of blank lines only, whose wire size is twice that.
+    one of blank lines only, whose wire size is twice that; in new/ as in
+    cur/, with flags.
     """
     large = b"Subject: x\n\n" + b"line\n" * 200_000
     crlf = large.replace(b"\n", b"\r\n")
     deliverToMaildir(tmp_path / "alice", large, name=f"1.M1.host,W={wireSize(large)}")
-    deliverToMaildir(tmp_path / "alice", crlf, name=f"2.M2.host,W={len(crlf)}")
+    path = deliverToMaildir(tmp_path / "alice", crlf, name=f"2.M2.host,W={len(crlf)}")
+    os.rename(path, tmp_path / "alice" / "cur" / f"{path.name}:2,S")
     # Blank lines only: twice its size on disk, the most a name may give.
     deliverToMaildir(tmp_path / "alice", b"\n" * 100_000, name="3.M3.host,W=200000")
     octets: list[int] = []
@@ -359,6 +362,26 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
         "999999999.b",
         "1000000000.c",
     ]
+    maildrop.close()
+
+
+@pytest.mark.parametrize("order", [sorted, lambda names: sorted(names, reverse=True)])
+def test_dotFilesIgnoredWhereverListed(tmp_path: Path, monkeypatch: Any, order: Any) -> None:
+    """
+    Dot files in new/ and cur/ are no messages, whether the directory lists
+    them first, last or between messages; one in cur/ may carry flags.
+    """
+    alice = tmp_path / "alice"
+    for name in ("1.a", "2.b"):
+        deliverToMaildir(alice, b"x", name=name)
+    os.rename(alice / "new" / "2.b", alice / "cur" / "2.b:2,S")
+    for subdir in ("new", "cur"):
+        (alice / subdir / ".hidden").write_bytes(b"x")
+        (alice / subdir / ".flagged:2,S").write_bytes(b"x")
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": order(real(path)))
+    maildrop = result(store(tmp_path).openMaildrop("alice"))
+    assert [m.uid for m in result(maildrop.listMessages())] == ["1.a", "2.b"]
     maildrop.close()
 
 

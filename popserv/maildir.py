@@ -556,7 +556,9 @@ class MaildirTemplate:
             fixed += literal
             if field is not None:
                 break
-        variable = template[len(fixed) :]
+        # The literal text comes unescaped: each brace in it was two in the
+        # template ("{{").
+        variable = template[len(fixed) + fixed.count("{") + fixed.count("}") :]
         if any(part in (".", "..") for part in variable.split(os.sep)):
             raise StoreConfigError(
                 f"maildir: template {template!r} must not use . or .. after a field"

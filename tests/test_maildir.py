@@ -56,6 +56,7 @@ class TestTemplate:
             ("/nonexistent/popserv/{user}", "directory /nonexistent/popserv does not exist"),
             ("{tmp}/{user}/../shared", "must not use . or .. after a field"),
             ("{tmp}/{domain}/./{user}", "must not use . or .. after a field"),
+            ("{tmp}/{{a}}/{user}/..", "must not use . or .. after a field"),
         ],
     )
     def test_badTemplates(self, tmp_path: Path, template: str, message: str) -> None:
@@ -76,6 +77,13 @@ class TestTemplate:
         (tmp_path / "a").mkdir()
         t = MaildirTemplate(f"{tmp_path}/a/../{{user}}")
         assert t.root == str(tmp_path)
+        # Also after a brace, written twice ("{{"): they were taken for
+        # the variable part, and the template refused.
+        (tmp_path / "{a}").mkdir()
+        t = MaildirTemplate(f"{tmp_path}/{{{{a}}}}/./{{user}}")
+        assert (t.root, t.pathFor("bob")) == (str(tmp_path / "{a}"), f"{tmp_path}/{{a}}/./bob")
+        t = MaildirTemplate(f"{tmp_path}/{{{{a}}}}/../{{user}}")
+        assert (t.root, t.pathFor("bob")) == (str(tmp_path), f"{tmp_path}/{{a}}/../bob")
 
     def test_fields(self, tmp_path: Path) -> None:
         """

@@ -11,7 +11,9 @@ import os
 import platform
 import signal
 import sys
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from certificates import CertificateAuthority
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import fail, succeed
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
@@ -26,7 +30,14 @@ from popserv.endpoints import DEFAULT_BACKLOG
 from popserv.maildir import MaildirStore
 from popserv.policy import MemoryHistory
 from popserv.realm import MaildropRealm
-from popserv.tap import AccessCheck, CertificateReloader, HeapFreezer, Options, makeService
+from popserv.tap import (
+    AccessCheck,
+    CertificateReloader,
+    HeapFreezer,
+    Listener,
+    Options,
+    makeService,
+)
 
 
 def parse(*args: str) -> Options:
@@ -458,12 +469,28 @@ def test_heapFrozenLastAtStart() -> None:
     assert isinstance(freezer, HeapFreezer)
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    # Garbage of the start-up is collected first, not frozen for good (the
+    # collector is off, so that nothing but the freezer collects it).
+    gc.disable()
     try:
+        garbage = weakref.ref(_Garbage())
+        assert garbage() is not None
         freezer.startService()
+        assert garbage() is None
         assert gc.get_freeze_count() > 10_000
         assert freezer.running
     finally:
+        gc.enable()
         gc.unfreeze()
+
+
+class _Garbage:
+    """
+    An object in a reference cycle: only the cyclic collector frees it.
+    """
+
+    def __init__(self) -> None:
+        self.cycle = self
 
 
 def _ownHandler(signum: int, frame: Any) -> None:
@@ -495,11 +522,81 @@ def test_sighupCaughtBeforeTheReactorRuns(found: Any, left: Any) -> None:
         reloader.privilegedStartService()
         try:
             assert signal.getsignal(signal.SIGHUP) not in (found, signal.SIG_DFL)
+            # twistd then starts it as the reactor runs: the handler to put
+            # back is still the one found, not the reloader's own.
+            reloader.startService()
+            assert reloader.running
         finally:
             reloader.stopService()
         assert signal.getsignal(signal.SIGHUP) == left
     finally:
         signal.signal(signal.SIGHUP, original)
+
+
+def test_sighupReloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A reloader started by startService alone (an application that embeds
+    it) catches SIGHUP too, and the signal has the reactor reload the
+    certificates; stopped, it lets the signal go, and started again, it
+    catches it again.  One that never started leaves SIGHUP alone when
+    stopped.
+    """
+    from twisted.internet import reactor
+
+    called: list[Any] = []
+    monkeypatch.setattr(reactor, "callFromThread", lambda f, *args: called.append(f))
+    original = signal.signal(signal.SIGHUP, _ownHandler)
+    try:
+        CertificateReloader([]).stopService()
+        assert signal.getsignal(signal.SIGHUP) == _ownHandler
+        reloader = CertificateReloader([])
+        for _ in range(2):
+            reloader.startService()
+            handler = signal.getsignal(signal.SIGHUP)
+            assert callable(handler) and handler != _ownHandler
+            handler(signal.SIGHUP, None)
+            assert called == [reloader.reload]
+            called.clear()
+            reloader.stopService()
+            assert signal.getsignal(signal.SIGHUP) == _ownHandler
+            assert not reloader.running
+    finally:
+        signal.signal(signal.SIGHUP, original)
+
+
+class _Certificate:
+    """
+    A certificate whose reload answers C{result}.
+    """
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.reloads = 0
+
+    def reload(self) -> Any:
+        self.reloads += 1
+        return succeed(None) if self.result is None else fail(self.result)
+
+
+def test_reloadLogged() -> None:
+    """
+    A reload reloads each certificate, once, whichever failed; a reload's
+    fault is logged, not lost with its Deferred; without certificates the
+    log says there is nothing to reload.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        CertificateReloader([]).reload()
+    assert [formatEvent(e) for e in events] == ["SIGHUP: no TLS certificate to reload"]
+    failing, working = _Certificate(RuntimeError("no such curve")), _Certificate(None)
+    reloader = CertificateReloader([failing, working, failing])  # type: ignore[list-item]
+    with capturedLogs() as events:
+        reloader.reload()
+    assert (failing.reloads, working.reloads) == (1, 1)
+    [event] = events
+    assert formatEvent(event) == "Reloading a TLS certificate failed"
+    assert event["log_failure"].value is failing.result
 
 
 def test_helpReadsCleanly() -> None:
@@ -1116,6 +1213,110 @@ def test_accessCheck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (
         str(failed.value) == f"popserv: error: TLS file: the server's user ({user}) cannot read it"
     )
+
+
+def test_accessCheckGoesOn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Every path is checked, past those allowed and those only warned of:
+    the first one the server's user cannot use stops the start.  The
+    warning is the log's line; a user with no name is named by its uid.
+    """
+    import pwd
+
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popserv.tap import StartFailed
+
+    def getpwuid(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(os, "access", lambda path, mode: path == "/allowed")
+    check = AccessCheck(
+        [
+            ("allowed", "/allowed", os.R_OK, True),
+            ("warned", "/warned", os.R_OK, False),
+            ("refused", "/refused", os.W_OK, True),
+        ]
+    )
+    user = f"uid {os.geteuid()}"
+    with pytest.raises(StartFailed) as failed, capturedLogs() as events:
+        check.startService()
+    assert (
+        str(failed.value) == f"popserv: error: refused: the server's user ({user}) cannot write it"
+    )
+    assert [formatEvent(e) for e in events if e["log_level"].name == "warn"] == [
+        f"warned: the server's user ({user}) cannot read it"
+    ]
+
+
+class _Endpoint:
+    """
+    An endpoint whose listen answers C{result}, a port or a failure.
+    """
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def listen(self, factory: Any) -> Any:
+        return (
+            succeed(self.result) if isinstance(self.result, SimpleNamespace) else fail(self.result)
+        )
+
+
+@pytest.mark.parametrize(
+    ("address", "where"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 2110), "127.0.0.1:2110"),
+        (IPv6Address("TCP", "::1", 2110), "::1:2110"),
+        (UNIXAddress(b"/run/popserv.sock"), "/run/popserv.sock"),
+        (UNIXAddress(None), "?"),
+    ],
+)
+def test_listenerSaysWhere(address: Any, where: str) -> None:
+    """
+    Once it listens, a listener logs the address, or a UNIX socket's path,
+    and the --listen it was.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    port = SimpleNamespace(getHost=lambda: address)
+    listener = Listener("tcp:2110", _Endpoint(port), object())
+    with capturedLogs() as events:
+        listener.privilegedStartService()
+    assert [formatEvent(e) for e in events] == [f"popserv listening on {where} (tcp:2110)"]
+    assert listener._waitingForPort is not None
+    assert listener._waitingForPort.result is port
+
+
+def test_listenerFailsTheStart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A listener that cannot listen stops the start with one line, logged as
+    critical and written, flushed, to the operator's terminal (the original
+    stderr, which twistd does not redirect to the log).
+    """
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popserv.tap import StartFailed
+
+    class Terminal(io.StringIO):
+        flushed = ""
+
+        def flush(self) -> None:
+            self.flushed = self.getvalue()
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    refused = CannotListenError("127.0.0.1", 110, OSError(13, "Permission denied"))
+    listener = Listener("tcp:110", _Endpoint(refused), object())
+    with pytest.raises(StartFailed) as failed, capturedLogs() as events:
+        listener.privilegedStartService()
+    line = f"popserv: error: cannot listen on tcp:110: {refused}"
+    assert str(failed.value) == line
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    assert [(e["log_level"].name, formatEvent(e)) for e in events] == [("critical", line)]
+    assert terminal.flushed == line + "\n"
 
 
 def test_accessNeeded(tmp_path: Path) -> None:

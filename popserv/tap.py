@@ -873,7 +873,10 @@ class Listener(StreamServerEndpointService):
         # operator wants the address too, and which --listen it was.
         address = port.getHost()
         if hasattr(address, "port"):
-            where = f"{address.host}:{address.port}"
+            # An IPv6 address in brackets (RFC 3986, section 3.2.2): "::1:110"
+            # would read as an address of its own.
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            where = f"{host}:{address.port}"
         else:
             where = os.fsdecode(getattr(address, "name", None) or b"?")
         self._log.info(

@@ -1268,15 +1268,16 @@ class _Endpoint:
     ("address", "where"),
     [
         (IPv4Address("TCP", "127.0.0.1", 2110), "127.0.0.1:2110"),
-        (IPv6Address("TCP", "::1", 2110), "::1:2110"),
+        (IPv6Address("TCP", "::1", 2110), "[::1]:2110"),
         (UNIXAddress(b"/run/popserv.sock"), "/run/popserv.sock"),
         (UNIXAddress(None), "?"),
     ],
 )
 def test_listenerSaysWhere(address: Any, where: str) -> None:
     """
-    Once it listens, a listener logs the address, or a UNIX socket's path,
-    and the --listen it was.
+    Once it listens, a listener logs the address, an IPv6 one in brackets
+    ("::1:2110" would read as an address of its own), or a UNIX socket's
+    path, and the --listen it was.
     """
     from twisted.logger import capturedLogs, formatEvent
 

@@ -20,7 +20,13 @@ import pytest
 
 from popserv import admin
 from popserv.admin import main
-from popserv.passwdfile import parsePasswdFile, splitScheme, verifyPassword
+from popserv.passwdfile import (
+    DEFAULT_SCHEME,
+    GENERATED_SCHEMES,
+    parsePasswdFile,
+    splitScheme,
+    verifyPassword,
+)
 
 
 def run(monkeypatch: Any, capsys: Any, *argv: str, stdin: str = "") -> tuple[int, str, str]:
@@ -630,3 +636,68 @@ def test_version(capsys: Any) -> None:
         main(["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out == f"popserv {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "error"),
+    [
+        ([], "popserv", "the following arguments are required: command"),
+        (["passwd"], "popserv passwd", "the following arguments are required: action"),
+        (
+            ["hash", "--scheme", "md5"],
+            "popserv hash",
+            "argument --scheme: invalid choice: 'MD5' (choose from "
+            + ", ".join(f"'{scheme}'" for scheme in GENERATED_SCHEMES)
+            + ")",
+        ),
+    ],
+)
+def test_usageErrors(argv: list[str], usage: str, error: str, capsys: Any) -> None:
+    """
+    A command line that names no command, or a scheme popserv cannot make,
+    is a usage error (exit code 2): the usage of the command given, then
+    one line saying what is wrong; never a traceback.
+    """
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} [-h]")
+    assert err.endswith(f"\n{usage}: error: {error}\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        ([], ["Administer popserv.", "passwd edit a Dovecot passwd-file"]),
+        (
+            ["passwd"],
+            [
+                "add add a user",
+                "change change a user's password",
+                "remove remove a user",
+                "list list users and their schemes",
+            ],
+        ),
+        (
+            ["passwd", "add"],
+            [
+                "--scheme {" + ",".join(GENERATED_SCHEMES) + "}",
+                f"password scheme (default {DEFAULT_SCHEME})",
+                "--password-stdin read the password as one line from standard input",
+            ],
+        ),
+    ],
+)
+def test_helpSaysWhatEachDoes(argv: list[str], said: list[str], capsys: Any) -> None:
+    """
+    --help says what popserv, each command and each option does, and which
+    schemes --scheme takes.
+    """
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith(f"usage: {' '.join(['popserv', *argv])} [-h]")
+    for text in said:
+        assert text in out

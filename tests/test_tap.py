@@ -1271,13 +1271,15 @@ class _Endpoint:
         (IPv6Address("TCP", "::1", 2110), "[::1]:2110"),
         (UNIXAddress(b"/run/popserv.sock"), "/run/popserv.sock"),
         (UNIXAddress(None), "?"),
+        # A plugin endpoint's address of its own kind.
+        (object(), "?"),
     ],
 )
 def test_listenerSaysWhere(address: Any, where: str) -> None:
     """
     Once it listens, a listener logs the address, an IPv6 one in brackets
     ("::1:2110" would read as an address of its own), or a UNIX socket's
-    path, and the --listen it was.
+    path ("?" for an address with neither), and the --listen it was.
     """
     from twisted.logger import capturedLogs, formatEvent
 

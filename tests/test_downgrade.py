@@ -37,6 +37,7 @@ from popserv.downgrade import (
     downgradeGrowth,
     downgradeHeader,
     headerEnd,
+    prefixNeeded,
 )
 from popserv.encoder import MessageEncoder, downgradeDelta, encodeMessage, wireSize
 from popserv.errors import MessageUnavailable
@@ -1075,6 +1076,35 @@ def test_headerEnd(parts: list[bytes]) -> None:
     data = b"".join(parts)
     found = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
     assert headerEnd(data) == (min(found) if found else -1)
+
+
+@pytest.mark.parametrize(
+    "prefix, needed",
+    [
+        (b"", True),
+        (b"Subject: \xc3\xa4\r\n", True),
+        (b"Subject: \xc3\xa4\r\n\r", True),
+        (b"Subject: \xc3\xa4\r\n\r\n", False),
+        (b"Subject: \xc3\xa4\n\nbody\n", False),
+        # An empty header section, before a body with no blank line.
+        (b"\r\nbody\r\nmore", False),
+        (b"\nbody", False),
+        # A header of MAX_HEADER octets up to its last CRLF, which the
+        # downgrade applies to, its blank line's LF not read yet.
+        (b"X: " + b"a" * (MAX_HEADER - 5) + b"\r\n\r", True),
+        # A header that has not ended this far can no longer end within
+        # the bound: it is sent as it is.
+        (b"X: " + b"a" * (MAX_HEADER + 64), False),
+    ],
+)
+def test_prefixNeeded(prefix: bytes, needed: bool) -> None:
+    """
+    A login reads a stored message only until it holds the header
+    section's end, or so much of the header that its end can no longer
+    come within L{MAX_HEADER}; a message whose header is empty is read no
+    further than its first line.
+    """
+    assert prefixNeeded(prefix) is needed
 
 
 #: Pieces of header sections, for sizing without encoding: field names

@@ -109,6 +109,17 @@ def test_addressField() -> None:
     ]
 
 
+def test_quotedDisplayNameUnquoted() -> None:
+    """
+    A quoted display name is encoded without its quotes, each quoted-pair
+    (RFC 5322 section 3.2.1) made the octet it quotes, the first one too.
+    """
+    header = b'To: "\\"J\xc3\xbcrgen\\" \\M" <j@example.de>\r\n'
+    out = downgradeHeader(header)
+    assert out == b"To: =?UTF-8?B?IkrDvHJnZW4iIE0=?= <j@example.de>\r\n"
+    assert addresses(out) == [('"J\u00fcrgen" M', "j@example.de")]
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -158,6 +169,10 @@ def test_lastAddressFillsTheLine() -> None:
         "J\u00fcrgen",  # no address at all
         "J\u00fcrgen <j@example.de",  # unbalanced
         "J\u00fcrgen <j@example.de> x",  # text after the address
+        "J\u00fcrgen <x> <j@example.de>",  # a special in the display name
+        "a@example.org (work), J\u00fcrgen <j@example.de>",  # a comment in another mailbox
+        "a@example.org>, J\u00fcrgen <j@example.de>",  # a bracket that nothing opened
+        "a@example.org,, J\u00fcrgen <j@example.de>",  # an empty element
     ],
 )
 def test_addressFieldAsGroup(body: str) -> None:

@@ -245,6 +245,61 @@ def test_mimeParameters() -> None:
     assert email.utils.collapse_rfc2231_value(message.get_param("name")) == "Scan_M\u00e4rz.pdf"
 
 
+@pytest.mark.parametrize(
+    "body, downgraded",
+    [
+        # An empty parameter, and a trailing ";", as some mailers write.
+        (
+            'attachment;; filename="M\u00e4rz.pdf";',
+            b"attachment;\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
+        # White space around the "=" (RFC 2045 section 5.1 allows it).
+        (
+            'attachment; filename = "M\u00e4rz.pdf"',
+            b"attachment;\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
+        # An empty quoted string is a value, kept as written.
+        (
+            'attachment; size=""; filename="M\u00e4rz.pdf"',
+            b"attachment;\r\n size=\"\";\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
+    ],
+)
+def test_mimeParametersTakenApart(body: str, downgraded: bytes) -> None:
+    """
+    Empty parameters are left out, the white space around a parameter's
+    "=" is not part of its name or value, and an empty quoted value is a
+    value: such a field is still taken apart, its UTF-8 parameter written
+    in RFC 2231's form, not encoded whole.
+    """
+    header = f"Content-Disposition: {body}\r\n".encode()
+    out = downgradeHeader(header)
+    assert out == b"Content-Disposition: " + downgraded + b"\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+def test_mimeParameterContinuations() -> None:
+    """
+    A long UTF-8 parameter is written in RFC 2231 continuations (section
+    3) of 48 encoded characters, or a few more so that each ends before
+    the first octet of a character: no continuation splits one, not even
+    before a continuation octet of 0x80 or 0xBF ("\u00c0", "\u00bf"),
+    as some readers decode them one by one.
+    """
+    name = "a" * 50 + "\u00e4" * 7 + "\u00c0b" + "\u00e4" * 7 + "\u00bf" + "\u00e4" * 2 + "c" * 50
+    out = downgradeHeader(f'Content-Disposition: attachment; filename="{name}"\r\n'.encode())
+    assert out.split(b"\r\n") == [
+        b"Content-Disposition: attachment;",
+        b" filename*0*=utf-8''" + b"a" * 48 + b";",
+        b" filename*1*=aa" + b"%C3%A4" * 7 + b"%C3%80;",
+        b" filename*2*=b" + b"%C3%A4" * 7 + b"%C2%BF;",
+        b" filename*3*=%C3%A4%C3%A4" + b"c" * 36 + b";",
+        b" filename*4*=" + b"c" * 14,
+        b"",
+    ]
+    assert email.message_from_bytes(out + b"\r\n").get_filename() == name
+
+
 def test_mimeParameterGivenTwice() -> None:
     """
     A UTF-8 file name given also in RFC 2231's form, as mailers write both,
@@ -290,6 +345,8 @@ def test_asciiParameterTwice() -> None:
         'text/plain; name="\u00e4"; NAME="\u00e4"',  # a UTF-8 parameter named twice
         "text/plain; \u00e4",  # not name=value
         'text/plain; name="\u00e4',  # an unbalanced quote
+        "text/plain; name=\u00e4 (comment)",  # a comment after a token
+        'text/plain; name="\u00e4"x',  # text after the quoted string
     ],
 )
 def test_mimeFieldEncodedWhole(body: str) -> None:

@@ -973,6 +973,19 @@ def test_firstWordHoldsAnyCharacter(nameLength: int) -> None:
     assert downgradeGrowth(header) == len(out) - len(header)
 
 
+def test_addressAfterNameWithWhiteSpace() -> None:
+    """
+    An address field whose name is followed by white space (RFC 5322
+    section 4.5.3's obsolete syntax) may leave its first line room for
+    three octets only: a display name of one three-octet character then
+    starts the next line, and is sized so.
+    """
+    header = b"Cc" + b" " * 53 + b": \xe2\x82\xac <a@b.example>\r\n"
+    out = downgradeHeader(header)
+    assert out == header[:57] + b"\r\n =?UTF-8?B?4oKs?= <a@b.example>\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 def test_tabFoldedField() -> None:
     """
     A field folded before a tab is one field, as one folded before a

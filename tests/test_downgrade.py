@@ -1102,8 +1102,14 @@ def test_foldedOnlyAtWhiteSpace(pieces: list[bytes], column: int, after: int) ->
     that follows something other than white space or a backslash (a
     quoted-pair stays whole): unfolding gives it back, and no line is only
     white space (RFC 5322 section 3.2.2).  A line goes past 78 characters
-    only where no such white space lets it be cut sooner.
+    only where no such white space lets it be cut sooner, and is not cut
+    sooner than it must be: up to the next place it could be cut, it
+    would have passed 78.
     """
+
+    def points(line: bytes) -> list[int]:
+        return [i for i in range(1, len(line)) if line[i] in b" \t" and line[i - 1] not in b" \t\\"]
+
     text = b"".join(pieces).strip(b" \t")
     out = _folded(text, column, after)
     assert out.replace(b"\r\n", b"") == text
@@ -1116,10 +1122,32 @@ def test_foldedOnlyAtWhiteSpace(pieces: list[bytes], column: int, after: int) ->
         if start + len(line) + end > 78:
             # No fold point in the line after its first 78 - start octets
             # would have made a shorter line.
-            points = [
-                i for i in range(1, len(line)) if line[i] in b" \t" and line[i - 1] not in b" \t\\"
+            assert not [i for i in points(line) if start + i <= 78]
+        if n < len(lines) - 1:
+            following = lines[n + 1]
+            more = points(following)[:1] or [
+                len(following) + (after if n + 1 == len(lines) - 1 else 0)
             ]
-            assert not [i for i in points if start + i <= 78]
+            assert start + len(line) + more[0] > 78
+
+
+@pytest.mark.parametrize(
+    "rest, lengths",
+    [
+        (b" " + b"y" * 70 + b" " + b"w" * 6 + b" z", [100, 78, 2]),
+        (b" " + b"y" * 70 + b" " + b"w" * 7, [100, 71, 8]),
+    ],
+)
+def test_foldedAfterLongWord(rest: bytes, lengths: list[int]) -> None:
+    """
+    A word too long for any line is left whole on a line of its own; the
+    line after it, which starts with the white space folded before, is
+    counted from its first column: it holds 78 characters, not 77 or 79.
+    """
+    text = b"x" * 100 + rest
+    out = _folded(text, 0, 0)
+    assert out.replace(b"\r\n", b"") == text
+    assert [len(line) for line in out.split(b"\r\n")] == lengths
 
 
 @pytest.mark.parametrize("length", range(1, 40))

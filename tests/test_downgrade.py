@@ -1178,6 +1178,25 @@ def test_encodedLinesEndWithin76(length: int) -> None:
             assert parsed == [(name.decode(), "j@example.org"), ("", "b@example.org")]
 
 
+@pytest.mark.parametrize("name, fold", [(b"Resent-From", b" "), (b"From", b"\r\n ")])
+def test_groupEndFillsTheLine(name: bytes, fold: bytes) -> None:
+    """
+    The C{:;} that ends an empty group stays on the line of the encoded
+    original when the line is then 76 characters, and starts the next
+    line when it would be 77 (RFC 2047 section 2); the size is counted
+    as sent.
+    """
+    # One encoded-word of the most octets the first line holds after the
+    # name, ending in column 73 after "Resent-From: ", 74 after "From: ".
+    text = b"a" * (19 if name == b"Resent-From" else 25) + b" <j@ex\xc3\xa4mple.org>"
+    header = name + b": " + text + b"\r\n"
+    out = downgradeHeader(header)
+    word = b"=?UTF-8?B?" + base64.b64encode(text) + b"?="
+    assert out == name + b": " + word + fold + b":;\r\n"
+    assert max(map(len, out.split(b"\r\n"))) == (76 if fold == b" " else 74)
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b":", b" ", b"\n", b"\r", b"\xc3\xa9"]), max_size=30))
 def test_headerEnd(parts: list[bytes]) -> None:

@@ -385,6 +385,24 @@ def test_mimeParameterKept(name: str, field: str) -> None:
     assert value == name
 
 
+@pytest.mark.parametrize(
+    "text",
+    [b"J\xc3\xb6rg <j@example.org>", b"report; name=M\xc3\xa4rz"],
+)
+def test_unstructuredFieldEncodedWhole(text: bytes) -> None:
+    """
+    A field that is neither an address field nor a MIME field is encoded
+    whole, also when its text looks like a mailbox or like parameters: no
+    address is kept apart, no parameter written in RFC 2231's form (for
+    MIME parameters only); it is sized as sent, also where the size of a
+    mailbox is counted without building it.
+    """
+    header = b"Subject: " + text + b"\r\n"
+    out = downgradeHeader(header)
+    assert out == b"Subject: =?UTF-8?B?" + base64.b64encode(text) + b"?=\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 def test_leftAlone() -> None:
     """
     ASCII fields, and 8-bit fields that are not UTF-8, are not changed, nor

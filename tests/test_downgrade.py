@@ -10,6 +10,7 @@ import email.header
 import email.policy
 import email.utils
 import itertools
+import re
 import time
 from array import array
 from typing import Any
@@ -1308,6 +1309,45 @@ def test_growthWithoutEncoding(pieces: list[bytes]) -> None:
     """
     header = b"".join(pieces)
     assert downgradeGrowth(header) == len(downgradeHeader(header)) - len(header)
+
+
+#: An RFC 2047 encoded-word as the downgrade writes them.
+_ENCODED_WORD = re.compile(rb"=\?UTF-8\?B\?([^?]*)\?=")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(headerPieces, max_size=24),
+    st.booleans(),
+    st.lists(st.integers(0, 2000), max_size=6),
+)
+def test_downgradeStreamedAndBounded(pieces: list[bytes], body: bool, cuts: list[int]) -> None:
+    """
+    Whatever the header section: the filter gives the bytes
+    L{downgradeHeader} gives, however the message is chunked, with or
+    without a body; the header grows by what L{downgradeGrowth} counts;
+    no raw UTF-8 is left; every encoded-word is at most 75 characters and
+    decodes as UTF-8 on its own, a line that holds one at most 76 (RFC
+    2047 sections 2 and 5); and no line passes 998 characters (RFC 5322
+    section 2.1.1) unless the stored header had one as long.
+    """
+    lines = [line for line in b"".join(pieces).split(b"\r\n") if line]
+    header = b"".join(line + b"\r\n" for line in lines)  # no blank line
+    out = downgradeHeader(header)
+    rest = b"\r\nbody \xc3\xa4\r\n" if body else b""
+    f = HeaderDowngrade()
+    streamed = b"".join(f.feed(chunk) for chunk in chunked(header + rest, cuts)) + f.finish()
+    assert streamed == out + rest
+    assert downgradeGrowth(header) == len(out) - len(header)
+    if b"\xff" not in header:  # every field UTF-8 or ASCII
+        assert out.isascii()
+    for word in _ENCODED_WORD.finditer(out):
+        assert len(word.group()) <= 75
+        base64.b64decode(word.group(1), validate=True).decode("utf-8")
+    for line in out.split(b"\r\n"):
+        if b"=?UTF-8?B?" in line:
+            assert len(line) <= 76
+        assert len(line) <= max([998, *map(len, lines)])
 
 
 @settings(max_examples=1000, deadline=None)

@@ -1088,6 +1088,25 @@ def test_laterMailboxStartsItsLine(length: int) -> None:
     assert downgradeGrowth(header) == len(out) - len(header)
 
 
+@pytest.mark.parametrize("length", [50, 51])
+def test_addressAfterTwoLineName(length: int) -> None:
+    """
+    After a display name whose encoded-words take two lines, the address
+    stays on the second line if that line is then at most 76 characters
+    (RFC 2047 section 2): the column counted is where that line's word
+    ends, not the first line's.
+    """
+    name = b"J\xc3\xb6rg" + b"a" * 49  # 45 octets, then 9 on the second line
+    address = b"<" + b"a" * (length - 14) + b"@example.org>"
+    header = b"To: " + name + b" " + address + b"\r\n"
+    out = downgradeHeader(header)
+    words = b"=?UTF-8?B?" + base64.b64encode(name[:45]) + b"?=\r\n =?UTF-8?B?YWFhYWFhYWFh?="
+    fold = b" " if length == 50 else b"\r\n "
+    assert out == b"To: " + words + fold + address + b"\r\n"
+    assert max(map(len, out.split(b"\r\n"))) == 76
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
 @pytest.mark.parametrize("length", [77, 78])
 def test_addressOnItsOwnLine(length: int) -> None:
     """

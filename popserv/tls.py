@@ -302,10 +302,11 @@ def channelBinding(connection: SSL.Connection | None, kind: str) -> bytes | None
                 return None
             return connection.get_peer_finished()
         if kind == "tls-server-end-point":
-            certificate = connection.get_certificate()
-            if certificate is None:
+            # cryptography's certificate (pyOpenSSL 24.3 and later): its
+            # X509 type is on the way out.
+            cert = connection.get_certificate(as_cryptography=True)
+            if cert is None:
                 return None
-            cert = certificate.to_cryptography()
             algorithm = cert.signature_hash_algorithm
             name = algorithm.name if algorithm is not None else "sha256"
             if name in ("md5", "sha1"):

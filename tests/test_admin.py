@@ -36,6 +36,17 @@ def run(monkeypatch: Any, capsys: Any, *argv: str, stdin: str = "") -> tuple[int
     return code, out, err
 
 
+def check(monkeypatch: Any, capsys: Any, *options: str) -> tuple[int, str, str]:
+    """
+    C{popserv check} of a configuration with C{options}, a memory checker
+    and the memory store.
+    """
+    return run(
+        monkeypatch, capsys, "check", "--", *options,
+        "--auth", "memory:a:b", "--mailstore", "memory",
+    )  # fmt: skip
+
+
 def verifies(path: Path, user: bytes, password: str) -> bool:
     entry = parsePasswdFile(path.read_bytes())[0][user]
     return verifyPassword(entry.scheme, entry.stored, password)
@@ -479,10 +490,7 @@ class TestCheck:
         """
         check says where passwords in clear are refused.
         """
-        code, out, _ = run(
-            monkeypatch, capsys, "check", "--", "--auth", "memory:a:b", "--mailstore", "memory",
-            *flag,
-        )  # fmt: skip
+        code, out, _ = check(monkeypatch, capsys, *flag)
         assert code == 0
         assert f"\ncleartext on insecure connections: {said}\n" in out
 
@@ -552,10 +560,7 @@ class TestCheck:
         from none, and says where logins are remembered only in memory by
         saying nothing of a state directory.
         """
-        code, out, _ = run(
-            monkeypatch, capsys, "check", "--", "--auth", "memory:a:b", "--mailstore", "memory",
-            *flags,
-        )  # fmt: skip
+        code, out, _ = check(monkeypatch, capsys, *flags)
         assert code == 0
         assert f"\npolicy: {said}\ntimeout: 600 s\n" in out
 
@@ -568,19 +573,13 @@ class TestCheck:
         """
         monkeypatch.delenv("LISTEN_FDS", raising=False)
         monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
-        code, out, err = run(
-            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=0",
-            "--auth", "memory:a:b", "--mailstore", "memory",
-        )  # fmt: skip
+        code, out, err = check(monkeypatch, capsys, "--listen", "systemd:domain=INET6:index=0")
         assert (code, err) == (0, "")
         assert (
             "listen: systemd:domain=INET6:index=0 (no TLS; the socket systemd passes,"
             " not checked here)\n"
         ) in out
-        code, out, err = run(
-            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=x",
-            "--auth", "memory:a:b", "--mailstore", "memory",
-        )  # fmt: skip
+        code, out, err = check(monkeypatch, capsys, "--listen", "systemd:domain=INET6:index=x")
         assert code == 1
         assert "a port or number that is not a number" in err
 
@@ -592,10 +591,7 @@ class TestCheck:
         """
         monkeypatch.setenv("LISTEN_FDS", "1")
         monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
-        code, out, err = run(
-            monkeypatch, capsys, "check", "--", "--listen", "systemd:domain=INET6:index=3",
-            "--auth", "memory:a:b", "--mailstore", "memory",
-        )  # fmt: skip
+        code, out, err = check(monkeypatch, capsys, "--listen", "systemd:domain=INET6:index=3")
         assert (code, out) == (1, "")
         assert err == (
             "popserv: error: --listen 'systemd:domain=INET6:index=3': no such socket was"

@@ -27,7 +27,14 @@ from zope.interface import alsoProvides, implementer
 from popserv._version import __version__
 from popserv.errors import POP3Error
 from popserv.policy import SitePolicy, UserPolicy
-from popserv.sasl import Challenge, CramMD5Credentials, IMechanism, IMechanismFactory, Outcome
+from popserv.sasl import (
+    Challenge,
+    CramMD5Credentials,
+    IMechanism,
+    IMechanismFactory,
+    MechanismFactory,
+    Outcome,
+)
 from popserv.scram import scramSHA256Factory
 
 
@@ -643,19 +650,7 @@ class TestAuth:
             def serverFinal(self) -> None:
                 return None
 
-        @implementer(IMechanismFactory)
-        class BuggyFactory:
-            name = "X-BUGGY"
-            plaintext = False
-            credentialInterfaces = (IUsernamePassword,)
-
-            def available(self, context: Any) -> bool:
-                return True
-
-            def __call__(self, context: Any) -> Buggy:
-                return Buggy(context)
-
-        s = Session(mechanisms=[BuggyFactory()])
+        s = Session(mechanisms=[MechanismFactory("X-BUGGY", Buggy, (IUsernamePassword,))])
         with capturedLogs() as events:
             if when == "respond":
                 assert s.command(b"AUTH X-BUGGY") == b"+ \r\n"
@@ -697,19 +692,8 @@ def test_textUserNameOfAnotherMechanism() -> None:
         def serverFinal(self) -> None:
             return None
 
-    @implementer(IMechanismFactory)
-    class TextNameFactory:
-        name = "X-TEXT"
-        plaintext = False
-        credentialInterfaces = (IUsernamePassword,)
-
-        def available(self, context: Any) -> bool:
-            return True
-
-        def __call__(self, context: Any) -> TextName:
-            return TextName(context)
-
-    s = Session(mechanisms=[TextNameFactory()], peer="127.0.0.9")
+    factory = MechanismFactory("X-TEXT", TextName, (IUsernamePassword,))
+    s = Session(mechanisms=[factory], peer="127.0.0.9")
     with capturedLogs() as events:
         assert s.command(b"AUTH X-TEXT =") == b"-ERR [AUTH] Authentication failed\r\n"
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "popserv.audit"]

@@ -425,6 +425,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--auth cert needs --tls-client-ca")
         if self["tls-client-ca"] and not byCertificate:
             raise usage.UsageError("--tls-client-ca needs --auth cert")
+        _checkTwistdPaths(getattr(self, "parent", None))
 
     def _policy(self) -> SitePolicy:
         try:
@@ -522,6 +523,36 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         popserv handles itself (C{proxy:}, C{tls:}, C{ssl:}'s files).
         """
         return _endpoint(description)
+
+
+def _checkTwistdPaths(twistd: usage.Options | None) -> None:
+    """
+    Refuse twistd's own options that name a place in a directory that does
+    not exist: twistd reads them only after popserv's options are taken,
+    the service made and, for C{--pidfile}, the server listening, and ends
+    with a traceback (a C{--pidfile} under C{/run/popserv} before systemd's
+    C{RuntimeDirectory=} made it, a C{--logfile} under a log directory not
+    yet made).
+
+    @param twistd: twistd's options, whose sub-command these are; L{None}
+        when popserv's options are parsed alone (C{popserv check}).
+    """
+    if twistd is None or twistd.get("chroot"):
+        # Under --chroot the paths are looked up inside the new root, and
+        # only as root: not ours to second-guess.
+        return
+    rundir = twistd.get("rundir")
+    if rundir and not os.path.isdir(rundir):
+        raise usage.UsageError(f"--rundir {rundir!r}: not a directory")
+    # twistd makes --pidfile absolute when it has parsed everything, from
+    # the directory it started in; --logfile is opened from there too.
+    for option in ("pidfile", "logfile"):
+        path = twistd.get(option)
+        if not path or path == "-":  # none, or (--logfile -) standard output
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise usage.UsageError(f"--{option} {path!r}: {directory} is not a directory")
 
 
 class NoSuchSocket(usage.UsageError):

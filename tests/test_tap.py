@@ -1372,3 +1372,31 @@ def test_readableKeyWarned(ca: CertificateAuthority) -> None:
         with capturedLogs() as events:
             files.load()
         assert [formatEvent(e) for e in events] == expected
+
+
+def test_twistdPathsUnderChrootOrStandardOutput(tmp_path: Path) -> None:
+    """
+    twistd's paths are checked only where popserv can see what twistd will
+    open: C{--logfile -} is standard output, an empty C{--pidfile} writes
+    none, and under C{--chroot} every path is inside the new root.
+    """
+    from twisted.python.usage import UsageError
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    from popserv.tap import _checkTwistdPaths
+
+    twistd = ServerOptions()
+    twistd.update(pidfile="", logfile="-", rundir=".", chroot=None)
+    _checkTwistdPaths(twistd)
+    _checkTwistdPaths(None)  # popserv check: no twistd
+    twistd["pidfile"] = str(tmp_path / "run" / "popserv.pid")
+    with pytest.raises(UsageError) as caught:
+        _checkTwistdPaths(twistd)
+    assert str(caught.value) == (
+        f"--pidfile '{tmp_path}/run/popserv.pid': {tmp_path}/run is not a directory"
+    )
+    (tmp_path / "run").write_text("a file, not a directory")
+    with pytest.raises(UsageError):
+        _checkTwistdPaths(twistd)
+    twistd["chroot"] = str(tmp_path)
+    _checkTwistdPaths(twistd)

@@ -66,6 +66,41 @@ def test_configuration_error(case, tmp_path, twistd):
     assert lines[-1].startswith("popserv: error:"), output
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--pidfile=run/popserv/popserv.pid",
+            "--pidfile 'run/popserv/popserv.pid': {tmp}/run/popserv is not a directory",
+        ),
+        ("--logfile=log/popserv.log", "--logfile 'log/popserv.log': {tmp}/log is not a directory"),
+        ("--rundir=nowhere", "--rundir 'nowhere': not a directory"),
+    ],
+)
+def test_twistd_path_in_missing_directory(option, message, tmp_path, twistd):
+    """
+    twistd's own --pidfile, --logfile and --rundir naming a directory that
+    does not exist are configuration errors like popserv's: one line, and
+    nothing listening (twistd itself would write the pid file only once the
+    server listened, and end with a traceback).
+    """
+    store = ["--mailstore", f"maildir:{tmp_path}/{{user}}"]
+    result = subprocess.run(
+        [*twistd, "-n", option, "popserv", *LISTEN, *AUTH, *store],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=30,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode == 1, output
+    assert "starting on" not in output
+    assert result.stderr.decode().splitlines() == [
+        "popserv: error: " + message.format(tmp=tmp_path)
+    ], output
+    assert list(tmp_path.iterdir()) == []
+
+
 def _start_on_busy_port(tmp_path, twistd, mode=("-n", "--pidfile=")):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -150,3 +150,52 @@ def test_endedSessionFreedAtOnce(
     protocol = weakref.ref(session.protocol)
     del session
     assert protocol() is None
+
+
+def _reachable(root: object, stop: set[int], bound: int = 50_000) -> dict[int, object]:
+    """
+    The objects C{root} refers to, directly or not, by id: at most
+    C{bound}, not going through classes, modules or the ids in C{stop}.
+    """
+    found: dict[int, object] = {}
+    todo = [root]
+    while todo and len(found) < bound:
+        for referent in gc.get_referents(todo.pop()):
+            if id(referent) in found or id(referent) in stop:
+                continue
+            if isinstance(referent, (type, type(sys))):
+                continue
+            found[id(referent)] = referent
+            todo.append(referent)
+    return found
+
+
+def test_idleMaildirSessionHoldsNoDicts(tmp_path: Path) -> None:
+    """
+    What a logged-in Maildir session keeps of its own while it waits for
+    its next command (its maildrop, listing, index, transaction, timer,
+    audit record and read-ahead) is made of objects without an instance
+    dict: a dict costs 100 to 300 octets a session, against a target of
+    4 KB for all of it (docs/performance.rst).  Objects every session of
+    the server shares (the factory, the store, the states) are left out:
+    found from a second session too.
+    """
+    for user in ("alice", "bob"):
+        for n in range(3):
+            deliverToMaildir(tmp_path / user, DOT_LINE, name=f"{n}.{user}")
+    users = {b"alice": b"secret", b"bob": b"secret"}
+    first = Session(store=store(tmp_path), users=users)
+    second = Session(factory=first.factory)
+    for session, user in ((first, b"alice"), (second, b"bob")):
+        assert session.login(user).startswith(b"+OK")
+        for line in (b"STAT", b"UIDL", b"RETR 1", b"DELE 2"):
+            assert session.command(line).startswith(b"+OK"), line
+    shared = _reachable(second.protocol, {id(first.protocol)})
+    own = _reachable(first.protocol, set(shared) | {id(first.transport)})
+    popservObjects = [o for o in own.values() if type(o).__module__.startswith("popserv.")]
+    names = {type(o).__qualname__ for o in popservObjects}
+    # The parts named above, each found (else the walk missed them).  The
+    # timer is not among them: the server's one queue of timers holds it,
+    # so the second session reaches it too (test_timeouts checks it).
+    assert {"MaildirMaildrop", "MaildirIndex", "Transaction", "_ReadAhead"} <= names
+    assert [type(o).__qualname__ for o in popservObjects if hasattr(o, "__dict__")] == []

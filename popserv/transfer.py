@@ -28,6 +28,19 @@ _log = Logger()
 CHUNK_SIZE = 256 * 1024
 
 
+def _checkEnd(data: object, method: str) -> None:
+    """
+    Check that C{data}, an empty value a reader's C{method} gave, is the
+    empty message C{b""}.
+
+    @raise TypeError: it is anything else (L{None}, C{""}, ...).
+    """
+    if data != b"":
+        raise TypeError(
+            f"IMessageReader.{method} gave {data!r}, not bytes; b'' is the end of the message"
+        )
+
+
 class Consumer(IConsumer, ITransport):
     """
     What a transfer writes to: a transport (C{write}, C{writeSequence})
@@ -97,10 +110,13 @@ class MessageTransfer:
             )
             if whole is None:
                 self._pump()
+            elif not whole:
+                _checkEnd(whole, "whole")
+                self._finish()
             else:
                 # The store holds the whole message (as a Maildir store does
                 # for most): one write, status line to terminator, no reads.
-                self._finish(*self._encoder.feedParts(whole) if whole else ())
+                self._finish(*self._encoder.feedParts(whole))
         except Exception:
             # A store's bug (no reader at all, a whole() that raises): the
             # transfer fails, and is no longer the transport's producer.
@@ -149,8 +165,16 @@ class MessageTransfer:
             return
         encoder = self._encoder
         try:
-            out = encoder.feedParts(data) if data else ()
-            if not data or encoder.done:
+            if not data:
+                # Only b"" ends the message.  Any other empty value is a
+                # reader's bug, most often a read that falls off its end
+                # (None): taken as the end, it ended the message there as
+                # if whole, and a client that then deleted it lost it.
+                _checkEnd(data, "read")
+                self._finish()
+                return
+            out = encoder.feedParts(data)
+            if encoder.done:
                 self._finish(*out)
                 return
             self._write(*out)

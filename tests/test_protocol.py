@@ -557,6 +557,41 @@ def test_readErrorWhileSentIsAFault() -> None:
     assert s.memory.messages("alice") == [b"y" * 1_000_000, M1]
 
 
+def test_readGivingNoneIsAFault() -> None:
+    """
+    A reader whose read fires with L{None} (a store's read that falls off
+    its end) is a server fault, not the end of the message: the response
+    is not sent, the connection is dropped, the L{TypeError} logged, and
+    nothing deleted.  The message used to end there as if whole: RETR
+    sent it complete, and empty, and the client's DELE and QUIT lost it.
+    """
+
+    class NoneReader:
+        def read(self, size: int) -> Deferred[bytes]:
+            return succeed(None)  # type: ignore[arg-type]
+
+        def close(self) -> None:
+            pass
+
+    class NoneMaildrop(MaildropOver):
+        def openMessage(self, index: int) -> Deferred[Any]:
+            return succeed(NoneReader())
+
+    s = Session()
+    s.wrapMaildrops(NoneMaildrop)
+    s.memory.deliver("alice", M1)
+    s.login()
+    with capturedLogs() as events:
+        s.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    # The status line waits to go out with the first chunk: there is none.
+    assert s.take() == b""
+    assert s.transport.disconnecting
+    [logged] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert logged.type is TypeError
+    s.protocol.connectionLost(None)
+    assert s.memory.messages("alice") == [M1]
+
+
 class TestRobustness:
     @pytest.mark.parametrize(
         ("line", "reply"),

@@ -387,3 +387,68 @@ def test_notAReader() -> None:
     transfer.start().addErrback(errors.append)
     assert len(errors) == 1 and errors[0].check(AttributeError)
     assert transport.producer is None
+
+
+class FallsOffItsEndReader(ChunkReader):
+    """
+    A reader that breaks the contract as a read that falls off its end
+    does: after the message's octets, its read fires with L{None} rather
+    than C{b""}.
+    """
+
+    def read(self, size: int) -> Deferred[bytes]:
+        if self._offset < len(self._data):
+            return super().read(size)
+        return succeed(None)  # type: ignore[arg-type]
+
+
+def test_readGivingNoneIsNoEnd() -> None:
+    """
+    A read that fires with L{None} fails the transfer with a L{TypeError}
+    that says what the reader gave, and the response is not ended: what
+    was read is sent without the terminator, so that the client, whose
+    connection the session then drops, never takes what it got for the
+    whole message (and deletes it).  L{None} used to end the message as
+    C{b""} does: a RETR of a reader that gave it at once sent an empty
+    message, complete.
+    """
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    transfer = MessageTransfer(
+        transport, FallsOffItsEndReader(MESSAGE), MessageEncoder(), b"+OK\r\n"
+    )
+    transfer.start().addErrback(errors.append)
+    assert len(errors) == 1 and errors[0].check(TypeError)
+    assert str(errors[0].value) == (
+        "IMessageReader.read gave None, not bytes; b'' is the end of the message"
+    )
+    assert transport.value() == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n"
+    assert transport.producer is None
+
+
+class EmptyTextWholeReader(BytesReader):
+    """
+    A reader whose C{whole} gives an empty L{str} rather than C{b""}.
+    """
+
+    def whole(self, size: int) -> bytes | None:
+        return ""  # type: ignore[return-value]
+
+
+def test_wholeGivingEmptyTextIsNoMessage() -> None:
+    """
+    A C{whole} that gives an empty value other than C{b""} fails the
+    transfer with a L{TypeError}, and nothing of the response is sent: it
+    used to send an empty message, complete.  C{b""} from C{whole} is the
+    empty message (L{test_emptyMessage}).
+    """
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    transfer = MessageTransfer(
+        transport, EmptyTextWholeReader(MESSAGE), MessageEncoder(), b"+OK\r\n"
+    )
+    transfer.start().addErrback(errors.append)
+    assert len(errors) == 1 and errors[0].check(TypeError)
+    assert "IMessageReader.whole gave ''" in str(errors[0].value)
+    assert transport.value() == b""
+    assert transport.producer is None

@@ -27,6 +27,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popserv.credentials import CheckerChain
 from popserv.endpoints import DEFAULT_BACKLOG
+from popserv.errors import StoreConfigError
 from popserv.maildir import MaildirStore
 from popserv.policy import MemoryHistory
 from popserv.realm import MaildropRealm
@@ -1122,7 +1123,8 @@ def test_storePluginMistakes(
     A store kind two plugins claim is refused, naming both, rather than
     served by whichever was found first; so is a plugin whose makeStore
     gives something that is not a store; one whose makeStore raises
-    ValueError gets one line.
+    ValueError gets one line, the kind put before its message, and one
+    that raises StoreConfigError gets its message as it is.
     """
     import twisted.plugin
 
@@ -1164,6 +1166,18 @@ def test_storePluginMistakes(
 
     # A ValueError, as a checker plugin's is: one line, not a traceback.
     monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [Strict()])
+    assert error("--auth", "memory:a:b", "--mailstore", "memory:x") == (
+        "popserv: error: --mailstore: memory: no such table 'x'"
+    )
+
+    class Explicit(MemoryStoreFactory):
+        def makeStore(self, argstring: str) -> object:  # type: ignore[override]
+            raise StoreConfigError(f"memory: no such table {argstring!r}")
+
+    # A StoreConfigError's message is shown as it is: it names the kind
+    # itself (docs/extending.rst), as a built-in store's does, since a
+    # store made by an embedding program raises it too.
+    monkeypatch.setattr(twisted.plugin, "getPlugins", lambda interface: [Explicit()])
     assert error("--auth", "memory:a:b", "--mailstore", "memory:x") == (
         "popserv: error: --mailstore: memory: no such table 'x'"
     )

@@ -322,28 +322,54 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(
                 f"--auth {description!r}: needs NAME:PASSWORD, e.g. memory:alice:secret"
             )
+        self._addChecker(description, kind, argument)
+
+    def _addChecker(self, description: str, kind: str, argument: str) -> None:
+        """
+        What C{strcred}'s C{opt_auth} does, said in popserv's words: make
+        the checker of C{kind} from C{argument} and add it, or raise a
+        L{usage.UsageError} that names the C{--auth} option.
+        """
+        claimants = [f for f in strcred.findCheckerFactories() if f.authType == kind]
+        if not claimants:
+            kinds = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
+            raise usage.UsageError(
+                f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds})"
+            )
+        if len(claimants) > 1:
+            # strcred takes the first that getPlugins finds, which depends
+            # on the order of files on disk: a plugin could stand in for
+            # passwd-file without a word.  Never pick one silently (as for
+            # --mailstore).
+            names = " and ".join(sorted(map(namedFactory, claimants)))
+            raise usage.UsageError(
+                f"--auth {description!r}: checker kind {kind!r} is claimed by both {names}"
+            )
+        factory = claimants[0]
         try:
-            super().opt_auth(description)
-        except usage.UsageError as e:
-            # strcred words a checker factory's own error (a missing file,
-            # a bad argument) as "Unexpected error: ..."; it is the
-            # operator's mistake, so say which --auth it was instead.
-            cause = e.__context__
-            if str(e).startswith("Auth plugin not supported"):
-                # A checker of logins POP3 has no way to make (anonymous,
-                # sshkey): strcred names only the interface.
-                raise usage.UsageError(
-                    f"--auth {description!r}: popserv cannot use a {kind!r} checker:"
-                    " its logins are not POP3's (see --help-auth)"
-                ) from None
-            if str(e).startswith("Auth plugin not recognized"):
-                kinds = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
-                raise usage.UsageError(
-                    f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds})"
-                ) from None
-            if cause is None or not str(e).startswith("Unexpected error: "):
-                raise
-            raise usage.UsageError(f"--auth {description!r}: {cause}") from None
+            checker = factory.generateChecker(argument)
+        except Exception as e:
+            # A checker factory's own error (a missing file, a bad
+            # argument) is the operator's mistake: one line, as strcred
+            # has it, naming the --auth it was.
+            raise usage.UsageError(f"--auth {description!r}: {e}") from None
+        if not (hasattr(checker, "credentialInterfaces") and hasattr(checker, "requestAvatarId")):
+            # Said as the plugin's bug it is, not as the AttributeError
+            # strcred would meet ("'NoneType' object has no attribute
+            # 'credentialInterfaces'").
+            raise usage.UsageError(
+                f"--auth {description!r}: {namedFactory(factory)}.generateChecker gave"
+                f" {checker!r}, not an ICredentialsChecker provider"
+            )
+        try:
+            self.addChecker(checker)
+        except strcred.UnsupportedInterfaces:
+            # A checker of logins POP3 has no way to make (anonymous,
+            # sshkey): strcred names only the interface.
+            raise usage.UsageError(
+                f"--auth {description!r}: popserv cannot use a {kind!r} checker:"
+                " its logins are not POP3's (see --help-auth)"
+            ) from None
 
     def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
         # What --help-auth lists (strcred's hook for it): not unix where it

@@ -12,6 +12,7 @@ import platform
 import signal
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,9 @@ import pytest
 from certificates import CertificateAuthority
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
+from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import fail, succeed
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -359,6 +362,63 @@ def test_authKindOfNoPOP3Logins(kind: str) -> None:
     assert error("--auth", kind, "--mailstore", "memory") == (
         f"popserv: error: --auth '{kind}': popserv cannot use a '{kind}' checker:"
         " its logins are not POP3's (see --help-auth)"
+    )
+
+
+class SqlCheckerFactory:
+    """
+    A third party's checker plugin, as C{docs/authentication.rst} shows
+    one: C{--auth sql:TABLE} gives what C{make} gives, or raises
+    L{ValueError} without a table.
+    """
+
+    authType = "sql"
+    authHelp = "Users in an SQL table."
+    argStringFormat = "sql:TABLE"
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, make: Callable[[str], object]) -> None:
+        self.make = make
+
+    def generateChecker(self, argstring: str = "") -> object:
+        if not argstring:
+            raise ValueError("sql needs a table")
+        return self.make(argstring)
+
+
+def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A checker kind that two plugins claim is refused, naming both, rather
+    than served by whichever the plugin scan found first (strcred's way:
+    a plugin could stand in for passwd-file without a word); a plugin
+    whose generateChecker gives something that is not a checker is named,
+    rather than met as an AttributeError on None; a ValueError it raises
+    is one line naming the --auth.  A plugin that does its part is used.
+    """
+    installed = list(strcred.findCheckerFactories())
+    plugin = SqlCheckerFactory(lambda table: None)
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [*installed, plugin])
+    name = "test_tap.SqlCheckerFactory"
+    assert error("--auth", "sql:users", "--mailstore", "memory") == (
+        f"popserv: error: --auth 'sql:users': {name}.generateChecker gave None,"
+        " not an ICredentialsChecker provider"
+    )
+    assert error("--auth", "sql", "--mailstore", "memory") == (
+        "popserv: error: --auth 'sql': sql needs a table"
+    )
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"pw")
+    plugin.make = lambda table: checker
+    assert parse("--auth", "sql:users", "--mailstore", "memory")["credCheckers"] == [checker]
+
+    class Impostor(SqlCheckerFactory):
+        authType = "passwd-file"
+
+    impostor = Impostor(lambda table: checker)
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [impostor, *installed])
+    assert error("--auth", "passwd-file:/etc/popserv/users", "--mailstore", "memory") == (
+        "popserv: error: --auth 'passwd-file:/etc/popserv/users': checker kind 'passwd-file'"
+        " is claimed by both popserv.checkers.PasswdFileCheckerFactory and"
+        " test_tap.test_checkerPluginMistakes.<locals>.Impostor"
     )
 
 

@@ -115,6 +115,45 @@ def test_helpListsEmlKind(tmp_path: Path) -> None:
     assert re.search(r"^maildir:TEMPLATE$", result.stdout, re.MULTILINE)
 
 
+def test_popservCheckMakesEmlStore(tmp_path: Path) -> None:
+    """
+    C{popserv check}, as extending.rst shows it, makes the example's store
+    from its plugin and prints the lines the page shows; a ROOT that does
+    not exist is the store's one-line error, exit status 1.
+    """
+    text = (REPO / "docs" / "extending.rst").read_text()
+    block = text.split("   $ popserv check -- ", 1)[1].split("   ...\n", 1)[0]
+    command, *shown = [line.removeprefix("   ") for line in block.splitlines()]
+    root = tmp_path / "eml"
+    root.mkdir()
+    arguments = command.replace("/tmp/eml", str(root)).split()
+    project = copyProject(tmp_path)
+    popserv = str(Path(sys.executable).parent / "popserv")
+
+    def check(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [popserv, "check", "--", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=exampleEnvironment(project),
+            check=False,
+        )
+
+    result = check(*arguments)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[: len(shown)] == [
+        line.replace("/tmp/eml", str(root)) for line in shown
+    ]
+    missing = tmp_path / "missing"
+    result = check("--auth", "memory:alice:secret", "--mailstore", f"eml:{missing}")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"popserv: error: --mailstore: eml: directory {missing} does not exist\n"
+    )
+
+
 @pytest.mark.integration
 def test_twistdServesEmlStore(tmp_path: Path) -> None:
     """

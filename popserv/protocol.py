@@ -859,7 +859,12 @@ class POP3Protocol(LineOnlyReceiver):
         # its maildrop back, or this one's logout would never be called.
         assert self._logout is None
         self._maildrop, self._logout = maildrop, logout
-        self.user = mind.user
+        # A realm of the embedder's own that does not tell the mind (it
+        # opens the maildrop itself, as twisted.cred's contract allows) has
+        # logged in the name the client gave: per-user policy and the audit
+        # line go by that, not by "", which made every user's login hold
+        # up every other's by the LOGIN-DELAY.
+        self.user = mind.user if mind.user is not None else self._attempt[0]
         final = mechanism.serverFinal() if mechanism is not None else None
         if final is not None:
             # RFC 5034 section 4: additional data with success goes out as

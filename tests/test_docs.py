@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from processes import TIMEOUT, runningExample
@@ -274,6 +275,46 @@ def test_embeddingLimits() -> None:
     assert limits.maxConnections == 5000
     assert "192.0.2.10" in limits.perAddressExempt and "127.0.0.1" in limits.perAddressExempt
     assert "192.0.2.11" not in limits.perAddressExempt
+
+
+def test_realmExample() -> None:
+    """
+    embedding.rst's realm of one's own serves each domain's users from
+    their domain's store, by local part, refuses an unknown domain with
+    [SYS/PERM], and the session knows the user by the local part, as the
+    page says: the audit line names it.
+    """
+    from protocol_helpers import Session
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popserv import MemoryStore, POP3ServerFactory
+
+    text = (DOCS / "embedding.rst").read_text()
+    entry = text.split("\nYour own realm\n", 1)[1].split("\nOther ways to run it\n", 1)[0]
+    code = entry.split(".. code-block:: python\n", 1)[1].split("\n``MaildropRealm`` also", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(textwrap.dedent(code), "embedding.rst", "exec"), namespace)  # noqa: S102
+    stores = {"example.org": MemoryStore(), "example.net": MemoryStore()}
+    stores["example.org"].deliver("alice", b"Subject: org\r\n\r\nfor alice at .org\r\n")
+    stores["example.net"].deliver("alice", b"Subject: net\r\n\r\n")
+    checker = InMemoryUsernamePasswordDatabaseDontUse()
+    for name in (b"alice@example.org", b"alice@example.com"):
+        checker.addUser(name, b"secret")
+    factory = POP3ServerFactory(Portal(namespace["DomainRealm"](stores), [checker]))
+    with capturedLogs() as events:
+        s = Session(factory=factory)
+        assert s.login(b"alice@example.org") == b"+OK Logged in, 1 messages (35 octets)\r\n"
+        assert s.command(b"TOP 1 0") == b"+OK Top of message follows\r\nSubject: org\r\n\r\n.\r\n"
+        s.command(b"QUIT")
+        s.protocol.connectionLost(None)
+        other = Session(factory=factory)
+        assert other.login(b"alice@example.com") == (
+            b"-ERR [SYS/PERM] Maildrop not available for this user\r\n"
+        )
+    [audit] = [formatEvent(e) for e in events if "reason=quit" in formatEvent(e)]
+    assert audit.startswith("popserv session: user=alice ip=")
 
 
 def test_checkerFactoryExample(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,9 +13,13 @@ from typing import Any
 import pytest
 from protocol_helpers import Session
 from synchronous import FakeTime, result, syncRun
+from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
 
+from popserv.interfaces import IMaildrop
+from popserv.memorystore import MemoryStore
 from popserv.policy import (
     NEVER,
     DirectoryHistory,
@@ -172,6 +176,46 @@ class TestLoginDelay:
         other.protocol.connectionLost(None)
         clock.now += 60
         assert refused.login(b"bob", b"hunter2").startswith(b"+OK Logged in")
+
+    def test_realmOfOwnKeepsUsersApart(self) -> None:
+        """
+        With a realm of the embedder's own, which opens the maildrop itself
+        and leaves popserv's mind alone (as twisted.cred's contract lets
+        it), the delay is still each user's: alice's login does not hold
+        up bob's, her second is refused, and the audit lines name them.
+        Every such login used to count as the user "", so one user's login
+        refused every other's for the delay.
+        """
+
+        @implementer(IRealm)
+        class OwnRealm:
+            def __init__(self, store: MemoryStore) -> None:
+                self.store = store
+
+            def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> Any:
+                d = self.store.openMaildrop(avatarId.decode())
+                return d.addCallback(lambda maildrop: (IMaildrop, maildrop, maildrop.close))
+
+        clock = FakeTime(1_000_000.0)
+        policy = SitePolicy(UserPolicy(loginDelay=900), clock=clock)
+        users = {b"alice": b"secret", b"bob": b"hunter2"}
+        first = Session(users=users, policy=policy)
+        first.portal.realm = OwnRealm(first.memory)
+        with capturedLogs() as events:
+            assert first.login().startswith(b"+OK Logged in")
+            first.command(b"QUIT")
+            first.protocol.connectionLost(None)
+            replies = {}
+            for user, password in users.items():
+                s = Session(factory=first.factory)
+                replies[user] = s.login(user, password)
+                s.protocol.connectionLost(None)
+        assert replies == {
+            b"alice": b"-ERR [LOGIN-DELAY] Minimum time between logins not yet passed\r\n",
+            b"bob": b"+OK Logged in, 0 messages (0 octets)\r\n",
+        }
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "popserv.audit"]
+        assert [line.split()[2] for line in lines] == ["user=alice", "user=alice", "user=bob"]
 
     def test_droppedWhileHistoryRead(self) -> None:
         """

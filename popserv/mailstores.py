@@ -78,14 +78,41 @@ def findStoreFactories() -> dict[str, IMailStoreFactory]:
 def storeClaimants() -> dict[str, list[IMailStoreFactory]]:
     """
     The installed plugins of each store kind, by kind: more than one where
-    plugins clash (L{makeStore} refuses such a kind).
+    plugins clash (L{makeStore} refuses such a kind).  A plugin that lacks
+    one of L{IMailStoreFactory}'s attributes is left out
+    (L{brokenStorePlugins}).
     """
+    return _scan()[0]
+
+
+def brokenStorePlugins() -> list[str]:
+    """
+    What is wrong with each installed store plugin that lacks one of
+    L{IMailStoreFactory}'s attributes, one line each, e.g.
+    C{"mystore.Factory has no storeKind"}.
+    """
+    return _scan()[1]
+
+
+#: What each store plugin must have, as text (IMailStoreFactory).
+_ATTRIBUTES = ("storeKind", "argStringFormat", "storeHelp")
+
+
+def _scan() -> tuple[dict[str, list[IMailStoreFactory]], list[str]]:
     from twisted.plugin import getPlugins
 
     claimants: dict[str, list[IMailStoreFactory]] = {}
+    broken: list[str] = []
     for factory in getPlugins(IMailStoreFactory):
+        missing = [a for a in _ATTRIBUTES if not isinstance(getattr(factory, a, None), str)]
+        if missing:
+            # A plugin's bug (a misspelt attribute): it must not stop
+            # every start of popserv, whatever kind is chosen, with an
+            # AttributeError that does not say which plugin it was.
+            broken.append(f"{namedFactory(factory)} has no {' or '.join(missing)}")
+            continue
         claimants.setdefault(factory.storeKind, []).append(factory)
-    return claimants
+    return claimants, broken
 
 
 def namedFactory(factory: object) -> str:
@@ -104,7 +131,9 @@ def makeStore(description: str) -> IMailStore:
     found = claimants.get(kind, [])
     if not found:
         known = ", ".join(sorted(claimants)) or "none"
-        raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known})")
+        # The kind may be that of a plugin left out as broken: say so.
+        broken = "".join(f"; {line}" for line in brokenStorePlugins())
+        raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known}{broken})")
     if len(found) > 1:
         # Which one getPlugins finds first depends on the order of files
         # on disk: never pick one silently.

@@ -32,7 +32,7 @@ from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
 from popserv.errors import StoreConfigError
 from popserv.limits import Exemptions, Limits
-from popserv.mailstores import makeStore, namedFactory, storeClaimants
+from popserv.mailstores import brokenStorePlugins, makeStore, namedFactory, storeClaimants
 from popserv.policy import (
     DirectoryHistory,
     PolicyError,
@@ -391,6 +391,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 # than show one plugin as if it were the only one.
                 names = " and ".join(sorted(map(namedFactory, claimants)))
                 print(f"    (claimed by {names}: choosing it is an error)\n")
+        for line in brokenStorePlugins():
+            print(f"(store plugin left out: {line})\n")
         sys.exit(0)
 
     def parseOptions(self, options: Any = None) -> None:

@@ -345,6 +345,42 @@ def test_unknownStoreKindNamesTheInstalled(monkeypatch: pytest.MonkeyPatch) -> N
     )
 
 
+def test_storePluginWithoutKind(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A store plugin without one of IMailStoreFactory's attributes (a
+    misspelt storeKind) is left out: the other kinds still start, and
+    the error for an unknown kind and --help-mailstores name it and what
+    it lacks.  It used to stop every start, whatever kind was chosen, with
+    an AttributeError that named no plugin.
+    """
+    import twisted.plugin
+
+    from popserv.mailstores import memoryStoreFactory
+    from popserv.memorystore import MemoryStore
+
+    class Misspelt:
+        kind = "sql"
+        argStringFormat = "TABLE"
+
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, Misspelt()]
+    )
+    options = parse("--auth", "memory:a:b", "--mailstore", "memory")
+    assert isinstance(options["store"], MemoryStore)
+    assert error("--auth", "memory:a:b", "--mailstore", "sql:mail") == (
+        "popserv: error: --mailstore: unknown mail store kind 'sql' (installed: memory;"
+        " test_tap.test_storePluginWithoutKind.<locals>.Misspelt has no storeKind or storeHelp)"
+    )
+    with pytest.raises(SystemExit):
+        parse("--help-mailstores")
+    assert capsys.readouterr().out.endswith(
+        "(store plugin left out: test_tap.test_storePluginWithoutKind.<locals>.Misspelt"
+        " has no storeKind or storeHelp)\n\n"
+    )
+
+
 def test_memoryStoreArgumentsRefused() -> None:
     """
     The whole line an operator gets for arguments to the memory store.

@@ -330,11 +330,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         the checker of C{kind} from C{argument} and add it, or raise a
         L{usage.UsageError} that names the C{--auth} option.
         """
-        claimants = [f for f in strcred.findCheckerFactories() if f.authType == kind]
+        installed, broken = _checkerPlugins()
+        claimants = [f for f in installed if f.authType == kind]
         if not claimants:
-            kinds = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
+            kinds = ", ".join(sorted(f.authType for f in installed))
+            # The kind may be that of a plugin left out as broken: say so.
+            left = "".join(f"; {line}" for line in broken)
             raise usage.UsageError(
-                f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds})"
+                f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds}{left})"
             )
         if len(claimants) > 1:
             # strcred takes the first that getPlugins finds, which depends
@@ -374,9 +377,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
         # What --help-auth lists (strcred's hook for it): not unix where it
         # cannot work.  opt_auth says why if it is chosen all the same.
+        # Nor a plugin left out as broken (_checkerPlugins), which made
+        # strcred's listing fail with an AttributeError.
         unix = _unixCheckerWorks()
-        for factory in super()._checkerFactoriesForOptHelpAuth():
-            if unix or factory.authType != "unix":
+        for factory in _checkerPlugins()[0]:
+            if self.supportsCheckerFactory(factory) and (unix or factory.authType != "unix"):
                 yield factory
 
     def opt_help_mailstores(self) -> None:
@@ -581,6 +586,34 @@ def _checkTwistdPaths(twistd: usage.Options | None) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--{option} {path!r}: {directory} is not a directory")
+
+
+#: What each checker plugin must have as text (strcred's ICheckerFactory).
+_CHECKER_ATTRIBUTES = ("authType", "authHelp", "argStringFormat")
+
+
+def _checkerPlugins() -> tuple[list[Any], list[str]]:
+    """
+    The installed checker plugins (C{--auth} kinds) that have what
+    C{ICheckerFactory} asks for, and one line for each that does not
+    (C{"mystore.Factory has no authType"}): a plugin's bug (a misspelt
+    attribute) must not stop every start with an AttributeError.
+    """
+    installed: list[Any] = []
+    broken: list[str] = []
+    for factory in strcred.findCheckerFactories():
+        missing = [
+            name
+            for name in _CHECKER_ATTRIBUTES
+            if not isinstance(getattr(factory, name, None), str)
+        ]
+        if not hasattr(factory, "credentialInterfaces"):
+            missing.append("credentialInterfaces")
+        if missing:
+            broken.append(f"{namedFactory(factory)} has no {' or '.join(missing)}")
+        else:
+            installed.append(factory)
+    return installed, broken
 
 
 class NoSuchSocket(usage.UsageError):

@@ -458,6 +458,36 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A checker plugin without one of ICheckerFactory's attributes (a
+    misspelt authType) is left out: the other kinds still work, the error
+    for an unknown kind names it and what it lacks, and --help-auth lists
+    the others.  Each used to fail with an AttributeError.
+    """
+    installed = list(strcred.findCheckerFactories())
+
+    class Misspelt(SqlCheckerFactory):
+        authType = None  # type: ignore[assignment]
+        authtype = "sql"
+
+    monkeypatch.setattr(
+        strcred, "findCheckerFactories", lambda: [*installed, Misspelt(lambda table: None)]
+    )
+    assert len(parse("--auth", "memory:a:b", "--mailstore", "memory")["credCheckers"]) == 1
+    message = error("--auth", "sql:users", "--mailstore", "memory")
+    assert message.startswith("popserv: error: --auth 'sql:users': unknown kind 'sql' (installed: ")
+    assert message.endswith(
+        ", unix; test_tap.test_checkerPluginWithoutKind.<locals>.Misspelt has no authType)"
+    )
+    options = Options()
+    options.authOutput = io.StringIO()
+    with pytest.raises(SystemExit):
+        options.parseOptions(["--help-auth"])
+    kinds = [line.split()[0] for line in options.authOutput.getvalue().splitlines()[5:-1]]
+    assert "memory" in kinds and "sql" not in kinds
+
+
 def test_requiredOptionsNamed() -> None:
     """
     A missing --auth or --mailstore, or a --proxy-trusted no listener uses,

@@ -84,9 +84,14 @@ def checkListing(messages: Sequence[MessageInfo]) -> None:
     """
     if not isinstance(messages, Sequence):
         raise BrokenListing(f"listMessages gave a {type(messages).__name__}, not a sequence")
-    uids = column(messages, "uid")
-    sizeColumn = column(messages, "size")
-    downgradedColumn = column(messages, "downgradedSize")
+    try:
+        uids = column(messages, "uid")
+        sizeColumn = column(messages, "size")
+        downgradedColumn = column(messages, "downgradedSize")
+    except AttributeError:
+        # Not a MessageInfo (a plain tuple, most often): named, not left
+        # to fail as "'tuple' object has no attribute 'uid'".
+        raise _culprit(messages) from None
     # array() takes a bool (and anything with __index__) as a number, but
     # LIST would send it as it formats: "1 True".
     if not (_intsOnly(sizeColumn) and _intsOnly(downgradedColumn, type(None))):
@@ -119,6 +124,10 @@ def _culprit(messages: Sequence[MessageInfo]) -> BrokenListing:
     """
     seen: set[str] = set()
     for number, info in enumerate(messages, 1):
+        if not all(hasattr(info, name) for name in MessageInfo._fields):
+            return BrokenListing(
+                f"the store listed message {number} as {info!r}, not a MessageInfo (IMaildrop)"
+            )
         size, uid, downgraded = info.size, info.uid, info.downgradedSize
         if not all(_isSize(n) for n in (size, 0 if downgraded is None else downgraded)):
             why = f"size {size!r}, downgraded size {downgraded!r}: not whole numbers from 0"

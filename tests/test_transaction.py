@@ -182,6 +182,10 @@ def test_checkListingColumns() -> None:
         ([MessageInfo(5, 7)], "unique-id 7: not 1 to 70 characters"),  # type: ignore[arg-type]
         ([MessageInfo(5, b"a")], "unique-id b'a': not 1 to 70"),  # type: ignore[arg-type]
         (
+            [MessageInfo(5, "a"), (5, "b", 5)],
+            "message 2 as (5, 'b', 5), not a MessageInfo (IMaildrop)",
+        ),
+        (
             [MessageInfo(2**63 - 1, "a", 2**63 - 1), MessageInfo(0, "a", 0)],
             "message 2 with unique-id 'a': given to an earlier message too",
         ),
@@ -191,8 +195,9 @@ def test_checkListingBounds(listing: list[MessageInfo], why: str) -> None:
     """
     Sizes are whole numbers from 0 to 2**63 - 1, the largest the columns
     hold; -1 and 2**63 are refused, and the largest is no culprit when
-    something else is wrong.  A unique-id that is not a L{str} is named as
-    the culprit, not raised over.
+    something else is wrong.  A unique-id that is not a L{str}, or an
+    entry that is not a L{MessageInfo} (a plain tuple), is named as the
+    culprit, not raised over.
     """
     with pytest.raises(BrokenListing) as caught:
         checkListing(listing)

@@ -11,6 +11,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 
 import pytest
@@ -154,16 +155,20 @@ def test_endedSessionFreedAtOnce(
 
 def _reachable(root: object, stop: set[int], bound: int = 50_000) -> dict[int, object]:
     """
-    The objects C{root} refers to, directly or not, by id: at most
-    C{bound}, not going through classes, modules or the ids in C{stop}.
+    The objects C{root} refers to, directly or not, by id, not going
+    through classes, modules, functions (whose globals are a module's) or
+    the ids in C{stop}.  Fails if there are more than C{bound}: the walk
+    has escaped into the process's globals, and would find what other
+    tests left there.
     """
     found: dict[int, object] = {}
     todo = [root]
-    while todo and len(found) < bound:
+    while todo:
+        assert len(found) < bound, "the walk reached the process's globals"
         for referent in gc.get_referents(todo.pop()):
             if id(referent) in found or id(referent) in stop:
                 continue
-            if isinstance(referent, (type, type(sys))):
+            if isinstance(referent, (type, type(sys), FunctionType)):
                 continue
             found[id(referent)] = referent
             todo.append(referent)

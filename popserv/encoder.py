@@ -213,6 +213,10 @@ class MessageEncoder:
 
     @ivar done: true once a TOP limit has been reached: the rest of the
         message is not needed.
+    @ivar octets: the octets of the message encoded so far, before
+        byte-stuffing and without the terminator: once L{finish} is called
+        for a whole message (RETR), its wire size (L{WireSize}), which the
+        listing gave.
     """
 
     __slots__ = (
@@ -223,6 +227,7 @@ class MessageEncoder:
         "_inHeaders",
         "_tail",
         "done",
+        "octets",
     )
 
     def __init__(self, bodyLines: int | None = None, downgrade: bool = False) -> None:
@@ -243,6 +248,7 @@ class MessageEncoder:
         # message that starts with a blank line has an empty header.
         self._tail = CRLF
         self.done = False
+        self.octets = 0
 
     def feed(self, data: bytes) -> bytes:
         """
@@ -284,6 +290,7 @@ class MessageEncoder:
             out = b"".join(self._stuff(out))
         if not self._atLineStart:
             out += CRLF
+            self.octets += len(CRLF)
         self.done = True
         return out + b".\r\n"
 
@@ -294,6 +301,7 @@ class MessageEncoder:
         # the start of the stream or the octet after an LF.
         if not out:
             return []
+        self.octets += len(out)
         parts = _stuffParts(out)
         if self._atLineStart and out[0] == 0x2E:  # "."
             parts.insert(0, b".")

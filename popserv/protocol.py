@@ -501,7 +501,18 @@ class POP3Protocol(LineOnlyReceiver):
             # QUIT it answered removes nothing).
             self._lost = True
             return
-        if self._transfer is not None and failure.check(POP3Error):
+        transfer = self._transfer
+        if transfer is not None and failure.check(POP3Error):
+            e = failure.value
+            assert isinstance(e, POP3Error)
+            if transfer.sent == 0:
+                # Refused before the first octet of the response left (a
+                # whole() that raised, a message shorter than listed): the
+                # reply can still be an -ERR, as when opening it failed.
+                self._log.warn("Message unavailable: {error}", error=e.text)
+                self._transferDone(transfer)
+                self._send(replies.err(e.text, e.code))
+                return
             # The store's reader refused mid-message, as its contract lets
             # it (MessageUnavailable: another program removed the file).
             # Not a fault; but the response cannot be finished.
@@ -1083,7 +1094,7 @@ class POP3Protocol(LineOnlyReceiver):
         (number,) = command.args
         assert isinstance(number, int)
         size = self._txn().size(number)
-        d = self._send_message(number, replies.ok(f"{size} octets"), None)
+        d = self._send_message(number, replies.ok(f"{size} octets"), None, size)
         index = number - 1
 
         def retrieved(sent: int | None) -> None:
@@ -1111,12 +1122,15 @@ class POP3Protocol(LineOnlyReceiver):
         return d.addCallback(counted)
 
     def _send_message(
-        self, number: int, status: bytes, bodyLines: int | None
+        self, number: int, status: bytes, bodyLines: int | None, size: int | None = None
     ) -> Deferred[int | None]:
         """
         Send message C{number} after C{status}; the Deferred fires with the
         octets sent once the whole message went out, or L{None} if it could
         not be sent.
+
+        @param size: the size the listing gave the whole message (RETR),
+            which the store's reader must give (L{MessageTransfer}).
         """
         index = self._txn().index(number)
         assert self._maildrop is not None
@@ -1132,6 +1146,7 @@ class POP3Protocol(LineOnlyReceiver):
                 MessageEncoder(bodyLines, downgrade=not self.utf8),
                 prefix=status,
                 onProgress=self.resetTimeout,
+                expected=size,
             )
             done = transfer.start()
             if not done.called:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import MessageEncoder, Part
+from popserv.errors import MessageUnavailable
 from popserv.interfaces import IMessageReader, IWholeMessageReader
 from popserv.sendnow import sendNow
 
@@ -75,12 +76,19 @@ class MessageTransfer:
         prefix: bytes = b"",
         onProgress: Callable[[], object] = lambda: None,
         chunkSize: int = CHUNK_SIZE,
+        expected: int | None = None,
     ) -> None:
         """
         @param prefix: octets to send with the first chunk (the status line),
             so short messages go out in one write.
         @param onProgress: called after each chunk is written (to reset an
             idle timer).
+        @param expected: for a whole message (RETR), the size the listing
+            gave it (L{MessageEncoder.octets}).  If the reader ends before
+            that, the transfer fails with L{MessageUnavailable} instead of
+            sending the terminator: a message cut short must not look whole
+            to a client that deletes what it downloaded.  One that is
+            longer is sent, and logged.
         """
         self._transport = transport
         self._reader = reader
@@ -88,6 +96,7 @@ class MessageTransfer:
         self._pending = prefix
         self._onProgress = onProgress
         self._chunkSize = chunkSize
+        self._expected = expected
         self._paused = False
         self._reading = False
         self._pumping = False
@@ -198,7 +207,25 @@ class MessageTransfer:
         from a client that does not read add at most a message each to the
         buffer.
         """
-        self._write(*out, self._encoder.finish())
+        encoder = self._encoder
+        end = encoder.finish()
+        expected = self._expected
+        if expected is not None and encoder.octets != expected:
+            if encoder.octets < expected:
+                _log.error(
+                    "The store gave {octets} octets of a message listed as {expected}:"
+                    " not sent as whole",
+                    octets=encoder.octets,
+                    expected=expected,
+                )
+                self._end(Failure(MessageUnavailable()))
+                return
+            _log.warn(
+                "The store gave {octets} octets of a message listed as {expected}",
+                octets=encoder.octets,
+                expected=expected,
+            )
+        self._write(*out, end)
         self._written = True
         if not self._paused:
             self._end(None)

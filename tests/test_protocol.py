@@ -31,7 +31,7 @@ from popserv.errors import (
     POP3Error,
 )
 from popserv.interfaces import MessageInfo
-from popserv.memorystore import MemoryStore
+from popserv.memorystore import BytesReader, MemoryStore
 from popserv.policy import SitePolicy, UserPolicy
 from popserv.protocol import MAX_QUEUED_LINES, POP3ServerFactory
 from popserv.realm import MaildropRealm
@@ -512,6 +512,68 @@ def test_messageGoneWhileSent() -> None:
     assert not [e for e in events if "log_failure" in e]
     s.protocol.connectionLost(None)
     assert s.memory.messages("alice") == [b"y" * 1_000_000]
+
+
+class ShortReader(BytesReader):
+    """
+    A store's reader that gives the message without its last line, as one
+    whose storage cut it short would: less than the listing said.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data[: data.rindex(b"\n", 0, -1) + 1])
+
+
+class ShortMaildrop(MaildropOver):
+    def openMessage(self, index: int) -> Deferred[Any]:
+        return self._maildrop.openMessage(index).addCallback(
+            lambda reader: ShortReader(reader._data)
+        )
+
+
+def test_messageShorterThanListedRefused() -> None:
+    """
+    RETR of a message the store gives shorter than the size it listed is
+    refused with -ERR while nothing of it has been sent (the store held it
+    whole), the operator is told both sizes, and the session goes on: the
+    client never gets a cut message it could take for whole and delete.
+    """
+    s = Session()
+    s.wrapMaildrops(ShortMaildrop)
+    s.memory.deliver("alice", M1)
+    s.memory.deliver("alice", M2)
+    assert s.login() == b"+OK Logged in, 2 messages (59 octets)\r\n"
+    with capturedLogs() as events:
+        assert s.command(b"RETR 1") == b"-ERR [SYS/TEMP] Message no longer available\r\n"
+    assert [formatEvent(e) for e in events if e["log_level"] is LogLevel.error] == [
+        "The store gave 16 octets of a message listed as 23: not sent as whole"
+    ]
+    assert s.command(b"LIST 1") == b"+OK 1 23\r\n"
+    assert s.command(b"QUIT") == b"+OK Bye, 2 messages left\r\n"
+    assert s.memory.messages("alice") == [M1, M2]
+
+
+def test_messageShorterThanListedCutOff() -> None:
+    """
+    Sent in chunks (a message larger than one), a message shorter than
+    listed is cut off before its terminator, and the connection dropped:
+    a DELE pipelined behind it removes nothing.
+    """
+    s = Session()
+    s.wrapMaildrops(ShortMaildrop)
+    big = b"Subject: big\r\n\r\n" + b"x" * 300_000 + b"\r\nlast\r\n"
+    s.memory.deliver("alice", big)
+    s.login()
+    with capturedLogs() as events:
+        s.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    sent = s.take()
+    assert sent == b"+OK 300024 octets\r\n" + big[: -len(b"last\r\n")]
+    assert s.transport.disconnecting
+    assert [formatEvent(e) for e in events if e["log_level"] is LogLevel.error] == [
+        "The store gave 300018 octets of a message listed as 300024: not sent as whole"
+    ]
+    s.protocol.connectionLost(None)
+    assert s.memory.messages("alice") == [big]
 
 
 def test_readErrorWhileSentIsAFault() -> None:

@@ -452,3 +452,90 @@ def test_wholeGivingEmptyTextIsNoMessage() -> None:
     assert "IMessageReader.whole gave ''" in str(errors[0].value)
     assert transport.value() == b""
     assert transport.producer is None
+
+
+@pytest.mark.parametrize("reader", [BytesReader, ChunkReader], ids=["whole", "read"])
+def test_shorterThanListedIsNotEnded(reader: type[BytesReader]) -> None:
+    """
+    A message that ends before the size the listing gave it (a store's
+    reader that stops early) fails the transfer with L{MessageUnavailable}
+    and is not ended with the terminator, so the client never takes it for
+    the whole message; it is logged with both sizes.  Read in chunks, what
+    came is sent; held whole, nothing is.
+    """
+    # The listing's size: the octets before byte-stuffing ("..dot").
+    assert len(b"Subject: x\r\n\r\n.dot\r\nbody\r\n") == 26
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        transfer = MessageTransfer(
+            transport,
+            reader(MESSAGE),
+            MessageEncoder(),
+            b"+OK\r\n",
+            chunkSize=8 if reader is ChunkReader else 1024,
+            expected=27,
+        )
+        transfer.start().addErrback(errors.append)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert len(errors) == 1 and errors[0].check(MessageUnavailable)
+    if reader is ChunkReader:
+        assert transport.value() == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n"
+    else:
+        assert transport.value() == b""
+        assert transfer.sent == 0
+    assert transport.producer is None
+    assert [(e["octets"], e["expected"]) for e in logged if "expected" in e] == [(26, 27)]
+
+
+@pytest.mark.parametrize("reader", [BytesReader, ChunkReader], ids=["whole", "read"])
+def test_listedSizeMet(reader: type[BytesReader]) -> None:
+    """
+    The listed size is the message's wire size before byte-stuffing (RFC
+    1939 section 11): a message of exactly that size is sent whole, with
+    nothing logged.
+    """
+    transport = RecordingTransport()
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        transfer = MessageTransfer(
+            transport,
+            reader(MESSAGE),
+            MessageEncoder(),
+            b"+OK\r\n",
+            chunkSize=8 if reader is ChunkReader else 1024,
+            expected=26,
+        )
+        done: list[object] = []
+        transfer.start().addCallback(done.append)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert done == [None]
+    assert transport.value() == b"+OK\r\n" + encodeMessage(MESSAGE)
+    assert [e for e in logged if "expected" in e] == []
+
+
+def test_longerThanListedIsSentAndLogged() -> None:
+    """
+    A message longer than its listed size is sent whole, terminator and
+    all (nothing of it is lost to the client), and the mismatch logged
+    as the store's error it is.
+    """
+    transport = RecordingTransport()
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        transfer = MessageTransfer(
+            transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n", expected=20
+        )
+        done: list[object] = []
+        transfer.start().addCallback(done.append)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert done == [None]
+    assert transport.value() == b"+OK\r\n" + encodeMessage(MESSAGE)
+    assert [(e["octets"], e["expected"]) for e in logged if "expected" in e] == [(26, 20)]

@@ -553,6 +553,31 @@ def test_messageShorterThanListedRefused() -> None:
     assert s.memory.messages("alice") == [M1, M2]
 
 
+def test_wholeRefusedBeforeAnyOctet() -> None:
+    """
+    A reader whose whole() refuses (MessageUnavailable: the file went
+    between opening and reading) is answered with that -ERR, as a refusal
+    to open it is, and the session goes on: nothing of the response had
+    been sent.  It used to drop the connection.
+    """
+
+    class RefusingReader(BytesReader):
+        def whole(self, size: int) -> bytes | None:
+            raise MessageUnavailable()
+
+    class RefusingMaildrop(MaildropOver):
+        def openMessage(self, index: int) -> Deferred[Any]:
+            return succeed(RefusingReader(M1))
+
+    s = Session()
+    s.wrapMaildrops(RefusingMaildrop)
+    s.memory.deliver("alice", M1)
+    s.login()
+    assert s.command(b"RETR 1") == b"-ERR [SYS/TEMP] Message no longer available\r\n"
+    assert not s.transport.disconnecting
+    assert s.command(b"NOOP") == b"+OK\r\n"
+
+
 def test_messageShorterThanListedCutOff() -> None:
     """
     Sent in chunks (a message larger than one), a message shorter than

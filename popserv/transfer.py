@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.encoder import MessageEncoder, Part
-from popserv.errors import MessageUnavailable
 from popserv.interfaces import IMessageReader, IWholeMessageReader
 from popserv.sendnow import sendNow
 
@@ -56,6 +55,21 @@ class TransferAborted(Exception):
     """
 
 
+class ShorterThanListed(Exception):
+    """
+    A store's reader ended a message before the size the listing gave it:
+    the store's bug, or its storage cut the message short.  Not a refusal
+    the client can be told of: with a DELE pipelined behind the RETR, an
+    -ERR would let the client delete a message it never got whole, so the
+    session is dropped as for any fault in the middle of a message.
+    """
+
+    def __init__(self, octets: int, listed: int) -> None:
+        super().__init__(f"The store gave {octets} octets of a message listed as {listed}")
+        self.octets = octets
+        self.listed = listed
+
+
 @implementer(IPushProducer)
 class MessageTransfer:
     """
@@ -85,7 +99,7 @@ class MessageTransfer:
             idle timer).
         @param expected: for a whole message (RETR), the size the listing
             gave it (L{MessageEncoder.octets}).  If the reader ends before
-            that, the transfer fails with L{MessageUnavailable} instead of
+            that, the transfer fails with L{ShorterThanListed} instead of
             sending the terminator: a message cut short must not look whole
             to a client that deletes what it downloaded.  One that is
             longer is sent, and logged.
@@ -212,13 +226,7 @@ class MessageTransfer:
         expected = self._expected
         if expected is not None and encoder.octets != expected:
             if encoder.octets < expected:
-                _log.error(
-                    "The store gave {octets} octets of a message listed as {expected}:"
-                    " not sent as whole",
-                    octets=encoder.octets,
-                    expected=expected,
-                )
-                self._end(Failure(MessageUnavailable()))
+                self._end(Failure(ShorterThanListed(encoder.octets, expected)))
                 return
             _log.warn(
                 "The store gave {octets} octets of a message listed as {expected}",

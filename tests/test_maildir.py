@@ -84,6 +84,12 @@ class TestTemplate:
         assert (t.root, t.pathFor("bob")) == (str(tmp_path / "{a}"), f"{tmp_path}/{{a}}/./bob")
         t = MaildirTemplate(f"{tmp_path}/{{{{a}}}}/../{{user}}")
         assert (t.root, t.pathFor("bob")) == (str(tmp_path), f"{tmp_path}/{{a}}/../bob")
+        # Each brace of the fixed part counts twice where the variable part
+        # starts: with one counted, "/../" would be cut to "./" before the
+        # field.
+        (tmp_path / "{{a}}").mkdir()
+        t = MaildirTemplate(str(tmp_path) + "/{{{{a}}}}/../{user}")
+        assert (t.root, t.pathFor("bob")) == (str(tmp_path), f"{tmp_path}/{{{{a}}}}/../bob")
 
     def test_fields(self, tmp_path: Path) -> None:
         """
@@ -92,6 +98,16 @@ class TestTemplate:
         t = MaildirTemplate(f"{tmp_path}/{{domain}}/{{localpart}}/Maildir")
         assert t.pathFor("bob@example.org") == f"{tmp_path}/example.org/bob/Maildir"
         assert MaildirTemplate(f"{tmp_path}/{{user}}").pathFor("bob@x") == f"{tmp_path}/bob@x"
+        # Split at the last "@": the domain has none.
+        assert t.pathFor("a@b@example.org") == f"{tmp_path}/example.org/a@b/Maildir"
+
+    def test_fieldWithinAName(self, tmp_path: Path) -> None:
+        """
+        A field may follow fixed text in the same name: the fixed directory
+        is the one that name is in.
+        """
+        t = MaildirTemplate(f"{tmp_path}/u-{{user}}")
+        assert (t.root, t.pathFor("bob")) == (str(tmp_path), f"{tmp_path}/u-bob")
 
     def test_relativeTemplateMadeAbsolute(self, tmp_path: Path, monkeypatch: Any) -> None:
         """
@@ -281,6 +297,125 @@ def test_intermediateDirectoriesPrivate(tmp_path: Path) -> None:
     result(s.openMaildrop("bob@example.org")).close()
     for path in (tmp_path / "example.org", tmp_path / "example.org" / "bob"):
         assert path.stat().st_mode & 0o777 == 0o700
+
+
+def test_firstLoginMakesWhatIsMissing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A first login makes the directories missing between the template's
+    fixed part and the Maildir, however many, each mode 0700, and the
+    Maildir's three; it leaves alone one that exists (the domain's, at a
+    second user's first login).  A later login makes none.
+    """
+    made: list[tuple[str, int]] = []
+    realMkdir = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        made.append((os.path.relpath(path, tmp_path), mode))
+        realMkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    s = MaildirStore(str(tmp_path / "{domain}" / "{localpart}" / "Maildir"), runInThread=syncRun)
+    result(s.openMaildrop("bob@example.org")).close()
+    subdirs = ["cur", "new", "tmp"]
+    bobs = ["example.org/bob", "example.org/bob/Maildir"]
+    assert made == [
+        (path, 0o700) for path in ["example.org", *bobs, *(f"{bobs[1]}/{d}" for d in subdirs)]
+    ]
+    made.clear()
+    result(s.openMaildrop("carol@example.org")).close()
+    carols = ["example.org/carol", "example.org/carol/Maildir"]
+    assert made == [(path, 0o700) for path in [*carols, *(f"{carols[1]}/{d}" for d in subdirs)]]
+    made.clear()
+    result(s.openMaildrop("bob@example.org")).close()
+    assert made == []
+
+
+def test_directoryMadeMeanwhileIsUsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A directory that another program makes between the first login's look
+    and its own mkdir (another user's first login, making the same
+    domain's directory) is used: the login gets in.
+    """
+    realMkdir = os.mkdir
+    domain = str(tmp_path / "example.org")
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        if path == domain:
+            realMkdir(path, 0o755)  # the other program's
+        realMkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    s = MaildirStore(str(tmp_path / "{domain}" / "{localpart}"), runInThread=syncRun)
+    maildrop, infos = login(s, "bob@example.org")
+    maildrop.close()
+    assert infos == []
+    assert (tmp_path / "example.org" / "bob" / "new").is_dir()
+
+
+def test_missingFixedDirectoryNotMade(tmp_path: Path) -> None:
+    """
+    A template's fixed directory that is gone at a login (removed, or its
+    file system not mounted) is not made again below whatever is there:
+    the login is unavailable, logged, and nothing is created.
+    """
+    root = tmp_path / "mail"
+    root.mkdir()
+    s = MaildirStore(str(root / "{user}"), runInThread=syncRun)
+    root.rmdir()
+    with capturedLogs() as events, pytest.raises(MaildropUnavailable):
+        result(s.openMaildrop("alice"))
+    assert [formatEvent(e) for e in events] == [
+        f"Maildrop of 'alice' unavailable: [Errno {errno.ENOENT}] {os.strerror(errno.ENOENT)}:"
+        f" '{root / 'alice'}'"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("file", ["example.org", "example.org/bob"])
+def test_maildirUnderAFileUnavailable(tmp_path: Path, file: str) -> None:
+    """
+    A login whose Maildir, or a directory above it, is a regular file is
+    unavailable, logged with the path that failed; the file is left as it
+    was.
+    """
+    (tmp_path / file).parent.mkdir(exist_ok=True)
+    (tmp_path / file).write_bytes(b"not a directory\n")
+    s = MaildirStore(str(tmp_path / "{domain}" / "{localpart}"), runInThread=syncRun)
+    with capturedLogs() as events, pytest.raises(MaildropUnavailable):
+        result(s.openMaildrop("bob@example.org"))
+    assert [formatEvent(e) for e in events] == [
+        f"Maildrop of 'bob@example.org' unavailable: [Errno {errno.ENOTDIR}]"
+        f" {os.strerror(errno.ENOTDIR)}: '{tmp_path / 'example.org' / 'bob' / LOCK_NAME}'"
+    ]
+    assert (tmp_path / file).read_bytes() == b"not a directory\n"
+
+
+def test_maildirThatCannotBeMadeUnavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A new user's Maildir that cannot be made (the fixed directory is not
+    writable by the server's user: faked, as root may write anywhere) is
+    unavailable, logged with the directory; a later login, once it can be
+    made, gets in.
+    """
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    s = store(tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "mkdir", mkdir)
+        with capturedLogs() as events, pytest.raises(MaildropUnavailable):
+            result(s.openMaildrop("alice"))
+    assert [formatEvent(e) for e in events] == [
+        f"Maildrop of 'alice' unavailable: [Errno {errno.EACCES}] {os.strerror(errno.EACCES)}:"
+        f" '{tmp_path / 'alice'}'"
+    ]
+    assert list(tmp_path.iterdir()) == []
+    maildrop, infos = login(s)
+    maildrop.close()
+    assert infos == []
 
 
 def test_sizeFromFileName(tmp_path: Path) -> None:
@@ -814,6 +949,30 @@ def test_failedScanReleasesTheLock(tmp_path: Path, monkeypatch: Any) -> None:
     maildrop, infos = login(s)
     assert [i.uid for i in infos] == ["1.a"]
     maildrop.close()
+
+
+def test_interruptedScanReleasesTheLock(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A scan ended by an exception that is not an Exception (KeyboardInterrupt,
+    where the runner works in the main thread) releases the lock too.
+    """
+
+    def interrupted(self: Any, indexes: Any) -> None:
+        raise KeyboardInterrupt
+
+    def runNow(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        d.callback(f(*args))
+        return d
+
+    s = MaildirStore(str(tmp_path / "{user}"), runInThread=runNow)
+    with monkeypatch.context() as patched:
+        patched.setattr(maildir.MaildirMaildrop, "scan", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            s.openMaildrop("alice")
+    maildrop, infos = login(s)
+    maildrop.close()
+    assert infos == []
 
 
 def test_relistingThatFailsLeavesMessagesOut(tmp_path: Path, monkeypatch: Any) -> None:
@@ -1730,6 +1889,29 @@ def test_symbolicLinksNotFollowed(tmp_path: Path) -> None:
         result(store(tmp_path).openMaildrop("carol"))
     with open(elsewhere, "rb") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # not held by the store
+
+
+def test_lockReplacedByALinkWhileMade(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    A symbolic link put where popserv.lock is to be made, after the first
+    login found none and made the directories, is not followed either: the
+    login fails, logged, and creates nothing where the link points.
+    """
+    target = tmp_path / "created-by-the-server"
+    makeDirectories = maildir._makePrivateDirectories
+
+    def planting(root: str, path: str) -> None:
+        makeDirectories(root, path)
+        os.symlink(target, os.path.join(path, LOCK_NAME))
+
+    monkeypatch.setattr(maildir, "_makePrivateDirectories", planting)
+    with capturedLogs() as events, pytest.raises(MaildropUnavailable):
+        result(store(tmp_path).openMaildrop("alice"))
+    assert not target.exists()
+    assert [formatEvent(e) for e in events] == [
+        f"Maildrop of 'alice' unavailable: [Errno {errno.ELOOP}] {os.strerror(errno.ELOOP)}:"
+        f" '{tmp_path / 'alice' / LOCK_NAME}'"
+    ]
 
 
 def test_oddNamesSortedAndNamed(tmp_path: Path) -> None:

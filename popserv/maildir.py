@@ -520,6 +520,29 @@ class _Listing:
             os.close(directory)
 
 
+def _checkField(template: str, field: str, conversion: str | None, spec: str) -> None:
+    """
+    Refuse a field of C{template} that L{MaildirTemplate.pathFor} could not
+    fill safely: one it does not know, or one with a conversion or format
+    spec.  Those would make another name than the login's, which the checks
+    of the login name do not see (C{{localpart:.2}} makes C{..} of
+    C{..x}), or fail at every login (C{{user:d}}).
+
+    @raise StoreConfigError: the field is refused.
+    """
+    if field not in _FIELDS:
+        raise StoreConfigError(
+            f"maildir: unknown field {{{field}}} in {template!r};"
+            " use {user}, {localpart} or {domain}"
+        )
+    if conversion or spec:
+        written = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+        raise StoreConfigError(
+            f"maildir: {{{written}}} in {template!r}: a field takes no conversion or"
+            f" format spec; write {{{field}}}"
+        )
+
+
 class MaildirTemplate:
     """
     Maps user names to Maildir paths with a template such as
@@ -529,20 +552,22 @@ class MaildirTemplate:
     def __init__(self, template: str) -> None:
         """
         @raise StoreConfigError: the template has no user field, an unknown
-            field, bad braces, or its fixed leading directory does not exist.
+            field, a field with a conversion or format spec, bad braces, or
+            its fixed leading directory does not exist.
         """
         if not template:
             raise StoreConfigError("maildir: needs a path template, e.g. maildir:/srv/mail/{user}")
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            parsed = [
+                (name, conversion, spec or "")
+                for _, name, spec, conversion in string.Formatter().parse(template)
+                if name is not None
+            ]
         except ValueError as e:
             raise StoreConfigError(f"maildir: bad template {template!r}: {e}") from None
-        unknown = fields - _FIELDS
-        if unknown:
-            raise StoreConfigError(
-                f"maildir: unknown field {{{sorted(unknown)[0]}}} in {template!r};"
-                " use {user}, {localpart} or {domain}"
-            )
+        for name, conversion, spec in parsed:
+            _checkField(template, name, conversion, spec)
+        fields = {name for name, _, _ in parsed}
         if not fields & {"user", "localpart"}:
             raise StoreConfigError(
                 f"maildir: template {template!r} must contain {{user}} or {{localpart}}"

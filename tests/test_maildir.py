@@ -69,6 +69,50 @@ class TestTemplate:
         assert message in str(caught.value)
         assert "\n" not in str(caught.value)
 
+    @pytest.mark.parametrize(
+        ("field", "written"),
+        [
+            ("user", "{user!r}"),
+            ("user", "{user!s}"),
+            ("user", "{user:>10}"),
+            ("localpart", "{localpart:.2}"),
+            ("user", "{user!r:>10}"),
+            ("user", "{user:{domain}}"),
+            ("user", "{user:d}"),
+        ],
+    )
+    def test_conversionsAndFormatSpecsRefused(
+        self, tmp_path: Path, field: str, written: str
+    ) -> None:
+        """
+        A field with a conversion or a format spec is refused at start-up,
+        naming it: filled in, it would be another name than the login's
+        ("{localpart:.2}/{user}" would put "..x" in the directory above the
+        template's), or fail at every login ("{user:d}").
+        """
+        template = f"{tmp_path}/{written}/{{user}}"
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(template)
+        assert str(caught.value) == (
+            f"maildir: {written} in {template!r}: a field takes no conversion or"
+            f" format spec; write {{{field}}}"
+        )
+        # "{user:}" has an empty spec: it is "{user}".
+        assert MaildirTemplate(f"{tmp_path}/{{user:}}").pathFor("bob") == f"{tmp_path}/bob"
+
+    def test_firstUnknownFieldNamed(self, tmp_path: Path) -> None:
+        """
+        Of several unknown fields, the error names the first in the
+        template.
+        """
+        template = f"{tmp_path}/{{uid}}/{{gid}}/{{user}}"
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(template)
+        assert str(caught.value) == (
+            f"maildir: unknown field {{uid}} in {template!r};"
+            " use {user}, {localpart} or {domain}"
+        )
+
     def test_fixedPartNormalised(self, tmp_path: Path) -> None:
         """
         "." and ".." before the first field are fine: they only name the

@@ -574,8 +574,9 @@ class MaildirTemplate:
             )
         if not os.path.isabs(template):
             # Resolve against the directory popserv starts in (not normpath:
-            # that would fold "{user}/.." away).
-            template = os.path.join(os.getcwd(), template)
+            # that would fold "{user}/.." away), whose braces are its name's.
+            started = os.getcwd().replace("{", "{{").replace("}", "}}")
+            template = os.path.join(started, template)
         fixed = ""
         for literal, field, _, _ in string.Formatter().parse(template):
             fixed += literal

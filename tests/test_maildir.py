@@ -162,6 +162,18 @@ class TestTemplate:
         t = MaildirTemplate("{user}")
         assert t.pathFor("alice") == str(tmp_path / "alice")
 
+    def test_relativeTemplateUnderBraces(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """
+        Braces in the name of the directory popserv started in are that
+        directory's name, not fields, when a relative template is resolved
+        against it.
+        """
+        started = tmp_path / "{x}}"
+        started.mkdir()
+        monkeypatch.chdir(started)
+        t = MaildirTemplate("mail-{user}")
+        assert (t.root, t.pathFor("alice")) == (str(started), str(started / "mail-alice"))
+
     @pytest.mark.parametrize("user", ["", ".", "..", "../etc", "a/b", "a\0b", "@example.org"])
     def test_unsafeNamesRefused(self, tmp_path: Path, user: str) -> None:
         """

@@ -591,8 +591,12 @@ class MaildirTemplate:
             )
         self.template = template
         self.fields = fields
-        root = os.path.normpath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed))
+        # The directory the first field is in: dirname drops the text before
+        # the field in its name ("/srv/mail/u-"), or only the final "/".
+        root = os.path.normpath(os.path.dirname(fixed))
         if not os.path.isdir(root):
+            if os.path.exists(root):
+                raise StoreConfigError(f"maildir: {root} is not a directory")
             raise StoreConfigError(f"maildir: directory {root} does not exist")
         self.root = root
 

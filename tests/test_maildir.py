@@ -113,6 +113,15 @@ class TestTemplate:
             " use {user}, {localpart} or {domain}"
         )
 
+    def test_fixedDirectoryThatIsAFile(self, tmp_path: Path) -> None:
+        """
+        A fixed directory that is a file is refused as one, not as missing.
+        """
+        (tmp_path / "mail").write_bytes(b"")
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(f"{tmp_path}/mail/{{user}}")
+        assert str(caught.value) == f"maildir: {tmp_path}/mail is not a directory"
+
     def test_fixedPartNormalised(self, tmp_path: Path) -> None:
         """
         "." and ".." before the first field are fine: they only name the

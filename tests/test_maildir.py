@@ -52,6 +52,7 @@ class TestTemplate:
             ("{tmp}/mail", "must contain {user} or {localpart}"),
             ("{tmp}/{domain}", "must contain {user} or {localpart}"),
             ("{tmp}/{uid}", "unknown field {uid}"),
+            ("{tmp}/{user}/{uid}", "unknown field {uid}"),
             ("{tmp}/{user", "bad template"),
             ("/nonexistent/popserv/{user}", "directory /nonexistent/popserv does not exist"),
             ("{tmp}/{user}/../shared", "must not use . or .. after a field"),
@@ -90,7 +91,8 @@ class TestTemplate:
         ("{localpart:.2}/{user}" would put "..x" in the directory above the
         template's), or fail at every login ("{user:d}").
         """
-        template = f"{tmp_path}/{written}/{{user}}"
+        # After another field: each is checked, not only the first.
+        template = f"{tmp_path}/{{domain}}/{written}"
         with pytest.raises(StoreConfigError) as caught:
             MaildirTemplate(template)
         assert str(caught.value) == (
@@ -455,15 +457,22 @@ def test_maildirUnderAFileUnavailable(tmp_path: Path, file: str) -> None:
     assert (tmp_path / file).read_bytes() == b"not a directory\n"
 
 
+@pytest.mark.parametrize("delivered", [False, True])
 def test_maildirThatCannotBeMadeUnavailable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered: bool
 ) -> None:
     """
-    A new user's Maildir that cannot be made (the fixed directory is not
-    writable by the server's user: faked, as root may write anywhere) is
-    unavailable, logged with the directory; a later login, once it can be
-    made, gets in.
+    A first login that cannot make a new user's Maildir, or the cur/ and
+    tmp/ missing from one a delivery agent made (the directory is not
+    writable by the server's user: faked, as root may write anywhere), is
+    unavailable, logged with the directory it could not make.  It leaves
+    no popserv.lock, so a later login makes them, once it can, and gets in.
     """
+    if delivered:
+        deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+        (tmp_path / "alice" / "cur").rmdir()
+        (tmp_path / "alice" / "tmp").rmdir()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
 
     def mkdir(path: str, mode: int = 0o777) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
@@ -473,14 +482,18 @@ def test_maildirThatCannotBeMadeUnavailable(
         patched.setattr(os, "mkdir", mkdir)
         with capturedLogs() as events, pytest.raises(MaildropUnavailable):
             result(s.openMaildrop("alice"))
+    failed = tmp_path / "alice" / "cur" if delivered else tmp_path / "alice"
     assert [formatEvent(e) for e in events] == [
         f"Maildrop of 'alice' unavailable: [Errno {errno.EACCES}] {os.strerror(errno.EACCES)}:"
-        f" '{tmp_path / 'alice'}'"
+        f" '{failed}'"
     ]
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     maildrop, infos = login(s)
     maildrop.close()
-    assert infos == []
+    assert [i.uid for i in infos] == (["1.a"] if delivered else [])
+    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == sorted(
+        ["cur", "new", "tmp", LOCK_NAME] + ([INDEX_NAME] if delivered else [])
+    )
 
 
 def test_sizeFromFileName(tmp_path: Path) -> None:

@@ -592,13 +592,16 @@ class MaildirTemplate:
         self.template = template
         self.fields = fields
         # The directory the first field is in: dirname drops the text before
-        # the field in its name ("/srv/mail/u-"), or only the final "/".
-        root = os.path.normpath(os.path.dirname(fixed))
-        if not os.path.isdir(root):
-            if os.path.exists(root):
-                raise StoreConfigError(f"maildir: {root} is not a directory")
-            raise StoreConfigError(f"maildir: directory {root} does not exist")
-        self.root = root
+        # the field in its name ("/srv/mail/u-"), or only the final "/".  It
+        # must exist as written: the system resolves "/srv/a/.." only if
+        # /srv/a is a directory (normalised first, it would be taken
+        # without, and the first login would make /srv/a).
+        written = os.path.dirname(fixed)
+        if not os.path.isdir(written):
+            if os.path.exists(written):
+                raise StoreConfigError(f"maildir: {written} is not a directory")
+            raise StoreConfigError(f"maildir: directory {written} does not exist")
+        self.root = os.path.normpath(written)
 
     def pathFor(self, user: str) -> str:
         """
@@ -1272,10 +1275,15 @@ def _makePrivateDirectories(root: str, path: str) -> None:
     Create the Maildir at C{path} with cur/, new/ and tmp/, and any missing
     directories between C{root} and it, all readable by the server only.
     (C{os.makedirs} would give its mode to the last directory alone.)
+    C{root} itself is never made: gone, it is a file system not mounted, or
+    removed by someone who meant it.
+
+    @param root: the normalised fixed directory of C{path}'s template, which
+        C{path} may spell otherwise ("/srv//mail/bob", "/srv/up/../mail/bob").
     """
     missing: list[str] = []
     parent = path
-    while parent != root and not os.path.isdir(parent) and len(missing) < 64:
+    while os.path.normpath(parent) != root and not os.path.isdir(parent) and len(missing) < 64:
         missing.append(parent)
         parent = os.path.dirname(parent)
     for directory in reversed(missing):

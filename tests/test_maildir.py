@@ -124,6 +124,20 @@ class TestTemplate:
             MaildirTemplate(f"{tmp_path}/mail/{{user}}")
         assert str(caught.value) == f"maildir: {tmp_path}/mail is not a directory"
 
+    @pytest.mark.parametrize("above", ["missing", "file"])
+    def test_fixedPartResolvedAsWritten(self, tmp_path: Path, above: str) -> None:
+        """
+        The fixed directory must exist as written: "{tmp}/missing/../{user}"
+        is refused as the system resolves it, although "{tmp}" exists (it
+        was taken, and the first login made "missing"), and so is
+        "{tmp}/file/../{user}" (taken, and every login failed).
+        """
+        (tmp_path / "file").write_bytes(b"")
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(f"{tmp_path}/{above}/../{{user}}")
+        assert str(caught.value) == f"maildir: directory {tmp_path}/{above}/.. does not exist"
+        assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
     def test_fixedPartNormalised(self, tmp_path: Path) -> None:
         """
         "." and ".." before the first field are fine: they only name the
@@ -419,23 +433,28 @@ def test_directoryMadeMeanwhileIsUsed(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (tmp_path / "example.org" / "bob" / "new").is_dir()
 
 
-def test_missingFixedDirectoryNotMade(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "template", ["mail/{user}", "mail//{user}", "/mail/{user}", "up/../mail/{user}"]
+)
+def test_missingFixedDirectoryNotMade(tmp_path: Path, template: str) -> None:
     """
     A template's fixed directory that is gone at a login (removed, or its
-    file system not mounted) is not made again below whatever is there:
-    the login is unavailable, logged, and nothing is created.
+    file system not mounted) is not made again below whatever is there,
+    however the template spells it: the login is unavailable, logged, and
+    nothing is created.
     """
-    root = tmp_path / "mail"
-    root.mkdir()
-    s = MaildirStore(str(root / "{user}"), runInThread=syncRun)
-    root.rmdir()
+    (tmp_path / "up").mkdir()
+    (tmp_path / "mail").mkdir()
+    s = MaildirStore(f"{tmp_path}/{template}", runInThread=syncRun)
+    assert s.template.root == str(tmp_path / "mail")
+    (tmp_path / "mail").rmdir()
     with capturedLogs() as events, pytest.raises(MaildropUnavailable):
         result(s.openMaildrop("alice"))
     assert [formatEvent(e) for e in events] == [
         f"Maildrop of 'alice' unavailable: [Errno {errno.ENOENT}] {os.strerror(errno.ENOENT)}:"
-        f" '{root / 'alice'}'"
+        f" '{s.template.pathFor('alice')}'"
     ]
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["up"]
 
 
 @pytest.mark.parametrize("file", ["example.org", "example.org/bob"])

@@ -374,13 +374,14 @@ _SEGMENT = 48
 MAX_PARAMETERS = 100
 
 
-def _parameters(text: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
+def _parameters(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes, bytes]]] | None:
     """
-    The parameters of a MIME field's body after its value: each one's text
-    as written, its name, and its value (a quoted string unquoted);
-    L{None} if the body has a comment, an unbalanced quote, more than
-    L{MAX_PARAMETERS} parameters, or a parameter that is not "name=value"
-    with a token for a name.
+    The value of a MIME field's body, and the parameters after it: each
+    one's text as written, its name, and its value (a quoted string
+    unquoted); L{None} if the body has a comment, an unbalanced quote, more
+    than L{MAX_PARAMETERS} parameters, or a parameter that is not
+    "name=value" with a token for a name.  The value ends at the first ";"
+    outside a quoted string, as each parameter does.
     """
     if text.count(b";") > MAX_PARAMETERS:  # those in quoted values too: C-speed
         return None
@@ -402,7 +403,7 @@ def _parameters(text: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
                 return None
             value = re.sub(rb"\\(.)", rb"\1", value[1:-1], flags=re.DOTALL)
         parameters.append((piece, name, value))
-    return parameters
+    return pieces[0].strip(b" \t"), parameters
 
 
 def _extended(name: bytes, value: bytes) -> list[bytes]:
@@ -445,9 +446,14 @@ def _parametersBody(text: bytes, used: int) -> bytes | None:
     already (its value should then be ASCII), or the body is
     not taken apart (L{_parameters}): the field is then encoded whole.
     """
-    parameters = _parameters(text)
-    value = text.split(b";", 1)[0].strip(b" \t")
-    if parameters is None or not value.isascii():
+    parsed = _parameters(text)
+    if parsed is None:
+        return None
+    # The value ends where the parameters start, at a ";" outside quotes: a
+    # quoted ";" (which a value should not hold) does not end it, so that
+    # nothing up to the first parameter is lost.
+    value, parameters = parsed
+    if not value.isascii():
         return None
     # Counted once: a count per parameter made a field of many UTF-8
     # parameters, which anyone can mail, cost their number squared.

@@ -264,6 +264,12 @@ def test_mimeParameters() -> None:
             'attachment; size=""; filename="M\u00e4rz.pdf"',
             b"attachment;\r\n size=\"\";\r\n filename*=utf-8''M%C3%A4rz.pdf",
         ),
+        # A ";" in a quoted string does not end the value (which should
+        # not hold one): the value is kept whole.
+        (
+            'attachment"x;"; filename="M\u00e4rz.pdf"',
+            b"attachment\"x;\";\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
     ],
 )
 def test_mimeParametersTakenApart(body: str, downgraded: bytes) -> None:
@@ -348,6 +354,8 @@ def test_asciiParameterTwice() -> None:
         'text/plain; name="\u00e4',  # an unbalanced quote
         "text/plain; name=\u00e4 (comment)",  # a comment after a token
         'text/plain; name="\u00e4"x',  # text after the quoted string
+        'attachment"x;\u00e4"',  # a quoted ";" in a value that is not ASCII
+        '"x;\u00e4"; name=a',  # the same, the value only a quoted string
     ],
 )
 def test_mimeFieldEncodedWhole(body: str) -> None:

@@ -264,6 +264,23 @@ def test_mimeParameters() -> None:
             'attachment; size=""; filename="M\u00e4rz.pdf"',
             b"attachment;\r\n size=\"\";\r\n filename*=utf-8''M%C3%A4rz.pdf",
         ),
+        # White space before a ";" is not part of the value.
+        (
+            'attachment \t; filename="M\u00e4rz.pdf"',
+            b"attachment;\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
+        # The value and each parameter's name are kept as written.
+        (
+            'Attachment; FileName="M\u00e4rz.pdf"',
+            b"Attachment;\r\n FileName*=utf-8''M%C3%A4rz.pdf",
+        ),
+        # A parameter's name is matched without regard to case (RFC 2045
+        # section 5.1): a UTF-8 one that the field gives in RFC 2231's form
+        # too, its name in other case, is left out.
+        (
+            "attachment; FileName=\"M\u00e4rz.pdf\"; filename*=utf-8''M%C3%A4rz.pdf",
+            b"attachment;\r\n filename*=utf-8''M%C3%A4rz.pdf",
+        ),
         # A ";" in a quoted string does not end the value (which should
         # not hold one): the value is kept whole.
         (
@@ -275,9 +292,11 @@ def test_mimeParameters() -> None:
 def test_mimeParametersTakenApart(body: str, downgraded: bytes) -> None:
     """
     Empty parameters are left out, the white space around a parameter's
-    "=" is not part of its name or value, and an empty quoted value is a
-    value: such a field is still taken apart, its UTF-8 parameter written
-    in RFC 2231's form, not encoded whole.
+    "=" is not part of its name or value, nor that before a ";" part of
+    the field's value, and an empty quoted value is a value: such a field
+    is still taken apart, its UTF-8 parameter written in RFC 2231's form
+    (under its name as written), not encoded whole.  Names are matched
+    without regard to case.
     """
     header = f"Content-Disposition: {body}\r\n".encode()
     out = downgradeHeader(header)
@@ -305,6 +324,91 @@ def test_mimeParameterContinuations() -> None:
         b"",
     ]
     assert email.message_from_bytes(out + b"\r\n").get_filename() == name
+
+
+def _spaced(more: int) -> bytes:
+    """
+    An ASCII parameter with white space, of 45 characters and C{more}.
+    """
+    return b'x="' + b"a" * 40 + b" " + b"b" * more + b'"'
+
+
+@pytest.mark.parametrize(
+    "body, lines",
+    [
+        # The last parameter: a line of 78 characters is kept, one of 79
+        # folded before its white space.
+        (b'attachment; filename="\xc3\xa4"; ' + _spaced(32), [b" " + _spaced(32)]),
+        (
+            b'attachment; filename="\xc3\xa4"; ' + _spaced(33),
+            [b' x="' + b"a" * 40, b" " + b"b" * 33 + b'"'],
+        ),
+        # Another parameter follows: the ";" after it counts.
+        (
+            b'attachment; filename="\xc3\xa4"; ' + _spaced(31) + b"; size=1",
+            [b" " + _spaced(31) + b";", b" size=1"],
+        ),
+        (
+            b'attachment; filename="\xc3\xa4"; ' + _spaced(32) + b"; size=1",
+            [b' x="' + b"a" * 40, b" " + b"b" * 32 + b'";', b" size=1"],
+        ),
+    ],
+)
+def test_mimeParameterLinesWithin78(body: bytes, lines: list[bytes]) -> None:
+    """
+    Each parameter of a downgraded MIME field starts a line, in its second
+    column: an ASCII one is folded before its white space only if that
+    line, with the ";" after it if another parameter follows, would pass
+    78 characters (RFC 5322 section 2.1.1).  The size is counted as sent.
+    """
+    header = b"Content-Disposition: " + body + b"\r\n"
+    out = downgradeHeader(header)
+    assert out.split(b"\r\n") == [
+        b"Content-Disposition: attachment;",
+        b" filename*=utf-8''%C3%A4;",
+        *lines,
+        b"",
+    ]
+    assert max(map(len, out.split(b"\r\n"))) <= 78
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+@pytest.mark.parametrize("length", [54, 55])
+def test_mimeValueLineWithin78(length: int) -> None:
+    """
+    A MIME field's value with white space (RFC 2045 takes the field as RFC
+    822 does a structured one, where white space may stand around the
+    "/"), counted from the column after the field's name, with the ";"
+    after it: the line is kept when it is then 78 characters, folded
+    before its last white space that keeps it within 78 when it would be
+    79 (RFC 5322 section 2.1.1).
+    """
+    value = b"text / x-" + b"a" * length
+    header = b"Content-Type: " + value + b'; name="\xc3\xa4"\r\n'
+    out = downgradeHeader(header)
+    if length == 54:
+        first = [b"Content-Type: " + value + b";"]
+        assert len(first[0]) == 78
+    else:
+        first = [b"Content-Type: text /", b" x-" + b"a" * length + b";"]
+    assert out.split(b"\r\n") == [*first, b" name*=utf-8''%C3%A4", b""]
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+def test_mimeParameterPercentEncoded() -> None:
+    """
+    A UTF-8 parameter in RFC 2231's form holds as they are only the octets
+    of section 7's attribute-char: a space, a tspecial ("/"), and the "*",
+    "'" and "%" that the form itself uses are percent-encoded, as is every
+    octet of a UTF-8 character; a mail reader finds the same name.
+    """
+    header = 'Content-Disposition: attachment; filename="a b/50%*\'\u00e4.pdf"\r\n'.encode()
+    out = downgradeHeader(header)
+    assert out == (
+        b"Content-Disposition: attachment;\r\n filename*=utf-8''a%20b%2F50%25%2A%27%C3%A4.pdf\r\n"
+    )
+    assert email.message_from_bytes(out + b"\r\n").get_filename() == "a b/50%*'\u00e4.pdf"
+    assert downgradeGrowth(header) == len(out) - len(header)
 
 
 def test_mimeParameterGivenTwice() -> None:
@@ -350,6 +454,7 @@ def test_asciiParameterTwice() -> None:
         "text/plain; name*=\u00e4",  # RFC 2231 asked for, but not ASCII
         'text/plain; name*0="Scan_"; name*1="M\u00e4rz"',  # continuations, not ASCII
         'text/plain; name="\u00e4"; NAME="\u00e4"',  # a UTF-8 parameter named twice
+        'text/plain; Name="\u00e4"; NAME="\u00e4"',  # the same, neither in lower case
         "text/plain; \u00e4",  # not name=value
         'text/plain; name="\u00e4',  # an unbalanced quote
         "text/plain; name=\u00e4 (comment)",  # a comment after a token

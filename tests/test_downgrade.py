@@ -171,6 +171,7 @@ def test_lastAddressFillsTheLine() -> None:
         "J\u00fcrgen <j@example.de",  # unbalanced
         "J\u00fcrgen <j@example.de> x",  # text after the address
         "J\u00fcrgen <x> <j@example.de>",  # a special in the display name
+        "J\u00fcrgen@home <j@example.de>",  # an "@" in an unquoted display name
         "a@example.org (work), J\u00fcrgen <j@example.de>",  # a comment in another mailbox
         "a@example.org>, J\u00fcrgen <j@example.de>",  # a bracket that nothing opened
         "a@example.org,, J\u00fcrgen <j@example.de>",  # an empty element
@@ -1220,24 +1221,91 @@ def test_addressAfterTwoLineName(length: int) -> None:
     assert downgradeGrowth(header) == len(out) - len(header)
 
 
-@pytest.mark.parametrize("length", [77, 78])
-def test_addressOnItsOwnLine(length: int) -> None:
+@pytest.mark.parametrize(
+    "length, more",
+    [(77, b""), (78, b""), (76, b", b@example.org"), (77, b", b@example.org")],
+)
+def test_addressOnItsOwnLine(length: int, more: bytes) -> None:
     """
     An address that starts the line after an encoded display name starts
     in its second column, after the space that folds it: it is folded again
-    only if that line would pass 78 characters (RFC 5322 section 2.1.1).
+    only if that line, with the comma after it if another mailbox follows,
+    would pass 78 characters (RFC 5322 section 2.1.1).
     """
     address = b"<" + b"a" * 40 + b" " + b"b" * (length - 43) + b">"
     assert len(address) == length
-    header = b"To: J\xc3\xb6rg " + address + b"\r\n"
+    header = b"To: J\xc3\xb6rg " + address + more + b"\r\n"
     out = downgradeHeader(header)
-    if length == 77:  # a line of 78
-        assert out == b"To: =?UTF-8?B?SsO2cmc=?=\r\n " + address + b"\r\n"
+    lines = [b"To: =?UTF-8?B?SsO2cmc=?="]
+    comma = b"," if more else b""
+    if length + len(comma) == 77:  # a line of 78
+        lines.append(b" " + address + comma)
     else:
-        assert out == (
-            b"To: =?UTF-8?B?SsO2cmc=?=\r\n <" + b"a" * 40 + b"\r\n " + b"b" * 35 + b">\r\n"
-        )
+        lines += [b" <" + b"a" * 40, b" " + b"b" * (length - 43) + b">" + comma]
+    if more:
+        lines.append(b" b@example.org")
+    assert out.split(b"\r\n") == [*lines, b""]
     assert max(map(len, out.split(b"\r\n"))) <= 78
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+@pytest.mark.parametrize("length", [18, 19])
+def test_asciiMailboxFirst(length: int) -> None:
+    """
+    An ASCII mailbox before a UTF-8 one is kept as it is, on the field's
+    first line, counted from the column after the field's name with the
+    comma after it: folded before its white space only if that line would
+    pass 78 characters (RFC 5322 section 2.1.1).
+    """
+    mailbox = b"A" * 40 + b" <" + b"a" * length + b"@example.org>"
+    header = b"To: " + mailbox + b", J\xc3\xb6rg <j@example.org>\r\n"
+    out = downgradeHeader(header)
+    if length == 18:
+        first = [b"To: " + mailbox + b","]
+        assert len(first[0]) == 78
+    else:
+        first = [b"To: " + b"A" * 40, b" <" + b"a" * length + b"@example.org>,"]
+    assert out.split(b"\r\n") == [*first, b" =?UTF-8?B?SsO2cmc=?= <j@example.org>", b""]
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+@pytest.mark.parametrize(
+    "body", [b"J\xc3\xb6rg\t<j@example.org>", b"J\xc3\xb6rg \t\r\n\t<j@example.org>"]
+)
+def test_tabBeforeAddress(body: bytes) -> None:
+    """
+    A tab between a UTF-8 display name and its address, or a fold before
+    one, is white space (RFC 5322 section 3.2.2), not part of the name.
+    """
+    header = b"To: " + body + b"\r\n"
+    out = downgradeHeader(header)
+    assert out == b"To: =?UTF-8?B?SsO2cmc=?= <j@example.org>\r\n"
+    assert downgradeGrowth(header) == len(out) - len(header)
+
+
+@pytest.mark.parametrize(
+    "field, downgraded",
+    [
+        (
+            b"To: J\xc3\xb6rg\x0c <j@example.org>",
+            b"To: =?UTF-8?B?" + base64.b64encode(b"J\xc3\xb6rg\x0c") + b"?= <j@example.org>",
+        ),
+        (
+            b'Content-Type: text/plain\x0c; name="\xc3\xa4"',
+            b"Content-Type: text/plain\x0c;\r\n name*=utf-8''%C3%A4",
+        ),
+    ],
+)
+def test_controlAtEdgeKept(field: bytes, downgraded: bytes) -> None:
+    """
+    A control octet at the end of a display name or of a MIME field's
+    value (a form feed, which RFC 5322 does not allow there) is not white
+    space: it is kept, only space and tab taken away.  Bad input loses
+    nothing.
+    """
+    header = field + b"\r\n"
+    out = downgradeHeader(header)
+    assert out == downgraded + b"\r\n"
     assert downgradeGrowth(header) == len(out) - len(header)
 
 

@@ -252,6 +252,39 @@ class TestTemplate:
         # The text of the -ERR line says why.
         assert caught.value.text == "Maildrop not available: user name has no domain"
 
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.sampled_from(
+            [
+                "{user}",
+                "{localpart}",
+                "{domain}/{localpart}/Maildir",
+                "{localpart}.{domain}",
+                ".{user}.",
+                "{domain}{localpart}/{user}",
+            ]
+        ),
+        st.text(alphabet="./@a\0", max_size=8),
+    )
+    def test_acceptedNamesStayInside(self, template: str, user: str) -> None:
+        """
+        Whatever the login name, a path it is given is below the template's
+        directory, as many names down as the template has, with no "." or
+        ".." name, no empty one and no NUL: the names most likely to get out
+        (dots, slashes, "@", NUL) either stay in or are refused.
+        """
+        # pathFor touches no file: any existing directory will do.
+        root = os.path.dirname(os.path.abspath(__file__))
+        t = MaildirTemplate(f"{root}/{template}")
+        try:
+            path = t.pathFor(user)
+        except MaildropRefused:
+            return
+        # (A NUL would fail every system call with ValueError, not OSError.)
+        assert os.path.normpath(path) == path and "\0" not in path
+        names = path.removeprefix(root + os.sep).split(os.sep)
+        assert path.startswith(root + os.sep) and len(names) == template.count("/") + 1
+
 
 def test_uidFor() -> None:
     """

@@ -1317,6 +1317,12 @@ def _fsyncDirectory(path: str) -> None:
 
 
 def _unavailable(failure: Any, user: str) -> Any:
+    """
+    A system error opening C{user}'s maildrop (an L{OSError}: a directory
+    that cannot be made, a lock that is a link, no locks over NFS) is
+    logged, with its reason, and answered L{MaildropUnavailable}, whose
+    reply does not show it; a refused name or a maildrop in use passes.
+    """
     if failure.check(OSError):
         _log.error("Maildrop of {user!r} unavailable: {e}", user=user, e=failure.value)
         raise MaildropUnavailable()
@@ -1343,6 +1349,14 @@ class MaildirStore:
         self._indexes = IndexCache()
 
     def _lock(self, user: str) -> MaildirMaildrop:
+        """
+        Lock and list C{user}'s Maildir, made at the first login (in a
+        worker thread: every step is a system call that may wait).
+
+        @raise MaildropRefused: the name has no safe path.
+        @raise MaildropInUse: another session holds the lock.
+        @raise OSError: the Maildir cannot be made, locked or listed.
+        """
         path = self.template.pathFor(user)
         lockPath = os.path.join(path, LOCK_NAME)
         try:

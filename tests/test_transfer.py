@@ -54,6 +54,28 @@ class ChunkReader(BytesReader):
         return None
 
 
+def failedTransfer(
+    reader: object, **options: object
+) -> tuple[RecordingTransport, MessageTransfer, Failure]:
+    """
+    Start a transfer of C{reader}'s message after C{b"+OK\\r\\n"}, which
+    must fail: the transport, the transfer and its one failure.
+    """
+    transport = RecordingTransport()
+    errors: list[Failure] = []
+    transfer = MessageTransfer(
+        transport,
+        reader,  # type: ignore[arg-type]
+        MessageEncoder(),
+        b"+OK\r\n",
+        **options,  # type: ignore[arg-type]
+    )
+    transfer.start().addErrback(errors.append)
+    [failure] = errors
+    assert transport.producer is None
+    return transport, transfer, failure
+
+
 def test_wholeMessageInOneWrite() -> None:
     """
     A message the reader holds whole is sent as one write: status line,
@@ -412,18 +434,12 @@ def test_readGivingNoneIsNoEnd() -> None:
     C{b""} does: a RETR of a reader that gave it at once sent an empty
     message, complete.
     """
-    transport = RecordingTransport()
-    errors: list[Failure] = []
-    transfer = MessageTransfer(
-        transport, FallsOffItsEndReader(MESSAGE), MessageEncoder(), b"+OK\r\n"
-    )
-    transfer.start().addErrback(errors.append)
-    assert len(errors) == 1 and errors[0].check(TypeError)
-    assert str(errors[0].value) == (
+    transport, _, failure = failedTransfer(FallsOffItsEndReader(MESSAGE))
+    assert failure.check(TypeError)
+    assert str(failure.value) == (
         "IMessageReader.read gave None, not bytes; b'' is the end of the message"
     )
     assert transport.value() == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n"
-    assert transport.producer is None
 
 
 class EmptyTextWholeReader(BytesReader):
@@ -442,16 +458,10 @@ def test_wholeGivingEmptyTextIsNoMessage() -> None:
     used to send an empty message, complete.  C{b""} from C{whole} is the
     empty message (L{test_emptyMessage}).
     """
-    transport = RecordingTransport()
-    errors: list[Failure] = []
-    transfer = MessageTransfer(
-        transport, EmptyTextWholeReader(MESSAGE), MessageEncoder(), b"+OK\r\n"
-    )
-    transfer.start().addErrback(errors.append)
-    assert len(errors) == 1 and errors[0].check(TypeError)
-    assert "IMessageReader.whole gave ''" in str(errors[0].value)
+    transport, _, failure = failedTransfer(EmptyTextWholeReader(MESSAGE))
+    assert failure.check(TypeError)
+    assert "IMessageReader.whole gave ''" in str(failure.value)
     assert transport.value() == b""
-    assert transport.producer is None
 
 
 @pytest.mark.parametrize("reader", [BytesReader, ChunkReader], ids=["whole", "read"])
@@ -465,25 +475,16 @@ def test_shorterThanListedIsNotEnded(reader: type[BytesReader]) -> None:
     """
     # The listing's size: the octets before byte-stuffing ("..dot").
     assert len(b"Subject: x\r\n\r\n.dot\r\nbody\r\n") == 26
-    transport = RecordingTransport()
-    errors: list[Failure] = []
-    transfer = MessageTransfer(
-        transport,
-        reader(MESSAGE),
-        MessageEncoder(),
-        b"+OK\r\n",
-        chunkSize=8 if reader is ChunkReader else 1024,
-        expected=27,
+    transport, transfer, failure = failedTransfer(
+        reader(MESSAGE), chunkSize=8 if reader is ChunkReader else 1024, expected=27
     )
-    transfer.start().addErrback(errors.append)
-    assert len(errors) == 1 and errors[0].check(ShorterThanListed)
-    assert str(errors[0].value) == "The store gave 26 octets of a message listed as 27"
+    assert failure.check(ShorterThanListed)
+    assert str(failure.value) == "The store gave 26 octets of a message listed as 27"
     if reader is ChunkReader:
         assert transport.value() == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n"
     else:
         assert transport.value() == b""
         assert transfer.sent == 0
-    assert transport.producer is None
 
 
 @pytest.mark.parametrize("reader", [BytesReader, ChunkReader], ids=["whole", "read"])

@@ -182,9 +182,10 @@ class IMessageReader(Interface):
             L{bytes}, or C{b""} at the end of the message.  The protocol
             never calls C{read} again before the previous Deferred fired.
             It may fail with L{popserv.errors.MessageUnavailable}.  What
-            the reads give in all has the size the listing gave
-            (L{MessageInfo}): a message that ends before it is not sent as
-            whole (L{popserv.transfer.ShorterThanListed}).
+            the reads give in all has, as sent (its line endings CRLF), the
+            size the listing gave (L{MessageInfo}): a message that ends
+            before it is not sent as whole
+            (L{popserv.transfer.ShorterThanListed}).
         """
 
     def close() -> None:

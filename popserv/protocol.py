@@ -507,9 +507,10 @@ class POP3Protocol(LineOnlyReceiver):
             assert isinstance(e, POP3Error)
             if transfer.sent == 0:
                 # Refused before the first octet of the response left (a
-                # whole() that raised MessageUnavailable): the reply can
-                # still be an -ERR, as when opening it failed.  (A message
-                # shorter than listed is no POP3Error: it is cut off.)
+                # whole() or a first read that raised MessageUnavailable):
+                # the reply can still be an -ERR, as when opening it failed.
+                # (A message shorter than listed is no POP3Error: it is
+                # dropped as a fault, ShorterThanListed says why.)
                 self._log.warn("Message unavailable: {error}", error=e.text)
                 self._transferDone(transfer)
                 self._send(replies.err(e.text, e.code))

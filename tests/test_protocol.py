@@ -553,29 +553,70 @@ def test_messageShorterThanListedDropped() -> None:
     assert s.memory.messages("alice") == [M1, M2]
 
 
-def test_wholeRefusedBeforeAnyOctet() -> None:
+class RefusingReader(BytesReader):
     """
-    A reader whose whole() refuses (MessageUnavailable: the file went
-    between opening and reading) is answered with that -ERR, as a refusal
-    to open it is, and the session goes on: nothing of the response had
-    been sent.  It used to drop the connection.
+    A reader whose whole() refuses: the file went between opening and
+    reading.
     """
 
-    class RefusingReader(BytesReader):
-        def whole(self, size: int) -> bytes | None:
-            raise MessageUnavailable()
+    def whole(self, size: int) -> bytes | None:
+        raise MessageUnavailable()
+
+
+class LaterRefusingReader(BytesReader):
+    """
+    A reader that does not offer the message whole and whose first read
+    fails, when the test fires C{pending}, as a file gone meanwhile does.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.pending: Deferred[bytes] = Deferred()
+
+    def whole(self, size: int) -> bytes | None:
+        return None
+
+    def read(self, size: int) -> Deferred[bytes]:
+        return self.pending
+
+
+@pytest.mark.parametrize("reader", [RefusingReader, LaterRefusingReader], ids=["whole", "read"])
+def test_refusedBeforeAnyOctet(reader: type[BytesReader]) -> None:
+    """
+    A reader that refuses before the first octet of the response went out
+    (MessageUnavailable from whole(), at once, or from its first read,
+    later) is answered with that -ERR, as a refusal to open the message
+    is, logged as a warning, and the session goes on as after any answer:
+    on the autologout timer again, not the stall timeout that waited for
+    the read, and closed once the client half-closes.  It used to drop
+    the connection.
+    """
+    readers: list[BytesReader] = []
 
     class RefusingMaildrop(MaildropOver):
         def openMessage(self, index: int) -> Deferred[Any]:
-            return succeed(RefusingReader(M1))
+            readers.append(reader(M1))
+            return succeed(readers[-1])
 
     s = Session()
     s.wrapMaildrops(RefusingMaildrop)
     s.memory.deliver("alice", M1)
     s.login()
-    assert s.command(b"RETR 1") == b"-ERR [SYS/TEMP] Message no longer available\r\n"
+    with capturedLogs() as events:
+        s.send(b"RETR 1\r\n")
+        if isinstance(readers[0], LaterRefusingReader):
+            assert s.take() == b""
+            readers[0].pending.errback(MessageUnavailable())
+    assert s.take() == b"-ERR [SYS/TEMP] Message no longer available\r\n"
+    assert [(e["log_level"], formatEvent(e)) for e in events] == [
+        (LogLevel.warn, "Message unavailable: Message no longer available")
+    ]
+    s.clock.advance(599)
     assert not s.transport.disconnecting
     assert s.command(b"NOOP") == b"+OK\r\n"
+    s.protocol.readConnectionLost()
+    assert s.transport.disconnecting
+    assert s.take() == b""
 
 
 def test_messageShorterThanListedCutOff() -> None:

@@ -15,10 +15,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from popserv.encoder import MessageEncoder, encodeMessage
+from popserv.encoder import MessageEncoder, encodeMessage, wireSize
 from popserv.errors import MessageUnavailable
 from popserv.memorystore import BytesReader
-from popserv.transfer import MessageTransfer, ShorterThanListed, TransferAborted
+from popserv.transfer import CHUNK_SIZE, MessageTransfer, ShorterThanListed, TransferAborted
 
 MESSAGE = b"Subject: x\n\n.dot\nbody\n"
 
@@ -480,6 +480,7 @@ def test_shorterThanListedIsNotEnded(reader: type[BytesReader]) -> None:
     )
     assert failure.check(ShorterThanListed)
     assert str(failure.value) == "The store gave 26 octets of a message listed as 27"
+    assert (failure.value.octets, failure.value.listed) == (26, 27)
     if reader is ChunkReader:
         assert transport.value() == b"+OK\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n"
     else:
@@ -487,46 +488,70 @@ def test_shorterThanListedIsNotEnded(reader: type[BytesReader]) -> None:
         assert transfer.sent == 0
 
 
+LARGE = b"Subject: large\n\n" + b"y" * CHUNK_SIZE + b"\n.end"
+
+
+@pytest.mark.parametrize(
+    ("message", "wire"),
+    [
+        (MESSAGE, b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\n"),
+        (b"", b".\r\n"),
+        (b".first\n", b"..first\r\n.\r\n"),
+        (b"no end", b"no end\r\n.\r\n"),
+        (b"bare CR\r", b"bare CR\r\r\n.\r\n"),
+        (b"CR\r\nLF\n", b"CR\r\nLF\r\n.\r\n"),
+        (
+            LARGE,
+            b"Subject: large\r\n\r\n" + b"y" * CHUNK_SIZE + b"\r\n..end\r\n.\r\n",
+        ),
+    ],
+    ids=["stuffed", "empty", "first-dot", "unterminated", "bare-CR", "mixed", "large"],
+)
 @pytest.mark.parametrize("reader", [BytesReader, ChunkReader], ids=["whole", "read"])
-def test_listedSizeMet(reader: type[BytesReader]) -> None:
+def test_listedSizeMet(message: bytes, wire: bytes, reader: type[BytesReader]) -> None:
     """
-    The listed size is the message's wire size before byte-stuffing (RFC
-    1939 section 11): a message of exactly that size is sent whole, with
-    nothing logged.
+    The listed size is the message's wire size (RFC 1939 section 11):
+    after byte-stuffing is taken off (the first line's "." too) and with
+    the CRLF an unterminated last line gets and the bare CR at its end.  A
+    message of exactly that size is sent whole, with nothing logged: held
+    whole or read in chunks, small, empty, or larger than a chunk.
     """
+    expected = len(wire) - len(b".\r\n") - wire.count(b"\n..") - wire.startswith(b"..")
+    assert expected == wireSize(message)
     transport = RecordingTransport()
     logged: list[dict[str, object]] = []
     globalLogPublisher.addObserver(logged.append)
     try:
         transfer = MessageTransfer(
             transport,
-            reader(MESSAGE),
+            reader(message),
             MessageEncoder(),
             b"+OK\r\n",
-            chunkSize=8 if reader is ChunkReader else 1024,
-            expected=26,
+            chunkSize=8 if reader is ChunkReader and message is not LARGE else CHUNK_SIZE,
+            expected=expected,
         )
         done: list[object] = []
         transfer.start().addCallback(done.append)
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert done == [None]
-    assert transport.value() == b"+OK\r\n" + encodeMessage(MESSAGE)
+    assert transport.value() == b"+OK\r\n" + wire
     assert [e for e in logged if "expected" in e] == []
 
 
-def test_longerThanListedIsSentAndLogged() -> None:
+@pytest.mark.parametrize("listed", [20, 0])
+def test_longerThanListedIsSentAndLogged(listed: int) -> None:
     """
     A message longer than its listed size is sent whole, terminator and
     all (nothing of it is lost to the client), and the mismatch logged
-    as the store's error it is.
+    as the store's error it is: also one listed as empty.
     """
     transport = RecordingTransport()
     logged: list[dict[str, object]] = []
     globalLogPublisher.addObserver(logged.append)
     try:
         transfer = MessageTransfer(
-            transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n", expected=20
+            transport, BytesReader(MESSAGE), MessageEncoder(), b"+OK\r\n", expected=listed
         )
         done: list[object] = []
         transfer.start().addCallback(done.append)
@@ -534,4 +559,4 @@ def test_longerThanListedIsSentAndLogged() -> None:
         globalLogPublisher.removeObserver(logged.append)
     assert done == [None]
     assert transport.value() == b"+OK\r\n" + encodeMessage(MESSAGE)
-    assert [(e["octets"], e["expected"]) for e in logged if "expected" in e] == [(26, 20)]
+    assert [(e["octets"], e["expected"]) for e in logged if "expected" in e] == [(26, listed)]

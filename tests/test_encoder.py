@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from popserv.downgrade import prefixNeeded
 from popserv.encoder import (
     MAX_STUFFED_VIEWS,
     MessageEncoder,
     WireSize,
     _stuffParts,
+    downgradeDelta,
     encodeMessage,
     wireSize,
 )
@@ -141,6 +143,71 @@ def test_wireSizeIsOctetsBeforeStuffing(message: bytes, cuts: list[int]) -> None
     for chunk in chunked(message, cuts):
         counter.feed(chunk)
     assert counter.finish() == len(unstuffed) == wireSize(message)
+
+
+# Messages as a store holds them, with what changes their size on the wire:
+# header fields with UTF-8 (downgraded for a client without UTF8), folds,
+# both line endings, bare CRs (one at the end too), "." at line starts (the
+# first line too), blank lines that end the header or do not.
+storedMessages = st.lists(
+    st.sampled_from(
+        [
+            b"Subject: \xc3\xa4\xc3\xb6",
+            b"From: \xe2\x82\xac <x@y>",
+            b'Content-Type: text/plain; name="\xc3\xa4"',
+            b" folded \xc3\xbc",
+            b"To: a@b",
+            b"X: \xff",
+            b".",
+            b"a",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\n.",
+            b"=" * 90,
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+def readPrefix(message: bytes, size: int) -> bytes:
+    """
+    The start of C{message} that the protocol reads, C{size} octets a read,
+    to size its header for a store that did not (L{prefixNeeded}).
+    """
+    prefix = b""
+    while True:
+        data = message[len(prefix) : len(prefix) + size]
+        prefix += data
+        if not (data and prefixNeeded(prefix)):
+            return prefix
+
+
+@settings(max_examples=500, deadline=None)
+@given(storedMessages, st.lists(st.integers(1, 40), min_size=1, max_size=4), st.booleans())
+def test_octetsAreTheListedSize(message: bytes, sizes: list[int], downgrade: bool) -> None:
+    """
+    What RETR holds a store's message to (L{MessageEncoder.octets} once
+    finished, fed in chunks of any size) is the size every listing gives
+    it: L{wireSize}, which the memory store lists and which the Maildir
+    store's counting must equal, and for a client without UTF8 also the
+    wire size plus the header's growth from the start of the message the
+    protocol reads when a store gives no downgraded size.  Any difference
+    drops the connection at every RETR of that message.
+    """
+    encoder = MessageEncoder(downgrade=downgrade)
+    chunks = itertools.cycle(sizes)
+    offset = 0
+    while offset < len(message):
+        end = offset + next(chunks)
+        encoder.feedParts(message[offset:end])
+        offset = end
+    encoder.finish()
+    assert encoder.octets == wireSize(message, downgrade)
+    if downgrade:
+        delta = downgradeDelta(readPrefix(message, sizes[0]))
+        assert encoder.octets == wireSize(message) + delta
 
 
 def test_topStopsEarly() -> None:

@@ -27,11 +27,12 @@ from maildir_helpers import SYSTEM_HAS_NOWAIT, login, snapshot, store
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from popserv import maildir, maildirindex
-from popserv.encoder import wireSize
+from popserv.encoder import MessageEncoder, encodeMessage, wireSize
 from popserv.errors import (
     DeletionFailed,
     MaildropInUse,
@@ -42,6 +43,7 @@ from popserv.errors import (
 )
 from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
+from popserv.transfer import CHUNK_SIZE, MessageTransfer
 
 
 class TestTemplate:
@@ -1367,6 +1369,58 @@ def test_downgradedSizes(tmp_path: Path) -> None:
         wireSize(utf8, downgrade=True),
         wireSize(ascii_),
     ]
+    maildrop.close()
+
+
+#: Stored messages whose wire size is not their size on disk, or whose
+#: first line is stuffed: small ones, read whole at login, and ones larger
+#: than its first read and than a transfer's chunk, counted in chunks.
+SIZED_MESSAGES = [
+    b"",
+    b"no end",
+    b"bare CR\r",
+    b".first\n\n.dot\n",
+    "Subject: Gr\u00fc\u00dfe\n\nbody \u00e4\n".encode(),
+    b"Subject: large\n\n" + b"y\n" * CHUNK_SIZE + b".end\r",
+    "Subject: Gr\u00fc\u00dfe\r\n\r\n".encode() + b"y" * CHUNK_SIZE + b"\r\n\r",
+]
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["counted", "named"])
+def test_listedSizesAreWhatRetrSends(tmp_path: Path, named: bool) -> None:
+    """
+    The sizes the Maildir store lists for a message, with UTF8 and
+    without, are what a transfer of its reader's octets counts
+    (L{MessageTransfer} holds RETR to them, and drops the connection if a
+    message comes out shorter): each message is sent whole, as
+    L{encodeMessage} makes it.  Also for a file whose ,W= name gives its
+    size (the store takes that for a large file, plus the CRLF popserv
+    ends an unterminated last line with), an empty one, one that ends in a
+    bare CR, and one whose first line starts with ".".
+    """
+    for number, message in enumerate(SIZED_MESSAGES):
+        name = f"{1700000000 + number}.M{number}.host"
+        if named:
+            # Dovecot's ,W=: every LF counted as CRLF, nothing added.
+            lines = message.count(b"\n") - message.count(b"\r\n")
+            name += f",W={len(message) + lines}"
+        deliverToMaildir(tmp_path / "alice", message, name=name)
+    maildrop, infos = login(store(tmp_path))
+    assert [(i.size, i.downgradedSize) for i in infos] == [
+        (wireSize(m), wireSize(m, downgrade=True)) for m in SIZED_MESSAGES
+    ]
+    for index, message in enumerate(SIZED_MESSAGES):
+        for downgrade in (False, True):
+            info = infos[index]
+            transport = StringTransport()
+            transfer = MessageTransfer(
+                transport,
+                result(maildrop.openMessage(index)),
+                MessageEncoder(downgrade=downgrade),
+                expected=info.downgradedSize if downgrade else info.size,
+            )
+            assert result(transfer.start()) is None
+            assert transport.value() == encodeMessage(message, downgrade=downgrade)
     maildrop.close()
 
 

@@ -55,6 +55,9 @@ class TestTemplate:
             ("{tmp}/{domain}", "must contain {user} or {localpart}"),
             ("{tmp}/{uid}", "unknown field {uid}"),
             ("{tmp}/{user}/{uid}", "unknown field {uid}"),
+            # A positional field: format(**values) failed every login.
+            ("{tmp}/{}/{user}", "unknown field {}"),
+            ("{tmp}/{user}{0}", "unknown field {0}"),
             ("{tmp}/{user", "bad template"),
             ("/nonexistent/popserv/{user}", "directory /nonexistent/popserv does not exist"),
             ("{tmp}/{user}/../shared", "must not use . or .. after a field"),
@@ -125,6 +128,16 @@ class TestTemplate:
         with pytest.raises(StoreConfigError) as caught:
             MaildirTemplate(f"{tmp_path}/mail/{{user}}")
         assert str(caught.value) == f"maildir: {tmp_path}/mail is not a directory"
+
+    def test_fixedDirectoryALinkToNothing(self, tmp_path: Path) -> None:
+        """
+        A fixed directory that is a link to nothing (a file system not
+        mounted) is refused as missing, which the directory it names is.
+        """
+        (tmp_path / "mail").symlink_to(tmp_path / "unmounted")
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(f"{tmp_path}/mail/{{user}}")
+        assert str(caught.value) == f"maildir: directory {tmp_path}/mail does not exist"
 
     @pytest.mark.parametrize("above", ["missing", "file"])
     def test_fixedPartResolvedAsWritten(self, tmp_path: Path, above: str) -> None:
@@ -444,6 +457,23 @@ def test_firstLoginMakesWhatIsMissing(tmp_path: Path, monkeypatch: pytest.Monkey
     made.clear()
     result(s.openMaildrop("bob@example.org")).close()
     assert made == []
+
+
+def test_firstLoginMakesADeepPath(tmp_path: Path) -> None:
+    """
+    However many names the template puts between its fixed directory and
+    the Maildir, a first login makes each one missing (a bound on the
+    climb of three or five failed this login).
+    """
+    s = MaildirStore(
+        str(tmp_path / "{domain}" / "a" / "b" / "c" / "{localpart}" / "Maildir"),
+        runInThread=syncRun,
+    )
+    result(s.openMaildrop("bob@example.org")).close()
+    maildir = tmp_path / "example.org" / "a" / "b" / "c" / "bob" / "Maildir"
+    assert all((maildir / d).is_dir() for d in ["cur", "new", "tmp"])
+    made = [maildir.parents[n] for n in range(5)]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in [*made, maildir]] == [0o700] * 6
 
 
 def test_directoryMadeMeanwhileIsUsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

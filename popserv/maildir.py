@@ -9,10 +9,11 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
  - Sizes come from the C{,W=} field of the file name (the size with CRLF
    line endings, as Dovecot and Courier write it) when present, else by
    reading the file.  C{,S=} is the size on disk, which differs from the
-   wire size for files with LF line endings, so it cannot stand in.  What
-   reading a file told is kept in the Maildir's index
-   (L{popserv.maildirindex}), so each file is read once, not at every
-   login.
+   wire size for files with LF line endings, so it cannot stand in.  A
+   C{,W=} that reading the message for RETR proves wrong is replaced by
+   the count in the index (L{_NamedSizeReader}).  What reading a file
+   told is kept in the Maildir's index (L{popserv.maildirindex}), so each
+   file is read once, not at every login.
  - The listing of C{new/} and C{cur/} decides which messages there are.  A
    login that listed them, sized every message and found both directories
    unchanged for a while (L{_SETTLE_NS}) ends the index with a stamp of
@@ -78,6 +79,7 @@ from popserv.interfaces import (
     IMaildrop,
     IMailStore,
     IMessageReader,
+    IWholeMessageReader,
     MessageInfo,
     MessageList,
 )
@@ -117,6 +119,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NO
 #: the mail: it leaves the file's access time alone (and is cheaper for it,
 #: L{popserv.prefetch}).  RETR and TOP read as a client reading mail does.
 _SIZING_FLAGS = _OPEN_FLAGS | NOATIME
+_LF_OCTET = ord("\n")
 _WIRE_SIZE = re.compile(r",W=(\d{1,15})(?:,|$)")
 #: What L{uidFor} makes of a name that is not a valid unique-id.
 _DIGEST_UID = re.compile(r"x[0-9a-f]{40}\Z")
@@ -387,6 +390,58 @@ def _measureRead(
     else:
         wire = counter.finish()
     return wire, wire + downgradeDelta(prefix), disk
+
+
+@implementer(IWholeMessageReader)
+class _NamedSizeReader:
+    """
+    The reader of a large message whose name gives a wire size (C{,W=}),
+    which the store listed it with unread (L{_measureRead}).  A name can
+    be wrong (the file changed after delivery, under its name), and RETR,
+    which holds a message to its listed size, then drops the session at
+    every try.  So this counts the wire size of what it gives, and at the
+    end of the message calls C{wrong} with it if that is not the size
+    listed: the store keeps it, and lists the message right from the next
+    login, as Dovecot renames a file whose C{,W=} it finds wrong.
+
+    Counted as L{_wholeWireSize} does, with no copy of a chunk: a LF gains
+    a CR unless one is before it (in this chunk or at the end of the last).
+    """
+
+    __slots__ = ("_last", "_listed", "_octets", "_reader", "_wrong")
+
+    def __init__(self, reader: FileReader, listed: int, wrong: Callable[[int], object]) -> None:
+        self._reader = reader
+        self._listed = listed
+        self._wrong = wrong
+        self._octets = 0
+        self._last = _LF_OCTET  # as if after a line: an empty message gains nothing
+
+    def whole(self, size: int) -> bytes | None:
+        data = self._reader.whole(size)
+        if data is not None:
+            self._check(_wholeWireSize(data))
+        return data
+
+    def read(self, size: int) -> Deferred[bytes]:
+        return self._reader.read(size).addCallback(self._counted)
+
+    def _counted(self, data: bytes) -> bytes:
+        if not data:
+            self._check(self._octets + (0 if self._last == _LF_OCTET else 2))
+            return data
+        self._octets += len(data) + data.count(b"\n")
+        if CR_OCTET in data or self._last == CR_OCTET:
+            self._octets -= data.count(b"\r\n") + (self._last == CR_OCTET and data[0] == _LF_OCTET)
+        self._last = data[-1]
+        return data
+
+    def _check(self, counted: int) -> None:
+        if counted != self._listed:
+            self._wrong(counted)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class _Directories(NamedTuple):
@@ -1243,22 +1298,61 @@ class MaildirMaildrop:
             ahead = self._ahead = _ReadAhead()
         data, inOrder = ahead.take(index)
         if data is not None:
-            return succeed(FileReader(None, self._run, data))
+            return succeed(self._reader(index, (None, data, len(data))))
         if not inOrder:
             d = self._inThread(self._open, index)
-            return d.addCallback(self._reader)
+            return d.addCallback(lambda opened: self._reader(index, opened))
 
-        def readAhead(result: tuple[_Opened, dict[int, bytes]]) -> FileReader:
+        def readAhead(result: tuple[_Opened, dict[int, bytes]]) -> IMessageReader:
             opened, following = result
             if ahead.last == index and not self._closed:
                 ahead.messages = following
-            return self._reader(opened)
+            return self._reader(index, opened)
 
         return self._inThread(self._openReadingAhead, index).addCallback(readAhead)
 
-    def _reader(self, opened: _Opened) -> FileReader:
+    def _reader(self, index: int, opened: _Opened) -> IMessageReader:
         f, head, size = opened
-        return FileReader(f, self._run, head, size)
+        reader = FileReader(f, self._run, head, size)
+        base = self._bases[index]
+        if size < _FIRST_READ or ",W=" not in base or _knownWireSize(base) is None:
+            return reader  # sized by reading it at login: nothing to check
+        return _NamedSizeReader(
+            reader, self._infos[index].size, lambda counted: self._wrongSize(index, size, counted)
+        )
+
+    def _wrongSize(self, index: int, disk: int, counted: int) -> None:
+        """
+        Message C{index}, C{disk} octets when it was opened, has the wire
+        size C{counted}, not the one listed (from its name): logged, and
+        kept in the index, so that the next login lists it so.
+        """
+        base = self._bases[index]
+        info = self._infos[index]
+        _log.warn(
+            "Message {base!r} in {path} has {counted} octets on the wire, not the {listed}"
+            " it was listed with; listed so from the next login",
+            base=base,
+            path=self.path,
+            counted=counted,
+            listed=info.size,
+        )
+        if self._closed or disk != self._disk[index]:
+            return  # changed since it was sized: forgotten, it is read again
+        # The header's growth for a client without UTF8 is the same.
+        growth = 0 if info.downgradedSize is None else info.downgradedSize - info.size
+        downgraded = counted + growth
+        record = Records([base], numbers([counted]), numbers([downgraded]), numbers([disk]))
+        self._inThread(self._record, record)
+
+    def _record(self, record: Records) -> None:
+        # Like every index update, never fails what the session is doing.
+        try:
+            with self._mutex:
+                if self._index is not None:
+                    self._index.append(record)
+        except Exception:
+            _log.failure("Cannot update the index of {path}", path=self.path)
 
     def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
         return self._inThread(self._delete, list(indexes))

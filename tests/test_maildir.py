@@ -11,6 +11,7 @@ import errno
 import fcntl
 import gc
 import hashlib
+import io
 import os
 import stat
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from maildir_helpers import SYSTEM_HAS_NOWAIT, login, snapshot, store
+from protocol_helpers import Session
 from synchronous import result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
@@ -41,9 +43,10 @@ from popserv.errors import (
     MessageUnavailable,
     StoreConfigError,
 )
+from popserv.filereader import FileReader
 from popserv.maildir import LOCK_NAME, MaildirStore, MaildirTemplate, uidFor
 from popserv.maildirindex import INDEX_NAME, TEMP_NAME, MaildirIndex, lookup
-from popserv.transfer import CHUNK_SIZE, MessageTransfer
+from popserv.transfer import CHUNK_SIZE, MessageTransfer, ShorterThanListed
 
 
 class TestTemplate:
@@ -1452,6 +1455,97 @@ def test_listedSizesAreWhatRetrSends(tmp_path: Path, named: bool) -> None:
             assert result(transfer.start()) is None
             assert transport.value() == encodeMessage(message, downgrade=downgrade)
     maildrop.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"."]), max_size=40).map(b"".join),
+    st.integers(1, 8),
+)
+def test_namedSizeCounted(message: bytes, size: int) -> None:
+    """
+    The reader of a message whose name gives its size counts its wire size
+    as L{wireSize} does, read whole or in chunks of any size (a CR at the
+    end of one and its LF at the start of the next, a bare CR at the end),
+    and reports it if it is not the size listed.
+    """
+    counted: list[int] = []
+    whole = maildir._NamedSizeReader(FileReader(None, syncRun, message), -1, counted.append)
+    assert whole.whole(len(message)) == message
+    chunked = maildir._NamedSizeReader(
+        FileReader(io.BytesIO(message), syncRun, b"", len(message)), -1, counted.append
+    )
+    read = b""
+    while data := result(chunked.read(size)):
+        read += data
+    assert read == message
+    assert counted == [wireSize(message)] * 2
+
+
+@pytest.mark.parametrize("lines", [20_000, 60_000], ids=["whole", "read"])
+@pytest.mark.parametrize("error", [10, -10], ids=["over", "under"])
+def test_wrongNamedSizeListedRightNextTime(tmp_path: Path, error: int, lines: int) -> None:
+    """
+    A large file whose ,W= name gives a wrong size (changed after
+    delivery, under its name) is listed with it, unread; RETR finds out:
+    a message shorter than listed is not ended (nothing of it is sent if
+    the store read it whole, and the session is dropped), one longer is
+    sent, and either way the count is logged and kept in the index, so the
+    next login lists the message right, its downgraded size too.  Over by
+    10, it used to drop the session at every RETR, at every login: no
+    client could download it.
+    """
+    message = "Subject: Gr\u00fc\u00dfe\n\n".encode() + b"line\n" * lines
+    name = f"1700000000.M1.host,W={wireSize(message) + error}"
+    deliverToMaildir(tmp_path / "alice", message, name=name)
+    s = store(tmp_path)
+    maildrop, infos = login(s)
+    assert [i.size for i in infos] == [wireSize(message) + error]
+    transport = StringTransport()
+    failures: list[Failure] = []
+    with capturedLogs() as events:
+        transfer = MessageTransfer(
+            transport, result(maildrop.openMessage(0)), MessageEncoder(), expected=infos[0].size
+        )
+        transfer.start().addErrback(failures.append)
+    maildrop.close()
+    if error > 0:
+        assert [f.type for f in failures] == [ShorterThanListed]
+        unended = encodeMessage(message)[: -len(b".\r\n")]
+        assert transport.value() == (b"" if lines == 20_000 else unended)
+    else:
+        assert failures == []
+        assert transport.value() == encodeMessage(message)
+    assert f"Message {name!r} in {tmp_path / 'alice'} has {wireSize(message)} octets on the" in (
+        formatEvent(events[0])
+    )
+    assert snapshot(s) == [(name, wireSize(message), wireSize(message, downgrade=True))]
+
+
+def test_wrongNamedSizeOverTheWire(tmp_path: Path) -> None:
+    """
+    Over the wire: a message whose ,W= name says 10 octets more than it
+    has is listed so and cut off at its first RETR, before the terminator,
+    the connection dropped before the DELE and QUIT behind it, and nothing
+    deleted; the next session lists its true size, and its RETR sends it
+    whole.  Every RETR of it used to be cut off, at every login.
+    """
+    body = b"line\n" * 60_000  # read in chunks: the reply is under way when it ends
+    wire = b"Subject: x\r\n\r\n" + body.replace(b"\n", b"\r\n")
+    deliverToMaildir(
+        tmp_path / "alice", b"Subject: x\n\n" + body, name=f"1.M1.host,W={len(wire) + 10}"
+    )
+    s = store(tmp_path)
+    first = Session(store=s)
+    assert first.login() == b"+OK Logged in, 1 messages (%d octets)\r\n" % (len(wire) + 10)
+    with capturedLogs():
+        first.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    assert first.take() == b"+OK %d octets\r\n" % (len(wire) + 10) + wire
+    assert first.transport.disconnecting
+    first.protocol.connectionLost(Failure(ConnectionError()))
+    second = Session(store=s)
+    assert second.login() == b"+OK Logged in, 1 messages (%d octets)\r\n" % len(wire)
+    assert second.command(b"RETR 1") == b"+OK %d octets\r\n" % len(wire) + wire + b".\r\n"
 
 
 # The index: what reading the files told, kept for the next login.

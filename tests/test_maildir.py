@@ -1522,6 +1522,38 @@ def test_wrongNamedSizeListedRightNextTime(tmp_path: Path, error: int, lines: in
     assert snapshot(s) == [(name, wireSize(message), wireSize(message, downgrade=True))]
 
 
+def test_wrongNamedSizeNotKeptForAChangedFile(tmp_path: Path) -> None:
+    """
+    A count is not kept for a file that changed since the login sized it
+    (it is forgotten, and the next login sizes it again from the file and
+    its name: its header, and so its downgraded size, may have changed
+    too), nor after the maildrop was closed, when the lock that lets a
+    session write the index is no longer held.  (Each name here says one
+    octet more than its file has.)
+    """
+    names = ["1700000000.M1.host,W=300000", "1700000001.M2.host,W=300000"]
+    message = b"Subject: x\n\n" + b"y" * 299_985
+    paths = [deliverToMaildir(tmp_path / "alice", message, name=name) for name in names]
+    s = store(tmp_path)
+    maildrop, infos = login(s)
+    assert [(i.size, i.downgradedSize) for i in infos] == [(300_002, 300_002)] * 2
+    changed = "Subject: \u00e4\n\n".encode() + b"y" * 200_000
+    paths[0].write_bytes(changed)
+    growth = wireSize(changed, downgrade=True) - wireSize(changed)
+    with capturedLogs():
+        reader = result(maildrop.openMessage(0))
+        while result(reader.read(CHUNK_SIZE)):
+            pass
+        reader.close()
+        reader = result(maildrop.openMessage(1))
+        assert result(reader.read(CHUNK_SIZE))
+        maildrop.close()
+        while result(reader.read(CHUNK_SIZE)):
+            pass
+        reader.close()
+    assert snapshot(s) == [(names[0], 300_002, 300_002 + growth), (names[1], 300_002, 300_002)]
+
+
 def test_wrongNamedSizeOverTheWire(tmp_path: Path) -> None:
     """
     Over the wire: a message whose ,W= name says 10 octets more than it

@@ -120,12 +120,16 @@ def _helpAuthKinds() -> list[str]:
 def test_helpAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Where the unix checker cannot work, --help-auth does not offer it; the
-    other kinds are still listed.
+    other kinds are still listed, but not those whose logins are not
+    POP3's (anonymous, sshkey), which --auth refuses.
     """
     monkeypatch.setitem(sys.modules, "crypt", None)
     kinds = _helpAuthKinds()
     assert "unix" not in kinds
     assert {"memory", "passwd-file", "cert"} <= set(kinds)
+    installed = {factory.authType for factory in strcred.findCheckerFactories()}
+    assert {"anonymous", "sshkey"} <= installed
+    assert not {"anonymous", "sshkey"} & set(kinds)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 removed crypt and spwd")
@@ -381,6 +385,49 @@ def test_storePluginWithoutKind(
     )
 
 
+@pytest.mark.parametrize(
+    ("attributes", "said"),
+    [
+        ({"storeKind": "sql", "storeHelp": "Mail in SQL."}, "argStringFormat"),
+        # Present but not text (IMailStoreFactory's are str): a kind of
+        # None could not even be sorted among the others.
+        ({"storeKind": None, "argStringFormat": "TABLE", "storeHelp": "Mail in SQL."}, "storeKind"),
+        (
+            {"storeKind": "sql", "argStringFormat": "TABLE", "storeHelp": b"Mail in SQL."},
+            "storeHelp",
+        ),
+    ],
+)
+def test_storePluginLacking(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    attributes: dict[str, object],
+    said: str,
+) -> None:
+    """
+    A store plugin is left out for lacking any one of IMailStoreFactory's
+    attributes, or for one that is not text, and is named with it.
+    """
+    import twisted.plugin
+
+    from popserv.mailstores import memoryStoreFactory
+
+    misspelt = type("Misspelt", (), {**attributes, "__module__": "sqlplugin"})
+    monkeypatch.setattr(
+        twisted.plugin, "getPlugins", lambda interface: [memoryStoreFactory, misspelt()]
+    )
+    assert error("--auth", "memory:a:b", "--mailstore", "sql:mail") == (
+        "popserv: error: --mailstore: unknown mail store kind 'sql' (installed: memory;"
+        f" sqlplugin.Misspelt has no {said})"
+    )
+    with pytest.raises(SystemExit):
+        parse("--help-mailstores")
+    assert capsys.readouterr().out == (
+        f"memory:{memoryStoreFactory.argStringFormat}\n    {memoryStoreFactory.storeHelp}\n\n"
+        f"(store plugin left out: sqlplugin.Misspelt has no {said})\n\n"
+    )
+
+
 def test_memoryStoreArgumentsRefused() -> None:
     """
     The whole line an operator gets for arguments to the memory store.
@@ -480,6 +527,82 @@ def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:
     assert message.endswith(
         ", unix; test_tap.test_checkerPluginWithoutKind.<locals>.Misspelt has no authType)"
     )
+    options = Options()
+    options.authOutput = io.StringIO()
+    with pytest.raises(SystemExit):
+        options.parseOptions(["--help-auth"])
+    kinds = [line.split()[0] for line in options.authOutput.getvalue().splitlines()[5:-1]]
+    assert "memory" in kinds and "sql" not in kinds
+
+
+@pytest.mark.parametrize(
+    ("checker", "shown"),
+    [
+        # Text, where a checker was meant: its repr, so the quotes show.
+        ("users", "'users'"),
+        # Half a checker: neither is enough (strcred meets the other's
+        # absence as an AttributeError, or the first login does).
+        (
+            SimpleNamespace(credentialInterfaces=(IUsernamePassword,)),
+            "namespace(credentialInterfaces=(<InterfaceClass"
+            " twisted.cred.credentials.IUsernamePassword>,))",
+        ),
+        (SimpleNamespace(requestAvatarId="x"), "namespace(requestAvatarId='x')"),
+    ],
+)
+def test_checkerPluginGivesNoChecker(
+    monkeypatch: pytest.MonkeyPatch, checker: object, shown: str
+) -> None:
+    """
+    A checker plugin whose generateChecker gives something without both
+    of a checker's attributes (credentialInterfaces and requestAvatarId)
+    is named, with what it gave, at start-up.
+    """
+    installed = list(strcred.findCheckerFactories())
+    plugin = SqlCheckerFactory(lambda table: checker)
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [*installed, plugin])
+    assert error("--auth", "sql:users", "--mailstore", "memory") == (
+        f"popserv: error: --auth 'sql:users': test_tap.SqlCheckerFactory.generateChecker gave"
+        f" {shown}, not an ICredentialsChecker provider"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lacking", "said"),
+    [
+        (("authHelp",), "authHelp"),
+        (("argStringFormat",), "argStringFormat"),
+        (("credentialInterfaces",), "credentialInterfaces"),
+        (
+            ("authType", "argStringFormat", "credentialInterfaces"),
+            "authType or argStringFormat or credentialInterfaces",
+        ),
+    ],
+)
+def test_checkerPluginLacking(
+    monkeypatch: pytest.MonkeyPatch, lacking: tuple[str, ...], said: str
+) -> None:
+    """
+    A checker plugin is left out for lacking any one of ICheckerFactory's
+    attributes, and the error for its kind names every one it lacks (each
+    is read: argStringFormat and authType by --help-auth, authHelp by
+    --help-auth-type, credentialInterfaces by both and by --auth); the
+    --help-auth listing goes on without it.
+    """
+    attributes = {
+        name: value
+        for name, value in vars(SqlCheckerFactory).items()
+        if not name.startswith("__") and name not in lacking
+    }
+    misspelt = type("Misspelt", (), attributes)
+    misspelt.__module__ = "sqlplugin"
+    plugin = misspelt()
+    plugin.make = lambda table: InMemoryUsernamePasswordDatabaseDontUse(alice=b"pw")
+    installed = list(strcred.findCheckerFactories())
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [*installed, plugin])
+    message = error("--auth", "sql:users", "--mailstore", "memory")
+    assert message.startswith("popserv: error: --auth 'sql:users': unknown kind 'sql' (installed: ")
+    assert message.endswith(f", unix; sqlplugin.Misspelt has no {said})")
     options = Options()
     options.authOutput = io.StringIO()
     with pytest.raises(SystemExit):

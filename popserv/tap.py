@@ -575,7 +575,9 @@ def _checkTwistdPaths(twistd: usage.Options | None) -> None:
         # only as root: not ours to second-guess.
         return
     rundir = twistd.get("rundir")
-    if rundir and not os.path.isdir(rundir):
+    # An empty one too (an unset variable in a unit file): twistd would
+    # chdir("") after the service was made, and end with a traceback.
+    if rundir is not None and not os.path.isdir(rundir):
         raise usage.UsageError(f"--rundir {rundir!r}: not a directory")
     # twistd makes --pidfile absolute when it has parsed everything, from
     # the directory it started in; --logfile is opened from there too.

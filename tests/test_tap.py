@@ -1661,5 +1661,30 @@ def test_twistdPathsUnderChrootOrStandardOutput(tmp_path: Path) -> None:
     (tmp_path / "run").write_text("a file, not a directory")
     with pytest.raises(UsageError):
         _checkTwistdPaths(twistd)
+    # Each path is checked: an empty --pidfile does not end the checks.
+    twistd.update(pidfile="", logfile=str(tmp_path / "log" / "popserv.log"))
+    with pytest.raises(UsageError) as caught:
+        _checkTwistdPaths(twistd)
+    assert str(caught.value) == (
+        f"--logfile '{tmp_path}/log/popserv.log': {tmp_path}/log is not a directory"
+    )
     twistd["chroot"] = str(tmp_path)
     _checkTwistdPaths(twistd)
+
+
+def test_emptyRundir() -> None:
+    """
+    An empty C{--rundir} (an unset variable in a unit file) is refused
+    with the others, where it passed: twistd changed to the directory ""
+    after the service was made, and ended with a traceback.
+    """
+    from twisted.python.usage import UsageError
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    from popserv.tap import _checkTwistdPaths
+
+    twistd = ServerOptions()
+    twistd.update(pidfile="", logfile="-", rundir="", chroot=None)
+    with pytest.raises(UsageError) as caught:
+        _checkTwistdPaths(twistd)
+    assert str(caught.value) == "--rundir '': not a directory"

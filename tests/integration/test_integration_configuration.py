@@ -76,6 +76,7 @@ def test_configuration_error(case, tmp_path, twistd):
         ),
         ("--logfile=log/popserv.log", "--logfile 'log/popserv.log': {tmp}/log is not a directory"),
         ("--rundir=nowhere", "--rundir 'nowhere': not a directory"),
+        ("--rundir=", "--rundir '': not a directory"),
     ],
 )
 def test_twistd_path_in_missing_directory(option, message, tmp_path, twistd):

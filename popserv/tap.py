@@ -330,15 +330,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         the checker of C{kind} from C{argument} and add it, or raise a
         L{usage.UsageError} that names the C{--auth} option.
         """
-        installed, broken = _checkerPlugins()
-        claimants = [f for f in installed if f.authType == kind]
-        if not claimants:
-            kinds = ", ".join(sorted(f.authType for f in installed))
-            # The kind may be that of a plugin left out as broken: say so.
-            left = "".join(f"; {line}" for line in broken)
-            raise usage.UsageError(
-                f"--auth {description!r}: unknown kind {kind!r} (installed: {kinds}{left})"
-            )
+        claimants = _checkerClaimants(f"--auth {description!r}", kind)
         if len(claimants) > 1:
             # strcred takes the first that getPlugins finds, which depends
             # on the order of files on disk: a plugin could stand in for
@@ -383,6 +375,28 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         for factory in _checkerPlugins()[0]:
             if self.supportsCheckerFactory(factory) and (unix or factory.authType != "unix"):
                 yield factory
+
+    def opt_help_auth_type(self, kind: str) -> None:
+        """
+        Show help for a particular authentication type.
+        """
+        # strcred's own read every plugin's authType, and the chosen one's
+        # authHelp: a plugin left out as broken (_checkerPlugins) made it
+        # fail with an AttributeError, whatever kind was asked for.
+        claimants = _checkerClaimants(f"--help-auth-type {kind!r}", kind)
+        factory, write = claimants[0], self.authOutput.write
+        write(f"Usage: --auth {kind}[:ArgString]\nArgString format: {factory.argStringFormat}\n\n")
+        for line in factory.authHelp.strip().splitlines():
+            write(f"  {line.rstrip()}\n")
+        write("\n")
+        if not self.supportsCheckerFactory(factory):
+            write(f"  {strcred.notSupportedWarning}\n\n")
+        if len(claimants) > 1:
+            # --auth refuses such a kind: say so here too, rather than
+            # describe one plugin as if it were the only one.
+            names = " and ".join(sorted(map(namedFactory, claimants)))
+            write(f"  (claimed by {names}: choosing it is an error)\n\n")
+        raise SystemExit(0)
 
     def opt_help_mailstores(self) -> None:
         """
@@ -588,6 +602,25 @@ def _checkTwistdPaths(twistd: usage.Options | None) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--{option} {path!r}: {directory} is not a directory")
+
+
+def _checkerClaimants(option: str, kind: str) -> list[Any]:
+    """
+    The installed checker plugins of C{kind}: more than one where plugins
+    clash.
+
+    @param option: the option that names C{kind}, as its error says it.
+    @raise usage.UsageError: no plugin has that kind; the error names the
+        kinds installed and the plugins left out as broken.
+    """
+    installed, broken = _checkerPlugins()
+    claimants = [f for f in installed if f.authType == kind]
+    if not claimants:
+        kinds = ", ".join(sorted(f.authType for f in installed))
+        # The kind may be that of a plugin left out as broken: say so.
+        left = "".join(f"; {line}" for line in broken)
+        raise usage.UsageError(f"{option}: unknown kind {kind!r} (installed: {kinds}{left})")
+    return claimants
 
 
 #: What each checker plugin must have as text (strcred's ICheckerFactory).

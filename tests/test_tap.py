@@ -611,6 +611,64 @@ def test_checkerPluginLacking(
     assert "memory" in kinds and "sql" not in kinds
 
 
+def _helpAuthType(kind: str, options: Any = None) -> str:
+    """
+    What C{--help-auth-type KIND} prints; with C{options}, what strcred's
+    own prints for them.
+    """
+    out = io.StringIO()
+    mine = Options()
+    mine.authOutput = out
+    with pytest.raises(SystemExit) as caught:
+        if options is None:
+            mine.parseOptions(["--help-auth-type", kind])
+        else:
+            options(mine, kind)
+    assert caught.value.code == 0
+    return out.getvalue()
+
+
+def test_helpAuthType(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    --help-auth-type describes a kind as strcred's did, word for word, and
+    still does with a broken checker plugin installed, which made strcred's
+    fail with an AttributeError whatever kind was asked for; a broken
+    plugin's own kind is unknown, with the plugin named, and a kind two
+    plugins claim says that choosing it is an error.
+    """
+    installed = list(strcred.findCheckerFactories())
+    assert {"anonymous", "memory"} <= {f.authType for f in installed}
+    for factory in installed:
+        theirs = _helpAuthType(factory.authType, strcred.AuthOptionMixin.opt_help_auth_type)
+        assert _helpAuthType(factory.authType) == theirs
+    # anonymous: the warning that popserv cannot use it, as strcred has it.
+    assert _helpAuthType("anonymous").endswith(f"  {strcred.notSupportedWarning}\n\n")
+    memory = _helpAuthType("memory")
+
+    # A plugin that misspells authType, and has no authHelp, found first:
+    attributes = {"authtype": "sql", "argStringFormat": "sql:TABLE"}
+    attributes.update(credentialInterfaces=(IUsernamePassword,), __module__="sqlplugin")
+    misspelt = type("Misspelt", (), attributes)
+    monkeypatch.setattr(strcred, "findCheckerFactories", lambda: [misspelt(), *installed])
+    assert _helpAuthType("memory") == memory
+    message = error("--help-auth-type", "sql")
+    assert message.startswith(
+        "popserv: error: --help-auth-type 'sql': unknown kind 'sql' (installed: anonymous, "
+    )
+    assert message.endswith(", unix; sqlplugin.Misspelt has no authType or authHelp)")
+
+    class Impostor(SqlCheckerFactory):
+        authType = "memory"
+
+    monkeypatch.setattr(
+        strcred, "findCheckerFactories", lambda: [*installed, Impostor(lambda table: None)]
+    )
+    assert _helpAuthType("memory") == memory + (
+        "  (claimed by test_tap.test_helpAuthType.<locals>.Impostor and"
+        " twisted.plugins.cred_memory.InMemoryCheckerFactory: choosing it is an error)\n\n"
+    )
+
+
 def test_requiredOptionsNamed() -> None:
     """
     A missing --auth or --mailstore, or a --proxy-trusted no listener uses,

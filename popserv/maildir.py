@@ -1234,11 +1234,14 @@ class MaildirMaildrop:
         raise _Gone(errno.ENOENT, "no longer in new/ or cur/", base)
 
     def _forget(self, bases: list[str]) -> None:
+        self._changeIndex(lambda index: index.forget(bases))
+
+    def _changeIndex(self, change: Callable[[MaildirIndex], object]) -> None:
         # Like every index update, never fails what the session is doing.
         try:
             with self._mutex:
                 if self._index is not None:
-                    self._index.forget(bases)
+                    change(self._index)
         except Exception:
             _log.failure("Cannot update the index of {path}", path=self.path)
 
@@ -1343,16 +1346,7 @@ class MaildirMaildrop:
         growth = 0 if info.downgradedSize is None else info.downgradedSize - info.size
         downgraded = counted + growth
         record = Records([base], numbers([counted]), numbers([downgraded]), numbers([disk]))
-        self._inThread(self._record, record)
-
-    def _record(self, record: Records) -> None:
-        # Like every index update, never fails what the session is doing.
-        try:
-            with self._mutex:
-                if self._index is not None:
-                    self._index.append(record)
-        except Exception:
-            _log.failure("Cannot update the index of {path}", path=self.path)
+        self._inThread(self._changeIndex, lambda index: index.append(record))
 
     def deleteMessages(self, indexes: Sequence[int]) -> Deferred[None]:
         return self._inThread(self._delete, list(indexes))

@@ -616,7 +616,8 @@ def _checkerClaimants(option: str, kind: str) -> list[Any]:
     installed, broken = _checkerPlugins()
     claimants = [f for f in installed if f.authType == kind]
     if not claimants:
-        kinds = ", ".join(sorted(f.authType for f in installed))
+        # A set: a kind that two plugins claim is named once.
+        kinds = ", ".join(sorted({f.authType for f in installed}))
         # The kind may be that of a plugin left out as broken: say so.
         left = "".join(f"; {line}" for line in broken)
         raise usage.UsageError(f"{option}: unknown kind {kind!r} (installed: {kinds}{left})")

@@ -477,6 +477,8 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     whose generateChecker gives something that is not a checker is named,
     rather than met as an AttributeError on None; a ValueError it raises
     is one line naming the --auth.  A plugin that does its part is used.
+    The error for an unknown kind lists a clashing kind once (it was
+    "passwd-file, passwd-file").
     """
     installed = list(strcred.findCheckerFactories())
     plugin = SqlCheckerFactory(lambda table: None)
@@ -503,6 +505,10 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
         " is claimed by both popserv.checkers.PasswdFileCheckerFactory and"
         " test_tap.test_checkerPluginMistakes.<locals>.Impostor"
     )
+    # The error for an unknown kind names the clashing kind once.
+    message = error("--auth", "sql:users", "--mailstore", "memory")
+    assert message.startswith("popserv: error: --auth 'sql:users': unknown kind 'sql' (installed: ")
+    assert message.count("passwd-file") == 1, message
 
 
 def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -317,6 +317,57 @@ def test_realmExample() -> None:
     assert audit.startswith("popserv session: user=alice ip=")
 
 
+def test_wholeNameRealmExample() -> None:
+    """
+    embedding.rst's WholeNameRealm keeps alice@example.org and
+    alice@example.net apart, as the page says DomainRealm does not: a
+    users entry keyed by the whole name gives the one its LOGIN-DELAY and
+    leaves the other alone, and the audit line names the whole name.
+    """
+    from protocol_helpers import Session
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popserv import MemoryStore, POP3ServerFactory
+    from popserv.policy import SitePolicy, UserPolicy
+
+    text = (DOCS / "embedding.rst").read_text()
+    entry = text.split("\nYour own realm\n", 1)[1].split("\nOther ways to run it\n", 1)[0]
+    # Each python block ends where the prose after it begins.
+    blocks = [b.split("\n\n``", 1)[0] for b in entry.split(".. code-block:: python\n")[1:]]
+    code = "\n".join(textwrap.dedent(block) for block in blocks)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "embedding.rst", "exec"), namespace)  # noqa: S102
+    stores = {"example.org": MemoryStore(), "example.net": MemoryStore()}
+    checker = InMemoryUsernamePasswordDatabaseDontUse()
+    for name in (b"alice@example.org", b"alice@example.net"):
+        checker.addUser(name, b"secret")
+    policy = SitePolicy(users={"alice@example.org": UserPolicy(loginDelay=900)})
+    portal = Portal(namespace["WholeNameRealm"](stores), [checker])
+    factory = POP3ServerFactory(portal, clock=Clock(), policy=policy)
+    delayed = b"-ERR [LOGIN-DELAY] Minimum time between logins not yet passed\r\n"
+    with capturedLogs() as events:
+        for name, reply in [
+            (b"alice@example.org", b"+OK Logged in, 0 messages (0 octets)\r\n"),
+            (b"alice@example.net", b"+OK Logged in, 0 messages (0 octets)\r\n"),
+            (b"alice@example.net", b"+OK Logged in, 0 messages (0 octets)\r\n"),
+            (b"alice@example.org", delayed),
+        ]:
+            s = Session(factory=factory)
+            assert s.login(name) == reply, name
+            s.command(b"QUIT")
+            s.protocol.connectionLost(None)
+    audit = [formatEvent(e) for e in events if "popserv session:" in formatEvent(e)]
+    assert [line.split()[2] for line in audit] == [
+        "user=alice@example.org",
+        "user=alice@example.net",
+        "user=alice@example.net",
+        "user=alice@example.org",
+    ]
+
+
 def test_checkerFactoryExample(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     authentication.rst's --auth plugin example works as the page says:

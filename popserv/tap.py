@@ -330,7 +330,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         the checker of C{kind} from C{argument} and add it, or raise a
         L{usage.UsageError} that names the C{--auth} option.
         """
-        claimants = _checkerClaimants(f"--auth {description!r}", kind)
+        claimants = _checkerClaimants(
+            f"--auth {description!r}", kind, self._checkerFactoriesForOptHelpAuth
+        )
         if len(claimants) > 1:
             # strcred takes the first that getPlugins finds, which depends
             # on the order of files on disk: a plugin could stand in for
@@ -362,7 +364,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # A checker of logins POP3 has no way to make (anonymous,
             # sshkey): strcred names only the interface.
             raise usage.UsageError(
-                f"--auth {description!r}: popserv cannot use a {kind!r} checker:"
+                f"--auth {description!r}: popserv cannot use the {kind!r} checker:"
                 " its logins are not POP3's (see --help-auth)"
             ) from None
 
@@ -383,7 +385,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # strcred's own read every plugin's authType, and the chosen one's
         # authHelp: a plugin left out as broken (_checkerPlugins) made it
         # fail with an AttributeError, whatever kind was asked for.
-        claimants = _checkerClaimants(f"--help-auth-type {kind!r}", kind)
+        claimants = _checkerClaimants(
+            f"--help-auth-type {kind!r}", kind, self._checkerFactoriesForOptHelpAuth
+        )
         factory, write = claimants[0], self.authOutput.write
         write(f"Usage: --auth {kind}[:ArgString]\nArgString format: {factory.argStringFormat}\n\n")
         for line in factory.authHelp.strip().splitlines():
@@ -604,12 +608,17 @@ def _checkTwistdPaths(twistd: usage.Options | None) -> None:
             raise usage.UsageError(f"--{option} {path!r}: {directory} is not a directory")
 
 
-def _checkerClaimants(option: str, kind: str) -> list[Any]:
+def _checkerClaimants(
+    option: str, kind: str, usable: Callable[[], Iterator[strcred.ICheckerFactory]]
+) -> list[Any]:
     """
     The installed checker plugins of C{kind}: more than one where plugins
     clash.
 
     @param option: the option that names C{kind}, as its error says it.
+    @param usable: the plugins popserv can use, as C{--help-auth} lists
+        them: the error names only their kinds, not those whose logins
+        POP3 has no way to make (C{anonymous}, C{sshkey}).
     @raise usage.UsageError: no plugin has that kind; the error names the
         kinds installed and the plugins left out as broken.
     """
@@ -617,7 +626,7 @@ def _checkerClaimants(option: str, kind: str) -> list[Any]:
     claimants = [f for f in installed if f.authType == kind]
     if not claimants:
         # A set: a kind that two plugins claim is named once.
-        kinds = ", ".join(sorted({f.authType for f in installed}))
+        kinds = ", ".join(sorted({f.authType for f in usable()}))
         # The kind may be that of a plugin left out as broken: say so.
         left = "".join(f"; {line}" for line in broken)
         raise usage.UsageError(f"{option}: unknown kind {kind!r} (installed: {kinds}{left})")

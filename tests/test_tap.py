@@ -233,7 +233,7 @@ def test_serviceHasOneListenerPerEndpoint(tmp_path: Path) -> None:
         (("--auth", "memory:a:b", "--mailstore", "memory", "--timeout", "x"), "timeout"),
         (
             ("--auth", "nosuch:x", "--mailstore", "memory"),
-            "--auth 'nosuch:x': unknown kind 'nosuch' (installed: anonymous, cert, ",
+            "--auth 'nosuch:x': unknown kind 'nosuch' (installed: cert, file, memory, passwd-file",
         ),
         (("--auth", "file:/nonexistent/passwd", "--mailstore", "memory"), "no such file"),
         (("--auth", "memory", "--mailstore", "memory"), "--auth 'memory': needs NAME:PASSWORD"),
@@ -443,7 +443,7 @@ def test_authKindOfNoPOP3Logins(kind: str) -> None:
     the --auth, not strcred's bare "Auth plugin not supported: <interface>".
     """
     assert error("--auth", kind, "--mailstore", "memory") == (
-        f"popserv: error: --auth '{kind}': popserv cannot use a '{kind}' checker:"
+        f"popserv: error: --auth '{kind}': popserv cannot use the '{kind}' checker:"
         " its logins are not POP3's (see --help-auth)"
     )
 
@@ -659,9 +659,9 @@ def test_helpAuthType(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _helpAuthType("memory") == memory
     message = error("--help-auth-type", "sql")
     assert message.startswith(
-        "popserv: error: --help-auth-type 'sql': unknown kind 'sql' (installed: anonymous, "
+        "popserv: error: --help-auth-type 'sql': unknown kind 'sql' (installed: cert, "
     )
-    assert message.endswith(", unix; sqlplugin.Misspelt has no authType or authHelp)")
+    assert message.endswith("; sqlplugin.Misspelt has no authType or authHelp)")
 
     class Impostor(SqlCheckerFactory):
         authType = "memory"

@@ -12,6 +12,8 @@ twistd imports every dropin whenever it looks for plugins.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -104,12 +106,9 @@ def _scan() -> tuple[dict[str, list[IMailStoreFactory]], list[str]]:
     claimants: dict[str, list[IMailStoreFactory]] = {}
     broken: list[str] = []
     for factory in getPlugins(IMailStoreFactory):
-        missing = [a for a in _ATTRIBUTES if not isinstance(getattr(factory, a, None), str)]
-        if missing:
-            # A plugin's bug (a misspelt attribute): it must not stop
-            # every start of popserv, whatever kind is chosen, with an
-            # AttributeError that does not say which plugin it was.
-            broken.append(f"{namedFactory(factory)} has no {' or '.join(missing)}")
+        wrong = lacking(factory, _ATTRIBUTES)
+        if wrong is not None:
+            broken.append(wrong)
             continue
         claimants.setdefault(factory.storeKind, []).append(factory)
     return claimants, broken
@@ -117,6 +116,28 @@ def _scan() -> tuple[dict[str, list[IMailStoreFactory]], list[str]]:
 
 def namedFactory(factory: object) -> str:
     return f"{type(factory).__module__}.{type(factory).__qualname__}"
+
+
+def namedFactories(factories: Iterable[object]) -> str:
+    """
+    The plugins that claim one kind, named for an error: C{"a.F and b.G"}.
+    """
+    return " and ".join(sorted(map(namedFactory, factories)))
+
+
+def lacking(factory: object, texts: Sequence[str], others: Sequence[str] = ()) -> str | None:
+    """
+    What a plugin lacks of what its interface asks, as one line
+    (C{"mystore.Factory has no storeKind"}), or L{None}: a plugin's bug (a
+    misspelt attribute) must not stop every start of popserv, whatever kind
+    is chosen, with an AttributeError that does not say which plugin it was.
+
+    @param texts: the attributes that must be L{str}.
+    @param others: the attributes that must be there, of any type.
+    """
+    missing = [name for name in texts if not isinstance(getattr(factory, name, None), str)]
+    missing += [name for name in others if not hasattr(factory, name)]
+    return f"{namedFactory(factory)} has no {' or '.join(missing)}" if missing else None
 
 
 def makeStore(description: str) -> IMailStore:
@@ -127,18 +148,19 @@ def makeStore(description: str) -> IMailStore:
         arguments, or a plugin that made no store; one line.
     """
     kind, _, argstring = description.partition(":")
-    claimants = storeClaimants()
+    claimants, broken = _scan()
     found = claimants.get(kind, [])
     if not found:
         known = ", ".join(sorted(claimants)) or "none"
         # The kind may be that of a plugin left out as broken: say so.
-        broken = "".join(f"; {line}" for line in brokenStorePlugins())
-        raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known}{broken})")
+        left = "".join(f"; {line}" for line in broken)
+        raise StoreConfigError(f"unknown mail store kind {kind!r} (installed: {known}{left})")
     if len(found) > 1:
         # Which one getPlugins finds first depends on the order of files
         # on disk: never pick one silently.
-        names = " and ".join(sorted(map(namedFactory, found)))
-        raise StoreConfigError(f"mail store kind {kind!r} is claimed by both {names}")
+        raise StoreConfigError(
+            f"mail store kind {kind!r} is claimed by both {namedFactories(found)}"
+        )
     try:
         store = found[0].makeStore(argstring)
     except StoreConfigError:

@@ -32,7 +32,14 @@ from popserv.credentials import CheckerChain, normalizeChecker
 from popserv.endpoints import parseImplicitTLS, withDefaultBacklog
 from popserv.errors import StoreConfigError
 from popserv.limits import Exemptions, Limits
-from popserv.mailstores import brokenStorePlugins, makeStore, namedFactory, storeClaimants
+from popserv.mailstores import (
+    brokenStorePlugins,
+    lacking,
+    makeStore,
+    namedFactories,
+    namedFactory,
+    storeClaimants,
+)
 from popserv.policy import (
     DirectoryHistory,
     PolicyError,
@@ -338,7 +345,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # on the order of files on disk: a plugin could stand in for
             # passwd-file without a word.  Never pick one silently (as for
             # --mailstore).
-            names = " and ".join(sorted(map(namedFactory, claimants)))
+            names = namedFactories(claimants)
             raise usage.UsageError(
                 f"--auth {description!r}: checker kind {kind!r} is claimed by both {names}"
             )
@@ -398,7 +405,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if len(claimants) > 1:
             # --auth refuses such a kind: say so here too, rather than
             # describe one plugin as if it were the only one.
-            names = " and ".join(sorted(map(namedFactory, claimants)))
+            names = namedFactories(claimants)
             write(f"  (claimed by {names}: choosing it is an error)\n\n")
         raise SystemExit(0)
 
@@ -412,7 +419,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if len(claimants) > 1:
                 # makeStore refuses such a kind: say so here too, rather
                 # than show one plugin as if it were the only one.
-                names = " and ".join(sorted(map(namedFactory, claimants)))
+                names = namedFactories(claimants)
                 print(f"    (claimed by {names}: choosing it is an error)\n")
         for line in brokenStorePlugins():
             print(f"(store plugin left out: {line})\n")
@@ -647,17 +654,11 @@ def _checkerPlugins() -> tuple[list[Any], list[str]]:
     installed: list[Any] = []
     broken: list[str] = []
     for factory in strcred.findCheckerFactories():
-        missing = [
-            name
-            for name in _CHECKER_ATTRIBUTES
-            if not isinstance(getattr(factory, name, None), str)
-        ]
-        if not hasattr(factory, "credentialInterfaces"):
-            missing.append("credentialInterfaces")
-        if missing:
-            broken.append(f"{namedFactory(factory)} has no {' or '.join(missing)}")
-        else:
+        wrong = lacking(factory, _CHECKER_ATTRIBUTES, ["credentialInterfaces"])
+        if wrong is None:
             installed.append(factory)
+        else:
+            broken.append(wrong)
     return installed, broken
 
 

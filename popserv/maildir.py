@@ -607,11 +607,15 @@ class MaildirTemplate:
     def __init__(self, template: str) -> None:
         """
         @raise StoreConfigError: the template has no user field, an unknown
-            field, a field with a conversion or format spec, bad braces, or
-            its fixed leading directory does not exist.
+            field, a field with a conversion or format spec, bad braces, a
+            NUL character, or its fixed leading directory does not exist.
         """
         if not template:
             raise StoreConfigError("maildir: needs a path template, e.g. maildir:/srv/mail/{user}")
+        if "\0" in template:
+            # No path holds one (the system calls take C strings): refused
+            # here, not at every login that would fill it in.
+            raise StoreConfigError(f"maildir: template {template!r} holds a NUL character")
         try:
             parsed = [
                 (name, conversion, spec or "")

@@ -123,6 +123,18 @@ class TestTemplate:
             " use {user}, {localpart} or {domain}"
         )
 
+    @pytest.mark.parametrize("template", ["{tmp}/u\0-{user}", "{tmp}/{user}/Mail\0dir"])
+    def test_nulRefused(self, tmp_path: Path, template: str) -> None:
+        """
+        A template with a NUL (which only an embedding program can pass) is
+        refused when the store is made, not at every login, where the path
+        it makes fails every system call.
+        """
+        template = template.replace("{tmp}", str(tmp_path))
+        with pytest.raises(StoreConfigError) as caught:
+            MaildirTemplate(template)
+        assert str(caught.value) == f"maildir: template {template!r} holds a NUL character"
+
     def test_fixedDirectoryThatIsAFile(self, tmp_path: Path) -> None:
         """
         A fixed directory that is a file is refused as one, not as missing.

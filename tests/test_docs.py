@@ -282,18 +282,22 @@ def test_realmExample() -> None:
     embedding.rst's realm of one's own serves each domain's users from
     their domain's store, by local part, refuses an unknown domain with
     [SYS/PERM], and the session knows the user by the local part, as the
-    page says: the audit line names it.
+    page says: the audit line names it.  It takes the name from a checker
+    that gives it as str (unix:) as from one that gives bytes.
     """
     from protocol_helpers import Session
-    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.credentials import IUsernamePassword
     from twisted.cred.portal import Portal
+    from twisted.internet.defer import Deferred, succeed
     from twisted.logger import capturedLogs, formatEvent
+    from zope.interface import implementer
 
     from popserv import MemoryStore, POP3ServerFactory
 
     text = (DOCS / "embedding.rst").read_text()
     entry = text.split("\nYour own realm\n", 1)[1].split("\nOther ways to run it\n", 1)[0]
-    code = entry.split(".. code-block:: python\n", 1)[1].split("\n``MaildropRealm`` also", 1)[0]
+    code = entry.split(".. code-block:: python\n", 1)[1].split("\n``avatarName`` gives", 1)[0]
     namespace: dict[str, Any] = {}
     exec(compile(textwrap.dedent(code), "embedding.rst", "exec"), namespace)  # noqa: S102
     stores = {"example.org": MemoryStore(), "example.net": MemoryStore()}
@@ -315,6 +319,18 @@ def test_realmExample() -> None:
         )
     [audit] = [formatEvent(e) for e in events if "reason=quit" in formatEvent(e)]
     assert audit.startswith("popserv session: user=alice ip=")
+
+    # A checker that gives the name as str, as unix: does.
+    @implementer(ICredentialsChecker)
+    class TextChecker:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+            return succeed(credentials.username.decode())
+
+    factory = POP3ServerFactory(Portal(namespace["DomainRealm"](stores), [TextChecker()]))
+    s = Session(factory=factory)
+    assert s.login(b"alice@example.net") == b"+OK Logged in, 1 messages (16 octets)\r\n"
 
 
 def test_wholeNameRealmExample() -> None:

@@ -385,6 +385,35 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if self.supportsCheckerFactory(factory) and (unix or factory.authType != "unix"):
                 yield factory
 
+    def opt_help_auth(self) -> None:
+        """
+        Show all authentication methods available.
+        """
+        # strcred's own, but with each kind once: it listed a kind two
+        # plugins claim twice, as if both could be chosen.  A clash, and a
+        # plugin left out as broken, is said below the table, as
+        # --help-mailstores says them.
+        kinds: dict[str, list[strcred.ICheckerFactory]] = {}
+        for factory in self._checkerFactoriesForOptHelpAuth():
+            kinds.setdefault(factory.authType, []).append(factory)
+        width = max(map(len, kinds), default=0)
+        write = self.authOutput.write
+        write(
+            "Usage: --auth AuthType[:ArgString]\nFor detailed help: --help-auth-type AuthType\n\n"
+        )
+        for kind, text in [("AuthType", "ArgString format"), ("========", "================")]:
+            write(f"  {kind:<{width}}\t{text}\n")
+        for kind, claimants in kinds.items():
+            write(f"  {kind:<{width}}\t{claimants[0].argStringFormat}\n")
+        write("\n")
+        for kind, claimants in kinds.items():
+            if len(claimants) > 1:
+                names = namedFactories(claimants)
+                write(f"  ({kind} is claimed by {names}: choosing it is an error)\n")
+        for line in _checkerPlugins()[1]:
+            write(f"  (checker plugin left out: {line})\n")
+        raise SystemExit(0)
+
     def opt_help_auth_type(self, kind: str) -> None:
         """
         Show help for a particular authentication type.

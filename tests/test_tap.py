@@ -105,17 +105,38 @@ def test_unixAuthTakesNoArgument() -> None:
     assert "--auth 'unix:/etc/shadow.other': unix takes no argument (--auth unix)" in message
 
 
+def _helpAuth() -> str:
+    """
+    What C{--help-auth} prints.
+    """
+    options = Options()
+    options.authOutput = io.StringIO()
+    with pytest.raises(SystemExit) as caught:
+        options.parseOptions(["--help-auth"])
+    assert caught.value.code == 0
+    return options.authOutput.getvalue()
+
+
 def _helpAuthKinds() -> list[str]:
     """
-    The kinds of checker C{--help-auth} lists.
+    The kinds of checker C{--help-auth} lists: its table's first column, to
+    the blank line that ends the table.
+    """
+    lines = _helpAuth().splitlines()
+    table = lines[lines.index(next(line for line in lines if "========" in line)) + 1 :]
+    return [line.split()[0] for line in table[: table.index("")]]
+
+
+def test_helpAuthAsStrcred() -> None:
+    """
+    Where no two plugins claim a kind and none is broken, --help-auth
+    prints what strcred's own does, word for word.
     """
     options = Options()
     options.authOutput = io.StringIO()
     with pytest.raises(SystemExit):
-        options.parseOptions(["--help-auth"])
-    lines = options.authOutput.getvalue().splitlines()
-    table = lines[lines.index(next(line for line in lines if "========" in line)) + 1 :]
-    return [line.split()[0] for line in table if line.strip()]
+        strcred.AuthOptionMixin.opt_help_auth(options)
+    assert _helpAuth() == options.authOutput.getvalue()
 
 
 def test_helpAuthWithoutCrypt(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -479,7 +500,8 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     rather than met as an AttributeError on None; a ValueError it raises
     is one line naming the --auth.  A plugin that does its part is used.
     The error for an unknown kind lists a clashing kind once (it was
-    "passwd-file, passwd-file").
+    "passwd-file, passwd-file"), and so does --help-auth, which says
+    below its table that choosing it is an error.
     """
     installed = list(strcred.findCheckerFactories())
     plugin = SqlCheckerFactory(lambda table: None)
@@ -510,6 +532,12 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     message = error("--auth", "sql:users", "--mailstore", "memory")
     assert message.startswith("popserv: error: --auth 'sql:users': unknown kind 'sql' (installed: ")
     assert message.count("passwd-file") == 1, message
+    # So does --help-auth (strcred's listed it twice), and says it clashes.
+    assert _helpAuthKinds().count("passwd-file") == 1
+    assert _helpAuth().endswith(
+        "\n\n  (passwd-file is claimed by popserv.checkers.PasswdFileCheckerFactory and"
+        " test_tap.test_checkerPluginMistakes.<locals>.Impostor: choosing it is an error)\n"
+    )
 
 
 def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -517,7 +545,8 @@ def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:
     A checker plugin without one of ICheckerFactory's attributes (a
     misspelt authType) is left out: the other kinds still work, the error
     for an unknown kind names it and what it lacks, and --help-auth lists
-    the others.  Each used to fail with an AttributeError.
+    the others and names it below its table.  Each used to fail with an
+    AttributeError.
     """
     installed = list(strcred.findCheckerFactories())
 
@@ -537,12 +566,12 @@ def test_checkerPluginWithoutKind(monkeypatch: pytest.MonkeyPatch) -> None:
         f"passwd-file{unix}; test_tap.test_checkerPluginWithoutKind.<locals>.Misspelt"
         " has no authType)"
     )
-    options = Options()
-    options.authOutput = io.StringIO()
-    with pytest.raises(SystemExit):
-        options.parseOptions(["--help-auth"])
-    kinds = [line.split()[0] for line in options.authOutput.getvalue().splitlines()[5:-1]]
+    kinds = _helpAuthKinds()
     assert "memory" in kinds and "sql" not in kinds
+    assert _helpAuth().endswith(
+        "\n\n  (checker plugin left out:"
+        " test_tap.test_checkerPluginWithoutKind.<locals>.Misspelt has no authType)\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -615,11 +644,7 @@ def test_checkerPluginLacking(
     # unix is listed where it can work (Python before 3.13).
     unix = ", unix" if _unixCheckerWorks() else ""
     assert message.endswith(f"passwd-file{unix}; sqlplugin.Misspelt has no {said})")
-    options = Options()
-    options.authOutput = io.StringIO()
-    with pytest.raises(SystemExit):
-        options.parseOptions(["--help-auth"])
-    kinds = [line.split()[0] for line in options.authOutput.getvalue().splitlines()[5:-1]]
+    kinds = _helpAuthKinds()
     assert "memory" in kinds and "sql" not in kinds
 
 

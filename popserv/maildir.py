@@ -55,7 +55,8 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress, filterfalse, repeat
+from itertools import compress, filterfalse, islice, repeat
+from operator import itemgetter
 from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -133,6 +134,13 @@ _FIELDS = frozenset({"user", "localpart", "domain"})
 #: MAILDIR_SYNC_SECS, "maximum clock drift between all computers accessing
 #: the maildir (eg. via NFS), rounded up to next second".
 _SETTLE_NS = 1_000_000_000
+
+#: The last value of every stamp: the rule the stamped records are ordered
+#: by.  A stamp is taken as the message order, so a login checks it only
+#: against stamps of the same rule: 1 is L{_sortKey} with microseconds.
+#: Stamps written before that have no such value; they match no Maildir,
+#: and the next login lists it and rewrites the index in this order.
+_STAMP_ORDER = 1
 #: An index read before the listing, to check its stamp, may be this many
 #: times as large as new/ and cur/ together, plus the fixed allowance of
 #: L{sizeLimit}.  A directory takes at least 12 octets per name on ext4 and
@@ -161,12 +169,62 @@ def uidFor(base: str) -> str:
     return "x" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def _sortKey(name: str) -> tuple[int, str]:
+#: The microseconds in the middle part of a Maildir name: an "M" and the
+#: digits after it (https://cr.yp.to/proto/maildir.html), as dovecot-lda
+#: ("1700000000.M6303P1234.host") and Postfix ("...V803I1bM6303.host")
+#: write them.  The first "M" counts, with however many digits follow,
+#: as in Dovecot's maildir_fname_get_usecs.
+_MICROSECONDS = re.compile(r"[^.M]*M([0-9]*)")
+
+
+def _sortKey(name: str) -> tuple[int, int, str]:
     # Maildir names start with the delivery time in seconds; order by it
-    # numerically so the oldest mail gets the lowest message number.
+    # numerically so the oldest mail gets the lowest message number, then
+    # by the microseconds the name may carry, as numbers too, so that mail
+    # delivered in one second keeps its order and its numbers are those
+    # Dovecot gives it (maildir_filename_sort_cmp in
+    # src/lib-storage/index/maildir/maildir-filename.c).  A name without
+    # them counts as 0: Dovecot compares such a pair by the names, which
+    # no key can do for every mix.
     # (isdecimal, not isdigit: int() refuses digits such as "²".)
-    head = name.split(".", 1)[0]
-    return (int(head) if head.isdecimal() and len(head) < 20 else 0, name)
+    head, _, rest = name.partition(".")
+    microseconds = _MICROSECONDS.match(rest)
+    return (
+        int(head) if head.isdecimal() and len(head) < 20 else 0,
+        int(microseconds[1] or 0) if microseconds else 0,
+        name,
+    )
+
+
+def _orderWithinSeconds(order: list[str]) -> None:
+    """
+    Put the names in C{order} that share a delivery time in L{_sortKey}'s
+    order, in place.  C{order} is sorted as strings, and every name in it
+    starts with the same number of digits and a ".", so names of the same
+    second stand together, ordered as strings: "M114294" before "M6303".
+
+    Only those runs are sorted by the key: for 100,000 names, slicing and
+    comparing their times took 11 ms here, sorting them all by the key
+    60 ms.
+    """
+    if len(order) < 2:
+        return
+    width = order[0].find(".") + 1
+    seconds = list(map(itemgetter(slice(0, width)), order))
+    # same[i]: the name at i was delivered in the second of the one after it
+    same = list(map(str.__eq__, seconds, islice(seconds, 1, None)))
+    start = 0
+    while True:
+        try:
+            start = same.index(True, start)
+        except ValueError:
+            return
+        try:
+            end = same.index(False, start)
+        except ValueError:
+            end = len(same)
+        order[start : end + 1] = sorted(order[start : end + 1], key=_sortKey)
+        start = end
 
 
 def _allUIDs(joined: list[str], names: list[str]) -> bool:
@@ -187,13 +245,15 @@ def _allUIDs(joined: list[str], names: list[str]) -> bool:
 
 def _checkNames(joined: list[str], names: list[str]) -> tuple[bool, bool]:
     """
-    Whether C{names}, also given as "/"-joined strings, sort by L{_sortKey}
-    when compared as strings, and whether each is its own UIDL.
+    Whether C{names}, also given as "/"-joined strings, sort by their
+    delivery times when compared as strings, and whether each is its own
+    UIDL.
 
-    Names compare as L{_sortKey} does when every one starts with a delivery
-    time of the same number of digits (ten from 2001 to 2286):
-    equal-length digit strings compare as their numbers, and equal times
-    fall back to the names.  One regular expression over all names checks
+    Names compare by their times as L{_sortKey} does when every one starts
+    with a delivery time of the same number of digits (ten from 2001 to
+    2286): equal-length digit strings compare as their numbers.  Names of
+    the same second then stand together, for L{_orderWithinSeconds} to
+    put in order.  One regular expression over all names checks
     that, so the sort needs no key function.  ("/" is the one octet that no
     file name holds.)
     """
@@ -229,6 +289,7 @@ def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
             order += filterfalse(hinted.__contains__, listed)
     if listing.sortable:
         order.sort()
+        _orderWithinSeconds(order)
     else:
         order.sort(key=_sortKey)
     return order, order if listing.uidsValid else list(map(uidFor, order))
@@ -450,7 +511,7 @@ class _Directories(NamedTuple):
 
     @ivar stamp: device, inode, modification and change time of each, in
         nanoseconds: what changes when a file is added, removed or renamed
-        in it, or it is replaced.
+        in it, or it is replaced; then L{_STAMP_ORDER}.
     @ivar newest: the latest of those times.
     @ivar octets: their sizes together.
     """
@@ -475,7 +536,9 @@ def _directories(maildir: str) -> _Directories | None:
             return None
         stamp += (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
         octets += info.st_size
-    return _Directories(tuple(stamp), max(stamp[2::4] + stamp[3::4]), octets)
+    newest = max(stamp[2::4] + stamp[3::4])
+    stamp.append(_STAMP_ORDER)
+    return _Directories(tuple(stamp), newest, octets)
 
 
 def _listDirectory(maildir: str, subdir: str) -> tuple[list[str], list[str], str] | None:
@@ -509,8 +572,8 @@ class _Listing:
         twice.
     @ivar parts: for each directory listed: its name, and the names and the
         base names of its files.
-    @ivar sortable: comparing the base names as strings sorts them as
-        L{_sortKey} does.
+    @ivar sortable: comparing the base names as strings sorts them by
+        their delivery times as L{_sortKey} does (L{_checkNames}).
     @ivar uidsValid: every base name is its own UIDL.
     @ivar sizesInNames: some base name may give its wire size (C{,W=}).
     """

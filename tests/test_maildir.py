@@ -685,6 +685,29 @@ def test_orderByDeliveryTime(tmp_path: Path) -> None:
     maildrop.close()
 
 
+def test_sameSecondOrderedByMicroseconds(tmp_path: Path) -> None:
+    """
+    Messages delivered in one second are numbered by the microseconds
+    their names carry after "M" (as dovecot-lda and Postfix write them),
+    compared as numbers, as Dovecot numbers them; a name without them
+    counts as 0, and equal times fall back to the names.
+    """
+    names = [
+        "1700000000.M6303P1.host",
+        "1700000000.M36694P2.host",
+        "1700000000.V803I1bM114294.host",
+        "1700000000.M999999P1.host",
+        "1700000001.2_1.M9host",  # an "M" after the middle part is not one
+        "1700000001.M5P4.host",
+        "1700000001.M5P5.host",
+        "1700000002.M.host",
+        "1700000002.M1P1.host",
+    ]
+    for name in reversed(names):
+        deliverToMaildir(tmp_path / "alice", b"m\n", name=name)
+    assert [uid for uid, _, _ in snapshot(store(tmp_path))] == names
+
+
 @pytest.mark.parametrize("order", [sorted, lambda names: sorted(names, reverse=True)])
 def test_dotFilesIgnoredWhereverListed(tmp_path: Path, monkeypatch: Any, order: Any) -> None:
     """
@@ -2305,12 +2328,12 @@ def test_nameNotUTF8GetsADigest(tmp_path: Path) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.text(st.sampled_from("0123456789.:ab \u00e9\n"), min_size=1, max_size=14).filter(
+        st.text(st.sampled_from("0123456789.:aMb \u00e9\n"), min_size=1, max_size=14).filter(
             lambda n: not n.startswith(".")
         ),
         max_size=12,
     ),
-    st.lists(st.text(st.sampled_from("0123.ab"), max_size=8), max_size=6),
+    st.lists(st.text(st.sampled_from("0123.aMb"), max_size=8), max_size=6),
     st.sampled_from(["drawn", "same names", "one doubled, one missing"]),
     st.randoms(use_true_random=False),
 )
@@ -2332,6 +2355,34 @@ def test_orderedAgreesWithSortKey(bases: list[str], hint: list[str], kind: str, 
     order, uids = maildir._ordered(listing, hint)  # type: ignore[arg-type]
     assert order == sorted(set(bases), key=maildir._sortKey)
     assert uids == [uidFor(b) for b in order]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            "{}.{}{}".format,
+            st.sampled_from(["1700000000", "1700000001", "1800000000"]),
+            st.sampled_from(["M", "P1M", "V8I1bM", "P2_", ""]),
+            st.text(st.sampled_from("0123456789MP.h"), max_size=8),
+        ),
+        max_size=12,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_deliveryNamesOrderedBySortKey(bases: list[str], rng: Any) -> None:
+    """
+    Names as delivery agents write them, all with times of one length
+    (the listing's quick sort), are ordered as _sortKey orders them,
+    microseconds included, from the index's order or from none.
+    """
+    distinct = sorted(set(bases))
+    listing = SimpleNamespace(bases=bases)
+    listing.sortable, listing.uidsValid = maildir._checkNames(["/".join(bases)], bases)
+    assert listing.sortable
+    for hint in ([], rng.sample(distinct, len(distinct))):
+        order, _ = maildir._ordered(listing, hint)  # type: ignore[arg-type]
+        assert order == sorted(distinct, key=maildir._sortKey)
 
 
 MESSAGE_PARTS = [

@@ -252,16 +252,20 @@ def test_timeAheadEarnsNoStamp(alice: Path, subdir: str) -> None:
 def test_directoriesMeasured(alice: Path) -> None:
     """
     The stamp holds the device, inode and modification and change times of
-    new/ then cur/; the octets are their two sizes together, which bound
-    the index read before listing them.
+    new/ then cur/, then the rule the records are ordered by; the octets
+    are their two sizes together, which bound the index read before
+    listing them.
     """
     directories = maildir._directories(str(alice))
     assert directories is not None
     new, cur = (os.stat(alice / subdir) for subdir in ("new", "cur"))
-    assert directories.stamp == tuple(
-        value
-        for info in (new, cur)
-        for value in (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+    assert directories.stamp == (
+        *(
+            value
+            for info in (new, cur)
+            for value in (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        ),
+        1,
     )
     assert directories.octets == new.st_size + cur.st_size
 
@@ -288,6 +292,41 @@ def test_newestOfTheFourTimes(alice: Path, monkeypatch: Any, subdir: str, field:
     monkeypatch.setattr(os, "stat", stat)
     directories = maildir._directories(str(alice))
     assert directories is not None and directories.newest == 10**18 + 1
+
+
+@pytest.mark.usefixtures("settled")
+def test_stampOfTheOlderOrderListed(tmp_path: Path, listings: list[str]) -> None:
+    """
+    An index stamped before messages of one second were ordered by their
+    microseconds (a stamp without the order value), its records in the
+    old order, is not taken: the next login lists the Maildir, numbers
+    the messages in the new order and stamps the index again.
+    """
+    path = tmp_path / "alice"
+    names = ["1700000000.M6303P1.host", "1700000000.M114294P2.host"]
+    for name in names:
+        deliverToMaildir(path, b"m\n", name=name)
+    s = store(tmp_path)
+    assert [uid for uid, _, _ in snapshot(s)] == names
+    index, records = MaildirIndex.load(str(path), 1 << 20)
+    assert index.stamp is not None and records.names == names
+    old = Records.empty()
+    for i in (1, 0):
+        old.add(records.names[i], records.wire[i], records.downgraded[i], records.disk[i])
+    oldStamp = tuple(
+        value
+        for info in (os.stat(path / subdir) for subdir in ("new", "cur"))
+        for value in (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+    )
+    index.rewrite(old, oldStamp)
+    listings.clear()
+    assert [uid for uid, _, _ in snapshot(s)] == names
+    assert listings == ["new", "cur"]
+    index, records = MaildirIndex.load(str(path), 1 << 20)
+    assert index.stamp is not None and records.names == names
+    listings.clear()
+    assert [uid for uid, _, _ in snapshot(s)] == names
+    assert listings == []
 
 
 @pytest.mark.usefixtures("settled")

@@ -25,6 +25,10 @@ A store for Maildir (https://cr.yp.to/proto/maildir.html) directories.
  - A session finds its files through a listing made when it first needs
    one (L{MaildirMaildrop._whereMap}), not through the login's: a session
    that only lists or idles keeps no list of file names.
+ - Deleting appends the sizes removed to a Maildir++ quota file,
+   C{maildirsize}, where the Maildir has one (L{_recordRemoved}), as
+   every program that removes mail must, or Dovecot's C{quota = maildir}
+   goes on counting it.
  - The lock is an C{flock} on C{popserv.lock} in the Maildir: exclusive across
    processes and within one, never waited for, and released by the kernel
    when its holder dies, so a crash cannot lock a user out.
@@ -1315,21 +1319,32 @@ class MaildirMaildrop:
     def _delete(self, indexes: Sequence[int]) -> None:
         failed = []
         removed = []
+        quotaPath = os.path.join(self.path, MAILDIRSIZE_NAME)
+        quota = _openMaildirSize(quotaPath)
+        # Sizes are needed only for a quota file: one more lstat a message.
+        unlink: Callable[[str], int | None] = os.unlink if quota is None else _unlinkCounted
+        octets = count = 0
         for index in indexes:
             base = self._bases[index]
             try:
-                self._retrying(base, os.unlink)
+                size = self._retrying(base, unlink)
             except _Gone:
-                pass  # removed by another program: as the client wished
+                removed.append(base)  # removed by another program: as the client wished
+                continue
             except OSError as e:
                 # Moved under us at every try, or cannot be removed: kept.
                 _log.error("Cannot delete {base!r} in {path}: {e}", base=base, path=self.path, e=e)
                 failed.append(index)
                 continue
             removed.append(base)
+            if quota is not None:
+                octets += _quotaSize(base, cast(int, size))
+                count += 1
         # Make the unlinks durable before we say +OK.
         for subdir in _SUBDIRS:
             _fsyncDirectory(os.path.join(self.path, subdir))
+        if quota is not None:
+            _recordRemoved(quota, quotaPath, octets, count)
         # A careless delivery program could give a later message a removed
         # one's name: the index must not vouch for that name any more.
         self._forget(removed)
@@ -1423,6 +1438,71 @@ class MaildirMaildrop:
         self._ahead = None
         if not self._running:
             self._unlock()
+
+
+#: The Maildir++ quota file in a Maildir's root (Courier's
+#: README.maildirquota; Dovecot's quota = maildir keeps it too).
+MAILDIRSIZE_NAME = "maildirsize"
+#: The size a Maildir++ writer puts in a message's name: ",S=" and digits,
+#: ending the name or followed by another "," field (as Dovecot reads it,
+#: maildir_sum_dir in src/plugins/quota/quota-maildir.c).
+_QUOTA_SIZE = re.compile(r",S=([0-9]+)(?:,|\Z)")
+
+
+def _openMaildirSize(path: str) -> int | None:
+    """
+    The Maildir's quota file at C{path} opened for appending, or L{None}
+    if there is none.  It is not created: a Maildir without one has no
+    quota, or the next program that needs the quota counts the Maildir
+    afresh.
+    """
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        # (A symbolic link there is refused: ELOOP.)
+        _log.warn("Cannot record the deletions in {path}: {e}", path=path, e=e)
+        return None
+
+
+def _unlinkCounted(path: str) -> int:
+    """
+    Remove the file at C{path}; its size.  (A file renamed between the two
+    calls fails the unlink, and is found again by L{_retrying}.)
+    """
+    size = os.lstat(path).st_size
+    os.unlink(path)
+    return size
+
+
+def _quotaSize(base: str, disk: int) -> int:
+    """
+    The size the quota counts for message C{base}, C{disk} octets on disk:
+    its name's S= if it has one, as for a recalculation of the quota.
+    """
+    named = _QUOTA_SIZE.search(base)
+    return int(named[1]) if named else disk
+
+
+def _recordRemoved(fd: int, path: str, octets: int, count: int) -> None:
+    """
+    Append to the quota file C{path}, open at C{fd}, that C{count}
+    messages of C{octets} were removed, and close it.  The Maildir++ rules
+    have every program that removes mail append such a line, in one write
+    so that it stays whole among other programs' appends.  Without it, the
+    quota goes on counting the mail, and a Maildir that was nearly full
+    refuses new mail: readers count the Maildir afresh only when the file
+    reaches 5120 octets, or says the Maildir is over its limit (and has
+    more lines than one, or is 15 minutes old).
+    """
+    try:
+        if count:
+            os.write(fd, b"%d %d\n" % (-octets, -count))
+    except OSError as e:
+        _log.warn("Cannot record the deletions in {path}: {e}", path=path, e=e)
+    finally:
+        os.close(fd)
 
 
 def _makePrivateDirectories(root: str, path: str) -> None:

@@ -2752,6 +2752,113 @@ def test_deletionSyncOfMissingDirectoryLogged(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "alice" / "new").iterdir()) == ["2.b"]
 
 
+#: A Maildir++ quota file as dovecot-lda leaves it after two deliveries.
+MAILDIRSIZE = b"204800S\n0 0\n60013 1\n113 1\n"
+
+
+def test_deletionsSubtractedFromMaildirSize(tmp_path: Path) -> None:
+    """
+    The messages a session removes are taken off the Maildir++ quota
+    file, maildirsize, in one appended line of a negative size and count
+    (the Maildir++ rules, README.maildirquota: every program that removes
+    mail records it; Dovecot's quota = maildir reads it).  The size is the
+    name's S= where it has one, as the quota counts it, else the size on
+    disk.  A message another program removed first was not this
+    session's to count.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"x" * 90 + b"\n", name="1700000000.M1P1.h,S=60013,W=60014")
+    deliverToMaildir(path, b"kept\n", name="1700000000.M2P1.h,S=5,W=6")
+    plain = deliverToMaildir(path, b"no size in the name\n", name="1700000000.M3P1.h")
+    gone = deliverToMaildir(path, b"gone\n", name="1700000000.M4P1.h,S=5,W=6")
+    (path / "maildirsize").write_bytes(MAILDIRSIZE)
+    maildrop, _ = login(store(tmp_path))
+    os.rename(plain, path / "cur" / (plain.name + ":2,S"))
+    gone.unlink()
+    result(maildrop.deleteMessages([0, 2, 3]))
+    maildrop.close()
+    assert (path / "maildirsize").read_bytes() == MAILDIRSIZE + b"-60033 -2\n"
+    assert sorted(os.listdir(path / "new")) == ["1700000000.M2P1.h,S=5,W=6"]
+
+
+def test_noMaildirSizeMadeOrChangedForNothing(tmp_path: Path) -> None:
+    """
+    A Maildir without maildirsize gets none (it has no quota, or the next
+    program that needs one counts it afresh), and a session that removed
+    nothing itself appends nothing.
+    """
+    deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
+    deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
+    maildrop, _ = login(store(tmp_path))
+    result(maildrop.deleteMessages([0]))
+    maildrop.close()
+    assert not (tmp_path / "alice" / "maildirsize").exists()
+    (tmp_path / "alice" / "maildirsize").write_bytes(MAILDIRSIZE)
+    maildrop, _ = login(store(tmp_path))
+    (tmp_path / "alice" / "new" / "2.b").unlink()
+    result(maildrop.deleteMessages([0]))
+    maildrop.close()
+    assert (tmp_path / "alice" / "maildirsize").read_bytes() == MAILDIRSIZE
+
+
+def test_maildirSizeNotFollowedOrFatal(tmp_path: Path) -> None:
+    """
+    A maildirsize that is a symbolic link is not written through, and one
+    that cannot be written is only logged: the messages are removed, and
+    the deletion succeeds, as the quota is counted afresh when it is next
+    found over its limit.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"a\n", name="1.a")
+    target = tmp_path / "elsewhere"
+    target.write_bytes(MAILDIRSIZE)
+    (path / "maildirsize").symlink_to(target)
+    maildrop, _ = login(store(tmp_path))
+    with capturedLogs() as events:
+        assert result(maildrop.deleteMessages([0])) is None
+    maildrop.close()
+    assert target.read_bytes() == MAILDIRSIZE
+    assert os.listdir(path / "new") == []
+    warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert warnings == [
+        f"Cannot record the deletions in {path / 'maildirsize'}:"
+        f" [Errno {errno.ELOOP}] {os.strerror(errno.ELOOP)}: '{path / 'maildirsize'}'"
+    ]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_maildirSizeWriteFailureLogged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A full disk when the line is appended to maildirsize is logged; the
+    deletion succeeds and the file is closed all the same.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"a\n", name="1.a")
+    (path / "maildirsize").write_bytes(MAILDIRSIZE)
+    before = len(os.listdir("/proc/self/fd"))
+    maildrop, _ = login(store(tmp_path))
+
+    realWrite = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/maildirsize"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return realWrite(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with capturedLogs() as events:
+        assert result(maildrop.deleteMessages([0])) is None
+    monkeypatch.undo()
+    maildrop.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert os.listdir(path / "new") == []
+    assert (path / "maildirsize").read_bytes() == MAILDIRSIZE
+    warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert warnings == [
+        f"Cannot record the deletions in {path / 'maildirsize'}: [Errno 28] No space left on device"
+    ]
+
+
 @pytest.fixture
 def collectorRestored() -> Iterator[None]:
     """

@@ -1456,14 +1456,23 @@ def _openMaildirSize(path: str) -> int | None:
     quota, or the next program that needs the quota counts the Maildir
     afresh.
     """
+    # The Maildir's owner may put anything there: a symbolic link is
+    # refused (ELOOP), and a FIFO opened without O_NONBLOCK would hold
+    # the thread until something reads it (with it, ENXIO, or a FIFO
+    # that is read is refused as not a regular file).
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as e:
-        # (A symbolic link there is refused: ELOOP.)
         _log.warn("Cannot record the deletions in {path}: {e}", path=path, e=e)
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        _log.warn("Cannot record the deletions in {path}: not a regular file", path=path)
+        return None
+    return fd
 
 
 def _unlinkCounted(path: str) -> int:

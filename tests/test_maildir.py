@@ -16,6 +16,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -2824,6 +2825,43 @@ def test_maildirSizeNotFollowedOrFatal(tmp_path: Path) -> None:
         f"Cannot record the deletions in {path / 'maildirsize'}:"
         f" [Errno {errno.ELOOP}] {os.strerror(errno.ELOOP)}: '{path / 'maildirsize'}'"
     ]
+
+
+@pytest.mark.parametrize("read", [False, True])
+def test_maildirSizeNotARegularFile(tmp_path: Path, read: bool) -> None:
+    """
+    A maildirsize that is a FIFO (which the Maildir's owner can make) is
+    not written to, nor waited on for a reader, whether or not something
+    reads it: the deletion succeeds at once and it is logged.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"a\n", name="1.a")
+    os.mkfifo(path / "maildirsize")
+    held = os.open(path / "maildirsize", os.O_RDONLY | os.O_NONBLOCK) if read else None
+    maildrop, _ = login(store(tmp_path))
+    outcome: list[object] = []
+
+    def delete() -> None:
+        with capturedLogs() as events:
+            outcome.append(result(maildrop.deleteMessages([0])))
+        outcome.extend(formatEvent(e) for e in events if e["log_level"].name == "warn")
+
+    worker = threading.Thread(target=delete)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        # Open the other end, so that the blocked writer returns.
+        reader = os.open(path / "maildirsize", os.O_RDONLY | os.O_NONBLOCK)
+        worker.join(10)
+        os.close(reader)
+        pytest.fail("the deletion waited for a reader of the FIFO")
+    maildrop.close()
+    if held is not None:
+        assert os.read(held, 100) == b""
+        os.close(held)
+    assert os.listdir(path / "new") == []
+    assert len(outcome) == 2 and outcome[0] is None
+    assert str(outcome[1]).startswith(f"Cannot record the deletions in {path / 'maildirsize'}: ")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")

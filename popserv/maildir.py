@@ -1321,11 +1321,14 @@ class MaildirMaildrop:
         removed = []
         quotaPath = os.path.join(self.path, MAILDIRSIZE_NAME)
         quota = _openMaildirSize(quotaPath)
-        # Sizes are needed only for a quota file: one more lstat a message.
-        unlink: Callable[[str], int | None] = os.unlink if quota is None else _unlinkCounted
         octets = count = 0
         for index in indexes:
             base = self._bases[index]
+            # Sizes are needed only for a quota file, and read from the
+            # disk only for names that do not give one (S=).
+            named = None if quota is None else _QUOTA_SIZE.search(base)
+            unlink: Callable[[str], int | None]
+            unlink = os.unlink if quota is None or named else _unlinkCounted
             try:
                 size = self._retrying(base, unlink)
             except _Gone:
@@ -1338,7 +1341,7 @@ class MaildirMaildrop:
                 continue
             removed.append(base)
             if quota is not None:
-                octets += _quotaSize(base, cast(int, size))
+                octets += int(named[1]) if named else cast(int, size)
                 count += 1
         # Make the unlinks durable before we say +OK.
         for subdir in _SUBDIRS:
@@ -1445,7 +1448,8 @@ class MaildirMaildrop:
 MAILDIRSIZE_NAME = "maildirsize"
 #: The size a Maildir++ writer puts in a message's name: ",S=" and digits,
 #: ending the name or followed by another "," field (as Dovecot reads it,
-#: maildir_sum_dir in src/plugins/quota/quota-maildir.c).
+#: maildir_sum_dir in src/plugins/quota/quota-maildir.c).  The quota
+#: counts a message by it, and by its size on disk only without it.
 _QUOTA_SIZE = re.compile(r",S=([0-9]+)(?:,|\Z)")
 
 
@@ -1483,15 +1487,6 @@ def _unlinkCounted(path: str) -> int:
     size = os.lstat(path).st_size
     os.unlink(path)
     return size
-
-
-def _quotaSize(base: str, disk: int) -> int:
-    """
-    The size the quota counts for message C{base}, C{disk} octets on disk:
-    its name's S= if it has one, as for a recalculation of the quota.
-    """
-    named = _QUOTA_SIZE.search(base)
-    return int(named[1]) if named else disk
 
 
 def _recordRemoved(fd: int, path: str, octets: int, count: int) -> None:

@@ -28,7 +28,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -245,11 +245,26 @@ class MailClient:
         )
 
 
+#: The local time fetchmail 6.5 and later put before each line of its log
+#: ("Jun 20 23:45:01 fetchmail: "; English under LC_ALL=C, the day padded
+#: with a space or a zero).  6.4 wrote none.
+_FETCHMAIL_TIME = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d (?=fetchmail: )", re.MULTILINE)
+
+
+def without_fetchmail_times(log: str) -> str:
+    """
+    A fetchmail log with the time stamps of fetchmail 6.5 and later taken
+    off, so that every version's lines begin with "fetchmail: ".
+    """
+    return _FETCHMAIL_TIME.sub("", log)
+
+
 class Fetchmail(MailClient):
     """
     fetchmail, one poll in the foreground, delivering through an MDA.  Its
-    C{-v} log shows every command ("POP3> RETR 1") and reply.  Exit status
-    0 means mail was delivered, 1 that there was none.
+    C{-v} log shows every command ("POP3> RETR 1") and reply, each line
+    beginning with "fetchmail: " (time stamps taken off).  Exit status 0
+    means mail was delivered, 1 that there was none.
     """
 
     PROGRAM = "fetchmail"
@@ -295,7 +310,7 @@ class Fetchmail(MailClient):
             self.home / "fetchmailrc",
             f"poll {HOST} " + " ".join(server) + "\n    " + "\n    ".join(user) + "\n",
         )
-        return self.execute(
+        run = self.execute(
             [
                 "fetchmail",
                 "--fetchmailrc",
@@ -308,6 +323,7 @@ class Fetchmail(MailClient):
                 "--verbose",
             ]
         )
+        return replace(run, log=without_fetchmail_times(run.log))
 
 
 class Mpop(MailClient):

@@ -16,7 +16,7 @@ import re
 import subprocess
 
 import pytest
-from clients import require_program
+from clients import require_program, without_fetchmail_times
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +85,28 @@ def commands(log: str, prefix: str) -> list[str]:
 
 
 # fetchmail: "POP3> COMMAND" lines in its --verbose log.
+
+
+def test_fetchmail_log_without_times():
+    """
+    The time stamp fetchmail 6.5 and later put before each log line (6.6.9
+    in Debian sid does on standard output too) is taken off, the day padded
+    with a space or a zero; 6.4's lines, without one, stay as they are.
+    """
+    log = (
+        "Nov 26 05:49:36 fetchmail: POP3> USER alice\n"
+        "Dec  1 23:59:59 fetchmail: POP3< +OK\n"
+        "Jan 02 00:00:00 fetchmail: POP3> QUIT\n"
+        "fetchmail: POP3> STAT\n"
+        "Subject: Nov 26 05:49:36 fetchmail: kept\n"
+    )
+    assert without_fetchmail_times(log) == (
+        "fetchmail: POP3> USER alice\n"
+        "fetchmail: POP3< +OK\n"
+        "fetchmail: POP3> QUIT\n"
+        "fetchmail: POP3> STAT\n"
+        "Subject: Nov 26 05:49:36 fetchmail: kept\n"
+    )
 
 
 def test_fetchmail_keep(server, drop, maildir, fetchmail, expected, message_files):

@@ -61,8 +61,11 @@ def test_everyUsualAttributeSetAtCreation() -> None:
 
 
 @pytest.mark.skipif(
-    sys.implementation.name != "cpython" or sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)),
-    reason="the shared attribute table's rules are CPython 3.11 to 3.13's",
+    # 3.14 and 3.15 checked in a Debian sid chroot: 300 instances made
+    # before each sets 3 more names hold 832-octet dicts, 216 octets when
+    # __init__ sets them, as on 3.11 to 3.13.
+    sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 15),
+    reason="the shared attribute table's rules are CPython 3.11 to 3.15's",
 )
 def test_burstOfConnectionsShareTheNames() -> None:
     """

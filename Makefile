@@ -20,6 +20,12 @@ EDITABLE := --config-settings editable_mode=compat -e
 
 .PHONY: demo demo-tls test test-oldest lint docs bench clean install
 
+# A target whose recipe fails is deleted, so the next make runs it again.
+# Above all $(BIN)/python: when the pip upgrade after `venv` fails (the
+# network, say), the virtualenv would otherwise count as made and stay
+# without setuptools, which Python 3.12 and later no longer put in one.
+.DELETE_ON_ERROR:
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel

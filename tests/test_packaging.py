@@ -1,13 +1,18 @@
 """
 The oldest versions of the dependencies that C{make test-oldest} tests
-(C{.ci/oldest.txt}) are the lower bounds that C{setup.cfg} declares.
+(C{.ci/oldest.txt}) are the lower bounds that C{setup.cfg} declares; the
+Makefile makes its virtualenv again after a failed attempt.
 """
 
 from __future__ import annotations
 
 import configparser
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 #: The checkout: tests/test_packaging.py -> the repository root.
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -64,3 +69,37 @@ def test_oldestAreTheLowerBounds() -> None:
     other fails here.
     """
     assert _pinnedOldest() == _declaredLowerBounds()
+
+
+def test_failedVirtualenvIsMadeAgain(tmp_path: Path) -> None:
+    """
+    When the pip upgrade in a new virtualenv fails, make leaves no
+    C{bin/python} behind, so the next make makes the virtualenv again.
+    (It stayed, and the virtualenv without setuptools, which Python 3.12
+    and later leave out, failed the packaging tests' wheel build.)
+    """
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    python = tmp_path / "python"
+    # Stands for "PYTHON -m venv DIR": makes only DIR/bin/python.
+    python.write_text('#!/bin/sh\nmkdir -p "$3/bin" && touch "$3/bin/python"\n')
+    python.chmod(0o755)
+    venv = tmp_path / "venv"
+    made = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(CHECKOUT),
+            f"PYTHON={python}",
+            f"VENV={venv}",
+            "PIP_INSTALL=false",
+            f"{venv}/bin/python",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode != 0, made
+    assert (venv / "bin").is_dir()
+    assert not (venv / "bin" / "python").exists(), made.stderr

@@ -373,6 +373,24 @@ class Mpop(MailClient):
         rc = write_private(self.home / "mpoprc", "\n".join(lines) + "\n")
         return self.execute(["mpop", "--file", str(rc), "--debug", "test"])
 
+    @staticmethod
+    def methods() -> set[str]:
+        """
+        The authentication methods this mpop supports, as its C{--version}
+        lists them ("scram-sha-256-plus" from mpop 1.4.19 on).
+        """
+        out = subprocess.run(
+            ["mpop", "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            timeout=CLIENT_DEADLINE,
+            check=True,
+        ).stdout.decode("utf-8", "replace")
+        lines = out.splitlines()
+        heading = lines.index("Supported authentication methods:")
+        return set(lines[heading + 1].split())
+
 
 class Getmail(MailClient):
     """

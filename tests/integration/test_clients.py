@@ -427,7 +427,22 @@ def test_curl_stls(tls_server, drop, test_pki, wire_form, twistd, curl_installed
 
 # SASL (RFC 5034), over implicit TLS: live once CAPA lists the mechanism.
 
-SASL_MECHANISMS = ["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"]
+SASL_MECHANISMS = ["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"]
+
+
+def mpop_scram_failed_before_auth(run) -> bool:
+    """
+    Whether an mpop run failed as mpop 1.4.21 and 1.4.22 (GNU SASL 2.2.2 and
+    2.2.4, Debian 13 and sid) fail every SCRAM-SHA-256 without -PLUS over
+    TLS: in GNU SASL, before anything of SASL reached the server.  (The same
+    mpop does SCRAM-SHA-256 without TLS, and -PLUS with it; 1.4.18 does
+    SCRAM-SHA-256 over TLS.)
+    """
+    return (
+        run.returncode != 0
+        and "mpop: GNU SASL: Error authenticating user" in run.log
+        and not [c for c in commands(run.log, "--> ") if c.startswith("AUTH")]
+    )
 
 
 @pytest.mark.parametrize("mechanism", SASL_MECHANISMS)
@@ -435,9 +450,14 @@ def test_mpop_sasl(tls_server, drop, mpop, expected, test_pki, mechanism):
     """
     mpop authenticates with each SASL mechanism the server offers (through
     GNU SASL) and retrieves everything; a wrong password is refused.
+    SCRAM-SHA-256-PLUS binds to TLS 1.3's tls-exporter here.
     """
     auth = mechanism.lower()
+    if auth not in mpop.methods():
+        pytest.skip(f"this mpop has no {mechanism} (mpop 1.4.19 added -PLUS)")
     run = mpop.run(tls_server.tls_port, tls="implicit", auth=auth)
+    if mechanism == "SCRAM-SHA-256" and mpop_scram_failed_before_auth(run):
+        pytest.xfail("this mpop fails SCRAM-SHA-256 over TLS before it sends AUTH")
     assert run.returncode == 0, run.log
     assert run.messages == expected
     assert f"AUTH {mechanism}" in "\n".join(commands(run.log, "--> "))
@@ -449,14 +469,16 @@ def test_mpop_sasl(tls_server, drop, mpop, expected, test_pki, mechanism):
 
 def test_mpop_stls_scram_pipelined(tls_server, drop, mpop, expected, test_pki, twistd):
     """
-    mpop with STLS, SCRAM-SHA-256 and pipelining on retrieves everything:
-    the combination a careful mpop user configures.
+    mpop with STLS, SCRAM-SHA-256 (-PLUS where this mpop has it) and
+    pipelining on retrieves everything: the combination a careful mpop user
+    configures.
     """
-    run = mpop.run(tls_server.port, tls="starttls", auth="scram-sha-256", pipelining="on")
+    auth = "scram-sha-256-plus" if "scram-sha-256-plus" in mpop.methods() else "scram-sha-256"
+    run = mpop.run(tls_server.port, tls="starttls", auth=auth, pipelining="on")
     assert run.returncode == 0, run.log
     assert run.messages == expected
     sent = commands(run.log, "--> ")
-    assert sent.index("STLS") < sent.index("AUTH SCRAM-SHA-256")
+    assert sent.index("STLS") < sent.index(f"AUTH {auth.upper()}")
 
 
 def test_fetchmail_cram_md5(tls_server, drop, fetchmail, expected, test_pki):

@@ -1,12 +1,14 @@
 """
 The oldest versions of the dependencies that C{make test-oldest} tests
 (C{.ci/oldest.txt}) are the lower bounds that C{setup.cfg} declares; the
-Makefile makes its virtualenv again after a failed attempt.
+Makefile makes its virtualenv again after a failed attempt; .ci/run chroots
+into a Python 3.14 root only where root alone can change it.
 """
 
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -103,3 +105,65 @@ def test_failedVirtualenvIsMadeAgain(tmp_path: Path) -> None:
     assert made.returncode != 0, made
     assert (venv / "bin").is_dir()
     assert not (venv / "bin" / "python").exists(), made.stderr
+
+
+def _py314Chroot(tmp_path: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """
+    Run .ci/run's C{py314_chroot}, which decides whether root may chroot
+    into C{root} (its status 0: it would), and nothing else of .ci/run.
+    """
+    script = (CHECKOUT / ".ci" / "run").read_text()
+    start = script.index("py314_root=")
+    functions = script[start : script.index("if py314_chroot; then", start)]
+    return subprocess.run(
+        ["bash", "-c", functions + "py314_chroot"],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PY314_ROOT": str(root)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason=".ci/run's Python 3.14 step needs root"
+)
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare")
+def test_py314ChrootOnlyRoots(tmp_path: Path) -> None:
+    """
+    .ci/run does not chroot, as root, into a Python 3.14 root that another
+    user made or can change, nor one in a directory others can write to
+    (it was kept in /var/tmp, where any user could make it first, with a
+    python3.14 and a sh of their own, which CI then ran as root).
+    """
+    nobody = 65534
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    planted = mine / "py314"
+    for path in ["usr/bin", "etc/ssl/certs"]:
+        (planted / path).mkdir(parents=True)
+    (planted / "usr/bin/python3.14").write_text("#!/bin/sh\n")
+    (planted / "usr/bin/python3.14").chmod(0o755)
+    for path in [planted, *planted.rglob("*")]:
+        os.chown(path, nobody, nobody, follow_symlinks=False)
+    result = _py314Chroot(tmp_path, planted)
+    assert result.returncode == 1, result
+    assert result.stdout == (
+        f".ci/run: Python 3.14 skipped: {planted} is not root's alone"
+        " (another user could change what root runs there)\n"
+    )
+    # The same tree, root's, in a directory everyone may write to.
+    for path in [planted, *planted.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    mine.chmod(0o1777)
+    result = _py314Chroot(tmp_path, planted)
+    assert result.returncode == 1, result
+    assert result.stdout == (
+        f".ci/run: Python 3.14 skipped: {mine} is not root's alone"
+        " (another user could change what root runs there)\n"
+    )
+    # Root's, in root's directory: taken.
+    mine.chmod(0o755)
+    result = _py314Chroot(tmp_path, planted)
+    assert (result.returncode, result.stdout) == (0, ""), result

@@ -1322,32 +1322,40 @@ class MaildirMaildrop:
         quotaPath = os.path.join(self.path, MAILDIRSIZE_NAME)
         quota = _openMaildirSize(quotaPath)
         octets = count = 0
-        for index in indexes:
-            base = self._bases[index]
-            # Sizes are needed only for a quota file, and read from the
-            # disk only for names that do not give one (S=).
-            named = None if quota is None else _QUOTA_SIZE.search(base)
-            unlink: Callable[[str], int | None]
-            unlink = os.unlink if quota is None or named else _unlinkCounted
-            try:
-                size = self._retrying(base, unlink)
-            except _Gone:
-                removed.append(base)  # removed by another program: as the client wished
-                continue
-            except OSError as e:
-                # Moved under us at every try, or cannot be removed: kept.
-                _log.error("Cannot delete {base!r} in {path}: {e}", base=base, path=self.path, e=e)
-                failed.append(index)
-                continue
-            removed.append(base)
+        try:
+            for index in indexes:
+                base = self._bases[index]
+                # Sizes are needed only for a quota file, and read from the
+                # disk only for names that do not give one (S=).
+                named = None if quota is None else _QUOTA_SIZE.search(base)
+                unlink: Callable[[str], int | None]
+                unlink = os.unlink if quota is None or named else _unlinkCounted
+                try:
+                    size = self._retrying(base, unlink)
+                except _Gone:
+                    removed.append(base)  # removed by another program: as the client wished
+                    continue
+                except OSError as e:
+                    # Moved under us at every try, or cannot be removed: kept.
+                    _log.error(
+                        "Cannot delete {base!r} in {path}: {e}", base=base, path=self.path, e=e
+                    )
+                    failed.append(index)
+                    continue
+                removed.append(base)
+                if quota is not None:
+                    octets += int(named[1]) if named else cast(int, size)
+                    count += 1
+            # Recorded before the directories are synced: the files are
+            # gone whether or not that succeeds.
             if quota is not None:
-                octets += int(named[1]) if named else cast(int, size)
-                count += 1
+                _recordRemoved(quota, quotaPath, octets, count)
+        finally:
+            if quota is not None:
+                os.close(quota)
         # Make the unlinks durable before we say +OK.
         for subdir in _SUBDIRS:
             _fsyncDirectory(os.path.join(self.path, subdir))
-        if quota is not None:
-            _recordRemoved(quota, quotaPath, octets, count)
         # A careless delivery program could give a later message a removed
         # one's name: the index must not vouch for that name any more.
         self._forget(removed)
@@ -1492,7 +1500,7 @@ def _unlinkCounted(path: str) -> int:
 def _recordRemoved(fd: int, path: str, octets: int, count: int) -> None:
     """
     Append to the quota file C{path}, open at C{fd}, that C{count}
-    messages of C{octets} were removed, and close it.  The Maildir++ rules
+    messages of C{octets} were removed.  The Maildir++ rules
     have every program that removes mail append such a line, in one write
     so that it stays whole among other programs' appends.  Without it, the
     quota goes on counting the mail, and a Maildir that was nearly full
@@ -1505,8 +1513,6 @@ def _recordRemoved(fd: int, path: str, octets: int, count: int) -> None:
             os.write(fd, b"%d %d\n" % (-octets, -count))
     except OSError as e:
         _log.warn("Cannot record the deletions in {path}: {e}", path=path, e=e)
-    finally:
-        os.close(fd)
 
 
 def _makePrivateDirectories(root: str, path: str) -> None:

@@ -2897,6 +2897,33 @@ def test_maildirSizeWriteFailureLogged(tmp_path: Path, monkeypatch: pytest.Monke
     ]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_maildirSizeClosedOnAnyError(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    maildirsize is closed however the deletion ends, even by an error that
+    is not an OSError (a store's bug), which used to leave it open: a
+    descriptor lost at every such QUIT.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"a\n", name="1.a")
+    (path / "maildirsize").write_bytes(MAILDIRSIZE)
+    before = len(os.listdir("/proc/self/fd"))
+    maildrop, _ = login(store(tmp_path))
+
+    def unlink(path: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    failure = maildrop.deleteMessages([0])
+    failed: list[Failure] = []
+    failure.addErrback(failed.append)
+    monkeypatch.undo()
+    maildrop.close()
+    assert failed[0].check(RuntimeError)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert (path / "maildirsize").read_bytes() == MAILDIRSIZE
+
+
 @pytest.fixture
 def collectorRestored() -> Iterator[None]:
     """

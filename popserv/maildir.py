@@ -247,28 +247,58 @@ def _allUIDs(joined: list[str], names: list[str]) -> bool:
     return len(min(names, key=len)) >= 1 and len(max(names, key=len)) <= 70
 
 
-def _checkNames(joined: list[str], names: list[str]) -> tuple[bool, bool]:
+class _NameOrder(NamedTuple):
     """
-    Whether C{names}, also given as "/"-joined strings, sort by their
-    delivery times when compared as strings, and whether each is its own
-    UIDL.
+    What comparing a listing's base names as strings does (L{_checkNames}).
+
+    @ivar byTime: it orders them by their delivery times, as L{_sortKey}
+        does; names of the same second stand together, in the order of
+        their names.
+    @ivar exact: it orders them as L{_sortKey} does, the microseconds too.
+    """
+
+    byTime: bool
+    exact: bool
+
+
+def _checkNames(joined: list[str], names: list[str]) -> tuple[_NameOrder, bool]:
+    """
+    How C{names}, also given as "/"-joined strings, sort when compared as
+    strings, and whether each is its own UIDL.
 
     Names compare by their times as L{_sortKey} does when every one starts
     with a delivery time of the same number of digits (ten from 2001 to
     2286): equal-length digit strings compare as their numbers.  Names of
     the same second then stand together, for L{_orderWithinSeconds} to
-    put in order.  One regular expression over all names checks
-    that, so the sort needs no key function.  ("/" is the one octet that no
-    file name holds.)
+    put in order.  They are already in order, with no need of it, when
+    every name's microseconds follow the "." with the same number of
+    digits ("1764000000.M004242P..."; as numbers they compare as strings),
+    or no name has any (qmail's "1764000000.P4242Q1..."): as most Maildirs
+    written by one program.  One regular expression over all names checks
+    each, so the sort needs no key function.  ("/" is the one octet that
+    no file name holds.)
     """
     first = next((j for j in joined if j), "")
     digits = first.find(".")
-    if 0 < digits < 20:
-        sortable = re.compile(rf"(?:[0-9]{{{digits}}}\.[^/]*(?:/|\Z))*\Z")
-        plain = all(sortable.match(j) for j in joined)
+    if not 0 < digits < 20:
+        return _NameOrder(not first, not first), _allUIDs(joined, names)
+    # (Each pattern is written without optional groups, which made the
+    # engine's loop over 100,000 names five times slower.)
+    time = rf"[0-9]{{{digits}}}\."
+    microseconds = _MICROSECONDS.match(first, digits + 1)
+    if microseconds is None:
+        # No "M" in the first name's middle part: nor may any other have one.
+        exact = re.compile(rf"(?:{time}[^./M]*(?![^./])[^/]*(?:/|\Z))*\Z")
+    elif microseconds.start(1) == digits + 2:
+        # "M" right after the ".", then this many digits in every name.
+        width = len(microseconds[1])
+        exact = re.compile(rf"(?:{time}M[0-9]{{{width}}}(?![0-9])[^/]*(?:/|\Z))*\Z")
     else:
-        plain = not first
-    return plain, _allUIDs(joined, names)
+        exact = None
+    if exact is not None and all(exact.match(j) for j in joined):
+        return _NameOrder(True, True), _allUIDs(joined, names)
+    byTime = re.compile(rf"(?:{time}[^/]*(?:/|\Z))*\Z")
+    return _NameOrder(all(byTime.match(j) for j in joined), False), _allUIDs(joined, names)
 
 
 def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
@@ -291,9 +321,10 @@ def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
         order = list(filter(listed.__contains__, hinted))
         if len(order) < len(listed):
             order += filterfalse(hinted.__contains__, listed)
-    if listing.sortable:
+    if listing.nameOrder.byTime:
         order.sort()
-        _orderWithinSeconds(order)
+        if not listing.nameOrder.exact:
+            _orderWithinSeconds(order)
     else:
         order.sort(key=_sortKey)
     return order, order if listing.uidsValid else list(map(uidFor, order))
@@ -576,8 +607,8 @@ class _Listing:
         twice.
     @ivar parts: for each directory listed: its name, and the names and the
         base names of its files.
-    @ivar sortable: comparing the base names as strings sorts them by
-        their delivery times as L{_sortKey} does (L{_checkNames}).
+    @ivar nameOrder: how comparing the base names as strings sorts them
+        (L{_checkNames}).
     @ivar uidsValid: every base name is its own UIDL.
     @ivar sizesInNames: some base name may give its wire size (C{,W=}).
     """
@@ -601,7 +632,7 @@ class _Listing:
                 self.parts.append((subdir, names, bases))
                 self.bases += bases
             joinedBases.append(joined)
-        self.sortable, self.uidsValid = _checkNames(joinedBases, self.bases)
+        self.nameOrder, self.uidsValid = _checkNames(joinedBases, self.bases)
         self.sizesInNames = any(",W=" in joined for joined in joinedBases)
 
     def entries(self, wanted: set[str] | None = None) -> dict[str, tuple[int, str]]:

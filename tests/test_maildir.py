@@ -2352,7 +2352,7 @@ def test_orderedAgreesWithSortKey(bases: list[str], hint: list[str], kind: str, 
         hint = distinct[:-1] + distinct[:1]
     joined = ["/".join(bases)]
     listing = SimpleNamespace(bases=bases)
-    listing.sortable, listing.uidsValid = maildir._checkNames(joined, bases)
+    listing.nameOrder, listing.uidsValid = maildir._checkNames(joined, bases)
     order, uids = maildir._ordered(listing, hint)  # type: ignore[arg-type]
     assert order == sorted(set(bases), key=maildir._sortKey)
     assert uids == [uidFor(b) for b in order]
@@ -2379,11 +2379,78 @@ def test_deliveryNamesOrderedBySortKey(bases: list[str], rng: Any) -> None:
     """
     distinct = sorted(set(bases))
     listing = SimpleNamespace(bases=bases)
-    listing.sortable, listing.uidsValid = maildir._checkNames(["/".join(bases)], bases)
-    assert listing.sortable
+    listing.nameOrder, listing.uidsValid = maildir._checkNames(["/".join(bases)], bases)
+    assert listing.nameOrder.byTime
     for hint in ([], rng.sample(distinct, len(distinct))):
         order, _ = maildir._ordered(listing, hint)  # type: ignore[arg-type]
         assert order == sorted(distinct, key=maildir._sortKey)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["M", ""]),
+    st.integers(min_value=1, max_value=7),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1700000000", "1700000001", "1800000000"]),
+            st.integers(min_value=0, max_value=9_999_999),
+            st.text(st.sampled_from("0123456789MPQ.h,S=:"), max_size=8),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["as written", "one other width", "one without M", "one with M"]),
+    st.integers(min_value=0, max_value=2),
+    st.randoms(use_true_random=False),
+)
+def test_namesOfOneWriterNeedNoKey(
+    marker: str,
+    width: int,
+    fields: list[tuple[str, int, str]],
+    spoiler: str,
+    cut: int,
+    rng: Any,
+) -> None:
+    """
+    Names as one program writes them, the microseconds right after the "."
+    with one number of digits ("1700000000.M004242P1..."), or none in any
+    name (qmail's "1700000000.P1Q2..."), are in order compared as strings:
+    the listing says so (nameOrder.exact), and its order is _sortKey's
+    with no more sorting.  One name of another width, or one with
+    microseconds among names without, or the reverse, is not taken for
+    that, and is ordered by the key all the same.  The listing's names
+    come in one "/"-joined string per directory.
+    """
+    if marker:
+        bases = [
+            f"{t}.M{u % 10**width:0{width}d}{'P' + r if r[:1].isdigit() else r}"
+            for t, u, r in fields
+        ]
+    else:
+        bases = [f"{t}.P{u}{r.replace('M', 'Q')}" for t, u, r in fields]
+    if bases and spoiler != "as written":
+        other = {
+            "one other width": f"1700000000.M{'1' * (width + 1)}P9.h",
+            "one without M": "1700000000.P77.h",
+            "one with M": "1700000000.M5P1.h",
+        }[spoiler]
+        bases.insert(rng.randrange(len(bases) + 1), other)
+    bases = [b for b in bases if "/" not in b]
+    joined = ["/".join(bases[:cut]), "/".join(bases[cut:])]
+    listing = SimpleNamespace(bases=bases)
+    listing.nameOrder, listing.uidsValid = maildir._checkNames(joined, bases)
+    expected = sorted(set(bases), key=maildir._sortKey)
+    if spoiler == "as written" or not bases:
+        assert listing.nameOrder.exact
+    elif (marker, spoiler) in [
+        ("M", "one other width"),
+        ("M", "one without M"),
+        ("", "one with M"),
+    ]:
+        assert not listing.nameOrder.exact
+    if listing.nameOrder.exact:
+        assert sorted(set(bases)) == expected
+    order, _ = maildir._ordered(listing, [])  # type: ignore[arg-type]
+    assert order == expected
 
 
 MESSAGE_PARTS = [

@@ -284,20 +284,20 @@ def _checkNames(joined: list[str], names: list[str]) -> tuple[_NameOrder, bool]:
         return _NameOrder(not first, not first), _allUIDs(joined, names)
     # (Each pattern is written without optional groups, which made the
     # engine's loop over 100,000 names five times slower.)
-    time = rf"[0-9]{{{digits}}}\."
+    second = rf"[0-9]{{{digits}}}\."
     microseconds = _MICROSECONDS.match(first, digits + 1)
     if microseconds is None:
         # No "M" in the first name's middle part: nor may any other have one.
-        exact = re.compile(rf"(?:{time}[^./M]*(?![^./])[^/]*(?:/|\Z))*\Z")
+        exact = re.compile(rf"(?:{second}[^./M]*(?![^./])[^/]*(?:/|\Z))*\Z")
     elif microseconds.start(1) == digits + 2:
         # "M" right after the ".", then this many digits in every name.
         width = len(microseconds[1])
-        exact = re.compile(rf"(?:{time}M[0-9]{{{width}}}(?![0-9])[^/]*(?:/|\Z))*\Z")
+        exact = re.compile(rf"(?:{second}M[0-9]{{{width}}}(?![0-9])[^/]*(?:/|\Z))*\Z")
     else:
         exact = None
     if exact is not None and all(exact.match(j) for j in joined):
         return _NameOrder(True, True), _allUIDs(joined, names)
-    byTime = re.compile(rf"(?:{time}[^/]*(?:/|\Z))*\Z")
+    byTime = re.compile(rf"(?:{second}[^/]*(?:/|\Z))*\Z")
     return _NameOrder(all(byTime.match(j) for j in joined), False), _allUIDs(joined, names)
 
 

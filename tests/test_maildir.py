@@ -124,7 +124,9 @@ class TestTemplate:
             " use {user}, {localpart} or {domain}"
         )
 
-    @pytest.mark.parametrize("template", ["{tmp}/u\0-{user}", "{tmp}/{user}/Mail\0dir"])
+    @pytest.mark.parametrize(
+        "template", ["{tmp}/u\0-{user}", "{tmp}/{user}/Mail\0dir", "\0{tmp}/{user}"]
+    )
     def test_nulRefused(self, tmp_path: Path, template: str) -> None:
         """
         A template with a NUL (which only an embedding program can pass) is
@@ -3040,3 +3042,41 @@ def test_collectorPausedUntilTheLastScanEnds() -> None:
     offAfterFirst = not gc.isenabled()
     second.__exit__(None, None, None)
     assert (offAfterFirst, gc.isenabled()) == (True, True)
+
+
+def test_timesOfOtherLengthsNotTakenForOneSecond() -> None:
+    """
+    A name whose time has more digits than the first listed one's is not
+    taken for one of the same length: "10.b" is no time of one digit
+    followed by a "." and compared as a string it would come before "9.a".
+    """
+    bases = ["9.a", "10.b", "9x.c"]
+    listing = SimpleNamespace(bases=bases)
+    listing.nameOrder, listing.uidsValid = maildir._checkNames(["/".join(bases)], bases)
+    assert not listing.nameOrder.byTime
+    order, _ = maildir._ordered(listing, [])  # type: ignore[arg-type]
+    assert order == ["9x.c", "9.a", "10.b"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "1700000000.M1P1.h,S=5x,W=6",  # digits not ending the field
+        "1700000000.M1P1.h,S=5\n",  # \Z, not $: a newline ends no field
+        "1700000000.M1P1.hS=5",  # no "," before it
+        "1700000000.M1P1.h,S=,W=6",  # no digits
+    ],
+)
+def test_maildirSizeCountsOnlyAWholeSizeField(tmp_path: Path, name: str) -> None:
+    """
+    Only a whole ",S=" field, digits ending the name or followed by ",",
+    gives the size the quota counts (as Dovecot reads it); a name with
+    anything else is counted by its size on disk.
+    """
+    path = tmp_path / "alice"
+    deliverToMaildir(path, b"seventeen octets\n", name=name)
+    (path / "maildirsize").write_bytes(MAILDIRSIZE)
+    maildrop, _ = login(store(tmp_path))
+    result(maildrop.deleteMessages([0]))
+    maildrop.close()
+    assert (path / "maildirsize").read_bytes() == MAILDIRSIZE + b"-17 -1\n"

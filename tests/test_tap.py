@@ -534,6 +534,11 @@ def test_checkerPluginMistakes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert message.count("passwd-file") == 1, message
     # So does --help-auth (strcred's listed it twice), and says it clashes.
     assert _helpAuthKinds().count("passwd-file") == 1
+    # Its row gives the format of the plugin found first ("sql:TABLE", not
+    # "passwd-file:PATH"), as --help-auth-type describes that one.
+    width = max(map(len, _helpAuthKinds()))
+    assert f"\n  {'passwd-file':<{width}}\tsql:TABLE\n" in _helpAuth()
+    assert "ArgString format: sql:TABLE\n" in _helpAuthType("passwd-file")
     assert _helpAuth().endswith(
         "\n\n  (passwd-file is claimed by popserv.checkers.PasswdFileCheckerFactory and"
         " test_tap.test_checkerPluginMistakes.<locals>.Impostor: choosing it is an error)\n"

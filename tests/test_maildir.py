@@ -3113,3 +3113,30 @@ def test_maildirSizeSparesLstat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     maildrop.close()
     assert counted == ["1700000000.M2P1.h"]
     assert os.listdir(path / "new") == []
+
+
+def test_maildirSizeCountsALinkNotItsTarget(tmp_path: Path) -> None:
+    """
+    A message the Maildir's owner replaced by a symbolic link after the
+    listing is counted by the link's own size (lstat), which is what is
+    removed: not by the size of whatever it points at, a file the server
+    may read and the owner not (maildirsize would tell its size), and a
+    link to nothing is removed as the message, not taken for one gone.
+    """
+    path = tmp_path / "alice"
+    big = deliverToMaildir(path, b"a\n", name="1700000000.M1P1.h")
+    dangling = deliverToMaildir(path, b"b\n", name="1700000000.M2P1.h")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 1000)
+    (path / "maildirsize").write_bytes(MAILDIRSIZE)
+    maildrop, _ = login(store(tmp_path))
+    big.unlink()
+    big.symlink_to(secret)
+    dangling.unlink()
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert result(maildrop.deleteMessages([0, 1])) is None
+    maildrop.close()
+    assert os.listdir(path / "new") == []
+    assert secret.read_bytes() == b"s" * 1000
+    octets = len(str(secret)) + len(str(tmp_path / "nowhere"))
+    assert (path / "maildirsize").read_bytes() == MAILDIRSIZE + b"-%d -2\n" % octets

@@ -278,10 +278,11 @@ def _checkNames(joined: list[str], names: list[str]) -> tuple[_NameOrder, bool]:
     each, so the sort needs no key function.  ("/" is the one octet that
     no file name holds.)
     """
+    uidsValid = _allUIDs(joined, names)
     first = next((j for j in joined if j), "")
     digits = first.find(".")
     if not 0 < digits < 20:
-        return _NameOrder(not first, not first), _allUIDs(joined, names)
+        return _NameOrder(not first, not first), uidsValid
     # (Each pattern is written without optional groups, which made the
     # engine's loop over 100,000 names five times slower.)
     second = rf"[0-9]{{{digits}}}\."
@@ -296,9 +297,9 @@ def _checkNames(joined: list[str], names: list[str]) -> tuple[_NameOrder, bool]:
     else:
         exact = None
     if exact is not None and all(exact.match(j) for j in joined):
-        return _NameOrder(True, True), _allUIDs(joined, names)
+        return _NameOrder(True, True), uidsValid
     byTime = re.compile(rf"(?:{second}[^/]*(?:/|\Z))*\Z")
-    return _NameOrder(all(byTime.match(j) for j in joined), False), _allUIDs(joined, names)
+    return _NameOrder(all(byTime.match(j) for j in joined), False), uidsValid
 
 
 def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:

@@ -376,12 +376,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             ) from None
 
     def _checkerFactoriesForOptHelpAuth(self) -> Iterator[strcred.ICheckerFactory]:
-        # What --help-auth lists (strcred's hook for it): not unix where it
-        # cannot work.  opt_auth says why if it is chosen all the same.
-        # Nor a plugin left out as broken (_checkerPlugins), which made
-        # strcred's listing fail with an AttributeError.
+        # What --help-auth lists (strcred's hook for it).  Nor a plugin
+        # left out as broken (_checkerPlugins), which made strcred's
+        # listing fail with an AttributeError.
+        return self._usableCheckers(_checkerPlugins()[0])
+
+    def _usableCheckers(self, installed: list[Any]) -> Iterator[strcred.ICheckerFactory]:
+        # Of the C{installed} checker plugins, those popserv can use: not
+        # unix where it cannot work (opt_auth says why if it is chosen all
+        # the same), nor those whose logins are not POP3's.
         unix = _unixCheckerWorks()
-        for factory in _checkerPlugins()[0]:
+        for factory in installed:
             if self.supportsCheckerFactory(factory) and (unix or factory.authType != "unix"):
                 yield factory
 
@@ -393,8 +398,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # plugins claim twice, as if both could be chosen.  A clash, and a
         # plugin left out as broken, is said below the table, as
         # --help-mailstores says them.
+        installed, broken = _checkerPlugins()  # one scan of the plugins
         kinds: dict[str, list[strcred.ICheckerFactory]] = {}
-        for factory in self._checkerFactoriesForOptHelpAuth():
+        for factory in self._usableCheckers(installed):
             kinds.setdefault(factory.authType, []).append(factory)
         width = max(map(len, kinds), default=0)
         write = self.authOutput.write
@@ -410,7 +416,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if len(claimants) > 1:
                 names = namedFactories(claimants)
                 write(f"  ({kind} is claimed by {names}: choosing it is an error)\n")
-        for line in _checkerPlugins()[1]:
+        for line in broken:
             write(f"  (checker plugin left out: {line})\n")
         raise SystemExit(0)
 

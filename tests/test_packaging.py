@@ -8,6 +8,7 @@ into a Python 3.14 root only where root alone can change it.
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import re
 import shutil
@@ -107,7 +108,9 @@ def test_failedVirtualenvIsMadeAgain(tmp_path: Path) -> None:
     assert not (venv / "bin" / "python").exists(), made.stderr
 
 
-def _py314Chroot(tmp_path: Path, root: Path) -> subprocess.CompletedProcess[str]:
+def _py314Chroot(
+    tmp_path: Path, root: Path, lockWait: int = 60
+) -> subprocess.CompletedProcess[str]:
     """
     Run .ci/run's C{py314_chroot}, which decides whether root may chroot
     into C{root} (its status 0: it would), and nothing else of .ci/run.
@@ -125,7 +128,11 @@ def _py314Chroot(tmp_path: Path, root: Path) -> subprocess.CompletedProcess[str]
         (stubs / name).chmod(0o755)
     return subprocess.run(
         ["bash", "-c", functions + "py314_chroot"],
-        env={"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin", "PY314_ROOT": str(root)},
+        env={
+            "PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PY314_ROOT": str(root),
+            "PY314_LOCK_WAIT": str(lockWait),
+        },
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -173,4 +180,31 @@ def test_py314ChrootOnlyRoots(tmp_path: Path) -> None:
     # Root's, in root's directory: taken.
     mine.chmod(0o755)
     result = _py314Chroot(tmp_path, planted)
+    assert (result.returncode, result.stdout) == (0, ""), result
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason=".ci/run's Python 3.14 step needs root"
+)
+def test_py314ChrootOneRunAtATime(tmp_path: Path) -> None:
+    """
+    A second CI run on the machine waits for the first one's Python 3.14
+    step, and skips its own if the first keeps the chroot too long: two at
+    once built into one half-made root, and each removed the virtual
+    environments the other was testing in.
+    """
+    root = tmp_path / "py314"
+    for path in ["usr/bin", "etc/ssl/certs"]:
+        (root / path).mkdir(parents=True)
+    (root / "usr/bin/python3.14").write_text("#!/bin/sh\n")
+    (root / "usr/bin/python3.14").chmod(0o755)
+    with open(tmp_path / "py314.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = _py314Chroot(tmp_path, root, lockWait=1)
+        assert result.returncode == 1, result
+        assert result.stdout == (
+            f".ci/run: Python 3.14 skipped: another CI run kept {root}.lock for 1 s\n"
+        )
+    # Released: taken.
+    result = _py314Chroot(tmp_path, root, lockWait=1)
     assert (result.returncode, result.stdout) == (0, ""), result

@@ -157,6 +157,17 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     add("--twistd", help="popserv: twistd to run (default: the one next to this Python)")
     add("--server-profile", metavar="DIR", help="popserv: run under cProfile, write DIR/*.prof")
     add("--dovecot-user", default="mail", help="dovecot: the uid its mail processes run as")
+    add(
+        "--popserv-processes",
+        type=int,
+        default=2,
+        help="popserv-n: processes on one socket, not pinned (docs/operating.rst)",
+    )
+    add(
+        "--popserv-pin-each",
+        action="store_true",
+        help="popserv-n: pin process I to CPU I instead",
+    )
     add("--twisted-nagle", action="store_true", help="twisted: leave TCP_NODELAY off")
     add("--server-cpu", type=int, default=0, help="CPU the server is pinned to")
     add("--client-cpu", type=int, default=1, help="CPU the load generator is pinned to")
@@ -187,6 +198,7 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         "large_repeat",
         "idle_sessions",
         "rounds",
+        "popserv_processes",
     ):
         if getattr(options, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -4,6 +4,7 @@ root of Maildirs (C{ROOT/USER}) and the users, start the server on a free
 port of 127.0.0.1 pinned to one CPU, report its processes, stop it.
 
  - L{Popserv}: C{twistd -n popserv ...} as an operator starts it.
+ - L{PopservProcesses}: several of those on one listening socket.
  - L{Dovecot}: Debian's C{dovecot-pop3d}, a private instance (own
    configuration, base and state directories, log) in the foreground.
  - L{TwistedPOP3}: C{twisted_ref.py} next to this package, a server made
@@ -334,6 +335,51 @@ class Popserv(ServerAdapter):
         ]
 
 
+class PopservProcesses(Popserv):
+    """
+    popserv as several processes sharing one listening socket, as
+    operating.rst's "Several processes" runs it with systemd:
+    C{shared_socket.py N} next to this package binds the socket and starts
+    C{--popserv-processes} twistd processes (the L{Popserv} command) that
+    inherit it and listen with C{systemd:domain=INET:index=0}.  Not pinned
+    to the server CPU: the processes may use every CPU, the load
+    generator's too, as they would on a machine they are run on to use its
+    cores; with C{--popserv-pin-each}, process I is pinned to CPU I (as
+    C{CPUAffinity=%i} pins the instances of C{popserv@.service}).  Its CPU
+    time and memory are those of the whole tree.
+    """
+
+    name = "popserv-n"
+    multiProcess = True
+
+    @classmethod
+    def check(cls, options: Any) -> str:
+        processes = f"{options.popserv_processes} processes on one socket"
+        pinned = ", each pinned to its CPU" if options.popserv_pin_each else ""
+        return f"{super().check(options)}, {processes}{pinned}"
+
+    def command(self, mailroot: str, users: Sequence[tuple[str, str]]) -> list[str]:
+        command = super().command(mailroot, users)
+        command[command.index("--listen") + 1] = "systemd:domain=INET:index=0"
+        launcher = os.path.join(BENCHMARKS, "shared_socket.py")
+        pin = ["--pin"] if self.options.popserv_pin_each else []
+        return [sys.executable, launcher, str(self.options.popserv_processes), *pin, "--", *command]
+
+    def start(self, mailroot: str, users: Sequence[tuple[str, str]], cpu: int | None) -> None:
+        super().start(mailroot, users, None)
+
+    def _findPort(self) -> int | None:
+        # Once every process listens: a connection the kernel gives to one
+        # still starting would wait for it, and a measurement that began
+        # then would count fewer processes than it says.
+        with open(self.logPath, "rb") as f:
+            log = f.read()
+        match = re.search(rb"shared_socket listening on (\d+)", log)
+        if match is None or log.count(b"popserv listening on") < self.options.popserv_processes:
+            return None
+        return int(match.group(1))
+
+
 class Dovecot(ServerAdapter):
     """
     A private Dovecot (Debian's C{dovecot-pop3d}): C{dovecot -F -c CONF}
@@ -556,6 +602,7 @@ class TwistedFloor(TwistedPOP3):
 
 SERVERS: dict[str, type[ServerAdapter]] = {
     "popserv": Popserv,
+    "popserv-n": PopservProcesses,
     "dovecot": Dovecot,
     "twisted": TwistedPOP3,
     "floor": TwistedFloor,

@@ -194,3 +194,62 @@ def test_rounds(tmp_path: Path) -> None:
         "popserv",
         "floor",
     ]
+
+
+def test_sharedSocket() -> None:
+    """
+    shared_socket.py starts each copy of the command with the listening
+    socket as descriptor 3 and the environment sd_listen_fds(3) reads, for
+    that very process; with --pin, copy N on the N-th CPU this process may
+    use.
+    """
+    probe = (
+        "import os, socket; s = socket.socket(fileno=3);"
+        " print(s.getsockname()[1], os.environ['LISTEN_PID'] == str(os.getpid()),"
+        " os.environ['LISTEN_FDS'], os.environ['LISTEN_FDNAMES'],"
+        " sorted(os.sched_getaffinity(0)))"
+    )
+    out = run("shared_socket.py", "2", "--pin", "--", sys.executable, "-c", probe)
+    lines = out.splitlines()
+    port = re.fullmatch(r"shared_socket listening on (\d+)", lines[0])
+    assert port is not None, out
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = {f"{port[1]} True 1 popserv.socket [{cpus[n % len(cpus)]}]" for n in (0, 1)}
+    assert set(lines[1:]) == expected, out
+    assert len(lines) == 3, out
+
+
+def test_severalProcesses(tmp_path: Path) -> None:
+    """
+    bench_maildir.py's popserv-n serves through two popserv processes on
+    one socket, each on its own CPU: both listen, logins churn without
+    errors and every message of bulk arrives as stored.
+    """
+    out = tmp_path / "run.json"
+    printed = run(
+        "bench_maildir.py",
+        "--servers=popserv-n",
+        "--popserv-processes=2",
+        "--popserv-pin-each",
+        "--scenarios=churn,bulk",
+        "--quick",
+        "--churn-warmup=0.2",
+        "--churn-duration=1",
+        "--bulk-count=30",
+        "--no-pin",
+        "--keep",
+        f"--workdir={tmp_path}",
+        f"--json={out}",
+    )
+    assert "popserv-n: popserv " in printed and "2 processes on one socket, each pinned" in printed
+    results = json.loads(out.read_text())["results"]
+    churn = results["churn"]["popserv-n"]
+    assert churn["errors"] == {}
+    assert churn["sessions"] > 0
+    bulk = results["bulk"]["popserv-n"]
+    assert bulk["problems"] == []
+    assert bulk["verified"] == bulk["messages"] == 30
+    logs = sorted(tmp_path.rglob("popserv-n.log"))
+    assert len(logs) == 2, logs  # one server for each scenario
+    for log in logs:
+        assert log.read_text().count("popserv listening on 127.0.0.1:") == 2, log.read_text()

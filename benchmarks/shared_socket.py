@@ -1,0 +1,108 @@
+"""
+Run N copies of a server on one listening socket, as systemd does for the
+instances of docs/operating.rst's C{popserv@.service} ("Several
+processes"): the benchmark suite's C{popserv-n} server.
+
+    shared_socket.py N [--port P] [--pin] -- COMMAND [ARG ...]
+
+Binds 127.0.0.1:P (0: a free port), prints C{shared_socket listening on
+PORT}, and starts N processes of COMMAND, each with the socket as
+descriptor 3 and C{LISTEN_FDS=1}, C{LISTEN_FDNAMES=popserv.socket} and
+C{LISTEN_PID} set to its own pid (sd_listen_fds(3)), so that a twistd
+listening on C{systemd:domain=INET:index=0} serves it.  The kernel gives
+each connection to one of them.  With C{--pin}, process I runs on the
+I-th CPU this one may use (modulo their number), as C{CPUAffinity=} in a
+unit would put it; without, anywhere.  SIGTERM or SIGINT is passed on to them;
+it exits when they all have, with the first non-zero status.  Not a test
+and not part of popserv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+#: Sets what sd_listen_fds(3) reads for the process it becomes (exec keeps
+#: the pid), then becomes the command.
+_AS_SYSTEMD = """
+import os, sys
+cpu = os.environ.pop("SHARED_SOCKET_CPU", "")
+if cpu:
+    os.sched_setaffinity(0, {int(cpu)})
+os.environ.update(
+    LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="popserv.socket"
+)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+#: After passing SIGTERM on, how long the copies have before SIGKILL.
+_STOP_TIMEOUT = 15.0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("processes", type=int, help="copies of the command to run")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 [0: a free one]")
+    parser.add_argument("--pin", action="store_true", help="process I on the I-th CPU")
+    parser.usage = "%(prog)s N [--port P] [--pin] -- COMMAND [ARG ...]"
+    split = argv.index("--") if "--" in argv else len(argv)
+    options = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
+    if options.processes < 1 or not command:
+        parser.error("give at least one process and a command after --")
+
+    listener = socket.create_server(("127.0.0.1", options.port), backlog=1024)
+    # sd_listen_fds(3): the first passed socket is descriptor 3.
+    if listener.fileno() != 3:
+        os.dup2(listener.fileno(), 3)
+    os.set_inheritable(3, True)
+    print(f"shared_socket listening on {listener.getsockname()[1]}", flush=True)
+
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    cpus = sorted(os.sched_getaffinity(0))
+    for i in range(options.processes):
+        env = dict(os.environ)
+        if options.pin:
+            env["SHARED_SOCKET_CPU"] = str(cpus[i % len(cpus)])
+        children.append(
+            subprocess.Popen([sys.executable, "-c", _AS_SYSTEMD, *command], pass_fds=(3,), env=env)
+        )
+    # Ends when every copy has: one that dies alone ends the others too, so
+    # that a broken server is not measured at part strength.
+    status = 0
+    deadline: float | None = None
+    while any(child.poll() is None for child in children):
+        ended = [child.returncode for child in children if child.returncode is not None]
+        if ended and not stopping:
+            stop(signal.SIGTERM, None)
+        if stopping and deadline is None:
+            deadline = time.monotonic() + _STOP_TIMEOUT
+        if deadline is not None and time.monotonic() > deadline:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(0.05)
+    for child in children:
+        if child.returncode and not status:
+            status = child.returncode
+    return status if not stopping or status > 0 else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

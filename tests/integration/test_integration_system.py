@@ -327,7 +327,7 @@ def _verify_units(directory: Path, twistd: str) -> None:
         text = (UNITS / name).read_text()
         (directory / name).write_text(text.replace("/opt/popserv/bin/twistd", twistd))
     result = subprocess.run(
-        ["systemd-analyze", "verify", "popserv.socket", "popserv.service", "popserv@1.service"],
+        ["systemd-analyze", "verify", "popserv.socket", "popserv.service", "popserv@0.service"],
         cwd=directory,
         capture_output=True,
         timeout=60,

@@ -64,17 +64,23 @@ def main(argv: list[str]) -> int:
     print(f"shared_socket listening on {listener.getsockname()[1]}", flush=True)
 
     children: list[subprocess.Popen[bytes]] = []
+    asked = False  # to stop, by a signal
     stopping = False
 
-    def stop(signum: int, frame: object) -> None:
+    def stop() -> None:
         nonlocal stopping
         stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def stopAsked(signum: int, frame: object) -> None:
+        nonlocal asked
+        asked = True
+        stop()
+
+    signal.signal(signal.SIGTERM, stopAsked)
+    signal.signal(signal.SIGINT, stopAsked)
     cpus = sorted(os.sched_getaffinity(0))
     for i in range(options.processes):
         env = dict(os.environ)
@@ -83,14 +89,15 @@ def main(argv: list[str]) -> int:
         children.append(
             subprocess.Popen([sys.executable, "-c", _AS_SYSTEMD, *command], pass_fds=(3,), env=env)
         )
-    # Ends when every copy has: one that dies alone ends the others too, so
-    # that a broken server is not measured at part strength.
-    status = 0
+    # Ends when every copy has: one that fails (a status other than 0)
+    # ends the others too, so that a broken server is not measured at part
+    # strength, and makes the status 1 at least.
+    failed = False
     deadline: float | None = None
     while any(child.poll() is None for child in children):
-        ended = [child.returncode for child in children if child.returncode is not None]
-        if ended and not stopping:
-            stop(signal.SIGTERM, None)
+        if not stopping and any(child.returncode for child in children):
+            failed = True
+            stop()
         if stopping and deadline is None:
             deadline = time.monotonic() + _STOP_TIMEOUT
         if deadline is not None and time.monotonic() > deadline:
@@ -98,10 +105,10 @@ def main(argv: list[str]) -> int:
                 if child.poll() is None:
                     child.kill()
         time.sleep(0.05)
-    for child in children:
-        if child.returncode and not status:
-            status = child.returncode
-    return status if not stopping or status > 0 else 0
+    # Killed by a signal that this process did not pass on: a failure too.
+    failed = failed or (not asked and any(c.returncode for c in children))
+    status = next((c.returncode for c in children if c.returncode and c.returncode > 0), 0)
+    return status or int(failed)
 
 
 if __name__ == "__main__":

@@ -203,11 +203,12 @@ def test_sharedSocket() -> None:
     that very process; with --pin, copy N on the N-th CPU this process may
     use.
     """
+    # One write each, so that the two copies' lines do not interleave.
     probe = (
-        "import os, socket; s = socket.socket(fileno=3);"
-        " print(s.getsockname()[1], os.environ['LISTEN_PID'] == str(os.getpid()),"
-        " os.environ['LISTEN_FDS'], os.environ['LISTEN_FDNAMES'],"
-        " sorted(os.sched_getaffinity(0)))"
+        "import os, socket; s = socket.socket(fileno=3); e = os.environ;"
+        " os.write(1, ('%s %s %s %s %s\\n' % (s.getsockname()[1],"
+        " e['LISTEN_PID'] == str(os.getpid()), e['LISTEN_FDS'], e['LISTEN_FDNAMES'],"
+        " sorted(os.sched_getaffinity(0)))).encode())"
     )
     out = run("shared_socket.py", "2", "--pin", "--", sys.executable, "-c", probe)
     lines = out.splitlines()

@@ -65,6 +65,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popserv.downgrade import CR_OCTET, prefixNeeded
@@ -808,19 +809,26 @@ class _ReadAhead:
     encoding and sending a 50 KB message.  So once a client asked for two
     consecutive messages, the trip that opens one also reads the next ones
     whole, up to L{_READ_AHEAD} octets, and they are served from memory.
+    When the last of them is served, the next run is read in a thread while
+    it is sent and the client asks for the next one (L{fetching}): a client
+    that fetches in order then waits for a thread only at the start.
 
     Touched only on the reactor thread; the worker returns what it read.
     Maildir files never change, and the session holds the lock, so what was
     read a moment ago is what RETR would read now.
     """
 
-    __slots__ = ("last", "messages")
+    __slots__ = ("fetching", "last", "messages")
 
     def __init__(self) -> None:
         #: The index last opened.
         self.last = -2
         #: Index -> the whole stored message.
         self.messages: dict[int, bytes] = {}
+        #: Fires (with L{None}, never failing) once the run after message
+        #: L{last} that a thread is reading is in L{messages}, or was
+        #: dropped; L{None} when no such reading is under way.
+        self.fetching: Deferred[None] | None = None
 
     def take(self, index: int) -> tuple[bytes | None, bool]:
         """
@@ -1211,18 +1219,23 @@ class MaildirMaildrop:
 
     def _openReadingAhead(self, index: int) -> tuple[_Opened, dict[int, bytes]]:
         """
-        L{_open}, and the whole of the messages after C{index} that fit in
-        L{_READ_AHEAD} octets; a message that cannot be read ends the run
-        quietly, and its own L{_open} reports it.
+        L{_open}, and L{_readRun} after C{index}.
+        """
+        opened = self._open(index)
+        return opened, self._readRun(self._runAfter(index))
+
+    def _readRun(self, run: list[int]) -> dict[int, bytes]:
+        """
+        The whole of the messages at the indexes C{run} (L{_runAfter}), by
+        index; a message that cannot be read ends the run quietly, and its
+        own L{_open} reports it.
 
         A message not in the page cache ends the run too: the disk is asked
         for it and for the rest of the run, all at once, and the next trip
         reads them.  The message asked for never waits for the disk on
         their account, and they are not fetched one after another.
         """
-        opened = self._open(index)
         following: dict[int, bytes] = {}
-        run = self._runAfter(index)
         for position, later in enumerate(run):
             recorded = self._disk[later]
             try:
@@ -1238,7 +1251,7 @@ class MaildirMaildrop:
             following[later] = data
             if len(data) != recorded:
                 break  # changed since it was sized: the budget no longer adds up
-        return opened, following
+        return following
 
     def _runAfter(self, index: int) -> list[int]:
         """
@@ -1424,8 +1437,21 @@ class MaildirMaildrop:
         ahead = self._ahead
         if ahead is None:
             ahead = self._ahead = _ReadAhead()
+        fetching = ahead.fetching
+        if fetching is not None and index == ahead.last + 1:
+            # The next message is being read with the run after the last:
+            # wait for it rather than read it twice.
+            waited: Deferred[IMessageReader] = Deferred()
+
+            def resume(_: None) -> None:
+                maybeDeferred(self.openMessage, index).chainDeferred(waited)
+
+            fetching.addCallback(resume)
+            return waited
         data, inOrder = ahead.take(index)
         if data is not None:
+            if not ahead.messages and fetching is None:
+                self._fetchAfter(ahead, index)
             return succeed(self._reader(index, (None, data, len(data))))
         if not inOrder:
             d = self._inThread(self._open, index)
@@ -1438,6 +1464,31 @@ class MaildirMaildrop:
             return self._reader(index, opened)
 
         return self._inThread(self._openReadingAhead, index).addCallback(readAhead)
+
+    def _fetchAfter(self, ahead: _ReadAhead, index: int) -> None:
+        """
+        Read the run after message C{index}, the last one read ahead, in a
+        thread, while it is sent; into C{ahead} if the client is still at
+        C{index} then (else what it read is dropped).
+        """
+        run = self._runAfter(index)
+        if not run:
+            return  # none, or the next one is over the budget: its RETR reads it
+
+        def done(following: dict[int, bytes]) -> None:
+            ahead.fetching = None
+            if ahead.last == index and not self._closed:
+                ahead.messages = following
+
+        def failed(failure: Failure) -> None:
+            # (The runner refused the work: stopping.)  Each RETR reads its
+            # own message, and says so if it cannot.
+            ahead.fetching = None
+
+        # Kept before the callbacks are added: a runner that has done the
+        # work already (in tests) fires them at once, and they clear it.
+        ahead.fetching = self._inThread(self._readRun, run)
+        ahead.fetching.addCallbacks(done, failed)
 
     def _reader(self, index: int, opened: _Opened) -> IMessageReader:
         f, head, size = opened

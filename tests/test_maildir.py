@@ -2573,8 +2573,9 @@ def test_readAheadInOrder(tmp_path: Path, trips: list[str]) -> None:
     """
     Once a client opened two consecutive messages, opening the next one
     also reads the whole of those after it that fit in the read-ahead
-    budget, and they are served without another trip to a thread.  A
-    message over the budget ends the run; every message reads exact.
+    budget, and they are served without another trip to a thread; serving
+    the last of them reads the next run.  A message over the budget ends
+    the run; every message reads exact.
     """
     maildrop, messages = fetchInOrder(tmp_path, [4000] * 5 + [30_000, 4000, 4000])
     del trips[:]  # the login's
@@ -2584,8 +2585,8 @@ def test_readAheadInOrder(tmp_path: Path, trips: list[str]) -> None:
     assert trips == [
         "_open",  # 0: not in order yet
         "_openReadingAhead",  # 1, and 2 and 3 (8,000 of 10,000 octets)
-        "_openReadingAhead",  # 4; 5 is over the budget
-        "_openReadingAhead",  # 5, and 6 and 7
+        "_readRun",  # 3 served: 4; 5 is over the budget (nothing read after 4)
+        "_openReadingAhead",  # 5, and 6 and 7 (nothing after them)
     ]
 
 
@@ -2615,6 +2616,137 @@ def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
     assert trips == ["_open", "_openReadingAhead", "_open", "_open", "_openReadingAhead"]
 
 
+class _Later:
+    """
+    A runner of the Maildir store's thread work that runs nothing until
+    told: the work waits as it would for a busy thread.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def names(self) -> list[str]:
+        return [f.__name__ for _, f, _ in self.pending]
+
+    def runOne(self) -> None:
+        d, f, args = self.pending.pop(0)
+        d.callback(f(*args))
+
+    def runAll(self) -> None:
+        for _ in range(100):
+            if not self.pending:
+                return
+            self.runOne()
+
+
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch) -> _Later:
+    """
+    The Maildir store's thread work run when the test says, with read-ahead
+    cut to 10,000 octets.
+    """
+    runner = _Later()
+    monkeypatch.setattr(maildir, "_READ_AHEAD", 10_000)
+    monkeypatch.setattr(maildir, "deferToThread", runner)
+    return runner
+
+
+def fetchLater(tmp_path: Path, later: _Later, count: int) -> tuple[Any, list[bytes]]:
+    """
+    C{count} messages of 3,000 octets, logged in to, with 0 to 3 fetched in
+    order: 1 read 2 to 4 ahead, and 2 and 3 were served from them.
+    """
+    messages = [b"%d\n" % i + b"x" * 2997 + b"\n" for i in range(count)]
+    for i, message in enumerate(messages):
+        deliverToMaildir(tmp_path / "alice", message, name=f"{1000 + i}.M{i}.host")
+    opened = MaildirStore(str(tmp_path / "{user}")).openMaildrop("alice")
+    later.runAll()
+    maildrop = result(opened)
+    for i in range(4):
+        reading = maildrop.openMessage(i)
+        later.runAll()
+        assert readAll(result(reading)) == messages[i]
+    return maildrop, messages
+
+
+def test_readAheadNextRunWhileLastSent(tmp_path: Path, later: _Later) -> None:
+    """
+    Serving the last message read ahead starts reading the next run in a
+    thread, without waiting for it; the next RETR, if it comes before the
+    run is read, waits for it and is served from it, not read again.
+    """
+    maildrop, messages = fetchLater(tmp_path, later, 7)
+    reading = maildrop.openMessage(4)  # the last of 2 to 4
+    assert reading.called  # from memory
+    assert later.names() == ["_readRun"]  # 5 and 6, meanwhile
+    assert readAll(result(reading)) == messages[4]
+    waiting = maildrop.openMessage(5)
+    assert not waiting.called
+    assert later.names() == ["_readRun"]  # not read a second time
+    later.runOne()
+    assert readAll(result(waiting)) == messages[5]
+    assert readAll(result(maildrop.openMessage(6))) == messages[6]
+    assert later.pending == []  # nothing after 6
+    maildrop.close()
+
+
+def test_readAheadNextRunDroppedOutOfOrder(tmp_path: Path, later: _Later) -> None:
+    """
+    A client that leaves the order while the next run is read gets the
+    message it asked for, read for it; the run is dropped when it arrives,
+    and a message of it asked for later is read again.
+    """
+    maildrop, messages = fetchLater(tmp_path, later, 7)
+    assert readAll(result(maildrop.openMessage(4))) == messages[4]
+    assert later.names() == ["_readRun"]
+    reading = maildrop.openMessage(1)
+    assert later.names() == ["_readRun", "_open"]
+    later.runAll()
+    assert readAll(result(reading)) == messages[1]
+    reading = maildrop.openMessage(5)
+    assert later.names() == ["_open"]  # not served from the dropped run
+    later.runAll()
+    assert readAll(result(reading)) == messages[5]
+    maildrop.close()
+
+
+def test_readAheadNextRunKeepsLock(tmp_path: Path, later: _Later) -> None:
+    """
+    A maildrop closed while the next run is read keeps its lock until the
+    reading has ended, as for any of its file work; what was read is
+    dropped.
+    """
+    maildrop, messages = fetchLater(tmp_path, later, 7)
+    assert readAll(result(maildrop.openMessage(4))) == messages[4]
+    maildrop.close()
+    with pytest.raises(MaildropInUse):
+        result(store(tmp_path).openMaildrop("alice"))
+    later.runAll()
+    assert maildrop._ahead is None
+    result(store(tmp_path).openMaildrop("alice")).close()
+
+
+def test_readAheadNextRunRefused(tmp_path: Path, later: _Later) -> None:
+    """
+    A runner that refuses the reading of the next run (stopping) fails
+    nothing: the next RETR reads its message itself.
+    """
+    maildrop, messages = fetchLater(tmp_path, later, 7)
+    assert readAll(result(maildrop.openMessage(4))) == messages[4]
+    d, _, _ = later.pending.pop(0)
+    d.errback(Failure(RuntimeError("the thread pool is stopping")))
+    reading = maildrop.openMessage(5)
+    assert later.names() == ["_openReadingAhead"]
+    later.runAll()
+    assert readAll(result(reading)) == messages[5]
+    maildrop.close()
+
+
 def test_readAheadStopsAfterChangedMessage(tmp_path: Path, trips: list[str]) -> None:
     """
     A message read ahead whose file changed since it was sized is served as
@@ -2629,8 +2761,9 @@ def test_readAheadStopsAfterChangedMessage(tmp_path: Path, trips: list[str]) -> 
         for i, message in enumerate(messages):
             assert readAll(result(maildrop.openMessage(i))) == message
     maildrop.close()
-    # 1 read 2 ahead (its size had changed) and stopped; 3 read 4 ahead.
-    assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
+    # 1 read 2 ahead (its size had changed) and stopped; 2 served, 3 and 4
+    # were read.
+    assert trips == ["_open", "_openReadingAhead", "_readRun"]
 
 
 def _pageCache(
@@ -2677,15 +2810,16 @@ def test_readAheadStopsAtUncachedMessage(
     for i in range(3):
         assert readAll(result(maildrop.openMessage(i))) == messages[i]
     # 1 read 2 ahead; 3 was not cached: it and 4 (10,000 octets less 2's
-    # 3,000) were asked of the disk.
-    assert trips == ["_open", "_openReadingAhead"]
-    assert advised == [(3, 3000), (4, 3000)]
+    # 3,000) were asked of the disk.  Serving 2 read the run after it, and
+    # found 3 still not cached: it, 4 and 5 were asked again.
+    assert trips == ["_open", "_openReadingAhead", "_readRun"]
+    assert advised == [(3, 3000), (4, 3000), (3, 3000), (4, 3000), (5, 3000)]
     uncached.clear()  # the disk fetched them
     for i in range(3, 6):
         assert readAll(result(maildrop.openMessage(i))) == messages[i]
     maildrop.close()
-    assert trips == ["_open", "_openReadingAhead", "_openReadingAhead"]
-    assert len(advised) == 2
+    assert trips == ["_open", "_openReadingAhead", "_readRun", "_openReadingAhead"]
+    assert len(advised) == 5
 
 
 def test_readAheadStopsAtGrownMessage(tmp_path: Path, trips: list[str]) -> None:
@@ -2735,8 +2869,9 @@ def test_uncachedMessageReadAndMissingOneNotAdvised(
     # so was the lock.
     assert len(os.listdir("/proc/self/fd")) == descriptors - 1
     # 1 read 2 ahead; 3 was not cached and asked of the disk; 4 is gone.
-    assert advised == [(3, 3000)]
-    assert trips[:3] == ["_open", "_openReadingAhead", "_openReadingAhead"]
+    # Serving 2 read the run after it: 3 was asked again.
+    assert advised == [(3, 3000), (3, 3000)]
+    assert trips[:3] == ["_open", "_openReadingAhead", "_readRun"]
 
 
 def test_readAheadStopsQuietlyAtMissingMessage(tmp_path: Path, trips: list[str]) -> None:

@@ -1601,10 +1601,10 @@ def _recordRemoved(fd: int, path: str, octets: int, count: int) -> None:
 def _makePrivateDirectories(root: str, path: str) -> None:
     """
     Create the Maildir at C{path} with cur/, new/ and tmp/, and any missing
-    directories between C{root} and it, all readable by the server only.
-    (C{os.makedirs} would give its mode to the last directory alone.)
-    C{root} itself is never made: gone, it is a file system not mounted, or
-    removed by someone who meant it.
+    directories between C{root} and it, each mode 0700 and owned as
+    L{_makeDirectory} says.  (C{os.makedirs} would give its mode to the
+    last directory alone.)  C{root} itself is never made: gone, it is a
+    file system not mounted, or removed by someone who meant it.
 
     @param root: the normalised fixed directory of C{path}'s template, which
         C{path} may spell otherwise ("/srv//mail/bob", "/srv/up/../mail/bob").
@@ -1615,11 +1615,46 @@ def _makePrivateDirectories(root: str, path: str) -> None:
         missing.append(parent)
         parent = os.path.dirname(parent)
     for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+        _makeDirectory(directory)
     for subdir in ("cur", "new", "tmp"):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(os.path.join(path, subdir), 0o700)
+        _makeDirectory(os.path.join(path, subdir))
+
+
+def _makeDirectory(path: str) -> None:
+    """
+    Make the directory C{path}, mode 0700, and give it the owner and group
+    of the directory it is made in, where the server may (it runs as
+    root); one that exists is left as it is.
+
+    The delivery agent writes to the Maildir as the owner of the place it
+    is in: Postfix's local(8) as the user whose home it is
+    (C{home_mailbox = Maildir/}), virtual(8) as C{virtual_uid_maps}, the
+    owner of C{virtual_mailbox_base}.  A Maildir a server running as root
+    made for a user's first login, before any mail, was root's, and
+    Postfix refused every message to it: local(8) bounced each one
+    ("maildir delivery failed: create maildir file ...: Permission
+    denied", 5.2.0), virtual(8) deferred it.  A server that may not give
+    the directory away keeps it, as before.
+
+    The directory is changed through a descriptor opened without following
+    a symbolic link, and only while it is the server's: the owner of the
+    directory it is in (a user's home) could replace it meanwhile, and
+    must not be given one of the server's directories elsewhere.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        made = os.fstat(fd)
+        parent = os.stat(os.pardir, dir_fd=fd)
+        owner = (parent.st_uid, parent.st_gid)
+        if made.st_uid == os.geteuid() and (made.st_uid, made.st_gid) != owner:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def _fsyncDirectory(path: str) -> None:

@@ -446,6 +446,96 @@ def test_intermediateDirectoriesPrivate(tmp_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a directory away")
+def test_madeDirectoriesTakeTheirPlacesOwner(tmp_path: Path) -> None:
+    """
+    A server running as root gives each directory it makes at a first
+    login the owner and group of the directory it is made in: a Maildir in
+    a user's home is the user's, and one under a spool owned by the
+    delivery agent's user is that user's, as Postfix's local(8) and
+    virtual(8) need to deliver to it (they bounced or deferred every
+    message to a root-owned one: "create maildir file ...: Permission
+    denied").  popserv.lock stays the server's; a directory that exists
+    keeps its owner.
+    """
+    home = tmp_path / "home" / "carol"
+    home.mkdir(parents=True)
+    os.chown(home, 4242, 4343)
+    s = MaildirStore(str(tmp_path / "home" / "{user}" / "Maildir"), runInThread=syncRun)
+    result(s.openMaildrop("carol")).close()
+    maildir = home / "Maildir"
+    for path in [maildir, *(maildir / d for d in ["cur", "new", "tmp"])]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4343)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    lock = (maildir / LOCK_NAME).stat()
+    assert (lock.st_uid, lock.st_gid) == (os.geteuid(), os.getegid())
+    assert (home.stat().st_uid, home.stat().st_gid) == (4242, 4343)
+
+    spool = tmp_path / "vmail"
+    spool.mkdir()
+    os.chown(spool, 5000, 5001)
+    s = MaildirStore(str(spool / "{domain}" / "{localpart}"), runInThread=syncRun)
+    result(s.openMaildrop("bob@example.org")).close()
+    bob = spool / "example.org" / "bob"
+    for path in [bob.parent, bob, *(bob / d for d in ["cur", "new", "tmp"])]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (5000, 5001)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a directory away")
+def test_directoriesKeptWhereTheyCannotBeGivenAway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A server that may not give the directories it makes to the owner of
+    the place they are made in (without root: faked) keeps them, and the
+    first login gets in, as before.
+    """
+    given: list[tuple[int, int]] = []
+
+    def fchown(fd: int, uid: int, gid: int) -> None:
+        given.append((uid, gid))
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    os.chown(tmp_path, 4242, 4343)
+    maildrop, infos = login(store(tmp_path))
+    maildrop.close()
+    assert infos == []
+    assert given == [(4242, 4343)]  # alice, made in tmp_path; not her three
+    for path in [tmp_path / "alice", *(tmp_path / "alice" / d for d in ["cur", "new", "tmp"])]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (os.geteuid(), os.getegid())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a directory away")
+def test_directoryReplacedByALinkNotGivenAway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A directory the first login made, replaced by a symbolic link before
+    it is given to the owner of the place it is in (that user may rename
+    what is in their home), is not followed: the login is unavailable,
+    and the link's target keeps its owner.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 4242, 4343)
+    target = tmp_path / "servers"
+    target.mkdir()
+    realMkdir = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        realMkdir(path, mode)
+        if path == str(home / "Maildir"):
+            os.rename(path, tmp_path / "moved")
+            os.symlink(target, path)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    s = MaildirStore(str(tmp_path / "{user}" / "Maildir"), runInThread=syncRun)
+    with capturedLogs(), pytest.raises(MaildropUnavailable):
+        result(s.openMaildrop("home"))
+    assert (target.stat().st_uid, target.stat().st_gid) == (os.geteuid(), os.getegid())
+
+
 def test_firstLoginMakesWhatIsMissing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A first login makes the directories missing between the template's

@@ -519,8 +519,10 @@ def test_directoryReplacedByALinkNotGivenAway(
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, 4242, 4343)
-    target = tmp_path / "servers"
-    target.mkdir()
+    # (In a place of another owner's, whose a link followed would give it.)
+    target = tmp_path / "other" / "servers"
+    target.mkdir(parents=True)
+    os.chown(target.parent, 6161, 6262)
     realMkdir = os.mkdir
 
     def mkdir(path: str, mode: int = 0o777) -> None:
@@ -534,6 +536,34 @@ def test_directoryReplacedByALinkNotGivenAway(
     with capturedLogs(), pytest.raises(MaildropUnavailable):
         result(s.openMaildrop("home"))
     assert (target.stat().st_uid, target.stat().st_gid) == (os.geteuid(), os.getegid())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a directory away")
+def test_directoryReplacedByAnothersNotGivenAway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A directory the first login made, replaced before it is given away by
+    a directory that is not the server's (another user's), keeps its
+    owner: the server gives away only its own.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 4242, 4343)
+    realMkdir = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        realMkdir(path, mode)
+        if path == str(home / "Maildir"):
+            os.chown(path, 5151, 5252)  # as if swapped for another's
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    s = MaildirStore(str(tmp_path / "{user}" / "Maildir"), runInThread=syncRun)
+    result(s.openMaildrop("home")).close()
+    maildir = (home / "Maildir").stat()
+    assert (maildir.st_uid, maildir.st_gid) == (5151, 5252)
+    cur = (home / "Maildir" / "cur").stat()
+    assert (cur.st_uid, cur.st_gid) == (5151, 5252)
 
 
 def test_firstLoginMakesWhatIsMissing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1444,6 +1444,11 @@ class MaildirMaildrop:
             waited: Deferred[IMessageReader] = Deferred()
 
             def resume(_: None) -> None:
+                if self._closed:
+                    # The session ended while it waited: no file work
+                    # without the lock, which may be released by now.
+                    waited.errback(Failure(MessageUnavailable()))
+                    return
                 maybeDeferred(self.openMessage, index).chainDeferred(waited)
 
             fetching.addCallback(resume)

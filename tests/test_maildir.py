@@ -2851,6 +2851,23 @@ def test_readAheadNextRunKeepsLock(tmp_path: Path, later: _Later) -> None:
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
+def test_readAheadNextRunWaiterClosed(tmp_path: Path, later: _Later) -> None:
+    """
+    A RETR waiting for the next run when the maildrop is closed (the
+    connection went) reads nothing once the run is in: the lock is
+    released by then, and the message is unavailable.
+    """
+    maildrop, messages = fetchLater(tmp_path, later, 7)
+    assert readAll(result(maildrop.openMessage(4))) == messages[4]
+    waiting = maildrop.openMessage(5)
+    maildrop.close()
+    later.runAll()
+    assert later.pending == []  # no trip of its own
+    with pytest.raises(MessageUnavailable):
+        result(waiting)
+    result(store(tmp_path).openMaildrop("alice")).close()  # unlocked
+
+
 def test_readAheadNextRunRefused(tmp_path: Path, later: _Later) -> None:
     """
     A runner that refuses the reading of the next run (stopping) fails

@@ -1,6 +1,7 @@
 """
 Running asynchronous code synchronously in tests: the result of a Deferred
-that has fired, a "thread" runner that runs at once, and a settable clock.
+that has fired, a "thread" runner that runs at once, one that runs when
+the test says, and a settable clock.
 """
 
 from __future__ import annotations
@@ -32,6 +33,40 @@ def syncRun(f: Any, *args: Any) -> Deferred[Any]:
     before they are returned.
     """
     return maybeDeferred(f, *args)
+
+
+class ManualRunner:
+    """
+    Holds each "thread" call until the test runs it: the work waits as it
+    would for a busy thread.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def names(self) -> list[str]:
+        """
+        The names of the functions held, in order.
+        """
+        return [f.__name__ for _, f, _ in self.calls]
+
+    def runOne(self) -> None:
+        d, f, args = self.calls.pop(0)
+        d.callback(f(*args))
+
+    def runAll(self) -> None:
+        """
+        Run what is held, and what that holds in turn (at most 100 calls).
+        """
+        for _ in range(100):
+            if not self.calls:
+                return
+            self.runOne()
 
 
 class FakeTime:

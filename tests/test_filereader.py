@@ -7,29 +7,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from synchronous import ManualRunner
 from twisted.python.failure import Failure
 
 from popserv.errors import MessageUnavailable
 from popserv.filereader import FileReader
-
-
-class ManualRunner:
-    """
-    Holds each "thread" call until the test runs it.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((d, f, args))
-        return d
-
-    def runOne(self) -> None:
-        d, f, args = self.calls.pop(0)
-        d.callback(f(*args))
 
 
 def test_readsInOrder() -> None:

@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from maildir_helpers import SYSTEM_HAS_NOWAIT, login, snapshot, store
 from protocol_helpers import Session
-from synchronous import result, syncRun
+from synchronous import ManualRunner, result, syncRun
 from test_stores_contract import deliverToMaildir
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
@@ -2164,31 +2164,18 @@ def test_lockHeldWhileIndexWorkRuns(tmp_path: Path) -> None:
     keeps the lock until that work has ended.
     """
     deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
-    pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def later(f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        pending.append((d, f, args))
-        return d
-
-    def runAll() -> None:
-        for _ in range(100):
-            if not pending:
-                return
-            d, f, args = pending.pop(0)
-            d.callback(f(*args))
-
+    later = ManualRunner()
     s = MaildirStore(str(tmp_path / "{user}"), runInThread=later)
     opened = s.openMaildrop("alice")
-    runAll()
+    later.runAll()
     maildrop = result(opened)
     reading = maildrop.openMessage(0)
     maildrop.close()
     with pytest.raises(MaildropInUse):
         result(store(tmp_path).openMaildrop("alice"))
-    runAll()
+    later.runAll()
     result(reading).close()
-    runAll()
+    later.runAll()
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
@@ -2200,16 +2187,8 @@ def test_lockHeldUntilClosedAndTheLastWorkEnds(tmp_path: Path) -> None:
     """
     deliverToMaildir(tmp_path / "alice", b"a\n", name="1.a")
     deliverToMaildir(tmp_path / "alice", b"b\n", name="2.b")
-    pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def later(f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        pending.append((d, f, args))
-        return d
-
-    def runOne() -> None:
-        d, f, args = pending.pop(0)
-        d.callback(f(*args))
+    later = ManualRunner()
+    runOne = later.runOne
 
     def inUse() -> bool:
         try:
@@ -2233,7 +2212,7 @@ def test_lockHeldUntilClosedAndTheLastWorkEnds(tmp_path: Path) -> None:
     assert inUse()
     runOne()
     assert result(deleting) is None
-    assert not pending
+    assert not later.calls
     assert not inUse()
 
 
@@ -2736,47 +2715,19 @@ def test_readAheadDroppedOutOfOrder(tmp_path: Path, trips: list[str]) -> None:
     assert trips == ["_open", "_openReadingAhead", "_open", "_open", "_openReadingAhead"]
 
 
-class _Later:
-    """
-    A runner of the Maildir store's thread work that runs nothing until
-    told: the work waits as it would for a busy thread.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, f, args))
-        return d
-
-    def names(self) -> list[str]:
-        return [f.__name__ for _, f, _ in self.pending]
-
-    def runOne(self) -> None:
-        d, f, args = self.pending.pop(0)
-        d.callback(f(*args))
-
-    def runAll(self) -> None:
-        for _ in range(100):
-            if not self.pending:
-                return
-            self.runOne()
-
-
 @pytest.fixture
-def later(monkeypatch: pytest.MonkeyPatch) -> _Later:
+def later(monkeypatch: pytest.MonkeyPatch) -> ManualRunner:
     """
     The Maildir store's thread work run when the test says, with read-ahead
     cut to 10,000 octets.
     """
-    runner = _Later()
+    runner = ManualRunner()
     monkeypatch.setattr(maildir, "_READ_AHEAD", 10_000)
     monkeypatch.setattr(maildir, "deferToThread", runner)
     return runner
 
 
-def fetchLater(tmp_path: Path, later: _Later, count: int) -> tuple[Any, list[bytes]]:
+def fetchLater(tmp_path: Path, later: ManualRunner, count: int) -> tuple[Any, list[bytes]]:
     """
     C{count} messages of 3,000 octets, logged in to, with 0 to 3 fetched in
     order: 1 read 2 to 4 ahead, and 2 and 3 were served from them.
@@ -2794,7 +2745,7 @@ def fetchLater(tmp_path: Path, later: _Later, count: int) -> tuple[Any, list[byt
     return maildrop, messages
 
 
-def test_readAheadNextRunWhileLastSent(tmp_path: Path, later: _Later) -> None:
+def test_readAheadNextRunWhileLastSent(tmp_path: Path, later: ManualRunner) -> None:
     """
     Serving the last message read ahead starts reading the next run in a
     thread, without waiting for it; the next RETR, if it comes before the
@@ -2811,11 +2762,11 @@ def test_readAheadNextRunWhileLastSent(tmp_path: Path, later: _Later) -> None:
     later.runOne()
     assert readAll(result(waiting)) == messages[5]
     assert readAll(result(maildrop.openMessage(6))) == messages[6]
-    assert later.pending == []  # nothing after 6
+    assert later.calls == []  # nothing after 6
     maildrop.close()
 
 
-def test_readAheadNextRunDroppedOutOfOrder(tmp_path: Path, later: _Later) -> None:
+def test_readAheadNextRunDroppedOutOfOrder(tmp_path: Path, later: ManualRunner) -> None:
     """
     A client that leaves the order while the next run is read gets the
     message it asked for, read for it; the run is dropped when it arrives,
@@ -2835,7 +2786,7 @@ def test_readAheadNextRunDroppedOutOfOrder(tmp_path: Path, later: _Later) -> Non
     maildrop.close()
 
 
-def test_readAheadNextRunKeepsLock(tmp_path: Path, later: _Later) -> None:
+def test_readAheadNextRunKeepsLock(tmp_path: Path, later: ManualRunner) -> None:
     """
     A maildrop closed while the next run is read keeps its lock until the
     reading has ended, as for any of its file work; what was read is
@@ -2851,7 +2802,7 @@ def test_readAheadNextRunKeepsLock(tmp_path: Path, later: _Later) -> None:
     result(store(tmp_path).openMaildrop("alice")).close()
 
 
-def test_readAheadNextRunWaiterClosed(tmp_path: Path, later: _Later) -> None:
+def test_readAheadNextRunWaiterClosed(tmp_path: Path, later: ManualRunner) -> None:
     """
     A RETR waiting for the next run when the maildrop is closed (the
     connection went) reads nothing once the run is in: the lock is
@@ -2862,20 +2813,20 @@ def test_readAheadNextRunWaiterClosed(tmp_path: Path, later: _Later) -> None:
     waiting = maildrop.openMessage(5)
     maildrop.close()
     later.runAll()
-    assert later.pending == []  # no trip of its own
+    assert later.calls == []  # no trip of its own
     with pytest.raises(MessageUnavailable):
         result(waiting)
     result(store(tmp_path).openMaildrop("alice")).close()  # unlocked
 
 
-def test_readAheadNextRunRefused(tmp_path: Path, later: _Later) -> None:
+def test_readAheadNextRunRefused(tmp_path: Path, later: ManualRunner) -> None:
     """
     A runner that refuses the reading of the next run (stopping) fails
     nothing: the next RETR reads its message itself.
     """
     maildrop, messages = fetchLater(tmp_path, later, 7)
     assert readAll(result(maildrop.openMessage(4))) == messages[4]
-    d, _, _ = later.pending.pop(0)
+    d, _, _ = later.calls.pop(0)
     d.errback(Failure(RuntimeError("the thread pool is stopping")))
     reading = maildrop.openMessage(5)
     assert later.names() == ["_openReadingAhead"]

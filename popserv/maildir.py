@@ -1655,7 +1655,19 @@ def _makeDirectory(path: str) -> None:
         made = os.fstat(fd)
         parent = os.stat(os.pardir, dir_fd=fd)
         owner = (parent.st_uid, parent.st_gid)
-        if made.st_uid == os.geteuid() and (made.st_uid, made.st_gid) != owner:
+        if parent.st_mode & stat.S_IWOTH:
+            # (Postfix's mail_spool_directory, mode 1777.)  Its owner says
+            # nothing of whose the new directory is, so it stays the
+            # server's, and a delivery agent writing as the user will be
+            # refused: say so where the operator looks when mail bounces.
+            _log.warn(
+                "Made {path!r} in a directory every user may write; it is the"
+                " server's (uid {uid}), so a delivery agent that writes as the"
+                " user cannot deliver to it: make users' Maildirs there beforehand",
+                path=path,
+                uid=made.st_uid,
+            )
+        elif made.st_uid == os.geteuid() and (made.st_uid, made.st_gid) != owner:
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, *owner)
     finally:

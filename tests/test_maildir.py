@@ -481,6 +481,32 @@ def test_madeDirectoriesTakeTheirPlacesOwner(tmp_path: Path) -> None:
         assert (path.stat().st_uid, path.stat().st_gid) == (5000, 5001)
 
 
+def test_madeInSharedDirectoryWarns(tmp_path: Path) -> None:
+    """
+    A Maildir made at a first login in a directory every user may write
+    (Postfix's mail_spool_directory, mode 1777) is not given to that
+    directory's owner, which says nothing of whose it is; it stays the
+    server's, and the log says that a delivery agent writing as the user
+    cannot deliver to it (Postfix bounced such mail without a word from
+    popserv).  The directories made inside it say nothing.
+    """
+    spool = tmp_path / "maildirs"
+    spool.mkdir()
+    spool.chmod(0o1777)
+    s = MaildirStore(str(spool / "{user}"), runInThread=syncRun)
+    with capturedLogs() as events:
+        result(s.openMaildrop("alice")).close()
+    assert [formatEvent(e) for e in events] == [
+        f"Made {str(spool / 'alice')!r} in a directory every user may write; it is the"
+        f" server's (uid {os.geteuid()}), so a delivery agent that writes as the user"
+        " cannot deliver to it: make users' Maildirs there beforehand"
+    ]
+    assert (spool / "alice").stat().st_uid == os.geteuid()
+    with capturedLogs() as events:
+        result(s.openMaildrop("alice")).close()  # made already: no word
+    assert events == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a directory away")
 def test_directoriesKeptWhereTheyCannotBeGivenAway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -65,11 +65,12 @@ def main(argv: list[str]) -> int:
 
     children: list[subprocess.Popen[bytes]] = []
     asked = False  # to stop, by a signal
-    stopping = False
+    #: Once the copies were told to stop: when they are killed instead.
+    deadline: float | None = None
 
     def stop() -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal deadline
+        deadline = time.monotonic() + _STOP_TIMEOUT
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -91,22 +92,18 @@ def main(argv: list[str]) -> int:
         )
     # Ends when every copy has: one that fails (a status other than 0)
     # ends the others too, so that a broken server is not measured at part
-    # strength, and makes the status 1 at least.
-    failed = False
-    deadline: float | None = None
+    # strength.
     while any(child.poll() is None for child in children):
-        if not stopping and any(child.returncode for child in children):
-            failed = True
+        if deadline is None and any(child.returncode for child in children):
             stop()
-        if stopping and deadline is None:
-            deadline = time.monotonic() + _STOP_TIMEOUT
         if deadline is not None and time.monotonic() > deadline:
             for child in children:
                 if child.poll() is None:
                     child.kill()
         time.sleep(0.05)
-    # Killed by a signal that this process did not pass on: a failure too.
-    failed = failed or (not asked and any(c.returncode for c in children))
+    # A copy that failed unasked (a status, or a signal this process did
+    # not pass on) makes the status 1 at least.
+    failed = not asked and any(child.returncode for child in children)
     status = next((c.returncode for c in children if c.returncode and c.returncode > 0), 0)
     return status or int(failed)
 

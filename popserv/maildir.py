@@ -844,6 +844,16 @@ class _ReadAhead:
             self.messages.clear()  # read for an order the client left
         return data, inOrder
 
+    def keep(self, index: int, following: dict[int, bytes]) -> None:
+        """
+        Keep C{following}, the run read after message C{index}, if the
+        client is still there; else it was read for an order the client
+        left, and is dropped.  (A maildrop that was closed meanwhile has
+        dropped this object: what it keeps then goes with it.)
+        """
+        if self.last == index:
+            self.messages = following
+
 
 #: A message file opened to be read: the file, positioned after the octets
 #: read (L{None} if they are the whole message); those octets; its size.
@@ -1464,8 +1474,7 @@ class MaildirMaildrop:
 
         def readAhead(result: tuple[_Opened, dict[int, bytes]]) -> IMessageReader:
             opened, following = result
-            if ahead.last == index and not self._closed:
-                ahead.messages = following
+            ahead.keep(index, following)
             return self._reader(index, opened)
 
         return self._inThread(self._openReadingAhead, index).addCallback(readAhead)
@@ -1482,8 +1491,7 @@ class MaildirMaildrop:
 
         def done(following: dict[int, bytes]) -> None:
             ahead.fetching = None
-            if ahead.last == index and not self._closed:
-                ahead.messages = following
+            ahead.keep(index, following)
 
         def failed(failure: Failure) -> None:
             # (The runner refused the work: stopping.)  Each RETR reads its

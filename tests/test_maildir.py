@@ -2617,36 +2617,6 @@ def measure(directory: int, known: int | None, nowait: int | None) -> tuple[int,
     return sizes
 
 
-def test_measureAsksNameOnlyOfLargeFiles(tmp_path: Path) -> None:
-    """
-    measureEach() asks for the size a file's name gives only of a file too
-    large for its first read: one read whole is counted anyway, and a
-    Maildir whose every name has ,W= (Dovecot's) would otherwise parse
-    every name at a first login.
-    """
-    small = b"Subject: x\n\nbody\n"
-    large = b"line\n" * (maildir._FIRST_READ // 5 + 1)
-    (tmp_path / "small").write_bytes(small)
-    (tmp_path / "large").write_bytes(large)
-    asked: list[str] = []
-
-    def knownSize(key: str) -> int | None:
-        asked.append(key)
-        return None
-
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        files = [("small", fd, "small"), ("large", fd, "large")]
-        measured = dict(maildir.measureEach(files, knownSize))
-    finally:
-        os.close(fd)
-    assert asked == ["large"]
-    assert measured == {
-        "small": (wireSize(small),) * 2 + (len(small),),
-        "large": (wireSize(large),) * 2 + (len(large),),
-    }
-
-
 def assertMeasured(directory: Path, data: bytes) -> None:
     (directory / "m").write_bytes(data)
     fd = os.open(directory, os.O_RDONLY)
@@ -2683,6 +2653,36 @@ def test_measureAtReadBoundary(tmp_path: Path, size: int, end: bytes) -> None:
     header = "Subject: \u00e4\n\n".encode()
     body = (b"line\r\n" * size)[: size - len(header) - len(end)]
     assertMeasured(tmp_path, header + body + end)
+
+
+def test_measureAsksNameOnlyOfLargeFiles(tmp_path: Path) -> None:
+    """
+    measureEach() asks for the size a file's name gives only of a file too
+    large for its first read: one read whole is counted anyway, and a
+    Maildir whose every name has ,W= (Dovecot's) would otherwise parse
+    every name at a first login.
+    """
+    small = b"Subject: x\n\nbody\n"
+    large = b"line\n" * (maildir._FIRST_READ // 5 + 1)
+    (tmp_path / "small").write_bytes(small)
+    (tmp_path / "large").write_bytes(large)
+    asked: list[str] = []
+
+    def knownSize(key: str) -> int | None:
+        asked.append(key)
+        return None
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        files = [("small", fd, "small"), ("large", fd, "large")]
+        measured = dict(maildir.measureEach(files, knownSize))
+    finally:
+        os.close(fd)
+    assert asked == ["large"]
+    assert measured == {
+        "small": (wireSize(small),) * 2 + (len(small),),
+        "large": (wireSize(large),) * 2 + (len(large),),
+    }
 
 
 # Reading ahead of a client that fetches in order.

@@ -429,9 +429,6 @@ def measureEach(
     # One buffer for all the files: a new 64 kB object for each of 100,000
     # small files costs more than reading them.
     buffer = bytearray(_FIRST_READ)
-    # A partial, not a function of ours: a first login calls it for every
-    # file, and a call through it is one Python frame, where a closure
-    # around _measureRead was two.
     return readEach(files, buffer, partial(_measureRead, buffer, knownSize), _SIZING_FLAGS, nowait)
 
 
@@ -446,7 +443,8 @@ def _measureRead(
     The sizes of an open file whose first C{length} octets are in C{buffer}:
     all of it if that is less than the buffer holds, else C{fd} is
     positioned after them.  C{knownSize} (L{measureEach}) is asked about
-    C{key} only then: a message read whole is counted anyway.
+    C{key} only in the second case, a file too large to read whole: one
+    read whole is counted anyway.
     """
     if 0 < length < len(buffer):
         # The whole message, in one read: a regular file gives less than

@@ -7,6 +7,7 @@ The C{popserv} administration command::
     popserv passwd list FILE
     popserv hash [--scheme S] [--password-stdin]
     popserv check -- TWISTD-POPSERV-OPTIONS...
+    popserv index MAILDIR...
 
 Passwords are never taken from the command line (where C{ps} and shell
 histories would show them): they are asked twice on the terminal, or read
@@ -28,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -443,12 +445,21 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="check twistd popserv options and say what would be served"
     )
     checking.add_argument("options", nargs=argparse.REMAINDER, help="-- then the options")
+
+    indexing = commands.add_parser(
+        "index", help="build or bring up to date the index of Maildirs, as a first login would"
+    )
+    indexing.add_argument("maildirs", nargs="+", type=_fileName, metavar="MAILDIR")
     return parser
 
 
 def _run(arguments: argparse.Namespace) -> None:
     if arguments.command == "hash":
         print(hashPassword(readPassword(arguments.password_stdin), arguments.scheme))
+    elif arguments.command == "index":
+        failed = indexMaildirs(arguments.maildirs)
+        if failed:
+            _fail(f"{failed} of {len(arguments.maildirs)} Maildirs not indexed")
     elif arguments.command == "check":
         options = list(arguments.options)
         if options[:1] == ["--"]:
@@ -467,6 +478,57 @@ def _run(arguments: argparse.Namespace) -> None:
         field = _hash(readPassword(arguments.password_stdin), arguments.scheme)
         edit = passwdAdd if arguments.action == "add" else passwdChange
         edit(arguments.file, arguments.user, field)
+
+
+def indexMaildirs(paths: Sequence[str]) -> int:
+    """
+    Index each Maildir (L{indexOne}), saying on standard error what the
+    Maildir store warns of meanwhile (a file it skips, an index it cannot
+    write): the number of Maildirs not indexed.
+    """
+    # Here rather than at the top: the other commands need no Twisted.
+    from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+    from zope.interface import provider
+
+    @provider(ILogObserver)
+    def warnings(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            print(f"popserv: warning: {formatEvent(event)}", file=sys.stderr)
+
+    globalLogPublisher.addObserver(warnings)
+    try:
+        return sum(not indexOne(path) for path in paths)
+    finally:
+        globalLogPublisher.removeObserver(warnings)
+
+
+def indexOne(path: str) -> bool:
+    """
+    Index one Maildir (L{popserv.maildir.indexMaildir}) and say what it
+    holds, or why it was not indexed, on one line: standard output or
+    standard error.  False if it was not.
+    """
+    from popserv.errors import MaildropInUse
+    from popserv.maildir import NotAMaildir, indexMaildir
+
+    began = time.monotonic()
+    try:
+        count, octets = indexMaildir(path)
+    except MaildropInUse:
+        problem = "in use by a session (try again when it ends)"
+    except NotAMaildir as e:
+        problem = str(e)
+    except OSError as e:
+        problem = e.strerror or str(e)
+        if e.filename and e.filename != path:
+            problem = f"{e.filename}: {problem}"
+    else:
+        took = time.monotonic() - began
+        messages = "1 message" if count == 1 else f"{count} messages"
+        print(f"{path}: {messages}, {octets} octets, indexed in {took:.2f} s")
+        return True
+    print(f"popserv: error: {path}: {problem}; not indexed", file=sys.stderr)
+    return False
 
 
 def _hash(password: str, scheme: str) -> str:

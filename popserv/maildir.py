@@ -91,6 +91,7 @@ from popserv.interfaces import (
     MessageList,
 )
 from popserv.maildirindex import (
+    INDEX_NAME,
     NO_SIZE,
     IndexCache,
     MaildirIndex,
@@ -1561,6 +1562,105 @@ MAILDIRSIZE_NAME = "maildirsize"
 _QUOTA_SIZE = re.compile(r",S=([0-9]+)(?:,|\Z)")
 
 
+def _lockAndScan(
+    path: str, runInThread: Runner, indexes: IndexCache | None, makeFrom: str | None
+) -> MaildirMaildrop:
+    """
+    Lock the Maildir at C{path} and take its snapshot (L{MaildirMaildrop.scan}).
+
+    @param makeFrom: where to make whatever is missing of the Maildir from
+        (the template's fixed directory), at its first login; L{None} to
+        make only the lock file, in a Maildir that must be there.
+    @raise MaildropInUse: another session holds the lock.
+    @raise OSError: the Maildir cannot be made, locked or listed.
+    """
+    lockPath = os.path.join(path, LOCK_NAME)
+    try:
+        # Not through a symbolic link, which could have the server
+        # create or lock a file anywhere it may write.
+        fd = os.open(lockPath, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        # The first login to this Maildir: make whatever is missing of
+        # it.  (Trying to make it at every login cost four system calls
+        # of the thirty a login makes.)
+        if makeFrom is not None:
+            _makePrivateDirectories(makeFrom, path)
+        fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise MaildropInUse() from None
+        raise
+    maildrop = MaildirMaildrop(path, fd, runInThread)
+    try:
+        maildrop.scan(indexes)
+    except BaseException:
+        maildrop.close()
+        raise
+    return maildrop
+
+
+class NotAMaildir(ValueError):
+    """
+    What L{indexMaildir} was given is not a Maildir: not a directory, or
+    one without a C{new/} or C{cur/} directory.  The message says which.
+    """
+
+
+def indexMaildir(path: str) -> tuple[int, int]:
+    """
+    Bring the index of the Maildir at C{path} up to date, as a login to it
+    does, so that the next login reads only the message files that came
+    after it (C{popserv index}; docs/maildir.rst).  It takes the Maildir's
+    lock for as long as it works, as a session does, and makes nothing but
+    the lock file and the index.
+
+    Run as root on another user's Maildir, it gives those two files to
+    the Maildir's owner if they are root's, as root makes them: a server
+    running as that user could not open them, and would turn its logins
+    away.  Files another user owns are left as they are.
+
+    @return: the number of messages and their size on the wire together,
+        as C{STAT} gives them.
+    @raise NotAMaildir: C{path} is not a directory, or has no C{new/} or
+        C{cur/} directory.
+    @raise MaildropInUse: a session (or another indexing) holds the lock.
+    @raise OSError: the Maildir cannot be locked or listed.
+    """
+    # Named in the error if it is not there at all.
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotAMaildir("not a directory")
+    if _directories(path) is None:
+        raise NotAMaildir("not a Maildir (no new/ or cur/ directory)")
+    try:
+        maildrop = _lockAndScan(path, maybeDeferred, None, None)
+        try:
+            # The snapshot a scan takes is always a MessageList (_take).
+            listing = cast(MessageList, maildrop._infos)
+            return len(listing), sum(listing.sizes)
+        finally:
+            maildrop.close()
+    finally:
+        # Also when the scan failed, after the lock file was made.
+        if os.geteuid() == 0 and info.st_uid != 0:
+            _giveAway(path, (LOCK_NAME, INDEX_NAME), info.st_uid, info.st_gid)
+
+
+def _giveAway(directory: str, names: Iterable[str], uid: int, gid: int) -> None:
+    """
+    Give the files C{names} in C{directory} that are root's to C{uid} and
+    C{gid}; a symbolic link is never followed, and a missing file skipped.
+    """
+    for name in names:
+        path = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(path).st_uid == 0:
+                os.chown(path, uid, gid, follow_symlinks=False)
+
+
 def _openMaildirSize(path: str) -> int | None:
     """
     The Maildir's quota file at C{path} opened for appending, or L{None}
@@ -1750,31 +1850,7 @@ class MaildirStore:
         @raise OSError: the Maildir cannot be made, locked or listed.
         """
         path = self.template.pathFor(user)
-        lockPath = os.path.join(path, LOCK_NAME)
-        try:
-            # Not through a symbolic link, which could have the server
-            # create or lock a file anywhere it may write.
-            fd = os.open(lockPath, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            # The first login to this Maildir: make whatever is missing of
-            # it.  (Trying to make it at every login cost four system calls
-            # of the thirty a login makes.)
-            _makePrivateDirectories(self.template.root, path)
-            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise MaildropInUse() from None
-            raise
-        maildrop = MaildirMaildrop(path, fd, self._run)
-        try:
-            maildrop.scan(self._indexes)
-        except BaseException:
-            maildrop.close()
-            raise
-        return maildrop
+        return _lockAndScan(path, self._run, self._indexes, self.template.root)
 
     def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
         d: Deferred[IMaildrop] = self._run(self._lock, user)

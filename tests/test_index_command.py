@@ -1,0 +1,266 @@
+"""
+Tests for building Maildir indexes ahead of the first login:
+L{popserv.maildir.indexMaildir} and the C{popserv index} command.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from maildir_helpers import login, snapshot, store
+from test_stores_contract import deliverToMaildir
+
+from popserv import maildir
+from popserv.admin import main
+from popserv.encoder import wireSize
+from popserv.errors import MaildropInUse
+from popserv.maildir import LOCK_NAME, NotAMaildir, indexMaildir
+from popserv.maildirindex import INDEX_NAME
+
+MESSAGES = {
+    "1700000000.M0.host": b"Subject: one\n\nfirst\n",
+    "1700000001.M1.host": "Subject: Gr\u00fc\u00dfe\n\n.dot line\n".encode(),
+    "1700000002.M2.host": b"no final newline",
+}
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> Path:
+    path = tmp_path / "alice"
+    for name, data in MESSAGES.items():
+        deliverToMaildir(path, data, name=name)
+    return path
+
+
+def run(monkeypatch: Any, capsys: Any, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def measured(monkeypatch: Any) -> list[str]:
+    """
+    The names of the message files logins read from now on.
+    """
+    names: list[str] = []
+    real = maildir.measureEach
+
+    def spying(files: Any, *args: Any, **kwargs: Any) -> Any:
+        files = list(files)
+        names.extend(name for _, _, name in files)
+        return real(iter(files), *args, **kwargs)
+
+    monkeypatch.setattr(maildir, "measureEach", spying)
+    return names
+
+
+def test_indexThenLoginReadsNoFile(alice: Path, monkeypatch: Any) -> None:
+    """
+    indexMaildir gives what STAT would, and leaves an index from which
+    the next login takes every message without reading its file.
+    """
+    read = measured(monkeypatch)
+    assert indexMaildir(str(alice)) == (3, sum(wireSize(m) for m in MESSAGES.values()))
+    assert sorted(read) == sorted(MESSAGES)
+    assert (alice / INDEX_NAME).is_file()
+    del read[:]
+    assert snapshot(store(alice.parent)) == [
+        (name, wireSize(data), wireSize(data, downgrade=True)) for name, data in MESSAGES.items()
+    ]
+    assert read == []
+
+
+def test_indexReadsOnlyNewMail(alice: Path, monkeypatch: Any) -> None:
+    """
+    Run again, it reads only the messages that came since: the index is
+    brought up to date, not rebuilt.
+    """
+    indexMaildir(str(alice))
+    deliverToMaildir(alice, b"later\n", name="1700000003.M3.host")
+    read = measured(monkeypatch)
+    total = sum(wireSize(m) for m in MESSAGES.values()) + wireSize(b"later\n")
+    assert indexMaildir(str(alice)) == (4, total)
+    assert read == ["1700000003.M3.host"]
+
+
+def test_indexInUse(alice: Path) -> None:
+    """
+    A Maildir a session holds is not indexed: its lock is taken as a
+    login takes it, at once or not at all.
+    """
+    session, _ = login(store(alice.parent))
+    try:
+        with pytest.raises(MaildropInUse):
+            indexMaildir(str(alice))
+    finally:
+        session.close()
+    assert indexMaildir(str(alice))[0] == 3
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda p: p.mkdir(), "not a Maildir (no new/ or cur/ directory)"),
+        (lambda p: (p / "new").mkdir(parents=True), "not a Maildir (no new/ or cur/ directory)"),
+        (lambda p: p.write_bytes(b""), "not a directory"),
+    ],
+)
+def test_notAMaildir(tmp_path: Path, make: Any, error: str) -> None:
+    """
+    What is not a Maildir is refused, and nothing is made in it: unlike a
+    first login, indexing never makes a Maildir.
+    """
+    path = tmp_path / "x"
+    make(path)
+    before = sorted(os.listdir(path)) if path.is_dir() else None
+    with pytest.raises(NotAMaildir) as caught:
+        indexMaildir(str(path))
+    assert str(caught.value) == error
+    assert (sorted(os.listdir(path)) if path.is_dir() else None) == before
+
+
+def test_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as caught:
+        indexMaildir(str(tmp_path / "nobody"))
+    assert caught.value.filename == str(tmp_path / "nobody")
+    assert not (tmp_path / "nobody").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_rootGivesFilesToTheOwner(alice: Path) -> None:
+    """
+    Run as root on another user's Maildir, the lock file and the index it
+    made are that user's: a server running as them can open both.
+    """
+    os.chown(alice, 4321, 8765)
+    indexMaildir(str(alice))
+    for name in (LOCK_NAME, INDEX_NAME):
+        info = os.stat(alice / name)
+        assert (info.st_uid, info.st_gid) == (4321, 8765), name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_rootKeepsRootsOwn(alice: Path) -> None:
+    indexMaildir(str(alice))
+    assert os.stat(alice / INDEX_NAME).st_uid == 0
+
+
+TOOK = r"indexed in \d+\.\d\d s"
+
+
+def test_commandSaysWhatEachHolds(
+    alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """
+    popserv index: one line a Maildir; the ones it could not index on
+    standard error, the others still done, and exit code 1 with a count.
+    """
+    deliverToMaildir(tmp_path / "bob", b"x\n", name="1.M1.host")
+    (tmp_path / "notmail").mkdir()
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "index",
+        str(alice),
+        str(tmp_path / "notmail"),
+        str(tmp_path / "nobody"),
+        str(tmp_path / "bob"),
+    )
+    assert code == 1
+    total = sum(wireSize(m) for m in MESSAGES.values())
+    assert re.fullmatch(
+        f"{re.escape(str(alice))}: 3 messages, {total} octets, {TOOK}\n"
+        f"{re.escape(str(tmp_path / 'bob'))}: 1 message, 3 octets, {TOOK}\n",
+        out,
+    ), out
+    assert err == (
+        f"popserv: error: {tmp_path / 'notmail'}: not a Maildir (no new/ or cur/ directory);"
+        " not indexed\n"
+        f"popserv: error: {tmp_path / 'nobody'}: No such file or directory; not indexed\n"
+        "popserv: error: 2 of 4 Maildirs not indexed\n"
+    )
+
+
+def test_commandInUse(alice: Path, monkeypatch: Any, capsys: Any) -> None:
+    session, _ = login(store(alice.parent))
+    try:
+        assert run(monkeypatch, capsys, "index", str(alice)) == (
+            1,
+            "",
+            f"popserv: error: {alice}: in use by a session (try again when it ends); not indexed\n"
+            "popserv: error: 1 of 1 Maildirs not indexed\n",
+        )
+    finally:
+        session.close()
+
+
+def test_commandWarnsOfSkippedFiles(alice: Path, monkeypatch: Any, capsys: Any) -> None:
+    """
+    What a login would log of a Maildir (here, a directory where a message
+    should be) the command says on standard error; the Maildir is indexed.
+    """
+    (alice / "new" / "1700000009.M9.host").mkdir()
+    code, out, err = run(monkeypatch, capsys, "index", str(alice))
+    assert code == 0
+    assert re.fullmatch(f"{re.escape(str(alice))}: 3 messages, \\d+ octets, {TOOK}\n", out)
+    assert err == (
+        f"popserv: warning: Skipping '{alice / 'new' / '1700000009.M9.host'}':"
+        " [Errno 21] Is a directory\n"
+    )
+
+
+def test_commandNeedsAMaildir(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["index"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        "usage: popserv index [-h] MAILDIR [MAILDIR ...]\n"
+        "popserv index: error: the following arguments are required: MAILDIR\n"
+    )
+
+
+def test_installedCommand(alice: Path) -> None:
+    """
+    The popserv script installed beside twistd runs it.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "popserv")
+    done = subprocess.run(
+        [script, "index", str(alice)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert re.fullmatch(f"{re.escape(str(alice))}: 3 messages, \\d+ octets, {TOOK}\n", done.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_rootLeavesOtherUsersFiles(alice: Path) -> None:
+    """
+    A lock file another user made (the user a server runs as, beside the
+    Maildir's owner) stays theirs: only what root made is given away.
+    """
+    os.chown(alice, 4321, 8765)
+    (alice / LOCK_NAME).touch()
+    os.chown(alice / LOCK_NAME, 5555, 5555)
+    indexMaildir(str(alice))
+    assert os.stat(alice / LOCK_NAME).st_uid == 5555
+    assert os.stat(alice / INDEX_NAME).st_uid == 4321
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_rootGivesTheLockAwayWhenTheScanFails(alice: Path, monkeypatch: Any) -> None:
+    os.chown(alice, 4321, 8765)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(maildir.MaildirMaildrop, "scan", failing)
+    with pytest.raises(OSError):
+        indexMaildir(str(alice))
+    assert os.stat(alice / LOCK_NAME).st_uid == 4321

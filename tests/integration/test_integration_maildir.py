@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import poplib
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -211,6 +214,39 @@ def test_unchanged_maildir_served_from_index(server, maildir, deliver):
     os.unlink(paths[2])
     names = [paths[0].name, paths[1].name, late.name]
     assert _uidl(server.port) == [b"%d %s" % (n, m.encode()) for n, m in enumerate(names, 1)]
+
+
+def test_index_command_before_first_login(server, maildir, deliver):
+    """
+    The installed C{popserv index} builds the index that the real server's
+    first login then takes every size from: a message rewritten in place
+    afterwards (same name, same directory) is still listed at the size the
+    index holds, so that login did not read it; mail delivered after the
+    command is read, as at any login.
+    """
+    _fill(maildir, deliver, 3)
+    command = os.path.join(os.path.dirname(sys.executable), "popserv")
+    done = subprocess.run(
+        [command, "index", str(maildir)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert re.fullmatch(
+        re.escape(f"{maildir}: 3 messages, {3 * SIZE} octets, indexed in ") + r"\d+\.\d\d s\n",
+        done.stdout,
+    )
+    rewritten = sorted((maildir / "new").iterdir())[1]
+    rewritten.write_bytes(b"Subject: 1\n\nbody 1, longer now\n")
+    late = deliver(maildir, b"Subject: late\n\nlate mail\n")
+    client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        # "Subject: late", "", "late mail": 13 + 0 + 9 octets, 3 CRLFs.
+        assert client.list()[1] == [b"1 22", b"2 22", b"3 22", b"4 28"]
+        assert client.uidl(4).split()[-1] == late.name.encode()
+        client.quit()
+    finally:
+        client.close()
 
 
 def test_sizes_from_file_names(server, maildir, deliver):

@@ -491,15 +491,21 @@ def indexMaildirs(paths: Sequence[str]) -> int:
     from zope.interface import provider
 
     @provider(ILogObserver)
-    def warnings(event: dict[str, Any]) -> None:
+    def toStandardError(event: dict[str, Any]) -> None:
         if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
-            print(f"popserv: warning: {formatEvent(event)}", file=sys.stderr)
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                # The error, not its traceback: "Cannot update the index
+                # of PATH: [Errno 28] No space left on device".
+                text += f": {failure.getErrorMessage()}"
+            print(f"popserv: warning: {text}", file=sys.stderr)
 
-    globalLogPublisher.addObserver(warnings)
+    globalLogPublisher.addObserver(toStandardError)
     try:
         return sum(not indexOne(path) for path in paths)
     finally:
-        globalLogPublisher.removeObserver(warnings)
+        globalLogPublisher.removeObserver(toStandardError)
 
 
 def indexOne(path: str) -> bool:
@@ -509,14 +515,14 @@ def indexOne(path: str) -> bool:
     standard error.  False if it was not.
     """
     from popserv.errors import MaildropInUse
-    from popserv.maildir import NotAMaildir, indexMaildir
+    from popserv.maildir import IndexNotWritten, NotAMaildir, indexMaildir
 
     began = time.monotonic()
     try:
         count, octets = indexMaildir(path)
     except MaildropInUse:
         problem = "in use by a session (try again when it ends)"
-    except NotAMaildir as e:
+    except (NotAMaildir, IndexNotWritten) as e:
         problem = str(e)
     except OSError as e:
         problem = e.strerror or str(e)

@@ -1609,6 +1609,13 @@ class NotAMaildir(ValueError):
     """
 
 
+class IndexNotWritten(Exception):
+    """
+    L{indexMaildir} read the Maildir but could not write its index; the
+    log says why.
+    """
+
+
 def indexMaildir(path: str) -> tuple[int, int]:
     """
     Bring the index of the Maildir at C{path} up to date, as a login to it
@@ -1627,6 +1634,7 @@ def indexMaildir(path: str) -> tuple[int, int]:
     @raise NotAMaildir: C{path} is not a directory, or has no C{new/} or
         C{cur/} directory.
     @raise MaildropInUse: a session (or another indexing) holds the lock.
+    @raise IndexNotWritten: the index could not be written.
     @raise OSError: the Maildir cannot be locked or listed.
     """
     # Named in the error if it is not there at all.
@@ -1640,6 +1648,12 @@ def indexMaildir(path: str) -> tuple[int, int]:
         try:
             # The snapshot a scan takes is always a MessageList (_take).
             listing = cast(MessageList, maildrop._infos)
+            # A scan that cannot write the index logs why and goes on, as a
+            # login must; here the index is the point.  Read back under the
+            # lock, it must name every message.
+            _, records = MaildirIndex.load(path, sizeLimit(len(listing)))
+            if not set(records.names).issuperset(maildrop._bases):
+                raise IndexNotWritten("the index could not be written")
             return len(listing), sum(listing.sizes)
         finally:
             maildrop.close()

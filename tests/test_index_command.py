@@ -264,3 +264,24 @@ def test_rootGivesTheLockAwayWhenTheScanFails(alice: Path, monkeypatch: Any) -> 
     with pytest.raises(OSError):
         indexMaildir(str(alice))
     assert os.stat(alice / LOCK_NAME).st_uid == 4321
+
+
+def test_commandSaysWhyTheIndexWasNotWritten(alice: Path, monkeypatch: Any, capsys: Any) -> None:
+    """
+    An index that cannot be written (a full disk) fails the Maildir, with
+    the error that stopped it; a login would have served it without one.
+    """
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(maildir.MaildirIndex, "rewrite", full)
+    assert run(monkeypatch, capsys, "index", str(alice)) == (
+        1,
+        "",
+        f"popserv: warning: Cannot update the index of {alice}:"
+        " [Errno 28] No space left on device\n"
+        f"popserv: error: {alice}: the index could not be written; not indexed\n"
+        "popserv: error: 1 of 1 Maildirs not indexed\n",
+    )
+    assert not (alice / INDEX_NAME).exists()

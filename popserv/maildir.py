@@ -1643,24 +1643,29 @@ def indexMaildir(path: str) -> tuple[int, int]:
         raise NotAMaildir("not a directory")
     if _directories(path) is None:
         raise NotAMaildir("not a Maildir (no new/ or cur/ directory)")
-    try:
-        maildrop = _lockAndScan(path, maybeDeferred, None, None)
-        try:
-            # The snapshot a scan takes is always a MessageList (_take).
-            listing = cast(MessageList, maildrop._infos)
-            # A scan that cannot write the index logs why and goes on, as a
-            # login must; here the index is the point.  Read back under the
-            # lock, it must name every message.
-            _, records = MaildirIndex.load(path, sizeLimit(len(listing)))
-            if not set(records.names).issuperset(maildrop._bases):
-                raise IndexNotWritten("the index could not be written")
-            return len(listing), sum(listing.sizes)
-        finally:
-            maildrop.close()
-    finally:
-        # Also when the scan failed, after the lock file was made.
+
+    def giveAway() -> None:
         if os.geteuid() == 0 and info.st_uid != 0:
             _giveAway(path, (LOCK_NAME, INDEX_NAME), info.st_uid, info.st_gid)
+
+    try:
+        maildrop = _lockAndScan(path, maybeDeferred, None, None)
+    except BaseException:
+        giveAway()  # the lock file, if the scan failed after it was made
+        raise
+    try:
+        # The snapshot a scan takes is always a MessageList (_take).
+        listing = cast(MessageList, maildrop._infos)
+        # A scan that cannot write the index logs why and goes on, as a
+        # login must; here the index is the point.  Read back under the
+        # lock, it must name every message.
+        _, records = MaildirIndex.load(path, sizeLimit(len(listing)))
+        if not set(records.names).issuperset(maildrop._bases):
+            raise IndexNotWritten("the index could not be written")
+        return len(listing), sum(listing.sizes)
+    finally:
+        giveAway()  # before the lock is let go: no login finds them root's
+        maildrop.close()
 
 
 def _giveAway(directory: str, names: Iterable[str], uid: int, gid: int) -> None:

@@ -148,6 +148,25 @@ def test_rootGivesFilesToTheOwner(alice: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_rootGivesFilesAwayBeforeUnlocking(alice: Path, monkeypatch: Any) -> None:
+    """
+    The files are the owner's before the lock is let go: a login that
+    comes right after never finds them root's.
+    """
+    os.chown(alice, 4321, 8765)
+    owners = []
+    close = maildir.MaildirMaildrop.close
+
+    def closing(self: Any) -> None:
+        owners.append([os.stat(alice / name).st_uid for name in (LOCK_NAME, INDEX_NAME)])
+        close(self)
+
+    monkeypatch.setattr(maildir.MaildirMaildrop, "close", closing)
+    indexMaildir(str(alice))
+    assert owners == [[4321, 4321]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
 def test_rootKeepsRootsOwn(alice: Path) -> None:
     indexMaildir(str(alice))
     assert os.stat(alice / INDEX_NAME).st_uid == 0

@@ -458,6 +458,8 @@ def _run(arguments: argparse.Namespace) -> None:
         print(hashPassword(readPassword(arguments.password_stdin), arguments.scheme))
     elif arguments.command == "index":
         failed = indexMaildirs(arguments.maildirs)
+        if failed and len(arguments.maildirs) == 1:
+            _fail("the Maildir was not indexed")
         if failed:
             _fail(f"{failed} of {len(arguments.maildirs)} Maildirs not indexed")
     elif arguments.command == "check":

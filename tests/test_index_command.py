@@ -215,7 +215,7 @@ def test_commandInUse(alice: Path, monkeypatch: Any, capsys: Any) -> None:
             1,
             "",
             f"popserv: error: {alice}: in use by a session (try again when it ends); not indexed\n"
-            "popserv: error: 1 of 1 Maildirs not indexed\n",
+            "popserv: error: the Maildir was not indexed\n",
         )
     finally:
         session.close()
@@ -301,6 +301,6 @@ def test_commandSaysWhyTheIndexWasNotWritten(alice: Path, monkeypatch: Any, caps
         f"popserv: warning: Cannot update the index of {alice}:"
         " [Errno 28] No space left on device\n"
         f"popserv: error: {alice}: the index could not be written; not indexed\n"
-        "popserv: error: 1 of 1 Maildirs not indexed\n",
+        "popserv: error: the Maildir was not indexed\n",
     )
     assert not (alice / INDEX_NAME).exists()

@@ -457,11 +457,13 @@ def _run(arguments: argparse.Namespace) -> None:
     if arguments.command == "hash":
         print(hashPassword(readPassword(arguments.password_stdin), arguments.scheme))
     elif arguments.command == "index":
-        failed = indexMaildirs(arguments.maildirs)
-        if failed and len(arguments.maildirs) == 1:
-            _fail("the Maildir was not indexed")
+        failed, given = indexMaildirs(arguments.maildirs), len(arguments.maildirs)
         if failed:
-            _fail(f"{failed} of {len(arguments.maildirs)} Maildirs not indexed")
+            _fail(
+                "the Maildir was not indexed"
+                if given == 1
+                else f"{failed} of {given} Maildirs not indexed"
+            )
     elif arguments.command == "check":
         options = list(arguments.options)
         if options[:1] == ["--"]:

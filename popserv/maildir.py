@@ -917,20 +917,22 @@ class MaildirMaildrop:
 
     # Thread-side work
 
-    def scan(self, indexes: IndexCache | None = None) -> None:
+    def scan(self, indexes: IndexCache | None = None) -> bool:
         """
         Take the snapshot: list new/ and cur/ and size every message, from
         the index or by reading it, and bring the index up to date.  Runs
         in a thread, once, right after the lock was taken.
 
         @param indexes: where the store keeps index files parsed.
+        @return: whether the index is up to date; it is not if it could not
+            be written (logged), and a login goes on without it.
         """
         # Every object it makes is acyclic, and there are hundreds of
         # thousands of them for a big Maildir.
         with _CollectorPaused():
-            self._scan(indexes)
+            return self._scan(indexes)
 
-    def _scan(self, indexes: IndexCache | None) -> None:
+    def _scan(self, indexes: IndexCache | None) -> bool:
         started = time.time_ns()
         directories = _directories(self.path)
         loaded = None
@@ -938,7 +940,7 @@ class MaildirMaildrop:
             limit = sizeLimit(0) + _INDEX_PER_DIRECTORY_OCTET * directories.octets
             loaded = MaildirIndex.loadWithin(self.path, limit, indexes)
             if loaded is not None and self._fromIndex(directories.stamp, *loaded):
-                return
+                return True
         # The stamp this listing earns, taken before it: a change made while
         # or after it lists changes the directories' times.
         stamp = None
@@ -968,8 +970,9 @@ class MaildirMaildrop:
             keep = [i for i in range(len(order)) if i not in dropped]
             uids = [uids[i] for i in keep]
             known = known.pick(keep)
-        self._updateIndex(index, known, learnt, inOrder, stamp)
+        updated = self._updateIndex(index, known, learnt, inOrder, stamp)
         self._take(known, uids, index)
+        return updated
 
     def _fromIndex(self, stamp: Stamp, index: MaildirIndex, records: Records) -> bool:
         """
@@ -1123,14 +1126,16 @@ class MaildirMaildrop:
         learnt: Records,
         inOrder: bool,
         stamp: Stamp | None,
-    ) -> None:
+    ) -> bool:
         """
         Write what this scan learnt to the index: append it when the index
         is whole and in order (L{lookup}), else rewrite the index with the
         snapshot's records, so that the next login finds it in order.  End
         it with C{stamp} if given and the index then names exactly the
-        snapshot's messages; void an older stamp otherwise.  Never fails:
+        snapshot's messages; void an older stamp otherwise.  Never raises:
         without an index the next login just reads the files again.
+
+        @return: False if the index could not be written (logged).
         """
         try:
             if not index.appendable or not inOrder or index.fragmented:
@@ -1140,6 +1145,8 @@ class MaildirMaildrop:
                 index.append(learnt, stamp)
         except Exception:
             _log.failure("Cannot update the index of {path}", path=self.path)
+            return False
+        return True
 
     def _whereMap(self) -> dict[str, tuple[str, str]]:
         """
@@ -1564,9 +1571,10 @@ _QUOTA_SIZE = re.compile(r",S=([0-9]+)(?:,|\Z)")
 
 def _lockAndScan(
     path: str, runInThread: Runner, indexes: IndexCache | None, makeFrom: str | None
-) -> MaildirMaildrop:
+) -> tuple[MaildirMaildrop, bool]:
     """
-    Lock the Maildir at C{path} and take its snapshot (L{MaildirMaildrop.scan}).
+    Lock the Maildir at C{path} and take its snapshot (L{MaildirMaildrop.scan}):
+    the maildrop, and whether its index is up to date.
 
     @param makeFrom: where to make whatever is missing of the Maildir from
         (the template's fixed directory), at its first login; L{None} to
@@ -1595,11 +1603,10 @@ def _lockAndScan(
         raise
     maildrop = MaildirMaildrop(path, fd, runInThread)
     try:
-        maildrop.scan(indexes)
+        return maildrop, maildrop.scan(indexes)
     except BaseException:
         maildrop.close()
         raise
-    return maildrop
 
 
 class NotAMaildir(ValueError):
@@ -1646,38 +1653,52 @@ def indexMaildir(path: str) -> tuple[int, int]:
 
     def giveAway() -> None:
         if os.geteuid() == 0 and info.st_uid != 0:
-            _giveAway(path, (LOCK_NAME, INDEX_NAME), info.st_uid, info.st_gid)
+            for name in (LOCK_NAME, INDEX_NAME):
+                _giveFile(os.path.join(path, name), (info.st_uid, info.st_gid))
 
     try:
-        maildrop = _lockAndScan(path, maybeDeferred, None, None)
+        maildrop, indexed = _lockAndScan(path, maybeDeferred, None, None)
     except BaseException:
         giveAway()  # the lock file, if the scan failed after it was made
         raise
     try:
+        # A login goes on without an index it could not write (the scan
+        # logged why); here the index is the point.
+        if not indexed:
+            raise IndexNotWritten("the index could not be written")
         # The snapshot a scan takes is always a MessageList (_take).
         listing = cast(MessageList, maildrop._infos)
-        # A scan that cannot write the index logs why and goes on, as a
-        # login must; here the index is the point.  Read back under the
-        # lock, it must name every message.
-        _, records = MaildirIndex.load(path, sizeLimit(len(listing)))
-        if not set(records.names).issuperset(maildrop._bases):
-            raise IndexNotWritten("the index could not be written")
         return len(listing), sum(listing.sizes)
     finally:
         giveAway()  # before the lock is let go: no login finds them root's
         maildrop.close()
 
 
-def _giveAway(directory: str, names: Iterable[str], uid: int, gid: int) -> None:
+def _giveFile(path: str, owner: tuple[int, int]) -> None:
     """
-    Give the files C{names} in C{directory} that are root's to C{uid} and
-    C{gid}; a symbolic link is never followed, and a missing file skipped.
+    Give the file at C{path} to C{owner} (L{_giveOpen}); a symbolic link is
+    never followed, and a missing file skipped.
     """
-    for name in names:
-        path = os.path.join(directory, name)
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(path).st_uid == 0:
-                os.chown(path, uid, gid, follow_symlinks=False)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        _giveOpen(fd, os.fstat(fd), owner)
+    finally:
+        os.close(fd)
+
+
+def _giveOpen(fd: int, made: os.stat_result, owner: tuple[int, int]) -> None:
+    """
+    Give the open file C{fd}, which C{os.fstat} described as C{made}, to
+    C{owner} (user and group) if it is this process's own, where the
+    process may (it runs as root).  Through the descriptor, so that a file
+    replaced meanwhile is never the one changed; another user's is left.
+    """
+    if made.st_uid == os.geteuid() and (made.st_uid, made.st_gid) != owner:
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, *owner)
 
 
 def _openMaildirSize(path: str) -> int | None:
@@ -1798,9 +1819,8 @@ def _makeDirectory(path: str) -> None:
                 path=path,
                 uid=made.st_uid,
             )
-        elif made.st_uid == os.geteuid() and (made.st_uid, made.st_gid) != owner:
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, *owner)
+        else:
+            _giveOpen(fd, made, owner)
     finally:
         os.close(fd)
 
@@ -1869,7 +1889,9 @@ class MaildirStore:
         @raise OSError: the Maildir cannot be made, locked or listed.
         """
         path = self.template.pathFor(user)
-        return _lockAndScan(path, self._run, self._indexes, self.template.root)
+        # A login goes on without an index it could not write (logged).
+        maildrop, _ = _lockAndScan(path, self._run, self._indexes, self.template.root)
+        return maildrop
 
     def openMaildrop(self, user: str) -> Deferred[IMaildrop]:
         d: Deferred[IMaildrop] = self._run(self._lock, user)

@@ -7,7 +7,7 @@ The C{popserv} administration command::
     popserv passwd list FILE
     popserv hash [--scheme S] [--password-stdin]
     popserv check -- TWISTD-POPSERV-OPTIONS...
-    popserv index MAILDIR...
+    popserv index [--jobs N] MAILDIR...
 
 Passwords are never taken from the command line (where C{ps} and shell
 histories would show them): they are asked twice on the terminal, or read
@@ -29,7 +29,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -409,6 +408,28 @@ def _fileName(text: str) -> str:
     return text
 
 
+#: The most processes C{popserv index --jobs} may start, unless the machine
+#: has more CPUs (L{maxJobs}): more than enough to keep a disk busy, few
+#: enough that a mistyped count starts no thousands.
+MAX_JOBS = 64
+
+
+def maxJobs() -> int:
+    """
+    The most processes C{popserv index --jobs} may start: L{MAX_JOBS}, or
+    one for each CPU where there are more, so that C{--jobs "$(nproc)"}
+    is never refused.
+    """
+    return max(MAX_JOBS, os.cpu_count() or 1)
+
+
+def _jobCount(text: str) -> int:
+    jobs = int(text) if text.isascii() and text.isdecimal() else 0
+    if not 1 <= jobs <= maxJobs():
+        raise argparse.ArgumentTypeError(f"JOBS must be a whole number from 1 to {maxJobs()}")
+    return jobs
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popserv", description="Administer popserv.")
     parser.add_argument("--version", action="version", version=f"popserv {__version__}")
@@ -449,6 +470,14 @@ def _parser() -> argparse.ArgumentParser:
     indexing = commands.add_parser(
         "index", help="build or bring up to date the index of Maildirs, as a first login would"
     )
+    indexing.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobCount,
+        default=1,
+        help=f"index up to JOBS Maildirs at once, each in a process of its own"
+        f" (1 to {maxJobs()}; 1 by default)",
+    )
     indexing.add_argument("maildirs", nargs="+", type=_fileName, metavar="MAILDIR")
     return parser
 
@@ -457,7 +486,11 @@ def _run(arguments: argparse.Namespace) -> None:
     if arguments.command == "hash":
         print(hashPassword(readPassword(arguments.password_stdin), arguments.scheme))
     elif arguments.command == "index":
-        failed, given = indexMaildirs(arguments.maildirs), len(arguments.maildirs)
+        # Here rather than at the top: the other commands need no Twisted.
+        from popserv.indexcommand import indexMaildirs
+
+        failed = indexMaildirs(arguments.maildirs, arguments.jobs)
+        given = len(arguments.maildirs)
         if failed:
             _fail(
                 "the Maildir was not indexed"
@@ -482,63 +515,6 @@ def _run(arguments: argparse.Namespace) -> None:
         field = _hash(readPassword(arguments.password_stdin), arguments.scheme)
         edit = passwdAdd if arguments.action == "add" else passwdChange
         edit(arguments.file, arguments.user, field)
-
-
-def indexMaildirs(paths: Sequence[str]) -> int:
-    """
-    Index each Maildir (L{indexOne}), saying on standard error what the
-    Maildir store warns of meanwhile (a file it skips, an index it cannot
-    write): the number of Maildirs not indexed.
-    """
-    # Here rather than at the top: the other commands need no Twisted.
-    from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
-    from zope.interface import provider
-
-    @provider(ILogObserver)
-    def toStandardError(event: dict[str, Any]) -> None:
-        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
-            text = formatEvent(event)
-            failure = event.get("log_failure")
-            if failure is not None:
-                # The error, not its traceback: "Cannot update the index
-                # of PATH: [Errno 28] No space left on device".
-                text += f": {failure.getErrorMessage()}"
-            print(f"popserv: warning: {text}", file=sys.stderr)
-
-    globalLogPublisher.addObserver(toStandardError)
-    try:
-        return sum(not indexOne(path) for path in paths)
-    finally:
-        globalLogPublisher.removeObserver(toStandardError)
-
-
-def indexOne(path: str) -> bool:
-    """
-    Index one Maildir (L{popserv.maildir.indexMaildir}) and say what it
-    holds, or why it was not indexed, on one line: standard output or
-    standard error.  False if it was not.
-    """
-    from popserv.errors import MaildropInUse
-    from popserv.maildir import IndexNotWritten, NotAMaildir, indexMaildir
-
-    began = time.monotonic()
-    try:
-        count, octets = indexMaildir(path)
-    except MaildropInUse:
-        problem = "in use by a session (try again when it ends)"
-    except (NotAMaildir, IndexNotWritten) as e:
-        problem = str(e)
-    except OSError as e:
-        problem = e.strerror or str(e)
-        if e.filename and e.filename != path:
-            problem = f"{e.filename}: {problem}"
-    else:
-        took = time.monotonic() - began
-        messages = "1 message" if count == 1 else f"{count} messages"
-        print(f"{path}: {messages}, {octets} octets, indexed in {took:.2f} s")
-        return True
-    print(f"popserv: error: {path}: {problem}; not indexed", file=sys.stderr)
-    return False
 
 
 def _hash(password: str, scheme: str) -> str:

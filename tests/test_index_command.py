@@ -5,11 +5,15 @@ L{popserv.maildir.indexMaildir} and the C{popserv index} command.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +179,19 @@ def test_rootKeepsRootsOwn(alice: Path) -> None:
 TOOK = r"indexed in \d+\.\d\d s"
 
 
+#: Indexed in this process, and by a pool of processes (the lines the
+#: same, in the same order).
+JOBS = pytest.mark.parametrize("jobs", [[], ["--jobs", "3"]], ids=["one", "pool"])
+
+
+@JOBS
 def test_commandSaysWhatEachHolds(
-    alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any
+    alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any, jobs: list[str]
 ) -> None:
     """
-    popserv index: one line a Maildir; the ones it could not index on
-    standard error, the others still done, and exit code 1 with a count.
+    popserv index: one line a Maildir, in the order given; the ones it
+    could not index on standard error, the others still done, and exit
+    code 1 with a count.
     """
     deliverToMaildir(tmp_path / "bob", b"x\n", name="1.M1.host")
     (tmp_path / "notmail").mkdir()
@@ -188,6 +199,7 @@ def test_commandSaysWhatEachHolds(
         monkeypatch,
         capsys,
         "index",
+        *jobs,
         str(alice),
         str(tmp_path / "notmail"),
         str(tmp_path / "nobody"),
@@ -221,19 +233,77 @@ def test_commandInUse(alice: Path, monkeypatch: Any, capsys: Any) -> None:
         session.close()
 
 
-def test_commandWarnsOfSkippedFiles(alice: Path, monkeypatch: Any, capsys: Any) -> None:
+def test_poolInUse(alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """
+    A worker process finds a Maildir that a session in another process
+    holds in use, as the command does in its own.
+    """
+    deliverToMaildir(tmp_path / "bob", b"x\n", name="1.M1.host")
+    session, _ = login(store(alice.parent))
+    try:
+        code, out, err = run(
+            monkeypatch, capsys, "index", "-j", "2", str(alice), str(tmp_path / "bob")
+        )
+    finally:
+        session.close()
+    assert code == 1
+    assert re.fullmatch(f"{re.escape(str(tmp_path / 'bob'))}: 1 message, 3 octets, {TOOK}\n", out)
+    assert err == (
+        f"popserv: error: {alice}: in use by a session (try again when it ends); not indexed\n"
+        "popserv: error: 1 of 2 Maildirs not indexed\n"
+    )
+
+
+@JOBS
+def test_commandWarnsOfSkippedFiles(
+    alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any, jobs: list[str]
+) -> None:
     """
     What a login would log of a Maildir (here, a directory where a message
-    should be) the command says on standard error; the Maildir is indexed.
+    should be) the command says on standard error, before the Maildir's
+    line; the Maildir is indexed.
     """
     (alice / "new" / "1700000009.M9.host").mkdir()
-    code, out, err = run(monkeypatch, capsys, "index", str(alice))
+    deliverToMaildir(tmp_path / "bob", b"x\n", name="1.M1.host")
+    (tmp_path / "bob" / "cur" / "2.M2.host:2,S").mkdir()
+    code, out, err = run(monkeypatch, capsys, "index", *jobs, str(alice), str(tmp_path / "bob"))
     assert code == 0
-    assert re.fullmatch(f"{re.escape(str(alice))}: 3 messages, \\d+ octets, {TOOK}\n", out)
+    assert re.fullmatch(
+        f"{re.escape(str(alice))}: 3 messages, \\d+ octets, {TOOK}\n"
+        f"{re.escape(str(tmp_path / 'bob'))}: 1 message, 3 octets, {TOOK}\n",
+        out,
+    )
     assert err == (
         f"popserv: warning: Skipping '{alice / 'new' / '1700000009.M9.host'}':"
         " [Errno 21] Is a directory\n"
+        f"popserv: warning: Skipping '{tmp_path / 'bob' / 'cur' / '2.M2.host:2,S'}':"
+        " [Errno 21] Is a directory\n"
     )
+
+
+@pytest.mark.parametrize("jobs", ["0", "65", "two", "\u0663", "-1", ""])
+def test_jobsBounded(jobs: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["index", "--jobs", jobs, "x"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "popserv index: error: argument -j/--jobs: JOBS must be a whole number from 1 to 64\n"
+    )
+
+
+def test_jobsUpToTheCPUs(monkeypatch: Any, capsys: Any) -> None:
+    """
+    On a machine with more than 64 CPUs, --jobs "$(nproc)" is allowed,
+    and one more is not.
+    """
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    with pytest.raises(SystemExit) as caught:
+        main(["index", "--jobs", "97", "x"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.endswith("JOBS must be a whole number from 1 to 96\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["index", "--jobs", "96", "x"]) == 1  # not a Maildir, but a valid count
+    assert capsys.readouterr().err.endswith("popserv: error: the Maildir was not indexed\n")
 
 
 def test_commandNeedsAMaildir(capsys: Any) -> None:
@@ -241,7 +311,7 @@ def test_commandNeedsAMaildir(capsys: Any) -> None:
         main(["index"])
     assert caught.value.code == 2
     assert capsys.readouterr().err == (
-        "usage: popserv index [-h] MAILDIR [MAILDIR ...]\n"
+        "usage: popserv index [-h] [-j JOBS] MAILDIR [MAILDIR ...]\n"
         "popserv index: error: the following arguments are required: MAILDIR\n"
     )
 
@@ -304,3 +374,78 @@ def test_commandSaysWhyTheIndexWasNotWritten(alice: Path, monkeypatch: Any, caps
         "popserv: error: the Maildir was not indexed\n",
     )
     assert not (alice / INDEX_NAME).exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_interrupted(tmp_path: Path, jobs: str) -> None:
+    """
+    Ctrl-C (SIGINT to the process group) stops the command while it
+    reads: exit code 1, no traceback of any process (of a worker that
+    waits for work either), every lock let go, and, run as root, the files
+    it made given to the Maildir's owner as when it ends well.
+    """
+    maildirs = []
+    for name in ("alice", "bob", "carol"):
+        path = tmp_path / name
+        deliverToMaildir(path, b"x\n", name="1.M1.host")
+        if name != "carol":
+            # A message that takes seconds to size but no room on the disk.
+            with open(path / "new" / "2.M2.host", "wb") as f:
+                f.truncate(2 << 30)
+        if os.geteuid() == 0:
+            os.chown(path, 4321, 8765)
+        maildirs.append(path)
+    script = os.path.join(os.path.dirname(sys.executable), "popserv")
+    process = subprocess.Popen(
+        [script, "index", "--jobs", jobs, *map(str, maildirs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        # alice's and bob's begun with --jobs 3 (carol's done at once,
+        # its worker waiting for more); alice's alone with --jobs 1.
+        begun = maildirs[:2] if jobs == "3" else maildirs[:1]
+        deadline = time.monotonic() + 60
+        while not all((path / LOCK_NAME).exists() for path in begun):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert (process.returncode, out, err) == (1, b"", b"")
+    for path in maildirs[:2]:
+        assert not (path / INDEX_NAME).exists()
+        if (path / LOCK_NAME).exists():
+            with open(path / LOCK_NAME, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.geteuid() == 0:
+                assert os.stat(path / LOCK_NAME).st_uid == 4321
+    # No worker outlives the command (the multiprocessing resource
+    # tracker ends once the command has: at once, not always before).
+    deadline = time.monotonic() + 10
+    while living(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert living(process.pid) == []
+
+
+def living(group: int) -> list[str]:
+    """
+    The processes of a process group that have not ended (not zombies,
+    which this container's init may leave unreaped), from /proc.
+    """
+    found = []
+    for pid in filter(str.isdecimal, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and ")".
+        state, _, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == group and state != "Z":
+            found.append(stat)
+    return found

@@ -17,6 +17,14 @@ time from connecting to the end of a full UIDL listing, through a real
 C{twistd popserv} and beside Dovecot and twisted.mail.pop3, is the
 C{maildrop} scenario of C{bench_maildir.py}.
 
+With C{--pauses} a 1 ms timer runs on the reactor meanwhile, and it
+reports the longest time the reactor thread went without running it
+during each login: how long every other session of the server would have
+waited at worst.  The login's work runs in a worker thread, but its
+C-level steps over all names (sorting, joining, a regular expression)
+hold the interpreter's lock while they run, and Python hands the lock
+over only every 5 ms (C{sys.getswitchinterval}) otherwise.
+
 With C{--parts} it also times, on the same files, the parts of a cold
 login that grow with the number of messages: listing C{new/} and C{cur/};
 opening, reading and closing every file; and the same with each file
@@ -46,6 +54,7 @@ C{PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_index.py}
     .venv/bin/python benchmarks/bench_index.py --count 30000 --uncached
     .venv/bin/python benchmarks/bench_index.py --unread
     .venv/bin/python benchmarks/bench_index.py --data suite --parts
+    .venv/bin/python benchmarks/bench_index.py --pauses
 """
 
 from __future__ import annotations
@@ -146,6 +155,10 @@ def removeIndex(path: str) -> None:
 
 
 Figures = dict[str, list[tuple[float, float]]]
+#: For each kind of login, the longest time the reactor thread went
+#: without running a 1 ms timer during each login: what every other
+#: session waited at worst meanwhile.
+Pauses = dict[str, list[float]]
 
 
 def summary(runs: Sequence[tuple[float, float]]) -> str:
@@ -161,25 +174,43 @@ def summary(runs: Sequence[tuple[float, float]]) -> str:
 # In-process: the store alone.
 
 
-def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
+def benchStore(root: str, maildir: str, options: argparse.Namespace) -> tuple[Figures, Pauses]:
+    """
+    Time the store's logins, and with C{options.pauses} the longest pause
+    of the reactor thread during each (L{Pauses}).
+    """
     from twisted.internet import defer, task
 
     from popserv.maildir import MaildirStore
 
     times: Figures = {"cold": [], "warm": [], "warm+new": []}
+    pauses: Pauses = {kind: [] for kind in times}
     count: list[int] = []
+    # The reactor thread's view: when it last ran a tick, the longest gap
+    # between two ticks since the login began.
+    lastTick, longest = [0.0], [0.0]
 
-    async def login(store: Any) -> tuple[float, float]:
+    def tick() -> None:
+        now = time.perf_counter()
+        longest[0] = max(longest[0], now - lastTick[0])
+        lastTick[0] = now
+
+    async def login(store: Any, kind: str) -> None:
         began, cpu = time.perf_counter(), time.process_time()
+        lastTick[0], longest[0] = began, 0.0
         maildrop = await store.openMaildrop(USER)
         infos = await maildrop.listMessages()
-        elapsed = time.perf_counter() - began, time.process_time() - cpu
+        ended = time.perf_counter()
+        times[kind].append((ended - began, time.process_time() - cpu))
+        pauses[kind].append(max(longest[0], ended - lastTick[0]))
         count.append(len(infos))
         maildrop.close()
-        return elapsed
 
     async def run(reactor: Any) -> None:
         store = MaildirStore(os.path.join(root, "{user}"))
+        ticker = task.LoopingCall(tick)
+        if options.pauses:
+            ticker.start(0.001)
         for _ in range(options.repeat):
             removeIndex(maildir)
             if options.uncached:
@@ -189,11 +220,13 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
                 readMessageFiles(maildir)
             if options.unread:
                 markUnread(maildir)
-            times["cold"].append(await login(store))
-            times["warm"].append(await login(store))
-            times["warm"].append(await login(store))
+            await login(store, "cold")
+            await login(store, "warm")
+            await login(store, "warm")
             deliverMore(maildir, options.deliver, options.size)
-            times["warm+new"].append(await login(store))
+            await login(store, "warm+new")
+        if ticker.running:
+            ticker.stop()
 
     def main(reactor: Any) -> Any:
         return defer.ensureDeferred(run(reactor))
@@ -205,7 +238,7 @@ def benchStore(root: str, maildir: str, options: argparse.Namespace) -> Figures:
             if e.code:
                 raise
     print(f"  messages listed: {count[0]} .. {count[-1]}", file=sys.stderr)
-    return times
+    return times, pauses if options.pauses else {}
 
 
 # In-process: the parts of a cold login.
@@ -307,6 +340,12 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="also time the parts of a cold login: listing, reading, sizing",
     )
+    add(
+        "--pauses",
+        action="store_true",
+        help="also report the longest pause of the reactor thread during each login"
+        " (a 1 ms timer runs meanwhile, which slows the logins a little)",
+    )
     add("--repeat", type=int, default=3, help="runs of each measurement (3)")
     add("--cpu", type=int, default=0, help="CPU to pin to (0)")
     add("--no-pin", dest="pin", action="store_false", help="do not pin to a CPU")
@@ -342,7 +381,8 @@ def main(argv: Sequence[str]) -> int:
         # The parts first, over the same messages as the first cold login
         # (later ones also have the deliveries of warm+new).
         parts = benchParts(maildir, options) if options.parts else {}
-        figures = benchStore(root, maildir, options) | parts
+        logins, pauses = benchStore(root, maildir, options)
+        figures = logins | parts
         print()
         print(
             f"{options.count} messages x {options.size} octets ({options.data}),"
@@ -351,6 +391,11 @@ def main(argv: Sequence[str]) -> int:
         )
         for kind, times in figures.items():
             print(f"{kind:9} {summary(times)}")
+        for kind, longest in pauses.items():
+            print(
+                f"{kind:9} reactor paused at most {statistics.median(longest) * 1000:5.1f} ms"
+                f" (median of the logins), {max(longest) * 1000:5.1f} ms (worst)"
+            )
     finally:
         if options.keep:
             print(f"kept {workdir}", file=sys.stderr)

@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from itertools import compress, filterfalse, islice, repeat
+from itertools import compress, islice, repeat
 from operator import itemgetter
 from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
@@ -305,6 +305,12 @@ def _checkNames(joined: list[str], names: list[str]) -> tuple[_NameOrder, bool]:
     return _NameOrder(all(byTime.match(j) for j in joined), False), uidsValid
 
 
+#: How many names a C-level step of a login takes at once where it can take
+#: them a slice at a time: a few milliseconds of work, after which Python
+#: may hand the interpreter's lock to the reactor thread.
+_NAMES_AT_ONCE = 10_000
+
+
 def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
     """
     The distinct base names of C{listing} in message order (L{_sortKey}),
@@ -316,15 +322,21 @@ def _ordered(listing: _Listing, hint: list[str]) -> tuple[list[str], list[str]]:
         that order, C{sort} has little more to do than confirm it.
     """
     listed = set(listing.bases)  # a message moved from new/ to cur/ is listed twice
-    if len(hint) == len(listed) and listed == set(hint):
-        # Nothing came or went since the index was written: its order, at
-        # half the cost of merging (checked again by the sort below).
-        order = list(hint)
+    # What came since the index was written: one pass over the index's
+    # names, in C, where picking the new ones out of the listing by looking
+    # each up in the index took twice as long.  In slices, as one call
+    # would keep the interpreter's lock from the reactor thread for as
+    # long as the whole pass (40 ms for 100,000 fresh names once).
+    new = set(listed)
+    for start in range(0, len(hint), _NAMES_AT_ONCE):
+        new.difference_update(hint[start : start + _NAMES_AT_ONCE])
+    if len(listed) - len(new) == len(hint):
+        # Every name of the index is still listed, each once: nothing
+        # went.  Its order, then the new mail (checked by the sort below).
+        order = hint + list(new)
     else:
-        hinted = dict.fromkeys(hint)
-        order = list(filter(listed.__contains__, hinted))
-        if len(order) < len(listed):
-            order += filterfalse(hinted.__contains__, listed)
+        order = list(filter(listed.__contains__, dict.fromkeys(hint)))
+        order += new
     if listing.nameOrder.byTime:
         order.sort()
         if not listing.nameOrder.exact:

@@ -15,8 +15,8 @@ where one took 1.7 (files in the page cache); two processes were 2.3 and
 1.45 times faster than one (docs/maildir.rst).  A worker hands what it did back to this process,
 which prints it, so the lines of different Maildirs never mix.
 
-An interrupt (Ctrl-C, C{SIGINT} to the process group) stops every Maildir
-being indexed as the one-process command stops its Maildir: the Maildir's
+An interrupt (Ctrl-C, C{SIGINT} to the process group) or C{SIGTERM} stops
+every Maildir being indexed as the one-process command stops its Maildir: the Maildir's
 lock is let go and, run as root, its lock file and index are given to
 the Maildir's owner first (L{popserv.maildir.indexMaildir}).  Workers
 that are starting or waiting for work ignore it and end when the pool is
@@ -26,11 +26,13 @@ shut down, so no traceback of theirs reaches the terminal.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -49,7 +51,19 @@ def indexMaildirs(paths: Sequence[str], jobs: int = 1) -> int:
     Index each Maildir, in this process or in a pool of C{jobs} processes,
     and print each one's report (L{report}) in the order of C{paths}: the
     number of Maildirs not indexed.
+
+    Call it from the main thread: C{SIGTERM} is taken as C{SIGINT} while it
+    runs (L{KeyboardInterrupt}), so that a Maildir being indexed is left as
+    an interrupt leaves it, not with root's lock file in it.
     """
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _indexAll(paths, jobs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _indexAll(paths: Sequence[str], jobs: int) -> int:
     if jobs == 1 or len(paths) < 2:
         return _printed(map(report, paths))
     # Spawned, not forked: a worker starts from a fresh interpreter, the
@@ -69,12 +83,24 @@ def indexMaildirs(paths: Sequence[str], jobs: int = 1) -> int:
             handedOut = [pool.submit(_reportInWorker, path) for path in paths]
         finally:
             signal.signal(signal.SIGINT, previous)
-        return _printed(job.result() for job in handedOut)
+        return _printed(map(_outcome, handedOut, paths))
     finally:
         # Also on an interrupt or a closed standard output: no Maildir not
         # yet begun is begun, and those begun end (as interrupted, their
         # locks let go) before this process does.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(job: Future[Report], path: str) -> Report:
+    try:
+        return job.result()
+    except BrokenProcessPool:
+        # A worker was killed (the OOM killer, kill -9): the pool is broken,
+        # and no Maildir it had not yet reported on is indexed.  Run as
+        # root, the one it was indexing may keep root's lock file until the
+        # command runs again.
+        problem = "a process of the command ended unexpectedly (killed?)"
+        return False, [(True, f"popserv: error: {path}: {problem}; not indexed")]
 
 
 def _printed(reports: Iterable[Report]) -> int:
@@ -86,14 +112,33 @@ def _printed(reports: Iterable[Report]) -> int:
     return failed
 
 
+class _Terminated(BaseException):
+    """
+    C{SIGTERM} came while a worker indexed: what the pool sends the workers
+    left when one was killed, and what a service manager sends to stop.
+    """
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def _reportInWorker(path: str) -> Report:
     # While it indexes, a worker is interrupted as the command is
-    # (KeyboardInterrupt, which indexMaildir's cleanup runs under).
+    # (KeyboardInterrupt, which indexMaildir's cleanup runs under), and
+    # stopped by SIGTERM only once that cleanup has run.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return report(path)
+    except _Terminated:
+        # The lock let go and root's files given away: end, as asked.  (An
+        # exception would go back to the pool, and this process wait for
+        # more work, where the pool waits for it to end.)
+        os._exit(128 + signal.SIGTERM)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def report(path: str) -> Report:

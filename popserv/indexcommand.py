@@ -12,15 +12,17 @@ threads, since a scan holds the interpreter's lock for most of the time
 it does not wait for the disk.  On two CPUs, two threads indexed 40
 Maildirs in 7.5 s where one took 8.0 (files from the disk) and in 2.9 s
 where one took 1.7 (files in the page cache); two processes were 2.3 and
-1.45 times faster than one (docs/maildir.rst).  A worker hands what it did back to this process,
-which prints it, so the lines of different Maildirs never mix.
+1.45 times faster than one (docs/maildir.rst).  A worker hands what it
+did back to this process, which prints it, so the lines of different
+Maildirs never mix.  Names of one directory go to one worker.
 
-An interrupt (Ctrl-C, C{SIGINT} to the process group) or C{SIGTERM} stops
-every Maildir being indexed as the one-process command stops its Maildir: the Maildir's
-lock is let go and, run as root, its lock file and index are given to
-the Maildir's owner first (L{popserv.maildir.indexMaildir}).  Workers
-that are starting or waiting for work ignore it and end when the pool is
-shut down, so no traceback of theirs reaches the terminal.
+An interrupt (Ctrl-C, C{SIGINT} to the process group) or C{SIGTERM}
+stops every Maildir being indexed as the one-process command stops its
+Maildir: the Maildir's lock is let go and, run as root, its lock file
+and index are given to the Maildir's owner first
+(L{popserv.maildir.indexMaildir}).  Workers that are starting or waiting
+for work ignore it and end when the pool is shut down, so no traceback
+of theirs reaches the terminal.
 """
 
 from __future__ import annotations
@@ -66,11 +68,21 @@ def indexMaildirs(paths: Sequence[str], jobs: int = 1) -> int:
 def _indexAll(paths: Sequence[str], jobs: int) -> int:
     if jobs == 1 or len(paths) < 2:
         return _printed(map(report, paths))
+    # Names of one directory (a symbolic link to a Maildir beside it, a
+    # path given twice) go to one worker, in turn: two at once would find
+    # each other's lock, and one would be reported in use.
+    sameDirectory: dict[object, list[str]] = {}
+    where: list[tuple[object, int]] = []  # each path's directory, and its place in its list
+    for path in paths:
+        key = _directoryOf(path)
+        named = sameDirectory.setdefault(key, [])
+        where.append((key, len(named)))
+        named.append(path)
     # Spawned, not forked: a worker starts from a fresh interpreter, the
     # same on every system and Python version (3.14 no longer forks by
     # default), with nothing of this process's state but its arguments.
     pool = ProcessPoolExecutor(
-        min(jobs, len(paths)), mp_context=multiprocessing.get_context("spawn")
+        min(jobs, len(sameDirectory)), mp_context=multiprocessing.get_context("spawn")
     )
     try:
         # The workers start as the Maildirs are handed out, and ignore
@@ -80,10 +92,12 @@ def _indexAll(paths: Sequence[str], jobs: int) -> int:
         # KeyboardInterrupt would print a traceback.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            handedOut = [pool.submit(_reportInWorker, path) for path in paths]
+            handedOut = {
+                key: pool.submit(_reportInWorker, named) for key, named in sameDirectory.items()
+            }
         finally:
             signal.signal(signal.SIGINT, previous)
-        return _printed(map(_outcome, handedOut, paths))
+        return _printed(_outcome(handedOut[key], sameDirectory[key])[place] for key, place in where)
     finally:
         # Also on an interrupt or a closed standard output: no Maildir not
         # yet begun is begun, and those begun end (as interrupted, their
@@ -91,7 +105,19 @@ def _indexAll(paths: Sequence[str], jobs: int) -> int:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _outcome(job: Future[Report], path: str) -> Report:
+def _directoryOf(path: str) -> object:
+    """
+    What tells the directory at C{path} from others: its device and inode,
+    or the path itself if it cannot be found (its report will say why).
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    return info.st_dev, info.st_ino
+
+
+def _outcome(job: Future[list[Report]], paths: list[str]) -> list[Report]:
     try:
         return job.result()
     except BrokenProcessPool:
@@ -99,8 +125,8 @@ def _outcome(job: Future[Report], path: str) -> Report:
         # and no Maildir it had not yet reported on is indexed.  Run as
         # root, the one it was indexing may keep root's lock file until the
         # command runs again.
-        problem = "a process of the command ended unexpectedly (killed?)"
-        return False, [(True, f"popserv: error: {path}: {problem}; not indexed")]
+        problem = "a process of the command ended unexpectedly (killed?); not indexed"
+        return [(False, [(True, f"popserv: error: {path}: {problem}")]) for path in paths]
 
 
 def _printed(reports: Iterable[Report]) -> int:
@@ -123,14 +149,14 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def _reportInWorker(path: str) -> Report:
+def _reportInWorker(paths: list[str]) -> list[Report]:
     # While it indexes, a worker is interrupted as the command is
     # (KeyboardInterrupt, which indexMaildir's cleanup runs under), and
     # stopped by SIGTERM only once that cleanup has run.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return report(path)
+        return list(map(report, paths))
     except _Terminated:
         # The lock let go and root's files given away: end, as asked.  (An
         # exception would go back to the pool, and this process wait for

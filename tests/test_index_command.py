@@ -254,6 +254,26 @@ def test_poolInUse(alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any) -
     )
 
 
+def test_poolOneDirectoryOnce(alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """
+    Names of one Maildir (a symbolic link to it, the same path twice) are
+    indexed in turn, by one worker: at once, one would find the other's
+    lock and be reported in use.
+    """
+    with open(alice / "new" / "1700000003.M3.host", "wb") as f:
+        f.truncate(1 << 30)  # seconds to size, no room on the disk
+    (tmp_path / "alias").symlink_to(alice)
+    deliverToMaildir(tmp_path / "bob", b"x\n", name="1.M1.host")
+    given = [str(alice), str(tmp_path / "alias"), str(tmp_path / "bob"), str(alice)]
+    code, out, err = run(monkeypatch, capsys, "index", "--jobs", "4", *given)
+    assert (code, err) == (0, "")
+    held = ["4 messages, \\d+ octets"] * 2 + ["1 message, 3 octets", "4 messages, \\d+ octets"]
+    expected = "".join(
+        f"{re.escape(path)}: {what}, {TOOK}\n" for path, what in zip(given, held, strict=True)
+    )
+    assert re.fullmatch(expected, out), out
+
+
 @JOBS
 def test_commandWarnsOfSkippedFiles(
     alice: Path, tmp_path: Path, monkeypatch: Any, capsys: Any, jobs: list[str]

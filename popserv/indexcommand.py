@@ -56,13 +56,17 @@ def indexMaildirs(paths: Sequence[str], jobs: int = 1) -> int:
 
     Call it from the main thread: C{SIGTERM} is taken as C{SIGINT} while it
     runs (L{KeyboardInterrupt}), so that a Maildir being indexed is left as
-    an interrupt leaves it, not with root's lock file in it.
+    an interrupt leaves it, not with root's lock file in it; and only the
+    first of them, so that a second cannot cut that cleanup short.
     """
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {
+        signum: signal.signal(signum, _interruptOnce) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         return _indexAll(paths, jobs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _indexAll(paths: Sequence[str], jobs: int) -> int:
@@ -145,16 +149,37 @@ class _Terminated(BaseException):
     """
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated()
+def _ignoreStops() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _interruptOnce(signum: int, frame: object) -> None:
+    """
+    The command's C{SIGINT} and C{SIGTERM}: L{KeyboardInterrupt}, once.
+    Later ones are ignored, so that none cuts short the cleanup this one
+    starts.
+    """
+    _ignoreStops()
+    raise KeyboardInterrupt()
+
+
+def _stopWorkerOnce(signum: int, frame: object) -> None:
+    """
+    A worker's: L{KeyboardInterrupt}, or L{_Terminated} for C{SIGTERM},
+    once (the pool sends C{SIGTERM} to every worker left when one has
+    ended, maybe while this one cleans up after the first).
+    """
+    _ignoreStops()
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _reportInWorker(paths: list[str]) -> list[Report]:
     # While it indexes, a worker is interrupted as the command is
     # (KeyboardInterrupt, which indexMaildir's cleanup runs under), and
     # stopped by SIGTERM only once that cleanup has run.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _stopWorkerOnce)
+    signal.signal(signal.SIGTERM, _stopWorkerOnce)
     try:
         return list(map(report, paths))
     except _Terminated:

@@ -424,9 +424,9 @@ def maxJobs() -> int:
 
 
 def _jobCount(text: str) -> int:
-    jobs = int(text) if text.isascii() and text.isdecimal() else 0
-    if not 1 <= jobs <= maxJobs():
-        raise argparse.ArgumentTypeError(f"JOBS must be a whole number from 1 to {maxJobs()}")
+    jobs, most = int(text) if text.isascii() and text.isdecimal() else 0, maxJobs()
+    if not 1 <= jobs <= most:
+        raise argparse.ArgumentTypeError(f"JOBS must be a whole number from 1 to {most}")
     return jobs
 
 

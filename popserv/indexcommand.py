@@ -70,8 +70,6 @@ def indexMaildirs(paths: Sequence[str], jobs: int = 1) -> int:
 
 
 def _indexAll(paths: Sequence[str], jobs: int) -> int:
-    if jobs == 1 or len(paths) < 2:
-        return _printed(map(report, paths))
     # Names of one directory (a symbolic link to a Maildir beside it, a
     # path given twice) go to one worker, in turn: two at once would find
     # each other's lock, and one would be reported in use.
@@ -82,6 +80,9 @@ def _indexAll(paths: Sequence[str], jobs: int) -> int:
         named = sameDirectory.setdefault(key, [])
         where.append((key, len(named)))
         named.append(path)
+    if jobs == 1 or len(sameDirectory) < 2:
+        # One job, or one Maildir: this process does it, without a pool.
+        return _printed(map(report, paths))
     # Spawned, not forked: a worker starts from a fresh interpreter, the
     # same on every system and Python version (3.14 no longer forks by
     # default), with nothing of this process's state but its arguments.
@@ -100,7 +101,10 @@ def _indexAll(paths: Sequence[str], jobs: int) -> int:
                 key: pool.submit(_reportInWorker, named) for key, named in sameDirectory.items()
             }
         finally:
-            signal.signal(signal.SIGINT, previous)
+            # Unless a SIGTERM meanwhile stopped the command, which ignores
+            # both signals from then on (_interruptOnce).
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, previous)
         return _printed(_outcome(handedOut[key], sameDirectory[key])[place] for key, place in where)
     finally:
         # Also on an interrupt or a closed standard output: no Maildir not

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,48 @@ def test_commandSaysWhyTheIndexWasNotWritten(alice: Path, monkeypatch: Any, caps
     assert not (alice / INDEX_NAME).exists()
 
 
+def slowMaildir(path: Path, size: int = 2 << 30) -> Path:
+    """
+    A Maildir at C{path} with a small message and a sparse one of C{size}
+    octets, which takes seconds to size but no room on the disk; run as
+    root, it belongs to another user (4321:8765).
+    """
+    deliverToMaildir(path, b"x\n", name="1.M1.host")
+    with open(path / "new" / "2.M2.host", "wb") as f:
+        f.truncate(size)
+    if os.geteuid() == 0:
+        os.chown(path, 4321, 8765)
+    return path
+
+
+@contextlib.contextmanager
+def indexing(
+    jobs: str, maildirs: list[Path], begun: list[Path]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    The installed C{popserv index --jobs JOBS MAILDIRS} in a process group of
+    its own, once the lock files of C{begun} are there (their indexing has
+    begun); the group killed at the end, whatever is left of it.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "popserv")
+    process = subprocess.Popen(
+        [script, "index", "--jobs", jobs, *map(str, maildirs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not all((path / LOCK_NAME).exists() for path in begun):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.mark.parametrize("jobs", ["1", "3"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted(tmp_path: Path, jobs: str, signum: int) -> None:
@@ -406,38 +449,14 @@ def test_interrupted(tmp_path: Path, jobs: str, signum: int) -> None:
     every lock let go, and, run as root, the files it made given to the
     Maildir's owner as when it ends well.
     """
-    maildirs = []
-    for name in ("alice", "bob", "carol"):
-        path = tmp_path / name
-        deliverToMaildir(path, b"x\n", name="1.M1.host")
-        if name != "carol":
-            # A message that takes seconds to size but no room on the disk.
-            with open(path / "new" / "2.M2.host", "wb") as f:
-                f.truncate(2 << 30)
-        if os.geteuid() == 0:
-            os.chown(path, 4321, 8765)
-        maildirs.append(path)
-    script = os.path.join(os.path.dirname(sys.executable), "popserv")
-    process = subprocess.Popen(
-        [script, "index", "--jobs", jobs, *map(str, maildirs)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        # alice's and bob's begun with --jobs 3 (carol's done at once,
-        # its worker waiting for more); alice's alone with --jobs 1.
-        begun = maildirs[:2] if jobs == "3" else maildirs[:1]
-        deadline = time.monotonic() + 60
-        while not all((path / LOCK_NAME).exists() for path in begun):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+    # carol's is done at once, and its worker waits for more.
+    maildirs = [slowMaildir(tmp_path / "alice"), slowMaildir(tmp_path / "bob")]
+    maildirs.append(slowMaildir(tmp_path / "carol", size=0))
+    # alice's and bob's begun with --jobs 3; alice's alone with --jobs 1.
+    begun = maildirs[:2] if jobs == "3" else maildirs[:1]
+    with indexing(jobs, maildirs, begun) as process:
         os.killpg(process.pid, signum)
         out, err = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
     assert (process.returncode, out, err) == (1, b"", b"")
     for path in maildirs[:2]:
         assert not (path / INDEX_NAME).exists()
@@ -482,27 +501,8 @@ def test_workerKilled(tmp_path: Path) -> None:
     its lock let go and, run as root, the files given to the owner first
     (or, if the pool notices the death late, they end their Maildirs).
     """
-    maildirs = []
-    for name in ("alice", "bob"):
-        path = tmp_path / name
-        deliverToMaildir(path, b"x\n", name="1.M1.host")
-        with open(path / "new" / "2.M2.host", "wb") as f:
-            f.truncate(2 << 30)  # seconds to size, no room on the disk
-        if os.geteuid() == 0:
-            os.chown(path, 4321, 8765)
-        maildirs.append(path)
-    script = os.path.join(os.path.dirname(sys.executable), "popserv")
-    process = subprocess.Popen(
-        [script, "index", "--jobs", "2", *map(str, maildirs)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not all((path / LOCK_NAME).exists() for path in maildirs):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+    maildirs = [slowMaildir(tmp_path / "alice"), slowMaildir(tmp_path / "bob")]
+    with indexing("2", maildirs, maildirs) as process:
         # The workers: the processes of the group other than the command
         # and the resource tracker, which has no lock file open.
         victims = [
@@ -513,10 +513,6 @@ def test_workerKilled(tmp_path: Path) -> None:
         assert len(victims) == 1
         os.kill(victims[0], signal.SIGKILL)
         out, err = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
     problem = "a process of the command ended unexpectedly (killed?); not indexed"
     assert process.returncode == 1
     if out:
